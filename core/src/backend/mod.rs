@@ -1,0 +1,101 @@
+//! The backends, and how to pick one.
+//!
+//! Each backend is one module implementing [`Cluster`] (and, for `local`, [`crate::Node`]).
+//! Agent-based backends reuse [`crate::agent_client::AgentNode`] for their nodes.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cluster::Cluster;
+use crate::Result;
+
+pub mod local;
+#[cfg(target_os = "linux")]
+pub mod netns;
+
+/// Which backend to run a cluster on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BackendKind {
+    /// Processes on this host, no isolation, no agent.
+    Local,
+    /// One Linux network namespace per node, with its own IP, running the agent.
+    Netns,
+}
+
+impl BackendKind {
+    /// Every backend, in the order tests try them.
+    pub const ALL: [BackendKind; 2] = [BackendKind::Local, BackendKind::Netns];
+
+    /// The backend's name as used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Local => "local",
+            BackendKind::Netns => "netns",
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for BackendKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| {
+            let names: Vec<_> = Self::ALL.iter().map(|k| k.name()).collect();
+            format!("unknown backend {s:?}; choose one of: {}", names.join(", "))
+        })
+    }
+}
+
+/// Options common to every backend.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// A label for the cluster, used in resource names and logs.
+    pub name: String,
+    /// How long an agent waits without a heartbeat from the runner before it kills everything
+    /// it started and exits. The runner heartbeats at a third of this.
+    pub heartbeat_timeout: Duration,
+    /// Bound on creating one node (including its agent becoming ready).
+    pub node_ready_timeout: Duration,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self {
+            name: "chaos".to_string(),
+            heartbeat_timeout: Duration::from_secs(15),
+            node_ready_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Creates an empty cluster on `kind`. Fails with one line naming what is missing when the
+/// backend cannot run here (e.g. `netns` without root).
+pub async fn new_cluster(kind: BackendKind, options: ClusterOptions) -> Result<Arc<dyn Cluster>> {
+    match kind {
+        BackendKind::Local => Ok(Arc::new(local::LocalCluster::new(options)?)),
+        #[cfg(target_os = "linux")]
+        BackendKind::Netns => Ok(Arc::new(netns::NetnsCluster::new(options).await?)),
+        #[cfg(not(target_os = "linux"))]
+        BackendKind::Netns => Err(crate::Error::backend("netns", "network namespaces need Linux")),
+    }
+}
+
+/// Whether `kind` can run on this machine: `Err` holds the one-line reason when not.
+/// Tests use it to run on every available backend and say which they skipped and why.
+pub fn availability(kind: BackendKind) -> Result<(), String> {
+    match kind {
+        BackendKind::Local => Ok(()),
+        #[cfg(target_os = "linux")]
+        BackendKind::Netns => netns::availability(),
+        #[cfg(not(target_os = "linux"))]
+        BackendKind::Netns => Err("network namespaces need Linux".into()),
+    }
+}

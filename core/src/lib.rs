@@ -1,0 +1,24 @@
+//! # chaos — the runner library
+//!
+//! Tests written imperatively in Rust create a [`Cluster`] of [`Node`]s on a backend (`local`
+//! processes, `netns` network namespaces, …), run processes and move files on them, and inject
+//! faults. The same test code runs on every backend.
+//!
+//! * [`cluster`]: the minimal backend traits ([`Cluster`], [`Node`], [`Process`]).
+//! * [`ext`]: conveniences built once on top of the traits (run and collect output, timeouts).
+//! * [`backend`]: the backends and how to pick one.
+//! * [`agent_client`]: the client of the node agent, shared by every agent-based backend.
+//! * [`certs`]: per-cluster CA, per-node server certificates, the runner's client certificate.
+
+pub mod agent_client;
+pub mod backend;
+pub mod certs;
+pub mod cluster;
+mod error;
+pub mod ext;
+
+pub use chaos_proto as proto;
+pub use chaos_proto::{ExitStatus, ProcSpec, Signal};
+pub use cluster::{Cluster, Node, Process};
+pub use error::{Error, Result};
+pub use ext::NodeExt;
