@@ -1,1 +1,611 @@
-//! Client of the node agent.
+//! The runner side of the agent protocol ([`chaos_proto`]): [`AgentClient`] speaks HTTPS and
+//! WebSockets to one `chaos-agent` over mutual TLS, and [`AgentNode`] implements [`Node`] on top
+//! of it — once, for every backend that runs the agent (netns, Docker, EC2, bare metal).
+//!
+//! Plain requests share a pool of keep-alive connections. Process streams and TCP tunnels each
+//! get their own WebSocket connection; TLS session resumption keeps those handshakes cheap.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chaos_proto::exec::{self, ClientControl, ServerEvent};
+use chaos_proto::{
+    ApiError, DirEntry, ErrorKind, ExitStatus, FileStat, FileWritten, HeartbeatReply, NodeInfo, ProcId,
+    ProcInfo, ProcSpec, ProcStarted, Signal, SignalRequest, StdinSpec, WaitReply,
+};
+use futures_util::{SinkExt, StreamExt, TryStreamExt};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, BodyStream, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Method, Request, Response};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use rustls_pki_types::ServerName;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_util::io::{ReaderStream, StreamReader};
+
+use crate::cluster::{BoxStream, ByteReader, Node, Process, ProcessControl};
+use crate::{Error, Result};
+
+type ReqBody = UnsyncBoxBody<Bytes, std::io::Error>;
+type Ws = WebSocketStream<TlsStream<TcpStream>>;
+
+/// Size of the chunks files and streams are moved in. Large chunks keep per-frame overhead
+/// (syscalls, TLS records, WebSocket headers) small next to the bytes moved.
+const CHUNK: usize = 256 * 1024;
+
+/// Bounds of an [`AgentClient`]'s waits.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// TCP connect plus TLS handshake.
+    pub connect: Duration,
+    /// A whole request/reply that moves no stream (info, stat, signal, …).
+    pub request: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self { connect: Duration::from_secs(5), request: Duration::from_secs(30) }
+    }
+}
+
+/// A client of one node's agent.
+pub struct AgentClient {
+    node: String,
+    addr: SocketAddr,
+    tls: TlsConnector,
+    http: Client<hyper_rustls::HttpsConnector<HttpConnector>, ReqBody>,
+    timeouts: Timeouts,
+}
+
+impl std::fmt::Debug for AgentClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentClient").field("node", &self.node).field("addr", &self.addr).finish()
+    }
+}
+
+/// Joins an error and its sources into one line.
+fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let s = e.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        source = e.source();
+    }
+    out
+}
+
+impl AgentClient {
+    /// A client for the agent of `node` listening at `addr`, authenticating with `tls` (see
+    /// [`crate::certs::client_config`]). The agent's certificate must name `addr`'s IP.
+    pub fn new(node: impl Into<String>, addr: SocketAddr, tls: Arc<rustls::ClientConfig>) -> Self {
+        Self::with_timeouts(node, addr, tls, Timeouts::default())
+    }
+
+    /// Like [`AgentClient::new`] with explicit bounds.
+    pub fn with_timeouts(
+        node: impl Into<String>,
+        addr: SocketAddr,
+        tls: Arc<rustls::ClientConfig>,
+        timeouts: Timeouts,
+    ) -> Self {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(timeouts.connect));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config((*tls).clone())
+            .https_only()
+            .enable_http1()
+            .wrap_connector(http);
+        let http = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(https);
+        Self { node: node.into(), addr, tls: TlsConnector::from(tls), http, timeouts }
+    }
+
+    /// The node this client talks to.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The agent's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn url(&self, path: &str, query: &[(&str, &str)]) -> String {
+        let mut url = format!("https://{}{}{}", self.addr, chaos_proto::API_PREFIX, path);
+        if !query.is_empty() {
+            url.push('?');
+            url.push_str(&form_urlencoded::Serializer::new(String::new()).extend_pairs(query).finish());
+        }
+        url
+    }
+
+    fn unreachable(&self, cause: String) -> Error {
+        Error::Unreachable { node: self.node.clone(), addr: self.addr.to_string(), cause }
+    }
+
+    fn protocol(&self, message: impl Into<String>) -> Error {
+        Error::Protocol { node: self.node.clone(), message: message.into() }
+    }
+
+    fn timeout(&self, what: &str, after: Duration) -> Error {
+        Error::Timeout { node: self.node.clone(), what: what.to_string(), after }
+    }
+
+    /// Sends a request and returns the response once its head arrived, mapping non-2xx
+    /// statuses to the agent's [`ApiError`].
+    async fn send(&self, what: &str, req: Request<ReqBody>, bound: Option<Duration>) -> Result<Response<Incoming>> {
+        let fut = self.http.request(req);
+        let resp = match bound {
+            Some(after) => tokio::time::timeout(after, fut).await.map_err(|_| self.timeout(what, after))?,
+            None => fut.await,
+        }
+        .map_err(|e| self.unreachable(chain(&e)))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let source = serde_json::from_slice::<ApiError>(&body).unwrap_or_else(|_| {
+            ApiError::new(ErrorKind::Internal, format!("{what}: HTTP {status}: {}", String::from_utf8_lossy(&body)))
+        });
+        Err(Error::Api { node: self.node.clone(), source })
+    }
+
+    fn request(&self, method: Method, url: String, body: ReqBody) -> Result<Request<ReqBody>> {
+        Request::builder().method(method).uri(url).body(body).map_err(|e| self.protocol(format!("bad request: {e}")))
+    }
+
+    fn empty() -> ReqBody {
+        Empty::new().map_err(|never| match never {}).boxed_unsync()
+    }
+
+    fn json_body<B: Serialize>(body: &B) -> ReqBody {
+        let bytes = serde_json::to_vec(body).unwrap_or_default();
+        Full::new(Bytes::from(bytes)).map_err(|never| match never {}).boxed_unsync()
+    }
+
+    /// A request/reply with JSON bodies, bounded by the request timeout.
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        what: &str,
+        method: Method,
+        url: String,
+        body: Option<&B>,
+    ) -> Result<T> {
+        let after = self.timeouts.request;
+        let body = body.map(Self::json_body).unwrap_or_else(Self::empty);
+        let req = self.request(method, url, body)?;
+        let fut = async {
+            let resp = self.send(what, req, None).await?;
+            let bytes = resp.into_body().collect().await.map_err(|e| self.unreachable(chain(&e)))?.to_bytes();
+            // 204 replies carry no body; callers expecting `()` accept `null`.
+            let bytes = if bytes.is_empty() { Bytes::from_static(b"null") } else { bytes };
+            serde_json::from_slice(&bytes).map_err(|e| self.protocol(format!("{what}: bad reply: {e}")))
+        };
+        tokio::time::timeout(after, fut).await.map_err(|_| self.timeout(what, after))?
+    }
+
+    /// `GET /v1/info`.
+    pub async fn info(&self) -> Result<NodeInfo> {
+        self.call::<(), _>("info", Method::GET, self.url("/info", &[]), None).await
+    }
+
+    /// `POST /v1/heartbeat`.
+    pub async fn heartbeat(&self) -> Result<HeartbeatReply> {
+        self.call::<(), _>("heartbeat", Method::POST, self.url("/heartbeat", &[]), None).await
+    }
+
+    /// `POST /v1/shutdown`: the agent kills everything it started and exits.
+    pub async fn shutdown(&self) -> Result<()> {
+        self.call::<(), ()>("shutdown", Method::POST, self.url("/shutdown", &[]), None).await
+    }
+
+    /// Streams `data` into `path` on the node with permissions `mode`.
+    pub async fn write_file(&self, path: &str, mode: u32, data: ByteReader) -> Result<u64> {
+        let mode = format!("{mode:o}");
+        let url = self.url("/files", &[("path", path), ("mode", &mode)]);
+        let stream = ReaderStream::with_capacity(data, CHUNK).map_ok(Frame::data);
+        let req = self.request(Method::PUT, url, BodyExt::boxed_unsync(StreamBody::new(stream)))?;
+        let resp = self.send("write file", req, None).await?;
+        let bytes = resp.into_body().collect().await.map_err(|e| self.unreachable(chain(&e)))?.to_bytes();
+        let written: FileWritten =
+            serde_json::from_slice(&bytes).map_err(|e| self.protocol(format!("write file: bad reply: {e}")))?;
+        Ok(written.bytes)
+    }
+
+    /// Streams the file at `path` from the node.
+    pub async fn read_file(&self, path: &str) -> Result<ByteReader> {
+        let req = self.request(Method::GET, self.url("/files", &[("path", path)]), Self::empty())?;
+        let resp = self.send("read file", req, Some(self.timeouts.request)).await?;
+        let frames = BodyStream::new(resp.into_body())
+            .try_filter_map(|frame| async move { Ok(frame.into_data().ok()) })
+            .map_err(std::io::Error::other);
+        Ok(Box::pin(StreamReader::new(frames)))
+    }
+
+    /// Metadata of `path`.
+    pub async fn stat(&self, path: &str) -> Result<FileStat> {
+        self.call::<(), _>("stat", Method::GET, self.url("/files/stat", &[("path", path)]), None).await
+    }
+
+    /// Entries of the directory `path`.
+    pub async fn list_dir(&self, path: &str) -> Result<Vec<DirEntry>> {
+        self.call::<(), _>("list", Method::GET, self.url("/files/list", &[("path", path)]), None).await
+    }
+
+    /// Removes `path` (a directory only when `recursive` or empty).
+    pub async fn remove(&self, path: &str, recursive: bool) -> Result<()> {
+        let recursive = if recursive { "true" } else { "false" };
+        let url = self.url("/files", &[("path", path), ("recursive", recursive)]);
+        self.call::<(), ()>("remove", Method::DELETE, url, None).await
+    }
+
+    /// Processes the agent started, running or exited.
+    pub async fn list_procs(&self) -> Result<Vec<ProcInfo>> {
+        self.call::<(), _>("list processes", Method::GET, self.url("/procs", &[]), None).await
+    }
+
+    /// Starts a process whose stdio is not piped (files or null) and returns at once.
+    pub async fn start_detached(&self, spec: &ProcSpec) -> Result<ProcStarted> {
+        self.call("start process", Method::POST, self.url("/procs", &[]), Some(spec)).await
+    }
+
+    /// Sends `signal` to process `id` (or its group).
+    pub async fn signal(&self, id: ProcId, signal: Signal, group: bool) -> Result<()> {
+        let url = self.url(&format!("/procs/{id}/signal"), &[]);
+        self.call("signal", Method::POST, url, Some(&SignalRequest { signal, group })).await
+    }
+
+    /// Waits up to `timeout` for process `id` to exit; `None` if it still runs.
+    pub async fn wait_for(&self, id: ProcId, timeout: Duration) -> Result<Option<ExitStatus>> {
+        let ms = timeout.as_millis().to_string();
+        let url = self.url(&format!("/procs/{id}/wait"), &[("timeout_ms", &ms)]);
+        let req = self.request(Method::POST, url, Self::empty())?;
+        let bound = timeout + self.timeouts.request;
+        let fut = async {
+            let resp = self.send("wait", req, None).await?;
+            let bytes = resp.into_body().collect().await.map_err(|e| self.unreachable(chain(&e)))?.to_bytes();
+            serde_json::from_slice::<WaitReply>(&bytes).map_err(|e| self.protocol(format!("wait: bad reply: {e}")))
+        };
+        let reply = tokio::time::timeout(bound, fut).await.map_err(|_| self.timeout("wait", bound))??;
+        Ok(reply.exit)
+    }
+
+    /// Opens a WebSocket to `path_and_query` over a fresh mTLS connection.
+    async fn websocket(&self, what: &str, path: &str, query: &[(&str, &str)]) -> Result<Ws> {
+        let after = self.timeouts.connect;
+        let url = self.url(path, query).replacen("https://", "wss://", 1);
+        let fut = async {
+            let tcp = TcpStream::connect(self.addr).await.map_err(|e| self.unreachable(e.to_string()))?;
+            let _ = tcp.set_nodelay(true);
+            let name = ServerName::IpAddress(self.addr.ip().into());
+            let tls = self.tls.connect(name, tcp).await.map_err(|e| self.unreachable(format!("TLS: {}", chain(&e))))?;
+            let request = url.into_client_request().map_err(|e| self.protocol(e.to_string()))?;
+            let config = WebSocketConfig::default()
+                .write_buffer_size(0)
+                .max_message_size(Some(64 << 20))
+                .max_frame_size(Some(16 << 20));
+            match tokio_tungstenite::client_async_with_config(request, tls, Some(config)).await {
+                Ok((ws, _)) => Ok(ws),
+                Err(tungstenite::Error::Http(resp)) => {
+                    let body = resp.body().as_deref().unwrap_or_default();
+                    let source = serde_json::from_slice::<ApiError>(body).unwrap_or_else(|_| {
+                        ApiError::new(ErrorKind::Internal, format!("{what}: HTTP {}", resp.status()))
+                    });
+                    Err(Error::Api { node: self.node.clone(), source })
+                }
+                Err(e) => Err(self.unreachable(format!("{what}: {}", chain(&e)))),
+            }
+        };
+        tokio::time::timeout(after, fut).await.map_err(|_| self.timeout(what, after))?
+    }
+
+    /// Starts a process and streams its stdio over a WebSocket (see [`chaos_proto::exec`]).
+    pub async fn exec(self: &Arc<Self>, spec: ProcSpec) -> Result<Process> {
+        let mut ws = self.websocket("exec", "/procs/exec", &[]).await?;
+        let spec_json = serde_json::to_string(&spec).map_err(|e| self.protocol(e.to_string()))?;
+        ws.send(Message::text(spec_json)).await.map_err(|e| self.unreachable(format!("exec: {}", chain(&e))))?;
+        let after = self.timeouts.request;
+        let started = loop {
+            let msg = tokio::time::timeout(after, ws.next()).await.map_err(|_| self.timeout("exec start", after))?;
+            match msg {
+                Some(Ok(Message::Text(text))) => match serde_json::from_str::<ServerEvent>(&text) {
+                    Ok(ServerEvent::Started(started)) => break started,
+                    Ok(ServerEvent::Error(source)) => return Err(Error::Api { node: self.node.clone(), source }),
+                    Ok(other) => return Err(self.protocol(format!("exec: expected started, got {other:?}"))),
+                    Err(e) => return Err(self.protocol(format!("exec: bad event: {e}"))),
+                },
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(other)) => return Err(self.protocol(format!("exec: unexpected frame {other:?}"))),
+                Some(Err(e)) => return Err(self.unreachable(format!("exec: {}", chain(&e)))),
+                None => return Err(self.protocol("exec: connection closed before the process started")),
+            }
+        };
+
+        let (exit_tx, exit_rx) = watch::channel(None);
+        let (stdout_tx, stdout_rx) = mpsc::channel::<Bytes>(16);
+        let (stderr_tx, stderr_rx) = mpsc::channel::<Bytes>(16);
+        let piped_stdin = spec.stdin == StdinSpec::Pipe;
+        let (stdin_user, stdin_pump) = if piped_stdin {
+            let (user, pump) = tokio::io::duplex(CHUNK);
+            (Some(user), Some(pump))
+        } else {
+            (None, None)
+        };
+        let pump = ExecPump { ws, stdin: stdin_pump, stdout: Some(stdout_tx), stderr: Some(stderr_tx), exit: exit_tx };
+        tokio::spawn(pump.run());
+
+        let control = Arc::new(AgentProcess { client: self.clone(), id: started.id, exit: exit_rx });
+        let stdout: Option<ByteReader> =
+            (spec.stdout == chaos_proto::OutputSpec::Pipe).then(|| Box::pin(channel_reader(stdout_rx)) as ByteReader);
+        let stderr: Option<ByteReader> =
+            (spec.stderr == chaos_proto::OutputSpec::Pipe).then(|| Box::pin(channel_reader(stderr_rx)) as ByteReader);
+        let stdin = stdin_user.map(|w| Box::pin(w) as crate::cluster::ByteWriter);
+        Ok(Process::new(started.id, started.pid, stdin, stdout, stderr, control))
+    }
+
+    /// Opens a TCP connection from the node to `addr`, tunnelled over a WebSocket.
+    pub async fn dial(&self, addr: &str) -> Result<BoxStream> {
+        let ws = self.websocket("dial", "/dial", &[("addr", addr)]).await?;
+        let (user, pump) = tokio::io::duplex(CHUNK);
+        tokio::spawn(dial_pump(ws, pump));
+        Ok(Box::new(user))
+    }
+
+    /// Heartbeats the agent every `interval` until the returned task is dropped.
+    pub fn spawn_heartbeats(self: &Arc<Self>, interval: Duration) -> HeartbeatTask {
+        let client = self.clone();
+        HeartbeatTask(tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                if let Err(e) = client.heartbeat().await {
+                    tracing::warn!(node = %client.node, "heartbeat failed: {e}");
+                }
+            }
+        }))
+    }
+}
+
+/// A running heartbeat loop; dropping it stops the heartbeats.
+#[derive(Debug)]
+pub struct HeartbeatTask(JoinHandle<()>);
+
+impl Drop for HeartbeatTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Turns a channel of chunks into an `AsyncRead`.
+fn channel_reader(rx: mpsc::Receiver<Bytes>) -> impl AsyncRead + Send {
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (Ok::<_, std::io::Error>(chunk), rx))
+    });
+    StreamReader::new(Box::pin(stream))
+}
+
+/// Moves bytes between an exec WebSocket and the process's local stdio handles.
+struct ExecPump {
+    ws: Ws,
+    stdin: Option<DuplexStream>,
+    stdout: Option<mpsc::Sender<Bytes>>,
+    stderr: Option<mpsc::Sender<Bytes>>,
+    exit: watch::Sender<Option<ExitStatus>>,
+}
+
+impl ExecPump {
+    async fn run(mut self) {
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            tokio::select! {
+                msg = self.ws.next() => match msg {
+                    Some(Ok(Message::Binary(data))) => self.output(data).await,
+                    Some(Ok(Message::Text(text))) => {
+                        if let Ok(ServerEvent::Exited(status)) = serde_json::from_str::<ServerEvent>(&text) {
+                            let _ = self.exit.send(Some(status));
+                            break;
+                        }
+                    }
+                    Some(Ok(Message::Close(_))) | None => break,
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        tracing::debug!("exec stream ended: {e}");
+                        break;
+                    }
+                },
+                read = read_some(&mut self.stdin, &mut buf) => match read {
+                    Ok(0) | Err(_) => {
+                        self.stdin = None;
+                        let close = serde_json::to_string(&ClientControl::CloseStdin).unwrap_or_default();
+                        if self.ws.send(Message::text(close)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(n) => {
+                        if self.ws.send(Message::binary(Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
+                            break;
+                        }
+                    }
+                },
+            }
+        }
+        let _ = self.ws.close(None).await;
+    }
+
+    async fn output(&mut self, mut data: Bytes) {
+        if data.is_empty() {
+            return;
+        }
+        let tag = data[0];
+        let payload = data.split_off(1);
+        let sink = match tag {
+            exec::STDOUT => &mut self.stdout,
+            exec::STDERR => &mut self.stderr,
+            _ => return,
+        };
+        // A reader that was dropped no longer wants output: discard it instead of stalling
+        // the other stream.
+        if let Some(tx) = sink
+            && tx.send(payload).await.is_err()
+        {
+            *sink = None;
+        }
+    }
+}
+
+/// Reads from `stdin` if it is still open; never resolves otherwise.
+async fn read_some(stdin: &mut Option<DuplexStream>, buf: &mut [u8]) -> std::io::Result<usize> {
+    match stdin {
+        Some(s) => s.read(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Moves bytes between a dial WebSocket and the user's end of a duplex pipe.
+async fn dial_pump(mut ws: Ws, mut local: DuplexStream) {
+    let mut buf = vec![0u8; CHUNK];
+    let mut local_open = true;
+    loop {
+        tokio::select! {
+            msg = ws.next() => match msg {
+                Some(Ok(Message::Binary(data))) => {
+                    if local.write_all(&data).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            },
+            read = local.read(&mut buf), if local_open => match read {
+                Ok(0) | Err(_) => {
+                    local_open = false;
+                    let _ = ws.close(None).await;
+                }
+                Ok(n) => {
+                    if ws.send(Message::binary(Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
+                        break;
+                    }
+                }
+            },
+        }
+    }
+    let _ = local.shutdown().await;
+}
+
+/// [`ProcessControl`] of a process started through an agent.
+struct AgentProcess {
+    client: Arc<AgentClient>,
+    id: ProcId,
+    exit: watch::Receiver<Option<ExitStatus>>,
+}
+
+#[async_trait]
+impl ProcessControl for AgentProcess {
+    async fn wait(&self) -> Result<ExitStatus> {
+        let mut exit = self.exit.clone();
+        // The exec stream delivers the exit status; if it breaks first, ask the agent.
+        if let Ok(status) = exit.wait_for(Option::is_some).await
+            && let Some(status) = *status
+        {
+            return Ok(status);
+        }
+        loop {
+            if let Some(status) = self.client.wait_for(self.id, Duration::from_secs(30)).await? {
+                return Ok(status);
+            }
+        }
+    }
+
+    async fn signal(&self, signal: Signal, group: bool) -> Result<()> {
+        self.client.signal(self.id, signal, group).await
+    }
+}
+
+/// A [`Node`] reached through its agent. Every agent-based backend uses this type.
+pub struct AgentNode {
+    client: Arc<AgentClient>,
+    addresses: Vec<IpAddr>,
+    root_dir: String,
+}
+
+impl AgentNode {
+    /// A node served by `client`, reachable by peers at `addresses`, owning `root_dir`.
+    pub fn new(client: Arc<AgentClient>, addresses: Vec<IpAddr>, root_dir: impl Into<String>) -> Self {
+        Self { client, addresses, root_dir: root_dir.into() }
+    }
+
+    /// The underlying agent client, for agent-only operations (faults, info).
+    pub fn client(&self) -> &Arc<AgentClient> {
+        &self.client
+    }
+}
+
+#[async_trait]
+impl Node for AgentNode {
+    fn name(&self) -> &str {
+        self.client.node()
+    }
+
+    fn addresses(&self) -> &[IpAddr] {
+        &self.addresses
+    }
+
+    fn root_dir(&self) -> &str {
+        &self.root_dir
+    }
+
+    async fn start(&self, spec: ProcSpec) -> Result<Process> {
+        self.client.exec(spec).await
+    }
+
+    async fn send_file(&self, path: &str, mode: u32, data: ByteReader) -> Result<u64> {
+        self.client.write_file(path, mode, data).await
+    }
+
+    async fn read_file(&self, path: &str) -> Result<ByteReader> {
+        self.client.read_file(path).await
+    }
+
+    async fn stat(&self, path: &str) -> Result<FileStat> {
+        self.client.stat(path).await
+    }
+
+    async fn list_dir(&self, path: &str) -> Result<Vec<DirEntry>> {
+        self.client.list_dir(path).await
+    }
+
+    async fn remove(&self, path: &str, recursive: bool) -> Result<()> {
+        self.client.remove(path, recursive).await
+    }
+
+    async fn dial(&self, addr: &str) -> Result<BoxStream> {
+        self.client.dial(addr).await
+    }
+
+    async fn stop(&self) -> Result<()> {
+        self.client.shutdown().await
+    }
+}
