@@ -1,1 +1,150 @@
-//! Checkers.
+//! Operation histories and the checkers that judge them.
+//!
+//! A run records what its clients saw as a [`History`] (JSON lines, see `docs/history.md`): every
+//! operation with its invocation and completion time and outcome, and every fault injected or
+//! healed. Checkers are pure functions of a history ([`Checker`]): [`Linearizability`] of per-key
+//! registers, lost acknowledged writes ([`SetChecker`]), [`CounterChecker`], [`UniqueIdsChecker`],
+//! and [`AvailabilityChecker`] (availability per fault case and recovery per fault). [`Compose`]
+//! runs several. [`write_report`] renders a self-contained `report.html`, SVG plots and a JUnit
+//! file.
+//!
+//! ```
+//! use chaos_check::{History, check_history};
+//! let text = r#"{"type":"header","version":1}
+//! {"type":"op","id":1,"client":0,"kind":"write","key":"x","value":1,"invoke_us":0,"complete_us":10,"outcome":"ok"}
+//! {"type":"op","id":2,"client":1,"kind":"read","key":"x","value":1,"invoke_us":20,"complete_us":30,"outcome":"ok"}
+//! "#;
+//! let history = History::parse(text, "example").unwrap();
+//! let report = check_history(&history, &[]).unwrap();
+//! assert_eq!(report.verdict.valid, chaos_check::Validity::Valid);
+//! ```
+
+mod availability;
+mod checker;
+mod counter;
+mod history;
+mod linearizability;
+mod report;
+mod set;
+mod svg;
+mod unique_ids;
+
+use std::path::{Path, PathBuf};
+
+pub use availability::{
+    AvailabilityChecker, AvailabilityOptions, AvailabilityReport, CaseResult, FaultWindow, OpCounts, analyze,
+};
+pub use checker::{Checker, Compose, Validity, Verdict};
+pub use counter::CounterChecker;
+pub use history::{
+    FaultEvent, FaultPhase, HISTORY_VERSION, Header, History, HistoryError, HistoryWriter, Op, OpKind,
+    Outcome, Record,
+};
+pub use linearizability::{Budget, Linearizability};
+pub use report::{ReportFiles, write_report};
+pub use set::SetChecker;
+pub use unique_ids::UniqueIdsChecker;
+
+/// The names `chaos check --checker NAME` accepts.
+pub const CHECKER_NAMES: &[&str] = &["linearizability", "set", "counter", "unique-ids", "availability"];
+
+/// Errors of the check entry points.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// The history file is unreadable or malformed (names the file, line and field).
+    #[error(transparent)]
+    History(#[from] HistoryError),
+    /// A checker name that does not exist.
+    #[error("unknown checker `{name}`; the checkers are: {}", CHECKER_NAMES.join(", "))]
+    UnknownChecker {
+        /// The name given.
+        name: String,
+    },
+    /// A report file could not be written.
+    #[error("{}: cannot write the report: {source}", path.display())]
+    Write {
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// The outcome of checking a history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckReport {
+    /// The combined verdict; `children` holds one verdict per checker.
+    pub verdict: Verdict,
+    /// Availability per fault case (always computed, for the report's case table).
+    pub availability: AvailabilityReport,
+}
+
+/// The checker called `name` (one of [`CHECKER_NAMES`]), with default settings.
+pub fn checker_by_name(name: &str) -> Result<Box<dyn Checker>, CheckError> {
+    Ok(match name {
+        "linearizability" => Box::new(Linearizability::default()),
+        "set" => Box::new(SetChecker),
+        "counter" => Box::new(CounterChecker),
+        "unique-ids" => Box::new(UniqueIdsChecker),
+        "availability" => Box::new(AvailabilityChecker::default()),
+        _ => {
+            return Err(CheckError::UnknownChecker {
+                name: name.to_string(),
+            });
+        }
+    })
+}
+
+/// The checkers that have something to check in this history: linearizability if it has register
+/// operations, set / counter / unique-ids if it has theirs, availability if it has fault events.
+pub fn default_checker_names(history: &History) -> Vec<&'static str> {
+    let has = |pred: fn(OpKind) -> bool| history.ops.iter().any(|o| pred(o.kind));
+    let mut names = Vec::new();
+    if has(OpKind::is_register) {
+        names.push("linearizability");
+    }
+    if has(|k| matches!(k, OpKind::Add | OpKind::ReadSet)) {
+        names.push("set");
+    }
+    if has(|k| matches!(k, OpKind::Incr | OpKind::ReadCounter)) {
+        names.push("counter");
+    }
+    if has(|k| k == OpKind::Generate) {
+        names.push("unique-ids");
+    }
+    if !history.faults.is_empty() {
+        names.push("availability");
+    }
+    names
+}
+
+/// Runs the named checkers (all that apply, see [`default_checker_names`], when `checkers` is
+/// empty) on a history.
+pub fn check_history(history: &History, checkers: &[String]) -> Result<CheckReport, CheckError> {
+    let names: Vec<String> = if checkers.is_empty() {
+        default_checker_names(history)
+            .into_iter()
+            .map(str::to_string)
+            .collect()
+    } else {
+        checkers.to_vec()
+    };
+    let selected = names
+        .iter()
+        .map(|n| checker_by_name(n))
+        .collect::<Result<Vec<_>, _>>()?;
+    let verdict = Compose::new(selected).check(history);
+    let availability = analyze(history, &AvailabilityOptions::from_history(history));
+    Ok(CheckReport {
+        verdict,
+        availability,
+    })
+}
+
+/// Reads a history file and runs the named checkers on it (see [`check_history`]). Returns the
+/// history too, for [`write_report`].
+pub fn check_history_file(path: &Path, checkers: &[String]) -> Result<(History, CheckReport), CheckError> {
+    let history = History::read_file(path)?;
+    let report = check_history(&history, checkers)?;
+    Ok((history, report))
+}
