@@ -1,1 +1,149 @@
-//! Agent.
+//! The chaos node agent: an HTTPS server (TLS 1.3, client certificate required) that starts
+//! and streams processes, moves files and tunnels TCP for the runner, implementing the server
+//! side of [`chaos_proto`].
+//!
+//! Every process it starts gets its own process group (and, with a cgroup directory, its own
+//! child cgroup), so a whole tree can be signalled and killed. The agent kills every tree it
+//! started when it is told to shut down (`POST /v1/shutdown`, SIGTERM, SIGINT) and when the
+//! runner stops heartbeating — so a crashed runner leaks nothing.
+//!
+//! The binary (`chaos-agent`) is a thin CLI over [`serve`]; launchers start it and wait for the
+//! [`chaos_proto::READY_LINE_PREFIX`] line on its stdout.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+mod api;
+mod dial;
+mod exec;
+mod files;
+mod heartbeat;
+mod procs;
+mod server;
+mod tls;
+
+/// Settings of one agent.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Address to listen on; port 0 lets the kernel pick.
+    pub listen: SocketAddr,
+    /// Directory holding `ca.pem`, `node.pem` and `node.key` (see [`chaos_proto::tls_files`]).
+    pub tls_dir: PathBuf,
+    /// The node's root directory: default working directory of started processes.
+    pub root_dir: PathBuf,
+    /// A cgroup v2 directory (created by the launcher) under which each started process gets
+    /// its own child cgroup `proc-<id>`. Without it, process groups only.
+    pub cgroup: Option<PathBuf>,
+    /// How long the agent waits without a heartbeat before it acts. The timer starts when the
+    /// agent starts.
+    pub heartbeat_timeout: Duration,
+    /// What to do, after killing every process tree, when the heartbeat timer expires.
+    pub on_heartbeat_loss: HeartbeatLossAction,
+}
+
+impl AgentConfig {
+    /// A configuration with the defaults of the CLI: root directory = current directory, no
+    /// cgroup, 30 s heartbeat timeout, exit on heartbeat loss.
+    pub fn new(listen: SocketAddr, tls_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            listen,
+            tls_dir: tls_dir.into(),
+            root_dir: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
+            cgroup: None,
+            heartbeat_timeout: Duration::from_secs(30),
+            on_heartbeat_loss: HeartbeatLossAction::Exit,
+        }
+    }
+}
+
+/// What the agent does once it has killed its process trees after losing the runner's
+/// heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HeartbeatLossAction {
+    /// [`serve`] returns [`Stopped::HeartbeatLost`]; the binary exits with code 3.
+    #[default]
+    Exit,
+    /// `sync`, then power the machine off (`reboot(RB_POWER_OFF)`). Only for dedicated,
+    /// disposable machines (cloud instances created for one test run): a node nobody controls
+    /// any more then stops costing money.
+    PowerOff,
+    /// Log and keep serving.
+    None,
+}
+
+impl FromStr for HeartbeatLossAction {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "exit" => Ok(Self::Exit),
+            "poweroff" => Ok(Self::PowerOff),
+            "none" => Ok(Self::None),
+            other => Err(format!(
+                "unknown heartbeat-loss action {other:?}: use exit, poweroff or none"
+            )),
+        }
+    }
+}
+
+/// Why [`serve`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// `POST /v1/shutdown`, SIGTERM or SIGINT: the process trees were killed.
+    Shutdown,
+    /// The heartbeat timer expired with [`HeartbeatLossAction::Exit`]: the process trees were
+    /// killed.
+    HeartbeatLost,
+}
+
+/// Errors that stop the agent. Start-up errors name the file or address involved.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// TLS material missing or unusable.
+    #[error("TLS: {path}: {message}")]
+    Tls {
+        /// The file (or directory) involved.
+        path: PathBuf,
+        /// What was wrong and what to do.
+        message: String,
+    },
+    /// The listening socket could not be bound.
+    #[error("listening on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A directory given in the configuration is unusable.
+    #[error("{what} {path}: {message}")]
+    BadDir {
+        /// Which setting (`--root-dir`, `--cgroup`).
+        what: &'static str,
+        /// The directory.
+        path: PathBuf,
+        /// What was wrong.
+        message: String,
+    },
+    /// Installing a signal handler failed.
+    #[error("installing signal handlers: {0}")]
+    Signals(std::io::Error),
+    /// Powering the machine off failed (after the process trees were killed).
+    #[error("powering off after heartbeat loss: {0}")]
+    PowerOff(nix::Error),
+}
+
+/// Runs the agent until it is shut down or loses the heartbeat.
+///
+/// Loads the TLS material, binds `config.listen`, calls `ready` with the bound address, then
+/// serves. On return every process tree the agent started has been killed (and its cgroup
+/// removed, best effort).
+pub async fn serve(
+    config: AgentConfig,
+    ready: impl FnOnce(SocketAddr) + Send,
+) -> Result<Stopped, AgentError> {
+    server::serve(Arc::new(config), ready).await
+}

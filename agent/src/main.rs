@@ -1,1 +1,84 @@
-fn main() {}
+//! `chaos-agent`: the node agent binary. See the library ([`chaos_agent`]) for what it does.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use chaos_agent::{AgentConfig, HeartbeatLossAction, Stopped};
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+/// Exit code after heartbeat loss with `--on-heartbeat-loss exit`.
+const EXIT_HEARTBEAT_LOST: u8 = 3;
+
+/// The chaos node agent: an mTLS HTTPS API to run processes, move files and tunnel TCP on
+/// this node. Prints `CHAOS_AGENT_READY <ip>:<port>` on stdout once it accepts connections.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    /// Address to listen on (IP:PORT; port 0 lets the kernel pick).
+    #[arg(long, value_name = "ADDR")]
+    listen: SocketAddr,
+    /// Directory with ca.pem, node.pem and node.key.
+    #[arg(long, value_name = "DIR")]
+    tls_dir: PathBuf,
+    /// The node's root directory: default working directory of started processes
+    /// [default: the current directory].
+    #[arg(long, value_name = "DIR")]
+    root_dir: Option<PathBuf>,
+    /// A cgroup v2 directory (created beforehand) under which every started process gets its
+    /// own child cgroup, so daemonized descendants are killed too.
+    #[arg(long, value_name = "DIR")]
+    cgroup: Option<PathBuf>,
+    /// How long to wait without a heartbeat before killing every process tree.
+    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = humantime::parse_duration)]
+    heartbeat_timeout: Duration,
+    /// After heartbeat loss: `exit` (code 3), `poweroff` (sync and power the machine off; only
+    /// for dedicated, disposable machines) or `none` (keep serving).
+    #[arg(long, value_name = "ACTION", default_value = "exit")]
+    on_heartbeat_loss: HeartbeatLossAction,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .init();
+    match run(cli) {
+        Ok(Stopped::Shutdown) => ExitCode::SUCCESS,
+        Ok(Stopped::HeartbeatLost) => ExitCode::from(EXIT_HEARTBEAT_LOST),
+        Err(e) => {
+            eprintln!("chaos-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<Stopped> {
+    let mut config = AgentConfig::new(cli.listen, cli.tls_dir);
+    if let Some(root) = cli.root_dir {
+        config.root_dir = root;
+    }
+    config.cgroup = cli.cgroup;
+    config.heartbeat_timeout = cli.heartbeat_timeout;
+    config.on_heartbeat_loss = cli.on_heartbeat_loss;
+
+    // Two workers are plenty for one runner and keep the idle footprint small.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(chaos_agent::serve(config, |addr| {
+        let mut out = std::io::stdout().lock();
+        let written = writeln!(out, "{} {addr}", chaos_proto::READY_LINE_PREFIX).and_then(|()| out.flush());
+        if let Err(e) = written {
+            tracing::error!("writing the ready line to stdout: {e}");
+        }
+    }));
+    // Don't let a stuck blocking task (file I/O) delay the exit.
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    Ok(result?)
+}

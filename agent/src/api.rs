@@ -1,0 +1,247 @@
+//! The HTTP API: routes, error replies, and the small handlers (info, heartbeat, shutdown,
+//! process table).
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chaos_proto::{
+    ApiError, ErrorKind, HeartbeatReply, NodeInfo, OutputSpec, ProcId, ProcInfo, ProcSpec, ProcStarted,
+    SignalRequest, StdinSpec, WaitReply,
+};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
+
+use crate::heartbeat::Heartbeat;
+use crate::procs::ProcTable;
+use crate::{dial, exec, files};
+
+/// Longest a `wait` long poll blocks.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// State shared by every handler.
+pub(crate) struct Agent {
+    pub(crate) procs: ProcTable,
+    pub(crate) heartbeat: Heartbeat,
+    /// Notified by `POST /v1/shutdown`.
+    pub(crate) shutdown: Notify,
+}
+
+impl Agent {
+    pub(crate) fn new(root_dir: PathBuf, cgroup: Option<PathBuf>, heartbeat_timeout: Duration) -> Self {
+        Self {
+            procs: ProcTable::new(root_dir, cgroup),
+            heartbeat: Heartbeat::new(heartbeat_timeout),
+            shutdown: Notify::new(),
+        }
+    }
+}
+
+type AppState = State<Arc<Agent>>;
+
+/// An error reply: the [`ApiError`] as JSON with the status of its kind.
+#[derive(Debug)]
+pub(crate) struct Failure(pub(crate) ApiError);
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.0.kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(self.0)).into_response()
+    }
+}
+
+impl From<ApiError> for Failure {
+    fn from(e: ApiError) -> Self {
+        Self(e)
+    }
+}
+
+fn invalid(message: String) -> Failure {
+    Failure(ApiError::new(ErrorKind::InvalidRequest, message))
+}
+
+impl From<QueryRejection> for Failure {
+    fn from(r: QueryRejection) -> Self {
+        invalid(format!("bad query: {}", r.body_text()))
+    }
+}
+
+impl From<PathRejection> for Failure {
+    fn from(r: PathRejection) -> Self {
+        invalid(format!("bad path parameter: {}", r.body_text()))
+    }
+}
+
+impl From<BytesRejection> for Failure {
+    fn from(r: BytesRejection) -> Self {
+        invalid(format!("bad body: {}", r.body_text()))
+    }
+}
+
+impl From<WebSocketUpgradeRejection> for Failure {
+    fn from(r: WebSocketUpgradeRejection) -> Self {
+        invalid(format!(
+            "this endpoint needs a WebSocket upgrade: {}",
+            r.body_text()
+        ))
+    }
+}
+
+/// Parses a JSON body without insisting on a content type (the runner sends none).
+fn json<T: DeserializeOwned>(what: &str, body: Result<Bytes, BytesRejection>) -> Result<T, Failure> {
+    serde_json::from_slice(&body?).map_err(|e| invalid(format!("bad {what} JSON: {e}")))
+}
+
+/// The API router.
+pub(crate) fn router(agent: Arc<Agent>) -> Router {
+    Router::new()
+        .route("/v1/info", get(info))
+        .route("/v1/heartbeat", post(heartbeat))
+        .route("/v1/shutdown", post(shutdown))
+        .route("/v1/files", get(files::get).put(files::put).delete(files::remove))
+        .route("/v1/files/stat", get(files::stat))
+        .route("/v1/files/list", get(files::list))
+        .route("/v1/procs", get(list_procs).post(start_proc))
+        .route("/v1/procs/exec", get(exec::handler))
+        .route("/v1/procs/{id}/signal", post(signal_proc))
+        .route("/v1/procs/{id}/wait", post(wait_proc))
+        .route("/v1/dial", get(dial::handler))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(agent)
+}
+
+async fn not_found(method: Method, uri: Uri) -> Failure {
+    Failure(ApiError::new(
+        ErrorKind::NotFound,
+        format!("no such endpoint: {method} {}", uri.path()),
+    ))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> Failure {
+    invalid(format!("method {method} is not allowed on {}", uri.path()))
+}
+
+fn addresses() -> Vec<IpAddr> {
+    let mut out = BTreeSet::new();
+    match nix::ifaddrs::getifaddrs() {
+        Ok(ifaddrs) => {
+            for ifa in ifaddrs {
+                let Some(addr) = ifa.address else { continue };
+                let ip = if let Some(v4) = addr.as_sockaddr_in() {
+                    IpAddr::V4(v4.ip())
+                } else if let Some(v6) = addr.as_sockaddr_in6() {
+                    IpAddr::V6(v6.ip())
+                } else {
+                    continue;
+                };
+                if !ip.is_loopback() {
+                    out.insert(ip);
+                }
+            }
+        }
+        Err(e) => tracing::warn!("listing interface addresses: {e}"),
+    }
+    out.into_iter().collect()
+}
+
+async fn info() -> Json<NodeInfo> {
+    let hostname = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let kernel = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Json(NodeInfo {
+        hostname,
+        addresses: addresses(),
+        kernel,
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        protocol_version: chaos_proto::PROTOCOL_VERSION,
+        pid: std::process::id(),
+    })
+}
+
+async fn heartbeat(State(agent): AppState) -> Json<HeartbeatReply> {
+    agent.heartbeat.beat();
+    Json(HeartbeatReply {
+        timeout_ms: agent.heartbeat.timeout().as_millis() as u64,
+    })
+}
+
+async fn shutdown(State(agent): AppState) -> StatusCode {
+    tracing::info!("shutdown requested over the API");
+    agent.shutdown.notify_one();
+    StatusCode::NO_CONTENT
+}
+
+async fn list_procs(State(agent): AppState) -> Json<Vec<ProcInfo>> {
+    Json(agent.procs.list())
+}
+
+async fn start_proc(
+    State(agent): AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<ProcStarted>, Failure> {
+    let spec: ProcSpec = json("process spec", body)?;
+    let piped = [
+        (spec.stdin == StdinSpec::Pipe, "stdin"),
+        (spec.stdout == OutputSpec::Pipe, "stdout"),
+        (spec.stderr == OutputSpec::Pipe, "stderr"),
+    ];
+    if let Some((_, name)) = piped.iter().find(|(p, _)| *p) {
+        return Err(invalid(format!(
+            "{name} is `pipe`, which needs the exec WebSocket (/v1/procs/exec); use null or file here"
+        )));
+    }
+    let spawned = agent.procs.spawn(spec)?;
+    Ok(Json(ProcStarted {
+        id: spawned.entry.id,
+        pid: spawned.entry.pid,
+    }))
+}
+
+async fn signal_proc(
+    State(agent): AppState,
+    id: Result<Path<ProcId>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<StatusCode, Failure> {
+    let Path(id) = id?;
+    let req: SignalRequest = json("signal request", body)?;
+    agent.procs.signal(id, req.signal, req.group)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+struct WaitQuery {
+    timeout_ms: Option<u64>,
+}
+
+async fn wait_proc(
+    State(agent): AppState,
+    id: Result<Path<ProcId>, PathRejection>,
+    q: Result<Query<WaitQuery>, QueryRejection>,
+) -> Result<Json<WaitReply>, Failure> {
+    let Path(id) = id?;
+    let Query(q) = q?;
+    let timeout = q
+        .timeout_ms
+        .map(Duration::from_millis)
+        .unwrap_or(MAX_WAIT)
+        .min(MAX_WAIT);
+    let exit = agent.procs.wait(id, timeout).await?;
+    Ok(Json(WaitReply { exit }))
+}

@@ -1,0 +1,60 @@
+//! The heartbeat timer: reset by every `POST /v1/heartbeat`, started when the agent starts.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// Time of the last heartbeat, shared by the handler (which resets it) and the watchdog
+/// (which waits for it to grow old).
+pub(crate) struct Heartbeat {
+    timeout: Duration,
+    last: watch::Sender<Instant>,
+}
+
+impl Heartbeat {
+    /// A timer that starts now.
+    pub(crate) fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            last: watch::Sender::new(Instant::now()),
+        }
+    }
+
+    /// The configured timeout.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Records a heartbeat.
+    pub(crate) fn beat(&self) {
+        self.last.send_replace(Instant::now());
+    }
+
+    /// Resolves once `timeout` has passed without a heartbeat.
+    pub(crate) async fn expired(&self) {
+        let mut last = self.last.subscribe();
+        loop {
+            let deadline = *last.borrow_and_update() + self.timeout;
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return,
+                changed = last.changed() => {
+                    if changed.is_err() {
+                        // The sender lives as long as `self`, so this cannot happen; waiting
+                        // forever is the safe reading of "no more heartbeats can arrive".
+                        std::future::pending::<()>().await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Resolves at the next heartbeat.
+    pub(crate) async fn next_beat(&self) {
+        let mut last = self.last.subscribe();
+        last.borrow_and_update();
+        if last.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
