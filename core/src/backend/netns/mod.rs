@@ -1,0 +1,805 @@
+//! The `netns` backend: every node is a Linux network namespace with its own IPv4 address,
+//! running `chaos-agent`, its processes in a cgroup of their own.
+//!
+//! # Layout of cluster number `i`
+//!
+//! ```text
+//!  host netns                 hub netns chaos-<i>             node netns chaos-<i>-n<k>
+//!  chaos<i> 10.(200+i/256).(i%256).1 ── chaos<i>h ─┐
+//!                             br0 ─────────────────┤
+//!                                        n<k> ─────┴──────── eth0 .(k+1)   agent on :7700
+//! ```
+//!
+//! The bridge lives in a namespace of its own (the *hub*), not on the host: Docker sets the
+//! host's iptables `FORWARD` policy to `DROP`, and with `br_netfilter` bridged frames traverse
+//! that chain. In the hub they traverse the hub's own, empty, netfilter instead, and runner →
+//! node traffic is plain local output on the host — so the backend works on Docker hosts
+//! without touching the host firewall.
+//!
+//! The cluster index is claimed by creating the host link `chaos<i>`: the kernel refuses a
+//! duplicate name, so concurrent runners (threads or processes) simply take the next free
+//! index. A state file `/run/chaos/netns/<i>.json` lists what the cluster holds, so a crashed
+//! runner's leftovers can be collected later.
+
+mod agent;
+mod cgroup;
+mod links;
+mod namespace;
+
+use std::fs::File;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use rtnetlink::Handle;
+use serde::Serialize;
+use tokio::process::Child;
+
+pub use agent::{AGENT_BIN_ENV, find_agent_binary};
+
+use crate::agent_client::{AgentClient, AgentNode, HeartbeatTask};
+use crate::backend::ClusterOptions;
+use crate::certs::{self, ClusterCa};
+use crate::cluster::{Cluster, Node};
+use crate::{Error, Result};
+
+/// Port the agents listen on, on their node's address.
+pub const AGENT_PORT: u16 = 7700;
+
+/// Number of cluster indices (and so of clusters that can exist at once on a host).
+pub const MAX_CLUSTERS: u32 = 4000;
+
+/// Most nodes a cluster can hold: its /24 minus the network, broadcast and host addresses.
+pub const MAX_NODES: u32 = 253;
+
+/// Directory of the state files.
+pub const STATE_DIR: &str = namespace::STATE_DIR;
+
+/// Bound on tearing down a node's processes and cgroups.
+const TEARDOWN_BOUND: Duration = Duration::from_secs(3);
+
+/// Bound on an agent's graceful shutdown during [`Cluster::cleanup`].
+const SHUTDOWN_BOUND: Duration = Duration::from_secs(2);
+
+const BRIDGE: &str = "br0";
+const NODE_LINK: &str = "eth0";
+
+fn backend_error(message: impl Into<String>) -> Error {
+    Error::backend("netns", message)
+}
+
+/// The /24 of cluster `index`: `10.(200 + index / 256).(index % 256).0`.
+pub fn subnet(index: u32) -> Ipv4Addr {
+    Ipv4Addr::new(10, (200 + index / 256) as u8, (index % 256) as u8, 0)
+}
+
+/// The host's address in cluster `index` (`.1`).
+pub fn host_address(index: u32) -> Ipv4Addr {
+    let [a, b, c, _] = subnet(index).octets();
+    Ipv4Addr::new(a, b, c, 1)
+}
+
+/// Address of node `k` (1-based) of cluster `index` (`.k+1`).
+pub fn node_address(index: u32, k: u32) -> Ipv4Addr {
+    let [a, b, c, _] = subnet(index).octets();
+    Ipv4Addr::new(a, b, c, (k + 1) as u8)
+}
+
+/// The host-side link of cluster `index`, whose creation claims the index.
+pub fn host_link_name(index: u32) -> String {
+    format!("chaos{index}")
+}
+
+/// The hub namespace of cluster `index`, holding the bridge.
+pub fn hub_netns_name(index: u32) -> String {
+    format!("chaos-{index}")
+}
+
+/// The namespace of node `k` of cluster `index`.
+pub fn node_netns_name(index: u32, k: u32) -> String {
+    format!("chaos-{index}-n{k}")
+}
+
+/// Path of the state file of cluster `index`.
+pub fn state_file(index: u32) -> PathBuf {
+    Path::new(STATE_DIR).join(format!("{index}.json"))
+}
+
+/// Whether the netns backend can run here: `Err` holds one line saying what is missing.
+pub fn availability() -> Result<(), String> {
+    if !has_capabilities() {
+        return Err(
+            "netns backend needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN): run as root or use --backend local"
+                .into(),
+        );
+    }
+    namespace::can_unshare().map_err(|e| {
+        format!("netns backend cannot create network namespaces here (unshare(CLONE_NEWNET): {e}): use --backend local")
+    })?;
+    if cgroup::cgroup2_mount().is_none() {
+        return Err(
+            "netns backend needs a cgroup2 mount (none in /proc/self/mountinfo): mount one or use --backend local".into(),
+        );
+    }
+    find_agent_binary().map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// CAP_NET_ADMIN (12) and CAP_SYS_ADMIN (21) in the effective set.
+fn has_capabilities() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let caps = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let needed = (1u64 << 12) | (1u64 << 21);
+    caps & needed == needed
+}
+
+/// Whether any IPv4 route of the host (other than a default route) overlaps `net`/24.
+fn overlaps_host_route(net: Ipv4Addr) -> bool {
+    let routes = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+    let ours = u32::from(net);
+    routes.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let parse = |s: &str| {
+            u32::from_str_radix(s, 16)
+                .ok()
+                .map(|v| u32::from(Ipv4Addr::from(v.to_ne_bytes())))
+        };
+        match (
+            fields.get(1).and_then(|s| parse(s)),
+            fields.get(7).and_then(|s| parse(s)),
+        ) {
+            (Some(dest), Some(mask)) if mask != 0 => {
+                let common = mask & 0xffff_ff00;
+                dest & common == ours & common
+            }
+            _ => false,
+        }
+    })
+}
+
+/// What the state file records, for `chaos gc` to clean up after a crashed runner.
+#[derive(Serialize)]
+struct StateFile<'a> {
+    index: u32,
+    cluster: &'a str,
+    runner_pid: u32,
+    host_link: String,
+    hub_netns: String,
+    node_netns: Vec<&'a str>,
+    cgroup_dir: &'a Path,
+    temp_dir: &'a Path,
+}
+
+/// A cluster of netns nodes. See the [module documentation](self).
+pub struct NetnsCluster {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    options: ClusterOptions,
+    index: u32,
+    agent_bin: PathBuf,
+    cgroup_dir: PathBuf,
+    dir: PathBuf,
+    ca: ClusterCa,
+    tls: Arc<rustls::ClientConfig>,
+    bridge_index: u32,
+    state: Mutex<State>,
+}
+
+struct State {
+    next_node: u32,
+    nodes: Vec<NodeRes>,
+    /// `None` once the cluster was cleaned up.
+    cluster: Option<ClusterRes>,
+}
+
+/// The cluster-wide resources, released in [`ClusterRes::teardown`] (also on drop).
+struct ClusterRes {
+    index: u32,
+    hub: Option<Handle>,
+    hub_fd: Option<File>,
+    hub_created: bool,
+    cgroup_dir: Option<PathBuf>,
+    temp: Option<tempfile::TempDir>,
+    state_file: Option<PathBuf>,
+}
+
+impl ClusterRes {
+    fn claimed(index: u32) -> Self {
+        Self {
+            index,
+            hub: None,
+            hub_fd: None,
+            hub_created: false,
+            cgroup_dir: None,
+            temp: None,
+            state_file: None,
+        }
+    }
+
+    /// Releases everything, blocking; returns what could not be released.
+    fn teardown(&mut self) -> Vec<String> {
+        let mut errors = Vec::new();
+        self.hub = None;
+        self.hub_fd = None;
+        // Deleting the host end also deletes its peer in the hub.
+        let link = host_link_name(self.index);
+        if let Err(e) = links::delete_link_blocking(&link) {
+            errors.push(e.to_string());
+        }
+        if std::mem::take(&mut self.hub_created)
+            && let Err(e) = namespace::remove(&hub_netns_name(self.index))
+        {
+            errors.push(e.to_string());
+        }
+        if let Some(dir) = self.cgroup_dir.take()
+            && let Err(e) = cgroup::remove_tree(&dir, Instant::now() + TEARDOWN_BOUND)
+        {
+            errors.push(e.to_string());
+        }
+        if let Some(temp) = self.temp.take() {
+            let path = temp.path().to_path_buf();
+            if let Err(e) = temp.close() {
+                errors.push(format!("removing {}: {e}", path.display()));
+            }
+        }
+        if let Some(file) = self.state_file.take() {
+            let _ = std::fs::remove_file(file);
+        }
+        errors
+    }
+}
+
+impl Drop for ClusterRes {
+    fn drop(&mut self) {
+        for e in self.teardown() {
+            tracing::warn!("netns cluster #{}: cleanup: {e}", self.index);
+        }
+    }
+}
+
+/// One node's resources, released by [`teardown_nodes`] (also on drop, so a node whose
+/// creation fails or is cancelled half-way leaves nothing behind).
+struct NodeRes {
+    k: u32,
+    name: String,
+    netns: String,
+    netns_created: bool,
+    netns_fd: Option<File>,
+    cgroup: Option<PathBuf>,
+    agent: Option<Child>,
+    client: Option<Arc<AgentClient>>,
+    heartbeat: Option<HeartbeatTask>,
+}
+
+impl Drop for NodeRes {
+    fn drop(&mut self) {
+        for e in teardown_nodes(std::slice::from_mut(self)) {
+            tracing::warn!("netns node {}: cleanup: {e}", self.name);
+        }
+    }
+}
+
+/// Kills and releases `nodes`, blocking, in phases so that many nodes die in parallel:
+/// kill every agent and cgroup, then reap, then remove cgroups and namespaces. Idempotent.
+fn teardown_nodes(nodes: &mut [NodeRes]) -> Vec<String> {
+    let mut errors = Vec::new();
+    let deadline = Instant::now() + TEARDOWN_BOUND;
+    for n in nodes.iter_mut() {
+        n.heartbeat = None;
+        n.client = None;
+        if let Some(agent) = n.agent.as_mut() {
+            let _ = agent.start_kill();
+        }
+        if let Some(dir) = &n.cgroup
+            && let Err(e) = cgroup::kill(dir)
+        {
+            errors.push(format!("node {}: {e}", n.name));
+        }
+    }
+    for n in nodes.iter_mut() {
+        if let Some(mut agent) = n.agent.take() {
+            loop {
+                match agent.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
+                    Ok(None) => {
+                        errors.push(format!(
+                            "node {}: agent pid {:?} did not exit",
+                            n.name,
+                            agent.id()
+                        ));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    for n in nodes.iter_mut() {
+        if let Some(dir) = n.cgroup.take()
+            && let Err(e) = cgroup::remove_tree(&dir, deadline)
+        {
+            errors.push(format!("node {}: {e}", n.name));
+        }
+        n.netns_fd = None;
+        if std::mem::take(&mut n.netns_created)
+            && let Err(e) = namespace::remove(&n.netns)
+        {
+            errors.push(format!("node {}: {e}", n.name));
+        }
+    }
+    errors
+}
+
+impl NetnsCluster {
+    /// Creates an empty cluster: claims an index, creates the hub namespace with its bridge,
+    /// the host link, the cgroup and temporary directories, and the cluster's CA.
+    pub async fn new(options: ClusterOptions) -> Result<Self> {
+        availability()
+            .map_err(|m| backend_error(m.strip_prefix("netns backend ").unwrap_or(&m).to_string()))?;
+        let agent_bin = find_agent_binary()?;
+        let cgroup_root = cgroup::cgroup2_mount()
+            .ok_or_else(|| backend_error("no cgroup2 mount"))?
+            .join("chaos");
+        let host = links::host_handle().map_err(|e| Error::io("opening a netlink socket", e))?;
+
+        let (mut res, hub_ns) = claim_index(&host).await?;
+        let index = res.index;
+        let ctx = |what: &str| format!("netns cluster {} (#{index}): {what}", options.name);
+        res.state_file = Some(state_file(index));
+
+        let hub_fd = hub_ns.fd;
+        let hub = links::handle_for(
+            hub_ns
+                .netlink
+                .ok_or_else(|| backend_error("hub netlink socket missing"))?,
+        )
+        .map_err(|e| Error::io(ctx("hub netlink socket"), e))?;
+        let host_link = host_link_name(index);
+        let uplink = format!("{host_link}h");
+        let net = async {
+            links::move_to_netns(&host, &uplink, hub_fd.as_raw_fd()).await?;
+            let host_index = links::index_of(&host, &host_link).await?;
+            links::add_address(&host, host_index, IpAddr::V4(host_address(index)), 24).await?;
+            links::set_up(&host, &host_link, None).await?;
+            let bridge = links::add_bridge(&hub, BRIDGE).await?;
+            links::set_up(&hub, &uplink, Some(bridge)).await?;
+            Ok::<_, io::Error>(bridge)
+        };
+        let net_result = net.await;
+        res.hub_fd = Some(hub_fd);
+        res.hub = Some(hub);
+        let bridge_index = net_result.map_err(|e| Error::io(ctx("setting up the cluster network"), e))?;
+
+        let cgroup_dir = cgroup_root.join(index.to_string());
+        if cgroup_dir.exists() {
+            // Left by a crashed runner that had this index: nothing of it runs any more.
+            let _ = cgroup::kill(&cgroup_dir);
+            let _ = cgroup::remove_tree(&cgroup_dir, Instant::now() + TEARDOWN_BOUND);
+        }
+        cgroup::create(&cgroup_dir).map_err(|e| Error::io(ctx("cgroup"), e))?;
+        res.cgroup_dir = Some(cgroup_dir.clone());
+        let temp = tempfile::Builder::new()
+            .prefix(&format!("chaos-netns-{index}-"))
+            .tempdir()
+            .map_err(|e| Error::io(ctx("creating a temporary directory"), e))?;
+        let dir = temp.path().to_path_buf();
+        res.temp = Some(temp);
+
+        let ca = ClusterCa::generate(&options.name)?;
+        let runner = ca.issue_runner()?;
+        let tls = certs::client_config(ca.cert_pem(), &runner)?;
+
+        let inner = Inner {
+            options,
+            index,
+            agent_bin,
+            cgroup_dir,
+            dir,
+            ca,
+            tls,
+            bridge_index,
+            state: Mutex::new(State {
+                next_node: 1,
+                nodes: Vec::new(),
+                cluster: Some(res),
+            }),
+        };
+        inner.write_state_file(&inner.lock());
+        tracing::debug!(index, "netns cluster {} ready", inner.options.name);
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The cluster's index (see the [module documentation](self)).
+    pub fn index(&self) -> u32 {
+        self.inner.index
+    }
+
+    /// The cluster's /24.
+    pub fn subnet(&self) -> Ipv4Addr {
+        subnet(self.inner.index)
+    }
+
+    /// The runner's (the host's) address on the cluster network.
+    pub fn host_address(&self) -> Ipv4Addr {
+        host_address(self.inner.index)
+    }
+
+    /// The host-side link of the cluster.
+    pub fn host_link(&self) -> String {
+        host_link_name(self.inner.index)
+    }
+
+    /// The hub namespace holding the cluster's bridge.
+    pub fn hub_netns(&self) -> String {
+        hub_netns_name(self.inner.index)
+    }
+
+    /// The namespace of node `node` (`"n1"`, …), whether or not it exists (yet).
+    pub fn node_netns(&self, node: &str) -> Option<String> {
+        let k: u32 = node.strip_prefix('n')?.parse().ok()?;
+        (1..=MAX_NODES)
+            .contains(&k)
+            .then(|| node_netns_name(self.inner.index, k))
+    }
+
+    /// The cluster's cgroup directory (each node has a child named after it).
+    pub fn cgroup_dir(&self) -> &Path {
+        &self.inner.cgroup_dir
+    }
+
+    /// The cluster's temporary directory (each node has a child named after it holding
+    /// `root/`, `tls/` and `agent.log`).
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The agent log of node `node`.
+    pub fn agent_log(&self, node: &str) -> PathBuf {
+        self.inner.dir.join(node).join("agent.log")
+    }
+
+    /// The cluster's state file.
+    pub fn state_file(&self) -> PathBuf {
+        state_file(self.inner.index)
+    }
+}
+
+/// Claims the first free index whose subnet no host route overlaps, by creating its host veth
+/// pair, then creates its hub namespace.
+///
+/// The search starts after the index this process claimed last, so a process does not reuse an
+/// index right after releasing it (which would make leftovers of one cluster look like parts of
+/// the next in logs and leak checks).
+async fn claim_index(host: &Handle) -> Result<(ClusterRes, namespace::NewNamespace)> {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = NEXT.load(Ordering::Relaxed);
+    for index in (start..MAX_CLUSTERS).chain(0..start) {
+        if overlaps_host_route(subnet(index)) {
+            continue;
+        }
+        let link = host_link_name(index);
+        match links::add_veth(host, &link, &format!("{link}h")).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(Error::io("netns backend: claiming a cluster index", e)),
+        }
+        let mut res = ClusterRes::claimed(index);
+        match namespace::create(&hub_netns_name(index), true).await {
+            Ok(ns) => {
+                NEXT.store((index + 1) % MAX_CLUSTERS, Ordering::Relaxed);
+                res.hub_created = true;
+                return Ok((res, ns));
+            }
+            // A hub without a host link: left by someone else; leave it and move on.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => {
+                return Err(Error::io(
+                    format!("netns backend: creating namespace {}", hub_netns_name(index)),
+                    e,
+                ));
+            }
+        }
+    }
+    Err(backend_error(format!(
+        "all {MAX_CLUSTERS} cluster indices are taken or their subnets overlap host routes; \
+         clean up stale clusters (links chaos*, `ip netns list`)"
+    )))
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_state_file(&self, state: &State) {
+        let Some(res) = &state.cluster else { return };
+        let Some(path) = &res.state_file else { return };
+        let file = StateFile {
+            index: self.index,
+            cluster: &self.options.name,
+            runner_pid: std::process::id(),
+            host_link: host_link_name(self.index),
+            hub_netns: hub_netns_name(self.index),
+            node_netns: state.nodes.iter().map(|n| n.netns.as_str()).collect(),
+            cgroup_dir: &self.cgroup_dir,
+            temp_dir: &self.dir,
+        };
+        let write = || -> io::Result<()> {
+            std::fs::create_dir_all(STATE_DIR)?;
+            let tmp = path.with_extension("json.tmp");
+            std::fs::write(&tmp, serde_json::to_vec_pretty(&file).unwrap_or_default())?;
+            std::fs::rename(&tmp, path)
+        };
+        if let Err(e) = write() {
+            tracing::warn!("netns cluster #{}: writing {}: {e}", self.index, path.display());
+        }
+    }
+
+    /// Creates node `k`; on any failure (or cancellation) the returned guard's drop releases
+    /// what was made.
+    async fn create_node(self: Arc<Self>, k: u32, hub: Handle) -> Result<(Arc<dyn Node>, NodeRes)> {
+        let name = format!("n{k}");
+        let ip = node_address(self.index, k);
+        let mut res = NodeRes {
+            k,
+            name: name.clone(),
+            netns: node_netns_name(self.index, k),
+            netns_created: false,
+            netns_fd: None,
+            cgroup: None,
+            agent: None,
+            client: None,
+            heartbeat: None,
+        };
+        let netns = res.netns.clone();
+        let ctx = |what: &str| format!("node {name} ({netns}): {what}");
+
+        // Network: namespace, veth into the hub's bridge, address, loopback.
+        let ns = namespace::create(&res.netns, true)
+            .await
+            .map_err(|e| Error::io(ctx("creating the network namespace"), e))?;
+        res.netns_created = true;
+        let ns_fd = res.netns_fd.insert(ns.fd).as_raw_fd();
+        let node_nl = links::handle_for(
+            ns.netlink
+                .ok_or_else(|| backend_error("node netlink socket missing"))?,
+        )
+        .map_err(|e| Error::io(ctx("netlink socket"), e))?;
+        let net = async {
+            links::add_bridge_port_veth(&hub, &name, self.bridge_index, NODE_LINK, ns_fd).await?;
+            let eth = links::index_of(&node_nl, NODE_LINK).await?;
+            tokio::try_join!(
+                links::add_address(&node_nl, eth, IpAddr::V4(ip), 24),
+                links::set_up_index(&node_nl, eth),
+                links::set_up_index(&node_nl, links::LOOPBACK_INDEX),
+            )?;
+            Ok::<_, io::Error>(())
+        };
+        net.await
+            .map_err(|e| Error::io(ctx("configuring the network"), e))?;
+        drop(node_nl);
+
+        // Files: root directory, TLS material (keys 0600, never on a command line).
+        let node_dir = self.dir.join(&name);
+        let root_dir = node_dir.join("root");
+        let tls_dir = node_dir.join("tls");
+        std::fs::create_dir_all(&root_dir)
+            .map_err(|e| Error::io(ctx(&format!("creating {}", root_dir.display())), e))?;
+        let identity = self.ca.issue_node(&name, &[IpAddr::V4(ip)], &[])?;
+        identity.write_node_dir(&tls_dir, self.ca.cert_pem())?;
+
+        // cgroup: the node's directory, the agent in its `agent` child.
+        let cgroup_dir = self.cgroup_dir.join(&name);
+        cgroup::create(&cgroup_dir.join("agent")).map_err(|e| Error::io(ctx("cgroup"), e))?;
+        res.cgroup = Some(cgroup_dir.clone());
+
+        let netns_file = res
+            .netns_fd
+            .as_ref()
+            .ok_or_else(|| backend_error("namespace fd missing"))?;
+        let started = agent::launch(agent::Launch {
+            node: &name,
+            binary: &self.agent_bin,
+            netns: netns_file,
+            listen: SocketAddr::new(IpAddr::V4(ip), AGENT_PORT),
+            tls_dir: &tls_dir,
+            root_dir: &root_dir,
+            cgroup: &cgroup_dir,
+            log: &node_dir.join("agent.log"),
+            heartbeat_timeout: self.options.heartbeat_timeout,
+            ready_timeout: self.options.node_ready_timeout,
+        })
+        .await?;
+        res.agent = Some(started.child);
+        if started.addr.ip() != IpAddr::V4(ip) {
+            return Err(backend_error(ctx(&format!(
+                "the agent announced {} instead of {ip}:{AGENT_PORT}",
+                started.addr
+            ))));
+        }
+
+        let client = Arc::new(AgentClient::new(name.clone(), started.addr, self.tls.clone()));
+        // The first heartbeat proves the agent accepts our mutual TLS, and starts its clock.
+        client.heartbeat().await?;
+        let interval = (self.options.heartbeat_timeout / 3).max(Duration::from_millis(10));
+        res.heartbeat = Some(client.spawn_heartbeats(interval));
+        res.client = Some(client.clone());
+        let node: Arc<dyn Node> = Arc::new(AgentNode::new(
+            client,
+            vec![IpAddr::V4(ip)],
+            root_dir.to_string_lossy().into_owned(),
+        ));
+        Ok((node, res))
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let (mut nodes, cluster) = {
+            let mut state = self.lock();
+            (std::mem::take(&mut state.nodes), state.cluster.take())
+        };
+        for e in teardown_nodes(&mut nodes) {
+            tracing::warn!("netns cluster #{}: cleanup: {e}", self.index);
+        }
+        drop(nodes);
+        drop(cluster);
+    }
+}
+
+#[async_trait]
+impl Cluster for NetnsCluster {
+    fn backend(&self) -> &'static str {
+        "netns"
+    }
+
+    async fn create_nodes(&self, count: usize) -> Result<Vec<Arc<dyn Node>>> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let inner = &self.inner;
+        let (first, hub) = {
+            let mut state = inner.lock();
+            let hub = state
+                .cluster
+                .as_ref()
+                .and_then(|c| c.hub.clone())
+                .ok_or_else(|| {
+                    backend_error(format!(
+                        "cluster {}: already cleaned up; create a new cluster",
+                        inner.options.name
+                    ))
+                })?;
+            let first = state.next_node;
+            let last = u64::from(first) + count as u64 - 1;
+            if last > u64::from(MAX_NODES) {
+                return Err(backend_error(format!(
+                    "cluster {}: asked for {count} more nodes but a netns cluster holds at most {MAX_NODES} \
+                     ({} already made)",
+                    inner.options.name,
+                    first - 1
+                )));
+            }
+            state.next_node = last as u32 + 1;
+            (first, hub)
+        };
+
+        let bound = inner.options.node_ready_timeout;
+        let mut tasks = tokio::task::JoinSet::new();
+        for k in first..first + count as u32 {
+            let inner = inner.clone();
+            let hub = hub.clone();
+            tasks.spawn(async move {
+                let name = format!("n{k}");
+                crate::ext::with_timeout(&name, "creating the node", bound, inner.create_node(k, hub)).await
+            });
+        }
+        let mut made = Vec::with_capacity(count);
+        let mut first_error = None;
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(Ok(pair)) => made.push(pair),
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(backend_error(format!("node creation task failed: {e}")));
+                }
+            }
+        }
+        made.sort_by_key(|(_, res)| res.k);
+        let nodes: Vec<Arc<dyn Node>> = made.iter().map(|(node, _)| node.clone()).collect();
+        {
+            let mut state = inner.lock();
+            if state.cluster.is_some() {
+                state.nodes.extend(made.into_iter().map(|(_, res)| res));
+                inner.write_state_file(&state);
+            }
+            // Otherwise the cluster was cleaned up meanwhile: dropping `made` releases the nodes.
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(nodes),
+        }
+    }
+
+    async fn cleanup(&self) -> Result<()> {
+        let inner = &self.inner;
+        let (mut nodes, cluster) = {
+            let mut state = inner.lock();
+            (std::mem::take(&mut state.nodes), state.cluster.take())
+        };
+        if nodes.is_empty() && cluster.is_none() {
+            return Ok(());
+        }
+        // Graceful first: each agent kills its process trees and heals its faults itself.
+        let shutdowns = nodes
+            .iter()
+            .filter_map(|n| n.client.clone())
+            .map(|client| async move {
+                let _ = tokio::time::timeout(SHUTDOWN_BOUND, client.shutdown()).await;
+            });
+        futures_util::future::join_all(shutdowns).await;
+        let exits = nodes
+            .iter_mut()
+            .filter_map(|n| n.agent.as_mut())
+            .map(|agent| async move {
+                let _ = tokio::time::timeout(SHUTDOWN_BOUND, agent.wait()).await;
+            });
+        futures_util::future::join_all(exits).await;
+
+        let errors = tokio::task::spawn_blocking(move || {
+            let mut errors = teardown_nodes(&mut nodes);
+            drop(nodes);
+            if let Some(mut cluster) = cluster {
+                errors.extend(cluster.teardown());
+            }
+            errors
+        })
+        .await
+        .unwrap_or_else(|e| vec![format!("cleanup task failed: {e}")]);
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(backend_error(format!(
+                "cleaning up cluster {} (#{}): {}",
+                inner.options.name,
+                inner.index,
+                errors.join("; ")
+            )))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_follow_the_index() {
+        assert_eq!(subnet(0), Ipv4Addr::new(10, 200, 0, 0));
+        assert_eq!(subnet(257), Ipv4Addr::new(10, 201, 1, 0));
+        assert_eq!(subnet(MAX_CLUSTERS - 1), Ipv4Addr::new(10, 215, 159, 0));
+        assert_eq!(host_address(3), Ipv4Addr::new(10, 200, 3, 1));
+        assert_eq!(node_address(3, 1), Ipv4Addr::new(10, 200, 3, 2));
+        assert_eq!(node_address(3, MAX_NODES), Ipv4Addr::new(10, 200, 3, 254));
+        assert_eq!(node_netns_name(3, 7), "chaos-3-n7");
+        assert!(
+            host_link_name(MAX_CLUSTERS - 1).len() < 15,
+            "link names must fit IFNAMSIZ with the h suffix"
+        );
+    }
+}
