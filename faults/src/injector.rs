@@ -1,0 +1,312 @@
+//! The injector: installs faults, records them in the ledger first, heals them exactly.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::ledger::{Installed, Ledger, LedgerEntry};
+use crate::nfqueue::Shaper;
+use crate::nft::{self, Action, Nft};
+use crate::spec::{FaultSpec, FreezeTarget, Mechanism};
+use crate::{link, process, qdisc};
+
+/// Handle major number of every qdisc we install (`c4a0:`).
+pub const QDISC_HANDLE: u32 = 0xC4A0_0000;
+/// First NFQUEUE number we try; each packet fault takes the next free one.
+pub const FIRST_QUEUE: u16 = 0xC4A0;
+
+/// A fault currently installed by this injector.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActiveFault {
+    /// The fault id given by the caller.
+    pub id: String,
+    /// What was asked.
+    pub spec: FaultSpec,
+    /// How it was carried out.
+    pub mechanism: Mechanism,
+}
+
+/// What healing found and removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealReport {
+    /// Entries whose object was removed or restored.
+    pub healed: Vec<LedgerEntry>,
+    /// Entries whose object was already gone.
+    pub already_gone: Vec<LedgerEntry>,
+}
+
+/// Installs and heals faults in the calling thread's network namespace, keeping a ledger.
+///
+/// Call every method from the same network namespace (the agent's). Dropping the injector
+/// without healing leaves kernel objects in place on purpose (as a crash would): the next
+/// [`Injector::new`] on the same state file heals them.
+pub struct Injector {
+    ledger: Ledger,
+    exempt_tcp_ports: Vec<u16>,
+    active: BTreeMap<String, ActiveFault>,
+    shapers: BTreeMap<String, Shaper>,
+    startup_heal: HealReport,
+}
+
+impl Injector {
+    /// Opens the ledger at `state_path`, heals whatever a previous process left there, and
+    /// returns an injector that never affects the local TCP ports in `exempt_tcp_ports` (both
+    /// directions), e.g. the agent's own control port.
+    pub fn new(state_path: impl AsRef<Path>, exempt_tcp_ports: &[u16]) -> Result<Self> {
+        let mut ledger = Ledger::open(state_path.as_ref())?;
+        let startup_heal = heal_ledger(&mut ledger)?;
+        if !startup_heal.healed.is_empty() {
+            tracing::warn!(
+                count = startup_heal.healed.len(),
+                "healed faults left by a previous process"
+            );
+        }
+        Ok(Self {
+            ledger,
+            exempt_tcp_ports: exempt_tcp_ports.to_vec(),
+            active: BTreeMap::new(),
+            shapers: BTreeMap::new(),
+            startup_heal,
+        })
+    }
+
+    /// What [`Injector::new`] healed from the state file.
+    pub fn startup_heal(&self) -> &HealReport {
+        &self.startup_heal
+    }
+
+    /// The faults installed now.
+    pub fn active(&self) -> Vec<ActiveFault> {
+        self.active.values().cloned().collect()
+    }
+
+    /// Installs fault `id`. The object is recorded in the ledger before it is created; on
+    /// failure nothing of it is left installed.
+    pub fn inject(&mut self, id: &str, spec: &FaultSpec) -> Result<Mechanism> {
+        nft::validate_id(id)?;
+        if self.active.contains_key(id) || self.ledger.entries().iter().any(|e| e.fault == id) {
+            return Err(Error::AlreadyActive { id: id.to_string() });
+        }
+        let result = self.install(id, spec);
+        match result {
+            Ok(mechanism) => {
+                tracing::info!(id, ?mechanism, "fault injected");
+                self.active.insert(
+                    id.to_string(),
+                    ActiveFault {
+                        id: id.to_string(),
+                        spec: spec.clone(),
+                        mechanism: mechanism.clone(),
+                    },
+                );
+                Ok(mechanism)
+            }
+            Err(e) => {
+                // Undo whatever part got installed; report the original error.
+                if let Err(undo) = self.heal(id) {
+                    tracing::error!(id, error = %undo, "cleanup after failed injection failed");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn install(&mut self, id: &str, spec: &FaultSpec) -> Result<Mechanism> {
+        match spec {
+            FaultSpec::Partition { scope } => {
+                self.ledger.record(
+                    id,
+                    Installed::NftChains {
+                        fault: id.to_string(),
+                    },
+                )?;
+                Nft::open()?.install(id, scope, &self.exempt_tcp_ports, Action::Drop)?;
+                Ok(Mechanism::NftablesNetlink)
+            }
+            FaultSpec::Loss { scope, percent } => {
+                if !(0.0..=100.0).contains(percent) {
+                    return Err(Error::invalid(
+                        "percent",
+                        format!("{percent} is not between 0 and 100"),
+                    ));
+                }
+                let per10000 = (percent * 100.0).round() as u32;
+                self.ledger.record(
+                    id,
+                    Installed::NftChains {
+                        fault: id.to_string(),
+                    },
+                )?;
+                Nft::open()?.install(id, scope, &self.exempt_tcp_ports, Action::DropRandom { per10000 })?;
+                Ok(Mechanism::NftablesNetlink)
+            }
+            FaultSpec::Packet { scope, effects } => {
+                effects.validate()?;
+                scope.validate()?;
+                let shaper = self.start_shaper(effects)?;
+                let queue = shaper.queue();
+                self.shapers.insert(id.to_string(), shaper);
+                self.ledger.record(
+                    id,
+                    Installed::NftChains {
+                        fault: id.to_string(),
+                    },
+                )?;
+                Nft::open()?.install(id, scope, &self.exempt_tcp_ports, Action::Queue { num: queue })?;
+                Ok(Mechanism::NfqueueUserspace { queue })
+            }
+            FaultSpec::Bandwidth(bw) => {
+                let handle = QDISC_HANDLE;
+                qdisc::check_root_free(&bw.interface, handle)?;
+                self.ledger.record(
+                    id,
+                    Installed::RootQdisc {
+                        interface: bw.interface.clone(),
+                        handle,
+                    },
+                )?;
+                qdisc::install_tbf(bw, handle)?;
+                Ok(Mechanism::TbfNetlink)
+            }
+            FaultSpec::Link(change) => {
+                if change.up.is_none() && change.mtu.is_none() {
+                    return Err(Error::invalid(
+                        "link",
+                        "nothing to change: give `up` and/or `mtu`",
+                    ));
+                }
+                let state = link::get(&change.interface)?;
+                self.ledger.record(
+                    id,
+                    Installed::Link {
+                        interface: change.interface.clone(),
+                        was_up: state.up,
+                        mtu: state.mtu,
+                    },
+                )?;
+                link::set(&change.interface, change.up, change.mtu)?;
+                Ok(Mechanism::RtnetlinkLink)
+            }
+            FaultSpec::Freeze(FreezeTarget::Cgroup { path }) => {
+                let v2 = process::cgroup_is_v2(Path::new(path))?;
+                self.ledger.record(
+                    id,
+                    Installed::CgroupFrozen {
+                        path: path.clone(),
+                        v2,
+                    },
+                )?;
+                process::freeze_cgroup(Path::new(path))
+            }
+            FaultSpec::Freeze(FreezeTarget::ProcessTree { pid }) => {
+                let tree = process::tree(*pid)?;
+                self.ledger
+                    .record(id, Installed::StoppedProcesses { pids: tree.clone() })?;
+                process::stop_processes(&tree)?;
+                Ok(Mechanism::SigStopTree)
+            }
+        }
+    }
+
+    fn start_shaper(&mut self, effects: &crate::spec::PacketEffects) -> Result<Shaper> {
+        let used: Vec<u16> = self.shapers.values().map(Shaper::queue).collect();
+        let mut last_err = None;
+        for queue in (FIRST_QUEUE..FIRST_QUEUE.saturating_add(256)).filter(|q| !used.contains(q)) {
+            match Shaper::start(queue, effects.clone()) {
+                Ok(s) => return Ok(s),
+                // Someone else in this namespace holds the queue: try the next one.
+                Err(Error::Netlink { source, .. }) if source.raw_os_error() == Some(libc::EBUSY) => {
+                    last_err = Some(source);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::netlink(
+            "bind an NFQUEUE",
+            last_err.unwrap_or_else(|| std::io::Error::other("no free queue number")),
+        ))
+    }
+
+    /// Heals fault `id`: removes or restores everything recorded for it. Idempotent: healing an
+    /// unknown or already-healed id is `Ok(false)`.
+    pub fn heal(&mut self, id: &str) -> Result<bool> {
+        let entries: Vec<LedgerEntry> = self
+            .ledger
+            .entries()
+            .iter()
+            .filter(|e| e.fault == id)
+            .cloned()
+            .collect();
+        let mut found = self.active.remove(id).is_some();
+        for entry in entries.iter().rev() {
+            heal_installed(&entry.installed)?;
+            self.ledger.forget(entry)?;
+            found = true;
+        }
+        // Stop the userspace shaper only after its rules are gone, so no packet is queued to a
+        // queue nobody reads (bypass would let it through anyway).
+        if let Some(shaper) = self.shapers.remove(id) {
+            shaper.stop();
+            found = true;
+        }
+        if found {
+            tracing::info!(id, "fault healed");
+        }
+        Ok(found)
+    }
+
+    /// Heals every fault this injector (or the ledger) knows. Tries all, returns the first error.
+    pub fn heal_all(&mut self) -> Result<()> {
+        let mut ids: Vec<String> = self.ledger.entries().iter().map(|e| e.fault.clone()).collect();
+        ids.extend(self.active.keys().cloned());
+        ids.extend(self.shapers.keys().cloned());
+        ids.sort();
+        ids.dedup();
+        let mut first_err = None;
+        for id in ids {
+            if let Err(e) = self.heal(&id) {
+                tracing::error!(id, error = %e, "heal failed");
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+/// Removes exactly what the state file at `state_path` records (newest first) and empties it.
+/// Idempotent: objects already gone are reported as such, not as errors.
+pub fn heal_leftovers(state_path: impl AsRef<Path>) -> Result<HealReport> {
+    let mut ledger = Ledger::open(state_path.as_ref())?;
+    heal_ledger(&mut ledger)
+}
+
+fn heal_ledger(ledger: &mut Ledger) -> Result<HealReport> {
+    let mut report = HealReport::default();
+    let entries: Vec<LedgerEntry> = ledger.entries().to_vec();
+    for entry in entries.iter().rev() {
+        if heal_installed(&entry.installed)? {
+            report.healed.push(entry.clone());
+        } else {
+            report.already_gone.push(entry.clone());
+        }
+        ledger.forget(entry)?;
+    }
+    Ok(report)
+}
+
+/// Removes or restores one object. Returns whether there was anything to do.
+fn heal_installed(installed: &Installed) -> Result<bool> {
+    match installed {
+        Installed::NftChains { fault } => Nft::open()?.remove(fault),
+        Installed::RootQdisc { interface, handle } => qdisc::remove_root(interface, *handle),
+        Installed::Link {
+            interface,
+            was_up,
+            mtu,
+        } => link::restore(interface, *was_up, *mtu),
+        Installed::CgroupFrozen { path, v2 } => process::thaw_cgroup(Path::new(path), *v2),
+        Installed::StoppedProcesses { pids } => process::continue_processes(pids),
+    }
+}

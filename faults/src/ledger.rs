@@ -1,0 +1,189 @@
+//! The ledger: a JSON state file listing every object we installed, written before the object
+//! is installed and rewritten after it is removed, so a restarted process can remove exactly
+//! what a killed one left behind.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// One object we installed and how to remove it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "object", rename_all = "snake_case")]
+pub enum Installed {
+    /// Chains `<fault>-in` / `<fault>-out` and their jumps in our nftables table.
+    NftChains {
+        /// Fault id (names the chains).
+        fault: String,
+    },
+    /// A qdisc we installed as root of an interface, identified by its handle.
+    RootQdisc {
+        /// Interface name.
+        interface: String,
+        /// Our handle (major << 16).
+        handle: u32,
+    },
+    /// Link state before our change, to restore.
+    Link {
+        /// Interface name.
+        interface: String,
+        /// Whether it was administratively up.
+        was_up: bool,
+        /// Its MTU.
+        mtu: u32,
+    },
+    /// A cgroup we froze.
+    CgroupFrozen {
+        /// The cgroup directory.
+        path: String,
+        /// v2 (`cgroup.freeze`) or v1 (`freezer.state`).
+        v2: bool,
+    },
+    /// Processes we stopped with SIGSTOP, identified by pid and start time (so a reused pid is
+    /// never sent SIGCONT).
+    StoppedProcesses {
+        /// `(pid, starttime in clock ticks from /proc/<pid>/stat)`.
+        pids: Vec<(i32, u64)>,
+    },
+}
+
+/// An entry: which fault installed which object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    /// The fault id.
+    pub fault: String,
+    /// The object.
+    pub installed: Installed,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct LedgerFile {
+    version: u32,
+    entries: Vec<LedgerEntry>,
+}
+
+/// The state file. Every change is written atomically (temp file, fsync, rename).
+#[derive(Debug)]
+pub struct Ledger {
+    path: PathBuf,
+    entries: Vec<LedgerEntry>,
+}
+
+impl Ledger {
+    /// Opens (or starts empty, when missing) the ledger at `path`.
+    pub fn open(path: impl Into<PathBuf>) -> Result<Self> {
+        let path = path.into();
+        let entries = match fs::read(&path) {
+            Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => Vec::new(),
+            Ok(bytes) => {
+                let file: LedgerFile = serde_json::from_slice(&bytes).map_err(|e| Error::Ledger {
+                    path: path.clone(),
+                    reason: format!(
+                        "not a chaos-faults state file ({e}); inspect it, heal by hand, then delete it"
+                    ),
+                })?;
+                file.entries
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(Error::io("read", &path, e)),
+        };
+        Ok(Self { path, entries })
+    }
+
+    /// The state file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// All entries, oldest first.
+    pub fn entries(&self) -> &[LedgerEntry] {
+        &self.entries
+    }
+
+    /// Records an object (before installing it) and persists.
+    pub fn record(&mut self, fault: &str, installed: Installed) -> Result<()> {
+        self.entries.push(LedgerEntry {
+            fault: fault.to_string(),
+            installed,
+        });
+        self.save()
+    }
+
+    /// Forgets one entry (after removing its object) and persists.
+    pub fn forget(&mut self, entry: &LedgerEntry) -> Result<()> {
+        if let Some(i) = self.entries.iter().position(|e| e == entry) {
+            self.entries.remove(i);
+            self.save()?;
+        }
+        Ok(())
+    }
+
+    /// Replaces an entry (e.g. to add details learnt while installing) and persists.
+    pub fn replace(&mut self, old: &LedgerEntry, new: Installed) -> Result<()> {
+        if let Some(e) = self.entries.iter_mut().find(|e| *e == old) {
+            e.installed = new;
+        }
+        self.save()
+    }
+
+    fn save(&self) -> Result<()> {
+        let file = LedgerFile {
+            version: 1,
+            entries: self.entries.clone(),
+        };
+        let json = serde_json::to_vec_pretty(&file).expect("ledger entries always serialize");
+        let mut tmp = self.path.clone().into_os_string();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+        }
+        let write = || -> std::io::Result<()> {
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(&json)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &self.path)
+        };
+        write().map_err(|e| Error::io("write", &self.path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ledger_persists_and_reloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/state.json");
+        let mut l = Ledger::open(&path).unwrap();
+        l.record("f1", Installed::NftChains { fault: "f1".into() })
+            .unwrap();
+        l.record(
+            "f2",
+            Installed::RootQdisc {
+                interface: "eth0".into(),
+                handle: 0xC4A0_0000,
+            },
+        )
+        .unwrap();
+        let again = Ledger::open(&path).unwrap();
+        assert_eq!(again.entries().len(), 2);
+        let first = again.entries()[0].clone();
+        let mut again = again;
+        again.forget(&first).unwrap();
+        assert_eq!(Ledger::open(&path).unwrap().entries().len(), 1);
+    }
+
+    #[test]
+    fn corrupt_ledger_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        fs::write(&path, "{not json").unwrap();
+        let err = Ledger::open(&path).unwrap_err().to_string();
+        assert!(err.contains("state.json"), "{err}");
+    }
+}
