@@ -1,0 +1,104 @@
+//! The `chaos` command line: one [`Command`] variant and one function per subcommand.
+//!
+//! To add a subcommand, add a variant to [`Command`] (its doc comment is its `--help` line) and
+//! a match arm in [`run`] calling a function in its own module.
+
+mod certs;
+
+use clap::{ArgAction, Parser, Subcommand};
+
+/// The parsed command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "chaos",
+    version,
+    about = "Fault-injection chaos testing: clusters of nodes, processes, files and faults",
+    long_about = None,
+)]
+pub struct Cli {
+    /// Log what chaos does to stderr (-v: debug logs of chaos, -vv: everything).
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the version of chaos and of the agent protocol it speaks.
+    Version,
+    /// Create a cluster CA and issue node certificates, for agents started by hand.
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
+}
+
+/// Runs one subcommand.
+pub async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Version => version(),
+        Command::Certs(cmd) => certs::run(cmd),
+    }
+}
+
+fn version() -> anyhow::Result<()> {
+    println!(
+        "chaos {} (agent protocol {})",
+        env!("CARGO_PKG_VERSION"),
+        chaos::proto::PROTOCOL_VERSION
+    );
+    Ok(())
+}
+
+/// An error caused by the user's input (arguments, files, directories) rather than by chaos or
+/// the system: it makes the process exit with code 2, like a usage error.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadInput(pub String);
+
+/// Exit code for a failed command: 2 for bad input (including certificate files that are
+/// missing or malformed), 1 for anything else.
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    let bad_input = err.chain().any(|e| {
+        e.is::<BadInput>()
+            || matches!(
+                e.downcast_ref::<chaos::certs::CertError>(),
+                Some(chaos::certs::CertError::Io { .. } | chaos::certs::CertError::BadPem { .. })
+            )
+    });
+    if bad_input { 2 } else { 1 }
+}
+
+/// The error's context chain on one line — what failed, then why — leaving out causes whose
+/// text the previous message already ends with (some errors print their source themselves).
+pub fn one_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+/// Sends tracing logs to stderr: `RUST_LOG` when set and no `-v`, else by verbosity.
+pub fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match verbose {
+        0 => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+        1 => EnvFilter::new("info,chaos=debug,chaos_agent=debug,chaos_faults=debug"),
+        _ => EnvFilter::new("trace"),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
