@@ -60,7 +60,10 @@ pub struct Timeouts {
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Self { connect: Duration::from_secs(5), request: Duration::from_secs(30) }
+        Self {
+            connect: Duration::from_secs(5),
+            request: Duration::from_secs(30),
+        }
     }
 }
 
@@ -75,7 +78,10 @@ pub struct AgentClient {
 
 impl std::fmt::Debug for AgentClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AgentClient").field("node", &self.node).field("addr", &self.addr).finish()
+        f.debug_struct("AgentClient")
+            .field("node", &self.node)
+            .field("addr", &self.addr)
+            .finish()
     }
 }
 
@@ -117,8 +123,16 @@ impl AgentClient {
             .https_only()
             .enable_http1()
             .wrap_connector(http);
-        let http = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(https);
-        Self { node: node.into(), addr, tls: TlsConnector::from(tls), http, timeouts }
+        let http = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(https);
+        Self {
+            node: node.into(),
+            addr,
+            tls: TlsConnector::from(tls),
+            http,
+            timeouts,
+        }
     }
 
     /// The node this client talks to.
@@ -135,29 +149,51 @@ impl AgentClient {
         let mut url = format!("https://{}{}{}", self.addr, chaos_proto::API_PREFIX, path);
         if !query.is_empty() {
             url.push('?');
-            url.push_str(&form_urlencoded::Serializer::new(String::new()).extend_pairs(query).finish());
+            url.push_str(
+                &form_urlencoded::Serializer::new(String::new())
+                    .extend_pairs(query)
+                    .finish(),
+            );
         }
         url
     }
 
     fn unreachable(&self, cause: String) -> Error {
-        Error::Unreachable { node: self.node.clone(), addr: self.addr.to_string(), cause }
+        Error::Unreachable {
+            node: self.node.clone(),
+            addr: self.addr.to_string(),
+            cause,
+        }
     }
 
     fn protocol(&self, message: impl Into<String>) -> Error {
-        Error::Protocol { node: self.node.clone(), message: message.into() }
+        Error::Protocol {
+            node: self.node.clone(),
+            message: message.into(),
+        }
     }
 
     fn timeout(&self, what: &str, after: Duration) -> Error {
-        Error::Timeout { node: self.node.clone(), what: what.to_string(), after }
+        Error::Timeout {
+            node: self.node.clone(),
+            what: what.to_string(),
+            after,
+        }
     }
 
     /// Sends a request and returns the response once its head arrived, mapping non-2xx
     /// statuses to the agent's [`ApiError`].
-    async fn send(&self, what: &str, req: Request<ReqBody>, bound: Option<Duration>) -> Result<Response<Incoming>> {
+    async fn send(
+        &self,
+        what: &str,
+        req: Request<ReqBody>,
+        bound: Option<Duration>,
+    ) -> Result<Response<Incoming>> {
         let fut = self.http.request(req);
         let resp = match bound {
-            Some(after) => tokio::time::timeout(after, fut).await.map_err(|_| self.timeout(what, after))?,
+            Some(after) => tokio::time::timeout(after, fut)
+                .await
+                .map_err(|_| self.timeout(what, after))?,
             None => fut.await,
         }
         .map_err(|e| self.unreachable(chain(&e)))?;
@@ -165,15 +201,30 @@ impl AgentClient {
             return Ok(resp);
         }
         let status = resp.status();
-        let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         let source = serde_json::from_slice::<ApiError>(&body).unwrap_or_else(|_| {
-            ApiError::new(ErrorKind::Internal, format!("{what}: HTTP {status}: {}", String::from_utf8_lossy(&body)))
+            ApiError::new(
+                ErrorKind::Internal,
+                format!("{what}: HTTP {status}: {}", String::from_utf8_lossy(&body)),
+            )
         });
-        Err(Error::Api { node: self.node.clone(), source })
+        Err(Error::Api {
+            node: self.node.clone(),
+            source,
+        })
     }
 
     fn request(&self, method: Method, url: String, body: ReqBody) -> Result<Request<ReqBody>> {
-        Request::builder().method(method).uri(url).body(body).map_err(|e| self.protocol(format!("bad request: {e}")))
+        Request::builder()
+            .method(method)
+            .uri(url)
+            .body(body)
+            .map_err(|e| self.protocol(format!("bad request: {e}")))
     }
 
     fn empty() -> ReqBody {
@@ -182,7 +233,9 @@ impl AgentClient {
 
     fn json_body<B: Serialize>(body: &B) -> ReqBody {
         let bytes = serde_json::to_vec(body).unwrap_or_default();
-        Full::new(Bytes::from(bytes)).map_err(|never| match never {}).boxed_unsync()
+        Full::new(Bytes::from(bytes))
+            .map_err(|never| match never {})
+            .boxed_unsync()
     }
 
     /// A request/reply with JSON bodies, bounded by the request timeout.
@@ -198,27 +251,41 @@ impl AgentClient {
         let req = self.request(method, url, body)?;
         let fut = async {
             let resp = self.send(what, req, None).await?;
-            let bytes = resp.into_body().collect().await.map_err(|e| self.unreachable(chain(&e)))?.to_bytes();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| self.unreachable(chain(&e)))?
+                .to_bytes();
             // 204 replies carry no body; callers expecting `()` accept `null`.
-            let bytes = if bytes.is_empty() { Bytes::from_static(b"null") } else { bytes };
+            let bytes = if bytes.is_empty() {
+                Bytes::from_static(b"null")
+            } else {
+                bytes
+            };
             serde_json::from_slice(&bytes).map_err(|e| self.protocol(format!("{what}: bad reply: {e}")))
         };
-        tokio::time::timeout(after, fut).await.map_err(|_| self.timeout(what, after))?
+        tokio::time::timeout(after, fut)
+            .await
+            .map_err(|_| self.timeout(what, after))?
     }
 
     /// `GET /v1/info`.
     pub async fn info(&self) -> Result<NodeInfo> {
-        self.call::<(), _>("info", Method::GET, self.url("/info", &[]), None).await
+        self.call::<(), _>("info", Method::GET, self.url("/info", &[]), None)
+            .await
     }
 
     /// `POST /v1/heartbeat`.
     pub async fn heartbeat(&self) -> Result<HeartbeatReply> {
-        self.call::<(), _>("heartbeat", Method::POST, self.url("/heartbeat", &[]), None).await
+        self.call::<(), _>("heartbeat", Method::POST, self.url("/heartbeat", &[]), None)
+            .await
     }
 
     /// `POST /v1/shutdown`: the agent kills everything it started and exits.
     pub async fn shutdown(&self) -> Result<()> {
-        self.call::<(), ()>("shutdown", Method::POST, self.url("/shutdown", &[]), None).await
+        self.call::<(), ()>("shutdown", Method::POST, self.url("/shutdown", &[]), None)
+            .await
     }
 
     /// Streams `data` into `path` on the node with permissions `mode`.
@@ -228,9 +295,14 @@ impl AgentClient {
         let stream = ReaderStream::with_capacity(data, CHUNK).map_ok(Frame::data);
         let req = self.request(Method::PUT, url, BodyExt::boxed_unsync(StreamBody::new(stream)))?;
         let resp = self.send("write file", req, None).await?;
-        let bytes = resp.into_body().collect().await.map_err(|e| self.unreachable(chain(&e)))?.to_bytes();
-        let written: FileWritten =
-            serde_json::from_slice(&bytes).map_err(|e| self.protocol(format!("write file: bad reply: {e}")))?;
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| self.unreachable(chain(&e)))?
+            .to_bytes();
+        let written: FileWritten = serde_json::from_slice(&bytes)
+            .map_err(|e| self.protocol(format!("write file: bad reply: {e}")))?;
         Ok(written.bytes)
     }
 
@@ -246,12 +318,24 @@ impl AgentClient {
 
     /// Metadata of `path`.
     pub async fn stat(&self, path: &str) -> Result<FileStat> {
-        self.call::<(), _>("stat", Method::GET, self.url("/files/stat", &[("path", path)]), None).await
+        self.call::<(), _>(
+            "stat",
+            Method::GET,
+            self.url("/files/stat", &[("path", path)]),
+            None,
+        )
+        .await
     }
 
     /// Entries of the directory `path`.
     pub async fn list_dir(&self, path: &str) -> Result<Vec<DirEntry>> {
-        self.call::<(), _>("list", Method::GET, self.url("/files/list", &[("path", path)]), None).await
+        self.call::<(), _>(
+            "list",
+            Method::GET,
+            self.url("/files/list", &[("path", path)]),
+            None,
+        )
+        .await
     }
 
     /// Removes `path` (a directory only when `recursive` or empty).
@@ -263,18 +347,26 @@ impl AgentClient {
 
     /// Processes the agent started, running or exited.
     pub async fn list_procs(&self) -> Result<Vec<ProcInfo>> {
-        self.call::<(), _>("list processes", Method::GET, self.url("/procs", &[]), None).await
+        self.call::<(), _>("list processes", Method::GET, self.url("/procs", &[]), None)
+            .await
     }
 
     /// Starts a process whose stdio is not piped (files or null) and returns at once.
     pub async fn start_detached(&self, spec: &ProcSpec) -> Result<ProcStarted> {
-        self.call("start process", Method::POST, self.url("/procs", &[]), Some(spec)).await
+        self.call("start process", Method::POST, self.url("/procs", &[]), Some(spec))
+            .await
     }
 
     /// Sends `signal` to process `id` (or its group).
     pub async fn signal(&self, id: ProcId, signal: Signal, group: bool) -> Result<()> {
         let url = self.url(&format!("/procs/{id}/signal"), &[]);
-        self.call("signal", Method::POST, url, Some(&SignalRequest { signal, group })).await
+        self.call(
+            "signal",
+            Method::POST,
+            url,
+            Some(&SignalRequest { signal, group }),
+        )
+        .await
     }
 
     /// Waits up to `timeout` for process `id` to exit; `None` if it still runs.
@@ -285,10 +377,18 @@ impl AgentClient {
         let bound = timeout + self.timeouts.request;
         let fut = async {
             let resp = self.send("wait", req, None).await?;
-            let bytes = resp.into_body().collect().await.map_err(|e| self.unreachable(chain(&e)))?.to_bytes();
-            serde_json::from_slice::<WaitReply>(&bytes).map_err(|e| self.protocol(format!("wait: bad reply: {e}")))
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| self.unreachable(chain(&e)))?
+                .to_bytes();
+            serde_json::from_slice::<WaitReply>(&bytes)
+                .map_err(|e| self.protocol(format!("wait: bad reply: {e}")))
         };
-        let reply = tokio::time::timeout(bound, fut).await.map_err(|_| self.timeout("wait", bound))??;
+        let reply = tokio::time::timeout(bound, fut)
+            .await
+            .map_err(|_| self.timeout("wait", bound))??;
         Ok(reply.exit)
     }
 
@@ -297,11 +397,19 @@ impl AgentClient {
         let after = self.timeouts.connect;
         let url = self.url(path, query).replacen("https://", "wss://", 1);
         let fut = async {
-            let tcp = TcpStream::connect(self.addr).await.map_err(|e| self.unreachable(e.to_string()))?;
+            let tcp = TcpStream::connect(self.addr)
+                .await
+                .map_err(|e| self.unreachable(e.to_string()))?;
             let _ = tcp.set_nodelay(true);
             let name = ServerName::IpAddress(self.addr.ip().into());
-            let tls = self.tls.connect(name, tcp).await.map_err(|e| self.unreachable(format!("TLS: {}", chain(&e))))?;
-            let request = url.into_client_request().map_err(|e| self.protocol(e.to_string()))?;
+            let tls = self
+                .tls
+                .connect(name, tcp)
+                .await
+                .map_err(|e| self.unreachable(format!("TLS: {}", chain(&e))))?;
+            let request = url
+                .into_client_request()
+                .map_err(|e| self.protocol(e.to_string()))?;
             let config = WebSocketConfig::default()
                 .write_buffer_size(0)
                 .max_message_size(Some(64 << 20))
@@ -313,26 +421,40 @@ impl AgentClient {
                     let source = serde_json::from_slice::<ApiError>(body).unwrap_or_else(|_| {
                         ApiError::new(ErrorKind::Internal, format!("{what}: HTTP {}", resp.status()))
                     });
-                    Err(Error::Api { node: self.node.clone(), source })
+                    Err(Error::Api {
+                        node: self.node.clone(),
+                        source,
+                    })
                 }
                 Err(e) => Err(self.unreachable(format!("{what}: {}", chain(&e)))),
             }
         };
-        tokio::time::timeout(after, fut).await.map_err(|_| self.timeout(what, after))?
+        tokio::time::timeout(after, fut)
+            .await
+            .map_err(|_| self.timeout(what, after))?
     }
 
     /// Starts a process and streams its stdio over a WebSocket (see [`chaos_proto::exec`]).
     pub async fn exec(self: &Arc<Self>, spec: ProcSpec) -> Result<Process> {
         let mut ws = self.websocket("exec", "/procs/exec", &[]).await?;
         let spec_json = serde_json::to_string(&spec).map_err(|e| self.protocol(e.to_string()))?;
-        ws.send(Message::text(spec_json)).await.map_err(|e| self.unreachable(format!("exec: {}", chain(&e))))?;
+        ws.send(Message::text(spec_json))
+            .await
+            .map_err(|e| self.unreachable(format!("exec: {}", chain(&e))))?;
         let after = self.timeouts.request;
         let started = loop {
-            let msg = tokio::time::timeout(after, ws.next()).await.map_err(|_| self.timeout("exec start", after))?;
+            let msg = tokio::time::timeout(after, ws.next())
+                .await
+                .map_err(|_| self.timeout("exec start", after))?;
             match msg {
                 Some(Ok(Message::Text(text))) => match serde_json::from_str::<ServerEvent>(&text) {
                     Ok(ServerEvent::Started(started)) => break started,
-                    Ok(ServerEvent::Error(source)) => return Err(Error::Api { node: self.node.clone(), source }),
+                    Ok(ServerEvent::Error(source)) => {
+                        return Err(Error::Api {
+                            node: self.node.clone(),
+                            source,
+                        });
+                    }
                     Ok(other) => return Err(self.protocol(format!("exec: expected started, got {other:?}"))),
                     Err(e) => return Err(self.protocol(format!("exec: bad event: {e}"))),
                 },
@@ -353,16 +475,33 @@ impl AgentClient {
         } else {
             (None, None)
         };
-        let pump = ExecPump { ws, stdin: stdin_pump, stdout: Some(stdout_tx), stderr: Some(stderr_tx), exit: exit_tx };
+        let pump = ExecPump {
+            ws,
+            stdin: stdin_pump,
+            stdout: Some(stdout_tx),
+            stderr: Some(stderr_tx),
+            exit: exit_tx,
+        };
         tokio::spawn(pump.run());
 
-        let control = Arc::new(AgentProcess { client: self.clone(), id: started.id, exit: exit_rx });
-        let stdout: Option<ByteReader> =
-            (spec.stdout == chaos_proto::OutputSpec::Pipe).then(|| Box::pin(channel_reader(stdout_rx)) as ByteReader);
-        let stderr: Option<ByteReader> =
-            (spec.stderr == chaos_proto::OutputSpec::Pipe).then(|| Box::pin(channel_reader(stderr_rx)) as ByteReader);
+        let control = Arc::new(AgentProcess {
+            client: self.clone(),
+            id: started.id,
+            exit: exit_rx,
+        });
+        let stdout: Option<ByteReader> = (spec.stdout == chaos_proto::OutputSpec::Pipe)
+            .then(|| Box::pin(channel_reader(stdout_rx)) as ByteReader);
+        let stderr: Option<ByteReader> = (spec.stderr == chaos_proto::OutputSpec::Pipe)
+            .then(|| Box::pin(channel_reader(stderr_rx)) as ByteReader);
         let stdin = stdin_user.map(|w| Box::pin(w) as crate::cluster::ByteWriter);
-        Ok(Process::new(started.id, started.pid, stdin, stdout, stderr, control))
+        Ok(Process::new(
+            started.id,
+            started.pid,
+            stdin,
+            stdout,
+            stderr,
+            control,
+        ))
     }
 
     /// Opens a TCP connection from the node to `addr`, tunnelled over a WebSocket.
@@ -554,7 +693,11 @@ pub struct AgentNode {
 impl AgentNode {
     /// A node served by `client`, reachable by peers at `addresses`, owning `root_dir`.
     pub fn new(client: Arc<AgentClient>, addresses: Vec<IpAddr>, root_dir: impl Into<String>) -> Self {
-        Self { client, addresses, root_dir: root_dir.into() }
+        Self {
+            client,
+            addresses,
+            root_dir: root_dir.into(),
+        }
     }
 
     /// The underlying agent client, for agent-only operations (faults, info).
