@@ -21,12 +21,16 @@ pub struct LinkState {
 pub fn get(name: &str) -> Result<LinkState> {
     let mut msg = LinkMessage::default();
     msg.attributes.push(LinkAttribute::IfName(name.to_string()));
-    let replies = route_request(RouteNetlinkMessage::GetLink(msg), NLM_F_REQUEST, false)
-        .map_err(|e| Error::netlink(format!("get link {name}"), e))?
-        .map_err(|e| match e.errno {
-            libc::ENODEV => Error::NotFound(format!("network interface {name:?}")),
-            _ => Error::netlink(format!("get link {name}"), e.io()),
-        })?;
+    let replies = route_request(
+        RouteNetlinkMessage::GetLink(msg),
+        NLM_F_REQUEST | NLM_F_ACK,
+        false,
+    )
+    .map_err(|e| Error::netlink(format!("get link {name}"), e))?
+    .map_err(|e| match e.errno {
+        libc::ENODEV => Error::NotFound(format!("network interface {name:?}")),
+        _ => Error::netlink(format!("get link {name}"), e.io()),
+    })?;
     for reply in replies {
         if let RouteNetlinkMessage::NewLink(link) = reply {
             let mtu = link
