@@ -543,12 +543,35 @@ fn truncate(ops: &[KeyOp], t: u64) -> Vec<KeyOp> {
         .collect()
 }
 
-/// Shrinks a non-linearizable history: first to the shortest non-linearizable cut, then by
-/// relaxing each `ok` operation (a read is dropped, an update becomes "may or may not have taken
-/// effect") while the rest stays non-linearizable. Relaxing only ever admits more linearizations,
-/// so what remains is a sound certificate, and one pass leaves no operation that could be relaxed.
+/// The values an operation relies on finding in the register: what a read returned, what a cas
+/// expected.
+fn referenced(op: &KeyOp) -> Option<State> {
+    match op.step {
+        Step::Read(v) => Some(v),
+        Step::Cas { expected, .. } => Some(expected),
+        Step::Write(_) => None,
+    }
+}
+
+fn written(op: &KeyOp) -> Option<State> {
+    match op.step {
+        Step::Read(_) => None,
+        Step::Write(v) | Step::Cas { new: v, .. } => Some(v),
+    }
+}
+
+/// Shrinks a non-linearizable history to a small certificate, using only changes that admit more
+/// linearizations (so whatever stays non-linearizable is a sound certificate):
+///
+/// 1. cut the history at the earliest completion where it is already non-linearizable;
+/// 2. drop operations: a read (always a relaxation), or an update whose written value no remaining
+///    operation reads or expects (in any linearization such an update is followed only by
+///    overwrites, so dropping it breaks none) — in halving chunks, then one by one to a fixpoint;
+/// 3. turn each remaining acknowledged update into "may or may not have taken effect".
+///
+/// What remains is 1-minimal: relaxing any one remaining `ok` operation makes it linearizable
+/// (unless the budget cut the work short, which the result says).
 fn minimize(ops: &[KeyOp], limits: &Limits, first_search_steps: u64) -> Violation {
-    const MAX_TRIES: usize = 400;
     let mut spent = 0u64;
     let try_limits = Limits {
         max_steps: limits
@@ -556,57 +579,99 @@ fn minimize(ops: &[KeyOp], limits: &Limits, first_search_steps: u64) -> Violatio
             .min(first_search_steps.saturating_mul(4).max(200_000)),
         ..limits.clone()
     };
-    let refutes = |candidate: &[KeyOp], spent: &mut u64| -> Option<bool> {
-        if *spent >= limits.max_steps {
-            return None;
+    let mut minimal = true;
+    let mut refutes = |candidate: &[KeyOp]| -> bool {
+        if spent >= limits.max_steps {
+            minimal = false;
+            return false;
         }
         let (result, steps) = search(candidate, &try_limits);
-        *spent += steps;
+        spent += steps;
         match result {
-            SearchResult::NotLinearizable => Some(true),
-            SearchResult::Linearizable => Some(false),
-            SearchResult::Exhausted(_) => None,
+            SearchResult::NotLinearizable => true,
+            SearchResult::Linearizable => false,
+            SearchResult::Exhausted(_) => {
+                minimal = false;
+                false
+            }
         }
     };
+    // 1. The shortest non-linearizable cut (later cuts only add constraints).
     let mut times: Vec<u64> = ops.iter().filter_map(|o| o.complete).collect();
     times.sort_unstable();
     times.dedup();
-    let mut minimal = true;
     let (mut lo, mut hi) = (0usize, times.len().saturating_sub(1));
     while lo < hi {
         let mid = (lo + hi) / 2;
-        match refutes(&truncate(ops, times[mid]), &mut spent) {
-            Some(true) => hi = mid,
-            Some(false) => lo = mid + 1,
-            None => {
-                minimal = false;
-                lo = mid + 1;
-            }
+        if refutes(&truncate(ops, times[mid])) {
+            hi = mid;
+        } else {
+            lo = mid + 1;
         }
     }
     let until_us = times.get(hi).copied().unwrap_or(0);
     let mut current = truncate(ops, until_us);
-    let mut tries = 0;
-    for index in (0..current.len()).rev() {
-        if current[index].complete.is_none() {
-            continue;
+    // 2. Drop operations, in chunks of halving size, then singly until nothing more goes.
+    let mut chunk = (current.len() / 2).max(1);
+    loop {
+        let mut changed = false;
+        let mut end = current.len();
+        while end > 0 {
+            let start = end.saturating_sub(chunk);
+            let chunk_range = start..end;
+            end = start;
+            let mut drop: Vec<bool> = (0..current.len()).map(|i| chunk_range.contains(&i)).collect();
+            // Updates whose value the remaining operations rely on must stay (to fixpoint: keeping
+            // one keeps what it relies on referenced too).
+            loop {
+                let refs: HashSet<State> = current
+                    .iter()
+                    .zip(&drop)
+                    .filter(|(_, d)| !**d)
+                    .filter_map(|(o, _)| referenced(o))
+                    .collect();
+                let mut kept = false;
+                for (i, o) in current.iter().enumerate() {
+                    if drop[i] && written(o).is_some_and(|v| refs.contains(&v)) {
+                        drop[i] = false;
+                        kept = true;
+                    }
+                }
+                if !kept {
+                    break;
+                }
+            }
+            if !drop.iter().any(|d| *d) {
+                continue;
+            }
+            let candidate: Vec<KeyOp> = current
+                .iter()
+                .zip(&drop)
+                .filter(|(_, d)| !**d)
+                .map(|(o, _)| o.clone())
+                .collect();
+            if refutes(&candidate) {
+                end = end.min(candidate.len());
+                current = candidate;
+                changed = true;
+            }
         }
-        if tries >= MAX_TRIES {
-            minimal = false;
+        if chunk > 1 {
+            chunk /= 2;
+        } else if !changed {
             break;
         }
-        tries += 1;
-        let mut candidate = current.clone();
-        if matches!(candidate[index].step, Step::Read(_)) {
-            candidate.remove(index);
-        } else {
-            candidate[index].complete = None;
+    }
+    // 3. Updates others rely on cannot be dropped, but may not need their acknowledgement.
+    for index in (0..current.len()).rev() {
+        if current[index].complete.is_none() || written(&current[index]).is_none() {
+            continue;
         }
+        let mut candidate = current.clone();
+        candidate[index].complete = None;
         sort_ops(&mut candidate);
-        match refutes(&candidate, &mut spent) {
-            Some(true) => current = candidate,
-            Some(false) => {}
-            None => minimal = false,
+        if refutes(&candidate) {
+            current = candidate;
         }
     }
     let mut core: Vec<(u64, u64)> = current
@@ -723,14 +788,16 @@ impl Checker for Linearizability {
     }
 
     fn check(&self, history: &History) -> Verdict {
-        let keys = key_histories(history);
-        if keys.iter().all(|k| k.ops.is_empty()) {
+        if !history.ops.iter().any(|o| o.kind.is_register()) {
             return Verdict::new(
                 self.name(),
                 Validity::Unknown,
                 "the history has no register operations (read, write, cas, delete) to check",
             );
         }
+        // Keys whose operations all failed (or are reads that never returned) constrain nothing and
+        // have no entry here.
+        let keys = key_histories(history);
         let results = self.check_keys(&keys);
         let by_id: HashMap<u64, &Op> = history.ops.iter().map(|o| (o.id, o)).collect();
         let ops_checked: usize = results.iter().map(|r| r.ops).sum();
