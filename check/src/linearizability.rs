@@ -565,8 +565,10 @@ fn written(op: &KeyOp) -> Option<State> {
 ///
 /// 1. cut the history at the earliest completion where it is already non-linearizable;
 /// 2. drop operations: a read (always a relaxation), or an update whose written value no remaining
-///    operation reads or expects (in any linearization such an update is followed only by
-///    overwrites, so dropping it breaks none) — in halving chunks, then one by one to a fixpoint;
+///    operation that completes after the update's invocation reads or expects (only such an
+///    operation can directly follow it in a linearization, so in every linearization the update is
+///    followed by a blind overwrite, and dropping it breaks none) — in halving chunks, then one by
+///    one to a fixpoint;
 /// 3. turn each remaining acknowledged update into "may or may not have taken effect".
 ///
 /// What remains is 1-minimal: relaxing any one remaining `ok` operation makes it linearizable
@@ -621,18 +623,24 @@ fn minimize(ops: &[KeyOp], limits: &Limits, first_search_steps: u64) -> Violatio
             let chunk_range = start..end;
             end = start;
             let mut drop: Vec<bool> = (0..current.len()).map(|i| chunk_range.contains(&i)).collect();
-            // Updates whose value the remaining operations rely on must stay (to fixpoint: keeping
-            // one keeps what it relies on referenced too).
+            // An update must stay while a remaining operation that may come after it (completes
+            // after its invocation) relies on its value; iterate, since keeping an operation keeps
+            // what it relies on too.
             loop {
-                let refs: HashSet<State> = current
-                    .iter()
-                    .zip(&drop)
-                    .filter(|(_, d)| !**d)
-                    .filter_map(|(o, _)| referenced(o))
-                    .collect();
+                let mut latest_use: HashMap<State, u64> = HashMap::new();
+                for (o, _) in current.iter().zip(&drop).filter(|(_, d)| !**d) {
+                    if let Some(v) = referenced(o) {
+                        let until = o.complete.unwrap_or(u64::MAX);
+                        let entry = latest_use.entry(v).or_insert(until);
+                        *entry = (*entry).max(until);
+                    }
+                }
                 let mut kept = false;
                 for (i, o) in current.iter().enumerate() {
-                    if drop[i] && written(o).is_some_and(|v| refs.contains(&v)) {
+                    let used = written(o)
+                        .and_then(|v| latest_use.get(&v))
+                        .is_some_and(|&until| until >= o.invoke);
+                    if drop[i] && used {
                         drop[i] = false;
                         kept = true;
                     }

@@ -94,11 +94,13 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}
 #timeline.hide-ok .op.ok{display:none}
 pre{background:#fff;border:1px solid #ddd;padding:8px;overflow:auto;max-height:320px;font-size:12px}
 .violation-box{background:#fff;border:1px solid #ddd;padding:8px;margin-bottom:12px;overflow-x:auto}
+li.context{color:#777}
 footer{color:#888;font-size:12px;margin-top:30px}
 ";
 
-/// Marks the page as rendered and exposes the timeline's size, so a headless browser can check
-/// that the timeline is really laid out; wires the "show ok operations" switch.
+/// Wires the "show ok operations" switch, and once the page has loaded records on `<body>` what a
+/// headless browser check needs: that the script ran, the timeline's laid-out size, how many
+/// operation markers it drew, and how many resources the page fetched (must be 0: self-contained).
 const SCRIPT: &str = "
 (function () {
   var timeline = document.getElementById('timeline');
@@ -106,11 +108,15 @@ const SCRIPT: &str = "
   if (toggle) {
     toggle.addEventListener('change', function () { timeline.classList.toggle('hide-ok', !toggle.checked); });
   }
-  var box = timeline.getBoundingClientRect();
-  document.body.setAttribute('data-timeline-width', String(Math.round(box.width)));
-  document.body.setAttribute('data-timeline-height', String(Math.round(box.height)));
-  document.body.setAttribute('data-ops-drawn', String(timeline.querySelectorAll('.op').length));
-  document.body.setAttribute('data-ready', '1');
+  window.addEventListener('load', function () {
+    var body = document.body;
+    var box = timeline.getBoundingClientRect();
+    body.setAttribute('data-timeline-width', String(Math.round(box.width)));
+    body.setAttribute('data-timeline-height', String(Math.round(box.height)));
+    body.setAttribute('data-ops-drawn', String(timeline.querySelectorAll('.op').length));
+    body.setAttribute('data-resources', String(performance.getEntriesByType('resource').length));
+    body.setAttribute('data-ready', '1');
+  });
 })();
 ";
 
@@ -400,6 +406,15 @@ fn render_linearizability_violations(h: &mut String, history: &History, v: &Verd
         for id in &core {
             if let Some(op) = history.op(*id) {
                 let _ = writeln!(h, "<li>{}</li>", esc(&crate::svg::op_title(op)));
+            }
+        }
+        for id in &context {
+            if let Some(op) = history.op(*id) {
+                let _ = writeln!(
+                    h,
+                    "<li class=\"context\">may or may not have taken effect: {}</li>",
+                    esc(&crate::svg::op_title(op))
+                );
             }
         }
         h.push_str("</ol>\n");

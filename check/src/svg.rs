@@ -46,19 +46,25 @@ pub(crate) fn secs(us: u64) -> String {
     } else if s >= 1.0 {
         format!("{s:.2} s")
     } else {
-        format!("{:.3} ms", s * 1e3)
+        format!("{:.1} ms", s * 1e3)
     }
 }
 
 /// A latency in the unit that suits it.
 pub(crate) fn latency(us: f64) -> String {
-    if us >= 1e6 {
-        format!("{:.2} s", us / 1e6)
+    let (value, unit) = if us >= 1e6 {
+        (format!("{:.2}", us / 1e6), "s")
     } else if us >= 1e3 {
-        format!("{:.1} ms", us / 1e3)
+        (format!("{:.1}", us / 1e3), "ms")
     } else {
-        format!("{us:.0} µs")
-    }
+        (format!("{us:.0}"), "µs")
+    };
+    let value = if value.contains('.') {
+        value.trim_end_matches('0').trim_end_matches('.')
+    } else {
+        &value
+    };
+    format!("{value} {unit}")
 }
 
 /// A step of 1, 2 or 5 × 10^k giving about `target` ticks over `span`.
@@ -381,7 +387,7 @@ impl<'a> Timeline<'a> {
     /// Latency scatter (log scale) by invocation time, coloured by outcome, with the offending
     /// operations of a violation drawn as bars from invocation to completion.
     fn latency(&self, out: &mut String, top: f64, height: f64) -> f64 {
-        const NO_REPLY: f64 = 14.0;
+        const NO_REPLY: f64 = 20.0;
         let plot_top = top + NO_REPLY;
         let plot_height = height - NO_REPLY;
         self.fault_bands(out, top, height);
@@ -689,7 +695,18 @@ pub(crate) fn violation_svg(history: &History, core: &[u64], context: &[u64], un
     }
     let end = end.max(start + 1);
     let (width, left, right) = (1000.0, 90.0, 980.0);
-    let x = |t: u64| left + (t.saturating_sub(start) as f64 / (end - start) as f64) * (right - left);
+    // An ordinal time axis: every invocation and completion gets its own evenly spaced slot. Real
+    // time order, all that linearizability depends on, is kept, and a violation spread over
+    // minutes stays readable (exact times are in each bar's hover title).
+    let mut events: Vec<u64> = ops
+        .iter()
+        .flat_map(|o| [o.invoke_us, o.complete_us.unwrap_or(end)])
+        .chain([start, end])
+        .collect();
+    events.sort_unstable();
+    events.dedup();
+    let slots = (events.len().max(2) - 1) as f64;
+    let x = |t: u64| left + events.partition_point(|&e| e < t) as f64 / slots * (right - left);
     const LANE: f64 = 36.0;
     let height = 30.0 + clients.len() as f64 * LANE + 24.0;
     let mut out = format!(
@@ -721,33 +738,47 @@ pub(crate) fn violation_svg(history: &History, core: &[u64], context: &[u64], un
         } else {
             ("#fafafa", "#888", " stroke-dasharray=\"4 3\"")
         };
+        // Labels that do not fit their bar shrink to the id, or go (the hover title has it all).
+        let suffix = if open && op.complete_us.is_none() {
+            " (no reply)"
+        } else if open {
+            " (maybe)"
+        } else {
+            ""
+        };
+        let fits = |text: &str| text.chars().count() as f64 * 6.2 + 8.0 <= x1 - x0;
+        let full = format!("{}{suffix}", op_label(op));
+        let short = format!("#{}", op.id);
+        let label = if fits(&full) {
+            full
+        } else if fits(&short) {
+            short
+        } else {
+            String::new()
+        };
         let _ = write!(
             out,
             "<rect x=\"{x0:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"22\" rx=\"3\" fill=\"{fill}\" \
              stroke=\"{stroke}\" stroke-width=\"1.5\"{dash}><title>{}</title></rect>\
-             <text x=\"{:.1}\" y=\"{:.1}\" fill=\"#111\">{}{}</text>",
+             <text x=\"{:.1}\" y=\"{:.1}\" fill=\"#111\" pointer-events=\"none\">{}</text>",
             x1 - x0,
             esc(&op_title(op)),
             x0 + 4.0,
             y + 15.0,
-            esc(&op_label(op)),
-            if open && op.complete_us.is_none() {
-                " (no reply)"
-            } else if open {
-                " (maybe)"
-            } else {
-                ""
-            }
+            esc(&label),
         );
     }
     let _ = write!(
         out,
         "<text x=\"{left}\" y=\"{:.1}\" fill=\"#444\">{}</text><text x=\"{right}\" y=\"{:.1}\" \
-         text-anchor=\"end\" fill=\"#444\">{}</text></svg>",
+         text-anchor=\"end\" fill=\"#444\">{}</text><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" \
+         fill=\"#888\">events evenly spaced in time order</text></svg>",
         height - 6.0,
         secs(start),
         height - 6.0,
-        secs(end)
+        secs(end),
+        (left + right) / 2.0,
+        height - 6.0
     );
     out
 }

@@ -1,0 +1,176 @@
+//! Parsing: valid files round-trip; malformed ones fail with the line and the field named.
+
+use chaos_check::{CheckError, FaultPhase, History, OpKind, Outcome, check_history_file};
+use serde_json::Value;
+
+const HEADER: &str = r#"{"type":"header","version":1,"run":"demo","nodes":["n1","n2"]}"#;
+
+fn parse(lines: &[&str]) -> Result<History, String> {
+    History::parse(&lines.join("\n"), "h.jsonl").map_err(|e| e.to_string())
+}
+
+#[test]
+fn a_complete_history_parses() {
+    let h = parse(&[
+        HEADER,
+        "",
+        r#"{"type":"op","id":1,"client":0,"kind":"write","key":"x","value":{"a":1},"invoke_us":5,"complete_us":9,"outcome":"ok","node":"n1"}"#,
+        r#"{"type":"op","id":2,"client":1,"kind":"read","key":"x","value":null,"invoke_us":6,"complete_us":8,"outcome":"ok"}"#,
+        r#"{"type":"op","id":3,"client":1,"kind":"cas","key":"x","expected":null,"value":2,"invoke_us":10,"outcome":"unknown","error":"timeout"}"#,
+        r#"{"type":"fault","event":"injected","case":"c1","kind":"partition","nodes":["n1"],"time_us":7,"future_field":true}"#,
+        r#"{"type":"op","id":4,"client":2,"kind":"read_set","key":"s","values":[1,2],"invoke_us":11,"complete_us":12,"outcome":"ok"}"#,
+        r#"{"type":"op","id":5,"client":2,"kind":"generate","value":"u-1","invoke_us":13,"complete_us":14,"outcome":"ok"}"#,
+    ])
+    .unwrap();
+    assert_eq!(h.header.run.as_deref(), Some("demo"));
+    assert_eq!(h.ops.len(), 5);
+    assert_eq!(h.ops[0].value, Some(serde_json::json!({"a": 1})));
+    // An explicit null (absent) is kept apart from a missing field.
+    assert_eq!(h.ops[1].value, Some(Value::Null));
+    assert_eq!(h.ops[2].expected, Some(Value::Null));
+    assert_eq!(
+        (h.ops[2].kind, h.ops[2].outcome, h.ops[2].complete_us),
+        (OpKind::Cas, Outcome::Unknown, None)
+    );
+    assert_eq!(h.faults[0].event, FaultPhase::Injected);
+    assert_eq!(h.end_us(), 14);
+
+    let mut text = Vec::new();
+    h.write_jsonl(&mut text).unwrap();
+    let back = History::parse(std::str::from_utf8(&text).unwrap(), "again").unwrap();
+    assert_eq!(back.header, h.header);
+    assert_eq!(back.faults, h.faults);
+    let mut ops = h.ops.clone();
+    ops.sort_by_key(|o| o.invoke_us);
+    assert_eq!(back.ops, ops);
+}
+
+#[test]
+fn errors_name_the_line_and_the_field() {
+    let cases: &[(&[&str], &str)] = &[
+        (&[], "h.jsonl line 0: the history is empty"),
+        (
+            &[
+                r#"{"type":"op","id":1,"client":0,"kind":"delete","key":"x","invoke_us":1,"outcome":"unknown"}"#,
+            ],
+            "h.jsonl line 1: the first record must be the header",
+        ),
+        (
+            &[r#"{"type":"header","version":2}"#],
+            "line 1: field `version`: history format version 2 is not supported",
+        ),
+        (&[HEADER, HEADER], "line 2: a second header record"),
+        (
+            &[HEADER, "{not json"],
+            "h.jsonl line 2: column 2: key must be a string",
+        ),
+        (
+            &[HEADER, r#"{"type":"opp"}"#],
+            "line 2: column 13: unknown variant `opp`",
+        ),
+        (
+            &[
+                HEADER,
+                r#"{"type":"op","id":1,"kind":"read","key":"x","invoke_us":1,"outcome":"ok"}"#,
+            ],
+            "h.jsonl line 2: missing field `client`",
+        ),
+        (
+            &[
+                HEADER,
+                r#"{"type":"op","id":1,"client":0,"kind":"read","key":"x","value":1,"invoke_us":1,"outcome":"ok"}"#,
+            ],
+            "line 2: field `complete_us`: required when the outcome is `ok`",
+        ),
+        (
+            &[
+                HEADER,
+                r#"{"type":"op","id":1,"client":0,"kind":"write","key":"x","invoke_us":1,"complete_us":2,"outcome":"ok"}"#,
+            ],
+            "line 2: field `value`: required for `write` operations (use `delete` to remove a key)",
+        ),
+        (
+            &[
+                HEADER,
+                r#"{"type":"op","id":1,"client":0,"kind":"cas","key":"x","value":1,"invoke_us":1,"complete_us":2,"outcome":"ok"}"#,
+            ],
+            "line 2: field `expected`: required for `cas`",
+        ),
+        (
+            &[
+                HEADER,
+                r#"{"type":"op","id":1,"client":0,"kind":"write","value":1,"invoke_us":1,"complete_us":2,"outcome":"ok"}"#,
+            ],
+            "line 2: field `key`: required for `write` operations",
+        ),
+        (
+            &[
+                HEADER,
+                r#"{"type":"op","id":1,"client":0,"kind":"read","key":"x","value":1,"invoke_us":5,"complete_us":2,"outcome":"ok"}"#,
+            ],
+            "line 2: field `complete_us`: 2 is before `invoke_us` 5",
+        ),
+        (
+            &[
+                HEADER,
+                r#"{"type":"op","id":1,"client":0,"kind":"incr","key":"c","value":"x","invoke_us":1,"complete_us":2,"outcome":"ok"}"#,
+            ],
+            "line 2: field `value`: \"x\" is not an integer",
+        ),
+        (
+            &[
+                HEADER,
+                r#"{"type":"op","id":7,"client":0,"kind":"delete","key":"x","invoke_us":1,"complete_us":2,"outcome":"ok"}"#,
+                r#"{"type":"op","id":7,"client":0,"kind":"delete","key":"x","invoke_us":3,"complete_us":4,"outcome":"ok"}"#,
+            ],
+            "line 3: field `id`: operation id 7 was already used on line 2",
+        ),
+        (
+            &[
+                HEADER,
+                r#"{"type":"op","id":1,"client":0,"kind":"scan","key":"x","invoke_us":1,"outcome":"ok"}"#,
+            ],
+            "unknown variant `scan`, expected one of `read`, `write`, `cas`",
+        ),
+        (
+            &[r#"{"type":"header","version":1,"max_error_fraction":1.5}"#],
+            "line 1: field `max_error_fraction`: 1.5 is not a fraction in [0, 1]",
+        ),
+        (
+            &[
+                HEADER,
+                r#"{"type":"fault","event":"injected","case":"","kind":"kill","time_us":1}"#,
+            ],
+            "line 2: field `case`",
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (lines, expected) in cases {
+        match parse(lines) {
+            Ok(_) => wrong.push(format!("{expected:?}: parsed")),
+            Err(error) if !error.contains(expected) => wrong.push(format!("{expected:?}: got {error:?}")),
+            Err(_) => {}
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn check_history_file_reports_missing_files_and_unknown_checkers() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.jsonl");
+    let error = check_history_file(&missing, &[]).unwrap_err().to_string();
+    assert!(
+        error.contains("nope.jsonl") && error.contains("cannot open"),
+        "{error}"
+    );
+
+    let path = dir.path().join("h.jsonl");
+    std::fs::write(&path, format!("{HEADER}\n")).unwrap();
+    let error = check_history_file(&path, &["linearisability".to_string()]).unwrap_err();
+    assert!(matches!(error, CheckError::UnknownChecker { .. }));
+    assert!(
+        error.to_string().contains("linearizability, set, counter"),
+        "{error}"
+    );
+}
