@@ -33,12 +33,20 @@ struct Cli {
     #[arg(long, value_name = "DIR")]
     cgroup: Option<PathBuf>,
     /// How long to wait without a heartbeat before killing every process tree.
-    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_timeout)]
     heartbeat_timeout: Duration,
     /// After heartbeat loss: `exit` (code 3), `poweroff` (sync and power the machine off; only
     /// for dedicated, disposable machines) or `none` (keep serving).
     #[arg(long, value_name = "ACTION", default_value = "exit")]
     on_heartbeat_loss: HeartbeatLossAction,
+}
+
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d.is_zero() => Err("must be longer than zero".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!("{e} (use a duration like 30s, 500ms or 2m)")),
+    }
 }
 
 fn main() -> ExitCode {
