@@ -1,0 +1,170 @@
+//! Benchmarks of the `netns` backend (plain `main`, prints a table).
+//!
+//! Run with `cargo build --release -p chaos-agent && cargo bench -p chaos --bench netns` as
+//! root; the agent is found next to the benchmark (`target/release/chaos-agent`) or through
+//! `CHAOS_AGENT_BIN`. Measures:
+//!
+//! * node ready: `create_nodes(1)` until the node's agent answered a heartbeat over mutual TLS
+//!   (namespace, links, certificate, cgroup, agent start and ready line included);
+//! * 50 nodes: one `create_nodes(50)` call on a fresh cluster;
+//! * `true` end to end through the agent (`node.run("true")`: WebSocket exec, spawn, exit
+//!   status back) against `ip netns exec NS true` on the same node, in the same run.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use chaos::backend::ClusterOptions;
+use chaos::backend::netns::{self, NetnsCluster};
+use chaos::{Cluster, NodeExt};
+
+const SINGLE_NODES: usize = 25;
+const FIFTY_ROUNDS: usize = 3;
+const TRUE_RUNS: usize = 200;
+
+struct Stats {
+    samples: Vec<Duration>,
+}
+
+impl Stats {
+    fn new(mut samples: Vec<Duration>) -> Self {
+        samples.sort();
+        Self { samples }
+    }
+
+    fn pct(&self, p: f64) -> Duration {
+        let i = ((self.samples.len() - 1) as f64 * p).round() as usize;
+        self.samples[i]
+    }
+
+    fn median(&self) -> Duration {
+        self.pct(0.5)
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+fn row(what: &str, stats: &Stats, target: &str, ok: bool) {
+    println!(
+        "| {what:<36} | {:>4} | {:>10} | {:>10} | {:>10} | {:>10} | {target:<16} | {:<4} |",
+        stats.samples.len(),
+        ms(stats.median()),
+        ms(stats.pct(0.9)),
+        ms(stats.samples[0]),
+        ms(stats.samples[stats.samples.len() - 1]),
+        if ok { "ok" } else { "MISS" }
+    );
+}
+
+async fn cluster(name: &str) -> NetnsCluster {
+    let options = ClusterOptions {
+        name: name.to_string(),
+        ..ClusterOptions::default()
+    };
+    NetnsCluster::new(options)
+        .await
+        .unwrap_or_else(|e| panic!("creating a netns cluster: {e}"))
+}
+
+async fn run() {
+    // Node ready, one at a time, on one cluster (after two warm-up nodes that fill caches).
+    let c = cluster("bench-single").await;
+    c.create_nodes(2).await.expect("warm-up nodes");
+    let mut single = Vec::new();
+    for _ in 0..SINGLE_NODES {
+        let t = Instant::now();
+        c.create_nodes(1).await.expect("creating a node");
+        single.push(t.elapsed());
+    }
+    c.cleanup().await.expect("cleanup");
+    let single = Stats::new(single);
+
+    // 50 nodes at once, each round on a fresh cluster.
+    let mut fifty = Vec::new();
+    let mut fifty_cleanup = Vec::new();
+    for _ in 0..FIFTY_ROUNDS {
+        let c = cluster("bench-fifty").await;
+        let t = Instant::now();
+        let nodes = c.create_nodes(50).await.expect("creating 50 nodes");
+        fifty.push(t.elapsed());
+        assert_eq!(nodes.len(), 50);
+        let t = Instant::now();
+        c.cleanup().await.expect("cleanup");
+        fifty_cleanup.push(t.elapsed());
+    }
+    let fifty = Stats::new(fifty);
+    let fifty_cleanup = Stats::new(fifty_cleanup);
+
+    // `true` through the agent vs `ip netns exec`, interleaved so both see the same machine load.
+    let c = cluster("bench-true").await;
+    let node = c.create_nodes(1).await.expect("creating a node").remove(0);
+    let ns = c.node_netns(node.name()).expect("node namespace");
+    for _ in 0..10 {
+        node.run("true", Vec::<String>::new()).await.expect("warm-up run");
+    }
+    let (mut agent, mut direct) = (Vec::new(), Vec::new());
+    for _ in 0..TRUE_RUNS {
+        let t = Instant::now();
+        let out = node
+            .run("true", Vec::<String>::new())
+            .await
+            .expect("running true");
+        agent.push(t.elapsed());
+        assert!(out.status.success());
+        let t = Instant::now();
+        let status = Command::new("ip")
+            .args(["netns", "exec", &ns, "true"])
+            .status()
+            .expect("ip netns exec");
+        direct.push(t.elapsed());
+        assert!(status.success());
+    }
+    c.cleanup().await.expect("cleanup");
+    let agent = Stats::new(agent);
+    let direct = Stats::new(direct);
+
+    println!(
+        "| {:<36} | {:>4} | {:>10} | {:>10} | {:>10} | {:>10} | {:<16} | {:<4} |",
+        "netns benchmark", "n", "median", "p90", "min", "max", "target", ""
+    );
+    println!(
+        "|{:-<38}|{:-<6}|{:-<12}|{:-<12}|{:-<12}|{:-<12}|{:-<18}|{:-<6}|",
+        "", "", "", "", "", "", "", ""
+    );
+    row(
+        "node ready (agent accepting mTLS)",
+        &single,
+        "median ≤ 20 ms",
+        single.median() <= Duration::from_millis(20),
+    );
+    row(
+        "50 nodes concurrently",
+        &fifty,
+        "≤ 1 s",
+        fifty.median() <= Duration::from_secs(1),
+    );
+    row("cleanup of 50 nodes", &fifty_cleanup, "-", true);
+    let ratio = agent.median().as_secs_f64() / direct.median().as_secs_f64();
+    row(
+        "`true` through the agent",
+        &agent,
+        &format!("≤ 2× ({ratio:.2}×)"),
+        ratio <= 2.0,
+    );
+    row("`ip netns exec NS true`", &direct, "baseline", true);
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; any other argument is a filter we do not support.
+    if let Err(why) = netns::availability() {
+        eprintln!("netns benchmarks skipped: {why}");
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(run());
+}
