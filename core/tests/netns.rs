@@ -469,3 +469,76 @@ async fn the_state_file_describes_the_cluster() {
     let shared: Arc<dyn Cluster> = Arc::new(cluster);
     shared.cleanup().await.unwrap();
 }
+
+/// Names of the node cgroups in a cluster's cgroup directory.
+fn node_cgroups(cgroup_dir: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(cgroup_dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_node_creation_leaves_no_node_behind() {
+    if !available("cancelled_node_creation_leaves_no_node_behind") {
+        return;
+    }
+    let cluster = new_cluster("cancel").await;
+    let (index, cgroup_dir, temp_dir) = (
+        cluster.index(),
+        cluster.cgroup_dir().to_path_buf(),
+        cluster.dir().to_path_buf(),
+    );
+    let mut expected = (
+        footprint(index, &cgroup_dir, &temp_dir),
+        node_cgroups(&cgroup_dir),
+    );
+    // Give up at several points of node creation: before, during and after the agents start.
+    let mut cancelled = 0;
+    for after_ms in [1, 3, 8, 15, 30] {
+        match tokio::time::timeout(Duration::from_millis(after_ms), cluster.create_nodes(4)).await {
+            Ok(made) => {
+                // Done in time on a fast machine: these nodes legitimately exist now.
+                assert_eq!(made.unwrap().len(), 4);
+                expected = (
+                    footprint(index, &cgroup_dir, &temp_dir),
+                    node_cgroups(&cgroup_dir),
+                );
+                continue;
+            }
+            Err(_) => cancelled += 1,
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let now = (
+                footprint(index, &cgroup_dir, &temp_dir),
+                node_cgroups(&cgroup_dir),
+            );
+            if now == expected {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cancelled after {after_ms} ms, nodes were left: {:?} cgroups {:?}",
+                now.0.difference(&expected.0).collect::<Vec<_>>(),
+                now.1.difference(&expected.1).collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    assert!(cancelled > 0, "no attempt was cancelled");
+    // The cluster still works after the cancelled attempts.
+    let node = cluster.create_nodes(1).await.unwrap().remove(0);
+    assert!(
+        node.run("true", Vec::<String>::new())
+            .await
+            .unwrap()
+            .status
+            .success()
+    );
+    cluster.cleanup().await.unwrap();
+    let leftovers = footprint(index, &cgroup_dir, &temp_dir);
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

@@ -113,7 +113,9 @@ pub async fn launch(l: Launch<'_>) -> Result<Started> {
         .current_dir(l.root_dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(log);
+        .stderr(log)
+        // Should the caller give up on the node half-way, the agent must not outlive it.
+        .kill_on_drop(true);
     let ns_fd = l.netns.as_raw_fd();
     let procs_fd = procs.as_raw_fd();
     // SAFETY: the closure runs in the forked child before exec and only makes async-signal-safe

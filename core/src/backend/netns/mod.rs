@@ -206,6 +206,8 @@ struct State {
 /// The cluster-wide resources, released in [`ClusterRes::teardown`] (also on drop).
 struct ClusterRes {
     index: u32,
+    /// Whether the host link `chaos<index>` (the claim on the index) is still ours to delete.
+    link_claimed: bool,
     hub: Option<Handle>,
     hub_fd: Option<File>,
     hub_created: bool,
@@ -218,6 +220,7 @@ impl ClusterRes {
     fn claimed(index: u32) -> Self {
         Self {
             index,
+            link_claimed: true,
             hub: None,
             hub_fd: None,
             hub_created: false,
@@ -227,20 +230,17 @@ impl ClusterRes {
         }
     }
 
-    /// Releases everything, blocking; returns what could not be released.
+    /// Releases everything, blocking; returns what could not be released. Idempotent.
+    ///
+    /// The host link goes last but one: deleting it frees the index for other runners, so
+    /// everything named after the index (state file, cgroup) must be gone by then. The hub
+    /// namespace, removed after it, keeps the link alive until the explicit delete (its peer
+    /// lives there), and its name makes a runner that claims the index meanwhile skip it.
     fn teardown(&mut self) -> Vec<String> {
         let mut errors = Vec::new();
         self.hub = None;
-        self.hub_fd = None;
-        // Deleting the host end also deletes its peer in the hub.
-        let link = host_link_name(self.index);
-        if let Err(e) = links::delete_link_blocking(&link) {
-            errors.push(e.to_string());
-        }
-        if std::mem::take(&mut self.hub_created)
-            && let Err(e) = namespace::remove(&hub_netns_name(self.index))
-        {
-            errors.push(e.to_string());
+        if let Some(file) = self.state_file.take() {
+            let _ = std::fs::remove_file(file);
         }
         if let Some(dir) = self.cgroup_dir.take()
             && let Err(e) = cgroup::remove_tree(&dir, Instant::now() + TEARDOWN_BOUND)
@@ -253,9 +253,18 @@ impl ClusterRes {
                 errors.push(format!("removing {}: {e}", path.display()));
             }
         }
-        if let Some(file) = self.state_file.take() {
-            let _ = std::fs::remove_file(file);
+        // Deleting the host end also deletes its peer in the hub.
+        if std::mem::take(&mut self.link_claimed)
+            && let Err(e) = links::delete_link_blocking(&host_link_name(self.index))
+        {
+            errors.push(e.to_string());
         }
+        if std::mem::take(&mut self.hub_created)
+            && let Err(e) = namespace::remove(&hub_netns_name(self.index))
+        {
+            errors.push(e.to_string());
+        }
+        self.hub_fd = None;
         errors
     }
 }
@@ -353,18 +362,13 @@ impl NetnsCluster {
             .join("chaos");
         let host = links::host_handle().map_err(|e| Error::io("opening a netlink socket", e))?;
 
-        let (mut res, hub_ns) = claim_index(&host).await?;
+        let (mut res, hub_fd, hub_netlink) = claim_index(&host, &cgroup_root).await?;
         let index = res.index;
         let ctx = |what: &str| format!("netns cluster {} (#{index}): {what}", options.name);
         res.state_file = Some(state_file(index));
 
-        let hub_fd = hub_ns.fd;
-        let hub = links::handle_for(
-            hub_ns
-                .netlink
-                .ok_or_else(|| backend_error("hub netlink socket missing"))?,
-        )
-        .map_err(|e| Error::io(ctx("hub netlink socket"), e))?;
+        let hub_netlink = hub_netlink.ok_or_else(|| backend_error("hub netlink socket missing"))?;
+        let hub = links::handle_for(hub_netlink).map_err(|e| Error::io(ctx("hub netlink socket"), e))?;
         let host_link = host_link_name(index);
         let uplink = format!("{host_link}h");
         let net = async {
@@ -382,11 +386,6 @@ impl NetnsCluster {
         let bridge_index = net_result.map_err(|e| Error::io(ctx("setting up the cluster network"), e))?;
 
         let cgroup_dir = cgroup_root.join(index.to_string());
-        if cgroup_dir.exists() {
-            // Left by a crashed runner that had this index: nothing of it runs any more.
-            let _ = cgroup::kill(&cgroup_dir);
-            let _ = cgroup::remove_tree(&cgroup_dir, Instant::now() + TEARDOWN_BOUND);
-        }
         cgroup::create(&cgroup_dir).map_err(|e| Error::io(ctx("cgroup"), e))?;
         res.cgroup_dir = Some(cgroup_dir.clone());
         let temp = tempfile::Builder::new()
@@ -483,11 +482,32 @@ impl NetnsCluster {
 /// The search starts after the index this process claimed last, so a process does not reuse an
 /// index right after releasing it (which would make leftovers of one cluster look like parts of
 /// the next in logs and leak checks).
-async fn claim_index(host: &Handle) -> Result<(ClusterRes, namespace::NewNamespace)> {
+///
+/// Indices with leftovers of an earlier cluster (a state file, a cgroup, namespaces named after
+/// them — a crashed runner's, for `chaos gc` to collect) are skipped, never reused.
+async fn claim_index(
+    host: &Handle,
+    cgroup_root: &Path,
+) -> Result<(ClusterRes, File, Option<rtnetlink::sys::Socket>)> {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let start = NEXT.load(Ordering::Relaxed);
+    let namespaces: Vec<String> = std::fs::read_dir(namespace::NETNS_DIR)
+        .map(|dir| {
+            dir.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
     for index in (start..MAX_CLUSTERS).chain(0..start) {
-        if overlaps_host_route(subnet(index)) {
+        let hub = hub_netns_name(index);
+        let node_prefix = format!("{hub}-n");
+        if overlaps_host_route(subnet(index))
+            || state_file(index).exists()
+            || cgroup_root.join(index.to_string()).exists()
+            || namespaces
+                .iter()
+                .any(|n| *n == hub || n.starts_with(&node_prefix))
+        {
             continue;
         }
         let link = host_link_name(index);
@@ -500,8 +520,9 @@ async fn claim_index(host: &Handle) -> Result<(ClusterRes, namespace::NewNamespa
         match namespace::create(&hub_netns_name(index), true).await {
             Ok(ns) => {
                 NEXT.store((index + 1) % MAX_CLUSTERS, Ordering::Relaxed);
+                ns.guard.disarm();
                 res.hub_created = true;
-                return Ok((res, ns));
+                return Ok((res, ns.fd, ns.netlink));
             }
             // A hub without a host link: left by someone else; leave it and move on.
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
@@ -571,6 +592,7 @@ impl Inner {
         let ns = namespace::create(&res.netns, true)
             .await
             .map_err(|e| Error::io(ctx("creating the network namespace"), e))?;
+        ns.guard.disarm();
         res.netns_created = true;
         let ns_fd = res.netns_fd.insert(ns.fd).as_raw_fd();
         let node_nl = links::handle_for(

@@ -32,6 +32,29 @@ pub struct NewNamespace {
     pub fd: File,
     /// An rtnetlink socket that operates inside the namespace.
     pub netlink: Option<Socket>,
+    /// Removes the namespace unless the caller takes ownership of it.
+    pub guard: RemoveOnDrop,
+}
+
+/// Removes a named namespace when dropped, unless [`RemoveOnDrop::disarm`]ed. Keeps a
+/// namespace from leaking when its creator is cancelled between creating and recording it.
+pub struct RemoveOnDrop(Option<PathBuf>);
+
+impl RemoveOnDrop {
+    /// The caller now owns the namespace and will remove it.
+    pub fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take()
+            && let Err(e) = remove_path(&path)
+        {
+            tracing::warn!("removing an abandoned namespace: {e}");
+        }
+    }
 }
 
 /// Path of the namespace named `name`.
@@ -99,6 +122,8 @@ pub async fn create(name: &str, with_netlink: bool) -> io::Result<NewNamespace> 
     std::thread::Builder::new()
         .name("chaos-netns".into())
         .spawn(move || {
+            // If the caller was cancelled meanwhile, the unsent namespace is dropped, which
+            // removes it (see `RemoveOnDrop`).
             let _ = tx.send(create_on_this_thread(&path, with_netlink));
             // The thread ends here: it is inside the new namespace and must never run anything else.
         })?;
@@ -131,7 +156,11 @@ fn create_on_this_thread(path: &Path, with_netlink: bool) -> io::Result<NewNames
         } else {
             None
         };
-        Ok(NewNamespace { fd, netlink })
+        Ok(NewNamespace {
+            fd,
+            netlink,
+            guard: RemoveOnDrop(Some(path.to_path_buf())),
+        })
     })();
     if result.is_err() {
         let _ = nix::mount::umount2(path, MntFlags::MNT_DETACH);
@@ -144,12 +173,15 @@ fn create_on_this_thread(path: &Path, with_netlink: bool) -> io::Result<NewNames
 /// frees the namespace (and the links inside it) once nothing else refers to it. Missing
 /// namespaces are not an error.
 pub fn remove(name: &str) -> io::Result<()> {
-    let path = netns_path(name);
-    match nix::mount::umount2(&path, MntFlags::MNT_DETACH) {
+    remove_path(&netns_path(name))
+}
+
+fn remove_path(path: &Path) -> io::Result<()> {
+    match nix::mount::umount2(path, MntFlags::MNT_DETACH) {
         Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
         Err(e) => return Err(io::Error::other(format!("unmounting {}: {e}", path.display()))),
     }
-    match std::fs::remove_file(&path) {
+    match std::fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io::Error::new(
             e.kind(),
             format!("removing {}: {e}", path.display()),
