@@ -48,6 +48,22 @@ pub struct Injector {
     active: BTreeMap<String, ActiveFault>,
     shapers: BTreeMap<String, Shaper>,
     startup_heal: HealReport,
+    /// Kept open: closing a netfilter netlink socket after a delete waits for the kernel's
+    /// deferred cleanup (an RCU grace period, ~10–15 ms); a live socket lets it run async.
+    nft: NftConn,
+}
+
+/// A lazily opened nf_tables socket, bound to the network namespace of its first use.
+#[derive(Default)]
+struct NftConn(Option<Nft>);
+
+impl NftConn {
+    fn get(&mut self) -> Result<&mut Nft> {
+        if self.0.is_none() {
+            self.0 = Some(Nft::open()?);
+        }
+        Ok(self.0.as_mut().expect("just opened"))
+    }
 }
 
 impl Injector {
@@ -56,7 +72,8 @@ impl Injector {
     /// directions), e.g. the agent's own control port.
     pub fn new(state_path: impl AsRef<Path>, exempt_tcp_ports: &[u16]) -> Result<Self> {
         let mut ledger = Ledger::open(state_path.as_ref())?;
-        let startup_heal = heal_ledger(&mut ledger)?;
+        let mut nft = NftConn::default();
+        let startup_heal = heal_ledger(&mut ledger, &mut nft)?;
         if !startup_heal.healed.is_empty() {
             tracing::warn!(
                 count = startup_heal.healed.len(),
@@ -69,6 +86,7 @@ impl Injector {
             active: BTreeMap::new(),
             shapers: BTreeMap::new(),
             startup_heal,
+            nft,
         })
     }
 
@@ -122,7 +140,9 @@ impl Injector {
                         fault: id.to_string(),
                     },
                 )?;
-                Nft::open()?.install(id, scope, &self.exempt_tcp_ports, Action::Drop)?;
+                self.nft
+                    .get()?
+                    .install(id, scope, &self.exempt_tcp_ports, Action::Drop)?;
                 Ok(Mechanism::NftablesNetlink)
             }
             FaultSpec::Loss { scope, percent } => {
@@ -139,7 +159,12 @@ impl Injector {
                         fault: id.to_string(),
                     },
                 )?;
-                Nft::open()?.install(id, scope, &self.exempt_tcp_ports, Action::DropRandom { per10000 })?;
+                self.nft.get()?.install(
+                    id,
+                    scope,
+                    &self.exempt_tcp_ports,
+                    Action::DropRandom { per10000 },
+                )?;
                 Ok(Mechanism::NftablesNetlink)
             }
             FaultSpec::Packet { scope, effects } => {
@@ -154,7 +179,9 @@ impl Injector {
                         fault: id.to_string(),
                     },
                 )?;
-                Nft::open()?.install(id, scope, &self.exempt_tcp_ports, Action::Queue { num: queue })?;
+                self.nft
+                    .get()?
+                    .install(id, scope, &self.exempt_tcp_ports, Action::Queue { num: queue })?;
                 Ok(Mechanism::NfqueueUserspace { queue })
             }
             FaultSpec::Bandwidth(bw) => {
@@ -241,7 +268,7 @@ impl Injector {
             .collect();
         let mut found = self.active.remove(id).is_some();
         for entry in entries.iter().rev() {
-            heal_installed(&entry.installed)?;
+            heal_installed(&entry.installed, &mut self.nft)?;
             self.ledger.forget(entry)?;
             found = true;
         }
@@ -279,14 +306,14 @@ impl Injector {
 /// Idempotent: objects already gone are reported as such, not as errors.
 pub fn heal_leftovers(state_path: impl AsRef<Path>) -> Result<HealReport> {
     let mut ledger = Ledger::open(state_path.as_ref())?;
-    heal_ledger(&mut ledger)
+    heal_ledger(&mut ledger, &mut NftConn::default())
 }
 
-fn heal_ledger(ledger: &mut Ledger) -> Result<HealReport> {
+fn heal_ledger(ledger: &mut Ledger, nft: &mut NftConn) -> Result<HealReport> {
     let mut report = HealReport::default();
     let entries: Vec<LedgerEntry> = ledger.entries().to_vec();
     for entry in entries.iter().rev() {
-        if heal_installed(&entry.installed)? {
+        if heal_installed(&entry.installed, nft)? {
             report.healed.push(entry.clone());
         } else {
             report.already_gone.push(entry.clone());
@@ -297,9 +324,9 @@ fn heal_ledger(ledger: &mut Ledger) -> Result<HealReport> {
 }
 
 /// Removes or restores one object. Returns whether there was anything to do.
-fn heal_installed(installed: &Installed) -> Result<bool> {
+fn heal_installed(installed: &Installed, nft: &mut NftConn) -> Result<bool> {
     match installed {
-        Installed::NftChains { fault } => Nft::open()?.remove(fault),
+        Installed::NftChains { fault } => nft.get()?.remove(fault),
         Installed::RootQdisc { interface, handle } => qdisc::remove_root(interface, *handle),
         Installed::Link {
             interface,

@@ -307,15 +307,13 @@ impl Worker {
                     }
                 }
             }
-            // Read what is there (bounded, so releases are not starved under load).
-            for _ in 0..512 {
+            // Read what is there, releasing due packets between reads so a burst of arrivals
+            // does not delay departures.
+            for _ in 0..256 {
                 match self.sock.sock.recv(&mut &mut rx[..], libc::MSG_DONTWAIT) {
                     Ok(n) => {
-                        let n = n.min(rx.len());
                         let arrived = Instant::now();
-                        // Copy out to appease the borrow of `rx`.
-                        let datagram = rx[..n].to_vec();
-                        self.handle_datagram(&datagram, arrived, &mut rng);
+                        self.handle_datagram(&rx[..n.min(rx.len())], arrived, &mut rng);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -325,7 +323,13 @@ impl Worker {
                         break;
                     }
                 }
-                if self.verdicts.bytes().len() > VERDICT_FLUSH {
+                self.release_due(Instant::now());
+                if self.verdicts.bytes().len() > VERDICT_FLUSH
+                    || self
+                        .held
+                        .peek()
+                        .is_none_or(|Reverse(h)| h.release <= Instant::now())
+                {
                     self.flush();
                 }
             }

@@ -413,12 +413,21 @@ impl Nft {
         let tag = comment(&fault_comment(id));
         let exempt: BTreeSet<u16> = exempt.iter().chain(&scope.exempt_tcp_ports).copied().collect();
         let dir = scope.direction;
+        // Re-declaring existing base chains makes the kernel re-validate their hooks (an RCU
+        // grace period, ~10 ms): only create them when they are missing.
+        let existing = self.chains()?;
+        let create_base = !(existing.iter().any(|c| c == "input") && existing.iter().any(|c| c == "output"));
         let b = self.batch(|b, seq| {
             let flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE;
-            b.begin(nft_type(NFT_MSG_NEWTABLE), flags, seq(), &nfgen(NFPROTO_INET, 0));
-            b.attr_str(NFTA_TABLE_NAME, TABLE);
-            b.end();
+            if create_base {
+                b.begin(nft_type(NFT_MSG_NEWTABLE), flags, seq(), &nfgen(NFPROTO_INET, 0));
+                b.attr_str(NFTA_TABLE_NAME, TABLE);
+                b.end();
+            }
             for (base, hook) in [("input", NF_INET_LOCAL_IN), ("output", NF_INET_LOCAL_OUT)] {
+                if !create_base {
+                    break;
+                }
                 b.begin(nft_type(NFT_MSG_NEWCHAIN), flags, seq(), &nfgen(NFPROTO_INET, 0));
                 b.attr_str(NFTA_CHAIN_TABLE, TABLE);
                 b.attr_str(NFTA_CHAIN_NAME, base);

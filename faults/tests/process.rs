@@ -73,8 +73,15 @@ impl Cgroup {
         Some(Self(p))
     }
 
+    /// Moves `pid` and its current descendants in; children forked later are born inside.
     fn adopt(&self, pid: i32) {
-        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).expect("move process into cgroup");
+        for _ in 0..3 {
+            for (p, _) in process::tree(pid).unwrap_or_default() {
+                // A short-lived child may exit before we move it.
+                let _ = std::fs::write(self.0.join("cgroup.procs"), p.to_string());
+            }
+            std::thread::sleep(Duration::from_millis(30));
+        }
     }
 }
 
