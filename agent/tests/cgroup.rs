@@ -74,7 +74,9 @@ async fn cgroup_catches_daemonized_descendants() {
             .lines()
             .filter_map(|l| l.parse().ok())
             .collect();
-        if pids.len() >= 3 || Instant::now() > deadline {
+        // Under load the forked child may not have called setsid(2) yet: wait until it has.
+        let escaped = pids.iter().any(|&p| pgid(p).is_some_and(|g| g != started.pid));
+        if (pids.len() >= 3 && escaped) || Instant::now() > deadline {
             break pids;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
