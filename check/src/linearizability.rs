@@ -74,7 +74,7 @@ type State = u32;
 const ABSENT: State = 0;
 
 /// An operation's effect on the register model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Step {
     Read(State),
     Write(State),
@@ -190,7 +190,7 @@ struct Limits {
     deadline: Option<Instant>,
 }
 
-/// A small, fast, deterministic hasher (FxHash's mixing) for the memo set: SipHash's DoS
+/// A small, fast, deterministic hasher (FxHash's mixing, murmur3's finalizer) for the memo set: SipHash's DoS
 /// resistance buys nothing here and costs a third of the search time.
 #[derive(Default)]
 struct FxHasher {
@@ -222,7 +222,14 @@ impl Hasher for FxHasher {
         self.add(i as u64);
     }
     fn finish(&self) -> u64 {
-        self.hash
+        // The multiply only carries entropy upwards, and the table indexes by the low bits: without
+        // a final avalanche (murmur3's fmix64) keys differing only in later words share buckets.
+        let mut h = self.hash;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
     }
 }
 
@@ -346,10 +353,14 @@ struct Frame {
     state: State,
     pending: u32,
     high: u32,
+    /// A read linearized as soon as it fit (see `search`): no alternative to it needs trying.
+    forced: bool,
 }
 
 /// Searches for a linearization of one key's operations. Returns the result and the steps taken.
 fn search(ops: &[KeyOp], limits: &Limits) -> (SearchResult, u64) {
+    let relevant = without_unobservable_unknowns(ops);
+    let ops = &relevant[..];
     let n = ops.len() as u32;
     let words = ops.len().div_ceil(64);
     let mut ok = vec![0u64; words];
@@ -364,6 +375,16 @@ fn search(ops: &[KeyOp], limits: &Limits) -> (SearchResult, u64) {
     let mut remaining_ok = ops.len() - unknown.len();
     if remaining_ok == 0 {
         return (SearchResult::Linearizable, 0);
+    }
+    // Unknown operations with the same effect are interchangeable once invoked: only the earliest
+    // still pending one may be linearized (a linearization using a later one can use the earlier
+    // one in its place), which removes their k! orders and 2^k choices of "which ones".
+    let mut previous_same = vec![NIL; ops.len()];
+    let mut last_with_step: HashMap<Step, u32> = HashMap::new();
+    for &u in &unknown {
+        if let Some(previous) = last_with_step.insert(ops[u as usize].step, u) {
+            previous_same[u as usize] = previous;
+        }
     }
     let mut events = Events::new(ops);
     let mut linearized = vec![0u64; words];
@@ -395,8 +416,74 @@ fn search(ops: &[KeyOp], limits: &Limits) -> (SearchResult, u64) {
                 steps,
             );
         }
-        if entry == NIL || !events.is_call[entry as usize] {
-            // An ok operation returned before it could be linearized: undo the last choice.
+        let mut backtrack = entry == NIL || !events.is_call[entry as usize];
+        if !backtrack {
+            let op = events.node_op[entry as usize];
+            let step = ops[op as usize].step;
+            let previous = previous_same[op as usize];
+            let symmetric = previous != NIL && !bit(&linearized, previous);
+            if symmetric {
+                // An earlier identical unknown operation is still pending: try that one instead.
+            } else if let Some(new_state) = apply(state, step) {
+                set_bit(&mut linearized, op, true);
+                let new_pending = if op == pending {
+                    next_pending_ok(&ok, &linearized, op + 1, n)
+                } else {
+                    pending
+                };
+                let new_high = high.max(op + 1);
+                memo_key(&mut key, new_state, new_pending, new_high, &linearized, &unknown);
+                // A read that fits the state can be linearized right away without loss: it changes
+                // nothing, and every operation that had to precede it is already linearized (its
+                // return would have stopped the scan). So it is never backtracked over on its own,
+                // which removes the 2^k orders of k concurrent reads of the same value.
+                let forced = matches!(step, Step::Read(_));
+                if !memo.contains(&key[..]) {
+                    // Slot, box header and allocator overhead, plus the exceptions themselves.
+                    memory += 48 + 4 * key.len() as u64;
+                    if memory > limits.max_memory {
+                        return (
+                            SearchResult::Exhausted(format!(
+                                "the memo set reached its memory budget of {} MiB ({} entries)",
+                                limits.max_memory >> 20,
+                                memo.len()
+                            )),
+                            steps,
+                        );
+                    }
+                    memo.insert(key.clone().into_boxed_slice());
+                    stack.push(Frame {
+                        op,
+                        state,
+                        pending,
+                        high,
+                        forced,
+                    });
+                    state = new_state;
+                    pending = new_pending;
+                    high = new_high;
+                    events.lift(op);
+                    if bit(&ok, op) {
+                        remaining_ok -= 1;
+                        if remaining_ok == 0 {
+                            return (SearchResult::Linearizable, steps);
+                        }
+                    }
+                    entry = events.next[0];
+                    continue;
+                }
+                set_bit(&mut linearized, op, false);
+                // Memo hit: that configuration failed. For a forced read, so does this one.
+                backtrack = forced;
+            }
+            if !backtrack {
+                entry = events.next[entry as usize];
+                continue;
+            }
+        }
+        // An ok operation returned before it could be linearized (or a dead end): undo the last
+        // choice that had alternatives.
+        loop {
             let Some(frame) = stack.pop() else {
                 return (SearchResult::NotLinearizable, steps);
             };
@@ -408,56 +495,51 @@ fn search(ops: &[KeyOp], limits: &Limits) -> (SearchResult, u64) {
             if bit(&ok, frame.op) {
                 remaining_ok += 1;
             }
-            entry = events.next[events.call_node[frame.op as usize] as usize];
-            continue;
-        }
-        let op = events.node_op[entry as usize];
-        if let Some(new_state) = apply(state, ops[op as usize].step) {
-            set_bit(&mut linearized, op, true);
-            let new_pending = if op == pending {
-                next_pending_ok(&ok, &linearized, op + 1, n)
-            } else {
-                pending
-            };
-            let new_high = high.max(op + 1);
-            memo_key(&mut key, new_state, new_pending, new_high, &linearized, &unknown);
-            if !memo.contains(&key[..]) {
-                // Slot, box header and allocator overhead, plus the exceptions themselves.
-                memory += 48 + 4 * key.len() as u64;
-                if memory > limits.max_memory {
-                    return (
-                        SearchResult::Exhausted(format!(
-                            "the memo set reached its memory budget of {} MiB ({} entries)",
-                            limits.max_memory >> 20,
-                            memo.len()
-                        )),
-                        steps,
-                    );
-                }
-                memo.insert(key.clone().into_boxed_slice());
-                stack.push(Frame {
-                    op,
-                    state,
-                    pending,
-                    high,
-                });
-                state = new_state;
-                pending = new_pending;
-                high = new_high;
-                events.lift(op);
-                if bit(&ok, op) {
-                    remaining_ok -= 1;
-                    if remaining_ok == 0 {
-                        return (SearchResult::Linearizable, steps);
-                    }
-                }
-                entry = events.next[0];
-                continue;
+            if !frame.forced {
+                entry = events.next[events.call_node[frame.op as usize] as usize];
+                break;
             }
-            set_bit(&mut linearized, op, false);
         }
-        entry = events.next[entry as usize];
     }
+}
+
+/// Drops unknown-outcome updates whose effect no operation could observe: no operation that
+/// completes after the update's invocation (so could come after it) reads or expects the value it
+/// writes. Such an update, if it took effect, was directly overwritten, so the history is
+/// linearizable with it exactly when it is without it. Repeated to a fixpoint, since a dropped
+/// compare-and-set no longer observes anything itself.
+fn without_unobservable_unknowns(ops: &[KeyOp]) -> Vec<KeyOp> {
+    let mut keep = vec![true; ops.len()];
+    loop {
+        let mut latest_use: HashMap<State, u64> = HashMap::new();
+        for (o, _) in ops.iter().zip(&keep).filter(|(_, k)| **k) {
+            if let Some(v) = referenced(o) {
+                let until = o.complete.unwrap_or(u64::MAX);
+                let entry = latest_use.entry(v).or_insert(until);
+                *entry = (*entry).max(until);
+            }
+        }
+        let mut changed = false;
+        for (i, o) in ops.iter().enumerate() {
+            if keep[i] && o.complete.is_none() {
+                let observed = written(o)
+                    .and_then(|v| latest_use.get(&v))
+                    .is_some_and(|&until| until >= o.invoke);
+                if !observed {
+                    keep[i] = false;
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    ops.iter()
+        .zip(&keep)
+        .filter(|(_, k)| **k)
+        .map(|(o, _)| o.clone())
+        .collect()
 }
 
 /// Fills `key` with the canonical name of (state, linearized set): the state, the first pending ok

@@ -121,3 +121,125 @@ proptest! {
         prop_assert_eq!(checker().check(&back), checker().check(&h));
     }
 }
+
+/// A brute-force reference: tries every subset of the unknown-outcome updates and every order of
+/// the chosen operations against a register, respecting real time (an operation that completed
+/// before another was invoked comes first; equal times count as concurrent).
+fn brute_force_linearizable(h: &History) -> bool {
+    use chaos_check::Op;
+    use serde_json::Value;
+    let ops: Vec<&Op> = h
+        .ops
+        .iter()
+        .filter(|o| o.outcome != Outcome::Fail && !(o.kind == OpKind::Read && o.outcome != Outcome::Ok))
+        .collect();
+    let must: Vec<&Op> = ops.iter().copied().filter(|o| o.outcome == Outcome::Ok).collect();
+    let maybe: Vec<&Op> = ops
+        .iter()
+        .copied()
+        .filter(|o| o.outcome == Outcome::Unknown)
+        .collect();
+    let end = |o: &Op| {
+        if o.outcome == Outcome::Ok {
+            o.complete_us.unwrap()
+        } else {
+            u64::MAX
+        }
+    };
+    fn orders(rest: &mut Vec<&Op>, state: &Value, end: &dyn Fn(&Op) -> u64) -> bool {
+        if rest.is_empty() {
+            return true;
+        }
+        for i in 0..rest.len() {
+            let op = rest[i];
+            // Every other remaining operation must not have completed before this one was invoked.
+            if rest.iter().any(|other| end(other) < op.invoke_us) {
+                continue;
+            }
+            let null = Value::Null;
+            let value = op.value.as_ref().unwrap_or(&null);
+            let next = match op.kind {
+                OpKind::Read if value == state => state.clone(),
+                OpKind::Read => continue,
+                OpKind::Write => value.clone(),
+                OpKind::Delete => Value::Null,
+                OpKind::Cas if op.expected.as_ref().unwrap_or(&null) == state => value.clone(),
+                _ => continue,
+            };
+            rest.remove(i);
+            let found = orders(rest, &next, end);
+            rest.insert(i, op);
+            if found {
+                return true;
+            }
+        }
+        false
+    }
+    (0u32..1 << maybe.len()).any(|mask| {
+        let mut rest: Vec<&Op> = must.clone();
+        rest.extend(
+            maybe
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| mask & (1 << i) != 0)
+                .map(|(_, o)| *o),
+        );
+        orders(&mut rest, &serde_json::Value::Null, &end)
+    })
+}
+
+/// Arbitrary small single-key histories: random kinds, values from a tiny domain, random times and
+/// outcomes — most are not linearizable, which is the point.
+fn arbitrary_history() -> impl Strategy<Value = History> {
+    let value = prop_oneof![
+        Just(serde_json::Value::Null),
+        (0i64..3).prop_map(serde_json::Value::from)
+    ];
+    let op = (0u8..4, value.clone(), value, 0u64..20, 0u64..10, 0u8..20);
+    proptest::collection::vec(op, 1..8).prop_map(|ops| {
+        let mut h = History::new(chaos_check::Header::new());
+        for (i, (kind, v, expected, invoke, duration, outcome)) in ops.into_iter().enumerate() {
+            let kind = [OpKind::Read, OpKind::Write, OpKind::Cas, OpKind::Delete][kind as usize];
+            let outcome = match outcome {
+                0..=11 => Outcome::Ok,
+                12..=16 => Outcome::Unknown,
+                _ => Outcome::Fail,
+            };
+            let mut op = chaos_check::Op::new(i as u64 + 1, i as u64, kind, invoke, outcome).key("x");
+            op.complete_us = Some(invoke + duration);
+            match kind {
+                OpKind::Read => op.value = Some(v),
+                OpKind::Write => {
+                    op.value = Some(if v.is_null() {
+                        serde_json::Value::from(9)
+                    } else {
+                        v
+                    })
+                }
+                OpKind::Cas => {
+                    op.value = Some(v);
+                    op.expected = Some(expected);
+                }
+                _ => {}
+            }
+            h.ops.push(op);
+        }
+        h
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// The optimized search (memoization, forced reads, interchangeable unknowns, pruning of
+    /// unobservable unknowns) agrees with brute force on small arbitrary histories.
+    #[test]
+    fn agrees_with_brute_force(h in arbitrary_history()) {
+        let expected = if brute_force_linearizable(&h) { Validity::Valid } else { Validity::Invalid };
+        let v = checker().check(&h);
+        prop_assert_eq!(v.valid, expected, "{}", v.explanation);
+        if expected == Validity::Invalid {
+            prop_assert_eq!(checker().check(&certificate(&h, &v, None)).valid, Validity::Invalid);
+        }
+    }
+}
