@@ -194,8 +194,15 @@ impl Injector {
                         handle,
                     },
                 )?;
-                qdisc::install_tbf(bw, handle)?;
-                Ok(Mechanism::TbfNetlink)
+                let mut exempt: Vec<u16> = self
+                    .exempt_tcp_ports
+                    .iter()
+                    .chain(&bw.exempt_tcp_ports)
+                    .copied()
+                    .collect();
+                exempt.sort_unstable();
+                exempt.dedup();
+                qdisc::install(bw, handle, &exempt)
             }
             FaultSpec::Link(change) => {
                 if change.up.is_none() && change.mtu.is_none() {

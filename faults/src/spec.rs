@@ -270,6 +270,9 @@ pub struct Bandwidth {
     /// Queue size, bytes (0 picks 100 ms worth of rate, at least 3×burst).
     #[serde(default)]
     pub limit_bytes: u32,
+    /// Local TCP ports never shaped (merged with the injector's exempt list).
+    #[serde(default)]
+    pub exempt_tcp_ports: Vec<u16>,
 }
 
 /// A change to a network interface.
@@ -357,6 +360,9 @@ pub enum Mechanism {
     Netem,
     /// A tbf qdisc installed over rtnetlink.
     TbfNetlink,
+    /// An htb root over rtnetlink whose default class has a tbf leaf, with u32 filters sending
+    /// exempt local TCP ports to an unshaped class.
+    HtbTbfNetlink,
     /// Link attributes changed over rtnetlink.
     RtnetlinkLink,
 }

@@ -55,6 +55,7 @@ fn crash_child() {
         rate_bps: 1_000_000,
         burst_bytes: 0,
         limit_bytes: 0,
+        exempt_tcp_ports: vec![],
     };
     inj.inject("bw", &FaultSpec::Bandwidth(bw)).unwrap();
     println!("READY");
@@ -98,7 +99,11 @@ fn sigkilled_process_leftovers_are_healed_exactly() {
         rules.contains(nft::TABLE) && rules.contains("chaos fault delay"),
         "{rules}"
     );
-    assert!(text(n[0].exec(&["tc", "qdisc", "show", "dev", "eth0"])).contains("c4a0:"));
+    let qd = text(n[0].exec(&["tc", "qdisc", "show", "dev", "eth0"]));
+    assert!(
+        qd.contains("htb c4a0:") && qd.contains("tbf c4a1:"),
+        "exempt port 7700 → htb root: {qd}"
+    );
     assert_eq!(
         udp_delivered(&n[1], &n[0], SocketAddr::new(IpAddr::V4(Lan::v4(0)), 9600), 50),
         0,
@@ -118,7 +123,7 @@ fn sigkilled_process_leftovers_are_healed_exactly() {
         "foreign table kept: {rules}"
     );
     let qd = text(n[0].exec(&["tc", "qdisc", "show"]));
-    assert!(!qd.contains("c4a0"), "{qd}");
+    assert!(!qd.contains("c4a0") && !qd.contains("c4a1"), "{qd}");
     let ipt = text(n[0].exec(&["iptables-save"]));
     assert!(!ipt.contains("chaos") && !ipt.contains("NFQUEUE"), "{ipt}");
     let to0 = SocketAddr::new(IpAddr::V4(Lan::v4(0)), 9601);

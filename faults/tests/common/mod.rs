@@ -167,17 +167,35 @@ pub fn tcp_connects(ns: &Netns, addr: SocketAddr, timeout: Duration) -> bool {
 }
 
 /// Sends `count` UDP datagrams from `from` to a receiver in `to` at `addr`; returns how many
-/// arrived.
+/// arrived (the receiver drains until 300 ms after the sender finished).
 pub fn udp_delivered(from: &Netns, to: &Netns, addr: SocketAddr, count: usize) -> usize {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
     let (tx, rx) = std::sync::mpsc::channel();
+    let sent_all = Arc::new(AtomicBool::new(false));
+    let done = sent_all.clone();
     let receiver = to.spawn(move || {
         let s = UdpSocket::bind(addr).expect("bind udp receiver");
-        s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
         tx.send(()).unwrap();
         let mut got = 0;
         let mut buf = [0u8; 64];
-        while s.recv(&mut buf).is_ok() {
-            got += 1;
+        let mut quiet_since: Option<Instant> = None;
+        let hard_end = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < hard_end {
+            match s.recv(&mut buf) {
+                Ok(_) => {
+                    got += 1;
+                    quiet_since = None;
+                }
+                Err(_) if done.load(Ordering::SeqCst) => {
+                    let since = *quiet_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= Duration::from_millis(300) {
+                        break;
+                    }
+                }
+                Err(_) => {}
+            }
         }
         got
     });
@@ -191,5 +209,6 @@ pub fn udp_delivered(from: &Netns, to: &Netns, addr: SocketAddr, count: usize) -
             }
         }
     });
+    sent_all.store(true, Ordering::SeqCst);
     receiver.join().unwrap()
 }
