@@ -215,7 +215,7 @@ impl AgentClient {
         });
         Err(Error::Api {
             node: self.node.clone(),
-            source,
+            error: source,
         })
     }
 
@@ -423,7 +423,7 @@ impl AgentClient {
                     });
                     Err(Error::Api {
                         node: self.node.clone(),
-                        source,
+                        error: source,
                     })
                 }
                 Err(e) => Err(self.unreachable(format!("{what}: {}", chain(&e)))),
@@ -452,7 +452,7 @@ impl AgentClient {
                     Ok(ServerEvent::Error(source)) => {
                         return Err(Error::Api {
                             node: self.node.clone(),
-                            source,
+                            error: source,
                         });
                     }
                     Ok(other) => return Err(self.protocol(format!("exec: expected started, got {other:?}"))),

@@ -47,12 +47,12 @@ pub enum CertError {
     #[error("generating a certificate: {0}")]
     Generate(#[from] rcgen::Error),
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The file involved.
         path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
+        /// The underlying error. Part of this error's message, so not also its `source()`.
+        cause: std::io::Error,
     },
     /// A file did not hold the expected PEM material.
     #[error("{path}: {message}")]
@@ -85,7 +85,9 @@ pub struct Identity {
 
 impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Identity").field("key_pem", &"<redacted>").finish_non_exhaustive()
+        f.debug_struct("Identity")
+            .field("key_pem", &"<redacted>")
+            .finish_non_exhaustive()
     }
 }
 
@@ -113,7 +115,11 @@ impl ClusterCa {
         validity(&mut params, nb, na);
         let cert = params.self_signed(&key)?;
         let key_pem = key.serialize_pem();
-        Ok(Self { cert_pem: cert.pem(), key_pem, issuer: Issuer::new(params, key) })
+        Ok(Self {
+            cert_pem: cert.pem(),
+            key_pem,
+            issuer: Issuer::new(params, key),
+        })
     }
 
     /// Loads a CA written by [`ClusterCa::write`] from `dir` (`ca.pem` and `ca.key`).
@@ -121,13 +127,19 @@ impl ClusterCa {
         let cert_pem = read(&dir.join(tls_files::CA_CERT))?;
         let key_path = dir.join(tls_files::CA_KEY);
         let key_pem = read(&key_path)?;
-        let key = KeyPair::from_pem(&key_pem)
-            .map_err(|e| CertError::BadPem { path: key_path.clone(), message: format!("not a private key: {e}") })?;
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| CertError::BadPem {
+            path: key_path.clone(),
+            message: format!("not a private key: {e}"),
+        })?;
         let issuer = Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| CertError::BadPem {
             path: dir.join(tls_files::CA_CERT),
             message: format!("not a CA certificate: {e}"),
         })?;
-        Ok(Self { issuer, cert_pem, key_pem })
+        Ok(Self {
+            issuer,
+            cert_pem,
+            key_pem,
+        })
     }
 
     /// Writes `ca.pem` and `ca.key` (mode 0600) into `dir`, creating it.
@@ -159,7 +171,9 @@ impl ClusterCa {
         not_after: OffsetDateTime,
     ) -> Result<Identity, CertError> {
         let mut params = CertificateParams::new(dns.to_vec())?;
-        params.subject_alt_names.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        params
+            .subject_alt_names
+            .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
         params.subject_alt_names.push(SanType::DnsName(name.try_into()?));
         params.distinguished_name = cn(&format!("chaos node {name}"));
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
@@ -191,7 +205,10 @@ impl ClusterCa {
     fn sign(&self, params: CertificateParams) -> Result<Identity, CertError> {
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(Identity { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+        Ok(Identity {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
     }
 }
 
@@ -255,25 +272,46 @@ pub fn client_config(ca_pem: &str, runner: &Identity) -> Result<Arc<rustls::Clie
 pub fn parse_certs(pem: &str, origin: &Path) -> Result<Vec<CertificateDer<'static>>, CertError> {
     let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| CertError::BadPem { path: origin.to_path_buf(), message: e.to_string() })?;
+        .map_err(|e| CertError::BadPem {
+            path: origin.to_path_buf(),
+            message: e.to_string(),
+        })?;
     if certs.is_empty() {
-        return Err(CertError::BadPem { path: origin.to_path_buf(), message: "no certificate found".into() });
+        return Err(CertError::BadPem {
+            path: origin.to_path_buf(),
+            message: "no certificate found".into(),
+        });
     }
     Ok(certs)
 }
 
 fn read(path: &Path) -> Result<String, CertError> {
-    fs::read_to_string(path).map_err(|source| CertError::Io { path: path.to_path_buf(), source })
+    fs::read_to_string(path).map_err(|cause| CertError::Io {
+        path: path.to_path_buf(),
+        cause,
+    })
 }
 
 fn create_dir(dir: &Path) -> Result<(), CertError> {
-    fs::create_dir_all(dir).map_err(|source| CertError::Io { path: dir.to_path_buf(), source })
+    fs::create_dir_all(dir).map_err(|cause| CertError::Io {
+        path: dir.to_path_buf(),
+        cause,
+    })
 }
 
 /// Writes `contents` so the file never exists with looser permissions than `mode`.
 fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), CertError> {
-    let io = |source| CertError::Io { path: path.to_path_buf(), source };
-    let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(path).map_err(io)?;
+    let io = |cause| CertError::Io {
+        path: path.to_path_buf(),
+        cause,
+    };
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io)?;
     // The file may have existed with other permissions: set them explicitly.
     f.set_permissions(fs::Permissions::from_mode(mode)).map_err(io)?;
     f.write_all(contents.as_bytes()).map_err(io)
@@ -288,11 +326,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ca = ClusterCa::generate("t").unwrap();
         ca.write(dir.path()).unwrap();
-        let mode = fs::metadata(dir.path().join(tls_files::CA_KEY)).unwrap().permissions().mode();
+        let mode = fs::metadata(dir.path().join(tls_files::CA_KEY))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let loaded = ClusterCa::load(dir.path()).unwrap();
         assert_eq!(loaded.cert_pem(), ca.cert_pem());
-        let node = loaded.issue_node("n1", &["127.0.0.1".parse().unwrap()], &[]).unwrap();
+        let node = loaded
+            .issue_node("n1", &["127.0.0.1".parse().unwrap()], &[])
+            .unwrap();
         assert!(node.cert_pem.contains("BEGIN CERTIFICATE"));
     }
 
@@ -305,7 +348,9 @@ mod tests {
 
     #[test]
     fn bad_pem_is_a_clear_error() {
-        let err = parse_certs("garbage", Path::new("x.pem")).unwrap_err().to_string();
+        let err = parse_certs("garbage", Path::new("x.pem"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("x.pem") && err.contains("no certificate"), "{err}");
     }
 }

@@ -12,13 +12,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The node refused or failed an operation (missing file, missing command, bad request…).
-    #[error("node {node}: {source}")]
+    #[error("node {node}: {error}")]
     Api {
         /// Node name.
         node: String,
-        /// What the node said.
-        #[source]
-        source: ApiError,
+        /// What the node said. Part of this error's message, so not also its `source()`.
+        error: ApiError,
     },
     /// The node's agent could not be reached.
     #[error("node {node}: cannot reach agent at {addr}: {cause}")]
@@ -49,13 +48,12 @@ pub enum Error {
         message: String,
     },
     /// A local I/O operation failed.
-    #[error("{context}: {source}")]
+    #[error("{context}: {cause}")]
     Io {
         /// What was being done.
         context: String,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        /// The underlying error. Part of this error's message, so not also its `source()`.
+        cause: std::io::Error,
     },
     /// Certificates could not be minted or loaded.
     #[error(transparent)]
@@ -74,7 +72,7 @@ impl Error {
     /// The agent-side error kind, when the error came from a node's answer.
     pub fn kind(&self) -> Option<ErrorKind> {
         match self {
-            Error::Api { source, .. } => Some(source.kind),
+            Error::Api { error, .. } => Some(error.kind),
             _ => None,
         }
     }
@@ -86,16 +84,25 @@ impl Error {
 
     /// Shorthand for an [`Error::Api`].
     pub fn api(node: impl Into<String>, kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error::Api { node: node.into(), source: ApiError::new(kind, message) }
+        Error::Api {
+            node: node.into(),
+            error: ApiError::new(kind, message),
+        }
     }
 
     /// Shorthand for an [`Error::Io`].
-    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Error::Io { context: context.into(), source }
+    pub fn io(context: impl Into<String>, cause: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            cause,
+        }
     }
 
     /// Shorthand for an [`Error::Backend`].
     pub fn backend(backend: &'static str, message: impl Into<String>) -> Self {
-        Error::Backend { backend, message: message.into() }
+        Error::Backend {
+            backend,
+            message: message.into(),
+        }
     }
 }

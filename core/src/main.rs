@@ -16,7 +16,7 @@ async fn main() -> ExitCode {
     match cli::run(args.command).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {}", cli::one_line(&err));
+            eprintln!("error: {err:#}");
             ExitCode::from(cli::exit_code(&err))
         }
     }

@@ -7,7 +7,7 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use chaos_examples::{ExampleArgs, hello_world, one_line, with_cluster};
+use chaos_examples::{ExampleArgs, hello_world, with_cluster};
 use clap::Parser;
 
 #[tokio::main]
@@ -40,7 +40,7 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("hello: failed on the {} backend: {}", args.backend, one_line(&e));
+            eprintln!("hello: failed on the {} backend: {e:#}", args.backend);
             ExitCode::FAILURE
         }
     }

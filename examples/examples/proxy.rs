@@ -7,7 +7,7 @@
 
 use std::process::ExitCode;
 
-use chaos_examples::{ExampleArgs, one_line, tcp_through_proxy, with_cluster};
+use chaos_examples::{ExampleArgs, tcp_through_proxy, with_cluster};
 use clap::Parser;
 
 #[tokio::main]
@@ -27,7 +27,7 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("proxy: failed on the {} backend: {}", args.backend, one_line(&e));
+            eprintln!("proxy: failed on the {} backend: {e:#}", args.backend);
             ExitCode::FAILURE
         }
     }

@@ -239,23 +239,6 @@ async fn stop(node: &dyn Node, server: Process) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// An error's context chain on one line — what failed, then why — leaving out causes whose text
-/// the previous message already ends with (some errors print their source themselves).
-pub fn one_line(err: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in err.chain() {
-        let text = cause.to_string();
-        if line.ends_with(&text) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(&text);
-    }
-    line
-}
-
 /// Command-line options shared by the example binaries.
 #[derive(Debug, clap::Parser)]
 pub struct ExampleArgs {
@@ -290,6 +273,6 @@ pub async fn with_cluster<T>(
         (Ok(value), Ok(())) => Ok(value),
         (Err(e), Ok(())) => Err(e),
         (Ok(_), Err(c)) => Err(c),
-        (Err(e), Err(c)) => Err(anyhow::anyhow!("{} (and then {})", one_line(&e), one_line(&c))),
+        (Err(e), Err(c)) => Err(anyhow::anyhow!("{e:#} (and then {c:#})")),
     }
 }

@@ -2,7 +2,7 @@
 //! here are skipped with a line saying why.
 
 use chaos::backend::{self, BackendKind};
-use chaos_examples::{hello_world, one_line, tcp_through_proxy, with_cluster};
+use chaos_examples::{hello_world, tcp_through_proxy, with_cluster};
 
 /// The backends to run on, printing why the others are skipped.
 fn available(test: &str) -> Vec<BackendKind> {
@@ -25,7 +25,7 @@ async fn hello_world_runs_on_every_backend() {
             hello_world(cluster, 5).await
         })
         .await
-        .unwrap_or_else(|e| panic!("hello_world on {kind}: {}", one_line(&e)));
+        .unwrap_or_else(|e| panic!("hello_world on {kind}: {e:#}"));
         let names: Vec<_> = greetings.iter().map(|g| g.node.as_str()).collect();
         assert_eq!(names, ["n1", "n2", "n3", "n4", "n5"], "{kind}");
         for g in &greetings {
@@ -43,7 +43,7 @@ async fn tcp_through_proxy_runs_on_every_backend() {
             tcp_through_proxy(cluster).await
         })
         .await
-        .unwrap_or_else(|e| panic!("tcp_through_proxy on {kind}: {}", one_line(&e)));
+        .unwrap_or_else(|e| panic!("tcp_through_proxy on {kind}: {e:#}"));
         assert_eq!(report.bytes, 256 * 1024, "{kind}");
         assert!(
             report.address.starts_with("127.0.0.1:"),

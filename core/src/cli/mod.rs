@@ -71,23 +71,6 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
     if bad_input { 2 } else { 1 }
 }
 
-/// The error's context chain on one line — what failed, then why — leaving out causes whose
-/// text the previous message already ends with (some errors print their source themselves).
-pub fn one_line(err: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in err.chain() {
-        let text = cause.to_string();
-        if line.ends_with(&text) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(&text);
-    }
-    line
-}
-
 /// Sends tracing logs to stderr: `RUST_LOG` when set and no `-v`, else by verbosity.
 pub fn init_logging(verbose: u8) {
     use tracing_subscriber::EnvFilter;
