@@ -419,3 +419,89 @@ fn link_down_and_mtu_are_restored() {
         "link restored"
     );
 }
+
+#[test]
+fn jitter_spreads_delay_and_reorder_lets_some_packets_overtake() {
+    require_root!();
+    let _serial = serial();
+    let lan = Lan::new(2);
+    let n = &lan.nodes;
+    udp_echo(&n[1], 9800, 30);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("faults.json");
+    let scope = NetScope::peers([IpAddr::V4(Lan::v4(1))])
+        .direction(Direction::Out)
+        .protocol(Protocol::Udp);
+    let s = scope.clone();
+    let mut inj = n[0].run(move || {
+        let mut inj = Injector::new(&path, &[]).unwrap();
+        let effects = PacketEffects {
+            delay_us: 30_000,
+            jitter_us: 10_000,
+            distribution: chaos_faults::Distribution::Uniform,
+            ..PacketEffects::default()
+        };
+        inj.inject("jitter", &FaultSpec::Packet { scope: s, effects })
+            .unwrap();
+        inj
+    });
+    let rtts = udp_rtts(&n[0], addr(1, 9800), 30);
+    assert!(rtts.len() >= 27, "{} of 30 answered", rtts.len());
+    let (lo, hi) = (
+        rtts.iter().min().copied().unwrap(),
+        rtts.iter().max().copied().unwrap(),
+    );
+    eprintln!("jittered rtts from {lo:?} to {hi:?}");
+    assert!(
+        lo >= Duration::from_millis(20),
+        "uniform 30±10 ms never goes below 20 ms: {lo:?}"
+    );
+    assert!(
+        hi - lo >= Duration::from_millis(5),
+        "jitter must spread the delay: {lo:?}..{hi:?}"
+    );
+
+    // Reorder: half the packets skip a 50 ms delay, so later packets overtake earlier ones.
+    let s = scope.clone();
+    let mut inj = n[0].run(move || {
+        inj.heal("jitter").unwrap();
+        let effects = PacketEffects {
+            delay_us: 50_000,
+            reorder_percent: 50.0,
+            ..PacketEffects::default()
+        };
+        inj.inject("reorder", &FaultSpec::Packet { scope: s, effects })
+            .unwrap();
+        inj
+    });
+    let target = addr(1, 9801);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let receiver = n[1].spawn(move || {
+        let s = UdpSocket::bind(target).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        tx.send(()).unwrap();
+        let mut order = Vec::new();
+        let mut buf = [0u8; 8];
+        while let Ok(4) = s.recv(&mut buf) {
+            order.push(u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]));
+        }
+        order
+    });
+    rx.recv().unwrap();
+    n[0].run(move || {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        for i in 0..200u32 {
+            s.send_to(&i.to_be_bytes(), target).unwrap();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+    let order = receiver.join().unwrap();
+    assert_eq!(order.len(), 200, "reordering loses nothing");
+    let inversions = order.windows(2).filter(|w| w[0] > w[1]).count();
+    eprintln!("{inversions} inversions in 200 packets");
+    assert!(
+        inversions >= 10,
+        "expected reordering, got {inversions} inversions"
+    );
+    n[0].run(move || inj.heal_all().unwrap());
+}
