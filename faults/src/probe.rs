@@ -55,7 +55,9 @@ pub struct Capabilities {
     pub cgroup_kill: Capability,
     /// iptables binary and its backend (informational; we never need it).
     pub iptables: IptablesBackend,
-    /// External binaries this crate needs: always empty (kept explicit for the agent's probe).
+    /// External binaries the fault mechanisms need: none (every fault is netlink, /proc, /sys
+    /// or a syscall). The probe itself runs `zcat /proc/config.gz` when both exist, only to
+    /// explain absent kernel features; without it the details fall back to /sys/module.
     pub external_binaries: Vec<String>,
 }
 
