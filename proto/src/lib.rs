@@ -28,6 +28,10 @@
 //! | `POST` | `/v1/procs/{id}/signal` | [`SignalRequest`] | `204` |
 //! | `POST` | `/v1/procs/{id}/wait?timeout_ms=T` | – | [`WaitReply`] |
 //! | `GET` | `/v1/dial?addr=HOST:PORT` | WebSocket, see [`dial`] | |
+//! | `POST` | `/v1/faults` | [`fault::FaultRequest`] | [`fault::FaultInfo`] |
+//! | `GET` | `/v1/faults` | – | `Vec<`[`fault::FaultInfo`]`>` |
+//! | `DELETE` | `/v1/faults/{id}` | – | [`fault::HealReply`] |
+//! | `DELETE` | `/v1/faults` | – | `Vec<String>`: ids healed |
 //!
 //! File paths are absolute paths on the node. Query values are URL-encoded.
 
@@ -37,6 +41,8 @@ use std::net::IpAddr;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+
+pub mod fault;
 
 /// Version of this protocol; bumped on incompatible changes and reported in [`NodeInfo`].
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -117,7 +123,10 @@ pub struct ApiError {
 impl ApiError {
     /// Builds an error of `kind` with `message`.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into() }
+        Self {
+            kind,
+            message: message.into(),
+        }
     }
 }
 
@@ -269,7 +278,11 @@ impl ProcSpec {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        Self { command: command.into(), args: args.into_iter().map(Into::into).collect(), ..Self::default() }
+        Self {
+            command: command.into(),
+            args: args.into_iter().map(Into::into).collect(),
+            ..Self::default()
+        }
     }
 }
 
@@ -404,7 +417,10 @@ impl Signal {
 
     /// The signal's name without the `SIG` prefix, if it has one (`SIGRTMIN+n` otherwise).
     pub fn name(self) -> Option<&'static str> {
-        SIGNAL_NAMES.iter().find(|(_, n)| *n == self.0).map(|(name, _)| *name)
+        SIGNAL_NAMES
+            .iter()
+            .find(|(_, n)| *n == self.0)
+            .map(|(name, _)| *name)
     }
 }
 
@@ -424,7 +440,11 @@ pub struct ParseSignalError(String);
 
 impl fmt::Display for ParseSignalError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "unknown signal {:?}: use a name like SIGTERM, TERM or a number from 1 to 64", self.0)
+        write!(
+            f,
+            "unknown signal {:?}: use a name like SIGTERM, TERM or a number from 1 to 64",
+            self.0
+        )
     }
 }
 
@@ -436,15 +456,27 @@ impl FromStr for Signal {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = || ParseSignalError(s.to_string());
         if let Ok(n) = s.parse::<i32>() {
-            return if (1..=64).contains(&n) { Ok(Signal(n)) } else { Err(err()) };
+            return if (1..=64).contains(&n) {
+                Ok(Signal(n))
+            } else {
+                Err(err())
+            };
         }
         let upper = s.to_ascii_uppercase();
         let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
         if let Some(off) = bare.strip_prefix("RTMIN+") {
             let off: i32 = off.parse().map_err(|_| err())?;
-            return if (0..=30).contains(&off) { Ok(Signal(34 + off)) } else { Err(err()) };
+            return if (0..=30).contains(&off) {
+                Ok(Signal(34 + off))
+            } else {
+                Err(err())
+            };
         }
-        SIGNAL_NAMES.iter().find(|(name, _)| *name == bare).map(|(_, n)| Signal(*n)).ok_or_else(err)
+        SIGNAL_NAMES
+            .iter()
+            .find(|(name, _)| *name == bare)
+            .map(|(_, n)| Signal(*n))
+            .ok_or_else(err)
     }
 }
 

@@ -1,0 +1,438 @@
+//! Fault specifications: what a fault does, as plain serde values validated before anything is
+//! installed. They travel in agent API requests (`POST /v1/faults`), so they live here; the
+//! `chaos-faults` crate carries them out.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// A fault specification that cannot be carried out as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidFault {
+    /// The offending field.
+    pub field: &'static str,
+    /// What is wrong with it and what would be accepted.
+    pub reason: String,
+}
+
+impl fmt::Display for InvalidFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid {}: {}", self.field, self.reason)
+    }
+}
+
+impl std::error::Error for InvalidFault {}
+
+type Result<T, E = InvalidFault> = std::result::Result<T, E>;
+
+struct Error;
+
+impl Error {
+    fn invalid(field: &'static str, reason: impl Into<String>) -> InvalidFault {
+        InvalidFault {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// An IP network: an address and a prefix length (`10.0.0.0/24`, `fd00::1/128`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct IpNet {
+    /// The address (host bits beyond the prefix are ignored when matching).
+    pub addr: IpAddr,
+    /// Prefix length: 0..=32 for IPv4, 0..=128 for IPv6.
+    pub prefix: u8,
+}
+
+impl IpNet {
+    /// A single host.
+    pub fn host(addr: IpAddr) -> Self {
+        let prefix = if addr.is_ipv4() { 32 } else { 128 };
+        Self { addr, prefix }
+    }
+
+    /// Address bytes (4 or 16).
+    pub fn octets(&self) -> Vec<u8> {
+        match self.addr {
+            IpAddr::V4(a) => a.octets().to_vec(),
+            IpAddr::V6(a) => a.octets().to_vec(),
+        }
+    }
+
+    /// The prefix mask as bytes of the address length.
+    pub fn mask(&self) -> Vec<u8> {
+        let len = self.octets().len();
+        (0..len)
+            .map(|i| {
+                let bits = (self.prefix as usize).saturating_sub(i * 8).min(8);
+                if bits == 0 { 0 } else { 0xffu8 << (8 - bits) }
+            })
+            .collect()
+    }
+}
+
+impl From<IpAddr> for IpNet {
+    fn from(addr: IpAddr) -> Self {
+        Self::host(addr)
+    }
+}
+
+impl fmt::Display for IpNet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl FromStr for IpNet {
+    type Err = InvalidFault;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = |why: &str| Error::invalid("peer", format!("{s:?} is not an IP or IP/prefix: {why}"));
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr.trim().parse().map_err(|_| bad("bad address"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p.trim().parse::<u8>().map_err(|_| bad("bad prefix length"))?,
+            None => max,
+        };
+        if prefix > max {
+            return Err(bad("prefix length too long"));
+        }
+        Ok(Self { addr, prefix })
+    }
+}
+
+impl TryFrom<String> for IpNet {
+    type Error = InvalidFault;
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
+    }
+}
+
+impl From<IpNet> for String {
+    fn from(n: IpNet) -> String {
+        n.to_string()
+    }
+}
+
+/// Which packets a network fault affects, relative to this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Packets arriving from the peers (matched on source address, input hook).
+    In,
+    /// Packets sent to the peers (matched on destination address, output hook).
+    Out,
+    /// Both.
+    #[default]
+    Both,
+}
+
+impl Direction {
+    /// True for `In` and `Both`.
+    pub fn inbound(self) -> bool {
+        matches!(self, Direction::In | Direction::Both)
+    }
+    /// True for `Out` and `Both`.
+    pub fn outbound(self) -> bool {
+        matches!(self, Direction::Out | Direction::Both)
+    }
+}
+
+/// A transport protocol to restrict a fault to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+    /// ICMP for IPv4 peers, ICMPv6 for IPv6 peers.
+    Icmp,
+}
+
+/// The packets a network fault applies to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct NetScope {
+    /// Peer addresses or networks; empty means every peer.
+    #[serde(default)]
+    pub peers: Vec<IpNet>,
+    /// Direction relative to this node.
+    #[serde(default)]
+    pub direction: Direction,
+    /// Restrict to one protocol; `None` means all (with `ports`: TCP and UDP).
+    #[serde(default)]
+    pub protocol: Option<Protocol>,
+    /// Restrict to packets whose source *or* destination port is one of these (TCP/UDP only).
+    #[serde(default)]
+    pub ports: Vec<u16>,
+    /// Local TCP ports whose traffic is never affected, both directions (e.g. the agent's
+    /// control port). Merged with the injector's own exempt list.
+    #[serde(default)]
+    pub exempt_tcp_ports: Vec<u16>,
+}
+
+impl NetScope {
+    /// Everything to and from `peers`, both directions.
+    pub fn peers<I: IntoIterator<Item = IpAddr>>(peers: I) -> Self {
+        Self {
+            peers: peers.into_iter().map(IpNet::host).collect(),
+            ..Self::default()
+        }
+    }
+
+    /// Sets the direction.
+    pub fn direction(mut self, direction: Direction) -> Self {
+        self.direction = direction;
+        self
+    }
+
+    /// Sets the protocol.
+    pub fn protocol(mut self, protocol: Protocol) -> Self {
+        self.protocol = Some(protocol);
+        self
+    }
+
+    /// Adds exempt local TCP ports.
+    pub fn exempt<I: IntoIterator<Item = u16>>(mut self, ports: I) -> Self {
+        self.exempt_tcp_ports.extend(ports);
+        self
+    }
+
+    /// Checks the values are usable, naming the field that is not.
+    pub fn validate(&self) -> Result<()> {
+        if !self.ports.is_empty() && self.protocol == Some(Protocol::Icmp) {
+            return Err(Error::invalid(
+                "ports",
+                "ICMP has no ports; drop the ports or the protocol",
+            ));
+        }
+        if self.ports.contains(&0) {
+            return Err(Error::invalid("ports", "port 0 cannot be matched"));
+        }
+        Ok(())
+    }
+}
+
+/// How delay jitter is distributed around the mean.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Distribution {
+    /// Uniform in `[delay - jitter, delay + jitter]`.
+    #[default]
+    Uniform,
+    /// Normal with standard deviation `jitter`, truncated at zero.
+    Normal,
+}
+
+/// Per-packet effects of a "packet" fault (the netem feature set). Percentages are 0..=100.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct PacketEffects {
+    /// Added latency, microseconds.
+    #[serde(default)]
+    pub delay_us: u64,
+    /// Jitter around `delay_us`, microseconds.
+    #[serde(default)]
+    pub jitter_us: u64,
+    /// Shape of the jitter.
+    #[serde(default)]
+    pub distribution: Distribution,
+    /// Percent of packets dropped.
+    #[serde(default)]
+    pub loss_percent: f64,
+    /// Correlation (0..=100) of successive loss decisions (burstiness); mean loss is kept.
+    #[serde(default)]
+    pub loss_correlation: f64,
+    /// Percent of packets sent twice.
+    #[serde(default)]
+    pub duplicate_percent: f64,
+    /// Percent of packets with one bit flipped (receivers drop them on checksum).
+    #[serde(default)]
+    pub corrupt_percent: f64,
+    /// Percent of packets sent immediately while the others wait `delay_us` (needs a delay).
+    #[serde(default)]
+    pub reorder_percent: f64,
+}
+
+impl PacketEffects {
+    /// Checks the values are usable, naming the field that is not.
+    pub fn validate(&self) -> Result<()> {
+        for (field, v) in [
+            ("loss_percent", self.loss_percent),
+            ("loss_correlation", self.loss_correlation),
+            ("duplicate_percent", self.duplicate_percent),
+            ("corrupt_percent", self.corrupt_percent),
+            ("reorder_percent", self.reorder_percent),
+        ] {
+            if !(0.0..=100.0).contains(&v) {
+                return Err(Error::invalid(
+                    field,
+                    format!("{v} is not a percentage between 0 and 100"),
+                ));
+            }
+        }
+        if self.reorder_percent > 0.0 && self.delay_us == 0 {
+            return Err(Error::invalid(
+                "reorder_percent",
+                "reordering needs a delay_us > 0",
+            ));
+        }
+        if self.delay_us > 60_000_000 || self.jitter_us > 60_000_000 {
+            return Err(Error::invalid("delay_us", "delay and jitter are limited to 60 s"));
+        }
+        Ok(())
+    }
+}
+
+/// A bandwidth limit on an interface's egress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bandwidth {
+    /// Interface name, e.g. `"eth0"`.
+    pub interface: String,
+    /// Rate, bits per second.
+    pub rate_bps: u64,
+    /// Bucket size, bytes (at least the interface MTU; 0 picks max(rate/250 s, 2×MTU)).
+    #[serde(default)]
+    pub burst_bytes: u32,
+    /// Queue size, bytes (0 picks 100 ms worth of rate, at least 3×burst).
+    #[serde(default)]
+    pub limit_bytes: u32,
+    /// Local TCP ports never shaped (merged with the injector's exempt list).
+    #[serde(default)]
+    pub exempt_tcp_ports: Vec<u16>,
+}
+
+/// A change to a network interface.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkChange {
+    /// Interface name.
+    pub interface: String,
+    /// `Some(false)` takes the link down, `Some(true)` brings it up.
+    #[serde(default)]
+    pub up: Option<bool>,
+    /// New MTU.
+    #[serde(default)]
+    pub mtu: Option<u32>,
+}
+
+/// What a freeze applies to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FreezeTarget {
+    /// A cgroup directory (v2 with `cgroup.freeze`, or v1 freezer with `freezer.state`).
+    Cgroup {
+        /// Absolute path of the cgroup directory.
+        path: String,
+    },
+    /// A process and all its descendants (SIGSTOP/SIGCONT).
+    ProcessTree {
+        /// The root process.
+        pid: i32,
+    },
+}
+
+/// A fault to install. The id, TTL and peer-name resolution live in the caller.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FaultSpec {
+    /// Drop every matching packet.
+    Partition {
+        /// Which packets.
+        scope: NetScope,
+    },
+    /// Drop a percentage of matching packets in the kernel (`numgen random`), no correlation.
+    Loss {
+        /// Which packets.
+        scope: NetScope,
+        /// 0..=100, two decimals of precision.
+        percent: f64,
+    },
+    /// Delay / jitter / correlated loss / duplicate / corrupt / reorder.
+    Packet {
+        /// Which packets.
+        scope: NetScope,
+        /// What happens to them.
+        effects: PacketEffects,
+    },
+    /// Limit egress bandwidth of an interface.
+    Bandwidth(Bandwidth),
+    /// Link down/up or MTU change.
+    Link(LinkChange),
+    /// Freeze processes until healed.
+    Freeze(FreezeTarget),
+}
+
+/// How a fault was (or would be) carried out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mechanism {
+    /// A signal sent with kill(2).
+    Signal,
+    /// cgroup v2 `cgroup.freeze`.
+    CgroupV2Freeze,
+    /// cgroup v1 freezer `freezer.state`.
+    CgroupV1Freezer,
+    /// SIGSTOP/SIGCONT of every process in a tree.
+    SigStopTree,
+    /// cgroup v2 `cgroup.kill`.
+    CgroupKill,
+    /// Rules in our own nftables table, installed over netlink (no `nft` binary).
+    NftablesNetlink,
+    /// nftables rules sending packets to an NFQUEUE handled in this process.
+    NfqueueUserspace {
+        /// The queue number.
+        queue: u16,
+    },
+    /// The kernel's netem qdisc.
+    Netem,
+    /// A tbf qdisc installed over rtnetlink.
+    TbfNetlink,
+    /// An htb root over rtnetlink whose default class has a tbf leaf, with u32 filters sending
+    /// exempt local TCP ports to an unshaped class.
+    HtbTbfNetlink,
+    /// Link attributes changed over rtnetlink.
+    RtnetlinkLink,
+}
+
+/// `POST /v1/faults` body: install `spec` on the node for at most `ttl_ms`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FaultRequest {
+    /// Caller-chosen id (1–64 of `[A-Za-z0-9_.-]`); the agent picks one when absent.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Time to live: the agent heals the fault by itself after this many milliseconds, so a
+    /// fault never outlives a runner that forgot it. Required, greater than zero.
+    pub ttl_ms: u64,
+    /// What to break.
+    pub spec: FaultSpec,
+}
+
+/// A fault active on a node (`POST /v1/faults` reply, `GET /v1/faults` entries).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FaultInfo {
+    /// The fault's id on this node.
+    pub id: String,
+    /// What it does.
+    pub spec: FaultSpec,
+    /// How the node carried it out.
+    pub mechanism: Mechanism,
+    /// When it was installed, milliseconds since the Unix epoch.
+    pub injected_ms: u64,
+    /// When the agent heals it unless healed before, milliseconds since the Unix epoch.
+    pub expires_ms: u64,
+}
+
+/// `DELETE /v1/faults/{id}` reply. Healing is idempotent: healing a fault that is not active
+/// (healed already, expired, never existed) succeeds with `healed: false`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealReply {
+    /// True when the fault was active and has now been removed.
+    pub healed: bool,
+}
