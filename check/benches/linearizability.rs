@@ -115,14 +115,14 @@ fn main() {
     }
 
     if wanted("concurrency on ONE key (1,000 operations, all ok)") {
-        for clients in [2, 4, 8, 16, 32, 64] {
+        for clients in [2, 4, 8, 16, 24, 32, 64] {
             let h = register_history(60 + clients as u64, &Params::new(clients, 1, 1_000));
             row(&format!("{clients} clients on one key"), &default, &h, 3);
         }
     }
 
     if wanted("concurrency on ONE key (1,000 operations, 5 % unknown)") {
-        for clients in [2, 4, 8, 16, 32, 64] {
+        for clients in [2, 4, 8, 16, 24, 32, 64] {
             let h = register_history(
                 40 + clients as u64,
                 &Params {

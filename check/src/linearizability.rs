@@ -161,12 +161,40 @@ fn key_histories(history: &History) -> Vec<KeyHistory> {
     keys.into_iter()
         .map(|(key, (_, mut ops))| {
             sort_ops(&mut ops);
+            merge_unobserved_values(&mut ops);
             KeyHistory {
                 key: key.to_string(),
                 ops,
             }
         })
         .collect()
+}
+
+/// The state after writing a value that no operation ever reads or expects.
+const UNOBSERVED: State = State::MAX;
+
+/// Maps every written value that no operation reads or expects to one state, [`UNOBSERVED`]: no
+/// operation can tell such values apart, so the search need not either, and its memo merges the
+/// configurations that differ only in which of them the register holds.
+fn merge_unobserved_values(ops: &mut [KeyOp]) {
+    let observed: HashSet<State> = ops.iter().filter_map(referenced).collect();
+    let merge = |v: State| {
+        if v == ABSENT || observed.contains(&v) {
+            v
+        } else {
+            UNOBSERVED
+        }
+    };
+    for op in ops {
+        op.step = match op.step {
+            Step::Write(v) => Step::Write(merge(v)),
+            Step::Cas { expected, new } => Step::Cas {
+                expected,
+                new: merge(new),
+            },
+            read => read,
+        };
+    }
 }
 
 fn sort_ops(ops: &mut [KeyOp]) {
@@ -280,6 +308,20 @@ impl Events {
             }
         }
         list
+    }
+
+    /// Where a fresh scan starts: at a pending read that fits the state, if there is one before
+    /// the first return (it is safe to linearize at once, see `search`, and doing so before any
+    /// write spares the search from writes that would wrongly hide it), else at the head.
+    fn first_choice(&self, ops: &[KeyOp], state: State) -> u32 {
+        let mut node = self.next[0];
+        while node != NIL && self.is_call[node as usize] {
+            if ops[self.node_op[node as usize] as usize].step == Step::Read(state) {
+                return node;
+            }
+            node = self.next[node as usize];
+        }
+        self.next[0]
     }
 
     fn remove(&mut self, node: u32) {
@@ -397,7 +439,7 @@ fn search(ops: &[KeyOp], limits: &Limits) -> (SearchResult, u64) {
     let mut memo: HashSet<Box<[u32]>, BuildHasherDefault<FxHasher>> = HashSet::default();
     let mut memory = 0u64;
     let mut key: Vec<u32> = Vec::new();
-    let mut entry = events.next[0];
+    let mut entry = events.first_choice(ops, state);
     let mut steps = 0u64;
     loop {
         steps += 1;
@@ -469,7 +511,7 @@ fn search(ops: &[KeyOp], limits: &Limits) -> (SearchResult, u64) {
                             return (SearchResult::Linearizable, steps);
                         }
                     }
-                    entry = events.next[0];
+                    entry = events.first_choice(ops, state);
                     continue;
                 }
                 set_bit(&mut linearized, op, false);
