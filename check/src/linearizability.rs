@@ -14,6 +14,12 @@
 //! pending one, plus exceptions", which stays as small as the concurrency window instead of growing
 //! with the history. A [`Budget`] bounds steps and memo memory per key, so a search that would blow
 //! up ends as `unknown` instead of exhausting memory.
+//!
+//! Four reductions keep the search small without changing any verdict (each is argued where it is
+//! implemented, and a property test compares the search with brute force): a read that fits the
+//! current state is linearized at once and never backtracked over alone; identical unknown
+//! operations are interchangeable, so only the earliest pending one is tried; unknown updates no
+//! operation could observe are dropped; and written values nobody reads or expects share one state.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};

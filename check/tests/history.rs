@@ -174,3 +174,33 @@ fn check_history_file_reports_missing_files_and_unknown_checkers() {
         "{error}"
     );
 }
+
+/// The examples in docs/history.md are real: they parse, and the first one is the stale read the
+/// text says it is.
+#[test]
+fn the_documented_examples_parse_and_mean_what_the_docs_say() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/history.md")).unwrap();
+    let blocks: Vec<&str> = doc.split("```").skip(1).step_by(2).collect();
+    let first = blocks[0]
+        .strip_prefix("text\n")
+        .expect("the first example is a text block");
+    let h = History::parse(first, "docs/history.md").unwrap();
+    let report = chaos_check::check_history(&h, &[]).unwrap();
+    let lin = &report.verdict.children[0];
+    assert_eq!(
+        (lin.checker.as_str(), lin.valid),
+        ("linearizability", chaos_check::Validity::Invalid)
+    );
+    assert_eq!(lin.ops, vec![1, 2, 3]);
+    let mut json_examples = 0;
+    for block in blocks.iter().filter_map(|b| b.strip_prefix("json\n")) {
+        let text = if block.contains("\"type\":\"header\"") {
+            block.to_string()
+        } else {
+            format!("{HEADER}\n{block}")
+        };
+        History::parse(&text, "docs/history.md").unwrap_or_else(|e| panic!("{e}\n{text}"));
+        json_examples += 1;
+    }
+    assert_eq!(json_examples, 3);
+}
