@@ -241,6 +241,11 @@ impl Injector {
                 process::stop_processes(&tree)?;
                 Ok(Mechanism::SigStopTree)
             }
+            FaultSpec::Freeze(FreezeTarget::Proc { .. } | FreezeTarget::AllProcs) => Err(Error::invalid(
+                "freeze target",
+                "`proc` and `all_procs` name processes of an agent: the agent resolves them into \
+                 `cgroup` or `process_tree` targets; give one of those here",
+            )),
         }
     }
 
@@ -342,5 +347,25 @@ fn heal_installed(installed: &Installed, nft: &mut NftConn) -> Result<bool> {
         } => link::restore(interface, *was_up, *mtu),
         Installed::CgroupFrozen { path, v2 } => process::thaw_cgroup(Path::new(path), *v2),
         Installed::StoppedProcesses { pids } => process::continue_processes(pids),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_level_freeze_targets_are_refused_unresolved() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut inj = Injector::new(dir.path().join("state.json"), &[]).unwrap();
+        for target in [FreezeTarget::Proc { id: 1 }, FreezeTarget::AllProcs] {
+            let err = inj.inject("f", &FaultSpec::Freeze(target)).unwrap_err();
+            assert!(
+                matches!(&err, Error::Invalid { field, .. } if *field == "freeze target"),
+                "{err}"
+            );
+        }
+        assert!(inj.active().is_empty());
+        assert!(!inj.heal("f").unwrap());
     }
 }

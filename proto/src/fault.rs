@@ -336,6 +336,17 @@ pub enum FreezeTarget {
         /// The root process.
         pid: i32,
     },
+    /// A process the agent started: its cgroup `proc-<id>` when the agent runs with a cgroup,
+    /// else its process tree. The agent resolves it into [`FreezeTarget::Cgroup`] or
+    /// [`FreezeTarget::ProcessTree`] before anything is installed.
+    Proc {
+        /// The agent's id of the process.
+        id: crate::ProcId,
+    },
+    /// Node-level freeze (JSON `{"kind":"freeze","all_procs":null}`): every process the agent
+    /// started and that is still running, each as in [`FreezeTarget::Proc`]. The agent itself
+    /// is never frozen; processes started after the freeze are not frozen.
+    AllProcs,
 }
 
 /// A fault to install. The id, TTL and peer-name resolution live in the caller.
@@ -367,6 +378,64 @@ pub enum FaultSpec {
     Link(LinkChange),
     /// Freeze processes until healed.
     Freeze(FreezeTarget),
+}
+
+/// The kind of a [`FaultSpec`], as named by its `kind` tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    /// [`FaultSpec::Partition`].
+    Partition,
+    /// [`FaultSpec::Loss`].
+    Loss,
+    /// [`FaultSpec::Packet`].
+    Packet,
+    /// [`FaultSpec::Bandwidth`].
+    Bandwidth,
+    /// [`FaultSpec::Link`].
+    Link,
+    /// [`FaultSpec::Freeze`].
+    Freeze,
+}
+
+impl FaultKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [FaultKind; 6] = [
+        FaultKind::Partition,
+        FaultKind::Loss,
+        FaultKind::Packet,
+        FaultKind::Bandwidth,
+        FaultKind::Link,
+        FaultKind::Freeze,
+    ];
+}
+
+impl fmt::Display for FaultKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self {
+            FaultKind::Partition => "partition",
+            FaultKind::Loss => "loss",
+            FaultKind::Packet => "packet",
+            FaultKind::Bandwidth => "bandwidth",
+            FaultKind::Link => "link",
+            FaultKind::Freeze => "freeze",
+        };
+        f.write_str(name)
+    }
+}
+
+impl FaultSpec {
+    /// The kind of this fault.
+    pub fn kind(&self) -> FaultKind {
+        match self {
+            FaultSpec::Partition { .. } => FaultKind::Partition,
+            FaultSpec::Loss { .. } => FaultKind::Loss,
+            FaultSpec::Packet { .. } => FaultKind::Packet,
+            FaultSpec::Bandwidth(_) => FaultKind::Bandwidth,
+            FaultSpec::Link(_) => FaultKind::Link,
+            FaultSpec::Freeze(_) => FaultKind::Freeze,
+        }
+    }
 }
 
 /// How a fault was (or would be) carried out.
@@ -435,4 +504,86 @@ pub struct FaultInfo {
 pub struct HealReply {
     /// True when the fault was active and has now been removed.
     pub healed: bool,
+}
+
+/// Whether a node can carry out one fault kind (`GET /v1/probe`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KindSupport {
+    /// The fault kind.
+    pub kind: FaultKind,
+    /// How the node carries it out; `None` when it cannot. For `packet` faults the queue
+    /// number is the first one tried (each fault takes the next free one).
+    pub mechanism: Option<Mechanism>,
+    /// When unsupported: the missing feature and why, e.g. `"nfqueue: CONFIG_NFT_COMPAT is not
+    /// set"`.
+    pub missing: Option<String>,
+}
+
+/// One kernel feature or facility the fault mechanisms may use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Feature {
+    /// Present and usable.
+    pub available: bool,
+    /// How that was determined, or — when absent — what is missing.
+    pub detail: String,
+}
+
+/// `GET /v1/probe` reply: what this node's agent can break, and with what.
+///
+/// Feature names: `nftables_netlink`, `nft_numgen`, `nft_queue`, `nfqueue`, `netem`, `tbf`,
+/// `cgroup_v2_freeze`, `cgroup_v1_freezer`, `cgroup_kill`, `agent_cgroup` (whether the agent
+/// runs with a cgroup of its own for started processes), `iptables` (informational: the agent
+/// never needs it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeReport {
+    /// One entry per [`FaultKind`].
+    pub kinds: Vec<KindSupport>,
+    /// Every probed feature by name, present or not.
+    pub features: std::collections::BTreeMap<String, Feature>,
+    /// External programs the fault mechanisms need (none today).
+    pub external_binaries: Vec<String>,
+}
+
+impl ProbeReport {
+    /// The entry of `kind`, if the report has one.
+    pub fn kind(&self, kind: FaultKind) -> Option<&KindSupport> {
+        self.kinds.iter().find(|k| k.kind == kind)
+    }
+
+    /// Whether the node can carry out faults of `kind`.
+    pub fn supports(&self, kind: FaultKind) -> bool {
+        self.kind(kind).is_some_and(|k| k.mechanism.is_some())
+    }
+
+    /// Whether feature `name` is available (false when the report does not know it).
+    pub fn has(&self, name: &str) -> bool {
+        self.features.get(name).is_some_and(|f| f.available)
+    }
+
+    /// The missing features, each with its reason.
+    pub fn missing(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.features
+            .iter()
+            .filter(|(_, f)| !f.available)
+            .map(|(name, f)| (name.as_str(), f.detail.as_str()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn process_freeze_targets_are_compact_json() {
+        let spec = FaultSpec::Freeze(FreezeTarget::Proc { id: 7 });
+        let json = serde_json::to_string(&spec).unwrap();
+        assert_eq!(json, r#"{"kind":"freeze","proc":{"id":7}}"#);
+        assert_eq!(serde_json::from_str::<FaultSpec>(&json).unwrap(), spec);
+        let all = FaultSpec::Freeze(FreezeTarget::AllProcs);
+        let json = serde_json::to_string(&all).unwrap();
+        assert_eq!(json, r#"{"kind":"freeze","all_procs":null}"#);
+        assert_eq!(serde_json::from_str::<FaultSpec>(&json).unwrap(), all);
+        assert_eq!(all.kind(), FaultKind::Freeze);
+        assert_eq!(FaultKind::Packet.to_string(), "packet");
+    }
 }

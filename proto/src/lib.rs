@@ -32,6 +32,10 @@
 //! | `GET` | `/v1/faults` | – | `Vec<`[`fault::FaultInfo`]`>` |
 //! | `DELETE` | `/v1/faults/{id}` | – | [`fault::HealReply`] |
 //! | `DELETE` | `/v1/faults` | – | `Vec<String>`: ids healed |
+//! | `GET` | `/v1/probe` | – | [`fault::ProbeReport`] |
+//! | `POST` | `/v1/procs/kill-all` | [`KillAllRequest`] | `Vec<`[`ProcId`]`>`: ids signalled |
+//! | `POST` | `/v1/procs/{id}/restart` | [`RestartRequest`] | [`ProcStarted`] of the new process |
+//! | `POST` | `/v1/signal` | [`NodeSignalRequest`] | `Vec<u32>`: pids signalled |
 //!
 //! File paths are absolute paths on the node. Query values are URL-encoded.
 
@@ -351,6 +355,91 @@ pub struct SignalRequest {
     pub group: bool,
 }
 
+/// `POST /v1/procs/kill-all` body: a node-level crash. The agent sends `signal` to every
+/// process tree it started (each process group, and each process of its cgroup when the agent
+/// has one; with SIGKILL, `cgroup.kill` where available) and replies with the ids of the
+/// processes that had something left to signal. With SIGKILL it waits (bounded) until they are
+/// reaped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KillAllRequest {
+    /// Signal to send; SIGKILL when absent.
+    #[serde(default = "KillAllRequest::default_signal")]
+    pub signal: Signal,
+}
+
+impl KillAllRequest {
+    fn default_signal() -> Signal {
+        Signal::KILL
+    }
+}
+
+impl Default for KillAllRequest {
+    fn default() -> Self {
+        Self { signal: Signal::KILL }
+    }
+}
+
+/// `POST /v1/procs/{id}/restart` body. The agent sends `signal` to the process group, waits up
+/// to `grace_ms` for the process to exit, then SIGKILLs the group (and cgroup), and starts the
+/// same [`ProcSpec`] again under a new [`ProcId`].
+///
+/// The original's piped stdio (exec WebSocket) cannot be re-attached: the restarted process
+/// gets `null` wherever the original had `pipe`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartRequest {
+    /// Signal that asks the process to stop; SIGTERM when absent.
+    #[serde(default = "RestartRequest::default_signal")]
+    pub signal: Signal,
+    /// How long to wait for it to exit before SIGKILL, milliseconds (at most 60 000).
+    #[serde(default = "RestartRequest::default_grace_ms")]
+    pub grace_ms: u64,
+}
+
+impl RestartRequest {
+    /// Longest accepted `grace_ms`.
+    pub const MAX_GRACE_MS: u64 = 60_000;
+
+    fn default_signal() -> Signal {
+        Signal::TERM
+    }
+
+    fn default_grace_ms() -> u64 {
+        5_000
+    }
+}
+
+impl Default for RestartRequest {
+    fn default() -> Self {
+        Self {
+            signal: Self::default_signal(),
+            grace_ms: Self::default_grace_ms(),
+        }
+    }
+}
+
+/// Which processes `POST /v1/signal` reaches: any process on the node, not only those the agent
+/// started. The agent never signals itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignalTarget {
+    /// One process: `{"pid": 42}`.
+    Pid(u32),
+    /// Every process of a process group: `{"group": 42}`.
+    Group(u32),
+    /// Every process whose command name (`/proc/<pid>/comm`, at most 15 bytes) is this:
+    /// `{"name": "etcd"}`.
+    Name(String),
+}
+
+/// `POST /v1/signal` body. Replies with the pids signalled; `not_found` when nothing matched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSignalRequest {
+    /// Signal to send.
+    pub signal: Signal,
+    /// Which processes.
+    pub target: SignalTarget,
+}
+
 /// `POST /v1/procs/{id}/wait` reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WaitReply {
@@ -565,6 +654,18 @@ mod tests {
         assert_eq!(json, r#"{"event":"started","id":3,"pid":42}"#);
         let back: exec::ServerEvent = serde_json::from_str(&json).unwrap();
         assert_eq!(back, ev);
+    }
+
+    #[test]
+    fn process_fault_bodies_have_defaults_and_compact_targets() {
+        let k: KillAllRequest = serde_json::from_str("{}").unwrap();
+        assert_eq!(k.signal, Signal::KILL);
+        let r: RestartRequest = serde_json::from_str(r#"{"signal":2}"#).unwrap();
+        assert_eq!((r.signal, r.grace_ms), (Signal::INT, 5_000));
+        let s: NodeSignalRequest = serde_json::from_str(r#"{"signal":15,"target":{"name":"etcd"}}"#).unwrap();
+        assert_eq!(s.target, SignalTarget::Name("etcd".into()));
+        let s: NodeSignalRequest = serde_json::from_str(r#"{"signal":9,"target":{"pid":42}}"#).unwrap();
+        assert_eq!(s.target, SignalTarget::Pid(42));
     }
 
     #[test]
