@@ -14,7 +14,7 @@ async fn main() -> ExitCode {
     let args = cli::Cli::parse();
     cli::init_logging(args.verbose);
     match cli::run(args.command).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::from(cli::exit_code(&err))

@@ -4,6 +4,10 @@
 //! a match arm in [`run`] calling a function in its own module.
 
 mod certs;
+mod down;
+mod exec;
+mod state;
+mod up;
 
 use clap::{ArgAction, Parser, Subcommand};
 
@@ -33,13 +37,23 @@ pub enum Command {
     /// Create a cluster CA and issue node certificates, for agents started by hand.
     #[command(subcommand)]
     Certs(certs::CertsCommand),
+    /// Create a cluster, print its nodes (name, IP) and keep it alive until Ctrl-C or `chaos down`.
+    Up(up::UpArgs),
+    /// Stop the cluster `chaos up` keeps alive in a state directory, and wait until it is cleaned up.
+    Down(down::DownArgs),
+    /// Run a command on a node: stdio streamed, exit code passed through.
+    Exec(exec::ExecArgs),
 }
 
-/// Runs one subcommand.
-pub async fn run(command: Command) -> anyhow::Result<()> {
+/// Runs one subcommand and returns the exit code to leave with.
+pub async fn run(command: Command) -> anyhow::Result<u8> {
+    let done = |r: anyhow::Result<()>| r.map(|()| 0);
     match command {
-        Command::Version => version(),
-        Command::Certs(cmd) => certs::run(cmd),
+        Command::Version => done(version()),
+        Command::Certs(cmd) => done(certs::run(cmd)),
+        Command::Up(args) => done(up::run(args).await),
+        Command::Down(args) => done(down::run(args).await),
+        Command::Exec(args) => exec::run(args).await,
     }
 }
 

@@ -191,6 +191,7 @@ struct Inner {
     cgroup_dir: PathBuf,
     dir: PathBuf,
     ca: ClusterCa,
+    runner: certs::Identity,
     tls: Arc<rustls::ClientConfig>,
     bridge_index: u32,
     state: Mutex<State>,
@@ -406,6 +407,7 @@ impl NetnsCluster {
             cgroup_dir,
             dir,
             ca,
+            runner,
             tls,
             bridge_index,
             state: Mutex::new(State {
@@ -473,6 +475,17 @@ impl NetnsCluster {
     /// The cluster's state file.
     pub fn state_file(&self) -> PathBuf {
         state_file(self.inner.index)
+    }
+
+    /// The cluster CA's certificate (PEM): what a client must trust to reach the agents.
+    pub fn ca_pem(&self) -> &str {
+        self.inner.ca.cert_pem()
+    }
+
+    /// The runner's client identity, for another process that drives this cluster's agents
+    /// (`chaos exec`). Its key must only ever be written to a 0600 file.
+    pub fn runner_identity(&self) -> &certs::Identity {
+        &self.inner.runner
     }
 }
 

@@ -1,0 +1,580 @@
+//! The ad-hoc cluster commands, run as a user would: `chaos up` in the background, then
+//! `chaos exec`, `chaos fault`, `chaos probe` and `chaos down` against its state directory.
+//!
+//! The netns tests skip (saying why) when the backend cannot run here; the local-backend tests
+//! always run. Other tests create clusters at the same time, so leak checks look only at the
+//! resources of the cluster under test.
+
+#![cfg(target_os = "linux")]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use chaos::backend::{self, BackendKind, netns};
+
+/// Bound on `chaos up` becoming ready, and on anything else that should be quick.
+const BOUND: Duration = Duration::from_secs(60);
+
+fn chaos() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_chaos"))
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Runs `chaos ARGS` with stdin closed and a bound, and returns its output.
+fn run(args: &[&str]) -> Output {
+    let child = chaos()
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running chaos");
+    finish(child, args)
+}
+
+/// Waits (bounded) for a spawned `chaos` and collects its output; kills it on expiry.
+fn finish(mut child: Child, args: &[&str]) -> Output {
+    let deadline = Instant::now() + BOUND;
+    while child.try_wait().expect("waiting for chaos").is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("collecting chaos output");
+            panic!(
+                "chaos {args:?} did not finish within {BOUND:?}; stderr: {}",
+                text(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().expect("collecting chaos output")
+}
+
+/// `chaos exec --state DIR NODE -- CMD...` with stdin closed.
+fn exec(dir: &Path, node: &str, cmd: &[&str]) -> Output {
+    let mut args = vec!["exec", "--state", dir.to_str().unwrap(), node, "--"];
+    args.extend_from_slice(cmd);
+    run(&args)
+}
+
+/// `chaos exec` fed `input` on stdin.
+fn exec_with_stdin(dir: &Path, node: &str, cmd: &[&str], input: &[u8]) -> Output {
+    let mut args = vec!["exec", "--state", dir.to_str().unwrap(), node, "--"];
+    args.extend_from_slice(cmd);
+    let mut child = chaos()
+        .args(&args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running chaos exec");
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let feeder = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = finish(child, &args);
+    feeder.join().unwrap();
+    out
+}
+
+fn code(out: &Output) -> Option<i32> {
+    out.status.code()
+}
+
+/// A `chaos up` running in the background. Dropping it stops the cluster (SIGTERM, bounded
+/// wait, then SIGKILL), so a failing test does not leave it running.
+struct Up {
+    child: Child,
+    dir: PathBuf,
+    /// The lines `chaos up` printed: `NAME IP`.
+    nodes: Vec<(String, String)>,
+    _stdout: BufReader<ChildStdout>,
+}
+
+impl Up {
+    fn start(backend: &str, nodes: usize, dir: &Path, extra: &[&str]) -> Self {
+        let mut child = chaos()
+            .args([
+                "up",
+                "--backend",
+                backend,
+                "--nodes",
+                &nodes.to_string(),
+                "--state",
+            ])
+            .arg(dir)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawning chaos up");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let cluster_file = dir.join("cluster.json");
+        let deadline = Instant::now() + BOUND;
+        while !cluster_file.exists() {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "chaos up exited with {status} before writing {}",
+                    cluster_file.display()
+                );
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "chaos up did not write {} within {BOUND:?}",
+                    cluster_file.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // cluster.json is written before the node lines are printed: read them (bounded by the
+        // process, which prints them right after).
+        let mut lines = Vec::new();
+        for _ in 0..nodes {
+            let mut line = String::new();
+            stdout.read_line(&mut line).expect("reading chaos up output");
+            let mut words = line.split_whitespace();
+            let (Some(name), Some(ip)) = (words.next(), words.next()) else {
+                panic!("chaos up printed {line:?}, expected `NAME IP`");
+            };
+            lines.push((name.to_string(), ip.to_string()));
+        }
+        Self {
+            child,
+            dir: dir.to_path_buf(),
+            nodes: lines,
+            _stdout: stdout,
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn cluster(&self) -> serde_json::Value {
+        let text = std::fs::read_to_string(self.dir.join("cluster.json")).expect("reading cluster.json");
+        serde_json::from_str(&text).expect("parsing cluster.json")
+    }
+
+    /// Waits (bounded) for `chaos up` to exit and returns whether it succeeded.
+    fn wait_exit(&mut self) -> bool {
+        let deadline = Instant::now() + BOUND;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.success();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "chaos up did not exit within {BOUND:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        signal(self.pid(), libc::SIGTERM);
+        let deadline = Instant::now() + BOUND;
+        while self.child.try_wait().ok().flatten().is_none() {
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn signal(pid: i32, sig: i32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::try_from(sig).unwrap(),
+    )
+    .unwrap_or_else(|e| panic!("signalling {pid}: {e}"));
+}
+
+fn netns_available(test: &str) -> bool {
+    match backend::availability(BackendKind::Netns) {
+        Ok(()) => true,
+        Err(why) => {
+            eprintln!("{test}: skipped: {why}");
+            false
+        }
+    }
+}
+
+fn stdout_of(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {program}: {e}"));
+    text(&out.stdout)
+}
+
+/// What a netns cluster holds on the host, recorded while it runs (from the backend's own
+/// state file), to check afterwards that all of it is gone.
+struct Footprint {
+    index: u32,
+    cgroup_dir: PathBuf,
+    temp_dir: PathBuf,
+    pids: Vec<u32>,
+}
+
+impl Footprint {
+    fn of(up: &Up) -> Self {
+        let cluster = up.cluster();
+        let record = cluster["backend_state_file"]
+            .as_str()
+            .expect("a netns cluster.json names the backend state file");
+        let record: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(record).expect("reading the backend state file"))
+                .expect("parsing the backend state file");
+        let cgroup_dir = PathBuf::from(record["cgroup_dir"].as_str().unwrap());
+        let footprint = Self {
+            index: record["index"].as_u64().unwrap() as u32,
+            pids: cgroup_pids(&cgroup_dir),
+            cgroup_dir,
+            temp_dir: PathBuf::from(record["temp_dir"].as_str().unwrap()),
+        };
+        assert!(
+            !footprint.pids.is_empty(),
+            "no agent processes found in {:?}",
+            footprint.cgroup_dir
+        );
+        assert!(!footprint.present().is_empty());
+        footprint
+    }
+
+    /// What of the cluster is still there.
+    fn present(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        for path in [&self.cgroup_dir, &self.temp_dir] {
+            if path.exists() {
+                found.push(path.display().to_string());
+            }
+        }
+        let state = netns::state_file(self.index);
+        if let Ok(text) = std::fs::read_to_string(&state) {
+            let owner: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            if owner["temp_dir"].as_str() != self.temp_dir.to_str() {
+                // Another runner claimed the index since: its namespaces are not ours.
+                return found;
+            }
+            found.push(state.display().to_string());
+        }
+        let hub = netns::hub_netns_name(self.index);
+        for line in stdout_of("ip", &["netns", "list"]).lines() {
+            let name = line.split_whitespace().next().unwrap_or_default();
+            if name == hub || name.starts_with(&format!("{hub}-n")) {
+                found.push(format!("netns {name}"));
+            }
+        }
+        let link = netns::host_link_name(self.index);
+        for line in stdout_of("ip", &["-o", "link"]).lines() {
+            let name = line.split(':').nth(1).unwrap_or_default().trim();
+            let name = name.split('@').next().unwrap_or_default();
+            if name == link || name == format!("{link}h") {
+                found.push(format!("link {name}"));
+            }
+        }
+        found.extend(
+            self.pids
+                .iter()
+                .filter(|&&p| alive(p))
+                .map(|p| format!("pid {p}")),
+        );
+        found
+    }
+
+    fn assert_gone(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut left = self.present();
+        while !left.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            left = self.present();
+        }
+        assert!(left.is_empty(), "cluster #{} left {left:?}", self.index);
+    }
+}
+
+fn cgroup_pids(dir: &Path) -> Vec<u32> {
+    let mut pids: Vec<u32> = std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            pids.extend(cgroup_pids(&entry.path()));
+        }
+    }
+    pids
+}
+
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/status")) {
+        Ok(status) => !status.lines().any(|l| l.starts_with("State:") && l.contains('Z')),
+        Err(_) => false,
+    }
+}
+
+/// The files `chaos up` leaves in its state directory while it runs.
+fn state_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+fn netns_up_exec_down() {
+    if !netns_available("netns_up_exec_down") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("state");
+    let mut up = Up::start("netns", 3, &dir, &["--heartbeat-timeout", "6s"]);
+    let names: Vec<&str> = up.nodes.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["n1", "n2", "n3"]);
+    assert_eq!(
+        state_files(&dir),
+        ["ca.pem", "cluster.json", "runner.key", "runner.pem", "up.pid"]
+    );
+    let key_mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dir.join("runner.key")).unwrap().permissions(),
+    );
+    assert_eq!(key_mode & 0o777, 0o600);
+    let cluster = up.cluster();
+    assert_eq!(cluster["backend"], "netns");
+    assert_eq!(cluster["owner"]["pid"], up.pid());
+    let footprint = Footprint::of(&up);
+
+    // The command runs on the node: it sees the node's own address, printed by `chaos up`.
+    let (n2, ip2) = &up.nodes[1];
+    let out = exec(&dir, n2, &["ip", "-4", "-o", "addr", "show", "dev", "eth0"]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(&format!("inet {ip2}/24")),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // stdout and stderr go to their own streams; exit codes and signal deaths pass through.
+    let out = exec(&dir, "n1", &["sh", "-c", "echo out; echo err >&2; exit 3"]);
+    assert_eq!(code(&out), Some(3), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "out\n");
+    assert_eq!(text(&out.stderr), "err\n");
+    let out = exec(&dir, "n1", &["sh", "-c", "kill -9 $$"]);
+    assert_eq!(code(&out), Some(128 + 9));
+
+    // stdin is streamed, and its end reaches the command.
+    let out = exec_with_stdin(&dir, "n3", &["cat"], b"hello\nworld\n");
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hello\nworld\n");
+    let big = vec![b'x'; 3 << 20];
+    let out = exec_with_stdin(&dir, "n3", &["wc", "-c"], &big);
+    assert_eq!(text(&out.stdout).trim(), (3 << 20).to_string());
+
+    // A command that does not read stdin finishes although stdin stays open.
+    let mut args = vec!["exec", "--state", dir.to_str().unwrap(), "n1", "--", "true"];
+    let mut child = chaos()
+        .args(&args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let open_stdin = child.stdin.take();
+    let out = finish(child, &args);
+    drop(open_stdin);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+
+    // Bad input: one line, exit 2, naming what exists.
+    let out = exec(&dir, "n9", &["true"]);
+    assert_eq!(code(&out), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("n9") && err.contains("n1, n2, n3"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let out = exec(&dir, "n1", &["no-such-command-here"]);
+    assert_eq!(code(&out), Some(127), "{}", text(&out.stderr));
+
+    // A second `chaos up` on the same directory is refused and leaves the first alone.
+    args = vec![
+        "up",
+        "--backend",
+        "netns",
+        "--nodes",
+        "1",
+        "--state",
+        dir.to_str().unwrap(),
+    ];
+    let out = run(&args);
+    assert_eq!(code(&out), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("running cluster") && err.contains(&up.pid().to_string()),
+        "{err}"
+    );
+    assert!(dir.join("cluster.json").exists());
+
+    // `chaos down` stops `chaos up`, which cleans everything up.
+    let out = run(&["down", "--state", dir.to_str().unwrap()]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    assert!(up.wait_exit(), "chaos up failed while stopping");
+    assert_eq!(state_files(&dir), Vec::<String>::new());
+    footprint.assert_gone();
+
+    // Nothing left to stop, nothing to exec on.
+    let out = run(&["down", "--state", dir.to_str().unwrap()]);
+    assert_eq!(code(&out), Some(2), "{}", text(&out.stderr));
+    let out = exec(&dir, "n1", &["true"]);
+    assert_eq!(code(&out), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("chaos up --state"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn netns_ctrl_c_cleans_up() {
+    if !netns_available("netns_ctrl_c_cleans_up") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("state");
+    let mut up = Up::start("netns", 2, &dir, &[]);
+    let footprint = Footprint::of(&up);
+    let out = exec(&dir, "n2", &["sh", "-c", "sleep 600 & echo started"]);
+    assert_eq!(text(&out.stdout), "started\n", "{}", text(&out.stderr));
+    signal(up.pid(), libc::SIGINT);
+    assert!(up.wait_exit(), "chaos up failed after SIGINT");
+    assert_eq!(state_files(&dir), Vec::<String>::new());
+    footprint.assert_gone();
+}
+
+#[test]
+fn local_up_exec_down() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("state");
+    let mut up = Up::start("local", 2, &dir, &[]);
+    assert_eq!(
+        up.nodes,
+        [
+            ("n1".into(), "127.0.0.1".into()),
+            ("n2".into(), "127.0.0.1".into())
+        ]
+    );
+    let cluster = up.cluster();
+    let root = cluster["nodes"][1]["root_dir"].as_str().unwrap().to_string();
+    assert!(Path::new(&root).is_dir());
+    // No agent: no TLS material.
+    assert_eq!(state_files(&dir), ["cluster.json", "up.pid"]);
+
+    // The command runs here, in the node's root directory, with its own exit code and stdio.
+    let out = exec_with_stdin(&dir, "n2", &["sh", "-c", "pwd; cat; exit 4"], b"in\n");
+    assert_eq!(code(&out), Some(4), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), format!("{root}\nin\n"));
+    let out = exec(&dir, "n3", &["true"]);
+    assert_eq!(code(&out), Some(2));
+    assert!(text(&out.stderr).contains("n1, n2"), "{}", text(&out.stderr));
+    let out = exec(&dir, "n1", &["no-such-command-here"]);
+    assert_eq!(code(&out), Some(127), "{}", text(&out.stderr));
+
+    let out = run(&["down", "--state", dir.to_str().unwrap()]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    assert!(up.wait_exit());
+    assert_eq!(state_files(&dir), Vec::<String>::new());
+    assert!(
+        !Path::new(&root).exists(),
+        "the local cluster's directory is left: {root}"
+    );
+}
+
+#[test]
+fn a_stale_state_directory_is_reported_and_replaced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("state");
+    std::fs::create_dir(&dir).unwrap();
+    // A `chaos up` that died without cleaning up: a pid that cannot be running.
+    std::fs::write(dir.join("up.pid"), "4194305 1\n").unwrap();
+
+    let out = run(&["down", "--state", dir.to_str().unwrap()]);
+    assert_eq!(code(&out), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("4194305") && err.contains("not running"), "{err}");
+
+    let mut child = chaos()
+        .args([
+            "up",
+            "--backend",
+            "local",
+            "--nodes",
+            "1",
+            "--state",
+            dir.to_str().unwrap(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "n1 127.0.0.1\n");
+    signal(child.id() as i32, libc::SIGTERM);
+    let out = finish(child, &["up"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("stale") && err.contains("4194305"), "{err}");
+    assert_eq!(state_files(&dir), Vec::<String>::new());
+}
+
+#[test]
+fn bad_arguments_exit_2_with_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_str().unwrap();
+    for args in [
+        vec!["up", "--backend", "docker", "--state", dir],
+        vec!["up", "--backend", "local", "--nodes", "0", "--state", dir],
+        vec![
+            "up",
+            "--backend",
+            "local",
+            "--heartbeat-timeout",
+            "0s",
+            "--state",
+            dir,
+        ],
+        vec!["exec", "--state", dir, "n1", "--", "true"],
+    ] {
+        let out = run(&args);
+        assert_eq!(code(&out), Some(2), "{args:?}: {}", text(&out.stderr));
+        let err = text(&out.stderr);
+        // Our own errors are one line; clap adds a line pointing to --help.
+        assert!(err.starts_with("error: "), "{args:?}: {err}");
+        assert!(
+            err.lines().filter(|l| !l.trim().is_empty()).count() <= 2,
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(state_files(tmp.path()), Vec::<String>::new());
+}
