@@ -15,15 +15,16 @@ use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use chaos_proto::{
-    ApiError, ErrorKind, HeartbeatReply, NodeInfo, OutputSpec, ProcId, ProcInfo, ProcSpec, ProcStarted,
-    SignalRequest, StdinSpec, WaitReply,
+    ApiError, ErrorKind, HeartbeatReply, KillAllRequest, NodeInfo, OutputSpec, ProcId, ProcInfo, ProcSpec,
+    ProcStarted, RestartRequest, SignalRequest, StdinSpec, WaitReply,
 };
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
+use crate::faults::{self, Faults};
 use crate::heartbeat::Heartbeat;
 use crate::procs::ProcTable;
 use crate::{dial, exec, files};
@@ -34,15 +35,22 @@ const MAX_WAIT: Duration = Duration::from_secs(60);
 /// State shared by every handler.
 pub(crate) struct Agent {
     pub(crate) procs: ProcTable,
+    pub(crate) faults: Faults,
     pub(crate) heartbeat: Heartbeat,
     /// Notified by `POST /v1/shutdown`.
     pub(crate) shutdown: Notify,
 }
 
 impl Agent {
-    pub(crate) fn new(root_dir: PathBuf, cgroup: Option<PathBuf>, heartbeat_timeout: Duration) -> Self {
+    pub(crate) fn new(
+        root_dir: PathBuf,
+        cgroup: Option<PathBuf>,
+        faults: Faults,
+        heartbeat_timeout: Duration,
+    ) -> Self {
         Self {
             procs: ProcTable::new(root_dir, cgroup),
+            faults,
             heartbeat: Heartbeat::new(heartbeat_timeout),
             shutdown: Notify::new(),
         }
@@ -101,7 +109,10 @@ impl From<WebSocketUpgradeRejection> for Failure {
 }
 
 /// Parses a JSON body without insisting on a content type (the runner sends none).
-fn json<T: DeserializeOwned>(what: &str, body: Result<Bytes, BytesRejection>) -> Result<T, Failure> {
+pub(crate) fn json<T: DeserializeOwned>(
+    what: &str,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, Failure> {
     serde_json::from_slice(&body?).map_err(|e| invalid(format!("bad {what} JSON: {e}")))
 }
 
@@ -118,6 +129,15 @@ pub(crate) fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/procs/exec", get(exec::handler))
         .route("/v1/procs/{id}/signal", post(signal_proc))
         .route("/v1/procs/{id}/wait", post(wait_proc))
+        .route("/v1/procs/kill-all", post(kill_all_procs))
+        .route("/v1/procs/{id}/restart", post(restart_proc))
+        .route("/v1/signal", post(faults::signal))
+        .route(
+            "/v1/faults",
+            get(faults::list).post(faults::inject).delete(faults::heal_all),
+        )
+        .route("/v1/faults/{id}", delete(faults::heal))
+        .route("/v1/probe", get(faults::probe))
         .route("/v1/dial", get(dial::handler))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -244,4 +264,49 @@ async fn wait_proc(
         .min(MAX_WAIT);
     let exit = agent.procs.wait(id, timeout).await?;
     Ok(Json(WaitReply { exit }))
+}
+
+/// An empty body means "all defaults".
+fn json_or_default<T: DeserializeOwned + Default>(
+    what: &str,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, Failure> {
+    let body = body?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        Ok(T::default())
+    } else {
+        json(what, Ok(body))
+    }
+}
+
+async fn kill_all_procs(
+    State(agent): AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Vec<ProcId>>, Failure> {
+    let req: KillAllRequest = json_or_default("kill-all request", body)?;
+    Ok(Json(agent.procs.signal_all(req.signal).await?))
+}
+
+async fn restart_proc(
+    State(agent): AppState,
+    id: Result<Path<ProcId>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<ProcStarted>, Failure> {
+    let Path(id) = id?;
+    let req: RestartRequest = json_or_default("restart request", body)?;
+    if req.grace_ms > RestartRequest::MAX_GRACE_MS {
+        return Err(invalid(format!(
+            "grace_ms {} exceeds the limit of {} ms",
+            req.grace_ms,
+            RestartRequest::MAX_GRACE_MS
+        )));
+    }
+    let spawned = agent
+        .procs
+        .restart(id, req.signal, Duration::from_millis(req.grace_ms))
+        .await?;
+    Ok(Json(ProcStarted {
+        id: spawned.entry.id,
+        pid: spawned.entry.pid,
+    }))
 }

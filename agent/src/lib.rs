@@ -1,11 +1,15 @@
 //! The chaos node agent: an HTTPS server (TLS 1.3, client certificate required) that starts
-//! and streams processes, moves files and tunnels TCP for the runner, implementing the server
-//! side of [`chaos_proto`].
+//! and streams processes, moves files, tunnels TCP and injects faults for the runner,
+//! implementing the server side of [`chaos_proto`].
 //!
 //! Every process it starts gets its own process group (and, with a cgroup directory, its own
-//! child cgroup), so a whole tree can be signalled and killed. The agent kills every tree it
-//! started when it is told to shut down (`POST /v1/shutdown`, SIGTERM, SIGINT) and when the
-//! runner stops heartbeating — so a crashed runner leaks nothing.
+//! child cgroup), so a whole tree can be signalled, frozen and killed. Faults ([`chaos_faults`])
+//! carry a TTL and are healed when it expires; the agent's own port is exempt from every
+//! network fault. When the agent is told to shut down (`POST /v1/shutdown`, SIGTERM, SIGINT) or
+//! the runner stops heartbeating, it first heals every fault (thawing frozen processes), then
+//! kills every tree it started — so a crashed runner leaks nothing. What it installed is
+//! recorded in a state file under [`AgentConfig::state_dir`] before it is installed, so an
+//! agent killed with SIGKILL is cleaned up by the next agent started with the same directory.
 //!
 //! The binary (`chaos-agent`) is a thin CLI over [`serve`]; launchers start it and wait for the
 //! [`chaos_proto::READY_LINE_PREFIX`] line on its stdout.
@@ -19,6 +23,7 @@ use std::time::Duration;
 mod api;
 mod dial;
 mod exec;
+mod faults;
 mod files;
 mod heartbeat;
 mod procs;
@@ -40,13 +45,28 @@ pub struct AgentConfig {
     /// How long the agent waits without a heartbeat before it acts. The timer starts when the
     /// agent starts.
     pub heartbeat_timeout: Duration,
-    /// What to do, after killing every process tree, when the heartbeat timer expires.
+    /// What to do, after healing every fault and killing every process tree, when the
+    /// heartbeat timer expires.
     pub on_heartbeat_loss: HeartbeatLossAction,
+    /// Directory of the fault state file (and its lock; one agent per directory); `None` means
+    /// `<root_dir>/.chaos-agent`. On start the agent heals whatever a previous agent recorded
+    /// there.
+    pub state_dir: Option<PathBuf>,
+}
+
+impl AgentConfig {
+    /// The state directory in effect: [`AgentConfig::state_dir`] or `<root_dir>/.chaos-agent`.
+    pub fn effective_state_dir(&self) -> PathBuf {
+        self.state_dir
+            .clone()
+            .unwrap_or_else(|| self.root_dir.join(".chaos-agent"))
+    }
 }
 
 impl AgentConfig {
     /// A configuration with the defaults of the CLI: root directory = current directory, no
-    /// cgroup, 30 s heartbeat timeout, exit on heartbeat loss.
+    /// cgroup, 30 s heartbeat timeout, exit on heartbeat loss, state in
+    /// `<root_dir>/.chaos-agent`.
     pub fn new(listen: SocketAddr, tls_dir: impl Into<PathBuf>) -> Self {
         Self {
             listen,
@@ -55,12 +75,13 @@ impl AgentConfig {
             cgroup: None,
             heartbeat_timeout: Duration::from_secs(30),
             on_heartbeat_loss: HeartbeatLossAction::Exit,
+            state_dir: None,
         }
     }
 }
 
-/// What the agent does once it has killed its process trees after losing the runner's
-/// heartbeat.
+/// What the agent does once it has healed its faults and killed its process trees after
+/// losing the runner's heartbeat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum HeartbeatLossAction {
     /// [`serve`] returns [`Stopped::HeartbeatLost`]; the binary exits with code 3.
@@ -92,10 +113,11 @@ impl FromStr for HeartbeatLossAction {
 /// Why [`serve`] returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stopped {
-    /// `POST /v1/shutdown`, SIGTERM or SIGINT: the process trees were killed.
-    Shutdown,
-    /// The heartbeat timer expired with [`HeartbeatLossAction::Exit`]: the process trees were
+    /// `POST /v1/shutdown`, SIGTERM or SIGINT: the faults were healed and the process trees
     /// killed.
+    Shutdown,
+    /// The heartbeat timer expired with [`HeartbeatLossAction::Exit`]: the faults were healed
+    /// and the process trees killed.
     HeartbeatLost,
 }
 
@@ -121,11 +143,20 @@ pub enum AgentError {
     /// A directory given in the configuration is unusable.
     #[error("{what} {path}: {message}")]
     BadDir {
-        /// Which setting (`--root-dir`, `--cgroup`).
+        /// Which setting (`--root-dir`, `--cgroup`, `--state-dir`).
         what: &'static str,
         /// The directory.
         path: PathBuf,
         /// What was wrong.
+        message: String,
+    },
+    /// The fault state file could not be opened, or what a previous agent left in it could not
+    /// be healed.
+    #[error("fault state {path}: {message}")]
+    Faults {
+        /// The state file.
+        path: PathBuf,
+        /// What went wrong and what to do.
         message: String,
     },
     /// Installing a signal handler failed.
@@ -138,8 +169,9 @@ pub enum AgentError {
 
 /// Runs the agent until it is shut down or loses the heartbeat.
 ///
-/// Loads the TLS material, binds `config.listen`, calls `ready` with the bound address, then
-/// serves. On return every process tree the agent started has been killed (and its cgroup
+/// Loads the TLS material, binds `config.listen`, heals the faults a previous agent left in the
+/// state directory, calls `ready` with the bound address, then serves. On return every fault
+/// has been healed and every process tree the agent started has been killed (and its cgroup
 /// removed, best effort).
 pub async fn serve(
     config: AgentConfig,

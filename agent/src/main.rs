@@ -13,8 +13,8 @@ use tracing_subscriber::EnvFilter;
 /// Exit code after heartbeat loss with `--on-heartbeat-loss exit`.
 const EXIT_HEARTBEAT_LOST: u8 = 3;
 
-/// The chaos node agent: an mTLS HTTPS API to run processes, move files and tunnel TCP on
-/// this node. Prints `CHAOS_AGENT_READY <ip>:<port>` on stdout once it accepts connections.
+/// The chaos node agent: an mTLS HTTPS API to run processes, move files, tunnel TCP and inject
+/// faults on this node. Prints `CHAOS_AGENT_READY <ip>:<port>` on stdout once it accepts connections.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Cli {
@@ -32,13 +32,19 @@ struct Cli {
     /// own child cgroup, so daemonized descendants are killed too.
     #[arg(long, value_name = "DIR")]
     cgroup: Option<PathBuf>,
-    /// How long to wait without a heartbeat before killing every process tree.
+    /// How long to wait without a heartbeat before healing every fault and killing every
+    /// process tree.
     #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_timeout)]
     heartbeat_timeout: Duration,
     /// After heartbeat loss: `exit` (code 3), `poweroff` (sync and power the machine off; only
     /// for dedicated, disposable machines) or `none` (keep serving).
     #[arg(long, value_name = "ACTION", default_value = "exit")]
     on_heartbeat_loss: HeartbeatLossAction,
+    /// Directory of the fault state file: every installed fault is recorded there first, and an
+    /// agent started with the same directory heals what a killed one left. One agent per
+    /// directory [default: <root-dir>/.chaos-agent].
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
 }
 
 fn parse_timeout(text: &str) -> Result<Duration, String> {
@@ -73,6 +79,7 @@ fn run(cli: Cli) -> anyhow::Result<Stopped> {
     config.cgroup = cli.cgroup;
     config.heartbeat_timeout = cli.heartbeat_timeout;
     config.on_heartbeat_loss = cli.on_heartbeat_loss;
+    config.state_dir = cli.state_dir;
 
     // Two workers are plenty for one runner and keep the idle footprint small.
     let runtime = tokio::runtime::Builder::new_multi_thread()

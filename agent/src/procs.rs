@@ -9,7 +9,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -38,6 +38,8 @@ pub(crate) struct ProcEntry {
     started_ms: u64,
     exit: watch::Receiver<Option<ExitStatus>>,
     cgroup: Option<PathBuf>,
+    /// Set once a restart took this process over, so two restarts cannot both start a copy.
+    restarted: AtomicBool,
 }
 
 impl ProcEntry {
@@ -59,6 +61,14 @@ impl ProcEntry {
             exit: self.exit(),
         }
     }
+}
+
+/// What a freeze of one started process acts on.
+pub(crate) struct FreezeTarget {
+    /// Its pid (the root of its tree).
+    pub(crate) pid: u32,
+    /// Its cgroup, when the agent has one.
+    pub(crate) cgroup: Option<PathBuf>,
 }
 
 /// A freshly started process and the pipe ends the agent holds.
@@ -327,6 +337,7 @@ impl ProcTable {
             started_ms,
             exit: exit_rx,
             cgroup: cgroup_dir.clone(),
+            restarted: AtomicBool::new(false),
         });
         let closed = {
             let mut table = self.lock();
@@ -410,12 +421,7 @@ impl ProcTable {
 
     /// Sends `signal` to process `id`, or to its whole process group.
     pub(crate) fn signal(&self, id: ProcId, signal: Signal, group: bool) -> Result<(), ApiError> {
-        if !(1..=64).contains(&signal.0) {
-            return Err(err(
-                ErrorKind::InvalidRequest,
-                format!("signal {} is out of range 1..=64", signal.0),
-            ));
-        }
+        check_signal(signal)?;
         let entry = self.get(id)?;
         if !group && entry.exit().is_some() {
             return Err(err(
@@ -445,6 +451,122 @@ impl ProcTable {
         })?;
         tracing::info!(id, pid, group, "sent {signal}");
         Ok(())
+    }
+
+    /// What freezing process `id` acts on. Fails when it is unknown or has exited.
+    pub(crate) fn freeze_target(&self, id: ProcId) -> Result<FreezeTarget, ApiError> {
+        let entry = self.get(id)?;
+        if entry.exit().is_some() {
+            return Err(err(
+                ErrorKind::Conflict,
+                format!("process {id} (pid {}) has exited: nothing to freeze", entry.pid),
+            ));
+        }
+        Ok(FreezeTarget {
+            pid: entry.pid,
+            cgroup: entry.cgroup.clone(),
+        })
+    }
+
+    /// Ids of the processes still running.
+    pub(crate) fn running_ids(&self) -> Vec<ProcId> {
+        self.lock()
+            .entries
+            .values()
+            .filter(|e| e.exit().is_none())
+            .map(|e| e.id)
+            .collect()
+    }
+
+    /// Node-level crash: sends `signal` to every process tree the agent started (see
+    /// [`signal_tree`]); with SIGKILL, waits (bounded) until they are reaped. Returns the ids
+    /// of the trees that had a process to signal.
+    pub(crate) async fn signal_all(&self, signal: Signal) -> Result<Vec<ProcId>, ApiError> {
+        check_signal(signal)?;
+        let entries: Vec<Arc<ProcEntry>> = self.lock().entries.values().cloned().collect();
+        let hit: Vec<Arc<ProcEntry>> = entries.into_iter().filter(|e| signal_tree(e, signal.0)).collect();
+        if signal == Signal::KILL {
+            let deadline = tokio::time::Instant::now() + KILL_GRACE;
+            for entry in &hit {
+                let mut exit = entry.exit_watch();
+                if tokio::time::timeout_at(deadline, exit.wait_for(Option::is_some))
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(id = entry.id, pid = entry.pid, "process not reaped after SIGKILL");
+                }
+            }
+        }
+        let ids: Vec<ProcId> = hit.iter().map(|e| e.id).collect();
+        tracing::info!(?ids, "sent {signal} to every process tree");
+        Ok(ids)
+    }
+
+    /// Restarts process `id`: `signal` to its tree, up to `grace` for it to exit, SIGKILL to
+    /// what is left, then the same spec again under a new id (piped stdio becomes null: the
+    /// original's streams cannot be re-attached).
+    pub(crate) async fn restart(
+        &self,
+        id: ProcId,
+        signal: Signal,
+        grace: Duration,
+    ) -> Result<Spawned, ApiError> {
+        check_signal(signal)?;
+        let entry = self.get(id)?;
+        if entry.restarted.swap(true, Ordering::SeqCst) {
+            return Err(err(
+                ErrorKind::Conflict,
+                format!("process {id} was already restarted; restart the process that replaced it"),
+            ));
+        }
+        let mut exit = entry.exit_watch();
+        if entry.exit().is_none() && signal_tree(&entry, signal.0) {
+            let _ = tokio::time::timeout(grace, exit.wait_for(Option::is_some)).await;
+        }
+        kill_tree(&entry);
+        let deadline = tokio::time::Instant::now() + KILL_GRACE;
+        if tokio::time::timeout_at(deadline, exit.wait_for(Option::is_some))
+            .await
+            .is_err()
+        {
+            entry.restarted.store(false, Ordering::SeqCst);
+            return Err(err(
+                ErrorKind::Internal,
+                format!(
+                    "restarting process {id}: pid {} did not exit within {KILL_GRACE:?} of SIGKILL",
+                    entry.pid
+                ),
+            ));
+        }
+        if let Some(dir) = &entry.cgroup {
+            remove_cgroup(dir, deadline).await;
+        }
+        let mut spec = entry.spec.clone();
+        if spec.stdin == StdinSpec::Pipe {
+            spec.stdin = StdinSpec::Null;
+        }
+        for out in [&mut spec.stdout, &mut spec.stderr] {
+            if *out == OutputSpec::Pipe {
+                *out = OutputSpec::Null;
+            }
+        }
+        let spawned = self.spawn(spec);
+        match &spawned {
+            Ok(new) => tracing::info!(
+                id,
+                new_id = new.entry.id,
+                new_pid = new.entry.pid,
+                "restarted process"
+            ),
+            Err(e) => {
+                entry.restarted.store(false, Ordering::SeqCst);
+                tracing::warn!(
+                    id,
+                    "restart stopped the process but could not start it again: {e}"
+                );
+            }
+        }
+        spawned
     }
 
     /// Waits up to `timeout` for process `id` to exit.
@@ -487,18 +609,78 @@ impl ProcTable {
     }
 }
 
-/// SIGKILL to the process group and, if it has one, to the whole cgroup.
-fn kill_tree(entry: &ProcEntry) {
+fn check_signal(signal: Signal) -> Result<(), ApiError> {
+    if (1..=64).contains(&signal.0) {
+        Ok(())
+    } else {
+        Err(err(
+            ErrorKind::InvalidRequest,
+            format!("signal {} is out of range 1..=64", signal.0),
+        ))
+    }
+}
+
+/// Pids listed in the cgroup `dir` (empty when it is gone).
+fn cgroup_pids(dir: &Path) -> Vec<i32> {
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// The process group of `pid`, from `/proc/<pid>/stat`.
+fn pgid_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// Sends `signal` to a started process's tree: its process group, and the processes of its
+/// cgroup that left the group (each gets it once). SIGKILL uses [`kill_tree`]. Returns whether
+/// any process was there to receive it.
+fn signal_tree(entry: &ProcEntry, signal: i32) -> bool {
+    if signal == libc::SIGKILL {
+        return kill_tree(entry);
+    }
+    let leader = entry.pid as i32;
+    let mut any = match send_signal(-leader, signal) {
+        Ok(()) => true,
+        Err(e) => {
+            if e.raw_os_error() != Some(libc::ESRCH) {
+                tracing::warn!(id = entry.id, pid = entry.pid, "signalling process group: {e}");
+            }
+            false
+        }
+    };
+    if let Some(dir) = &entry.cgroup {
+        for pid in cgroup_pids(dir) {
+            if pgid_of(pid) != Some(leader) && send_signal(pid, signal).is_ok() {
+                any = true;
+            }
+        }
+    }
+    any
+}
+
+/// SIGKILL to the process group and, if it has one, to the whole cgroup. Returns whether any
+/// process was there to receive it.
+fn kill_tree(entry: &ProcEntry) -> bool {
     // The group may outlive its leader (background children), so it is killed even when the
     // leader has exited. ESRCH just means nothing is left.
-    if let Err(e) = send_signal(-(entry.pid as i32), libc::SIGKILL)
-        && e.raw_os_error() != Some(libc::ESRCH)
-    {
-        tracing::warn!(id = entry.id, pid = entry.pid, "killing process group: {e}");
-    }
+    let mut any = match send_signal(-(entry.pid as i32), libc::SIGKILL) {
+        Ok(()) => true,
+        Err(e) => {
+            if e.raw_os_error() != Some(libc::ESRCH) {
+                tracing::warn!(id = entry.id, pid = entry.pid, "killing process group: {e}");
+            }
+            false
+        }
+    };
     if let Some(dir) = &entry.cgroup {
+        any |= !cgroup_pids(dir).is_empty();
         kill_cgroup(dir);
     }
+    any
 }
 
 /// Kills every process in the cgroup `dir`, including ones that left the process group.

@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::api::{self, Agent};
+use crate::faults::Faults;
 use crate::{AgentConfig, AgentError, HeartbeatLossAction, Stopped, procs, tls};
 
 /// Bound of a TLS handshake, so a silent client cannot hold a task forever.
@@ -44,6 +45,15 @@ fn check_dirs(config: &AgentConfig) -> Result<(), AgentError> {
     Ok(())
 }
 
+/// Heals every fault without closing the fault table (the agent keeps serving).
+async fn heal_all(agent: &Agent, why: &str) {
+    match agent.faults.heal_all(false).await {
+        Ok(healed) if healed.is_empty() => {}
+        Ok(healed) => tracing::info!(?healed, "{why}: healed every fault"),
+        Err(e) => tracing::error!("{why}: {}", e.message),
+    }
+}
+
 /// Resolves when the heartbeat is lost with an action that stops the agent. With
 /// [`HeartbeatLossAction::None`] it kills the trees itself, logs, and keeps watching.
 async fn watchdog(agent: &Agent, action: HeartbeatLossAction) -> HeartbeatLossAction {
@@ -53,14 +63,18 @@ async fn watchdog(agent: &Agent, action: HeartbeatLossAction) -> HeartbeatLossAc
         match action {
             HeartbeatLossAction::None => {
                 tracing::warn!(
-                    "no heartbeat for {timeout:?}: killing every process tree and continuing to serve"
+                    "no heartbeat for {timeout:?}: healing every fault, killing every process tree and \
+                     continuing to serve"
                 );
+                heal_all(agent, "heartbeat loss").await;
                 agent.procs.kill_all(false).await;
                 agent.heartbeat.next_beat().await;
                 tracing::info!("heartbeats resumed");
             }
             other => {
-                tracing::warn!("no heartbeat for {timeout:?}: killing every process tree, then {other:?}");
+                tracing::warn!(
+                    "no heartbeat for {timeout:?}: healing every fault, killing every process tree, then {other:?}"
+                );
                 return other;
             }
         }
@@ -86,9 +100,19 @@ pub(crate) async fn serve(
         source,
     })?;
 
+    // Heals what a previous agent left (blocking netlink and cgroup work) before serving.
+    let state_dir = config.effective_state_dir();
+    let has_cgroup = config.cgroup.is_some();
+    let faults = tokio::task::spawn_blocking(move || Faults::open(&state_dir, addr, has_cgroup))
+        .await
+        .map_err(|e| AgentError::Faults {
+            path: config.effective_state_dir(),
+            message: format!("opening the fault state failed: {e}"),
+        })??;
     let agent = Arc::new(Agent::new(
         config.root_dir.clone(),
         config.cgroup.clone(),
+        faults,
         config.heartbeat_timeout,
     ));
     let service = TowerToHyperService::new(api::router(agent.clone()));
@@ -113,6 +137,9 @@ pub(crate) async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
                     let _ = tcp.set_nodelay(true);
+                    if let Ok(local) = tcp.local_addr() {
+                        agent.faults.note_control_addr(local);
+                    }
                     let acceptor = acceptor.clone();
                     let builder = builder.clone();
                     let service = service.clone();
@@ -155,6 +182,13 @@ pub(crate) async fn serve(
         }
     };
     drop(listener);
+    // Heal first: it thaws frozen processes, so the kills below land at once.
+    let why = if stopped.is_some() {
+        "heartbeat loss"
+    } else {
+        "shutdown"
+    };
+    agent.faults.shutdown(why).await;
     agent.procs.kill_all(true).await;
     match stopped {
         None => {
