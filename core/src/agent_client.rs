@@ -12,9 +12,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chaos_proto::exec::{self, ClientControl, ServerEvent};
+use chaos_proto::fault::{FaultInfo, FaultRequest, HealReply, ProbeReport};
 use chaos_proto::{
-    ApiError, DirEntry, ErrorKind, ExitStatus, FileStat, FileWritten, HeartbeatReply, NodeInfo, ProcId,
-    ProcInfo, ProcSpec, ProcStarted, Signal, SignalRequest, StdinSpec, WaitReply,
+    ApiError, DirEntry, ErrorKind, ExitStatus, FileStat, FileWritten, HeartbeatReply, KillAllRequest,
+    NodeInfo, NodeSignalRequest, ProcId, ProcInfo, ProcSpec, ProcStarted, RestartRequest, Signal,
+    SignalRequest, SignalTarget, StdinSpec, WaitReply,
 };
 use futures_util::{SinkExt, StreamExt, TryStreamExt};
 use http_body_util::combinators::UnsyncBoxBody;
@@ -392,6 +394,92 @@ impl AgentClient {
         Ok(reply.exit)
     }
 
+    /// `POST /v1/faults`: installs a fault for at most `request.ttl_ms`.
+    pub async fn inject_fault(&self, request: &FaultRequest) -> Result<FaultInfo> {
+        self.call(
+            "inject fault",
+            Method::POST,
+            self.url("/faults", &[]),
+            Some(request),
+        )
+        .await
+    }
+
+    /// `GET /v1/faults`: the faults active on the node.
+    pub async fn list_faults(&self) -> Result<Vec<FaultInfo>> {
+        self.call::<(), _>("list faults", Method::GET, self.url("/faults", &[]), None)
+            .await
+    }
+
+    /// `DELETE /v1/faults/{id}`: heals one fault; idempotent.
+    pub async fn heal_fault(&self, id: &str) -> Result<HealReply> {
+        // Ids are plain `[A-Za-z0-9_.-]`; anything else is encoded so it cannot change the path.
+        let id: String = form_urlencoded::byte_serialize(id.as_bytes()).collect();
+        let url = self.url(&format!("/faults/{id}"), &[]);
+        self.call::<(), _>("heal fault", Method::DELETE, url, None).await
+    }
+
+    /// `DELETE /v1/faults`: heals every fault; returns the ids healed.
+    pub async fn heal_all_faults(&self) -> Result<Vec<String>> {
+        self.call::<(), _>("heal all faults", Method::DELETE, self.url("/faults", &[]), None)
+            .await
+    }
+
+    /// `GET /v1/probe`: the fault kinds and mechanisms the node supports.
+    pub async fn probe(&self) -> Result<ProbeReport> {
+        self.call::<(), _>("probe", Method::GET, self.url("/probe", &[]), None)
+            .await
+    }
+
+    /// `POST /v1/procs/kill-all`: sends `signal` to every process tree the agent started;
+    /// returns the ids of those that were still running.
+    pub async fn kill_all(&self, signal: Signal) -> Result<Vec<ProcId>> {
+        let url = self.url("/procs/kill-all", &[]);
+        self.call(
+            "kill all processes",
+            Method::POST,
+            url,
+            Some(&KillAllRequest { signal }),
+        )
+        .await
+    }
+
+    /// `POST /v1/procs/{id}/restart`: stops process `id` and starts its spec again.
+    pub async fn restart(&self, id: ProcId, request: &RestartRequest) -> Result<ProcStarted> {
+        let url = self.url(&format!("/procs/{id}/restart"), &[]);
+        // The agent may wait the whole grace period before it answers.
+        let after = self.timeouts.request + Duration::from_millis(request.grace_ms);
+        let body = Self::json_body(request);
+        let req = self.request(Method::POST, url, body)?;
+        let fut = async {
+            let resp = self.send("restart", req, None).await?;
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| self.unreachable(chain(&e)))?
+                .to_bytes();
+            serde_json::from_slice::<ProcStarted>(&bytes)
+                .map_err(|e| self.protocol(format!("restart: bad reply: {e}")))
+        };
+        tokio::time::timeout(after, fut)
+            .await
+            .map_err(|_| self.timeout("restart", after))?
+    }
+
+    /// `POST /v1/signal`: sends `signal` to any process of the node matched by `target`;
+    /// returns the pids signalled.
+    pub async fn signal_target(&self, signal: Signal, target: SignalTarget) -> Result<Vec<u32>> {
+        let body = NodeSignalRequest { signal, target };
+        self.call(
+            "signal processes",
+            Method::POST,
+            self.url("/signal", &[]),
+            Some(&body),
+        )
+        .await
+    }
+
     /// Opens a WebSocket to `path_and_query` over a fresh mTLS connection.
     async fn websocket(&self, what: &str, path: &str, query: &[(&str, &str)]) -> Result<Ws> {
         let after = self.timeouts.connect;
@@ -750,5 +838,41 @@ impl Node for AgentNode {
 
     async fn stop(&self) -> Result<()> {
         self.client.shutdown().await
+    }
+
+    async fn inject_fault(&self, request: FaultRequest) -> Result<FaultInfo> {
+        self.client.inject_fault(&request).await
+    }
+
+    async fn heal_fault(&self, id: &str) -> Result<bool> {
+        Ok(self.client.heal_fault(id).await?.healed)
+    }
+
+    async fn list_faults(&self) -> Result<Vec<FaultInfo>> {
+        self.client.list_faults().await
+    }
+
+    async fn heal_all_faults(&self) -> Result<Vec<String>> {
+        self.client.heal_all_faults().await
+    }
+
+    async fn probe(&self) -> Result<ProbeReport> {
+        self.client.probe().await
+    }
+
+    async fn signal_proc(&self, id: ProcId, signal: Signal, group: bool) -> Result<()> {
+        self.client.signal(id, signal, group).await
+    }
+
+    async fn kill_all(&self, signal: Signal) -> Result<Vec<ProcId>> {
+        self.client.kill_all(signal).await
+    }
+
+    async fn signal_target(&self, signal: Signal, target: SignalTarget) -> Result<Vec<u32>> {
+        self.client.signal_target(signal, target).await
+    }
+
+    async fn restart_proc(&self, id: ProcId, request: RestartRequest) -> Result<ProcStarted> {
+        self.client.restart(id, &request).await
     }
 }

@@ -13,10 +13,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use chaos_proto::{DirEntry, ExitStatus, FileStat, ProcId, ProcSpec, Signal};
+use chaos_proto::fault::{FaultInfo, FaultRequest, ProbeReport};
+use chaos_proto::{
+    DirEntry, ErrorKind, ExitStatus, FileStat, ProcId, ProcSpec, ProcStarted, RestartRequest, Signal,
+    SignalTarget,
+};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::Result;
+use crate::{Error, Result};
 
 /// A boxed byte source (file contents, process output).
 pub type ByteReader = Pin<Box<dyn AsyncRead + Send>>;
@@ -86,11 +90,89 @@ pub trait Node: Send + Sync {
 
     /// Stops the node: kills every process it started and releases it. Idempotent.
     async fn stop(&self) -> Result<()>;
+
+    // Faults. Defaults let a backend without fault support compile unchanged: injecting fails
+    // with `Unsupported`, and such a node has no faults to list or heal. Most callers use
+    // `crate::faults`, which resolves node names and builds the requests.
+
+    /// Installs a fault on the node until healed or until `request.ttl_ms` passes.
+    async fn inject_fault(&self, request: FaultRequest) -> Result<FaultInfo> {
+        Err(unsupported(
+            self.name(),
+            format!("inject {} faults", request.spec.kind()),
+        ))
+    }
+
+    /// Heals fault `id`; false when it was not active (healed, expired, unknown). Idempotent.
+    async fn heal_fault(&self, id: &str) -> Result<bool> {
+        let _ = id;
+        Ok(false)
+    }
+
+    /// The faults active on the node.
+    async fn list_faults(&self) -> Result<Vec<FaultInfo>> {
+        Ok(Vec::new())
+    }
+
+    /// Heals every fault on the node; returns the ids healed.
+    async fn heal_all_faults(&self) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+
+    /// What fault kinds and mechanisms the node supports.
+    async fn probe(&self) -> Result<ProbeReport> {
+        Err(unsupported(self.name(), "probe for fault support".to_string()))
+    }
+
+    /// Sends `signal` to process `id` started through this node, or to its process group.
+    async fn signal_proc(&self, id: ProcId, signal: Signal, group: bool) -> Result<()> {
+        let _ = (id, group);
+        Err(unsupported(self.name(), format!("send {signal} by process id")))
+    }
+
+    /// Node-level crash: sends `signal` to every process tree started through this node that
+    /// still runs; returns their ids.
+    async fn kill_all(&self, signal: Signal) -> Result<Vec<ProcId>> {
+        Err(unsupported(
+            self.name(),
+            format!("send {signal} to every process of the node"),
+        ))
+    }
+
+    /// Sends `signal` to any process of the node matched by pid, process group or name;
+    /// returns the pids signalled.
+    async fn signal_target(&self, signal: Signal, target: SignalTarget) -> Result<Vec<u32>> {
+        Err(unsupported(
+            self.name(),
+            format!("send {signal} to processes matched by {target:?}"),
+        ))
+    }
+
+    /// Stops process `id` (signal, grace, SIGKILL) and starts its spec again under a new id.
+    async fn restart_proc(&self, id: ProcId, request: RestartRequest) -> Result<ProcStarted> {
+        let _ = request;
+        Err(unsupported(self.name(), format!("restart process {id}")))
+    }
+}
+
+/// The error of a fault operation a node's backend does not implement.
+fn unsupported(node: &str, what: String) -> Error {
+    Error::api(
+        node,
+        ErrorKind::Unsupported,
+        format!(
+            "this node's backend cannot {what}: it has no fault support; use a backend whose nodes \
+             run the agent (netns)"
+        ),
+    )
 }
 
 impl fmt::Debug for dyn Node {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Node").field("name", &self.name()).field("addresses", &self.addresses()).finish()
+        f.debug_struct("Node")
+            .field("name", &self.name())
+            .field("addresses", &self.addresses())
+            .finish()
     }
 }
 
@@ -133,7 +215,14 @@ impl Process {
         stderr: Option<ByteReader>,
         control: Arc<dyn ProcessControl>,
     ) -> Self {
-        Self { id, pid, stdin, stdout, stderr, control }
+        Self {
+            id,
+            pid,
+            stdin,
+            stdout,
+            stderr,
+            control,
+        }
     }
 
     /// Waits for the process to exit.
@@ -159,6 +248,9 @@ impl Process {
 
 impl fmt::Debug for Process {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Process").field("id", &self.id).field("pid", &self.pid).finish_non_exhaustive()
+        f.debug_struct("Process")
+            .field("id", &self.id)
+            .field("pid", &self.pid)
+            .finish_non_exhaustive()
     }
 }

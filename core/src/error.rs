@@ -58,6 +58,15 @@ pub enum Error {
     /// Certificates could not be minted or loaded.
     #[error(transparent)]
     Certs(#[from] crate::certs::CertError),
+    /// The runner refused a request before asking any node: an unknown node name, a partition
+    /// shape the cluster cannot form, a value out of range.
+    #[error("{what}: {message}")]
+    Invalid {
+        /// What was being asked (`"partition majorities-ring"`, `"fault on n2: peers"`…).
+        what: String,
+        /// What is wrong and what would be accepted.
+        message: String,
+    },
     /// The backend cannot work here (missing privilege, binary or kernel feature) or failed.
     #[error("{backend} backend: {message}")]
     Backend {
@@ -95,6 +104,14 @@ impl Error {
         Error::Io {
             context: context.into(),
             cause,
+        }
+    }
+
+    /// Shorthand for an [`Error::Invalid`].
+    pub fn invalid(what: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Invalid {
+            what: what.into(),
+            message: message.into(),
         }
     }
 

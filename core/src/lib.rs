@@ -9,6 +9,7 @@
 //! * [`backend`]: the backends and how to pick one.
 //! * [`agent_client`]: the client of the node agent, shared by every agent-based backend.
 //! * [`certs`]: per-cluster CA, per-node server certificates, the runner's client certificate.
+//! * [`faults`]: fault values, injecting and healing them, partition shapes over a cluster.
 
 pub mod agent_client;
 pub mod backend;
@@ -16,9 +17,11 @@ pub mod certs;
 pub mod cluster;
 mod error;
 pub mod ext;
+pub mod faults;
 
 pub use chaos_proto as proto;
 pub use chaos_proto::{ExitStatus, ProcSpec, Signal};
 pub use cluster::{Cluster, Node, Process};
 pub use error::{Error, Result};
 pub use ext::NodeExt;
+pub use faults::{Fault, FaultHandle, PartitionHandle, Shape};

@@ -18,6 +18,24 @@
 //!   processes it started keep running.
 //!
 //! Tests that need any of this should use an isolating backend such as `netns`.
+//!
+//! # Faults on `local`
+//!
+//! Process faults work on processes the node started: pause ([`FreezeTarget::Proc`],
+//! [`FreezeTarget::AllProcs`], or [`FreezeTarget::ProcessTree`] of such a process) by
+//! SIGSTOP/SIGCONT of each process of the tree, with the TTL kept by a timer of the runner and
+//! every pause lifted when the node stops; kill by process id or of every process; restart.
+//!
+//! What cannot work without isolation, and is refused with an `Unsupported` error:
+//! - **network faults** (partition, loss, delay, packet effects, bandwidth, link): every node is
+//!   `127.0.0.1` on the host's own network stack, so a rule cannot tell one node's packets from
+//!   another's. Scoping rules by each node's ports would still catch the runner's and every
+//!   other node's traffic to those ports (a "partition" of n1 from n2 would cut n1 from
+//!   everyone), and it would mean adding firewall rules and qdiscs to the host itself — the one
+//!   place this toolkit never touches. Use the `netns` backend;
+//! - pausing a **cgroup**: local processes have no cgroup of their own;
+//! - signalling processes **by pid, group or name**: the process table is the host's, so such a
+//!   match could hit another node's or the host's processes.
 
 use std::fs;
 use std::io;
@@ -31,8 +49,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use chaos_proto::fault::{FaultInfo, FaultRequest, FaultSpec, FreezeTarget, Mechanism};
 use chaos_proto::{
-    DirEntry, ErrorKind, ExitStatus, FileStat, FileType, OutputSpec, ProcId, ProcSpec, Signal, StdinSpec,
+    DirEntry, ErrorKind, ExitStatus, FileStat, FileType, OutputSpec, ProcId, ProcSpec, ProcStarted,
+    RestartRequest, Signal, SignalTarget, StdinSpec,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -167,7 +187,8 @@ impl Drop for LocalCluster {
         // Synchronous best effort, so that it also happens when a test panics: kill every process
         // group, then let the `TempDir` remove the directory.
         for node in lock(&self.nodes).iter() {
-            node.kill_all();
+            node.heal_all_sync();
+            node.kill_all_groups();
         }
         if let Some(dir) = lock(&self.dir).take()
             && let Err(e) = dir.close()
@@ -177,11 +198,54 @@ impl Drop for LocalCluster {
     }
 }
 
-/// A process this node started, as remembered for signalling, stopping and cleanup.
+/// A process this node started, as remembered for signalling, stopping, restarting and cleanup.
 struct Started {
+    id: ProcId,
     pid: u32,
+    spec: ProcSpec,
     exit: watch::Receiver<Option<ExitOutcome>>,
 }
+
+impl Started {
+    fn running(&self) -> bool {
+        self.exit.borrow().is_none()
+    }
+}
+
+/// A pause installed by a local node: the processes it stopped (pid and start time, so a
+/// reused pid is never continued), and the timer that heals it when its TTL ends.
+struct LocalFault {
+    info: FaultInfo,
+    stopped: Vec<(i32, u64)>,
+    timer: Option<tokio::task::AbortHandle>,
+}
+
+/// A node's active faults, shared with their TTL timers.
+type LocalFaults = Arc<Mutex<std::collections::BTreeMap<String, LocalFault>>>;
+
+/// Lifts a pause: removes it from `faults` and continues its processes. False when it was not
+/// active. Synchronous, so `Drop` can call it.
+fn heal_local(faults: &LocalFaults, id: &str) -> bool {
+    let Some(fault) = lock(faults).remove(id) else {
+        return false;
+    };
+    if let Some(timer) = fault.timer {
+        timer.abort();
+    }
+    continue_tree(&fault.stopped);
+    tracing::info!(id, "local fault healed");
+    true
+}
+
+#[cfg(target_os = "linux")]
+fn continue_tree(stopped: &[(i32, u64)]) {
+    if let Err(e) = chaos_faults::process::continue_processes(stopped) {
+        tracing::warn!("continuing paused processes: {e}");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn continue_tree(_stopped: &[(i32, u64)]) {}
 
 /// What the reaper saw: the status, or why waiting failed.
 type ExitOutcome = std::result::Result<ExitStatus, String>;
@@ -195,6 +259,8 @@ pub struct LocalNode {
     /// Every process started and not yet cleaned up by [`Node::stop`].
     started: Mutex<Vec<Started>>,
     stopped: AtomicBool,
+    faults: LocalFaults,
+    next_fault: AtomicU64,
 }
 
 impl LocalNode {
@@ -206,11 +272,21 @@ impl LocalNode {
             next_id: AtomicU64::new(1),
             started: Mutex::new(Vec::new()),
             stopped: AtomicBool::new(false),
+            faults: LocalFaults::default(),
+            next_fault: AtomicU64::new(1),
         }
     }
 
+    /// Lifts every pause. Synchronous, for `Drop`.
+    fn heal_all_sync(&self) -> Vec<String> {
+        let ids: Vec<String> = lock(&self.faults).keys().cloned().collect();
+        ids.into_iter()
+            .filter(|id| heal_local(&self.faults, id))
+            .collect()
+    }
+
     /// Sends SIGKILL to every process group this node started. Synchronous, for `Drop`.
-    fn kill_all(&self) {
+    fn kill_all_groups(&self) {
         for p in lock(&self.started).iter() {
             // Errors mean the group is already gone.
             let _ = send_signal(p.pid, libc::SIGKILL, true);
@@ -370,7 +446,9 @@ impl Node for LocalNode {
             let _ = exit_tx.send(Some(outcome));
         });
         started.push(Started {
+            id,
             pid,
+            spec: spec.clone(),
             exit: exit_rx.clone(),
         });
         drop(started);
@@ -521,6 +599,9 @@ impl Node for LocalNode {
     }
 
     async fn stop(&self) -> Result<()> {
+        // Continue paused processes first: a stopped process outside its group would otherwise
+        // stay stopped forever.
+        self.heal_all_sync();
         let started = {
             let mut guard = lock(&self.started);
             self.stopped.store(true, Ordering::SeqCst);
@@ -544,6 +625,273 @@ impl Node for LocalNode {
                 after: STOP_TIMEOUT,
             })
     }
+
+    async fn inject_fault(&self, request: FaultRequest) -> Result<FaultInfo> {
+        let FaultSpec::Freeze(target) = &request.spec else {
+            return Err(self.api(
+                ErrorKind::Unsupported,
+                format!(
+                    "the local backend cannot inject {} faults: local nodes share the host's network \
+                     stack (every node is 127.0.0.1), so no rule can tell one node's packets from \
+                     another's, and this backend never changes the host's firewall or qdiscs; use \
+                     the netns backend",
+                    request.spec.kind()
+                ),
+            ));
+        };
+        if request.ttl_ms == 0 {
+            return Err(self.api(
+                ErrorKind::InvalidRequest,
+                "ttl_ms must be greater than zero: every fault heals by itself after its TTL",
+            ));
+        }
+        let id = match &request.id {
+            Some(id) => id.clone(),
+            None => format!("local-fault-{}", self.next_fault.fetch_add(1, Ordering::SeqCst)),
+        };
+        let valid_id = !id.is_empty()
+            && id.len() <= 64
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        if !valid_id {
+            return Err(self.api(
+                ErrorKind::InvalidRequest,
+                format!("fault id {id:?} must be 1 to 64 of A-Z, a-z, 0-9, '_', '.', '-'"),
+            ));
+        }
+        if lock(&self.faults).contains_key(&id) {
+            return Err(self.api(
+                ErrorKind::Conflict,
+                format!("fault {id:?} is already active; heal it first or use another id"),
+            ));
+        }
+        let roots = self.freeze_roots(target)?;
+        let stopped = self.stop_trees(&roots)?;
+        let injected_ms = unix_ms();
+        let info = FaultInfo {
+            id: id.clone(),
+            spec: request.spec.clone(),
+            mechanism: Mechanism::SigStopTree,
+            injected_ms,
+            expires_ms: injected_ms.saturating_add(request.ttl_ms),
+        };
+        let faults = self.faults.clone();
+        let ttl = Duration::from_millis(request.ttl_ms);
+        let timer_id = id.clone();
+        let timer = tokio::spawn(async move {
+            tokio::time::sleep(ttl).await;
+            heal_local(&faults, &timer_id);
+        });
+        lock(&self.faults).insert(
+            id.clone(),
+            LocalFault {
+                info: info.clone(),
+                stopped,
+                timer: Some(timer.abort_handle()),
+            },
+        );
+        tracing::info!(node = %self.name, id, "processes paused");
+        Ok(info)
+    }
+
+    async fn heal_fault(&self, id: &str) -> Result<bool> {
+        Ok(heal_local(&self.faults, id))
+    }
+
+    async fn list_faults(&self) -> Result<Vec<FaultInfo>> {
+        Ok(lock(&self.faults).values().map(|f| f.info.clone()).collect())
+    }
+
+    async fn heal_all_faults(&self) -> Result<Vec<String>> {
+        Ok(self.heal_all_sync())
+    }
+
+    async fn signal_proc(&self, id: ProcId, signal: Signal, group: bool) -> Result<()> {
+        let (pid, exit) = {
+            let started = lock(&self.started);
+            let p = started.iter().find(|p| p.id == id).ok_or_else(|| {
+                self.api(
+                    ErrorKind::NotFound,
+                    format!("no process with id {id} was started on this node"),
+                )
+            })?;
+            (p.pid, p.exit.clone())
+        };
+        let control = LocalProcess {
+            node: self.name.clone(),
+            id,
+            pid,
+            exit,
+        };
+        control.signal(signal, group).await
+    }
+
+    async fn kill_all(&self, signal: Signal) -> Result<Vec<ProcId>> {
+        if !(1..=64).contains(&signal.0) {
+            return Err(self.api(
+                ErrorKind::InvalidRequest,
+                format!("{signal} is not a signal number from 1 to 64"),
+            ));
+        }
+        let running: Vec<(ProcId, u32)> = lock(&self.started)
+            .iter()
+            .filter(|p| p.running())
+            .map(|p| (p.id, p.pid))
+            .collect();
+        let mut signalled = Vec::new();
+        for (id, pid) in running {
+            if send_signal(pid, signal.0, true).is_ok() {
+                signalled.push(id);
+            }
+        }
+        Ok(signalled)
+    }
+
+    async fn signal_target(&self, signal: Signal, target: SignalTarget) -> Result<Vec<u32>> {
+        Err(self.api(
+            ErrorKind::Unsupported,
+            format!(
+                "the local backend cannot send {signal} to processes matched by {target:?}: local \
+                 nodes share the host's process table, so the match could hit another node's or the \
+                 host's processes; signal a process started on the node by its id instead"
+            ),
+        ))
+    }
+
+    async fn restart_proc(&self, id: ProcId, request: RestartRequest) -> Result<ProcStarted> {
+        if request.grace_ms > RestartRequest::MAX_GRACE_MS {
+            return Err(self.api(
+                ErrorKind::InvalidRequest,
+                format!(
+                    "grace_ms {} is above the limit of {}",
+                    request.grace_ms,
+                    RestartRequest::MAX_GRACE_MS
+                ),
+            ));
+        }
+        let (pid, mut exit, mut spec) = {
+            let started = lock(&self.started);
+            let p = started.iter().find(|p| p.id == id).ok_or_else(|| {
+                self.api(
+                    ErrorKind::NotFound,
+                    format!("no process with id {id} was started on this node"),
+                )
+            })?;
+            (p.pid, p.exit.clone(), p.spec.clone())
+        };
+        // Ask, wait the grace period, then make sure: the whole group goes either way.
+        let _ = send_signal(pid, request.signal.0, true);
+        let grace = Duration::from_millis(request.grace_ms);
+        if tokio::time::timeout(grace, exit.wait_for(Option::is_some))
+            .await
+            .is_err()
+        {
+            let _ = send_signal(pid, libc::SIGKILL, true);
+            let _ = tokio::time::timeout(STOP_TIMEOUT, exit.wait_for(Option::is_some)).await;
+        }
+        let _ = send_signal(pid, libc::SIGKILL, true);
+        // The original's pipes went to its caller; the new process has nobody to stream to.
+        if spec.stdin == StdinSpec::Pipe {
+            spec.stdin = StdinSpec::Null;
+        }
+        for out in [&mut spec.stdout, &mut spec.stderr] {
+            if *out == OutputSpec::Pipe {
+                *out = OutputSpec::Null;
+            }
+        }
+        let process = self.start(spec).await?;
+        Ok(ProcStarted {
+            id: process.id,
+            pid: process.pid,
+        })
+    }
+}
+
+impl LocalNode {
+    /// The root pids a freeze of `target` stops (each with its descendants).
+    fn freeze_roots(&self, target: &FreezeTarget) -> Result<Vec<u32>> {
+        let started = lock(&self.started);
+        let running = || started.iter().filter(|p| p.running());
+        let roots: Vec<u32> = match target {
+            FreezeTarget::Proc { id } => {
+                let p = started.iter().find(|p| p.id == *id).ok_or_else(|| {
+                    self.api(
+                        ErrorKind::NotFound,
+                        format!("no process with id {id} was started on this node"),
+                    )
+                })?;
+                if !p.running() {
+                    return Err(self.api(
+                        ErrorKind::NotFound,
+                        format!("process {id} (pid {}) has already exited", p.pid),
+                    ));
+                }
+                vec![p.pid]
+            }
+            FreezeTarget::AllProcs => running().map(|p| p.pid).collect(),
+            FreezeTarget::ProcessTree { pid } => {
+                if !running().any(|p| i64::from(p.pid) == i64::from(*pid)) {
+                    return Err(self.api(
+                        ErrorKind::PermissionDenied,
+                        format!(
+                            "pid {pid} is not a running process started on this node; local nodes \
+                             share the host's process table, so only their own processes may be paused"
+                        ),
+                    ));
+                }
+                vec![*pid as u32]
+            }
+            FreezeTarget::Cgroup { path } => {
+                return Err(self.api(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "the local backend cannot freeze cgroup {path}: its processes have no cgroup \
+                         of their own; pause a process (proc) or all of them instead"
+                    ),
+                ));
+            }
+        };
+        Ok(roots)
+    }
+
+    /// SIGSTOPs each root and its descendants; returns what was stopped.
+    #[cfg(target_os = "linux")]
+    fn stop_trees(&self, roots: &[u32]) -> Result<Vec<(i32, u64)>> {
+        use chaos_faults::process;
+        let mut stopped: Vec<(i32, u64)> = Vec::new();
+        for &root in roots {
+            let root = i32::try_from(root).unwrap_or(i32::MAX);
+            // A root that exited meanwhile has nothing left to stop.
+            let Ok(tree) = process::tree(root) else {
+                continue;
+            };
+            for entry in tree {
+                if !stopped.contains(&entry) {
+                    stopped.push(entry);
+                }
+            }
+        }
+        if let Err(e) = process::stop_processes(&stopped) {
+            continue_tree(&stopped);
+            return Err(self.api(ErrorKind::Internal, format!("pausing processes: {e}")));
+        }
+        Ok(stopped)
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn stop_trees(&self, _roots: &[u32]) -> Result<Vec<(i32, u64)>> {
+        Err(self.api(
+            ErrorKind::Unsupported,
+            "pausing a process tree needs Linux's /proc to find the tree",
+        ))
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// [`ProcessControl`] of a local process: waits on the reaper's status channel and signals by pid.

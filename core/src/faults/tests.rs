@@ -1,0 +1,238 @@
+//! Fault values: parsing, serialization and their translation into node requests, against real
+//! (local) nodes for name resolution.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use super::*;
+use crate::backend::ClusterOptions;
+use crate::backend::local::LocalCluster;
+use crate::cluster::Cluster;
+
+async fn local_nodes(n: usize) -> (LocalCluster, Vec<Arc<dyn Node>>) {
+    let cluster = LocalCluster::new(ClusterOptions::default()).unwrap();
+    let nodes = cluster.create_nodes(n).await.unwrap();
+    (cluster, nodes)
+}
+
+#[test]
+fn peers_parse_as_nodes_or_networks() {
+    assert_eq!("n2".parse::<Peer>().unwrap(), Peer::Node("n2".into()));
+    assert_eq!(
+        "10.0.0.7".parse::<Peer>().unwrap(),
+        Peer::Net(IpNet::host(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7))))
+    );
+    assert_eq!("fd00::/64".parse::<Peer>().unwrap().to_string(), "fd00::/64");
+    assert_eq!("10.0.0.7".parse::<Peer>().unwrap().to_string(), "10.0.0.7");
+    for bad in ["", "10.0.0.0/40", "n 2", "fd00::zz"] {
+        let err = bad.parse::<Peer>().unwrap_err().to_string();
+        assert!(err.contains("fault peer"), "{bad:?}: {err}");
+    }
+}
+
+#[test]
+fn faults_serialize_as_tagged_readable_values() {
+    let fault = Fault::Delay {
+        traffic: Traffic::nodes(["n3"]).protocol(Protocol::Udp),
+        delay: Duration::from_millis(100),
+        jitter: Duration::from_millis(10),
+        distribution: Distribution::Normal,
+    };
+    let json = serde_json::to_value(&fault).unwrap();
+    assert_eq!(json["kind"], "delay");
+    assert_eq!(json["peers"][0], "n3");
+    assert_eq!(json["delay"], "100ms");
+    assert_eq!(json["protocol"], "udp");
+    assert_eq!(serde_json::from_value::<Fault>(json).unwrap(), fault);
+
+    let parsed: Fault =
+        serde_json::from_str(r#"{"kind":"loss","peers":["n2","10.1.0.0/16"],"percent":30}"#).unwrap();
+    let Fault::Loss {
+        traffic,
+        percent,
+        correlation,
+    } = &parsed
+    else {
+        panic!("{parsed:?}");
+    };
+    assert_eq!(traffic.direction, Direction::Both);
+    assert_eq!(traffic.peers.len(), 2);
+    assert_eq!((*percent, *correlation), (30.0, 0.0));
+
+    let kill: Fault = serde_json::from_str(r#"{"kind":"kill","process":{"proc":3}}"#).unwrap();
+    assert_eq!(
+        kill,
+        Fault::Kill {
+            signal: Signal::KILL,
+            process: ProcessTarget::Proc(3)
+        }
+    );
+    assert!(!kill.is_lasting());
+    let pause: Fault = serde_json::from_str(r#"{"kind":"pause","process":"all"}"#).unwrap();
+    assert_eq!(
+        pause,
+        Fault::Pause {
+            process: ProcessTarget::All
+        }
+    );
+    let bw: Fault = serde_json::from_str(r#"{"kind":"bandwidth","rate_bps":8000000}"#).unwrap();
+    assert!(matches!(bw, Fault::Bandwidth { ref interface, .. } if interface == DEFAULT_INTERFACE));
+
+    let err = serde_json::from_str::<Fault>(r#"{"kind":"delay","delay":"soon"}"#).unwrap_err();
+    assert!(err.to_string().contains("not a duration"), "{err}");
+    let err = serde_json::from_str::<Fault>(r#"{"kind":"partition","peers":["a b"]}"#).unwrap_err();
+    assert!(err.to_string().contains("neither a node name"), "{err}");
+}
+
+#[tokio::test]
+async fn node_names_resolve_to_addresses_and_unknown_names_list_the_known_ones() {
+    let (cluster, nodes) = local_nodes(3).await;
+    let fault = Fault::Partition {
+        traffic: Traffic::with(["n2".parse().unwrap(), "10.9.0.0/16".parse().unwrap()])
+            .direction(Direction::In),
+    };
+    let spec = fault.to_spec("n1", &nodes).unwrap().unwrap();
+    let FaultSpec::Partition { scope } = spec else {
+        panic!("{spec:?}");
+    };
+    let peers: Vec<String> = scope.peers.iter().map(|p| p.to_string()).collect();
+    assert_eq!(peers, ["10.9.0.0/16", "127.0.0.1/32"]);
+    assert_eq!(scope.direction, Direction::In);
+
+    let unknown = Fault::Partition {
+        traffic: Traffic::nodes(["n9"]),
+    };
+    let err = unknown.to_spec("n1", &nodes).unwrap_err().to_string();
+    assert!(err.contains("\"n9\""), "{err}");
+    assert!(err.contains("n1, n2, n3"), "{err}");
+    assert!(err.contains("partition fault on n1"), "{err}");
+    cluster.cleanup().await.unwrap();
+}
+
+#[tokio::test]
+async fn specs_follow_the_fault_and_bad_values_are_refused_before_any_node_is_asked() {
+    let (cluster, nodes) = local_nodes(2).await;
+    let spec = |f: Fault| f.to_spec("n1", &nodes);
+
+    let plain = spec(Fault::Loss {
+        traffic: Traffic::all(),
+        percent: 30.0,
+        correlation: 0.0,
+    })
+    .unwrap()
+    .unwrap();
+    assert!(matches!(plain, FaultSpec::Loss { percent, .. } if percent == 30.0));
+    let bursty = spec(Fault::Loss {
+        traffic: Traffic::all(),
+        percent: 30.0,
+        correlation: 50.0,
+    })
+    .unwrap()
+    .unwrap();
+    assert!(
+        matches!(&bursty, FaultSpec::Packet { effects, .. } if effects.loss_correlation == 50.0),
+        "{bursty:?}"
+    );
+    let delay = spec(Fault::Delay {
+        traffic: Traffic::nodes(["n2"]),
+        delay: Duration::from_millis(100),
+        jitter: Duration::from_millis(5),
+        distribution: Distribution::Uniform,
+    })
+    .unwrap()
+    .unwrap();
+    assert!(
+        matches!(&delay, FaultSpec::Packet { effects, .. } if effects.delay_us == 100_000 && effects.jitter_us == 5_000),
+        "{delay:?}"
+    );
+    assert_eq!(
+        spec(Fault::Pause {
+            process: ProcessTarget::Proc(4)
+        })
+        .unwrap(),
+        Some(FaultSpec::Freeze(FreezeTarget::Proc { id: 4 }))
+    );
+    assert_eq!(
+        spec(Fault::Kill {
+            signal: Signal::TERM,
+            process: ProcessTarget::Name("etcd".into())
+        })
+        .unwrap(),
+        None
+    );
+
+    let refused = [
+        (
+            Fault::Loss {
+                traffic: Traffic::all(),
+                percent: 130.0,
+                correlation: 0.0,
+            },
+            "loss_percent",
+        ),
+        (
+            Fault::Partition {
+                traffic: Traffic::all().protocol(Protocol::Icmp).ports([80]),
+            },
+            "ICMP has no ports",
+        ),
+        (
+            Fault::Delay {
+                traffic: Traffic::all(),
+                delay: Duration::ZERO,
+                jitter: Duration::ZERO,
+                distribution: Distribution::Uniform,
+            },
+            "delay must be greater than zero",
+        ),
+        (
+            Fault::Bandwidth {
+                interface: "eth0".into(),
+                rate_bps: 0,
+                burst_bytes: 0,
+            },
+            "rate_bps",
+        ),
+        (
+            Fault::Pause {
+                process: ProcessTarget::Name("etcd".into()),
+            },
+            "cannot pause",
+        ),
+        (
+            Fault::Kill {
+                signal: Signal::KILL,
+                process: ProcessTarget::Cgroup("/sys/fs/cgroup/x".into()),
+            },
+            "only paused",
+        ),
+    ];
+    for (fault, needle) in refused {
+        let err = spec(fault.clone()).unwrap_err().to_string();
+        assert!(err.contains(needle), "{fault:?}: {err}");
+    }
+
+    // A zero TTL is refused by the runner, not sent.
+    let err = inject(
+        &nodes,
+        &nodes[0],
+        &Fault::Pause {
+            process: ProcessTarget::All,
+        },
+        Duration::ZERO,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("ttl"), "{err}");
+    cluster.cleanup().await.unwrap();
+}
+
+#[test]
+fn fault_ids_are_distinct_and_valid_on_the_wire() {
+    let ids: std::collections::BTreeSet<String> = (0..1000).map(|_| new_id("partition")).collect();
+    assert_eq!(ids.len(), 1000);
+    for id in ids.iter().take(5) {
+        assert!(id.len() <= 64);
+        assert!(id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+    }
+}
