@@ -9,6 +9,7 @@
 //! * [`backend`]: the backends and how to pick one.
 //! * [`agent_client`]: the client of the node agent, shared by every agent-based backend.
 //! * [`certs`]: per-cluster CA, per-node server certificates, the runner's client certificate.
+//! * [`scenario`]: scenario files, seeded fault plans and the engine that runs them.
 //! * [`faults`]: fault values, injecting and healing them, partition shapes over a cluster.
 
 pub mod agent_client;
@@ -18,6 +19,7 @@ pub mod cluster;
 mod error;
 pub mod ext;
 pub mod faults;
+pub mod scenario;
 
 pub use chaos_proto as proto;
 pub use chaos_proto::{ExitStatus, ProcSpec, Signal};

@@ -6,8 +6,10 @@
 mod certs;
 mod down;
 mod exec;
+mod plan;
 mod state;
 mod up;
+mod validate;
 
 use clap::{ArgAction, Parser, Subcommand};
 
@@ -43,6 +45,10 @@ pub enum Command {
     Down(down::DownArgs),
     /// Run a command on a node: stdio streamed, exit code passed through.
     Exec(exec::ExecArgs),
+    /// Check scenario files: every problem with file:line:column, field and the valid choices.
+    Validate(validate::ValidateArgs),
+    /// Print the fault schedule a scenario and seed give, without running anything.
+    Plan(plan::PlanArgs),
 }
 
 /// Runs one subcommand and returns the exit code to leave with.
@@ -54,6 +60,8 @@ pub async fn run(command: Command) -> anyhow::Result<u8> {
         Command::Up(args) => done(up::run(args).await),
         Command::Down(args) => done(down::run(args).await),
         Command::Exec(args) => exec::run(args).await,
+        Command::Validate(args) => validate::run(args),
+        Command::Plan(args) => plan::run(args),
     }
 }
 

@@ -1,0 +1,212 @@
+//! Templates in scenario files: Jinja syntax (MiniJinja), strict about undefined names, so a typo
+//! such as `{{ node.nmae }}` is an error at `chaos validate` time rather than an empty string at
+//! run time.
+//!
+//! Every template sees:
+//!
+//! | name | what |
+//! |---|---|
+//! | `scenario` | the scenario's name |
+//! | `seed` | the run's seed |
+//! | `run_id` | the run's id (`<timestamp>-seed<N>`) |
+//! | `values` | the scenario's `[values]` |
+//! | `nodes` | every node: `name`, `ip`, `index` (1-based), `root` |
+//! | `node` | the node the template is rendered for |
+//! | `bin` | paths of shipped files on this node, by file name (`bin.etcd`) |
+//!
+//! Workload commands also see `client`, `seq`, `key` and `value`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use minijinja::{Environment, UndefinedBehavior};
+use serde::Serialize;
+
+use super::model::Scenario;
+
+/// One node as templates see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NodeVars {
+    /// `n1`, `n2`, …
+    pub name: String,
+    /// The address other nodes reach it at.
+    pub ip: String,
+    /// 1-based position.
+    pub index: usize,
+    /// The node's own directory.
+    pub root: String,
+}
+
+/// Everything a template can refer to.
+#[derive(Debug, Clone, Serialize)]
+pub struct Vars {
+    /// The scenario's name.
+    pub scenario: String,
+    /// The run's seed.
+    pub seed: u64,
+    /// The run's id.
+    pub run_id: String,
+    /// The scenario's `[values]`.
+    pub values: BTreeMap<String, toml::Value>,
+    /// Every node.
+    pub nodes: Vec<NodeVars>,
+    /// The node being rendered for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeVars>,
+    /// Shipped files on `node`, by file name.
+    pub bin: BTreeMap<String, String>,
+    /// Per-operation names (`client`, `seq`, `key`, `value`).
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+impl Vars {
+    /// The same variables for `node` (index into `nodes`), with `bin` resolved on it.
+    pub fn for_node(&self, index: usize, scenario: &Scenario, templates: &Templates) -> Result<Vars, String> {
+        let mut vars = self.clone();
+        vars.node = self.nodes.get(index).cloned();
+        vars.bin = BTreeMap::new();
+        for ship in &scenario.setup.ship {
+            let name = ship_file_name(&ship.from);
+            let path = ship_destination(ship, &vars, templates)?;
+            vars.bin.insert(name, path);
+        }
+        Ok(vars)
+    }
+
+    /// The same variables plus one workload operation's (`client`, `seq`, `key`, `value`).
+    pub fn with_op(&self, client: u64, seq: u64, key: &str, value: &serde_json::Value) -> Vars {
+        let mut vars = self.clone();
+        vars.extra.insert("client".into(), client.into());
+        vars.extra.insert("seq".into(), seq.into());
+        vars.extra.insert("key".into(), key.into());
+        vars.extra.insert("value".into(), value.clone());
+        vars
+    }
+
+    /// Sample per-operation names, for validation.
+    pub fn with_op_vars(&self) -> Vars {
+        self.with_op(0, 0, "k0", &serde_json::Value::from(1))
+    }
+}
+
+/// The file name a shipped file is known by in `bin`.
+pub fn ship_file_name(from: &str) -> String {
+    Path::new(from)
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| from.to_string())
+}
+
+/// Where a shipped file lands on the node `vars.node`.
+pub fn ship_destination(
+    ship: &super::model::Ship,
+    vars: &Vars,
+    templates: &Templates,
+) -> Result<String, String> {
+    match &ship.to {
+        Some(to) => templates.render(to, vars),
+        None => {
+            let root = vars.node.as_ref().map(|n| n.root.as_str()).unwrap_or("");
+            Ok(format!("{root}/bin/{}", ship_file_name(&ship.from)))
+        }
+    }
+}
+
+/// Variables of an imaginary cluster, to check templates without running anything.
+pub fn sample_vars(scenario: &Scenario) -> Vars {
+    let nodes: Vec<NodeVars> = (1..=scenario.cluster.nodes.clamp(1, 253))
+        .map(|i| NodeVars {
+            name: format!("n{i}"),
+            ip: format!("10.0.0.{}", i + 1),
+            index: i,
+            root: format!("/tmp/chaos-validate/n{i}"),
+        })
+        .collect();
+    let base = Vars {
+        scenario: scenario.name.clone(),
+        seed: 0,
+        run_id: "validate".into(),
+        values: scenario.values.clone(),
+        nodes: nodes.clone(),
+        node: nodes.first().cloned(),
+        bin: BTreeMap::new(),
+        extra: BTreeMap::new(),
+    };
+    let mut vars = base.clone();
+    for ship in &scenario.setup.ship {
+        let name = ship_file_name(&ship.from);
+        let root = &nodes[0].root;
+        vars.bin.insert(name.clone(), format!("{root}/bin/{name}"));
+    }
+    vars
+}
+
+/// The template engine, configured once.
+pub struct Templates {
+    env: Environment<'static>,
+}
+
+impl Default for Templates {
+    fn default() -> Self {
+        Templates::new()
+    }
+}
+
+impl std::fmt::Debug for Templates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Templates")
+    }
+}
+
+impl Templates {
+    /// Strict undefined names, no auto-escaping.
+    pub fn new() -> Templates {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.set_debug(false);
+        Templates { env }
+    }
+
+    /// Renders `source` with `vars`. Text without `{{` or `{%` is returned as is.
+    pub fn render(&self, source: &str, vars: &Vars) -> Result<String, String> {
+        if !source.contains("{{") && !source.contains("{%") {
+            return Ok(source.to_string());
+        }
+        let value = minijinja::Value::from(minijinja::value::Serde(vars));
+        self.env.render_str(source, value).map_err(|e| {
+            let mut msg = e.to_string().replace(" (in <string>:", " (template line ");
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                msg.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            msg
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_nodes_and_values_and_rejects_typos() {
+        let s = Scenario::parse("[values]\nport = 2380\n", "x.toml").unwrap();
+        let t = Templates::new();
+        let vars = sample_vars(&s);
+        let out = t
+            .render(
+                "{% for n in nodes %}{{ n.name }}=http://{{ n.ip }}:{{ values.port }}{% if not loop.last %},{% endif %}{% endfor %}",
+                &vars,
+            )
+            .unwrap();
+        assert_eq!(
+            out,
+            "n1=http://10.0.0.2:2380,n2=http://10.0.0.3:2380,n3=http://10.0.0.4:2380"
+        );
+        let err = t.render("{{ node.nmae }}", &vars).unwrap_err();
+        assert!(err.contains("undefined"), "{err}");
+        assert_eq!(t.render("plain", &vars).unwrap(), "plain");
+    }
+}
