@@ -266,17 +266,16 @@ async fn wait_proc(
     Ok(Json(WaitReply { exit }))
 }
 
-/// An empty body means "all defaults".
+/// An empty body or `null` means "all defaults".
 fn json_or_default<T: DeserializeOwned + Default>(
     what: &str,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<T, Failure> {
     let body = body?;
     if body.iter().all(u8::is_ascii_whitespace) {
-        Ok(T::default())
-    } else {
-        json(what, Ok(body))
+        return Ok(T::default());
     }
+    Ok(json::<Option<T>>(what, Ok(body))?.unwrap_or_default())
 }
 
 async fn kill_all_procs(

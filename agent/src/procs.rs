@@ -1,7 +1,7 @@
 //! The process table: starting processes in their own process group (and cgroup), reaping
 //! them, signalling them, and killing every tree on shutdown.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::OpenOptions;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -479,12 +479,21 @@ impl ProcTable {
     }
 
     /// Node-level crash: sends `signal` to every process tree the agent started (see
-    /// [`signal_tree`]); with SIGKILL, waits (bounded) until they are reaped. Returns the ids
-    /// of the trees that had a process to signal.
+    /// [`signal_tree`]); with SIGKILL, waits (bounded) until no process of them is alive.
+    /// Returns the ids of the trees that had a live process to signal.
     pub(crate) async fn signal_all(&self, signal: Signal) -> Result<Vec<ProcId>, ApiError> {
         check_signal(signal)?;
         let entries: Vec<Arc<ProcEntry>> = self.lock().entries.values().cloned().collect();
-        let hit: Vec<Arc<ProcEntry>> = entries.into_iter().filter(|e| signal_tree(e, signal.0)).collect();
+        // Zombies (orphans nobody reaped yet) still "receive" signals: only count live trees.
+        let live = live_groups();
+        let hit: Vec<Arc<ProcEntry>> = entries
+            .into_iter()
+            .filter(|e| {
+                let alive = live.contains(&(e.pid as i32))
+                    || e.cgroup.as_deref().is_some_and(|d| !cgroup_pids(d).is_empty());
+                alive && signal_tree(e, signal.0)
+            })
+            .collect();
         if signal == Signal::KILL {
             let deadline = tokio::time::Instant::now() + KILL_GRACE;
             for entry in &hit {
@@ -495,6 +504,26 @@ impl ProcTable {
                 {
                     tracing::warn!(id = entry.id, pid = entry.pid, "process not reaped after SIGKILL");
                 }
+            }
+            // The rest of each tree dies asynchronously too: wait until no member is alive.
+            loop {
+                let live = live_groups();
+                let left: Vec<ProcId> = hit
+                    .iter()
+                    .filter(|e| {
+                        live.contains(&(e.pid as i32))
+                            || e.cgroup.as_deref().is_some_and(|d| !cgroup_pids(d).is_empty())
+                    })
+                    .map(|e| e.id)
+                    .collect();
+                if left.is_empty() {
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    tracing::warn!(ids = ?left, "process trees still alive {KILL_GRACE:?} after SIGKILL");
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
         let ids: Vec<ProcId> = hit.iter().map(|e| e.id).collect();
@@ -627,6 +656,38 @@ fn cgroup_pids(dir: &Path) -> Vec<i32> {
         .lines()
         .filter_map(|l| l.trim().parse().ok())
         .collect()
+}
+
+/// Process groups with at least one live (not zombie) member, from `/proc/*/stat`.
+fn live_groups() -> BTreeSet<i32> {
+    let mut out = BTreeSet::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        if !entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // Fields after the (parenthesized, possibly spaced) name: state, ppid, pgrp, …
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next();
+        if let Some(pgrp) = fields.nth(1).and_then(|p| p.parse().ok())
+            && state != Some("Z")
+        {
+            out.insert(pgrp);
+        }
+    }
+    out
 }
 
 /// The process group of `pid`, from `/proc/<pid>/stat`.

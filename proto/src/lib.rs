@@ -358,8 +358,8 @@ pub struct SignalRequest {
 /// `POST /v1/procs/kill-all` body: a node-level crash. The agent sends `signal` to every
 /// process tree it started (each process group, and each process of its cgroup when the agent
 /// has one; with SIGKILL, `cgroup.kill` where available) and replies with the ids of the
-/// processes that had something left to signal. With SIGKILL it waits (bounded) until they are
-/// reaped.
+/// processes that had a live process left to signal. With SIGKILL it replies once no process of
+/// those trees is alive (bounded wait: 2 s).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KillAllRequest {
     /// Signal to send; SIGKILL when absent.
