@@ -415,6 +415,23 @@ fn netns_up_exec_down() {
     let out = exec(&dir, "n1", &["no-such-command-here"]);
     assert_eq!(code(&out), Some(127), "{}", text(&out.stderr));
 
+    // Faults: a partition from n1 to n2 cuts exactly that path, is listed, and heals.
+    faults_inject_list_heal(&dir, &up.nodes);
+
+    // The probe reports every fault kind, readable and as JSON.
+    let out = run(&["probe", "--state", dir.to_str().unwrap(), "n1"]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    let report = text(&out.stdout);
+    for kind in ["partition", "loss", "packet", "bandwidth", "link", "freeze"] {
+        assert!(
+            report.contains(&format!("  {kind} ")),
+            "{kind} missing from {report}"
+        );
+    }
+    let out = run(&["probe", "--state", dir.to_str().unwrap(), "n3", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("probe --json prints JSON");
+    assert_eq!(json["kinds"].as_array().map(Vec::len), Some(6), "{json}");
+
     // A second `chaos up` on the same directory is refused and leaves the first alone.
     args = vec![
         "up",
@@ -451,6 +468,144 @@ fn netns_up_exec_down() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// Whether `from` reaches `to_ip` with one ping, bounded by a second.
+fn pings(dir: &Path, from: &str, to_ip: &str) -> bool {
+    let out = exec(dir, from, &["busybox", "ping", "-c1", "-W1", to_ip]);
+    code(&out) == Some(0)
+}
+
+fn faults_inject_list_heal(dir: &Path, nodes: &[(String, String)]) {
+    let state = dir.to_str().unwrap();
+    let (ip2, ip3) = (&nodes[1].1, &nodes[2].1);
+    assert!(
+        pings(dir, "n1", ip2) && pings(dir, "n1", ip3),
+        "no connectivity before the fault"
+    );
+
+    let out = run(&[
+        "fault",
+        "inject",
+        "--state",
+        state,
+        "n1",
+        "partition",
+        "--peers",
+        "n2",
+        "--ttl",
+        "30s",
+    ]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    let id = text(&out.stdout).trim().to_string();
+    assert!(
+        id.starts_with("partition-") && !id.contains(char::is_whitespace),
+        "{id:?}"
+    );
+    assert!(text(&out.stderr).contains("nftables"), "{}", text(&out.stderr));
+    assert!(
+        !pings(dir, "n1", ip2),
+        "n1 still reaches n2 through the partition"
+    );
+    assert!(pings(dir, "n1", ip3), "the partition from n2 also cut n3");
+
+    // A second fault on another node, with a chosen id; both are listed.
+    let out = run(&[
+        "fault",
+        "inject",
+        "--state",
+        state,
+        "n3",
+        "loss",
+        "--percent",
+        "30",
+        "--ttl",
+        "30s",
+        "--id",
+        "my-loss",
+    ]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "my-loss");
+    let out = run(&["fault", "list", "--state", state]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    let row = |id: &str| table.lines().find(|l| l.contains(id)).map(str::to_string);
+    let partition_row = row(&id).unwrap_or_else(|| panic!("{id} not listed: {table}"));
+    assert!(
+        partition_row.starts_with("n1 ") && partition_row.contains(ip2),
+        "{partition_row}"
+    );
+    assert!(
+        row("my-loss").is_some_and(|r| r.starts_with("n3 ") && r.contains("30% loss")),
+        "{table}"
+    );
+    let out = run(&["fault", "list", "--state", state, "n3", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("fault list --json prints JSON");
+    assert_eq!(json["n3"][0]["id"], "my-loss", "{json}");
+    assert!(json.get("n1").is_none(), "{json}");
+
+    // Bad input names what is wrong, with exit 2.
+    let out = run(&[
+        "fault",
+        "inject",
+        "--state",
+        state,
+        "n1",
+        "partition",
+        "--peers",
+        "n7",
+        "--ttl",
+        "5s",
+    ]);
+    assert_eq!(code(&out), Some(2));
+    assert!(text(&out.stderr).contains("\"n7\""), "{}", text(&out.stderr));
+    let out = run(&[
+        "fault",
+        "inject",
+        "--state",
+        state,
+        "n1",
+        "partition",
+        "--peers",
+        "n2",
+    ]);
+    assert_eq!(code(&out), Some(2));
+    assert!(text(&out.stderr).contains("--ttl"), "{}", text(&out.stderr));
+    let out = run(&[
+        "fault",
+        "inject",
+        "--state",
+        state,
+        "n1",
+        "partition",
+        "--rate",
+        "8mbit",
+        "--ttl",
+        "5s",
+    ]);
+    assert_eq!(code(&out), Some(2));
+
+    // Heal one by id (found on its node), then everything.
+    let out = run(&["fault", "heal", "--state", state, &id]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), format!("n1 {id}"));
+    assert!(pings(dir, "n1", ip2), "n1 does not reach n2 after healing");
+    let out = run(&["fault", "heal", "--state", state, "--all"]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "n3 my-loss");
+    let out = run(&["fault", "list", "--state", state, "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        json.as_object()
+            .unwrap()
+            .values()
+            .all(|v| v.as_array().unwrap().is_empty()),
+        "{json}"
+    );
+    // Healing again is not an error.
+    let out = run(&["fault", "heal", "--state", state, "n1", &id]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("not active"), "{}", text(&out.stderr));
 }
 
 #[test]
@@ -497,6 +652,28 @@ fn local_up_exec_down() {
     assert!(text(&out.stderr).contains("n1, n2"), "{}", text(&out.stderr));
     let out = exec(&dir, "n1", &["no-such-command-here"]);
     assert_eq!(code(&out), Some(127), "{}", text(&out.stderr));
+    // Faults and probes need an agent.
+    for args in [
+        vec![
+            "fault",
+            "inject",
+            "--state",
+            dir.to_str().unwrap(),
+            "n1",
+            "partition",
+            "--ttl",
+            "5s",
+        ],
+        vec!["probe", "--state", dir.to_str().unwrap(), "n1"],
+    ] {
+        let out = run(&args);
+        assert_eq!(code(&out), Some(2), "{args:?}");
+        assert!(
+            text(&out.stderr).contains("agent backend"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
 
     let out = run(&["down", "--state", dir.to_str().unwrap()]);
     assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));

@@ -6,7 +6,9 @@
 mod certs;
 mod down;
 mod exec;
+mod fault;
 mod plan;
+mod probe;
 mod state;
 mod up;
 mod validate;
@@ -45,6 +47,11 @@ pub enum Command {
     Down(down::DownArgs),
     /// Run a command on a node: stdio streamed, exit code passed through.
     Exec(exec::ExecArgs),
+    /// Inject, list and heal faults on a cluster's nodes (partition, loss, delay, bandwidth, pause…).
+    #[command(subcommand)]
+    Fault(fault::FaultCommand),
+    /// Show which fault kinds a node supports and with which mechanisms.
+    Probe(probe::ProbeArgs),
     /// Check scenario files: every problem with file:line:column, field and the valid choices.
     Validate(validate::ValidateArgs),
     /// Print the fault schedule a scenario and seed give, without running anything.
@@ -60,6 +67,8 @@ pub async fn run(command: Command) -> anyhow::Result<u8> {
         Command::Up(args) => done(up::run(args).await),
         Command::Down(args) => done(down::run(args).await),
         Command::Exec(args) => exec::run(args).await,
+        Command::Fault(cmd) => done(fault::run(cmd).await),
+        Command::Probe(args) => done(probe::run(args).await),
         Command::Validate(args) => validate::run(args),
         Command::Plan(args) => plan::run(args),
     }
@@ -81,7 +90,8 @@ fn version() -> anyhow::Result<()> {
 pub struct BadInput(pub String);
 
 /// Exit code for a failed command: 2 for bad input (including certificate files that are
-/// missing or malformed), 1 for anything else.
+/// missing or malformed, and requests the runner or a node refused as invalid), 1 for anything
+/// else.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     let bad_input = err.chain().any(|e| {
         e.is::<BadInput>()
@@ -89,6 +99,10 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
                 e.downcast_ref::<chaos::certs::CertError>(),
                 Some(chaos::certs::CertError::Io { .. } | chaos::certs::CertError::BadPem { .. })
             )
+            || e.downcast_ref::<chaos::Error>().is_some_and(|e| {
+                matches!(e, chaos::Error::Invalid { .. })
+                    || e.kind() == Some(chaos::proto::ErrorKind::InvalidRequest)
+            })
     });
     if bad_input { 2 } else { 1 }
 }
