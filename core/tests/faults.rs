@@ -811,3 +811,74 @@ async fn peers_by_network_and_unknown_names() {
     assert!(tcp_reaches(nodes[1].as_ref(), nodes[0].as_ref()).await);
     finish(cluster, test).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_and_kill_by_name() {
+    common::on_every_backend("faults_restart_kill", |cluster| async move {
+        let nodes = cluster.create_nodes(1).await.unwrap();
+        let node = &nodes[0];
+        let backend = cluster.backend();
+
+        // Restart: the old process is asked to stop, the same spec starts again.
+        let mut spec = ProcSpec::new("sleep", ["300"]);
+        spec.stdout = OutputSpec::Null;
+        let first = node.start(spec).await.unwrap();
+        let restart = Fault::Restart {
+            process: first.id,
+            signal: Signal::TERM,
+            grace: Duration::from_secs(2),
+        };
+        let handle = faults::inject(&nodes, node, &restart, TTL)
+            .await
+            .expect("restart");
+        let Effect::Restarted { started } = handle.record().effect.clone() else {
+            panic!("{:?}", handle.record());
+        };
+        assert_ne!(started.id, first.id);
+        assert_ne!(started.pid, first.pid);
+        let status = tokio::time::timeout(QUICK, first.wait())
+            .await
+            .expect("old exits")
+            .unwrap();
+        assert_eq!(status.signal, Some(15), "{backend}: {status}");
+        assert!(common::alive_here(started.pid), "{backend}: the new process runs");
+
+        // Kill by name: agent nodes match any process of the node by its command name, so the
+        // test runs a copy of sleep under a name nothing else has.
+        let name = format!("chz{}", std::process::id() % 1_000_000);
+        let copy = format!("{}/{name}", node.root_dir());
+        let sleep = std::fs::read("/bin/sleep").expect("reading /bin/sleep");
+        node.send_bytes(&copy, sleep, 0o755).await.unwrap();
+        let mut spec = ProcSpec::new(copy.as_str(), ["300"]);
+        spec.stdout = OutputSpec::Null;
+        let named = node.start(spec).await.unwrap();
+        let kill = Fault::Kill {
+            signal: Signal::KILL,
+            process: ProcessTarget::Name(name.clone()),
+        };
+        match faults::inject(&nodes, node, &kill, TTL).await {
+            Ok(handle) => {
+                assert_eq!(
+                    handle.record().effect,
+                    Effect::Signalled {
+                        pids: vec![named.pid]
+                    },
+                    "{backend}"
+                );
+                let status = tokio::time::timeout(QUICK, named.wait())
+                    .await
+                    .expect("exit")
+                    .unwrap();
+                assert_eq!(status.signal, Some(9), "{backend}: {status}");
+            }
+            Err(e) => {
+                // Local nodes share the host's process table and refuse, saying so.
+                assert_eq!(backend, "local", "{e}");
+                assert_eq!(e.kind(), Some(ErrorKind::Unsupported), "{e}");
+                assert!(e.to_string().contains("process table"), "{e}");
+            }
+        }
+        node.stop().await.unwrap();
+    })
+    .await;
+}
