@@ -415,6 +415,13 @@ fn netns_up_exec_down() {
     let out = exec(&dir, "n1", &["no-such-command-here"]);
     assert_eq!(code(&out), Some(127), "{}", text(&out.stderr));
 
+    // Signals to `chaos exec` reach the command; a closed stdout sends it SIGPIPE.
+    signals_and_pipes(&dir);
+
+    // A detached process, paused and killed through its node process id.
+    let root = up.cluster()["nodes"][0]["root_dir"].as_str().unwrap().to_string();
+    pause_and_kill_a_detached_process(&dir, &root);
+
     // Faults: a partition from n1 to n2 cuts exactly that path, is listed, and heals.
     faults_inject_list_heal(&dir, &up.nodes);
 
@@ -468,6 +475,81 @@ fn netns_up_exec_down() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// Spawns `chaos exec --state DIR NODE -- CMD...` with stdout piped and waits for its first
+/// line, so the command surely runs.
+fn exec_until_first_line(dir: &Path, node: &str, cmd: &[&str]) -> (Child, BufReader<ChildStdout>) {
+    let mut child = chaos()
+        .args(["exec", "--state", dir.to_str().unwrap(), node, "--"])
+        .args(cmd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running chaos exec");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("reading chaos exec output");
+    assert!(!line.is_empty(), "chaos exec {cmd:?} printed nothing");
+    (child, stdout)
+}
+
+fn signals_and_pipes(dir: &Path) {
+    let (child, _stdout) = exec_until_first_line(dir, "n1", &["sh", "-c", "echo ready; exec sleep 600"]);
+    signal(child.id() as i32, libc::SIGTERM);
+    let out = finish(child, &["exec", "sleep 600"]);
+    assert_eq!(code(&out), Some(128 + libc::SIGTERM), "{}", text(&out.stderr));
+
+    let (child, stdout) = exec_until_first_line(dir, "n2", &["yes"]);
+    drop(stdout);
+    let out = finish(child, &["exec", "yes"]);
+    assert_eq!(code(&out), Some(128 + libc::SIGPIPE), "{}", text(&out.stderr));
+}
+
+fn line_count(path: &Path) -> usize {
+    std::fs::read_to_string(path).map_or(0, |t| t.lines().count())
+}
+
+fn pause_and_kill_a_detached_process(dir: &Path, root: &str) {
+    let state = dir.to_str().unwrap();
+    let ticks = Path::new(root).join("ticks");
+    let script = format!("while :; do echo x >> {}; sleep 0.02; done", ticks.display());
+    let out = run(&[
+        "exec", "--state", state, "--detach", "n1", "--", "sh", "-c", &script,
+    ]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    let printed = text(&out.stdout);
+    let (proc_id, pid) = printed.trim().split_once(' ').expect("`ID PID`");
+    let pid: u32 = pid.parse().unwrap();
+    let grows = || {
+        let before = line_count(&ticks);
+        std::thread::sleep(Duration::from_millis(300));
+        line_count(&ticks) > before
+    };
+    assert!(grows(), "the detached process does not write");
+
+    let out = run(&[
+        "fault", "inject", "--state", state, "n1", "pause", "--proc", proc_id, "--ttl", "30s",
+    ]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    let fault = text(&out.stdout).trim().to_string();
+    assert!(text(&out.stderr).contains("freeze"), "{}", text(&out.stderr));
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!grows(), "the paused process still writes");
+    let out = run(&["fault", "heal", "--state", state, "n1", &fault]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    assert!(grows(), "the process does not resume after heal");
+
+    let out = run(&[
+        "fault", "inject", "--state", state, "n1", "kill", "--proc", proc_id,
+    ]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    let deadline = Instant::now() + BOUND;
+    while alive(pid) {
+        assert!(Instant::now() < deadline, "pid {pid} survived the kill");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Whether `from` reaches `to_ip` with one ping, bounded by a second.

@@ -3,14 +3,18 @@
 //! exit code becomes this process's (128 + N when signal N killed it). SIGINT, SIGTERM, SIGHUP
 //! and SIGQUIT received here are forwarded to the command's process group.
 //!
+//! With `--detach` the command runs in the background and its node process id is printed, for
+//! process faults (`chaos fault inject … pause --proc ID`).
+//!
 //! On the `local` backend there is no agent: the command replaces this process, in the node's
 //! root directory, so stdio, signals and the exit code are the command's own.
 
 use std::io::Read;
 use std::path::PathBuf;
 
+use chaos::agent_client::AgentClient;
 use chaos::cluster::{ByteReader, ByteWriter, ProcessControl};
-use chaos::proto::{ErrorKind, ExitStatus, ProcSpec, StdinSpec};
+use chaos::proto::{ErrorKind, ExitStatus, OutputSpec, ProcSpec, StdinSpec};
 use chaos::{Process, Signal};
 use clap::Args;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -38,6 +42,14 @@ pub struct ExecArgs {
     /// Working directory on the node [default: the node's root directory].
     #[arg(long, value_name = "PATH")]
     pub cwd: Option<String>,
+    /// Start the command in the background and print its node process id and pid (for
+    /// `chaos fault inject … pause|kill|restart --proc ID`); stdin is /dev/null, output goes to
+    /// --log or is discarded. The node kills it when the cluster stops.
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// With --detach: append the command's stdout and stderr to this file on the node.
+    #[arg(long, value_name = "PATH", requires = "detach")]
+    pub log: Option<String>,
     /// The node to run on (n1, n2, …).
     pub node: String,
     /// The command and its arguments, after `--`.
@@ -67,12 +79,21 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<u8> {
         .split_first()
         .ok_or_else(|| BadInput("no command given: chaos exec --state DIR NODE -- CMD ARGS...".into()))?;
     if node.agent.is_none() {
+        if args.detach {
+            return Err(BadInput(
+                "--detach needs an agent backend (netns); on local, start it with `… &` instead".into(),
+            )
+            .into());
+        }
         return exec_here(node, command, rest, &args);
     }
     let client = dir.client(node)?;
     let mut spec = ProcSpec::new(command.clone(), rest.iter().cloned());
     spec.env = args.env.iter().cloned().collect();
     spec.cwd = args.cwd.clone();
+    if args.detach {
+        return start_detached(&client, spec, args.log.clone()).await;
+    }
     spec.stdin = if args.no_stdin {
         StdinSpec::Null
     } else {
@@ -88,6 +109,28 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<u8> {
     };
     let status = stream(process).await?;
     Ok(exit_code(&status))
+}
+
+/// Starts `spec` in the background (stdin null, output to `log` or discarded) and prints its
+/// node process id and pid.
+async fn start_detached(client: &AgentClient, mut spec: ProcSpec, log: Option<String>) -> anyhow::Result<u8> {
+    let output = match log {
+        Some(path) => OutputSpec::File { path, append: true },
+        None => OutputSpec::Null,
+    };
+    spec.stdout = output.clone();
+    spec.stderr = output;
+    match client.start_detached(&spec).await {
+        Ok(started) => {
+            println!("{} {}", started.id, started.pid);
+            Ok(0)
+        }
+        Err(e) if e.kind() == Some(ErrorKind::CommandNotFound) => {
+            eprintln!("chaos exec: {e}");
+            Ok(COMMAND_NOT_FOUND)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The shell convention: the exit code, or 128 + the signal that killed the process.
