@@ -9,6 +9,7 @@ mod exec;
 mod fault;
 mod plan;
 mod probe;
+mod run;
 mod state;
 mod up;
 mod validate;
@@ -56,6 +57,8 @@ pub enum Command {
     Validate(validate::ValidateArgs),
     /// Print the fault schedule a scenario and seed give, without running anything.
     Plan(plan::PlanArgs),
+    /// Run a scenario: cluster, system, workload, seeded faults, recovery checks, verdict.
+    Run(run::RunArgs),
 }
 
 /// Runs one subcommand and returns the exit code to leave with.
@@ -71,6 +74,7 @@ pub async fn run(command: Command) -> anyhow::Result<u8> {
         Command::Probe(args) => done(probe::run(args).await),
         Command::Validate(args) => validate::run(args),
         Command::Plan(args) => plan::run(args),
+        Command::Run(args) => run::run(args).await,
     }
 }
 

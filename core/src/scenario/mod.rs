@@ -5,13 +5,34 @@
 //! * [`model`]: the file's types, parsing and validation (errors name file, line and field).
 //! * [`plan`]: the seeded plan — every random choice of a run drawn from one seed.
 //! * [`template`]: the Jinja templates used in commands, files and checks.
+//! * [`engine`]: runs a plan against real processes and gives a verdict ([`Runner`]).
+//! * [`checks`]: readiness checks, invariants and the leader probe.
+//! * [`workload`]: clients that load the system and record every operation.
+//! * [`rundir`]: the run directory, its event log and `summary.json`.
+//! * [`http`]: a small HTTP/1.1 client over a node's TCP proxy.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use chaos::scenario::{Runner, Scenario};
+//! let scenario = Scenario::from_file("scenarios/raft.toml")?;
+//! let outcome = Runner::new(scenario).seed(42).rounds(1).run().await?;
+//! assert!(outcome.passed(), "replay with: {}", outcome.replay);
+//! # Ok(()) }
+//! ```
 
+pub mod checks;
+pub mod engine;
+pub mod http;
 pub mod model;
 pub mod plan;
+pub mod rundir;
 pub mod template;
+pub mod workload;
 
+pub use engine::{RunError, RunOptions, RunOutcome, Runner};
 pub use model::{Scenario, ScenarioError, ScenarioErrors};
 pub use plan::{Plan, PlannedTarget, Step};
+pub use rundir::{RunStatus, StepStatus, Summary};
 
 /// A fresh seed from the operating system, for runs and plans given none.
 pub fn draw_seed() -> u64 {

@@ -1,0 +1,126 @@
+//! `chaos run FILE [--seed N] [--backend B] [--rounds N] [--out DIR]`: run a scenario against real
+//! processes and judge it.
+
+use std::path::PathBuf;
+
+use chaos::scenario::model::Backend;
+use chaos::scenario::{RunError, RunOptions, RunStatus, Runner, Scenario};
+use tokio_util::sync::CancellationToken;
+
+use super::BadInput;
+
+/// Arguments of `chaos run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The scenario file (TOML).
+    pub file: PathBuf,
+    /// The seed every random choice is drawn from; one is drawn (and printed first) when absent.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Override the scenario's backend (local, netns).
+    #[arg(long)]
+    pub backend: Option<String>,
+    /// Override the scenario's number of rounds (e.g. 1 for a short run).
+    #[arg(long)]
+    pub rounds: Option<u32>,
+    /// Where run directories go: OUT/<scenario>/<timestamp>-seed<N>/.
+    #[arg(long, default_value = "runs")]
+    pub out: PathBuf,
+}
+
+/// Runs the scenario. Exit code 0 when every invariant held, 1 when one was violated (the replay
+/// command is printed), 2 for an invalid scenario or environment, 130 when interrupted.
+pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
+    let scenario = match Scenario::from_file(&args.file) {
+        Ok(s) => s,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return Ok(2);
+        }
+    };
+    let backend = args
+        .backend
+        .as_deref()
+        .map(str::parse::<Backend>)
+        .transpose()
+        .map_err(|e| BadInput(format!("--backend: {e}")))?;
+    let seed = args.seed.unwrap_or_else(chaos::scenario::draw_seed);
+    println!("seed {seed}");
+    let cancel = CancellationToken::new();
+    let interrupts = tokio::spawn(watch_interrupts(cancel.clone()));
+    let options = RunOptions {
+        seed: Some(seed),
+        backend,
+        rounds: args.rounds,
+        out_dir: args.out.clone(),
+        scenario_file: Some(args.file.clone()),
+        progress: true,
+        cancel: cancel.clone(),
+    };
+    let outcome = Runner::new(scenario).options(options).run().await;
+    interrupts.abort();
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(RunError::Invalid(message)) => {
+            eprintln!("error: {message}");
+            return Ok(2);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let s = &outcome.summary;
+    let t = &s.totals;
+    let verdict = match outcome.status {
+        RunStatus::Passed => "PASSED".to_string(),
+        RunStatus::Failed => format!("FAILED: {}", s.reason.clone().unwrap_or_default()),
+        RunStatus::Interrupted => {
+            "INTERRUPTED: faults healed, system stopped, cluster cleaned up".to_string()
+        }
+        RunStatus::Error => format!("ERROR: {}", s.reason.clone().unwrap_or_default()),
+    };
+    println!("{verdict}");
+    println!(
+        "{} steps ({} passed, {} failed, {} skipped, {} errors, {} not run); {} operations ({} ok, {} fail, {} unknown); {:.1}s",
+        t.steps,
+        t.passed,
+        t.failed,
+        t.skipped,
+        t.errors,
+        t.not_run,
+        t.ops,
+        t.ok,
+        t.fail,
+        t.unknown,
+        s.elapsed_ms as f64 / 1000.0
+    );
+    println!("run directory: {}", outcome.run_dir.display());
+    if let Some(report) = &outcome.report {
+        println!("report: {}", report.display());
+    }
+    if outcome.status != RunStatus::Passed {
+        println!("replay: {}", outcome.replay);
+    }
+    Ok(outcome.exit_code())
+}
+
+/// First Ctrl-C (or SIGTERM): cancel the run, which heals every fault, stops the system and
+/// cleans up. A second one exits at once (the nodes' agents still clean up after themselves when
+/// their heartbeats stop, and every fault expires by its TTL).
+async fn watch_interrupts(cancel: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+    else {
+        return;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+    eprintln!("interrupted: healing faults, stopping the system, cleaning up (again to quit at once)");
+    cancel.cancel();
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+    eprintln!("interrupted twice: exiting without cleaning up");
+    std::process::exit(130);
+}

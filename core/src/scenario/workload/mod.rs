@@ -1,0 +1,276 @@
+//! Workloads: clients that load the system during the faults and record every operation they
+//! invoke — client id, kind, key, value, invocation and completion time, outcome — into the
+//! run's history (`chaos_check` format), next to the fault events.
+//!
+//! * [`kv`]: the built-in key-value workload over etcd's v3 HTTP/JSON gateway.
+//! * [`command`]: a templated command per operation.
+//!
+//! Clients pace themselves to the target rate, pick keys, values and operation kinds from their
+//! own random stream derived from the plan's workload seed, and hold a read lock of the
+//! workload's gate during each operation, so [`Workload::quiesce`] can wait for operations in
+//! flight and hold new ones while a check needs a quiet system.
+
+pub mod command;
+pub mod kv;
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chaos_check::{FaultEvent, Header, HistoryWriter, Op, Outcome, Record};
+use rand::SeedableRng;
+use rand::rngs::Xoshiro256PlusPlus;
+use tokio::sync::{OwnedRwLockWriteGuard, RwLock};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::checks::System;
+use super::model::{Dur, WorkloadSpec, WorkloadType};
+
+/// Default bound on one operation.
+pub const DEFAULT_OP_TIMEOUT: Dur = Dur::secs(2);
+
+/// Operation counts so far.
+#[derive(Debug, Default)]
+pub struct Counts {
+    /// `ok` operations.
+    pub ok: AtomicU64,
+    /// `fail` operations.
+    pub fail: AtomicU64,
+    /// `unknown` operations.
+    pub unknown: AtomicU64,
+}
+
+impl Counts {
+    /// (ok, fail, unknown).
+    pub fn get(&self) -> (u64, u64, u64) {
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.fail.load(Ordering::Relaxed),
+            self.unknown.load(Ordering::Relaxed),
+        )
+    }
+}
+
+enum Msg {
+    Record(Box<Record>),
+    Flush(std::sync::mpsc::Sender<()>),
+}
+
+/// Appends operations and fault events to `history.jsonl` from a writer thread, so clients never
+/// block on the disk. Times are microseconds since the recorder was created.
+pub struct Recorder {
+    start: Instant,
+    next_id: AtomicU64,
+    tx: std::sync::Mutex<Option<std::sync::mpsc::Sender<Msg>>>,
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<std::io::Result<()>>>>,
+    /// Counts by outcome.
+    pub counts: Counts,
+}
+
+impl Recorder {
+    /// Creates `path` and writes the header.
+    pub fn create(path: &Path, header: &Header) -> std::io::Result<Arc<Recorder>> {
+        let file = std::fs::File::create(path)?;
+        let mut writer = HistoryWriter::new(std::io::BufWriter::new(file), header)?;
+        let (tx, rx) = std::sync::mpsc::channel::<Msg>();
+        let thread = std::thread::Builder::new().name("chaos-history".into()).spawn(
+            move || -> std::io::Result<()> {
+                for msg in rx {
+                    match msg {
+                        Msg::Record(r) => writer.record(&r)?,
+                        Msg::Flush(done) => {
+                            writer.flush()?;
+                            let _ = done.send(());
+                        }
+                    }
+                }
+                writer.flush()?;
+                writer.into_inner().flush()
+            },
+        )?;
+        Ok(Arc::new(Recorder {
+            start: Instant::now(),
+            next_id: AtomicU64::new(1),
+            tx: std::sync::Mutex::new(Some(tx)),
+            thread: std::sync::Mutex::new(Some(thread)),
+            counts: Counts::default(),
+        }))
+    }
+
+    /// Microseconds since the start of the run.
+    pub fn now_us(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64
+    }
+
+    /// A fresh operation id.
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn send(&self, msg: Msg) {
+        if let Ok(guard) = self.tx.lock()
+            && let Some(tx) = guard.as_ref()
+        {
+            let _ = tx.send(msg);
+        }
+    }
+
+    /// Records a completed operation.
+    pub fn op(&self, op: Op) {
+        let counter = match op.outcome {
+            Outcome::Ok => &self.counts.ok,
+            Outcome::Fail => &self.counts.fail,
+            Outcome::Unknown => &self.counts.unknown,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.send(Msg::Record(Box::new(Record::Op(op))));
+    }
+
+    /// Records a fault event.
+    pub fn fault(&self, event: FaultEvent) {
+        self.send(Msg::Record(Box::new(Record::Fault(event))));
+    }
+
+    /// Waits until everything recorded so far is on disk (bounded).
+    pub fn flush(&self) {
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        self.send(Msg::Flush(done_tx));
+        let _ = done_rx.recv_timeout(Duration::from_secs(10));
+    }
+
+    /// Stops the writer thread and returns its result. Later records are dropped.
+    pub fn close(&self) -> std::io::Result<()> {
+        if let Ok(mut guard) = self.tx.lock() {
+            guard.take();
+        }
+        let thread = self.thread.lock().ok().and_then(|mut t| t.take());
+        match thread {
+            Some(t) => t
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("the history writer panicked"))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Everything a client needs.
+pub struct ClientCtx {
+    /// The running system.
+    pub system: Arc<System>,
+    /// The workload's settings.
+    pub spec: WorkloadSpec,
+    /// Where operations go.
+    pub recorder: Arc<Recorder>,
+    /// Held (read) during each operation.
+    pub gate: Arc<RwLock<()>>,
+    /// Fires when the workload stops.
+    pub stop: CancellationToken,
+    /// Bound of one operation (scaled).
+    pub op_timeout: Duration,
+}
+
+impl ClientCtx {
+    /// The random stream of client `client`, derived from the workload seed.
+    pub fn rng(seed: u64, client: u64) -> Xoshiro256PlusPlus {
+        Xoshiro256PlusPlus::seed_from_u64(seed ^ (client + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+    }
+
+    /// The interval between one client's operations.
+    pub fn period(&self) -> Duration {
+        Duration::from_secs_f64(self.spec.concurrency as f64 / self.spec.rate)
+    }
+}
+
+/// A running workload.
+pub struct Workload {
+    ctx: Arc<ClientCtx>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Workload {
+    /// Starts `spec.concurrency` clients.
+    pub fn start(system: Arc<System>, spec: &WorkloadSpec, seed: u64, recorder: Arc<Recorder>) -> Workload {
+        let op_timeout = system
+            .scenario
+            .scaled(spec.timeout.unwrap_or(DEFAULT_OP_TIMEOUT).0);
+        let ctx = Arc::new(ClientCtx {
+            system,
+            spec: spec.clone(),
+            recorder,
+            gate: Arc::new(RwLock::new(())),
+            stop: CancellationToken::new(),
+            op_timeout,
+        });
+        let tasks = (0..spec.concurrency as u64)
+            .map(|client| {
+                let ctx = ctx.clone();
+                let rng = ClientCtx::rng(seed, client);
+                match spec.kind {
+                    WorkloadType::Kv => tokio::spawn(kv::run_client(ctx, client, rng)),
+                    WorkloadType::Command => tokio::spawn(command::run_client(ctx, client, rng)),
+                }
+            })
+            .collect();
+        Workload { ctx, tasks }
+    }
+
+    /// Waits for operations in flight and holds new ones until the guard is dropped.
+    pub async fn quiesce(&self) -> OwnedRwLockWriteGuard<()> {
+        self.ctx.gate.clone().write_owned().await
+    }
+
+    /// Stops the clients, waits for them (bounded by an operation's timeout), then runs the
+    /// final reads of the kv workload.
+    pub async fn stop(self) {
+        self.ctx.stop.cancel();
+        let bound = self.ctx.op_timeout + Duration::from_secs(5);
+        for task in self.tasks {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(bound, task).await.is_err() {
+                abort.abort();
+            }
+        }
+        if self.ctx.spec.kind == WorkloadType::Kv && self.ctx.spec.final_reads {
+            kv::final_reads(&self.ctx).await;
+        }
+    }
+}
+
+/// Sleeps until the next tick of a client's pacing, or returns false when the workload stops.
+pub(crate) async fn pace(ticker: &mut tokio::time::Interval, stop: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = ticker.tick() => !stop.is_cancelled(),
+        _ = stop.cancelled() => false,
+    }
+}
+
+/// A pacing interval with a per-client phase so clients do not fire together.
+pub(crate) fn ticker(period: Duration, client: u64, clients: u64) -> tokio::time::Interval {
+    let phase = period.mul_f64(client as f64 / clients.max(1) as f64);
+    let mut t = tokio::time::interval_at(
+        tokio::time::Instant::now() + phase,
+        period.max(Duration::from_millis(1)),
+    );
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    t
+}
+
+/// Index drawn with probability proportional to `weights` (not all 0).
+pub(crate) fn weighted(rng: &mut Xoshiro256PlusPlus, weights: &[u32]) -> usize {
+    use rand::RngExt;
+    let total: u64 = weights.iter().map(|&w| w as u64).sum();
+    if total == 0 {
+        return 0;
+    }
+    let mut r = rng.random_range(0..total);
+    for (i, &w) in weights.iter().enumerate() {
+        if r < w as u64 {
+            return i;
+        }
+        r -= w as u64;
+    }
+    weights.len() - 1
+}
