@@ -15,13 +15,17 @@ pub struct RunArgs {
     /// The scenario file (TOML).
     pub file: PathBuf,
     /// The seed every random choice is drawn from; one is drawn (and printed first) when absent.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "plan")]
     pub seed: Option<u64>,
+    /// Run this plan (a run's plan.json, e.g. a shrunk one from a property test) instead of
+    /// drawing one from a seed.
+    #[arg(long)]
+    pub plan: Option<PathBuf>,
     /// Override the scenario's backend (local, netns).
     #[arg(long)]
     pub backend: Option<String>,
     /// Override the scenario's number of rounds (e.g. 1 for a short run).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "plan")]
     pub rounds: Option<u32>,
     /// Where run directories go: OUT/<scenario>/<timestamp>-seed<N>/.
     #[arg(long, default_value = "runs")]
@@ -44,7 +48,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         .map(str::parse::<Backend>)
         .transpose()
         .map_err(|e| BadInput(format!("--backend: {e}")))?;
-    let seed = args.seed.unwrap_or_else(chaos::scenario::draw_seed);
+    let plan = match &args.plan {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| BadInput(format!("--plan {}: {e}", path.display())))?;
+            let plan: chaos::scenario::Plan = serde_json::from_str(&text)
+                .map_err(|e| BadInput(format!("--plan {}: not a plan: {e}", path.display())))?;
+            Some(plan)
+        }
+        None => None,
+    };
+    let seed = match &plan {
+        Some(p) => p.seed,
+        None => args.seed.unwrap_or_else(chaos::scenario::draw_seed),
+    };
     println!("seed {seed}");
     let cancel = CancellationToken::new();
     let interrupts = tokio::spawn(watch_interrupts(cancel.clone()));
@@ -57,7 +74,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         progress: true,
         cancel: cancel.clone(),
     };
-    let outcome = Runner::new(scenario).options(options).run().await;
+    let mut runner = Runner::new(scenario).options(options);
+    if let Some(plan) = plan {
+        runner = runner.plan(plan);
+    }
+    let outcome = runner.run().await;
     interrupts.abort();
     let outcome = match outcome {
         Ok(o) => o,

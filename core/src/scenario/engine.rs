@@ -212,6 +212,7 @@ impl Runner {
             .map_err(|e| RunError::Invalid(e.to_string()))?;
         check_environment(&scenario)?;
         let seed = options.seed.unwrap_or_else(super::draw_seed);
+        let custom_plan = plan.is_some();
         let plan = match plan {
             Some(p) => {
                 p.check_against(&scenario)
@@ -220,11 +221,16 @@ impl Runner {
             }
             None => Plan::generate(&scenario, seed),
         };
-        let replay = replay_command(&scenario, &options, seed);
         let dir = RunDir::create(&options.out_dir, &scenario.name, seed).map_err(|source| RunError::Io {
             context: format!("creating a run directory under {}", options.out_dir.display()),
             source,
         })?;
+        // A plan drawn from the seed replays from the seed; any other plan from its file.
+        let replay = if custom_plan {
+            replay_plan_command(&scenario, &options, &dir.path.join("plan.json"))
+        } else {
+            replay_command(&scenario, &options, seed)
+        };
         let io = |context: &str| {
             let context = context.to_string();
             move |source| RunError::Io { context, source }
@@ -283,6 +289,22 @@ pub fn find_on_runner(from: &str) -> Result<PathBuf, String> {
         .ok_or_else(|| {
             format!("setup.ship: `{from}` is not on this machine's PATH: install it or give its path")
         })
+}
+
+fn replay_plan_command(scenario: &Scenario, options: &RunOptions, plan: &Path) -> String {
+    let file = options
+        .scenario_file
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| format!("{}.toml", scenario.name));
+    let mut cmd = format!("chaos run {file} --plan {}", plan.display());
+    if let Some(b) = options.backend {
+        cmd.push_str(&format!(" --backend {b}"));
+    }
+    if options.out_dir != Path::new("runs") {
+        cmd.push_str(&format!(" --out {}", options.out_dir.display()));
+    }
+    cmd
 }
 
 fn replay_command(scenario: &Scenario, options: &RunOptions, seed: u64) -> String {
@@ -558,7 +580,7 @@ impl Run {
         self.interrupted()?;
         if let Some(w) = self.workload.take() {
             self.status_line("stopping the workload (final reads)");
-            w.stop().await;
+            w.stop(true).await;
         }
         if self.violation.is_none() {
             self.checks_at(When::End).await?;
@@ -1358,8 +1380,8 @@ impl Run {
     async fn teardown(&mut self) {
         self.status_line("tearing down");
         if let Some(w) = self.workload.take() {
-            // Interrupted or failed: stop without waiting for final reads to matter.
-            w.stop().await;
+            // Interrupted or stopped early: no final reads, the system may be down.
+            w.stop(false).await;
         }
         let remaining: Vec<usize> = self.active.iter().map(|a| a.index).collect();
         for k in remaining {

@@ -10,6 +10,7 @@
 //! * [`workload`]: clients that load the system and record every operation.
 //! * [`rundir`]: the run directory, its event log and `summary.json`.
 //! * [`http`]: a small HTTP/1.1 client over a node's TCP proxy.
+//! * `strategy` (feature `proptest`): proptest strategies generating fault schedules that shrink.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -26,6 +27,8 @@ pub mod http;
 pub mod model;
 pub mod plan;
 pub mod rundir;
+#[cfg(any(test, feature = "proptest"))]
+pub mod strategy;
 pub mod template;
 pub mod workload;
 

@@ -222,9 +222,9 @@ impl Workload {
         self.ctx.gate.clone().write_owned().await
     }
 
-    /// Stops the clients, waits for them (bounded by an operation's timeout), then runs the
-    /// final reads of the kv workload.
-    pub async fn stop(self) {
+    /// Stops the clients, waits for them (bounded by an operation's timeout), then, with
+    /// `final_reads`, runs the final reads of the kv workload.
+    pub async fn stop(self, final_reads: bool) {
         self.ctx.stop.cancel();
         let bound = self.ctx.op_timeout + Duration::from_secs(5);
         for task in self.tasks {
@@ -233,7 +233,7 @@ impl Workload {
                 abort.abort();
             }
         }
-        if self.ctx.spec.kind == WorkloadType::Kv && self.ctx.spec.final_reads {
+        if final_reads && self.ctx.spec.kind == WorkloadType::Kv && self.ctx.spec.final_reads {
             kv::final_reads(&self.ctx).await;
         }
     }

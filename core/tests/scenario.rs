@@ -1,0 +1,480 @@
+//! `chaos validate`, `chaos plan` and `chaos run`, run as a user would: located errors with the
+//! valid choices, byte-identical plans per seed, a real 3-member etcd cluster through one round
+//! of faults, a violated invariant with its replay line, and Ctrl-C leaving nothing behind.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use chaos::backend::{self, BackendKind};
+
+fn chaos(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_chaos"))
+        .args(args)
+        .output()
+        .expect("running chaos")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn raft_toml() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/raft.toml")
+}
+
+/// Why a real etcd cluster cannot run here, if it cannot.
+fn etcd_unavailable() -> Option<String> {
+    if let Err(why) = backend::availability(BackendKind::Netns) {
+        return Some(why);
+    }
+    for bin in ["etcd", "etcdctl"] {
+        let found = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+            .unwrap_or(false);
+        if !found {
+            return Some(format!(
+                "`{bin}` is not on PATH (apt-get install etcd-server etcd-client)"
+            ));
+        }
+    }
+    None
+}
+
+fn write(dir: &Path, name: &str, contents: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, contents).unwrap();
+    path
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The line of `out` starting with `prefix`, without it.
+fn line_after<'a>(out: &'a str, prefix: &str) -> Option<&'a str> {
+    out.lines().find_map(|l| l.strip_prefix(prefix))
+}
+
+#[test]
+fn validate_names_file_line_field_and_valid_choices() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "field.toml",
+            "[cluster]\nnodes = 3\nbakend = \"netns\"\n",
+            "field.toml:3:1: field `cluster.bakend`: unknown field `bakend`, expected `backend` or `nodes`",
+        ),
+        (
+            "kind.toml",
+            "[setup.start]\ncommand = \"sleep 9\"\n\n[[faults]]\nname = \"k\"\nkind = \"kil\"\ntarget = \"one\"\n",
+            "kind.toml:6:8: field `faults[0].kind`: unknown fault kind `kil`; valid choices: kill, pause, restart, partition, loss, delay, bandwidth",
+        ),
+        (
+            "selector.toml",
+            "[[faults]]\nname = \"p\"\nkind = \"partition\"\ntarget = \"leaders\"\n",
+            "selector.toml:4:10: field `faults[0].target`: unknown target selector `leaders`; valid selectors: one, leader, follower, followers, minority, majority, all, random:N, or an array of node names",
+        ),
+        (
+            "backend.toml",
+            "[cluster]\nbackend = \"docker\"\n",
+            "backend.toml:2:11: field `cluster.backend`: unknown backend `docker`; valid choices: local, netns",
+        ),
+        (
+            "node.toml",
+            "[[faults]]\nname = \"l\"\nkind = \"loss\"\npercent = 10\ntarget = [\"n1\", \"n4\"]\n",
+            "node.toml:5:10: field `faults[0].target`: no node `n4`; the nodes are n1, n2, n3",
+        ),
+        (
+            "template.toml",
+            "[setup.start]\ncommand = [\"sleep\", \"{{ node.nmae }}\"]\n",
+            "template.toml:2:11: field `setup.start.command`: bad template: undefined value",
+        ),
+        (
+            "checker.toml",
+            "[history]\ncheckers = [\"linearisability\"]\n",
+            "checker.toml:2:13: field `history.checkers[0]`: unknown checker `linearisability`; valid checkers: linearizability, set, counter, unique-ids, availability",
+        ),
+    ];
+    for (name, contents, expected) in cases {
+        let path = write(dir.path(), name, contents);
+        let out = chaos(&["validate", path.to_str().unwrap()]);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {err}");
+        let shown = err.replace(&format!("{}/", dir.path().display()), "");
+        assert!(
+            shown.contains(expected),
+            "{name}: expected\n  {expected}\ngot\n  {shown}"
+        );
+    }
+    // A missing file is an error of the same kind.
+    let out = chaos(&["validate", "/nonexistent/x.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("/nonexistent/x.toml: cannot read"),
+        "{}",
+        text(&out.stderr)
+    );
+    // So is a bad scenario given to `run` and `plan`.
+    let bad = dir.path().join("kind.toml");
+    let out = chaos(&[
+        "run",
+        bad.to_str().unwrap(),
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let out = chaos(&["plan", bad.to_str().unwrap(), "--seed", "1"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
+
+#[test]
+fn shipped_scenarios_are_valid() {
+    let out = chaos(&["validate", raft_toml().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("ok — scenario `raft`: 3 nodes on netns, 9 fault cases"));
+}
+
+#[test]
+fn plans_are_byte_identical_per_seed_and_differ_across_seeds() {
+    let raft = raft_toml();
+    let raft = raft.to_str().unwrap();
+    let a = chaos(&["plan", raft, "--seed", "7"]);
+    let b = chaos(&["plan", raft, "--seed", "7"]);
+    assert!(a.status.success(), "{}", text(&a.stderr));
+    assert_eq!(a.stdout, b.stdout);
+    let c = chaos(&["plan", raft, "--seed", "8"]);
+    assert_ne!(a.stdout, c.stdout);
+    let j1 = chaos(&["plan", raft, "--seed", "7", "--json"]);
+    let j2 = chaos(&["plan", raft, "--seed", "7", "--json"]);
+    assert_eq!(j1.stdout, j2.stdout);
+    let plan: serde_json::Value = serde_json::from_slice(&j1.stdout).unwrap();
+    assert_eq!(plan["seed"], 7);
+    assert_eq!(plan["steps"].as_array().unwrap().len(), 18, "2 rounds of 9 cases");
+    // Without --seed one is drawn and printed first; that seed prints the same plan again.
+    let drawn = chaos(&["plan", raft]);
+    let out = text(&drawn.stdout);
+    let seed = line_after(&out, "seed ")
+        .expect("the seed is printed first")
+        .trim()
+        .to_string();
+    assert!(out.starts_with("seed "), "{out}");
+    let again = chaos(&["plan", raft, "--seed", &seed]);
+    assert_eq!(out.split_once('\n').unwrap().1, text(&again.stdout));
+    // --rounds changes the plan's length only.
+    let one = chaos(&["plan", raft, "--seed", "7", "--rounds", "1", "--json"]);
+    let one: serde_json::Value = serde_json::from_slice(&one.stdout).unwrap();
+    assert_eq!(one["steps"].as_array().unwrap().len(), 9);
+}
+
+/// One round of scenarios/raft.toml against a real 3-member etcd cluster: every step recovers,
+/// the history is linearizable, the run directory is complete and nothing is left behind.
+#[test]
+fn raft_one_round_passes_against_real_etcd() {
+    if let Some(why) = etcd_unavailable() {
+        eprintln!("raft_one_round_passes_against_real_etcd: skipped: {why}");
+        return;
+    }
+    let out_dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let out = chaos(&[
+        "run",
+        raft_toml().to_str().unwrap(),
+        "--rounds",
+        "1",
+        "--seed",
+        "42",
+        "--out",
+        out_dir.path().to_str().unwrap(),
+    ]);
+    let stdout = text(&out.stdout);
+    eprintln!("{stdout}\n{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        started.elapsed() < Duration::from_secs(90),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(stdout.starts_with("seed 42\n"), "{stdout}");
+    assert!(stdout.contains("PASSED"), "{stdout}");
+    let run_dir = PathBuf::from(line_after(&stdout, "run directory: ").unwrap().trim());
+    assert_eq!(
+        std::fs::read_link(out_dir.path().join("raft/latest")).unwrap(),
+        PathBuf::from(run_dir.file_name().unwrap())
+    );
+    for f in [
+        "scenario.toml",
+        "seed",
+        "plan.json",
+        "events.jsonl",
+        "history.jsonl",
+        "summary.json",
+        "report.html",
+        "nodes/n1/system.log",
+        "nodes/n2/system.log",
+        "nodes/n3/system.log",
+    ] {
+        assert!(run_dir.join(f).is_file(), "{f} missing in {}", run_dir.display());
+    }
+    let summary = read_json(&run_dir.join("summary.json"));
+    assert_eq!(summary["status"], "passed");
+    assert_eq!(summary["totals"]["steps"], 9);
+    assert_eq!(
+        summary["totals"]["passed"].as_u64().unwrap() + summary["totals"]["skipped"].as_u64().unwrap(),
+        9,
+        "{summary:#}"
+    );
+    assert!(summary["totals"]["ok"].as_u64().unwrap() > 100, "{summary:#}");
+    for step in summary["steps"].as_array().unwrap() {
+        if step["status"] == "passed" {
+            assert!(step["recovery_ms"].is_u64(), "{step:#}");
+        } else {
+            assert!(step["reason"].is_string(), "{step:#}");
+        }
+    }
+    let checkers = summary["history"]["checkers"].as_array().unwrap();
+    assert!(
+        checkers
+            .iter()
+            .any(|c| c["checker"] == "linearizability" && c["valid"] == "valid"),
+        "{checkers:#?}"
+    );
+    // The etcd logs show the kills: members started more than once.
+    let starts: usize = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| {
+            std::fs::read_to_string(run_dir.join(format!("nodes/{n}/system.log")))
+                .unwrap()
+                .matches("etcd Version:")
+                .count()
+        })
+        .sum();
+    assert!(starts > 3, "expected restarts after kills, saw {starts} starts");
+    assert_nothing_left(&run_dir);
+}
+
+/// Every node root of the run is gone and no process of the run survives (the system's command
+/// lines carry the node root or the run id).
+fn assert_nothing_left(run_dir: &Path) {
+    let run_id = run_dir.file_name().unwrap().to_string_lossy().into_owned();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !processes_mentioning(&run_id).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "processes of run {run_id} left: {:?}",
+            processes_mentioning(&run_id)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let events = std::fs::read_to_string(run_dir.join("events.jsonl")).unwrap();
+    let created: serde_json::Value = events
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|e| e["event"] == "nodes_created")
+        .expect("a nodes_created event");
+    for node in created["nodes"].as_array().unwrap() {
+        let root = node["root"].as_str().unwrap();
+        loop {
+            let survivors = processes_mentioning(root);
+            if survivors.is_empty() && !Path::new(root).exists() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "left behind: root {root} exists={}, processes {survivors:?}",
+                Path::new(root).exists()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Pids of processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(cmd) = std::fs::read(entry.path().join("cmdline"))
+            && text(&cmd).contains(needle)
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// A scenario on the `local` backend whose recovery invariant can never hold.
+const MUST_FAIL: &str = r#"
+name = "must-fail"
+[cluster]
+backend = "local"
+nodes = 3
+[setup.start]
+command = ["sh", "-c", "sleep 600; : {{ run_id }}"]
+[schedule]
+rounds = 2
+pause = ["50ms", "150ms"]
+[[faults]]
+name = "kill-one"
+kind = "kill"
+target = "one"
+duration = ["200ms", "400ms"]
+[[faults]]
+name = "pause-majority"
+kind = "pause"
+target = "majority"
+duration = ["200ms", "400ms"]
+[[invariants]]
+name = "a file nobody writes"
+at = ["heal"]
+command = "test -e {{ node.root }}/never-written"
+timeout = "1s"
+interval = "200ms"
+"#;
+
+#[test]
+fn violated_invariant_exits_1_with_a_replay_line_that_reproduces_the_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "must-fail.toml", MUST_FAIL);
+    let out_dir = dir.path().join("runs");
+    let out = chaos(&[
+        "run",
+        file.to_str().unwrap(),
+        "--seed",
+        "1234",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{}", text(&out.stderr));
+    assert!(
+        stdout.contains("FAILED: invariant `a file nobody writes` violated"),
+        "{stdout}"
+    );
+    let replay = line_after(&stdout, "replay: ")
+        .expect("a replay line")
+        .trim()
+        .to_string();
+    assert_eq!(
+        replay,
+        format!(
+            "chaos run {} --seed 1234 --out {}",
+            file.display(),
+            out_dir.display()
+        )
+    );
+    let first = PathBuf::from(line_after(&stdout, "run directory: ").unwrap().trim());
+    let summary = read_json(&first.join("summary.json"));
+    assert_eq!(summary["status"], "failed");
+    assert_eq!(summary["steps"][0]["status"], "failed", "{summary:#}");
+    assert_eq!(
+        summary["steps"][1]["status"], "not_run",
+        "the schedule stops at a violation"
+    );
+
+    // Replaying runs the same plan and fails the same way.
+    let args: Vec<&str> = replay.split(' ').skip(1).collect();
+    let again = chaos(&args);
+    let again_out = text(&again.stdout);
+    assert_eq!(again.status.code(), Some(1), "{again_out}");
+    let second = PathBuf::from(line_after(&again_out, "run directory: ").unwrap().trim());
+    assert_ne!(first, second);
+    assert_eq!(
+        std::fs::read(first.join("plan.json")).unwrap(),
+        std::fs::read(second.join("plan.json")).unwrap()
+    );
+    let plan = chaos(&["plan", file.to_str().unwrap(), "--seed", "1234", "--json"]);
+    assert_eq!(plan.stdout, std::fs::read(first.join("plan.json")).unwrap());
+    assert_nothing_left(&first);
+    assert_nothing_left(&second);
+}
+
+/// Ctrl-C in the middle of a fault: the run heals, stops etcd, cleans up, writes its summary and
+/// exits 130.
+#[test]
+fn ctrl_c_heals_stops_and_cleans_up() {
+    if let Some(why) = etcd_unavailable() {
+        eprintln!("ctrl_c_heals_stops_and_cleans_up: skipped: {why}");
+        return;
+    }
+    let out_dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chaos"))
+        .args([
+            "run",
+            raft_toml().to_str().unwrap(),
+            "--seed",
+            "5",
+            "--out",
+            out_dir.path().to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // Wait for the first step's report, then for the second fault to be in place.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut seen = Vec::new();
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("no step reported in time; saw {seen:#?}"));
+        let first_step = line.starts_with("step   1/");
+        seen.push(line);
+        if first_step {
+            break;
+        }
+    }
+    let run_dir = out_dir.path().join("raft/latest");
+    let injected = |n: u64| {
+        std::fs::read_to_string(run_dir.join("events.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains("\"fault_injected\"") && l.contains(&format!("\"step\":{n},")))
+    };
+    while !injected(2) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let interrupted_at = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            interrupted_at.elapsed() < Duration::from_secs(60),
+            "chaos run did not exit within 60 s of Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let rest: Vec<String> = rx.try_iter().collect();
+    assert_eq!(status.code(), Some(130), "{seen:#?}\n{rest:#?}");
+    assert!(rest.iter().any(|l| l.starts_with("INTERRUPTED")), "{rest:#?}");
+    let run_dir = std::fs::canonicalize(&run_dir).unwrap();
+    let summary = read_json(&run_dir.join("summary.json"));
+    assert_eq!(summary["status"], "interrupted");
+    let events = std::fs::read_to_string(run_dir.join("events.jsonl")).unwrap();
+    assert!(
+        events
+            .lines()
+            .any(|l| l.contains("\"fault_healed\"") && l.contains("\"step\":2,")),
+        "the fault in place was healed"
+    );
+    assert!(events.lines().any(|l| l.contains("\"system_stopped\"")));
+    assert!(events.lines().any(|l| l.contains("\"run_finished\"")));
+    assert_nothing_left(&run_dir);
+}
