@@ -4,6 +4,7 @@
 //!
 //! * [`model`]: the file's types, parsing and validation (errors name file, line and field).
 //! * [`plan`]: the seeded plan — every random choice of a run drawn from one seed.
+//! * [`builder`]: the same scenarios built in Rust ([`Scenario::builder`]).
 //! * [`template`]: the Jinja templates used in commands, files and checks.
 //! * [`engine`]: runs a plan against real processes and gives a verdict ([`Runner`]).
 //! * [`checks`]: readiness checks, invariants and the leader probe.
@@ -21,6 +22,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod builder;
 pub mod checks;
 pub mod engine;
 pub mod http;
@@ -32,6 +34,7 @@ pub mod strategy;
 pub mod template;
 pub mod workload;
 
+pub use builder::ScenarioBuilder;
 pub use engine::{RunError, RunOptions, RunOutcome, Runner};
 pub use model::{Scenario, ScenarioError, ScenarioErrors};
 pub use plan::{Plan, PlannedTarget, Step};
