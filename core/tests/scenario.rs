@@ -478,3 +478,62 @@ fn ctrl_c_heals_stops_and_cleans_up() {
     assert!(events.lines().any(|l| l.contains("\"run_finished\"")));
     assert_nothing_left(&run_dir);
 }
+
+/// A selector that picks nobody — here `leader` when no member names one — skips its step with
+/// the reason; the run goes on and passes.
+#[test]
+fn a_selector_that_picks_nobody_skips_the_step_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "no-leader.toml",
+        r#"
+[cluster]
+backend = "local"
+nodes = 3
+[setup.start]
+command = ["sh", "-c", "sleep 600; : {{ run_id }}"]
+[leader]
+command = "echo leader=none"
+leader = 'leader=(n\d+)'
+timeout = "1s"
+[schedule]
+shuffle = false
+pause = "50ms"
+[[faults]]
+name = "kill-leader"
+kind = "kill"
+target = "leader"
+duration = "200ms"
+[[faults]]
+name = "kill-one"
+kind = "kill"
+target = "one"
+duration = "200ms"
+"#,
+    );
+    let out_dir = dir.path().join("runs");
+    let out = chaos(&[
+        "run",
+        file.to_str().unwrap(),
+        "--seed",
+        "3",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", text(&out.stderr));
+    let run_dir = PathBuf::from(line_after(&stdout, "run directory: ").unwrap().trim());
+    let summary = read_json(&run_dir.join("summary.json"));
+    let steps = summary["steps"].as_array().unwrap();
+    assert_eq!(steps[0]["case"], "kill-leader");
+    assert_eq!(steps[0]["status"], "skipped", "{summary:#}");
+    let reason = steps[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("no leader") && reason.contains("names no leader"),
+        "{reason}"
+    );
+    assert_eq!(steps[1]["status"], "passed", "{summary:#}");
+    assert_eq!(summary["totals"]["skipped"], 1);
+    assert_nothing_left(&run_dir);
+}

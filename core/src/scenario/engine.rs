@@ -350,6 +350,41 @@ struct Active {
     detail: String,
 }
 
+/// What the progress line shows.
+#[derive(Default)]
+struct Status {
+    what: String,
+    recorder: Option<Arc<Recorder>>,
+    last: Option<(Instant, u64)>,
+    rate: Option<f64>,
+}
+
+impl Status {
+    /// Measures the operation rate since the last sample.
+    fn sample(&mut self) {
+        let Some(r) = &self.recorder else { return };
+        let (ok, fail, unknown) = r.counts.get();
+        let total = ok + fail + unknown;
+        let now = Instant::now();
+        if let Some((then, before)) = self.last {
+            let dt = now.duration_since(then).as_secs_f64();
+            if dt > 0.0 {
+                self.rate = Some(total.saturating_sub(before) as f64 / dt);
+            }
+        }
+        self.last = Some((now, total));
+    }
+
+    fn render(&self) -> String {
+        let Some(r) = &self.recorder else {
+            return self.what.clone();
+        };
+        let (ok, fail, unknown) = r.counts.get();
+        let rate = self.rate.map(|x| format!("{x:.0} ops/s, ")).unwrap_or_default();
+        format!("{} | {rate}ok {ok}, fail {fail}, unknown {unknown}", self.what)
+    }
+}
+
 /// Why the schedule stopped early.
 enum Abort {
     Interrupted,
@@ -366,6 +401,7 @@ struct Run {
     started_at: String,
     cancel: CancellationToken,
     bar: ProgressBar,
+    status: Arc<std::sync::Mutex<Status>>,
     cluster: Option<Arc<dyn Cluster>>,
     system: Option<Arc<System>>,
     suts: Vec<Option<Sut>>,
@@ -431,6 +467,7 @@ impl Run {
             started_at: super::rundir::timestamps().1,
             cancel,
             bar,
+            status: Arc::new(std::sync::Mutex::new(Status::default())),
             cluster: None,
             system: None,
             suts: Vec::new(),
@@ -454,19 +491,32 @@ impl Run {
         }
     }
 
+    /// Says what the run is doing now (the progress line adds operation counts and rate).
     fn status_line(&self, what: &str) {
-        let ops = self
-            .recorder
-            .as_ref()
-            .map(|r| {
-                let (ok, fail, unknown) = r.counts.get();
-                format!(" | ops ok {ok} fail {fail} unknown {unknown}")
-            })
-            .unwrap_or_default();
-        self.bar.set_message(format!("{what}{ops}"));
+        if let Ok(mut st) = self.status.lock() {
+            st.what = what.to_string();
+            self.bar.set_message(st.render());
+        }
+    }
+
+    /// Refreshes the progress line every second with the workload's rate.
+    fn spawn_progress_ticker(&self) -> tokio::task::JoinHandle<()> {
+        let status = self.status.clone();
+        let bar = self.bar.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                if let Ok(mut st) = status.lock() {
+                    st.sample();
+                    bar.set_message(st.render());
+                }
+            }
+        })
     }
 
     async fn execute(&mut self) -> RunOutcome {
+        let ticker = self.options.progress.then(|| self.spawn_progress_ticker());
         self.dir.event(
             "run_started",
             json!({"scenario": self.scenario.name, "seed": self.seed, "backend": self.scenario.cluster.backend.to_string(),
@@ -487,6 +537,9 @@ impl Run {
         {
             status = RunStatus::Failed;
             reason = Some(v.clone());
+        }
+        if let Some(t) = ticker {
+            t.abort();
         }
         self.bar.finish_and_clear();
         let summary = self.summary(status, reason);
@@ -828,6 +881,9 @@ impl Run {
         let recorder = Recorder::create(&self.dir.path.join("history.jsonl"), &header)
             .map_err(|e| Abort::Setup(format!("creating history.jsonl: {e}")))?;
         self.recorder = Some(recorder.clone());
+        if let Ok(mut st) = self.status.lock() {
+            st.recorder = Some(recorder.clone());
+        }
         if let Some(spec) = &self.scenario.workload {
             self.workload = Some(Workload::start(system, spec, self.plan.workload_seed, recorder));
             self.dir.event(
@@ -1074,7 +1130,9 @@ impl Run {
         let index = step.number - 1;
         let system = self.system();
         self.status_line(&format!(
-            "step {}/{} {} ({}) on {}",
+            "round {}/{} step {}/{} {} ({}) on {}",
+            step.round,
+            self.plan.rounds,
             step.number,
             self.steps.len(),
             step.case,
