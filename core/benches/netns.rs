@@ -8,18 +8,23 @@
 //!   (namespace, links, certificate, cgroup, agent start and ready line included);
 //! * 50 nodes: one `create_nodes(50)` call on a fresh cluster;
 //! * `true` end to end through the agent (`node.run("true")`: WebSocket exec, spawn, exit
-//!   status back) against `ip netns exec NS true` on the same node, in the same run.
+//!   status back) against `ip netns exec NS true` on the same node, in the same run;
+//! * partition inject + heal through the runner API (`chaos::faults::inject` then
+//!   `FaultHandle::heal`: HTTPS call, nftables rules installed over netlink, reply; and back)
+//!   against `ip netns exec NS iptables` adding and deleting the same DROP rule.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chaos::backend::ClusterOptions;
 use chaos::backend::netns::{self, NetnsCluster};
+use chaos::faults::{self, Fault, Peer, Traffic};
 use chaos::{Cluster, NodeExt};
 
 const SINGLE_NODES: usize = 25;
 const FIFTY_ROUNDS: usize = 3;
 const TRUE_RUNS: usize = 200;
+const PARTITION_RUNS: usize = 200;
 
 struct Stats {
     samples: Vec<Duration>,
@@ -124,6 +129,39 @@ async fn run() {
     let agent = Stats::new(agent);
     let direct = Stats::new(direct);
 
+    // Partition inject + heal through the runner vs shelling out to iptables in the node.
+    let c = cluster("bench-partition").await;
+    let nodes = c.create_nodes(2).await.expect("creating two nodes");
+    let ns = c.node_netns(nodes[0].name()).expect("node namespace");
+    let peer = nodes[1].addresses()[0].to_string();
+    let fault = Fault::Partition {
+        traffic: Traffic::with([Peer::Node(nodes[1].name().to_string())]),
+    };
+    let ttl = Duration::from_secs(60);
+    let (mut ours, mut shelled) = (Vec::new(), Vec::new());
+    for _ in 0..PARTITION_RUNS {
+        let t = Instant::now();
+        let handle = faults::inject(&nodes, &nodes[0], &fault, ttl)
+            .await
+            .expect("inject");
+        assert!(handle.heal().await.expect("heal"), "the partition was active");
+        ours.push(t.elapsed());
+        let t = Instant::now();
+        for op in ["-A", "-D"] {
+            let status = Command::new("ip")
+                .args([
+                    "netns", "exec", &ns, "iptables", "-w", op, "INPUT", "-s", &peer, "-j", "DROP",
+                ])
+                .status()
+                .expect("ip netns exec iptables");
+            assert!(status.success());
+        }
+        shelled.push(t.elapsed());
+    }
+    c.cleanup().await.expect("cleanup");
+    let ours = Stats::new(ours);
+    let shelled = Stats::new(shelled);
+
     println!(
         "| {:<36} | {:>4} | {:>10} | {:>10} | {:>10} | {:>10} | {:<16} | {:<4} |",
         "netns benchmark", "n", "median", "p90", "min", "max", "target", ""
@@ -153,6 +191,13 @@ async fn run() {
         ratio <= 2.0,
     );
     row("`ip netns exec NS true`", &direct, "baseline", true);
+    row(
+        "partition inject + heal (runner API)",
+        &ours,
+        "median ≤ 5 ms",
+        ours.median() <= Duration::from_millis(5),
+    );
+    row("same rule via `iptables` in the ns", &shelled, "baseline", true);
 }
 
 fn main() {
