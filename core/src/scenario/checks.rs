@@ -463,3 +463,62 @@ impl System {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(agree: Option<&str>, on: OnNodes) -> Check {
+        Check {
+            name: "c".into(),
+            on,
+            command: None,
+            http: None,
+            log: true,
+            regex: Some("ok".into()),
+            not_regex: Some("panic".into()),
+            agree: agree.map(str::to_string),
+            timeout: None,
+            interval: None,
+        }
+    }
+
+    fn verdict(node: &str, text: &str, c: &Check) -> NodeVerdict {
+        NodeVerdict {
+            node: node.into(),
+            result: System::judge(c, text),
+        }
+    }
+
+    #[test]
+    fn regexes_judge_each_node_and_agree_compares_them() {
+        let c = check(Some(r"rev=(\d+) hash=(\d+)"), OnNodes::All);
+        let same = [
+            verdict("n1", "ok rev=5 hash=9", &c),
+            verdict("n2", "ok rev=5 hash=9", &c),
+        ];
+        assert_eq!(System::combine(&c, &same).unwrap(), "all agree on 5 9");
+        let differ = [
+            verdict("n1", "ok rev=5 hash=9", &c),
+            verdict("n2", "ok rev=6 hash=9", &c),
+        ];
+        let (why, _) = System::combine(&c, &differ).unwrap_err();
+        assert!(why.contains("n1=5 9, n2=6 9"), "{why}");
+        let bad = [
+            verdict("n1", "ok rev=5 hash=9", &c),
+            verdict("n2", "panic: boom", &c),
+        ];
+        let (why, nodes) = System::combine(&c, &bad).unwrap_err();
+        assert_eq!(nodes, ["n2"]);
+        assert!(why.contains("does not match /ok/"), "{why}");
+    }
+
+    #[test]
+    fn any_passes_when_one_node_does() {
+        let c = check(None, OnNodes::Any);
+        let results = [verdict("n1", "nope", &c), verdict("n2", "ok", &c)];
+        assert_eq!(System::combine(&c, &results).unwrap(), "passed on n2");
+        let results = [verdict("n1", "nope", &c), verdict("n2", "panic ok", &c)];
+        assert!(System::combine(&c, &results).is_err());
+    }
+}

@@ -413,6 +413,8 @@ struct Run {
     end_checks: Vec<CheckResult>,
     failed_nodes: BTreeSet<String>,
     violation: Option<String>,
+    /// A fault that could not be injected or healed: the run tested less than it says.
+    env_error: Option<String>,
     history: Option<HistorySummary>,
     report: Option<PathBuf>,
 }
@@ -479,6 +481,7 @@ impl Run {
             end_checks: Vec::new(),
             failed_nodes: BTreeSet::new(),
             violation: None,
+            env_error: None,
             history: None,
             report: None,
         }
@@ -537,6 +540,11 @@ impl Run {
         {
             status = RunStatus::Failed;
             reason = Some(v.clone());
+        } else if let Some(e) = &self.env_error
+            && status == RunStatus::Passed
+        {
+            status = RunStatus::Error;
+            reason = Some(e.clone());
         }
         if let Some(t) = ticker {
             t.abort();
@@ -991,7 +999,7 @@ impl Run {
                 break;
             }
             self.run_group(&steps, &group).await?;
-            if self.violation.is_some() {
+            if self.violation.is_some() || self.env_error.is_some() {
                 break;
             }
             let pause = Duration::from_millis(steps[end].pause_ms);
@@ -1221,7 +1229,7 @@ impl Run {
                 }
                 let detail = handles
                     .first()
-                    .map(|h| format!("{:?}", h.mechanism()))
+                    .map(|h| mechanism_name(h.mechanism()))
                     .unwrap_or_default();
                 match err {
                     Some(e) => {
@@ -1296,7 +1304,7 @@ impl Run {
                 }
                 let detail = handles
                     .first()
-                    .map(|h| format!("{:?}", h.mechanism()))
+                    .map(|h| mechanism_name(h.mechanism()))
                     .unwrap_or_default();
                 match err {
                     Some(e) => {
@@ -1322,6 +1330,10 @@ impl Run {
                     "fault_error",
                     json!({"step": step.number, "case": step.case, "nodes": names, "error": e}),
                 );
+                self.env_error.get_or_insert(format!(
+                    "step {} ({}) could not be injected: {e}",
+                    step.number, step.case
+                ));
                 self.say(format!(
                     "step {:>3}/{} {:<24} ERROR injecting: {e}",
                     step.number,
@@ -1422,12 +1434,10 @@ impl Run {
             let s = &mut self.steps[index];
             s.status = StepStatus::Error;
             s.reason = Some(format!("healing: {e}"));
-            if self.violation.is_none() {
-                self.violation = Some(format!(
-                    "step {} ({}) could not be healed: {e}",
-                    step.number, step.case
-                ));
-            }
+            self.env_error.get_or_insert(format!(
+                "step {} ({}) could not be healed: {e}",
+                step.number, step.case
+            ));
         }
     }
 
@@ -1589,6 +1599,15 @@ impl Run {
             report: report_path.as_ref().map(|p| p.display().to_string()),
         });
         self.report = report_path;
+    }
+}
+
+/// A mechanism's name as the API writes it (`cgroup_v2_freeze`, `nfqueue_userspace`).
+fn mechanism_name(m: &chaos_proto::fault::Mechanism) -> String {
+    match serde_json::to_value(m) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(serde_json::Value::Object(o)) => o.keys().next().cloned().unwrap_or_default(),
+        _ => format!("{m:?}"),
     }
 }
 
