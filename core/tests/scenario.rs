@@ -537,3 +537,113 @@ duration = "200ms"
     assert_eq!(summary["totals"]["skipped"], 1);
     assert_nothing_left(&run_dir);
 }
+
+/// The command workload (a set kept in files, checked for lost adds), overlapping cases, a
+/// graceful restart and the schedule's time limit, on the local backend.
+#[test]
+fn command_workload_overlap_restart_and_time_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("sets");
+    std::fs::create_dir(&shared).unwrap();
+    let scenario = format!(
+        r#"
+name = "sets"
+[values]
+shared = "{shared}"
+[cluster]
+backend = "local"
+nodes = 3
+[setup.start]
+command = ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 0.1; done; : {{{{ run_id }}}}"]
+stop_timeout = "2s"
+[workload]
+type = "command"
+rate = 40
+concurrency = 3
+keys = 2
+[[workload.ops]]
+kind = "add"
+weight = 3
+command = "echo {{{{ value }}}} >> {{{{ values.shared }}}}/{{{{ key }}}}"
+[[workload.ops]]
+kind = "read_set"
+command = "cat {{{{ values.shared }}}}/{{{{ key }}}} 2>/dev/null || true"
+[schedule]
+rounds = 20
+shuffle = false
+pause = "100ms"
+time_limit = "2500ms"
+[[faults]]
+name = "restart-one"
+kind = "restart"
+target = "one"
+duration = "400ms"
+overlap = true
+[[faults]]
+name = "pause-all"
+kind = "pause"
+target = "all"
+duration = "300ms"
+[history]
+checkers = ["set"]
+"#,
+        shared = shared.display()
+    );
+    let file = write(dir.path(), "sets.toml", &scenario);
+    let out_dir = dir.path().join("runs");
+    let out = chaos(&[
+        "run",
+        file.to_str().unwrap(),
+        "--seed",
+        "9",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", text(&out.stderr));
+    let run_dir = PathBuf::from(line_after(&stdout, "run directory: ").unwrap().trim());
+    let summary = read_json(&run_dir.join("summary.json"));
+    assert!(summary["totals"]["ok"].as_u64().unwrap() > 20, "{summary:#}");
+    let checkers = summary["history"]["checkers"].as_array().unwrap();
+    assert!(
+        checkers
+            .iter()
+            .any(|c| c["checker"] == "set" && c["valid"] == "valid"),
+        "{checkers:#?}"
+    );
+    // The time limit skipped the tail of the 40 planned steps.
+    let steps = summary["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 40);
+    assert!(
+        steps
+            .iter()
+            .any(|s| s["status"] == "skipped" && s["reason"].as_str().unwrap().contains("time limit")),
+        "{summary:#}"
+    );
+    // Overlap: the pause was injected while the restart was still in place.
+    let events: Vec<serde_json::Value> = std::fs::read_to_string(run_dir.join("events.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let at = |event: &str, step: u64| {
+        events
+            .iter()
+            .position(|e| e["event"] == event && e["step"] == step)
+            .unwrap_or_else(|| panic!("no {event} for step {step}"))
+    };
+    assert!(
+        at("fault_injected", 2) < at("fault_healed", 1),
+        "steps 1 and 2 overlap"
+    );
+    // The restart stopped the system gracefully and started it again.
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "system_stopped" && e["graceful"] == true),
+        "a graceful stop"
+    );
+    let starts = events.iter().filter(|e| e["event"] == "system_started").count();
+    assert!(starts > 3, "restarts start the system again ({starts} starts)");
+    assert_nothing_left(&run_dir);
+}
