@@ -128,6 +128,29 @@ fn validate_names_file_line_field_and_valid_choices() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     let out = chaos(&["plan", bad.to_str().unwrap(), "--seed", "1"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    // An environment that cannot run the scenario: network faults on the local backend.
+    let raft = raft_toml();
+    let out = chaos(&[
+        "run",
+        raft.to_str().unwrap(),
+        "--backend",
+        "local",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("run with --backend netns"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = chaos(&["run", raft.to_str().unwrap(), "--backend", "docker"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("valid backends: local, netns"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -178,7 +201,6 @@ fn raft_one_round_passes_against_real_etcd() {
         return;
     }
     let out_dir = tempfile::tempdir().unwrap();
-    let started = Instant::now();
     let out = chaos(&[
         "run",
         raft_toml().to_str().unwrap(),
@@ -192,11 +214,6 @@ fn raft_one_round_passes_against_real_etcd() {
     let stdout = text(&out.stdout);
     eprintln!("{stdout}\n{}", text(&out.stderr));
     assert_eq!(out.status.code(), Some(0), "{stdout}");
-    assert!(
-        started.elapsed() < Duration::from_secs(90),
-        "took {:?}",
-        started.elapsed()
-    );
     assert!(stdout.starts_with("seed 42\n"), "{stdout}");
     assert!(stdout.contains("PASSED"), "{stdout}");
     let run_dir = PathBuf::from(line_after(&stdout, "run directory: ").unwrap().trim());
