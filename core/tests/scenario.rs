@@ -664,3 +664,54 @@ checkers = ["set"]
     assert!(starts > 3, "restarts start the system again ({starts} starts)");
     assert_nothing_left(&run_dir);
 }
+
+/// Acknowledged writes that a later read does not see fail the run through the history
+/// checkers: here every node keeps its own set file but reads only n1's, so adds acknowledged
+/// on n2 and n3 are "lost".
+#[test]
+fn lost_acknowledged_writes_fail_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "lossy.toml",
+        r#"
+[cluster]
+backend = "local"
+nodes = 3
+[workload]
+type = "command"
+rate = 60
+concurrency = 3
+keys = 1
+[[workload.ops]]
+kind = "add"
+weight = 3
+command = "echo {{ value }} >> {{ node.root }}/set"
+[[workload.ops]]
+kind = "read_set"
+command = "cat {{ nodes[0].root }}/set 2>/dev/null || true"
+[setup.start]
+command = ["sh", "-c", "sleep 600; : {{ run_id }}"]
+[[faults]]
+name = "pause-one"
+kind = "pause"
+target = "one"
+duration = "1500ms"
+[history]
+checkers = ["set"]
+"#,
+    );
+    let out_dir = dir.path().join("runs");
+    let out = chaos(&[
+        "run",
+        file.to_str().unwrap(),
+        "--seed",
+        "4",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{}", text(&out.stderr));
+    assert!(stdout.contains("FAILED: history checkers: set:"), "{stdout}");
+    assert!(stdout.contains("replay: chaos run"), "{stdout}");
+}
