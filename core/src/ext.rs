@@ -53,14 +53,20 @@ pub async fn with_timeout<T>(
 ) -> Result<T> {
     match tokio::time::timeout(after, fut).await {
         Ok(r) => r,
-        Err(_) => Err(Error::Timeout { node: node.to_string(), what: what.to_string(), after }),
+        Err(_) => Err(Error::Timeout {
+            node: node.to_string(),
+            what: what.to_string(),
+            after,
+        }),
     }
 }
 
 async fn read_all(node: &str, what: &str, reader: Option<ByteReader>) -> Result<Vec<u8>> {
     let mut buf = Vec::new();
     if let Some(mut r) = reader {
-        r.read_to_end(&mut buf).await.map_err(|e| Error::io(format!("node {node}: reading {what}"), e))?;
+        r.read_to_end(&mut buf)
+            .await
+            .map_err(|e| Error::io(format!("node {node}: reading {what}"), e))?;
     }
     Ok(buf)
 }
@@ -70,7 +76,12 @@ async fn collect(node: &str, proc: Process, stdin: Option<Vec<u8>>) -> Result<Ou
     // Take everything out of `proc` first: its stdio halves are not `Sync`, so it must not be
     // borrowed across an await.
     let control = proc.control();
-    let Process { stdin: stdin_w, stdout, stderr, .. } = proc;
+    let Process {
+        stdin: stdin_w,
+        stdout,
+        stderr,
+        ..
+    } = proc;
     let feed = async {
         if let (Some(mut w), Some(data)) = (stdin_w, stdin) {
             // A process may exit without reading its input; a broken pipe is not an error.
@@ -85,7 +96,11 @@ async fn collect(node: &str, proc: Process, stdin: Option<Vec<u8>>) -> Result<Ou
         read_all(node, "stderr", stderr)
     )?;
     let status = control.wait().await?;
-    Ok(Output { status, stdout, stderr })
+    Ok(Output {
+        status,
+        stdout,
+        stderr,
+    })
 }
 
 /// Conveniences available on every [`Node`].
@@ -129,7 +144,12 @@ impl<T: Node + ?Sized> NodeExt for T {
         collect(self.name(), proc, stdin).await
     }
 
-    async fn run_timeout(&self, mut spec: ProcSpec, stdin: Option<Vec<u8>>, timeout: Duration) -> Result<Output> {
+    async fn run_timeout(
+        &self,
+        mut spec: ProcSpec,
+        stdin: Option<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<Output> {
         let what = format!("running {}", spec.command);
         if stdin.is_some() {
             spec.stdin = StdinSpec::Pipe;
@@ -146,7 +166,8 @@ impl<T: Node + ?Sized> NodeExt for T {
     }
 
     async fn send_bytes(&self, path: &str, bytes: Vec<u8>, mode: u32) -> Result<u64> {
-        self.send_file(path, mode, Box::pin(std::io::Cursor::new(bytes))).await
+        self.send_file(path, mode, Box::pin(std::io::Cursor::new(bytes)))
+            .await
     }
 
     async fn read_bytes(&self, path: &str) -> Result<Vec<u8>> {

@@ -8,8 +8,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cluster::Cluster;
 use crate::Result;
+use crate::cluster::Cluster;
 
 pub mod local;
 #[cfg(target_os = "linux")]
