@@ -61,12 +61,12 @@ pub enum CheckError {
         name: String,
     },
     /// A report file could not be written.
-    #[error("{}: cannot write the report: {source}", path.display())]
+    #[error("{}: cannot write the report: {cause}", path.display())]
     Write {
         /// The file or directory.
         path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
+        /// The I/O error (part of the message, so not also the `source()`).
+        cause: std::io::Error,
     },
 }
 

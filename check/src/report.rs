@@ -33,9 +33,9 @@ pub struct ReportFiles {
 /// Writes `report.html`, `latency.svg`, `throughput.svg`, `junit.xml` and `verdict.json` into `dir`
 /// (created if missing) for a checked history.
 pub fn write_report(dir: &Path, history: &History, report: &CheckReport) -> Result<ReportFiles, CheckError> {
-    std::fs::create_dir_all(dir).map_err(|source| CheckError::Write {
+    std::fs::create_dir_all(dir).map_err(|cause| CheckError::Write {
         path: dir.to_path_buf(),
-        source,
+        cause,
     })?;
     let offending = report.verdict.ops.clone();
     let timeline = Timeline::new(history, report.availability.windows().collect(), &offending);
@@ -70,9 +70,9 @@ pub fn write_report(dir: &Path, history: &History, report: &CheckReport) -> Resu
         ),
     ];
     for (path, text) in writes {
-        std::fs::write(path, text).map_err(|source| CheckError::Write {
+        std::fs::write(path, text).map_err(|cause| CheckError::Write {
             path: path.clone(),
-            source,
+            cause,
         })?;
     }
     Ok(files)

@@ -4,6 +4,7 @@
 //! a match arm in [`run`] calling a function in its own module.
 
 mod certs;
+mod check;
 mod down;
 mod exec;
 mod fault;
@@ -59,6 +60,8 @@ pub enum Command {
     Plan(plan::PlanArgs),
     /// Run a scenario: cluster, system, workload, seeded faults, recovery checks, verdict.
     Run(run::RunArgs),
+    /// Re-run the checkers (linearizability, lost writes, availability…) on a stored history.
+    Check(check::CheckArgs),
 }
 
 /// Runs one subcommand and returns the exit code to leave with.
@@ -75,6 +78,7 @@ pub async fn run(command: Command) -> anyhow::Result<u8> {
         Command::Validate(args) => validate::run(args),
         Command::Plan(args) => plan::run(args),
         Command::Run(args) => run::run(args).await,
+        Command::Check(args) => check::run(args),
     }
 }
 
