@@ -1,10 +1,8 @@
 //! `/v1/files`: streamed uploads and downloads, stat, list, remove.
 
-use std::fs::Metadata;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::UNIX_EPOCH;
 
 use axum::Json;
 use axum::body::Body;
@@ -12,7 +10,7 @@ use axum::extract::Query;
 use axum::extract::rejection::QueryRejection;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use chaos_proto::{ApiError, DirEntry, ErrorKind, FileStat, FileType, FileWritten};
+use chaos_proto::{ApiError, DirEntry, ErrorKind, FileStat, FileWritten};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use tokio::io::{AsyncWriteExt, BufWriter};
@@ -197,38 +195,13 @@ pub(crate) async fn remove(q: Result<Query<FileQuery>, QueryRejection>) -> Resul
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn stat_of(meta: &Metadata) -> FileStat {
-    let ft = meta.file_type();
-    let file_type = if ft.is_symlink() {
-        FileType::Symlink
-    } else if ft.is_dir() {
-        FileType::Dir
-    } else if ft.is_file() {
-        FileType::File
-    } else {
-        FileType::Other
-    };
-    let modified_ms = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    FileStat {
-        file_type,
-        size: meta.len(),
-        mode: meta.permissions().mode() & 0o7777,
-        modified_ms,
-    }
-}
-
 /// `GET /v1/files/stat?path=P` (symbolic links are not followed).
 pub(crate) async fn stat(q: Result<Query<FileQuery>, QueryRejection>) -> Result<Json<FileStat>, Failure> {
     let path = query(q)?.path()?;
     let meta = tokio::fs::symlink_metadata(&path)
         .await
         .map_err(|e| io_error(&format!("stat {}", path.display()), &e))?;
-    Ok(Json(stat_of(&meta)))
+    Ok(Json(FileStat::from(&meta)))
 }
 
 /// `GET /v1/files/list?path=P`: entries sorted by name.
@@ -252,7 +225,7 @@ pub(crate) async fn list(
         };
         entries.push(DirEntry {
             name: entry.file_name().to_string_lossy().into_owned(),
-            stat: stat_of(&meta),
+            stat: FileStat::from(&meta),
         });
     }
     entries.sort_by(|a, b| a.name.cmp(&b.name));

@@ -248,28 +248,45 @@ impl AgentClient {
         url: String,
         body: Option<&B>,
     ) -> Result<T> {
-        let after = self.timeouts.request;
         let body = body.map(Self::json_body).unwrap_or_else(Self::empty);
+        self.call_bounded(what, method, url, body, self.timeouts.request)
+            .await
+    }
+
+    /// A request whose JSON reply must arrive, whole, within `after`.
+    async fn call_bounded<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        method: Method,
+        url: String,
+        body: ReqBody,
+        after: Duration,
+    ) -> Result<T> {
         let req = self.request(method, url, body)?;
         let fut = async {
             let resp = self.send(what, req, None).await?;
-            let bytes = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| self.unreachable(chain(&e)))?
-                .to_bytes();
-            // 204 replies carry no body; callers expecting `()` accept `null`.
-            let bytes = if bytes.is_empty() {
-                Bytes::from_static(b"null")
-            } else {
-                bytes
-            };
-            serde_json::from_slice(&bytes).map_err(|e| self.protocol(format!("{what}: bad reply: {e}")))
+            self.read_json(what, resp).await
         };
         tokio::time::timeout(after, fut)
             .await
             .map_err(|_| self.timeout(what, after))?
+    }
+
+    /// Reads and parses a JSON reply body.
+    async fn read_json<T: DeserializeOwned>(&self, what: &str, resp: Response<Incoming>) -> Result<T> {
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| self.unreachable(chain(&e)))?
+            .to_bytes();
+        // 204 replies carry no body; callers expecting `()` accept `null`.
+        let bytes = if bytes.is_empty() {
+            Bytes::from_static(b"null")
+        } else {
+            bytes
+        };
+        serde_json::from_slice(&bytes).map_err(|e| self.protocol(format!("{what}: bad reply: {e}")))
     }
 
     /// `GET /v1/info`.
@@ -297,14 +314,7 @@ impl AgentClient {
         let stream = ReaderStream::with_capacity(data, CHUNK).map_ok(Frame::data);
         let req = self.request(Method::PUT, url, BodyExt::boxed_unsync(StreamBody::new(stream)))?;
         let resp = self.send("write file", req, None).await?;
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| self.unreachable(chain(&e)))?
-            .to_bytes();
-        let written: FileWritten = serde_json::from_slice(&bytes)
-            .map_err(|e| self.protocol(format!("write file: bad reply: {e}")))?;
+        let written: FileWritten = self.read_json("write file", resp).await?;
         Ok(written.bytes)
     }
 
@@ -375,22 +385,10 @@ impl AgentClient {
     pub async fn wait_for(&self, id: ProcId, timeout: Duration) -> Result<Option<ExitStatus>> {
         let ms = timeout.as_millis().to_string();
         let url = self.url(&format!("/procs/{id}/wait"), &[("timeout_ms", &ms)]);
-        let req = self.request(Method::POST, url, Self::empty())?;
         let bound = timeout + self.timeouts.request;
-        let fut = async {
-            let resp = self.send("wait", req, None).await?;
-            let bytes = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| self.unreachable(chain(&e)))?
-                .to_bytes();
-            serde_json::from_slice::<WaitReply>(&bytes)
-                .map_err(|e| self.protocol(format!("wait: bad reply: {e}")))
-        };
-        let reply = tokio::time::timeout(bound, fut)
-            .await
-            .map_err(|_| self.timeout("wait", bound))??;
+        let reply: WaitReply = self
+            .call_bounded("wait", Method::POST, url, Self::empty(), bound)
+            .await?;
         Ok(reply.exit)
     }
 
@@ -449,22 +447,8 @@ impl AgentClient {
         let url = self.url(&format!("/procs/{id}/restart"), &[]);
         // The agent may wait the whole grace period before it answers.
         let after = self.timeouts.request + Duration::from_millis(request.grace_ms);
-        let body = Self::json_body(request);
-        let req = self.request(Method::POST, url, body)?;
-        let fut = async {
-            let resp = self.send("restart", req, None).await?;
-            let bytes = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| self.unreachable(chain(&e)))?
-                .to_bytes();
-            serde_json::from_slice::<ProcStarted>(&bytes)
-                .map_err(|e| self.protocol(format!("restart: bad reply: {e}")))
-        };
-        tokio::time::timeout(after, fut)
+        self.call_bounded("restart", Method::POST, url, Self::json_body(request), after)
             .await
-            .map_err(|_| self.timeout("restart", after))?
     }
 
     /// `POST /v1/signal`: sends `signal` to any process of the node matched by `target`;

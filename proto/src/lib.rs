@@ -200,6 +200,36 @@ pub struct FileStat {
     pub modified_ms: u64,
 }
 
+#[cfg(unix)]
+impl From<&std::fs::Metadata> for FileStat {
+    /// The wire form of local metadata (of the entry itself: pass `symlink_metadata` to keep
+    /// links as links). Shared by the agent and the `local` backend so both report alike.
+    fn from(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let ft = meta.file_type();
+        let file_type = if ft.is_symlink() {
+            FileType::Symlink
+        } else if ft.is_dir() {
+            FileType::Dir
+        } else if ft.is_file() {
+            FileType::File
+        } else {
+            FileType::Other
+        };
+        let modified_ms = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        FileStat {
+            file_type,
+            size: meta.len(),
+            mode: meta.permissions().mode() & 0o7777,
+            modified_ms,
+        }
+    }
+}
+
 /// One entry of `GET /v1/files/list`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DirEntry {

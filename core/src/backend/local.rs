@@ -40,7 +40,7 @@
 use std::fs;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -51,8 +51,8 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use async_trait::async_trait;
 use chaos_proto::fault::{FaultInfo, FaultRequest, FaultSpec, FreezeTarget, Mechanism};
 use chaos_proto::{
-    DirEntry, ErrorKind, ExitStatus, FileStat, FileType, OutputSpec, ProcId, ProcSpec, ProcStarted,
-    RestartRequest, Signal, SignalTarget, StdinSpec,
+    DirEntry, ErrorKind, ExitStatus, FileStat, OutputSpec, ProcId, ProcSpec, ProcStarted, RestartRequest,
+    Signal, SignalTarget, StdinSpec,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -538,7 +538,7 @@ impl Node for LocalNode {
         let meta = tokio::fs::symlink_metadata(p)
             .await
             .map_err(|e| self.fs_error("stat", p, e))?;
-        Ok(file_stat(&meta))
+        Ok(FileStat::from(&meta))
     }
 
     async fn list_dir(&self, path: &str) -> Result<Vec<DirEntry>> {
@@ -558,7 +558,7 @@ impl Node for LocalNode {
             };
             entries.push(DirEntry {
                 name: entry.file_name().to_string_lossy().into_owned(),
-                stat: file_stat(&meta),
+                stat: FileStat::from(&meta),
             });
         }
         entries.sort_by(|a, b| a.name.cmp(&b.name));
@@ -980,30 +980,6 @@ fn send_signal(pid: u32, signal: i32, group: bool) -> std::result::Result<(), ni
         Ok(())
     } else {
         Err(nix::errno::Errno::last())
-    }
-}
-
-fn file_stat(meta: &fs::Metadata) -> FileStat {
-    let ft = meta.file_type();
-    let file_type = if ft.is_symlink() {
-        FileType::Symlink
-    } else if ft.is_dir() {
-        FileType::Dir
-    } else if ft.is_file() {
-        FileType::File
-    } else {
-        FileType::Other
-    };
-    let modified_ms = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    FileStat {
-        file_type,
-        size: meta.len(),
-        mode: meta.mode() & 0o7777,
-        modified_ms,
     }
 }
 
