@@ -155,8 +155,10 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Failure {
     invalid(format!("method {method} is not allowed on {}", uri.path()))
 }
 
-fn addresses() -> Vec<IpAddr> {
-    let mut out = BTreeSet::new();
+/// Every address of every interface of the node's network namespace, with its interface
+/// name. One walk shared by node info and the fault guard that protects control interfaces.
+pub(crate) fn interface_addresses() -> Vec<(String, IpAddr)> {
+    let mut out = Vec::new();
     match nix::ifaddrs::getifaddrs() {
         Ok(ifaddrs) => {
             for ifa in ifaddrs {
@@ -168,14 +170,21 @@ fn addresses() -> Vec<IpAddr> {
                 } else {
                     continue;
                 };
-                if !ip.is_loopback() {
-                    out.insert(ip);
-                }
+                out.push((ifa.interface_name, ip));
             }
         }
         Err(e) => tracing::warn!("listing interface addresses: {e}"),
     }
-    out.into_iter().collect()
+    out
+}
+
+fn addresses() -> Vec<IpAddr> {
+    let ips: BTreeSet<IpAddr> = interface_addresses()
+        .into_iter()
+        .map(|(_, ip)| ip)
+        .filter(|ip| !ip.is_loopback())
+        .collect();
+    ips.into_iter().collect()
 }
 
 async fn info() -> Json<NodeInfo> {

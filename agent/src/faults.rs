@@ -245,25 +245,10 @@ impl Faults {
     /// The interfaces carrying a control address (names, sorted), with the address.
     fn control_interfaces(&self) -> Vec<(String, IpAddr)> {
         let ips = self.control_ips.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let mut out = Vec::new();
-        match nix::ifaddrs::getifaddrs() {
-            Ok(ifaddrs) => {
-                for ifa in ifaddrs {
-                    let Some(addr) = ifa.address else { continue };
-                    let ip = if let Some(v4) = addr.as_sockaddr_in() {
-                        IpAddr::V4(v4.ip())
-                    } else if let Some(v6) = addr.as_sockaddr_in6() {
-                        IpAddr::V6(v6.ip())
-                    } else {
-                        continue;
-                    };
-                    if ips.contains(&ip) {
-                        out.push((ifa.interface_name, ip));
-                    }
-                }
-            }
-            Err(e) => tracing::warn!("listing interface addresses: {e}"),
-        }
+        let mut out: Vec<(String, IpAddr)> = crate::api::interface_addresses()
+            .into_iter()
+            .filter(|(_, ip)| ips.contains(ip))
+            .collect();
         out.sort();
         out.dedup();
         out
