@@ -204,11 +204,27 @@ async fn info() -> Json<NodeInfo> {
     })
 }
 
-async fn heartbeat(State(agent): AppState) -> Json<HeartbeatReply> {
-    agent.heartbeat.beat();
-    Json(HeartbeatReply {
+#[derive(Debug, Deserialize)]
+struct HeartbeatQuery {
+    grace_ms: Option<u64>,
+}
+
+async fn heartbeat(
+    State(agent): AppState,
+    q: Result<Query<HeartbeatQuery>, QueryRejection>,
+) -> Result<Json<HeartbeatReply>, Failure> {
+    let Query(q) = q?;
+    let grace_ms = q.grace_ms.unwrap_or(0);
+    if grace_ms > chaos_proto::MAX_HEARTBEAT_GRACE_MS {
+        return Err(invalid(format!(
+            "grace_ms={grace_ms} is longer than the most an agent grants ({} ms)",
+            chaos_proto::MAX_HEARTBEAT_GRACE_MS
+        )));
+    }
+    agent.heartbeat.beat(Duration::from_millis(grace_ms));
+    Ok(Json(HeartbeatReply {
         timeout_ms: agent.heartbeat.timeout().as_millis() as u64,
-    })
+    }))
 }
 
 async fn shutdown(State(agent): AppState) -> StatusCode {

@@ -26,9 +26,11 @@ impl Heartbeat {
         self.timeout
     }
 
-    /// Records a heartbeat.
-    pub(crate) fn beat(&self) {
-        self.last.send_replace(Instant::now());
+    /// Records a heartbeat, counted as given `grace` from now: the runner announced it will be
+    /// unable to heartbeat that long. A later heartbeat never shortens an earlier grace.
+    pub(crate) fn beat(&self, grace: Duration) {
+        let at = Instant::now() + grace;
+        self.last.send_modify(|last| *last = (*last).max(at));
     }
 
     /// Resolves once `timeout` has passed without a heartbeat.

@@ -112,3 +112,39 @@ async fn heartbeat_loss_with_none_kills_trees_but_keeps_serving() {
     let _info: chaos_proto::NodeInfo = agent.get("/v1/info").await;
     assert!(agent.stderr().contains("continuing to serve"));
 }
+
+#[tokio::test]
+async fn a_heartbeat_with_grace_defers_the_loss_and_no_longer() {
+    let mut agent = Agent::start(&["--heartbeat-timeout", "500ms"]);
+    let granted = Instant::now();
+    let reply: chaos_proto::HeartbeatReply = agent.post("/v1/heartbeat?grace_ms=1500", &()).await;
+    assert_eq!(reply.timeout_ms, 500);
+    // A plain heartbeat right after must not shorten the grace.
+    let _: chaos_proto::HeartbeatReply = agent.post("/v1/heartbeat", &()).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(
+        agent.child.try_wait().unwrap().is_none(),
+        "agent gave up within its grace:\n{}",
+        agent.stderr()
+    );
+    let status = agent
+        .wait_exit(Duration::from_secs(3))
+        .expect("agent exits once grace and timeout passed");
+    assert_eq!(status.code(), Some(3));
+    let waited = granted.elapsed();
+    assert!(
+        waited >= Duration::from_millis(2000) && waited < Duration::from_millis(3500),
+        "exited after {waited:?}, expected grace 1.5 s + timeout 0.5 s"
+    );
+}
+
+#[tokio::test]
+async fn a_grace_over_an_hour_is_refused() {
+    let agent = Agent::start(&["--heartbeat-timeout", "5s"]);
+    let (status, body) = agent
+        .request(hyper::Method::POST, "/v1/heartbeat?grace_ms=3600001", Vec::new())
+        .await;
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("grace_ms=3600001"), "{body}");
+}

@@ -15,7 +15,7 @@
 //! | method | path | request | reply |
 //! |---|---|---|---|
 //! | `GET` | `/v1/info` | – | [`NodeInfo`] |
-//! | `POST` | `/v1/heartbeat` | – | [`HeartbeatReply`] |
+//! | `POST` | `/v1/heartbeat?grace_ms=G` | – | [`HeartbeatReply`] |
 //! | `POST` | `/v1/shutdown` | – | `204`; the agent kills its process trees and exits |
 //! | `PUT` | `/v1/files?path=P&mode=M` | file bytes (streamed) | [`FileWritten`] |
 //! | `GET` | `/v1/files?path=P` | – | file bytes (streamed) |
@@ -159,7 +159,16 @@ pub struct NodeInfo {
     pub pid: u32,
 }
 
+/// Longest grace a heartbeat may grant ([`HeartbeatReply`]): one hour. A runner that needs
+/// longer (a node cut off from it for more than an hour) must not leave agents unsupervised that
+/// long.
+pub const MAX_HEARTBEAT_GRACE_MS: u64 = 3_600_000;
+
 /// `POST /v1/heartbeat` reply.
+///
+/// With `grace_ms=G` the heartbeat counts as given `G` milliseconds in the future: the agent
+/// waits `G` plus its timeout before it acts. A runner sends one before it cuts itself off from
+/// the node on purpose (pausing its container, disconnecting it from the network) for up to `G`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeartbeatReply {
     /// How long the agent waits without a heartbeat before it acts, in milliseconds.
