@@ -301,6 +301,15 @@ impl AgentClient {
             .await
     }
 
+    /// `POST /v1/heartbeat?grace_ms=G`: a heartbeat counted as given `grace` from now, sent
+    /// before the runner cuts itself off from the node on purpose for up to `grace` (so the agent
+    /// does not mistake that for a crashed runner and tear the node down).
+    pub async fn heartbeat_with_grace(&self, grace: Duration) -> Result<HeartbeatReply> {
+        let grace_ms = grace.as_millis().to_string();
+        let url = self.url("/heartbeat", &[("grace_ms", &grace_ms)]);
+        self.call::<(), _>("heartbeat", Method::POST, url, None).await
+    }
+
     /// `POST /v1/shutdown`: the agent kills everything it started and exits.
     pub async fn shutdown(&self) -> Result<()> {
         self.call::<(), ()>("shutdown", Method::POST, self.url("/shutdown", &[]), None)
