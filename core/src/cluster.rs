@@ -43,6 +43,10 @@ pub trait Cluster: Send + Sync {
     /// The backend's name (`"local"`, `"netns"`, …).
     fn backend(&self) -> &'static str;
 
+    /// The concrete cluster, for what only one backend offers (e.g. the Docker-level faults of
+    /// [`crate::backend::docker::DockerCluster`]): `cluster.as_any().downcast_ref::<T>()`.
+    fn as_any(&self) -> &dyn std::any::Any;
+
     /// Creates `count` new nodes, concurrently, and returns them once all are ready to use.
     /// Nodes are named `n1`, `n2`, … in creation order across calls.
     async fn create_nodes(&self, count: usize) -> Result<Vec<Arc<dyn Node>>>;
