@@ -14,6 +14,7 @@ use crate::cluster::Cluster;
 pub mod local;
 #[cfg(target_os = "linux")]
 pub mod netns;
+pub mod owner;
 
 /// Which backend to run a cluster on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

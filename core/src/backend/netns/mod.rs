@@ -143,7 +143,7 @@ fn has_capabilities() -> bool {
 }
 
 /// Whether any IPv4 route of the host (other than a default route) overlaps `net`/24.
-fn overlaps_host_route(net: Ipv4Addr) -> bool {
+pub(crate) fn overlaps_host_route(net: Ipv4Addr) -> bool {
     let routes = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
     let ours = u32::from(net);
     routes.lines().skip(1).any(|line| {
@@ -171,6 +171,8 @@ fn overlaps_host_route(net: Ipv4Addr) -> bool {
 struct StateFile<'a> {
     index: u32,
     cluster: &'a str,
+    /// The runner's [`owner`](crate::backend::owner) tag; `runner_pid` stays for older readers.
+    owner: String,
     runner_pid: u32,
     host_link: String,
     hub_netns: String,
@@ -564,6 +566,7 @@ impl Inner {
         let file = StateFile {
             index: self.index,
             cluster: &self.options.name,
+            owner: crate::backend::owner::current_tag(),
             runner_pid: std::process::id(),
             host_link: host_link_name(self.index),
             hub_netns: hub_netns_name(self.index),
