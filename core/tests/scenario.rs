@@ -24,9 +24,9 @@ fn raft_toml() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/raft.toml")
 }
 
-/// Why a real etcd cluster cannot run here, if it cannot.
-fn etcd_unavailable() -> Option<String> {
-    if let Err(why) = backend::availability(BackendKind::Netns) {
+/// Why a real etcd cluster cannot run on `kind` here, if it cannot.
+fn etcd_unavailable(kind: BackendKind) -> Option<String> {
+    if let Err(why) = backend::availability(kind) {
         return Some(why);
     }
     for bin in ["etcd", "etcdctl"] {
@@ -79,8 +79,8 @@ fn validate_names_file_line_field_and_valid_choices() {
         ),
         (
             "backend.toml",
-            "[cluster]\nbackend = \"docker\"\n",
-            "backend.toml:2:11: field `cluster.backend`: unknown backend `docker`; valid choices: local, netns",
+            "[cluster]\nbackend = \"dockr\"\n",
+            "backend.toml:2:11: field `cluster.backend`: unknown backend `dockr`; valid choices: local, netns, docker",
         ),
         (
             "node.toml",
@@ -144,10 +144,10 @@ fn validate_names_file_line_field_and_valid_choices() {
         "{}",
         text(&out.stderr)
     );
-    let out = chaos(&["run", raft.to_str().unwrap(), "--backend", "docker"]);
+    let out = chaos(&["run", raft.to_str().unwrap(), "--backend", "ec2"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        text(&out.stderr).contains("valid backends: local, netns"),
+        text(&out.stderr).contains("valid backends: local, netns, docker"),
         "{}",
         text(&out.stderr)
     );
@@ -196,8 +196,24 @@ fn plans_are_byte_identical_per_seed_and_differ_across_seeds() {
 /// the history is linearizable, the run directory is complete and nothing is left behind.
 #[test]
 fn raft_one_round_passes_against_real_etcd() {
-    if let Some(why) = etcd_unavailable() {
-        eprintln!("raft_one_round_passes_against_real_etcd: skipped: {why}");
+    raft_one_round(BackendKind::Netns);
+}
+
+/// The same scenario file, unchanged, on containers: etcd and etcdctl shipped into nodes of the
+/// default image.
+#[test]
+fn raft_one_round_passes_on_docker() {
+    raft_one_round(BackendKind::Docker);
+    let left = std::process::Command::new("docker")
+        .args(["ps", "-aq", "--filter", "label=io.chaos.cluster"])
+        .output()
+        .expect("running docker ps");
+    assert!(left.stdout.is_empty(), "containers left: {}", text(&left.stdout));
+}
+
+fn raft_one_round(kind: BackendKind) {
+    if let Some(why) = etcd_unavailable(kind) {
+        eprintln!("raft_one_round on {kind}: skipped: {why}");
         return;
     }
     let out_dir = tempfile::tempdir().unwrap();
@@ -208,6 +224,8 @@ fn raft_one_round_passes_against_real_etcd() {
         "1",
         "--seed",
         "42",
+        "--backend",
+        kind.name(),
         "--out",
         out_dir.path().to_str().unwrap(),
     ]);
@@ -414,7 +432,7 @@ fn violated_invariant_exits_1_with_a_replay_line_that_reproduces_the_plan() {
 /// exits 130.
 #[test]
 fn ctrl_c_heals_stops_and_cleans_up() {
-    if let Some(why) = etcd_unavailable() {
+    if let Some(why) = etcd_unavailable(BackendKind::Netns) {
         eprintln!("ctrl_c_heals_stops_and_cleans_up: skipped: {why}");
         return;
     }

@@ -11,6 +11,8 @@ use std::time::Duration;
 use crate::Result;
 use crate::cluster::Cluster;
 
+#[cfg(feature = "docker")]
+pub mod docker;
 pub mod local;
 #[cfg(target_os = "linux")]
 pub mod netns;
@@ -23,17 +25,20 @@ pub enum BackendKind {
     Local,
     /// One Linux network namespace per node, with its own IP, running the agent.
     Netns,
+    /// One container per node on a network of the cluster's own, running the agent.
+    Docker,
 }
 
 impl BackendKind {
     /// Every backend, in the order tests try them.
-    pub const ALL: [BackendKind; 2] = [BackendKind::Local, BackendKind::Netns];
+    pub const ALL: [BackendKind; 3] = [BackendKind::Local, BackendKind::Netns, BackendKind::Docker];
 
     /// The backend's name as used on the command line.
     pub fn name(self) -> &'static str {
         match self {
             BackendKind::Local => "local",
             BackendKind::Netns => "netns",
+            BackendKind::Docker => "docker",
         }
     }
 }
@@ -54,6 +59,11 @@ impl FromStr for BackendKind {
         })
     }
 }
+
+/// Why `docker` is unavailable in a build without the `docker` feature.
+#[cfg(not(feature = "docker"))]
+const DOCKER_NOT_BUILT: &str =
+    "this chaos was built without the `docker` feature; rebuild with `--features docker`";
 
 /// Options common to every backend.
 #[derive(Debug, Clone)]
@@ -86,6 +96,12 @@ pub async fn new_cluster(kind: BackendKind, options: ClusterOptions) -> Result<A
         BackendKind::Netns => Ok(Arc::new(netns::NetnsCluster::new(options).await?)),
         #[cfg(not(target_os = "linux"))]
         BackendKind::Netns => Err(crate::Error::backend("netns", "network namespaces need Linux")),
+        #[cfg(feature = "docker")]
+        BackendKind::Docker => Ok(Arc::new(
+            docker::DockerCluster::new(options, docker::DockerOptions::from_env()).await?,
+        )),
+        #[cfg(not(feature = "docker"))]
+        BackendKind::Docker => Err(crate::Error::backend("docker", DOCKER_NOT_BUILT)),
     }
 }
 
@@ -98,5 +114,9 @@ pub fn availability(kind: BackendKind) -> Result<(), String> {
         BackendKind::Netns => netns::availability(),
         #[cfg(not(target_os = "linux"))]
         BackendKind::Netns => Err("network namespaces need Linux".into()),
+        #[cfg(feature = "docker")]
+        BackendKind::Docker => docker::availability(),
+        #[cfg(not(feature = "docker"))]
+        BackendKind::Docker => Err(format!("docker backend: {DOCKER_NOT_BUILT}")),
     }
 }

@@ -21,7 +21,7 @@ pub struct RunArgs {
     /// drawing one from a seed.
     #[arg(long)]
     pub plan: Option<PathBuf>,
-    /// Override the scenario's backend (local, netns).
+    /// Override the scenario's backend (local, netns, docker).
     #[arg(long)]
     pub backend: Option<String>,
     /// Override the scenario's number of rounds (e.g. 1 for a short run).

@@ -45,6 +45,8 @@ enum Running {
     Local(LocalCluster),
     #[cfg(target_os = "linux")]
     Netns(backend::netns::NetnsCluster),
+    #[cfg(feature = "docker")]
+    Docker(backend::docker::DockerCluster),
 }
 
 impl Running {
@@ -53,6 +55,8 @@ impl Running {
             Running::Local(c) => c,
             #[cfg(target_os = "linux")]
             Running::Netns(c) => c,
+            #[cfg(feature = "docker")]
+            Running::Docker(c) => c,
         }
     }
 }
@@ -146,6 +150,8 @@ fn validate(args: &UpArgs) -> Result<(), BadInput> {
     let max = match args.backend {
         #[cfg(target_os = "linux")]
         BackendKind::Netns => backend::netns::MAX_NODES,
+        #[cfg(feature = "docker")]
+        BackendKind::Docker => backend::docker::MAX_NODES,
         _ => 1000,
     };
     if args.nodes == 0 || args.nodes > max {
@@ -217,6 +223,14 @@ async fn create(kind: BackendKind, options: ClusterOptions) -> anyhow::Result<Ru
         )),
         #[cfg(not(target_os = "linux"))]
         BackendKind::Netns => anyhow::bail!("the netns backend needs Linux"),
+        #[cfg(feature = "docker")]
+        BackendKind::Docker => Ok(Running::Docker(
+            backend::docker::DockerCluster::new(options, backend::docker::DockerOptions::from_env())
+                .await
+                .with_context(what)?,
+        )),
+        #[cfg(not(feature = "docker"))]
+        BackendKind::Docker => anyhow::bail!("this chaos was built without the docker feature"),
     }
 }
 
@@ -239,6 +253,10 @@ async fn serve(
     if let Running::Netns(cluster) = running {
         dir.write_tls(cluster.ca_pem(), cluster.runner_identity())?;
     }
+    #[cfg(feature = "docker")]
+    if let Running::Docker(cluster) = running {
+        dir.write_tls(cluster.ca_pem(), cluster.runner_identity())?;
+    }
     dir.write_cluster(&state)?;
 
     for node in &state.nodes {
@@ -255,7 +273,7 @@ async fn serve(
     if matches!(running, Running::Local(_)) {
         eprintln!(
             "chaos up: local backend: `chaos exec` runs commands on this host in the node's root \
-             directory (not stopped by `chaos down`); fault and probe need an agent backend (netns)"
+             directory (not stopped by `chaos down`); fault and probe need an agent backend (netns, docker)"
         );
     }
     let name = stop.recv().await;
@@ -268,6 +286,8 @@ fn describe(running: &Running, nodes: &[Arc<dyn Node>]) -> ClusterState {
         Running::Local(_) => (None, None),
         #[cfg(target_os = "linux")]
         Running::Netns(c) => (Some(c.state_file()), Some(backend::netns::AGENT_PORT)),
+        #[cfg(feature = "docker")]
+        Running::Docker(_) => (None, Some(backend::docker::AGENT_PORT)),
     };
     let entries = nodes
         .iter()

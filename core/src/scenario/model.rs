@@ -261,17 +261,20 @@ pub enum Backend {
     /// One network namespace per node (needs root).
     #[default]
     Netns,
+    /// One container per node (needs a Docker daemon).
+    Docker,
 }
 
 impl Backend {
     /// Every backend name.
-    pub const NAMES: &[&str] = &["local", "netns"];
+    pub const NAMES: &[&str] = &["local", "netns", "docker"];
 
     /// The runner's backend kind.
     pub fn kind(self) -> crate::backend::BackendKind {
         match self {
             Backend::Local => crate::backend::BackendKind::Local,
             Backend::Netns => crate::backend::BackendKind::Netns,
+            Backend::Docker => crate::backend::BackendKind::Docker,
         }
     }
 }
@@ -282,6 +285,7 @@ impl FromStr for Backend {
         match s {
             "local" => Ok(Backend::Local),
             "netns" => Ok(Backend::Netns),
+            "docker" => Ok(Backend::Docker),
             _ => Err(format!(
                 "unknown backend `{s}`; valid backends: {}",
                 Backend::NAMES.join(", ")
@@ -295,6 +299,7 @@ impl fmt::Display for Backend {
         f.write_str(match self {
             Backend::Local => "local",
             Backend::Netns => "netns",
+            Backend::Docker => "docker",
         })
     }
 }
@@ -1929,9 +1934,12 @@ mod tests {
             "{e}"
         );
 
-        let e = &err("[cluster]\nbackend = \"docker\"\n").0[0];
+        let e = &err("[cluster]\nbackend = \"dockr\"\n").0[0];
         assert_eq!(e.line, 2, "{e}");
-        assert!(e.message.contains("local") && e.message.contains("netns"), "{e}");
+        assert!(
+            e.message.contains("local") && e.message.contains("netns") && e.message.contains("docker"),
+            "{e}"
+        );
     }
 
     #[test]

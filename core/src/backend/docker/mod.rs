@@ -1,0 +1,1335 @@
+//! The `docker` backend: every node is a container running `chaos-agent`, on a user-defined
+//! bridge network of the cluster's own.
+//!
+//! # Layout of a cluster
+//!
+//! ```text
+//!  runner (host) ── bridge of network chaos-<id>, 10.X.Y.1 ──┬── container chaos-<id>-n1  10.X.Y.2  agent :7700
+//!                                                            └── container chaos-<id>-n2  10.X.Y.3  agent :7700
+//! ```
+//!
+//! - The cluster id is `<name>-<8 hex>`; the network and every container carry the labels
+//!   [`LABEL_CLUSTER`] and [`LABEL_OWNER`] (the runner's [`owner`](super::owner) tag), so
+//!   `chaos gc` finds a crashed runner's leftovers.
+//! - The network gets a /24 of its own from `10.216.0.0`–`10.231.255.0` (the netns backend uses
+//!   `10.200`–`10.215`), so node addresses are known before a container starts and the node
+//!   certificate can name them. A /24 Docker refuses (another network holds it) or that a host
+//!   route overlaps is skipped.
+//! - Nodes run the image [`image::node_image`] builds (FROM scratch: static agent, static busybox,
+//!   the host's glibc) or a local image the user names, into which the static agent is copied
+//!   before the container starts. Either way the agent is the entrypoint, with `docker-init` as
+//!   PID 1 to reap orphans, and `NET_ADMIN` so the agent's network faults work inside.
+//! - The runner reaches every agent at its container address when the daemon is local
+//!   ([`Reach::Direct`]); for a daemon at `tcp://HOST` each agent's port is published on a fixed
+//!   port of that host ([`Reach::Published`]), which the node certificate names too. Nodes always
+//!   reach each other at their container addresses.
+//!
+//! Docker-level faults (pause, stop, disconnect) are [`DockerCluster::container_fault`]; they
+//! sit next to the agent's own faults, carry a TTL and are healed by cleanup at the latest.
+
+pub mod image;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bollard::Docker;
+use bollard::models::{
+    ContainerCreateBody, EndpointIpamConfig, EndpointSettings, HostConfig, Ipam, IpamConfig,
+    NetworkConnectRequest, NetworkCreateRequest, NetworkDisconnectRequest, NetworkingConfig, PortBinding,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder, UploadToContainerOptionsBuilder,
+};
+use futures_util::StreamExt;
+use tokio::task::JoinHandle;
+
+use crate::agent_client::{AgentClient, AgentNode, HeartbeatTask, Timeouts};
+use crate::backend::ClusterOptions;
+use crate::certs::{self, ClusterCa};
+use crate::cluster::{Cluster, Node};
+use crate::{Error, Result};
+
+/// Label on every container and network: the cluster's id (`<name>-<8 hex>`).
+pub const LABEL_CLUSTER: &str = "io.chaos.cluster";
+/// Label on every container and network: the owner tag of the runner ([`super::owner`]).
+pub const LABEL_OWNER: &str = "io.chaos.owner";
+/// Label on every container: the node's name (`n1`, …).
+pub const LABEL_NODE: &str = "io.chaos.node";
+/// Label on images chaos built: what they are (`node`).
+pub const LABEL_IMAGE: &str = "io.chaos.image";
+
+/// Environment variable naming a local image to run nodes from instead of the default one.
+pub const IMAGE_ENV: &str = "CHAOS_DOCKER_IMAGE";
+/// Environment variable listing host files (`:`-separated) to bake into the default image.
+pub const INCLUDE_ENV: &str = "CHAOS_DOCKER_INCLUDE";
+/// Environment variable choosing how the runner reaches agents: `direct` or `published`.
+pub const REACH_ENV: &str = "CHAOS_DOCKER_REACH";
+
+/// Port the agents listen on inside their containers.
+pub const AGENT_PORT: u16 = 7700;
+/// Most nodes a cluster can hold: its /24 minus network, gateway and broadcast addresses.
+pub const MAX_NODES: u32 = 253;
+
+/// Where a node's files live inside its container.
+const ROOT_DIR: &str = "/chaos/root";
+const TLS_DIR: &str = "/chaos/tls";
+const STATE_DIR: &str = "/chaos/state";
+
+/// Bound on every daemon call that moves no image (create, start, inspect, remove…).
+const DAEMON_BOUND: Duration = Duration::from_secs(30);
+/// Bound on an agent's graceful shutdown during [`Cluster::cleanup`].
+const SHUTDOWN_BOUND: Duration = Duration::from_secs(2);
+/// Grace a node gets on top of a fault's TTL before its agent gives up on the runner.
+const FAULT_GRACE_MARGIN: Duration = Duration::from_secs(10);
+/// How many /24s to try before giving up on finding a free one.
+const SUBNET_ATTEMPTS: u32 = 64;
+/// Host ports published agents get, below Linux's ephemeral range so outgoing connections on
+/// the daemon host do not take them.
+const PUBLISHED_PORTS: std::ops::Range<u16> = 20_000..32_768;
+/// How many host ports to try for one node before giving up.
+const PORT_ATTEMPTS: u32 = 8;
+
+fn backend_error(message: impl Into<String>) -> Error {
+    Error::backend("docker", message)
+}
+
+/// A daemon error with what was being done; the daemon's own message when it sent one.
+fn daemon_error(context: impl AsRef<str>, e: bollard::errors::Error) -> Error {
+    let cause = match e {
+        bollard::errors::Error::DockerResponseServerError { status_code, message } => {
+            format!("{message} (HTTP {status_code})")
+        }
+        other => other.to_string(),
+    };
+    backend_error(format!("{}: {cause}", context.as_ref()))
+}
+
+/// Runs one daemon call within [`DAEMON_BOUND`].
+async fn bounded<T>(
+    context: impl AsRef<str>,
+    call: impl Future<Output = Result<T, bollard::errors::Error>>,
+) -> Result<T> {
+    match tokio::time::timeout(DAEMON_BOUND, call).await {
+        Ok(result) => result.map_err(|e| daemon_error(context, e)),
+        Err(_) => Err(backend_error(format!(
+            "{}: the Docker daemon did not answer within {DAEMON_BOUND:?}",
+            context.as_ref()
+        ))),
+    }
+}
+
+/// Whether starting a container failed because the host port it publishes is taken.
+fn is_port_taken(e: &Error) -> bool {
+    let text = e.to_string();
+    text.contains("port is already allocated") || text.contains("address already in use")
+}
+
+fn is_not_found(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }
+    )
+}
+
+/// Where the daemon is, for messages.
+fn daemon_address() -> String {
+    std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".to_string())
+}
+
+/// Connects to the daemon `DOCKER_HOST` names (a unix socket by default; `tcp://` with
+/// `DOCKER_TLS_VERIFY` and `DOCKER_CERT_PATH` for TLS), negotiating the API version, within a
+/// few seconds.
+pub async fn connect() -> Result<Docker> {
+    let unreachable = |why: String| {
+        backend_error(format!(
+            "no Docker daemon reachable at {} ({why}); start one, or set DOCKER_HOST",
+            daemon_address()
+        ))
+    };
+    let docker = Docker::connect_with_defaults().map_err(|e| unreachable(e.to_string()))?;
+    let bound = Duration::from_secs(5);
+    let docker = tokio::time::timeout(bound, docker.negotiate_version())
+        .await
+        .map_err(|_| unreachable(format!("no answer within {bound:?}")))?
+        .map_err(|e| unreachable(e.to_string()))?;
+    tokio::time::timeout(bound, docker.ping())
+        .await
+        .map_err(|_| unreachable(format!("no answer within {bound:?}")))?
+        .map_err(|e| unreachable(e.to_string()))?;
+    Ok(docker)
+}
+
+/// Whether the docker backend can run here: `Err` holds one line saying what is missing.
+///
+/// Asks the daemon for a ping, on a thread of its own so it works inside and outside a runtime.
+pub fn availability() -> Result<(), String> {
+    let ping = std::thread::spawn(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("docker backend: starting a runtime: {e}"))?;
+        runtime.block_on(connect()).map(drop).map_err(|e| e.to_string())
+    });
+    ping.join()
+        .unwrap_or_else(|_| Err("docker backend: the availability check panicked".into()))
+}
+
+/// How the runner reaches the agents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// At the container addresses: the daemon is local (or its networks are routed here).
+    Direct,
+    /// At a port of the daemon's host published for each agent (fixed for the container's
+    /// life, so it survives stop/start faults): for a remote daemon.
+    Published,
+}
+
+impl std::str::FromStr for Reach {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "direct" => Ok(Reach::Direct),
+            "published" => Ok(Reach::Published),
+            other => Err(format!("{REACH_ENV}={other:?}: use direct or published")),
+        }
+    }
+}
+
+/// Options of the docker backend beyond [`ClusterOptions`].
+#[derive(Debug, Clone, Default)]
+pub struct DockerOptions {
+    /// A local image to run the nodes from (e.g. one holding the system under test). The static
+    /// agent is copied into every container and becomes its entrypoint. `None`: the default
+    /// node image, built locally.
+    pub image: Option<String>,
+    /// Host files baked into the default node image at their host paths, with the shared
+    /// libraries they need. Ignored with [`DockerOptions::image`].
+    pub include: Vec<PathBuf>,
+    /// How the runner reaches the agents; `None`: [`Reach::Direct`] for a local daemon (unix
+    /// socket), [`Reach::Published`] for `DOCKER_HOST=tcp://…`.
+    pub reach: Option<Reach>,
+}
+
+impl DockerOptions {
+    /// Options from the environment: [`IMAGE_ENV`] and [`INCLUDE_ENV`].
+    pub fn from_env() -> Self {
+        Self {
+            image: std::env::var(IMAGE_ENV).ok().filter(|s| !s.is_empty()),
+            include: std::env::var_os(INCLUDE_ENV)
+                .map(|v| {
+                    std::env::split_paths(&v)
+                        .filter(|p| !p.as_os_str().is_empty())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            reach: std::env::var(REACH_ENV).ok().and_then(|v| match v.parse() {
+                Ok(reach) => Some(reach),
+                Err(e) => {
+                    tracing::warn!("{e}; choosing by DOCKER_HOST");
+                    None
+                }
+            }),
+        }
+    }
+}
+
+/// Where the runner dials published agent ports: the host part of `DOCKER_HOST=tcp://HOST:PORT`
+/// (resolved), or loopback for a local daemon.
+async fn daemon_host_ip() -> Result<IpAddr> {
+    let address = daemon_address();
+    let Some(rest) = address.strip_prefix("tcp://") else {
+        return Ok(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    };
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let with_port = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        authority.to_string()
+    } else {
+        format!("{authority}:2376")
+    };
+    let mut found = tokio::time::timeout(Duration::from_secs(5), tokio::net::lookup_host(&with_port))
+        .await
+        .map_err(|_| backend_error(format!("resolving DOCKER_HOST {address}: no answer within 5s")))?
+        .map_err(|e| Error::io(format!("resolving DOCKER_HOST {address}"), e))?;
+    found
+        .next()
+        .map(|a| a.ip())
+        .ok_or_else(|| backend_error(format!("DOCKER_HOST {address} resolves to no address")))
+}
+
+/// A Docker-level fault on one node's container, next to the agent's own faults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ContainerFault {
+    /// `docker pause`: every process of the container frozen (cgroup freezer); healed by
+    /// unpausing.
+    Pause,
+    /// `docker stop`: the container's processes get SIGTERM, then SIGKILL; healed by starting
+    /// it again (its agent comes back; processes started through it do not).
+    Stop,
+    /// Disconnected from the cluster network: no packet in or out; healed by reconnecting it
+    /// with the same address and alias.
+    Disconnect,
+}
+
+impl ContainerFault {
+    /// The fault's name (`pause`, `stop`, `disconnect`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ContainerFault::Pause => "pause",
+            ContainerFault::Stop => "stop",
+            ContainerFault::Disconnect => "disconnect",
+        }
+    }
+}
+
+impl std::fmt::Display for ContainerFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An active [`ContainerFault`]. It heals when its TTL passes, when [`heal`](Self::heal) is
+/// called, or when the cluster is cleaned up — whichever comes first. Dropping the handle does
+/// not heal it.
+#[derive(Debug)]
+pub struct ContainerFaultHandle {
+    cluster: Weak<Inner>,
+    id: u64,
+    node: String,
+    fault: ContainerFault,
+}
+
+impl ContainerFaultHandle {
+    /// The fault's id, unique in its cluster.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The node it acts on.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// What it does.
+    pub fn fault(&self) -> ContainerFault {
+        self.fault
+    }
+
+    /// Heals the fault now and waits until the node's agent answers again. Returns false when
+    /// it had already healed (TTL, cleanup). Idempotent.
+    pub async fn heal(&self) -> Result<bool> {
+        match self.cluster.upgrade() {
+            Some(inner) => inner.heal_container_fault(self.id).await,
+            None => Ok(false),
+        }
+    }
+}
+
+/// A cluster of container nodes. See the [module documentation](self).
+pub struct DockerCluster {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    docker: Docker,
+    options: ClusterOptions,
+    id: String,
+    network: String,
+    subnet: Ipv4Addr,
+    image: String,
+    /// The static agent's bytes, copied into containers of a user's image.
+    agent_upload: Option<Arc<Vec<u8>>>,
+    ca: ClusterCa,
+    runner: certs::Identity,
+    tls: Arc<rustls::ClientConfig>,
+    /// `Some(daemon host address)` when agents are reached at published ports.
+    published_on: Option<IpAddr>,
+    owner: String,
+    next_fault: AtomicU64,
+    state: Mutex<State>,
+}
+
+struct State {
+    next_node: u32,
+    nodes: Vec<NodeEntry>,
+    faults: HashMap<u64, ActiveFault>,
+    cleaned: bool,
+}
+
+struct NodeEntry {
+    k: u32,
+    name: String,
+    container: String,
+    ip: Ipv4Addr,
+    client: Arc<AgentClient>,
+    _heartbeat: HeartbeatTask,
+}
+
+struct ActiveFault {
+    node: String,
+    fault: ContainerFault,
+    expiry: JoinHandle<()>,
+}
+
+/// The /24 of candidate `i`: `10.(216 + i / 256).(i % 256).0`.
+fn candidate_subnet(i: u32) -> Ipv4Addr {
+    Ipv4Addr::new(10, (216 + (i / 256) % 16) as u8, (i % 256) as u8, 0)
+}
+
+fn with_last_octet(net: Ipv4Addr, last: u8) -> Ipv4Addr {
+    let [a, b, c, _] = net.octets();
+    Ipv4Addr::new(a, b, c, last)
+}
+
+/// Whether a host route other than the default one overlaps `net`/24 (only meaningful when
+/// the daemon runs on this host, whose routes decide whether the runner reaches the nodes).
+fn overlaps_host_route(net: Ipv4Addr) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        super::netns::overlaps_host_route(net)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = net;
+        false
+    }
+}
+
+/// A name Docker accepts (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`), at most 40 characters.
+fn docker_safe(name: &str) -> String {
+    let mut out: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(40)
+        .collect();
+    if !out.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        out.insert(0, 'c');
+    }
+    out
+}
+
+impl DockerCluster {
+    /// Creates an empty cluster: connects to the daemon, makes sure the node image exists
+    /// (building the default one if needed), creates the cluster network and CA. A missing
+    /// image fails before anything is created.
+    pub async fn new(options: ClusterOptions, docker_options: DockerOptions) -> Result<Self> {
+        let docker = connect().await?;
+        if let Some(name) = &docker_options.image {
+            check_user_image(&docker, name).await?;
+        }
+        let agent = image::static_agent().await?;
+        let (image, agent_upload) = match &docker_options.image {
+            Some(name) => {
+                let bytes = tokio::fs::read(&agent)
+                    .await
+                    .map_err(|e| Error::io(format!("reading the static agent {}", agent.display()), e))?;
+                (name.clone(), Some(Arc::new(bytes)))
+            }
+            None => (
+                image::node_image(&docker, &agent, &docker_options.include).await?,
+                None,
+            ),
+        };
+
+        let id = format!("{}-{:08x}", docker_safe(&options.name), rand::random::<u32>());
+        let network = format!("chaos-{id}");
+        let owner = super::owner::current_tag();
+        let local_daemon = !daemon_address().starts_with("tcp://");
+        let reach = docker_options.reach.unwrap_or(if local_daemon {
+            Reach::Direct
+        } else {
+            Reach::Published
+        });
+        let published_on = match reach {
+            Reach::Direct => None,
+            Reach::Published => Some(daemon_host_ip().await?),
+        };
+        let subnet = create_network(&docker, &network, &id, &owner, local_daemon).await?;
+
+        // From here on the network exists: a failure must remove it.
+        let material = (|| {
+            let ca = ClusterCa::generate(&options.name)?;
+            let runner = ca.issue_runner()?;
+            let tls = certs::client_config(ca.cert_pem(), &runner)?;
+            Ok::<_, Error>((ca, runner, tls))
+        })();
+        let (ca, runner, tls) = match material {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = docker.remove_network(&network).await;
+                return Err(e);
+            }
+        };
+        tracing::debug!(%network, %subnet, %image, "docker cluster {} ready", options.name);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                docker,
+                options,
+                id,
+                network,
+                subnet,
+                image,
+                agent_upload,
+                ca,
+                runner,
+                tls,
+                published_on,
+                owner,
+                next_fault: AtomicU64::new(1),
+                state: Mutex::new(State {
+                    next_node: 1,
+                    nodes: Vec::new(),
+                    faults: HashMap::new(),
+                    cleaned: false,
+                }),
+            }),
+        })
+    }
+
+    /// The cluster's id (`<name>-<8 hex>`), the value of its [`LABEL_CLUSTER`] label.
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// The cluster network's name.
+    pub fn network(&self) -> &str {
+        &self.inner.network
+    }
+
+    /// The cluster network's /24.
+    pub fn subnet(&self) -> Ipv4Addr {
+        self.inner.subnet
+    }
+
+    /// The image the nodes run.
+    pub fn image(&self) -> &str {
+        &self.inner.image
+    }
+
+    /// The container name of node `node` (`"n1"`, …), whether or not it exists (yet).
+    pub fn container_name(&self, node: &str) -> String {
+        format!("chaos-{}-{node}", self.inner.id)
+    }
+
+    /// The cluster CA's certificate (PEM): what a client must trust to reach the agents.
+    pub fn ca_pem(&self) -> &str {
+        self.inner.ca.cert_pem()
+    }
+
+    /// The runner's client identity, for another process that drives this cluster's agents.
+    pub fn runner_identity(&self) -> &certs::Identity {
+        &self.inner.runner
+    }
+
+    /// How the runner reaches the agents.
+    pub fn reach(&self) -> Reach {
+        if self.inner.published_on.is_some() {
+            Reach::Published
+        } else {
+            Reach::Direct
+        }
+    }
+
+    /// The Docker client the cluster uses.
+    pub fn docker(&self) -> &Docker {
+        &self.inner.docker
+    }
+
+    /// Injects a Docker-level fault on `node` for at most `ttl`. Before pausing or
+    /// disconnecting, the node's agent is told to expect no heartbeat for `ttl` (plus a margin),
+    /// so it does not mistake the silence for a crashed runner.
+    pub async fn container_fault(
+        &self,
+        node: &str,
+        fault: ContainerFault,
+        ttl: Duration,
+    ) -> Result<ContainerFaultHandle> {
+        let inner = &self.inner;
+        if ttl.is_zero() || ttl > Duration::from_millis(chaos_proto::MAX_HEARTBEAT_GRACE_MS) {
+            return Err(Error::Invalid {
+                what: format!("{fault} fault on {node}"),
+                message: format!(
+                    "ttl {ttl:?} out of range: give more than zero and at most {} s",
+                    chaos_proto::MAX_HEARTBEAT_GRACE_MS / 1000
+                ),
+            });
+        }
+        let (container, client, ip) = inner.node_entry(node)?;
+        {
+            let state = inner.lock();
+            if let Some((id, _)) = state.faults.iter().find(|(_, f)| f.node == node) {
+                return Err(Error::Invalid {
+                    what: format!("{fault} fault on {node}"),
+                    message: format!(
+                        "the node already has container fault #{id} ({}); heal it first",
+                        state.faults[id].fault
+                    ),
+                });
+            }
+        }
+        let context = format!("node {node}: {fault} container {container}");
+        match fault {
+            ContainerFault::Pause => {
+                client.heartbeat_with_grace(ttl + FAULT_GRACE_MARGIN).await?;
+                bounded(&context, inner.docker.pause_container(&container)).await?;
+            }
+            ContainerFault::Stop => {
+                let options = StopContainerOptionsBuilder::new().t(2).build();
+                bounded(&context, inner.docker.stop_container(&container, Some(options))).await?;
+            }
+            ContainerFault::Disconnect => {
+                client.heartbeat_with_grace(ttl + FAULT_GRACE_MARGIN).await?;
+                let request = NetworkDisconnectRequest {
+                    container: container.clone(),
+                    force: Some(true),
+                };
+                bounded(&context, inner.docker.disconnect_network(&inner.network, request)).await?;
+            }
+        }
+        let _ = ip;
+        let id = inner.next_fault.fetch_add(1, Ordering::Relaxed);
+        let weak = Arc::downgrade(inner);
+        let expiry = tokio::spawn(async move {
+            tokio::time::sleep(ttl).await;
+            if let Some(inner) = weak.upgrade()
+                && let Err(e) = inner.heal_container_fault_from_expiry(id).await
+            {
+                tracing::warn!("container fault #{id} expired but did not heal: {e}");
+            }
+        });
+        inner.lock().faults.insert(
+            id,
+            ActiveFault {
+                node: node.to_string(),
+                fault,
+                expiry,
+            },
+        );
+        tracing::info!(node, %fault, ?ttl, id, "container fault injected");
+        Ok(ContainerFaultHandle {
+            cluster: Arc::downgrade(inner),
+            id,
+            node: node.to_string(),
+            fault,
+        })
+    }
+
+    /// The active container faults: id, node and fault.
+    pub fn container_faults(&self) -> Vec<(u64, String, ContainerFault)> {
+        let state = self.inner.lock();
+        let mut faults: Vec<_> = state
+            .faults
+            .iter()
+            .map(|(id, f)| (*id, f.node.clone(), f.fault))
+            .collect();
+        faults.sort_by_key(|(id, _, _)| *id);
+        faults
+    }
+
+    /// Heals every active container fault; returns how many were healed.
+    pub async fn heal_container_faults(&self) -> Result<usize> {
+        self.inner.heal_all_container_faults().await
+    }
+
+    /// `docker restart` of `node`'s container: its processes die, its agent comes back (healing
+    /// what its predecessor left, from its state directory). Returns once the agent answers.
+    pub async fn restart_node(&self, node: &str) -> Result<()> {
+        let inner = &self.inner;
+        let (container, client, _) = inner.node_entry(node)?;
+        let options = bollard::query_parameters::RestartContainerOptionsBuilder::new()
+            .t(2)
+            .build();
+        bounded(
+            format!("node {node}: restarting container {container}"),
+            inner.docker.restart_container(&container, Some(options)),
+        )
+        .await?;
+        inner.wait_ready(node, &container, &client).await
+    }
+}
+
+/// Fails with a clear message when `name` is not an image the daemon has.
+async fn check_user_image(docker: &Docker, name: &str) -> Result<()> {
+    match tokio::time::timeout(DAEMON_BOUND, docker.inspect_image(name)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) if is_not_found(&e) => Err(backend_error(format!(
+            "image {name:?} not found on the Docker daemon at {}: chaos never pulls images; build \
+             or load it there first (`docker build -t {name} …`, `docker load`), check `docker \
+             images`, or leave the image unset to use the default node image",
+            daemon_address()
+        ))),
+        Ok(Err(e)) => Err(daemon_error(format!("inspecting image {name:?}"), e)),
+        Err(_) => Err(backend_error(format!(
+            "inspecting image {name:?}: the Docker daemon did not answer within {DAEMON_BOUND:?}"
+        ))),
+    }
+}
+
+/// Creates the cluster's network on the first free candidate /24; returns the /24.
+async fn create_network(
+    docker: &Docker,
+    network: &str,
+    id: &str,
+    owner: &str,
+    local_daemon: bool,
+) -> Result<Ipv4Addr> {
+    let labels = HashMap::from([
+        (LABEL_CLUSTER.to_string(), id.to_string()),
+        (LABEL_OWNER.to_string(), owner.to_string()),
+    ]);
+    let start = rand::random::<u32>() % 4096;
+    let mut last_error = String::new();
+    for attempt in 0..SUBNET_ATTEMPTS {
+        let subnet = candidate_subnet((start + attempt * 61) % 4096);
+        if local_daemon && overlaps_host_route(subnet) {
+            continue;
+        }
+        let request = NetworkCreateRequest {
+            name: network.to_string(),
+            driver: Some("bridge".to_string()),
+            labels: Some(labels.clone()),
+            ipam: Some(Ipam {
+                config: Some(vec![IpamConfig {
+                    subnet: Some(format!("{subnet}/24")),
+                    gateway: Some(with_last_octet(subnet, 1).to_string()),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        match tokio::time::timeout(DAEMON_BOUND, docker.create_network(request)).await {
+            Ok(Ok(_)) => return Ok(subnet),
+            // "Pool overlaps with other one on this address space": another network has it.
+            Ok(Err(bollard::errors::Error::DockerResponseServerError { message, .. }))
+                if message.contains("overlap") =>
+            {
+                last_error = message;
+            }
+            Ok(Err(e)) => return Err(daemon_error(format!("creating network {network}"), e)),
+            Err(_) => {
+                return Err(backend_error(format!(
+                    "creating network {network}: the Docker daemon did not answer within {DAEMON_BOUND:?}"
+                )));
+            }
+        }
+    }
+    Err(backend_error(format!(
+        "creating network {network}: no free /24 in 10.216.0.0/12 after {SUBNET_ATTEMPTS} tries \
+         (last: {last_error}); remove unused networks (`docker network prune`, `chaos gc`)"
+    )))
+}
+
+/// A tar archive of `files` (path relative to `/`, mode, contents) and `dirs` (path, mode).
+fn tar_archive(dirs: &[(&str, u32)], files: &[(&str, u32, &[u8])]) -> std::io::Result<Vec<u8>> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (path, mode) in dirs {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Directory);
+        header.set_mode(*mode);
+        header.set_size(0);
+        header.set_mtime(0);
+        builder.append_data(&mut header, path, std::io::empty())?;
+    }
+    for (path, mode, data) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_mode(*mode);
+        header.set_size(data.len() as u64);
+        header.set_mtime(0);
+        builder.append_data(&mut header, path, *data)?;
+    }
+    builder.into_inner()
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn labels(&self, node: Option<&str>) -> HashMap<String, String> {
+        let mut labels = HashMap::from([
+            (LABEL_CLUSTER.to_string(), self.id.clone()),
+            (LABEL_OWNER.to_string(), self.owner.clone()),
+        ]);
+        if let Some(node) = node {
+            labels.insert(LABEL_NODE.to_string(), node.to_string());
+        }
+        labels
+    }
+
+    /// Container name, agent client and address of a node of this cluster.
+    fn node_entry(&self, node: &str) -> Result<(String, Arc<AgentClient>, Ipv4Addr)> {
+        let state = self.lock();
+        state
+            .nodes
+            .iter()
+            .find(|n| n.name == node)
+            .map(|n| (n.container.clone(), n.client.clone(), n.ip))
+            .ok_or_else(|| {
+                let names: Vec<&str> = state.nodes.iter().map(|n| n.name.as_str()).collect();
+                Error::Invalid {
+                    what: format!("node {node}"),
+                    message: format!(
+                        "no such node in docker cluster {}; its nodes: {}",
+                        self.options.name,
+                        if names.is_empty() {
+                            "none yet".to_string()
+                        } else {
+                            names.join(", ")
+                        }
+                    ),
+                }
+            })
+    }
+
+    /// The endpoint settings that give node `name` address `ip` on the cluster network.
+    fn endpoint(&self, name: &str, ip: Ipv4Addr) -> EndpointSettings {
+        EndpointSettings {
+            ipam_config: Some(EndpointIpamConfig {
+                ipv4_address: Some(ip.to_string()),
+                ..Default::default()
+            }),
+            aliases: Some(vec![name.to_string()]),
+            ..Default::default()
+        }
+    }
+
+    /// Creates node `k`: container (with its TLS files, and the agent for a user's image),
+    /// started, its agent answering over mutual TLS. On failure the container is removed.
+    async fn create_node(self: Arc<Self>, k: u32) -> Result<(Arc<dyn Node>, NodeEntry)> {
+        let name = format!("n{k}");
+        let container = format!("chaos-{}-{name}", self.id);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let port = self.published_on.map(|_| {
+                PUBLISHED_PORTS.start
+                    + (rand::random::<u32>() % u32::from(PUBLISHED_PORTS.end - PUBLISHED_PORTS.start)) as u16
+            });
+            let result = self.create_node_in(k, &name, &container, port).await;
+            if result.is_err() {
+                let options = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
+                let _ = tokio::time::timeout(
+                    DAEMON_BOUND,
+                    self.docker.remove_container(&container, Some(options)),
+                )
+                .await;
+            }
+            match result {
+                // Another process holds the host port we picked: pick another.
+                Err(e) if port.is_some() && attempt < PORT_ATTEMPTS && is_port_taken(&e) => continue,
+                other => return other,
+            }
+        }
+    }
+
+    async fn create_node_in(
+        &self,
+        k: u32,
+        name: &str,
+        container: &str,
+        published_port: Option<u16>,
+    ) -> Result<(Arc<dyn Node>, NodeEntry)> {
+        let ip = with_last_octet(self.subnet, (k + 1) as u8);
+        let mut sans = vec![IpAddr::V4(ip)];
+        sans.extend(self.published_on);
+        let identity = self
+            .ca
+            .issue_node(name, &sans, &[name.to_string(), container.to_string()])?;
+        let agent_port = format!("{AGENT_PORT}/tcp");
+        let port_bindings = published_port.map(|port| {
+            HashMap::from([(
+                agent_port.clone(),
+                Some(vec![PortBinding {
+                    host_ip: None,
+                    host_port: Some(port.to_string()),
+                }]),
+            )])
+        });
+
+        let timeout_ms = self.options.heartbeat_timeout.as_millis().max(1);
+        let body = ContainerCreateBody {
+            image: Some(self.image.clone()),
+            hostname: Some(name.to_string()),
+            entrypoint: Some(vec![image::AGENT_PATH.to_string()]),
+            cmd: Some(vec![
+                "--listen".into(),
+                format!("0.0.0.0:{AGENT_PORT}"),
+                "--tls-dir".into(),
+                TLS_DIR.into(),
+                "--root-dir".into(),
+                ROOT_DIR.into(),
+                "--state-dir".into(),
+                STATE_DIR.into(),
+                "--heartbeat-timeout".into(),
+                format!("{timeout_ms}ms"),
+            ]),
+            working_dir: Some(ROOT_DIR.to_string()),
+            // An anonymous volume: node files bypass the storage driver (fuse-overlayfs here
+            // moves 1 GiB in over a minute), and removing the container with `v` removes it.
+            volumes: Some(vec![ROOT_DIR.to_string()]),
+            labels: Some(self.labels(Some(name))),
+            host_config: Some(HostConfig {
+                cap_add: Some(vec!["NET_ADMIN".to_string()]),
+                // docker-init as PID 1 reaps orphans of the processes the agent starts.
+                init: Some(true),
+                network_mode: Some(self.network.clone()),
+                port_bindings,
+                ..Default::default()
+            }),
+            exposed_ports: published_port.map(|_| vec![agent_port.clone()]),
+            networking_config: Some(NetworkingConfig {
+                endpoints_config: Some(HashMap::from([(self.network.clone(), self.endpoint(name, ip))])),
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::new().name(container).build();
+        bounded(
+            format!("node {name}: creating container {container} from {}", self.image),
+            self.docker.create_container(Some(options), body),
+        )
+        .await?;
+
+        let ca = self.ca.cert_pem().as_bytes();
+        let mut files: Vec<(&str, u32, &[u8])> = vec![
+            ("chaos/tls/ca.pem", 0o644, ca),
+            ("chaos/tls/node.pem", 0o644, identity.cert_pem.as_bytes()),
+            ("chaos/tls/node.key", 0o600, identity.key_pem.as_bytes()),
+        ];
+        if let Some(agent) = &self.agent_upload {
+            files.push(("chaos/chaos-agent", 0o755, agent.as_slice()));
+        }
+        let archive = tar_archive(
+            &[
+                ("chaos", 0o755),
+                ("chaos/tls", 0o700),
+                ("chaos/root", 0o755),
+                ("chaos/state", 0o700),
+            ],
+            &files,
+        )
+        .map_err(|e| Error::io(format!("node {name}: packing its TLS files"), e))?;
+        let upload = UploadToContainerOptionsBuilder::new().path("/").build();
+        bounded(
+            format!("node {name}: copying TLS files into {container}"),
+            self.docker
+                .upload_to_container(container, Some(upload), bollard::body_full(archive.into())),
+        )
+        .await?;
+        bounded(
+            format!("node {name}: starting container {container}"),
+            self.docker.start_container(container, None),
+        )
+        .await?;
+
+        let timeouts = Timeouts {
+            connect: Duration::from_secs(2),
+            ..Timeouts::default()
+        };
+        let agent_addr = match (self.published_on, published_port) {
+            (Some(host), Some(port)) => SocketAddr::new(host, port),
+            _ => SocketAddr::new(IpAddr::V4(ip), AGENT_PORT),
+        };
+        let client = Arc::new(AgentClient::with_timeouts(
+            name.to_string(),
+            agent_addr,
+            self.tls.clone(),
+            timeouts,
+        ));
+        self.wait_ready(name, container, &client).await?;
+        let interval = (self.options.heartbeat_timeout / 3).max(Duration::from_millis(10));
+        let heartbeat = client.spawn_heartbeats(interval);
+        let node: Arc<dyn Node> = Arc::new(AgentNode::new(
+            client.clone(),
+            vec![IpAddr::V4(ip)],
+            ROOT_DIR.to_string(),
+        ));
+        Ok((
+            node,
+            NodeEntry {
+                k,
+                name: name.to_string(),
+                container: container.to_string(),
+                ip,
+                client,
+                _heartbeat: heartbeat,
+            },
+        ))
+    }
+
+    /// Waits until the node's agent answers a heartbeat over mutual TLS, within the node-ready
+    /// bound. On timeout the error carries the container's state and the end of its log.
+    async fn wait_ready(&self, name: &str, container: &str, client: &AgentClient) -> Result<()> {
+        let deadline = Instant::now() + self.options.node_ready_timeout;
+        let mut pause = Duration::from_millis(2);
+        let mut checks = 0u32;
+        loop {
+            let last = match client.heartbeat().await {
+                Ok(_) => return Ok(()),
+                Err(e) => e,
+            };
+            checks += 1;
+            // Now and then, see whether the container died: no point waiting for a dead agent.
+            let exited = if checks % 25 == 0 {
+                matches!(
+                    self.docker.inspect_container(container, None).await,
+                    Ok(info) if info.state.as_ref().and_then(|s| s.running) == Some(false)
+                )
+            } else {
+                false
+            };
+            if exited || Instant::now() >= deadline {
+                let log = self.log_tail(container).await;
+                let why = if exited {
+                    "its container exited".to_string()
+                } else {
+                    format!(
+                        "no answer within {:?} (the runner must reach container addresses directly: \
+                         a local daemon, or a route to the daemon host's networks)",
+                        self.options.node_ready_timeout
+                    )
+                };
+                return Err(backend_error(format!(
+                    "node {name} (container {container}): the agent is not ready: {why}; last \
+                     error: {last}; container log:\n{log}"
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    /// The last lines a container printed, for error messages.
+    async fn log_tail(&self, container: &str) -> String {
+        let options = LogsOptionsBuilder::new()
+            .stdout(true)
+            .stderr(true)
+            .tail("20")
+            .build();
+        let mut logs = self.docker.logs(container, Some(options));
+        let mut text = String::new();
+        let collect = async {
+            while let Some(Ok(chunk)) = logs.next().await {
+                text.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(3), collect).await;
+        if text.trim().is_empty() {
+            "(empty)".to_string()
+        } else {
+            text
+        }
+    }
+
+    async fn heal_container_fault(&self, id: u64) -> Result<bool> {
+        let Some(fault) = self.lock().faults.remove(&id) else {
+            return Ok(false);
+        };
+        fault.expiry.abort();
+        self.undo(&fault).await.map(|()| true)
+    }
+
+    /// Like [`Inner::heal_container_fault`], from the fault's own expiry task (which must not
+    /// abort itself).
+    async fn heal_container_fault_from_expiry(&self, id: u64) -> Result<bool> {
+        let Some(fault) = self.lock().faults.remove(&id) else {
+            return Ok(false);
+        };
+        self.undo(&fault).await.map(|()| true)
+    }
+
+    async fn heal_all_container_faults(&self) -> Result<usize> {
+        let faults: Vec<ActiveFault> = self.lock().faults.drain().map(|(_, f)| f).collect();
+        let count = faults.len();
+        let mut errors = Vec::new();
+        for fault in &faults {
+            fault.expiry.abort();
+        }
+        let results = futures_util::future::join_all(faults.iter().map(|f| self.undo(f))).await;
+        for result in results {
+            if let Err(e) = result {
+                errors.push(e.to_string());
+            }
+        }
+        if errors.is_empty() {
+            Ok(count)
+        } else {
+            Err(backend_error(format!(
+                "healing container faults: {}",
+                errors.join("; ")
+            )))
+        }
+    }
+
+    /// Undoes one container fault and waits until the node's agent answers again.
+    async fn undo(&self, fault: &ActiveFault) -> Result<()> {
+        let node = &fault.node;
+        let (container, client, ip) = self.node_entry(node)?;
+        let context = format!("node {node}: healing {} of container {container}", fault.fault);
+        match fault.fault {
+            ContainerFault::Pause => {
+                bounded(&context, self.docker.unpause_container(&container)).await?;
+            }
+            ContainerFault::Stop => {
+                bounded(&context, self.docker.start_container(&container, None)).await?;
+            }
+            ContainerFault::Disconnect => {
+                let request = NetworkConnectRequest {
+                    container: container.clone(),
+                    endpoint_config: Some(self.endpoint(node, ip)),
+                };
+                bounded(&context, self.docker.connect_network(&self.network, request)).await?;
+            }
+        }
+        self.wait_ready(node, &container, &client).await?;
+        tracing::info!(node = %node, fault = %fault.fault, "container fault healed");
+        Ok(())
+    }
+}
+
+impl Drop for Inner {
+    /// Best effort, blocking: removes whatever containers and network are left (a test that
+    /// panicked before [`Cluster::cleanup`]). Runs on a thread of its own with its own runtime
+    /// and connection, so it works whether or not a runtime is running here.
+    fn drop(&mut self) {
+        let cleaned = self.lock().cleaned;
+        if cleaned {
+            return;
+        }
+        let id = self.id.clone();
+        let network = self.network.clone();
+        let worker = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            runtime.block_on(async {
+                let docker = connect().await.map_err(|e| e.to_string())?;
+                remove_cluster_resources(&docker, &id, &network).await
+            })
+        });
+        match worker.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("docker cluster {}: cleanup on drop: {e}", self.id),
+            Err(_) => tracing::warn!("docker cluster {}: cleanup on drop panicked", self.id),
+        }
+    }
+}
+
+/// Removes every container labelled with cluster `id`, then the network `network`.
+async fn remove_cluster_resources(docker: &Docker, id: &str, network: &str) -> Result<(), String> {
+    let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_CLUSTER}={id}")])]);
+    let list = ListContainersOptionsBuilder::new()
+        .all(true)
+        .filters(&filters)
+        .build();
+    let containers = bounded("listing containers", docker.list_containers(Some(list)))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut errors = Vec::new();
+    let removals = containers
+        .iter()
+        .filter_map(|c| c.id.clone())
+        .map(|cid| async move {
+            let options = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
+            bounded(
+                format!("removing container {cid}"),
+                docker.remove_container(&cid, Some(options)),
+            )
+            .await
+        });
+    for result in futures_util::future::join_all(removals).await {
+        if let Err(e) = result {
+            errors.push(e.to_string());
+        }
+    }
+    match tokio::time::timeout(DAEMON_BOUND, docker.remove_network(network)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) if is_not_found(&e) => {}
+        Ok(Err(e)) => errors.push(daemon_error(format!("removing network {network}"), e).to_string()),
+        Err(_) => errors.push(format!(
+            "removing network {network}: no answer within {DAEMON_BOUND:?}"
+        )),
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("; "))
+    }
+}
+
+#[async_trait]
+impl Cluster for DockerCluster {
+    fn backend(&self) -> &'static str {
+        "docker"
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    async fn create_nodes(&self, count: usize) -> Result<Vec<Arc<dyn Node>>> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let inner = &self.inner;
+        let first = {
+            let mut state = inner.lock();
+            if state.cleaned {
+                return Err(backend_error(format!(
+                    "cluster {}: already cleaned up; create a new cluster",
+                    inner.options.name
+                )));
+            }
+            let first = state.next_node;
+            let last = u64::from(first) + count as u64 - 1;
+            if last > u64::from(MAX_NODES) {
+                return Err(backend_error(format!(
+                    "cluster {}: asked for {count} more nodes but a docker cluster holds at most \
+                     {MAX_NODES} ({} already made)",
+                    inner.options.name,
+                    first - 1
+                )));
+            }
+            state.next_node = last as u32 + 1;
+            first
+        };
+        let bound = inner.options.node_ready_timeout + DAEMON_BOUND;
+        let mut tasks = tokio::task::JoinSet::new();
+        for k in first..first + count as u32 {
+            let inner = inner.clone();
+            tasks.spawn(async move {
+                let name = format!("n{k}");
+                crate::ext::with_timeout(&name, "creating the node", bound, inner.create_node(k)).await
+            });
+        }
+        let mut made = Vec::with_capacity(count);
+        let mut first_error = None;
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(Ok(pair)) => made.push(pair),
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(backend_error(format!("node creation task failed: {e}")));
+                }
+            }
+        }
+        made.sort_by_key(|(_, entry)| entry.k);
+        let nodes: Vec<Arc<dyn Node>> = made.iter().map(|(node, _)| node.clone()).collect();
+        {
+            let mut state = inner.lock();
+            // Even after a failure the made nodes are kept: cleanup removes them.
+            state.nodes.extend(made.into_iter().map(|(_, entry)| entry));
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(nodes),
+        }
+    }
+
+    async fn cleanup(&self) -> Result<()> {
+        let inner = &self.inner;
+        let faults: Vec<ActiveFault> = {
+            let mut state = inner.lock();
+            if state.cleaned {
+                return Ok(());
+            }
+            state.cleaned = true;
+            state.faults.drain().map(|(_, f)| f).collect()
+        };
+        let mut errors = Vec::new();
+        // Unpause first: a paused agent cannot shut down gracefully, and removing a paused
+        // container is refused by older daemons. Stopped and disconnected containers are simply
+        // removed below.
+        for fault in &faults {
+            fault.expiry.abort();
+            if fault.fault == ContainerFault::Pause {
+                let container = format!("chaos-{}-{}", inner.id, fault.node);
+                let _ = bounded("unpausing", inner.docker.unpause_container(&container)).await;
+            }
+        }
+        let nodes = std::mem::take(&mut inner.lock().nodes);
+        // Graceful first: each agent kills its process trees and heals its own faults.
+        let shutdowns = nodes.iter().map(|n| {
+            let client = n.client.clone();
+            async move {
+                let _ = tokio::time::timeout(SHUTDOWN_BOUND, client.shutdown()).await;
+            }
+        });
+        futures_util::future::join_all(shutdowns).await;
+        drop(nodes);
+        if let Err(e) = remove_cluster_resources(&inner.docker, &inner.id, &inner.network).await {
+            errors.push(e);
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(backend_error(format!(
+                "cleaning up cluster {} ({}): {}",
+                inner.options.name,
+                inner.id,
+                errors.join("; ")
+            )))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidate_subnets_stay_clear_of_netns() {
+        assert_eq!(candidate_subnet(0), Ipv4Addr::new(10, 216, 0, 0));
+        assert_eq!(candidate_subnet(257), Ipv4Addr::new(10, 217, 1, 0));
+        assert_eq!(candidate_subnet(4095), Ipv4Addr::new(10, 231, 255, 0));
+        assert_eq!(candidate_subnet(4096), Ipv4Addr::new(10, 216, 0, 0));
+    }
+
+    #[test]
+    fn names_are_made_docker_safe() {
+        assert_eq!(docker_safe("stdio_round_trips"), "stdio_round_trips");
+        assert_eq!(docker_safe("a b/c"), "a-b-c");
+        assert_eq!(docker_safe("-x"), "c-x");
+        assert_eq!(docker_safe(&"x".repeat(99)).len(), 40);
+    }
+
+    #[test]
+    fn tar_archives_keep_modes() {
+        let bytes = tar_archive(&[("d", 0o700)], &[("d/f", 0o600, b"hi")]).unwrap();
+        let mut archive = tar::Archive::new(bytes.as_slice());
+        let entries: Vec<(String, u32, u64)> = archive
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.path().unwrap().to_string_lossy().into_owned(),
+                    e.header().mode().unwrap(),
+                    e.header().size().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            entries,
+            vec![("d".to_string(), 0o700, 0), ("d/f".to_string(), 0o600, 2)]
+        );
+    }
+}

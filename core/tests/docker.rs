@@ -1,0 +1,365 @@
+//! The docker backend beyond the shared suite: addresses and aliases, Docker-level faults with
+//! real traffic between containers, bad images, and nothing left behind.
+//!
+//! Every test skips, saying why, when no Docker daemon is reachable.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use chaos::backend::docker::{self, ContainerFault, DockerCluster, DockerOptions, LABEL_CLUSTER};
+use chaos::backend::{self, BackendKind, ClusterOptions};
+use chaos::{Cluster, Node, NodeExt, ProcSpec};
+
+/// A docker cluster for `test`, or `None` (with the reason printed) when Docker is unavailable.
+async fn cluster(test: &str) -> Option<DockerCluster> {
+    if let Err(why) = backend::availability(BackendKind::Docker) {
+        eprintln!("{test}: skipped: {why}");
+        return None;
+    }
+    let options = ClusterOptions {
+        name: test.to_string(),
+        ..ClusterOptions::default()
+    };
+    Some(
+        DockerCluster::new(options, DockerOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("{test}: creating a docker cluster: {e}")),
+    )
+}
+
+async fn sh(node: &dyn Node, script: &str) -> (bool, String) {
+    let out = node
+        .run("sh", ["-c", script])
+        .await
+        .unwrap_or_else(|e| panic!("{}: sh -c {script:?}: {e}", node.name()));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Containers and networks carrying `cluster`'s label, as `docker` sees them.
+async fn labelled(docker: &bollard::Docker, cluster: &str) -> (usize, usize) {
+    let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_CLUSTER}={cluster}")])]);
+    let containers = docker
+        .list_containers(Some(
+            bollard::query_parameters::ListContainersOptionsBuilder::new()
+                .all(true)
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+        .unwrap();
+    let networks = docker
+        .list_networks(Some(
+            bollard::query_parameters::ListNetworksOptionsBuilder::new()
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+        .unwrap();
+    (containers.len(), networks.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_reach_each_other_by_address_and_name_and_leave_nothing() {
+    let Some(cluster) = cluster("docker_reach").await else {
+        return;
+    };
+    let docker = docker::connect().await.unwrap();
+    let nodes = cluster.create_nodes(3).await.unwrap();
+    assert_eq!(
+        nodes.iter().map(|n| n.name()).collect::<Vec<_>>(),
+        ["n1", "n2", "n3"]
+    );
+    let [a, b, c] = [&nodes[0], &nodes[1], &nodes[2]].map(|n| n.addresses()[0]);
+    assert!(a != b && b != c && a != c, "{a} {b} {c}");
+    let (ok, text) = sh(&*nodes[0], &format!("ping -c 1 -W 2 {b} && ping -c 1 -W 2 n3")).await;
+    assert!(ok, "{text}");
+    let (ok, text) = sh(&*nodes[1], "hostname; cat /proc/1/comm").await;
+    assert!(ok && text.starts_with("n2\n"), "{text}");
+    assert_eq!(labelled(&docker, cluster.id()).await, (3, 1));
+
+    cluster.cleanup().await.unwrap();
+    assert_eq!(
+        labelled(&docker, cluster.id()).await,
+        (0, 0),
+        "containers or network left"
+    );
+}
+
+/// Starts a TCP server on `node` answering `pong` to every connection on `port`.
+async fn pong_server(node: &dyn Node, port: u16) {
+    let mut spec = ProcSpec::new(
+        "sh",
+        ["-c", &format!("while true; do echo pong | nc -l -p {port}; done")],
+    );
+    spec.stdout = chaos::proto::OutputSpec::Null;
+    spec.stderr = chaos::proto::OutputSpec::Null;
+    node.start(spec).await.expect("starting the pong server");
+    // Wait until it listens.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !sh(node, &format!("netstat -ltn | grep -q ':{port} '")).await.0 {
+        assert!(
+            Instant::now() < deadline,
+            "{}: nothing listens on {port}",
+            node.name()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Whether `from` gets `pong` from `to`'s server within a second. (`nc -w` bounds only the
+/// connect, which a frozen peer's kernel still completes, hence `timeout`.)
+async fn pongs(from: &dyn Node, to: &str, port: u16) -> bool {
+    let (_, text) = sh(from, &format!("timeout -s KILL 1 nc -w 1 {to} {port} </dev/null")).await;
+    text.contains("pong")
+}
+
+/// Whether `from` gets an ICMP echo reply from `to` within a second.
+async fn pings(from: &dyn Node, to: &str) -> bool {
+    sh(from, &format!("ping -c 1 -W 1 {to}")).await.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_freezes_a_node_for_its_peers_until_healed_or_expired() {
+    let Some(cluster) = cluster("docker_pause").await else {
+        return;
+    };
+    let nodes = cluster.create_nodes(2).await.unwrap();
+    let (n1, n2) = (&*nodes[0], &*nodes[1]);
+    pong_server(n1, 9000).await;
+    assert!(pongs(n2, "n1", 9000).await, "no pong before the fault");
+
+    let fault = cluster
+        .container_fault("n1", ContainerFault::Pause, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        cluster.container_faults(),
+        vec![(fault.id(), "n1".to_string(), ContainerFault::Pause)]
+    );
+    assert!(!pongs(n2, "n1", 9000).await, "a paused node answered");
+    // A second fault on the same node is refused, naming the first.
+    let again = cluster
+        .container_fault("n1", ContainerFault::Stop, Duration::from_secs(5))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(again.contains("already has container fault"), "{again}");
+    assert!(fault.heal().await.unwrap(), "healing an active fault");
+    assert!(!fault.heal().await.unwrap(), "healing twice");
+    assert!(pongs(n2, "n1", 9000).await, "no pong after unpausing");
+    // The agent survived the silence (its grace) and still serves.
+    assert!(sh(n1, "true").await.0);
+
+    // With a short TTL the fault heals itself.
+    cluster
+        .container_fault("n1", ContainerFault::Pause, Duration::from_secs(3))
+        .await
+        .unwrap();
+    assert!(!pongs(n2, "n1", 9000).await);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cluster.container_faults().is_empty() {
+        assert!(Instant::now() < deadline, "the pause outlived its TTL");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(pongs(n2, "n1", 9000).await, "no pong after the TTL");
+    cluster.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_and_stop_cut_a_node_off_and_heal_back() {
+    let Some(cluster) = cluster("docker_disconnect").await else {
+        return;
+    };
+    let docker = docker::connect().await.unwrap();
+    let nodes = cluster.create_nodes(2).await.unwrap();
+    let (n1, n2) = (&*nodes[0], &*nodes[1]);
+    let n1_ip = n1.addresses()[0].to_string();
+    assert!(pings(n2, &n1_ip).await);
+
+    let fault = cluster
+        .container_fault("n1", ContainerFault::Disconnect, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(!pings(n2, &n1_ip).await, "a disconnected node answered");
+    fault.heal().await.unwrap();
+    assert!(pings(n2, &n1_ip).await, "reconnected with another address?");
+    assert!(pings(n2, "n1").await, "the alias did not come back");
+
+    // Stop: the node's processes die, its agent comes back after the heal.
+    let mut spec = ProcSpec::new("sleep", ["1000"]);
+    spec.stdout = chaos::proto::OutputSpec::Null;
+    let sleeper = n1.start(spec).await.unwrap();
+    let fault = cluster
+        .container_fault("n1", ContainerFault::Stop, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let info = docker
+        .inspect_container(&cluster.container_name("n1"), None)
+        .await
+        .unwrap();
+    assert_eq!(info.state.and_then(|s| s.running), Some(false));
+    assert!(
+        n1.run("true", Vec::<String>::new()).await.is_err(),
+        "a stopped node ran a command"
+    );
+    fault.heal().await.unwrap();
+    // Pids start again at 1 in the restarted container, so look for the command, not the pid.
+    let _ = sleeper;
+    let (_, text) = sh(n1, "ps -o args").await;
+    assert!(
+        !text.contains("sleep 1000"),
+        "a process survived the stop:\n{text}"
+    );
+    assert!(pings(n2, &n1_ip).await);
+
+    // Restart: same, in one step.
+    cluster.restart_node("n2").await.unwrap();
+    assert!(sh(n2, "true").await.0);
+    cluster.cleanup().await.unwrap();
+    let filters = HashMap::from([(
+        "label".to_string(),
+        vec![format!("{LABEL_CLUSTER}={}", cluster.id())],
+    )]);
+    let left = docker
+        .list_containers(Some(
+            bollard::query_parameters::ListContainersOptionsBuilder::new()
+                .all(true)
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_heals_faults_left_active() {
+    let Some(cluster) = cluster("docker_cleanup_heals").await else {
+        return;
+    };
+    let docker = docker::connect().await.unwrap();
+    cluster.create_nodes(3).await.unwrap();
+    let ttl = Duration::from_secs(300);
+    cluster
+        .container_fault("n1", ContainerFault::Pause, ttl)
+        .await
+        .unwrap();
+    cluster
+        .container_fault("n2", ContainerFault::Stop, ttl)
+        .await
+        .unwrap();
+    cluster
+        .container_fault("n3", ContainerFault::Disconnect, ttl)
+        .await
+        .unwrap();
+    assert_eq!(cluster.container_faults().len(), 3);
+    cluster.cleanup().await.unwrap();
+    assert_eq!(labelled(&docker, cluster.id()).await, (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_partition_between_containers_with_real_traffic() {
+    let Some(cluster) = cluster("docker_partition").await else {
+        return;
+    };
+    let nodes = cluster.create_nodes(3).await.unwrap();
+    let (n1, n2) = (&*nodes[0], &*nodes[1]);
+    for node in &nodes {
+        pong_server(&**node, 9000).await;
+    }
+    let shape = chaos::faults::Shape::Isolate {
+        node: "n1".to_string(),
+    };
+    let handle = chaos::faults::partition(&nodes, &shape, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(!pongs(n2, "n1", 9000).await, "n2 reached an isolated n1");
+    assert!(!pongs(n1, "n3", 9000).await, "an isolated n1 reached n3");
+    assert!(pongs(n2, "n3", 9000).await, "n2 lost n3, which was not isolated");
+    // The runner still drives the isolated node.
+    assert!(sh(n1, "true").await.0);
+    handle.heal().await.unwrap();
+    assert!(pongs(n2, "n1", 9000).await && pongs(n1, "n3", 9000).await);
+    cluster.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_image_is_a_clear_error_and_creates_nothing() {
+    if let Err(why) = backend::availability(BackendKind::Docker) {
+        eprintln!("a_missing_image_is_a_clear_error_and_creates_nothing: skipped: {why}");
+        return;
+    }
+    let docker = docker::connect().await.unwrap();
+    let networks_before = docker
+        .list_networks(None::<bollard::query_parameters::ListNetworksOptions>)
+        .await
+        .unwrap()
+        .len();
+    let options = DockerOptions {
+        image: Some("chaos-test/no-such-image:1".to_string()),
+        ..DockerOptions::default()
+    };
+    let err = match DockerCluster::new(ClusterOptions::default(), options).await {
+        Ok(_) => panic!("a cluster on a missing image"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("chaos-test/no-such-image:1")
+            && err.contains("not found")
+            && err.contains("never pulls"),
+        "{err}"
+    );
+    let networks_after = docker
+        .list_networks(None::<bollard::query_parameters::ListNetworksOptions>)
+        .await
+        .unwrap()
+        .len();
+    assert_eq!(networks_before, networks_after, "a network was created");
+}
+
+/// What a remote daemon (`DOCKER_HOST=tcp://…`) gets, tried on the local one: agents reached at
+/// published ports of the daemon's host, which survive a stop/start of the container.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_reached_at_published_ports_survive_a_stop() {
+    let test = "agents_reached_at_published_ports_survive_a_stop";
+    if let Err(why) = backend::availability(BackendKind::Docker) {
+        eprintln!("{test}: skipped: {why}");
+        return;
+    }
+    let options = ClusterOptions {
+        name: test.to_string(),
+        ..ClusterOptions::default()
+    };
+    let docker_options = DockerOptions {
+        reach: Some(docker::Reach::Published),
+        ..DockerOptions::default()
+    };
+    let cluster = DockerCluster::new(options, docker_options).await.unwrap();
+    assert_eq!(cluster.reach(), docker::Reach::Published);
+    let nodes = cluster.create_nodes(2).await.unwrap();
+    let info = cluster
+        .docker()
+        .inspect_container(&cluster.container_name("n1"), None)
+        .await
+        .unwrap();
+    let published = format!("{:?}", info.host_config.and_then(|h| h.port_bindings));
+    assert!(published.contains("7700/tcp"), "{published}");
+    // Peers still use container addresses.
+    let n2_ip = nodes[1].addresses()[0].to_string();
+    assert!(pings(&*nodes[0], &n2_ip).await);
+    let fault = cluster
+        .container_fault("n1", ContainerFault::Stop, Duration::from_secs(60))
+        .await
+        .unwrap();
+    fault.heal().await.unwrap();
+    assert!(
+        sh(&*nodes[0], "true").await.0,
+        "the agent is not at its port after a restart"
+    );
+    cluster.cleanup().await.unwrap();
+}
