@@ -12,7 +12,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use chaos::backend::{self, BackendKind, netns};
+use chaos::backend::{self, BackendKind};
+
+mod common;
+use common::alive_here;
+use common::footprint::Footprint;
 
 /// Bound on `chaos up` becoming ready, and on anything else that should be quick.
 const BOUND: Duration = Duration::from_secs(60);
@@ -215,119 +219,28 @@ fn netns_available(test: &str) -> bool {
     }
 }
 
-fn stdout_of(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running {program}: {e}"));
-    text(&out.stdout)
-}
-
-/// What a netns cluster holds on the host, recorded while it runs (from the backend's own
-/// state file), to check afterwards that all of it is gone.
-struct Footprint {
-    index: u32,
-    cgroup_dir: PathBuf,
-    temp_dir: PathBuf,
-    pids: Vec<u32>,
-}
-
-impl Footprint {
-    fn of(up: &Up) -> Self {
-        let cluster = up.cluster();
-        let record = cluster["backend_state_file"]
-            .as_str()
-            .expect("a netns cluster.json names the backend state file");
-        let record: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(record).expect("reading the backend state file"))
-                .expect("parsing the backend state file");
-        let cgroup_dir = PathBuf::from(record["cgroup_dir"].as_str().unwrap());
-        let footprint = Self {
-            index: record["index"].as_u64().unwrap() as u32,
-            pids: cgroup_pids(&cgroup_dir),
-            cgroup_dir,
-            temp_dir: PathBuf::from(record["temp_dir"].as_str().unwrap()),
-        };
-        assert!(
-            !footprint.pids.is_empty(),
-            "no agent processes found in {:?}",
-            footprint.cgroup_dir
-        );
-        assert!(!footprint.present().is_empty());
-        footprint
-    }
-
-    /// What of the cluster is still there.
-    fn present(&self) -> Vec<String> {
-        let mut found = Vec::new();
-        for path in [&self.cgroup_dir, &self.temp_dir] {
-            if path.exists() {
-                found.push(path.display().to_string());
-            }
-        }
-        let state = netns::state_file(self.index);
-        if let Ok(text) = std::fs::read_to_string(&state) {
-            let owner: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-            if owner["temp_dir"].as_str() != self.temp_dir.to_str() {
-                // Another runner claimed the index since: its namespaces are not ours.
-                return found;
-            }
-            found.push(state.display().to_string());
-        }
-        let hub = netns::hub_netns_name(self.index);
-        for line in stdout_of("ip", &["netns", "list"]).lines() {
-            let name = line.split_whitespace().next().unwrap_or_default();
-            if name == hub || name.starts_with(&format!("{hub}-n")) {
-                found.push(format!("netns {name}"));
-            }
-        }
-        let link = netns::host_link_name(self.index);
-        for line in stdout_of("ip", &["-o", "link"]).lines() {
-            let name = line.split(':').nth(1).unwrap_or_default().trim();
-            let name = name.split('@').next().unwrap_or_default();
-            if name == link || name == format!("{link}h") {
-                found.push(format!("link {name}"));
-            }
-        }
-        found.extend(
-            self.pids
-                .iter()
-                .filter(|&&p| alive(p))
-                .map(|p| format!("pid {p}")),
-        );
-        found
-    }
-
-    fn assert_gone(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut left = self.present();
-        while !left.is_empty() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-            left = self.present();
-        }
-        assert!(left.is_empty(), "cluster #{} left {left:?}", self.index);
-    }
-}
-
-fn cgroup_pids(dir: &Path) -> Vec<u32> {
-    let mut pids: Vec<u32> = std::fs::read_to_string(dir.join("cgroup.procs"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            pids.extend(cgroup_pids(&entry.path()));
-        }
-    }
-    pids
-}
-
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/status")) {
-        Ok(status) => !status.lines().any(|l| l.starts_with("State:") && l.contains('Z')),
-        Err(_) => false,
-    }
+/// Records what the netns cluster of a running `chaos up` holds, from the backend's own state
+/// file.
+fn footprint_of(up: &Up) -> Footprint {
+    let cluster = up.cluster();
+    let record = cluster["backend_state_file"]
+        .as_str()
+        .expect("a netns cluster.json names the backend state file");
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(record).expect("reading the backend state file"))
+            .expect("parsing the backend state file");
+    let footprint = Footprint::record(
+        record["index"].as_u64().unwrap() as u32,
+        PathBuf::from(record["cgroup_dir"].as_str().unwrap()),
+        PathBuf::from(record["temp_dir"].as_str().unwrap()),
+    );
+    assert!(
+        !footprint.pids.is_empty(),
+        "no agent processes found in {:?}",
+        footprint.cgroup_dir
+    );
+    assert!(!footprint.resources().is_empty());
+    footprint
 }
 
 /// The files `chaos up` leaves in its state directory while it runs.
@@ -364,7 +277,7 @@ fn netns_up_exec_down() {
     let cluster = up.cluster();
     assert_eq!(cluster["backend"], "netns");
     assert_eq!(cluster["owner"]["pid"], up.pid());
-    let footprint = Footprint::of(&up);
+    let footprint = footprint_of(&up);
 
     // The command runs on the node: it sees the node's own address, printed by `chaos up`.
     let (n2, ip2) = &up.nodes[1];
@@ -463,7 +376,7 @@ fn netns_up_exec_down() {
     assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
     assert!(up.wait_exit(), "chaos up failed while stopping");
     assert_eq!(state_files(&dir), Vec::<String>::new());
-    footprint.assert_gone();
+    footprint.assert_gone_within(Duration::from_secs(10));
 
     // Nothing left to stop, nothing to exec on.
     let out = run(&["down", "--state", dir.to_str().unwrap()]);
@@ -546,7 +459,7 @@ fn pause_and_kill_a_detached_process(dir: &Path, root: &str) {
     ]);
     assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
     let deadline = Instant::now() + BOUND;
-    while alive(pid) {
+    while alive_here(pid) {
         assert!(Instant::now() < deadline, "pid {pid} survived the kill");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -698,13 +611,13 @@ fn netns_ctrl_c_cleans_up() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("state");
     let mut up = Up::start("netns", 2, &dir, &[]);
-    let footprint = Footprint::of(&up);
+    let footprint = footprint_of(&up);
     let out = exec(&dir, "n2", &["sh", "-c", "sleep 600 & echo started"]);
     assert_eq!(text(&out.stdout), "started\n", "{}", text(&out.stderr));
     signal(up.pid(), libc::SIGINT);
     assert!(up.wait_exit(), "chaos up failed after SIGINT");
     assert_eq!(state_files(&dir), Vec::<String>::new());
-    footprint.assert_gone();
+    footprint.assert_gone_within(Duration::from_secs(10));
 }
 
 #[test]
@@ -812,7 +725,7 @@ fn bad_arguments_exit_2_with_one_line() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_str().unwrap();
     for args in [
-        vec!["up", "--backend", "docker", "--state", dir],
+        vec!["up", "--backend", "ec2", "--state", dir],
         vec!["up", "--backend", "local", "--nodes", "0", "--state", dir],
         vec![
             "up",

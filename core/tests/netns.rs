@@ -7,7 +7,7 @@
 #![cfg(target_os = "linux")]
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +16,9 @@ use chaos::backend::ClusterOptions;
 use chaos::backend::netns::{self, NetnsCluster};
 use chaos::{Cluster, Node, NodeExt, ProcSpec};
 use tokio::io::AsyncReadExt;
+
+mod common;
+use common::footprint::{Footprint, footprint, stdout_of};
 
 /// Bound on anything in these tests that should be quick.
 const QUICK: Duration = Duration::from_secs(20);
@@ -40,135 +43,26 @@ async fn new_cluster(name: &str) -> NetnsCluster {
         .unwrap_or_else(|e| panic!("{name}: creating a netns cluster: {e}"))
 }
 
-fn stdout_of(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running {program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+/// Records what `cluster` holds (it must have `nodes` nodes), checking the record is complete.
+fn snapshot(cluster: &NetnsCluster, nodes: usize) -> Footprint {
+    let snap = Footprint::record(
+        cluster.index(),
+        cluster.cgroup_dir().to_path_buf(),
+        cluster.dir().to_path_buf(),
     );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Everything of the cluster with `index` and `temp_dir` visible on the host, as `kind name`
-/// strings.
-///
-/// Once a cluster is cleaned up, a runner in another process may claim the same index. It can
-/// only do so after our host link and hub are gone (claiming creates the link and the hub, and
-/// fails if they exist), so when the index's state file names another cluster, only our own
-/// directories are checked.
-fn footprint(index: u32, cgroup_dir: &Path, temp_dir: &Path) -> BTreeSet<String> {
-    let mut found = BTreeSet::new();
-    for (kind, path) in [("cgroup", cgroup_dir), ("tempdir", temp_dir)] {
-        if path.exists() {
-            found.insert(format!("{kind} {}", path.display()));
-        }
-    }
-    let state = netns::state_file(index);
-    if let Ok(text) = std::fs::read_to_string(&state) {
-        let owner: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-        if owner["temp_dir"].as_str() != temp_dir.to_str() {
-            eprintln!("cluster index {index} was claimed again by {}", owner["cluster"]);
-            found.remove(&format!("cgroup {}", cgroup_dir.display()));
-            return found;
-        }
-        found.insert(format!("statefile {}", state.display()));
-    }
-    let hub = netns::hub_netns_name(index);
-    let node_prefix = format!("{hub}-n");
-    for line in stdout_of("ip", &["netns", "list"]).lines() {
-        let name = line.split_whitespace().next().unwrap_or_default();
-        if name == hub || name.starts_with(&node_prefix) {
-            found.insert(format!("netns {name}"));
-        }
-    }
-    let host_link = netns::host_link_name(index);
-    for line in stdout_of("ip", &["-o", "link"]).lines() {
-        // `7: chaos3@if2: <...>`
-        let name = line.split(':').nth(1).unwrap_or_default().trim();
-        let name = name.split('@').next().unwrap_or_default();
-        if name == host_link || name == format!("{host_link}h") {
-            found.insert(format!("link {name}"));
-        }
-    }
-    found
-}
-
-/// Every process id in `dir` and its descendant cgroups.
-fn cgroup_pids(dir: &Path) -> Vec<u32> {
-    let mut pids: Vec<u32> = std::fs::read_to_string(dir.join("cgroup.procs"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            pids.extend(cgroup_pids(&entry.path()));
-        }
-    }
-    pids
-}
-
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/status")) {
-        Ok(status) => !status.lines().any(|l| l.starts_with("State:") && l.contains('Z')),
-        Err(_) => false,
-    }
-}
-
-/// What a cluster holds, recorded while it exists, to check afterwards that it is all gone.
-struct Snapshot {
-    index: u32,
-    cgroup_dir: PathBuf,
-    temp_dir: PathBuf,
-    pids: Vec<u32>,
-}
-
-impl Snapshot {
-    fn take(cluster: &NetnsCluster, nodes: usize) -> Self {
-        let snap = Snapshot {
-            index: cluster.index(),
-            cgroup_dir: cluster.cgroup_dir().to_path_buf(),
-            temp_dir: cluster.dir().to_path_buf(),
-            pids: cgroup_pids(cluster.cgroup_dir()),
-        };
-        let present = snap.footprint();
-        // The hub, each node's namespace, the host link, cgroup, temp dir and state file.
-        assert_eq!(
-            present.len(),
-            1 + nodes + 1 + 3,
-            "unexpected footprint: {present:?}"
-        );
-        assert!(
-            snap.pids.len() >= nodes,
-            "expected at least one process per node, found {:?}",
-            snap.pids
-        );
-        snap
-    }
-
-    fn footprint(&self) -> BTreeSet<String> {
-        footprint(self.index, &self.cgroup_dir, &self.temp_dir)
-    }
-
-    /// Asserts nothing of the cluster is left (processes get a moment to be reaped).
-    fn assert_gone(&self) {
-        let leftovers = self.footprint();
-        assert!(leftovers.is_empty(), "cluster #{} left {leftovers:?}", self.index);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.pids.iter().any(|&p| alive(p)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let living: Vec<_> = self.pids.iter().filter(|&&p| alive(p)).collect();
-        assert!(
-            living.is_empty(),
-            "cluster #{} left processes {living:?}",
-            self.index
-        );
-    }
+    let present = snap.resources();
+    // The hub, each node's namespace, the host link, cgroup, temp dir and state file.
+    assert_eq!(
+        present.len(),
+        1 + nodes + 1 + 3,
+        "unexpected footprint: {present:?}"
+    );
+    assert!(
+        snap.pids.len() >= nodes,
+        "expected at least one process per node, found {:?}",
+        snap.pids
+    );
+    snap
 }
 
 fn sh(script: &str) -> ProcSpec {
@@ -312,14 +206,14 @@ async fn cleanup_leaves_nothing_and_is_idempotent() {
     for node in &nodes {
         linger(&**node).await;
     }
-    let snap = Snapshot::take(&cluster, 3);
+    let snap = snapshot(&cluster, 3);
     assert!(
         snap.pids.len() >= 6,
         "3 agents and 3 sleeps expected in the cgroups, got {:?}",
         snap.pids
     );
     cluster.cleanup().await.unwrap();
-    snap.assert_gone();
+    snap.assert_gone_now();
     cluster.cleanup().await.expect("a second cleanup is a no-op");
     let err = cluster.create_nodes(1).await.expect_err("no nodes after cleanup");
     assert!(err.to_string().contains("cleaned up"), "{err}");
@@ -348,13 +242,13 @@ fn dropping_a_cluster_in_a_panicking_thread_leaves_nothing() {
             for node in &nodes {
                 linger(&**node).await;
             }
-            tx.send(Snapshot::take(&cluster, 2)).unwrap();
+            tx.send(snapshot(&cluster, 2)).unwrap();
             panic!("simulated test failure with a live cluster");
         });
     });
     assert!(worker.join().is_err(), "the worker was meant to panic");
     let snap = rx.recv().expect("the worker made a cluster before panicking");
-    snap.assert_gone();
+    snap.assert_gone_now();
 }
 
 #[test]
@@ -370,12 +264,12 @@ fn dropping_a_cluster_after_its_runtime_is_gone_leaves_nothing() {
         let cluster = new_cluster("no-runtime").await;
         let nodes = cluster.create_nodes(2).await.unwrap();
         linger(&*nodes[1]).await;
-        let snap = Snapshot::take(&cluster, 2);
+        let snap = snapshot(&cluster, 2);
         (cluster, snap)
     });
     drop(runtime);
     drop(cluster);
-    snap.assert_gone();
+    snap.assert_gone_now();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -390,7 +284,7 @@ async fn fifty_nodes_are_created_used_and_cleaned_up() {
     assert_eq!(nodes.len(), 50);
     let names: BTreeSet<_> = nodes.iter().map(|n| n.name().to_string()).collect();
     assert_eq!(names.len(), 50);
-    let snap = Snapshot::take(&cluster, 50);
+    let snap = snapshot(&cluster, 50);
 
     let runs = nodes.iter().map(|node| {
         let node = node.clone();
@@ -422,7 +316,7 @@ async fn fifty_nodes_are_created_used_and_cleaned_up() {
     let started = Instant::now();
     cluster.cleanup().await.unwrap();
     eprintln!("50 nodes cleaned up in {:?}", started.elapsed());
-    snap.assert_gone();
+    snap.assert_gone_now();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,6 +13,7 @@ use crate::cluster::Cluster;
 
 #[cfg(feature = "docker")]
 pub mod docker;
+pub mod gc;
 pub mod local;
 #[cfg(target_os = "linux")]
 pub mod netns;

@@ -8,6 +8,7 @@ mod check;
 mod down;
 mod exec;
 mod fault;
+mod gc;
 mod plan;
 mod probe;
 mod run;
@@ -62,6 +63,8 @@ pub enum Command {
     Run(run::RunArgs),
     /// Re-run the checkers (linearizability, lost writes, availability…) on a stored history.
     Check(check::CheckArgs),
+    /// Remove what crashed runs left behind: namespaces, links, cgroups, containers, networks.
+    Gc(gc::GcArgs),
 }
 
 /// Runs one subcommand and returns the exit code to leave with.
@@ -79,6 +82,7 @@ pub async fn run(command: Command) -> anyhow::Result<u8> {
         Command::Plan(args) => plan::run(args),
         Command::Run(args) => run::run(args).await,
         Command::Check(args) => check::run(args),
+        Command::Gc(args) => gc::run(args).await,
     }
 }
 

@@ -14,6 +14,9 @@ use chaos::backend::{self, BackendKind, ClusterOptions};
 use chaos::{Cluster, Node, NodeExt};
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
+#[cfg(target_os = "linux")]
+pub mod footprint;
+
 /// Runs `check` on a fresh cluster of every backend available here, cleaning each up afterwards
 /// (and asserting the cleanup succeeded). Unavailable backends are skipped with a line on stderr
 /// saying which and why.

@@ -23,6 +23,7 @@
 
 mod agent;
 mod cgroup;
+mod gc;
 mod links;
 mod namespace;
 
@@ -41,6 +42,7 @@ use serde::Serialize;
 use tokio::process::Child;
 
 pub use agent::{AGENT_BIN_ENV, find_agent_binary};
+pub use gc::collect_garbage;
 
 use crate::agent_client::{AgentClient, AgentNode, HeartbeatTask};
 use crate::backend::ClusterOptions;
