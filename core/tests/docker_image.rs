@@ -6,6 +6,7 @@
 #![cfg(feature = "docker")]
 
 use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -222,6 +223,44 @@ async fn an_included_binary_is_not_shadowed_by_busybox() {
         "{out}"
     );
     assert_eq!(lines[1], "busybox", "{out}");
+}
+
+#[tokio::test]
+async fn an_included_directory_brings_its_tree_links_and_modes() {
+    let Some(docker) = docker().await else { return };
+    let agent = static_agent().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("tree");
+    std::fs::create_dir_all(root.join("sub/deeper")).unwrap();
+    std::fs::write(root.join("tool.sh"), "#!/bin/sh\necho tool ran\n").unwrap();
+    std::fs::set_permissions(root.join("tool.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(root.join("sub/data.txt"), "data\n").unwrap();
+    std::fs::set_permissions(root.join("sub"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    std::os::unix::fs::symlink("sub/data.txt", root.join("link")).unwrap();
+    let tag = node_image(&docker, &agent, std::slice::from_ref(&root))
+        .await
+        .unwrap();
+    let r = root.display();
+    let script = format!(
+        "{r}/tool.sh; cat {r}/link; readlink {r}/link; stat -c %a {r}/sub; test -d {r}/sub/deeper && echo deeper"
+    );
+    let run = tokio::spawn({
+        let (docker, tag) = (docker.clone(), tag.clone());
+        async move { run_in(&docker, &tag, &["/bin/sh", "-c", &script]).await }
+    })
+    .await;
+    docker
+        .remove_image(&tag, None::<bollard::query_parameters::RemoveImageOptions>, None)
+        .await
+        .expect("removing the test-only image");
+    let (code, out) = run.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    assert_eq!(code, 0, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        ["tool ran", "data", "sub/data.txt", "750", "deeper"],
+        "{out}"
+    );
 }
 
 #[tokio::test]

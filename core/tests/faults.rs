@@ -1,7 +1,7 @@
 //! Faults driven through the runner API, measured with real traffic between real nodes.
 //!
-//! Network tests run on the `netns` backend (skipped, saying why, when it cannot run here);
-//! process tests run on every available backend. Traffic is generated and measured by a small
+//! Network tests run on every agent backend available here (`netns`, `docker`; each skipped,
+//! saying why, when it cannot run); process tests run on every available backend. Traffic is generated and measured by a small
 //! Perl script (`IO::Socket::INET`, `Time::HiRes`) that every node runs from its root directory:
 //! TCP listeners and connect probes, a paced UDP sender and counting receiver, a TCP source and
 //! a sink that times the bytes it receives.
@@ -11,10 +11,14 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg(feature = "docker")]
+use chaos::backend::docker::{DockerCluster, DockerOptions};
 use chaos::backend::{self, BackendKind, ClusterOptions};
 use chaos::faults::{self, Effect, Fault, Peer, ProcessTarget, Shape, Traffic};
 use chaos::proto::fault::{Direction, Distribution, Mechanism};
@@ -115,29 +119,94 @@ fn perl_available(test: &str) -> bool {
     ok
 }
 
-/// A netns cluster of `n` nodes with the traffic tool on each, or `None` (having said why).
-async fn netns_cluster(test: &str, n: usize) -> Option<(Arc<dyn Cluster>, Vec<Arc<dyn Node>>)> {
-    if let Err(why) = backend::availability(BackendKind::Netns) {
-        eprintln!("{test}: skipped: {why}");
-        return None;
-    }
+/// The backends whose nodes have their own network stack, where network faults are measured.
+const NETWORK_BACKENDS: [BackendKind; 2] = [BackendKind::Netns, BackendKind::Docker];
+
+/// Runs `check` on a fresh cluster of `n` nodes, with the traffic tool on each, of every
+/// [`NETWORK_BACKENDS`] backend available here, and cleans each up. Skips, saying why, what
+/// cannot run.
+async fn on_network_backends<F, Fut>(test: &str, n: usize, check: F)
+where
+    F: Fn(BackendKind, Vec<Arc<dyn Node>>) -> Fut,
+    Fut: Future<Output = ()>,
+{
     if !perl_available(test) {
+        return;
+    }
+    for kind in NETWORK_BACKENDS {
+        let Some(cluster) = agent_cluster(test, kind).await else {
+            continue;
+        };
+        let nodes = cluster.create_nodes(n).await.expect("creating nodes");
+        for node in &nodes {
+            node.send_bytes(&tool(node.as_ref()), TOOL.as_bytes().to_vec(), 0o644)
+                .await
+                .expect("sending the traffic tool");
+        }
+        eprintln!("{test}: on the {kind} backend");
+        check(kind, nodes).await;
+        finish(cluster, test).await;
+    }
+}
+
+/// An empty cluster of `kind`, or `None` (having said why). Docker nodes get an image with
+/// perl in it, for the traffic tool.
+async fn agent_cluster(test: &str, kind: BackendKind) -> Option<Arc<dyn Cluster>> {
+    if let Err(why) = backend::availability(kind) {
+        eprintln!("{test}: skipping the {kind} backend: {why}");
         return None;
     }
     let options = ClusterOptions {
         name: test.to_string(),
         ..ClusterOptions::default()
     };
-    let cluster = backend::new_cluster(BackendKind::Netns, options)
-        .await
-        .unwrap_or_else(|e| panic!("{test}: creating a netns cluster: {e}"));
-    let nodes = cluster.create_nodes(n).await.expect("creating nodes");
-    for node in &nodes {
-        node.send_bytes(&tool(node.as_ref()), TOOL.as_bytes().to_vec(), 0o644)
+    let cluster: Arc<dyn Cluster> = match kind {
+        #[cfg(feature = "docker")]
+        BackendKind::Docker => {
+            let docker = DockerOptions {
+                include: perl_include(),
+                ..DockerOptions::default()
+            };
+            Arc::new(
+                DockerCluster::new(options, docker)
+                    .await
+                    .unwrap_or_else(|e| panic!("{test}: creating a docker cluster: {e}")),
+            )
+        }
+        _ => backend::new_cluster(kind, options)
             .await
-            .expect("sending the traffic tool");
-    }
-    Some((cluster, nodes))
+            .unwrap_or_else(|e| panic!("{test}: creating a {kind} cluster: {e}")),
+    };
+    Some(cluster)
+}
+
+/// What the traffic tool needs in a container, from the host's perl: the interpreter, the
+/// module tree of Debian's perl-base (where `strict` and `IO::Socket::INET` live), and
+/// Time::HiRes with its compiled part.
+#[cfg(feature = "docker")]
+fn perl_include() -> Vec<PathBuf> {
+    let out = std::process::Command::new("perl")
+        .args([
+            "-MTime::HiRes",
+            "-e",
+            r#"print "$^X\n$INC{'strict.pm'}\n$INC{'Time/HiRes.pm'}\n""#,
+        ])
+        .output()
+        .expect("asking perl where its modules are");
+    let text = String::from_utf8(out.stdout).expect("perl paths are UTF-8");
+    let [interpreter, strict, hires] = text.lines().collect::<Vec<_>>()[..] else {
+        panic!("unexpected answer from perl: {text:?}");
+    };
+    let base = Path::new(strict).parent().expect("strict.pm has a directory");
+    let hires_root = hires
+        .strip_suffix("Time/HiRes.pm")
+        .expect("Time/HiRes.pm under a module directory");
+    vec![
+        PathBuf::from(interpreter),
+        base.to_path_buf(),
+        PathBuf::from(hires),
+        Path::new(hires_root).join("auto/Time/HiRes"),
+    ]
 }
 
 fn tool(node: &dyn Node) -> String {
@@ -266,7 +335,7 @@ async fn udp_delivered(from: &dyn Node, to: &dyn Node, port: u16, count: usize) 
     line.trim().parse().expect("a count")
 }
 
-fn netns_names(nodes: &[Arc<dyn Node>]) -> Vec<String> {
+fn node_names(nodes: &[Arc<dyn Node>]) -> Vec<String> {
     nodes.iter().map(|n| n.name().to_string()).collect()
 }
 
@@ -280,220 +349,217 @@ async fn finish(cluster: Arc<dyn Cluster>, test: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition_between_two_of_three_nodes_then_full_isolation_keeps_the_agent_reachable() {
     let test = "faults_partition_two_of_three";
-    let Some((cluster, nodes)) = netns_cluster(test, 3).await else {
-        return;
-    };
-    let _listeners = listeners(&nodes).await;
-    let (n1, n2, n3) = (nodes[0].as_ref(), nodes[1].as_ref(), nodes[2].as_ref());
-    assert!(tcp_reaches(n1, n2).await, "before any fault, n1 reaches n2");
+    on_network_backends(test, 3, |_kind, nodes| async move {
+        let _listeners = listeners(&nodes).await;
+        let (n1, n2, n3) = (nodes[0].as_ref(), nodes[1].as_ref(), nodes[2].as_ref());
+        assert!(tcp_reaches(n1, n2).await, "before any fault, n1 reaches n2");
 
-    let shape = Shape::Groups {
-        groups: vec![vec!["n1".into()], vec!["n2".into()]],
-    };
-    let handle = faults::partition(&nodes, &shape, TTL)
+        let shape = Shape::Groups {
+            groups: vec![vec!["n1".into()], vec!["n2".into()]],
+        };
+        let handle = faults::partition(&nodes, &shape, TTL)
+            .await
+            .expect("partitioning");
+        assert_eq!(
+            handle.faults().len(),
+            2,
+            "n1 and n2 each drop the other; n3 drops nothing"
+        );
+        for f in handle.faults() {
+            assert_eq!(f.mechanism(), &Mechanism::NftablesNetlink);
+        }
+        let reach = reachability(&nodes).await;
+        let expected: BTreeSet<(String, String)> = [("n1", "n3"), ("n3", "n1"), ("n2", "n3"), ("n3", "n2")]
+            .into_iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        assert_eq!(
+            reach, expected,
+            "n1 and n2 cut from each other, both still reach n3"
+        );
+
+        handle.heal().await.expect("healing");
+        handle.heal().await.expect("healing twice is fine");
+        assert!(
+            tcp_reaches(n1, n2).await && tcp_reaches(n2, n1).await,
+            "heal restores n1 <-> n2"
+        );
+        for node in &nodes {
+            assert!(node.list_faults().await.unwrap().is_empty(), "{}", node.name());
+        }
+
+        // Everything in and out of n3 dropped, both ways: its peers are cut, the runner is not.
+        let isolated = faults::inject(
+            &nodes,
+            &nodes[2],
+            &Fault::Partition {
+                traffic: Traffic::all(),
+            },
+            TTL,
+        )
         .await
-        .expect("partitioning");
-    assert_eq!(
-        handle.faults().len(),
-        2,
-        "n1 and n2 each drop the other; n3 drops nothing"
-    );
-    for f in handle.faults() {
-        assert_eq!(f.mechanism(), &Mechanism::NftablesNetlink);
-    }
-    let reach = reachability(&nodes).await;
-    let expected: BTreeSet<(String, String)> = [("n1", "n3"), ("n3", "n1"), ("n2", "n3"), ("n3", "n2")]
-        .into_iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect();
-    assert_eq!(
-        reach, expected,
-        "n1 and n2 cut from each other, both still reach n3"
-    );
-
-    handle.heal().await.expect("healing");
-    handle.heal().await.expect("healing twice is fine");
-    assert!(
-        tcp_reaches(n1, n2).await && tcp_reaches(n2, n1).await,
-        "heal restores n1 <-> n2"
-    );
-    for node in &nodes {
-        assert!(node.list_faults().await.unwrap().is_empty(), "{}", node.name());
-    }
-
-    // Everything in and out of n3 dropped, both ways: its peers are cut, the runner is not.
-    let isolated = faults::inject(
-        &nodes,
-        &nodes[2],
-        &Fault::Partition {
-            traffic: Traffic::all(),
-        },
-        TTL,
-    )
-    .await
-    .expect("isolating n3");
-    assert!(!tcp_reaches(n1, n3).await, "n1 cannot reach the isolated n3");
-    assert!(!tcp_reaches(n3, n2).await, "the isolated n3 cannot reach n2");
-    let out = n3
-        .run("echo", ["still", "here"])
-        .await
-        .expect("the runner still drives n3's agent");
-    assert_eq!(out.stdout_str().trim(), "still here");
-    let listed = n3.list_faults().await.expect("listing n3's faults");
-    assert_eq!(listed.len(), 1);
-    assert_eq!(listed[0].id, isolated.id());
-    assert!(isolated.heal().await.expect("healing n3"));
-    assert!(
-        !isolated.heal().await.expect("healing again"),
-        "a second heal finds nothing"
-    );
-    assert!(tcp_reaches(n1, n3).await, "n3 is back");
-    finish(cluster, test).await;
+        .expect("isolating n3");
+        assert!(!tcp_reaches(n1, n3).await, "n1 cannot reach the isolated n3");
+        assert!(!tcp_reaches(n3, n2).await, "the isolated n3 cannot reach n2");
+        let out = n3
+            .run("echo", ["still", "here"])
+            .await
+            .expect("the runner still drives n3's agent");
+        assert_eq!(out.stdout_str().trim(), "still here");
+        let listed = n3.list_faults().await.expect("listing n3's faults");
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].id, isolated.id());
+        assert!(isolated.heal().await.expect("healing n3"));
+        assert!(
+            !isolated.heal().await.expect("healing again"),
+            "a second heal finds nothing"
+        );
+        assert!(tcp_reaches(n1, n3).await, "n3 is back");
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_way_partition_passes_udp_one_way_and_heals_itself_at_its_ttl() {
     let test = "faults_one_way";
-    let Some((cluster, nodes)) = netns_cluster(test, 2).await else {
-        return;
-    };
-    let (n1, n2) = (nodes[0].as_ref(), nodes[1].as_ref());
-    // n2 drops what arrives from n1: n1 -> n2 is cut, n2 -> n1 is not.
-    let ttl = Duration::from_secs(3);
-    let fault = Fault::Partition {
-        traffic: Traffic::nodes(["n1"]).direction(Direction::In),
-    };
-    let handle = faults::inject(&nodes, &nodes[1], &fault, ttl)
-        .await
-        .expect("one-way partition");
-    let (forward, backward) =
-        tokio::join!(udp_delivered(n1, n2, 7811, 200), udp_delivered(n2, n1, 7812, 200));
-    assert_eq!(forward, 0, "n1 -> n2 must be dropped");
-    assert!(backward >= 190, "n2 -> n1 must pass: {backward} of 200 arrived");
+    on_network_backends(test, 2, |_kind, nodes| async move {
+        let (n1, n2) = (nodes[0].as_ref(), nodes[1].as_ref());
+        // n2 drops what arrives from n1: n1 -> n2 is cut, n2 -> n1 is not.
+        let ttl = Duration::from_secs(3);
+        let fault = Fault::Partition {
+            traffic: Traffic::nodes(["n1"]).direction(Direction::In),
+        };
+        let handle = faults::inject(&nodes, &nodes[1], &fault, ttl)
+            .await
+            .expect("one-way partition");
+        let (forward, backward) =
+            tokio::join!(udp_delivered(n1, n2, 7811, 200), udp_delivered(n2, n1, 7812, 200));
+        assert_eq!(forward, 0, "n1 -> n2 must be dropped");
+        assert!(backward >= 190, "n2 -> n1 must pass: {backward} of 200 arrived");
 
-    // Not healed by us: the node heals it when the TTL ends.
-    let expires = handle.expires();
-    let wait = expires
-        .duration_since(std::time::SystemTime::now())
-        .unwrap_or_default();
-    assert!(wait <= ttl, "expiry {wait:?} away, TTL {ttl:?}");
-    tokio::time::sleep(wait + Duration::from_millis(300)).await;
-    assert!(n2.list_faults().await.unwrap().is_empty(), "the fault expired");
-    assert!(
-        udp_delivered(n1, n2, 7813, 200).await >= 190,
-        "n1 -> n2 passes after the TTL"
-    );
-    assert!(!handle.heal().await.unwrap(), "nothing left to heal");
-    finish(cluster, test).await;
+        // Not healed by us: the node heals it when the TTL ends.
+        let expires = handle.expires();
+        let wait = expires
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        assert!(wait <= ttl, "expiry {wait:?} away, TTL {ttl:?}");
+        tokio::time::sleep(wait + Duration::from_millis(300)).await;
+        assert!(n2.list_faults().await.unwrap().is_empty(), "the fault expired");
+        assert!(
+            udp_delivered(n1, n2, 7813, 200).await >= 190,
+            "n1 -> n2 passes after the TTL"
+        );
+        assert!(!handle.heal().await.unwrap(), "nothing left to heal");
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loss_delay_and_bandwidth_measure_as_asked() {
     let test = "faults_measured";
-    let Some((cluster, nodes)) = netns_cluster(test, 2).await else {
-        return;
-    };
-    let (n1, n2) = (nodes[0].as_ref(), nodes[1].as_ref());
+    on_network_backends(test, 2, |_kind, nodes| async move {
+        let (n1, n2) = (nodes[0].as_ref(), nodes[1].as_ref());
 
-    // 30 % loss of what n2 receives from n1, over 2000 datagrams.
-    let loss = Fault::Loss {
-        traffic: Traffic::nodes(["n1"]).direction(Direction::In),
-        percent: 30.0,
-        correlation: 0.0,
-    };
-    let handle = faults::inject(&nodes, &nodes[1], &loss, TTL).await.expect("loss");
-    let sent = 2000;
-    let got = udp_delivered(n1, n2, 7821, sent).await;
-    let measured = 100.0 * (sent - got) as f64 / sent as f64;
-    eprintln!("{test}: loss 30 % -> {got} of {sent} datagrams arrived, {measured:.1} % lost");
-    assert!((20.0..=40.0).contains(&measured), "measured loss {measured:.1} %");
-    assert!(handle.heal().await.unwrap());
+        // 30 % loss of what n2 receives from n1, over 2000 datagrams.
+        let loss = Fault::Loss {
+            traffic: Traffic::nodes(["n1"]).direction(Direction::In),
+            percent: 30.0,
+            correlation: 0.0,
+        };
+        let handle = faults::inject(&nodes, &nodes[1], &loss, TTL).await.expect("loss");
+        let sent = 2000;
+        let got = udp_delivered(n1, n2, 7821, sent).await;
+        let measured = 100.0 * (sent - got) as f64 / sent as f64;
+        eprintln!("{test}: loss 30 % -> {got} of {sent} datagrams arrived, {measured:.1} % lost");
+        assert!((20.0..=40.0).contains(&measured), "measured loss {measured:.1} %");
+        assert!(handle.heal().await.unwrap());
 
-    // 100 ms on what n1 sends to n2: the round trip takes 100 ms more.
-    let probe = n1.probe().await.expect("probing n1");
-    let delay = Fault::Delay {
-        traffic: Traffic::nodes(["n2"]).direction(Direction::Out),
-        delay: Duration::from_millis(100),
-        jitter: Duration::ZERO,
-        distribution: Distribution::Uniform,
-    };
-    let handle = faults::inject(&nodes, &nodes[0], &delay, TTL)
-        .await
-        .expect("delay");
-    if !probe.has("netem") {
+        // 100 ms on what n1 sends to n2: the round trip takes 100 ms more.
+        let probe = n1.probe().await.expect("probing n1");
+        let delay = Fault::Delay {
+            traffic: Traffic::nodes(["n2"]).direction(Direction::Out),
+            delay: Duration::from_millis(100),
+            jitter: Duration::ZERO,
+            distribution: Distribution::Uniform,
+        };
+        let handle = faults::inject(&nodes, &nodes[0], &delay, TTL)
+            .await
+            .expect("delay");
+        if !probe.has("netem") {
+            assert!(
+                matches!(handle.mechanism(), Mechanism::NfqueueUserspace { .. }),
+                "without netem, delay goes through the userspace path: {:?}",
+                handle.mechanism()
+            );
+        }
+        let ping = n1
+            .run_timeout(
+                ProcSpec::new("busybox", ["ping", "-c", "10", "-i", "0.1", "-q", &ip(n2)]),
+                None,
+                QUICK,
+            )
+            .await
+            .expect("ping");
         assert!(
-            matches!(handle.mechanism(), Mechanism::NfqueueUserspace { .. }),
-            "without netem, delay goes through the userspace path: {:?}",
-            handle.mechanism()
+            ping.status.success(),
+            "ping: {}{}",
+            ping.stdout_str(),
+            String::from_utf8_lossy(&ping.stderr)
         );
-    }
-    let ping = n1
-        .run_timeout(
-            ProcSpec::new("busybox", ["ping", "-c", "10", "-i", "0.1", "-q", &ip(n2)]),
-            None,
-            QUICK,
-        )
-        .await
-        .expect("ping");
-    assert!(
-        ping.status.success(),
-        "ping: {}{}",
-        ping.stdout_str(),
-        String::from_utf8_lossy(&ping.stderr)
-    );
-    let (min, avg) = round_trip(&ping.stdout_str());
-    eprintln!("{test}: delay 100 ms -> round trip min {min} ms, avg {avg} ms");
-    assert!(min >= 100.0 && avg <= 150.0, "round trip min {min} avg {avg} ms");
-    assert!(handle.heal().await.unwrap());
+        let (min, avg) = round_trip(&ping.stdout_str());
+        eprintln!("{test}: delay 100 ms -> round trip min {min} ms, avg {avg} ms");
+        assert!(min >= 100.0 && avg <= 150.0, "round trip min {min} avg {avg} ms");
+        assert!(handle.heal().await.unwrap());
 
-    // 8 Mbit/s out of n1: a TCP transfer to n2 runs at that rate.
-    let rate_bps = 8_000_000u64;
-    let bandwidth = Fault::Bandwidth {
-        interface: faults::DEFAULT_INTERFACE.into(),
-        rate_bps,
-        burst_bytes: 0,
-    };
-    let handle = faults::inject(&nodes, &nodes[0], &bandwidth, TTL)
-        .await
-        .expect("bandwidth");
-    let (mut sink, mut lines) = start_ready(n2, &["sink", "7822"]).await;
-    let bytes = 2_500_000;
-    let source = n1
-        .run_timeout(
-            tool_spec(n1, &["source", &ip(n2), "7822", &bytes.to_string()]),
-            None,
-            QUICK,
-        )
-        .await
-        .expect("source");
-    assert!(
-        source.status.success(),
-        "source: {}",
-        String::from_utf8_lossy(&source.stderr)
-    );
-    let line = tokio::time::timeout(QUICK, lines.next_line())
-        .await
-        .expect("sink result in time")
-        .unwrap()
-        .expect("a result line");
-    sink.stdout = None;
-    sink.wait().await.unwrap();
-    let mut fields = line.split_whitespace();
-    let received: f64 = fields.next().unwrap().parse().unwrap();
-    let seconds: f64 = fields.next().unwrap().parse().unwrap();
-    assert_eq!(received as usize, bytes, "every byte arrived");
-    let measured = received * 8.0 / seconds;
-    eprintln!(
-        "{test}: bandwidth 8 Mbit/s -> {:.2} Mbit/s measured",
-        measured / 1e6
-    );
-    let ratio = measured / rate_bps as f64;
-    assert!(
-        (0.75..=1.25).contains(&ratio),
-        "measured {measured:.0} bit/s for {rate_bps}"
-    );
-    assert!(handle.heal().await.unwrap());
-    finish(cluster, test).await;
+        // 8 Mbit/s out of n1: a TCP transfer to n2 runs at that rate.
+        let rate_bps = 8_000_000u64;
+        let bandwidth = Fault::Bandwidth {
+            interface: faults::DEFAULT_INTERFACE.into(),
+            rate_bps,
+            burst_bytes: 0,
+        };
+        let handle = faults::inject(&nodes, &nodes[0], &bandwidth, TTL)
+            .await
+            .expect("bandwidth");
+        let (mut sink, mut lines) = start_ready(n2, &["sink", "7822"]).await;
+        let bytes = 2_500_000;
+        let source = n1
+            .run_timeout(
+                tool_spec(n1, &["source", &ip(n2), "7822", &bytes.to_string()]),
+                None,
+                QUICK,
+            )
+            .await
+            .expect("source");
+        assert!(
+            source.status.success(),
+            "source: {}",
+            String::from_utf8_lossy(&source.stderr)
+        );
+        let line = tokio::time::timeout(QUICK, lines.next_line())
+            .await
+            .expect("sink result in time")
+            .unwrap()
+            .expect("a result line");
+        sink.stdout = None;
+        sink.wait().await.unwrap();
+        let mut fields = line.split_whitespace();
+        let received: f64 = fields.next().unwrap().parse().unwrap();
+        let seconds: f64 = fields.next().unwrap().parse().unwrap();
+        assert_eq!(received as usize, bytes, "every byte arrived");
+        let measured = received * 8.0 / seconds;
+        eprintln!(
+            "{test}: bandwidth 8 Mbit/s -> {:.2} Mbit/s measured",
+            measured / 1e6
+        );
+        let ratio = measured / rate_bps as f64;
+        assert!(
+            (0.75..=1.25).contains(&ratio),
+            "measured {measured:.0} bit/s for {rate_bps}"
+        );
+        assert!(handle.heal().await.unwrap());
+    })
+    .await;
 }
 
 /// `(min, avg)` from busybox ping's `round-trip min/avg/max = a/b/c ms`.
@@ -518,46 +584,45 @@ fn round_trip(output: &str) -> (f64, f64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shapes_on_five_nodes_match_real_reachability() {
     let test = "faults_shapes";
-    let Some((cluster, nodes)) = netns_cluster(test, 5).await else {
-        return;
-    };
-    let _listeners = listeners(&nodes).await;
-    let names = netns_names(&nodes);
-    for shape in [
-        Shape::MajoritiesRing { seed: Some(11) },
-        Shape::Isolate { node: "n3".into() },
-    ] {
-        let handle = faults::partition(&nodes, &shape, TTL)
-            .await
-            .expect("partitioning");
-        let expected: BTreeSet<(String, String)> = names
-            .iter()
-            .flat_map(|a| names.iter().map(move |b| (a.clone(), b.clone())))
-            .filter(|(a, b)| a != b && handle.cuts().connected(a, b))
-            .collect();
-        let measured = reachability(&nodes).await;
-        assert_eq!(
-            measured, expected,
-            "{shape:?}: TCP reachability follows the shape"
-        );
-        if let Shape::MajoritiesRing { .. } = shape {
-            for name in &names {
-                let sees = 1 + measured.iter().filter(|(a, _)| a == name).count();
-                assert!(
-                    sees >= 3,
-                    "{name} reaches a majority (itself and {} others)",
-                    sees - 1
-                );
+    on_network_backends(test, 5, |_kind, nodes| async move {
+        let _listeners = listeners(&nodes).await;
+        let names = node_names(&nodes);
+        for shape in [
+            Shape::MajoritiesRing { seed: Some(11) },
+            Shape::Isolate { node: "n3".into() },
+        ] {
+            let handle = faults::partition(&nodes, &shape, TTL)
+                .await
+                .expect("partitioning");
+            let expected: BTreeSet<(String, String)> = names
+                .iter()
+                .flat_map(|a| names.iter().map(move |b| (a.clone(), b.clone())))
+                .filter(|(a, b)| a != b && handle.cuts().connected(a, b))
+                .collect();
+            let measured = reachability(&nodes).await;
+            assert_eq!(
+                measured, expected,
+                "{shape:?}: TCP reachability follows the shape"
+            );
+            if let Shape::MajoritiesRing { .. } = shape {
+                for name in &names {
+                    let sees = 1 + measured.iter().filter(|(a, _)| a == name).count();
+                    assert!(
+                        sees >= 3,
+                        "{name} reaches a majority (itself and {} others)",
+                        sees - 1
+                    );
+                }
             }
+            handle.heal().await.expect("healing");
+            assert_eq!(
+                reachability(&nodes).await.len(),
+                20,
+                "{shape:?}: healed, everyone reaches everyone"
+            );
         }
-        handle.heal().await.expect("healing");
-        assert_eq!(
-            reachability(&nodes).await.len(),
-            20,
-            "{shape:?}: healed, everyone reaches everyone"
-        );
-    }
-    finish(cluster, test).await;
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -587,9 +652,11 @@ async fn unsupported_faults_name_what_is_missing() {
     assert!(message.contains("netns"), "{message}");
     local.cleanup().await.unwrap();
 
-    let Some((cluster, nodes)) = netns_cluster(test, 1).await else {
+    // The cgroup below is the host's: only netns nodes see the host's cgroup tree.
+    let Some(cluster) = agent_cluster(test, BackendKind::Netns).await else {
         return;
     };
+    let nodes = cluster.create_nodes(1).await.expect("creating a node");
     // An (empty) cgroup of a v1 hierarchy without the freezer controller: the node names the
     // missing freezer. The cgroup is ours, made for this check and removed after it.
     match NoFreezerCgroup::create() {
@@ -776,40 +843,39 @@ async fn pause_resume_ttl_and_kill_of_a_process_tree() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_by_network_and_unknown_names() {
     let test = "faults_peers";
-    let Some((cluster, nodes)) = netns_cluster(test, 2).await else {
-        return;
-    };
-    let _listeners = listeners(&nodes).await;
-    let err = faults::inject(
-        &nodes,
-        &nodes[0],
-        &Fault::Partition {
-            traffic: Traffic::nodes(["n7"]),
-        },
-        TTL,
-    )
-    .await
-    .unwrap_err()
-    .to_string();
-    assert!(err.contains("\"n7\"") && err.contains("n1, n2"), "{err}");
-    // The same cut written as an address.
-    let peer: Peer = ip(nodes[1].as_ref()).parse().unwrap();
-    let handle = faults::inject(
-        &nodes,
-        &nodes[0],
-        &Fault::Partition {
-            traffic: Traffic::with([peer]).direction(Direction::In),
-        },
-        TTL,
-    )
-    .await
-    .unwrap();
-    assert!(!tcp_reaches(nodes[1].as_ref(), nodes[0].as_ref()).await);
-    let healed = faults::heal_all(&nodes).await.unwrap();
-    assert_eq!(healed["n1"], vec![handle.id().to_string()]);
-    assert!(healed["n2"].is_empty());
-    assert!(tcp_reaches(nodes[1].as_ref(), nodes[0].as_ref()).await);
-    finish(cluster, test).await;
+    on_network_backends(test, 2, |_kind, nodes| async move {
+        let _listeners = listeners(&nodes).await;
+        let err = faults::inject(
+            &nodes,
+            &nodes[0],
+            &Fault::Partition {
+                traffic: Traffic::nodes(["n7"]),
+            },
+            TTL,
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("\"n7\"") && err.contains("n1, n2"), "{err}");
+        // The same cut written as an address.
+        let peer: Peer = ip(nodes[1].as_ref()).parse().unwrap();
+        let handle = faults::inject(
+            &nodes,
+            &nodes[0],
+            &Fault::Partition {
+                traffic: Traffic::with([peer]).direction(Direction::In),
+            },
+            TTL,
+        )
+        .await
+        .unwrap();
+        assert!(!tcp_reaches(nodes[1].as_ref(), nodes[0].as_ref()).await);
+        let healed = faults::heal_all(&nodes).await.unwrap();
+        assert_eq!(healed["n1"], vec![handle.id().to_string()]);
+        assert!(healed["n2"].is_empty());
+        assert!(tcp_reaches(nodes[1].as_ref(), nodes[0].as_ref()).await);
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -841,7 +907,10 @@ async fn restart_and_kill_by_name() {
             .expect("old exits")
             .unwrap();
         assert_eq!(status.signal, Some(15), "{backend}: {status}");
-        assert!(common::alive_here(started.pid), "{backend}: the new process runs");
+        assert!(
+            common::alive_on(node.as_ref(), started.pid).await,
+            "{backend}: the new process runs"
+        );
 
         // Kill by name: agent nodes match any process of the node by its command name, so the
         // test runs a copy of sleep under a name nothing else has.

@@ -9,6 +9,7 @@
 //!   where present) at their host paths, so binaries built on or shipped from the runner host
 //!   that link only glibc run unchanged (etcd from Debian does);
 //! - every file of `include` at its host path, with the shared libraries `ldd` lists for it;
+//!   a directory of `include` with everything under it (links kept as links);
 //! - `/tmp` (1777), `/chaos/root`, `/root`, `/etc/passwd` + `/etc/group` with root.
 //!
 //! The image has no `/etc/ld.so.cache`, so a library `ldd` finds outside the loader's default
@@ -1075,6 +1076,58 @@ impl Plan {
         Ok(())
     }
 
+    /// Adds one `include`: a file at its own path with its shared libraries, or a directory
+    /// tree at its own path — its files with their libraries, its subdirectories with their
+    /// modes, and its symbolic links as links (not followed, so a tree cannot loop). Sockets,
+    /// FIFOs and devices in a tree are skipped: they are not content.
+    fn add_include(&mut self, include: &Path) -> Result<()> {
+        let io_err = |e| Error::io(format!("include {}", include.display()), e);
+        if std::fs::metadata(include).map_err(io_err)?.is_dir() {
+            self.add_tree(include)
+        } else {
+            self.add_with_libraries(include)
+        }
+    }
+
+    /// Adds the host directory `dir` and everything under it, in name order.
+    fn add_tree(&mut self, dir: &Path) -> Result<()> {
+        let io_err = |e| Error::io(format!("include {}", dir.display()), e);
+        let mode = std::fs::metadata(dir).map_err(io_err)?.mode() & 0o7777;
+        self.add(&Self::image_path(dir)?, Entry::Dir { mode })?;
+        let mut children = std::fs::read_dir(dir)
+            .map_err(io_err)?
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(io_err)?;
+        children.sort_by_key(std::fs::DirEntry::file_name);
+        for child in children {
+            let path = child.path();
+            let kind = child
+                .file_type()
+                .map_err(|e| Error::io(format!("include {}", path.display()), e))?;
+            if kind.is_symlink() {
+                let target = std::fs::read_link(&path)
+                    .map_err(|e| Error::io(format!("include {}", path.display()), e))?;
+                let target = target.to_str().ok_or_else(|| {
+                    Error::invalid(
+                        format!("include {}", path.display()),
+                        "the link target is not UTF-8",
+                    )
+                })?;
+                self.add(
+                    &Self::image_path(&path)?,
+                    Entry::Symlink {
+                        target: target.to_string(),
+                    },
+                )?;
+            } else if kind.is_dir() {
+                self.add_tree(&path)?;
+            } else if kind.is_file() {
+                self.add_with_libraries(&path)?;
+            }
+        }
+        Ok(())
+    }
+
     /// The image's environment.
     fn env(&self) -> Vec<String> {
         let mut env = vec![format!("PATH={NODE_PATH}")];
@@ -1149,7 +1202,7 @@ fn plan_node_image(agent: &Path, include: &[PathBuf]) -> Result<Plan> {
     let mut plan = Plan::new(IMAGE_KIND_NODE);
     plan.add_host_file(AGENT_PATH, agent)?;
     for file in include {
-        plan.add_with_libraries(file)?;
+        plan.add_include(file)?;
     }
     if Path::new(GLIBC_LOADER).is_file() {
         plan.add_host_file(GLIBC_LOADER, Path::new(GLIBC_LOADER))?;
@@ -1410,7 +1463,8 @@ async fn ensure_image(docker: &Docker, plan: Plan, repo: &str) -> Result<String>
 /// Ensures the default node image for `agent` and `include` exists; returns its reference.
 ///
 /// `agent` must be a statically linked agent (see [`static_agent`]); each `include` file is
-/// placed at its own path with the shared libraries `ldd` reports for it. A missing include
+/// placed at its own path with the shared libraries `ldd` reports for it, each `include`
+/// directory with everything under it. A missing include
 /// file, a dynamic agent or a missing static busybox is an error naming it, before anything is
 /// sent to the daemon. When the daemon already has the image's tag this returns after hashing
 /// the content — hashes are memoized per process and in `~/.cache/chaos/file-digests.json`
