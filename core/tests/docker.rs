@@ -3,6 +3,8 @@
 //!
 //! Every test skips, saying why, when no Docker daemon is reachable.
 
+#![cfg(feature = "docker")]
+
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -337,6 +339,7 @@ async fn agents_reached_at_published_ports_survive_a_stop() {
     };
     let docker_options = DockerOptions {
         reach: Some(docker::Reach::Published),
+        upload_files: true,
         ..DockerOptions::default()
     };
     let cluster = DockerCluster::new(options, docker_options).await.unwrap();
@@ -362,4 +365,118 @@ async fn agents_reached_at_published_ports_survive_a_stop() {
         "the agent is not at its port after a restart"
     );
     cluster.cleanup().await.unwrap();
+}
+
+/// Builds `tag` locally (no registry: `FROM scratch`, classic builder) holding only a static
+/// busybox and `/app/hello.txt`, the way a user ships their system under test.
+fn build_user_image(tag: &str) -> Result<(), String> {
+    let context = tempfile::tempdir().unwrap();
+    std::fs::copy(docker::image::BUSYBOX, context.path().join("busybox"))
+        .map_err(|e| format!("needs a static {} (busybox-static): {e}", docker::image::BUSYBOX))?;
+    std::fs::write(context.path().join("hello.txt"), "from the user's image\n").unwrap();
+    std::fs::write(
+        context.path().join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nCOPY hello.txt /app/hello.txt\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new("docker")
+        .args(["build", "-q", "-t", tag])
+        .arg(context.path())
+        .env("DOCKER_BUILDKIT", "0")
+        .output()
+        .map_err(|e| format!("running docker build: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "docker build: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// A local image of the user's own: the static agent goes into every container (bind-mounted
+/// from this host, or copied in as for a remote daemon) and is its entrypoint; the image's own
+/// files are there, and faults work inside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_local_image_runs_the_agent_copied_in() {
+    let test = "a_users_local_image_runs_the_agent_copied_in";
+    if let Err(why) = backend::availability(BackendKind::Docker) {
+        eprintln!("{test}: skipped: {why}");
+        return;
+    }
+    let tag = format!("chaos-test/user-image:{}", std::process::id());
+    build_user_image(&tag).unwrap_or_else(|e| panic!("{test}: {e}"));
+    let _image = RemoveImageOnDrop(tag.clone());
+    for upload_files in [false, true] {
+        let options = ClusterOptions {
+            name: test.to_string(),
+            ..ClusterOptions::default()
+        };
+        let docker_options = DockerOptions {
+            image: Some(tag.clone()),
+            upload_files,
+            ..DockerOptions::default()
+        };
+        let cluster = DockerCluster::new(options, docker_options).await.unwrap();
+        assert_eq!(cluster.image(), tag);
+        let nodes = cluster.create_nodes(2).await.unwrap();
+        let out = nodes[0]
+            .run("/bin/busybox", ["cat", "/app/hello.txt"])
+            .await
+            .unwrap();
+        assert_eq!(
+            out.stdout_str(),
+            "from the user's image\n",
+            "upload {upload_files}"
+        );
+        let info = cluster
+            .docker()
+            .inspect_container(&cluster.container_name("n1"), None)
+            .await
+            .unwrap();
+        let entrypoint = info.config.and_then(|c| c.entrypoint).unwrap_or_default();
+        assert_eq!(entrypoint, [docker::image::AGENT_PATH], "upload {upload_files}");
+        // A fault inside the user's container works like anywhere else.
+        let cut = chaos::faults::inject(
+            &nodes,
+            &nodes[0],
+            &chaos::faults::Fault::Partition {
+                traffic: chaos::faults::Traffic::nodes(["n2"]),
+            },
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+        let n2 = nodes[1].addresses()[0].to_string();
+        let ping = |node: std::sync::Arc<dyn Node>, to: String| async move {
+            node.run("/bin/busybox", ["ping", "-c", "1", "-W", "1", to.as_str()])
+                .await
+                .unwrap()
+                .status
+                .success()
+        };
+        assert!(!ping(nodes[0].clone(), n2.clone()).await, "n1 is cut from n2");
+        assert!(cut.heal().await.unwrap());
+        assert!(ping(nodes[0].clone(), n2.clone()).await, "healed");
+        let id = cluster.id().to_string();
+        cluster.cleanup().await.unwrap();
+        assert_eq!(labelled(cluster.docker(), &id).await, (0, 0));
+    }
+}
+
+/// Removes a test-only image when dropped, also when the test fails.
+struct RemoveImageOnDrop(String);
+
+impl Drop for RemoveImageOnDrop {
+    fn drop(&mut self) {
+        match std::process::Command::new("docker")
+            .args(["rmi", &self.0])
+            .output()
+        {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => eprintln!("docker rmi {}: {}", self.0, String::from_utf8_lossy(&out.stderr)),
+            Err(e) => eprintln!("docker rmi {}: {e}", self.0),
+        }
+    }
 }

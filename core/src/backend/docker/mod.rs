@@ -31,7 +31,7 @@ pub mod image;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
@@ -63,10 +63,17 @@ pub const LABEL_OWNER: &str = "io.chaos.owner";
 pub const LABEL_NODE: &str = "io.chaos.node";
 /// Label on images chaos built: what they are (`node`).
 pub const LABEL_IMAGE: &str = "io.chaos.image";
+/// Label on a cluster's network when its nodes' files are bind-mounted from the runner's host:
+/// the host directory holding them, which `chaos gc` removes with the network.
+pub const LABEL_FILES: &str = "io.chaos.files";
+/// Prefix of those host directories' names (in the system's temporary directory); gc removes
+/// nothing else.
+pub const FILES_DIR_PREFIX: &str = "chaos-docker-";
 
 /// Environment variable naming a local image to run nodes from instead of the default one.
 pub const IMAGE_ENV: &str = "CHAOS_DOCKER_IMAGE";
-/// Environment variable listing host files (`:`-separated) to bake into the default image.
+/// Environment variable listing host files and directories (`:`-separated) to bake into the
+/// default image.
 pub const INCLUDE_ENV: &str = "CHAOS_DOCKER_INCLUDE";
 /// Environment variable choosing how the runner reaches agents: `direct` or `published`.
 pub const REACH_ENV: &str = "CHAOS_DOCKER_REACH";
@@ -208,12 +215,17 @@ pub struct DockerOptions {
     /// agent is copied into every container and becomes its entrypoint. `None`: the default
     /// node image, built locally.
     pub image: Option<String>,
-    /// Host files baked into the default node image at their host paths, with the shared
-    /// libraries they need. Ignored with [`DockerOptions::image`].
+    /// Host files and directories baked into the default node image at their host paths, with
+    /// the shared libraries their executables need (e.g. `/usr/bin/perl` and
+    /// `/usr/lib/x86_64-linux-gnu/perl-base`). Ignored with [`DockerOptions::image`].
     pub include: Vec<PathBuf>,
     /// How the runner reaches the agents; `None`: [`Reach::Direct`] for a local daemon (unix
     /// socket), [`Reach::Published`] for `DOCKER_HOST=tcp://…`.
     pub reach: Option<Reach>,
+    /// Copy each node's TLS files (and the agent, for a user's image) into its container, as
+    /// for a daemon on another machine, even when the daemon could bind-mount them from this
+    /// host (which it does by default, being faster).
+    pub upload_files: bool,
 }
 
 impl DockerOptions {
@@ -235,6 +247,7 @@ impl DockerOptions {
                     None
                 }
             }),
+            upload_files: false,
         }
     }
 }
@@ -345,8 +358,10 @@ struct Inner {
     network: String,
     subnet: Ipv4Addr,
     image: String,
-    /// The static agent's bytes, copied into containers of a user's image.
-    agent_upload: Option<Arc<Vec<u8>>>,
+    /// The static agent, for containers of a user's image (the default image holds it).
+    user_agent: Option<UserAgent>,
+    /// How node files reach containers.
+    delivery: Delivery,
     ca: ClusterCa,
     runner: certs::Identity,
     tls: Arc<rustls::ClientConfig>,
@@ -355,6 +370,30 @@ struct Inner {
     owner: String,
     next_fault: AtomicU64,
     state: Mutex<State>,
+}
+
+/// The static agent put into containers of a user's image.
+struct UserAgent {
+    /// Its host path, bind-mounted with [`Delivery::Bind`].
+    path: PathBuf,
+    /// Its bytes, copied in with [`Delivery::Upload`].
+    bytes: Option<Arc<Vec<u8>>>,
+}
+
+/// How a node's own files (its TLS material, and the agent for a user's image) get into its
+/// container.
+enum Delivery {
+    /// The daemon shares this host's file system: the files are written under `dir` and
+    /// bind-mounted read-only. Copying into a container instead makes the daemon mount and
+    /// unmount its file system once more before it starts (tens of milliseconds a node, more
+    /// when many start at once).
+    Bind {
+        /// `<tmp>/chaos-docker-XXXX`, one subdirectory per node; removed at cleanup.
+        dir: Mutex<Option<tempfile::TempDir>>,
+        path: PathBuf,
+    },
+    /// A daemon elsewhere: the files are copied in (archive upload) before the container starts.
+    Upload,
 }
 
 struct State {
@@ -431,24 +470,42 @@ impl DockerCluster {
         if let Some(name) = &docker_options.image {
             check_user_image(&docker, name).await?;
         }
+        let local_daemon = !daemon_address().starts_with("tcp://");
+        let shares_files = !docker_options.upload_files && local_daemon && shares_file_system(&docker).await;
         let agent = image::static_agent().await?;
-        let (image, agent_upload) = match &docker_options.image {
+        let (image, user_agent) = match &docker_options.image {
             Some(name) => {
-                let bytes = tokio::fs::read(&agent)
-                    .await
-                    .map_err(|e| Error::io(format!("reading the static agent {}", agent.display()), e))?;
-                (name.clone(), Some(Arc::new(bytes)))
+                let bytes = if shares_files {
+                    None
+                } else {
+                    let bytes = tokio::fs::read(&agent)
+                        .await
+                        .map_err(|e| Error::io(format!("reading the static agent {}", agent.display()), e))?;
+                    Some(Arc::new(bytes))
+                };
+                (name.clone(), Some(UserAgent { path: agent, bytes }))
             }
             None => (
                 image::node_image(&docker, &agent, &docker_options.include).await?,
                 None,
             ),
         };
+        let delivery = if shares_files {
+            let dir = tempfile::Builder::new()
+                .prefix(FILES_DIR_PREFIX)
+                .tempdir()
+                .map_err(|e| Error::io("creating a directory for the nodes' TLS files", e))?;
+            Delivery::Bind {
+                path: dir.path().to_path_buf(),
+                dir: Mutex::new(Some(dir)),
+            }
+        } else {
+            Delivery::Upload
+        };
 
         let id = format!("{}-{:08x}", docker_safe(&options.name), rand::random::<u32>());
         let network = format!("chaos-{id}");
         let owner = super::owner::current_tag();
-        let local_daemon = !daemon_address().starts_with("tcp://");
         let reach = docker_options.reach.unwrap_or(if local_daemon {
             Reach::Direct
         } else {
@@ -458,7 +515,11 @@ impl DockerCluster {
             Reach::Direct => None,
             Reach::Published => Some(daemon_host_ip().await?),
         };
-        let subnet = create_network(&docker, &network, &id, &owner, local_daemon).await?;
+        let files_dir = match &delivery {
+            Delivery::Bind { path, .. } => Some(path.as_path()),
+            Delivery::Upload => None,
+        };
+        let subnet = create_network(&docker, &network, &id, &owner, files_dir, local_daemon).await?;
 
         // From here on the network exists: a failure must remove it.
         let material = (|| {
@@ -483,7 +544,8 @@ impl DockerCluster {
                 network,
                 subnet,
                 image,
-                agent_upload,
+                user_agent,
+                delivery,
                 ca,
                 runner,
                 tls,
@@ -662,6 +724,16 @@ impl DockerCluster {
     }
 }
 
+/// Whether the daemon runs on this host, so it can bind-mount files the runner writes: its
+/// name (the host name of the machine it runs on) is this host's. A socket forwarded from
+/// another machine, or a daemon in a VM (Docker Desktop), answers with another name.
+async fn shares_file_system(docker: &Docker) -> bool {
+    match tokio::time::timeout(DAEMON_BOUND, docker.info()).await {
+        Ok(Ok(info)) => info.name.as_deref() == Some(super::owner::hostname()),
+        _ => false,
+    }
+}
+
 /// Fails with a clear message when `name` is not an image the daemon has.
 async fn check_user_image(docker: &Docker, name: &str) -> Result<()> {
     match tokio::time::timeout(DAEMON_BOUND, docker.inspect_image(name)).await {
@@ -685,12 +757,16 @@ async fn create_network(
     network: &str,
     id: &str,
     owner: &str,
+    files_dir: Option<&Path>,
     local_daemon: bool,
 ) -> Result<Ipv4Addr> {
-    let labels = HashMap::from([
+    let mut labels = HashMap::from([
         (LABEL_CLUSTER.to_string(), id.to_string()),
         (LABEL_OWNER.to_string(), owner.to_string()),
     ]);
+    if let Some(dir) = files_dir {
+        labels.insert(LABEL_FILES.to_string(), dir.display().to_string());
+    }
     let start = rand::random::<u32>() % 4096;
     let mut last_error = String::new();
     for attempt in 0..SUBNET_ATTEMPTS {
@@ -862,6 +938,18 @@ impl Inner {
             )])
         });
 
+        let binds = match &self.delivery {
+            Delivery::Bind { path, .. } => {
+                let tls = path.join(name).join("tls");
+                identity.write_node_dir(&tls, self.ca.cert_pem())?;
+                let mut binds = vec![format!("{}:{TLS_DIR}:ro", tls.display())];
+                if let Some(agent) = &self.user_agent {
+                    binds.push(format!("{}:{}:ro", agent.path.display(), image::AGENT_PATH));
+                }
+                Some(binds)
+            }
+            Delivery::Upload => None,
+        };
         let timeout_ms = self.options.heartbeat_timeout.as_millis().max(1);
         let body = ContainerCreateBody {
             image: Some(self.image.clone()),
@@ -890,6 +978,7 @@ impl Inner {
                 init: Some(true),
                 network_mode: Some(self.network.clone()),
                 port_bindings,
+                binds,
                 ..Default::default()
             }),
             exposed_ports: published_port.map(|_| vec![agent_port.clone()]),
@@ -905,14 +994,28 @@ impl Inner {
         )
         .await?;
 
+        if matches!(self.delivery, Delivery::Upload) {
+            self.upload_files(name, container, &identity).await?;
+        }
+        bounded(
+            format!("node {name}: starting container {container}"),
+            self.docker.start_container(container, None),
+        )
+        .await?;
+        self.connect_node(k, name, container, ip, published_port).await
+    }
+
+    /// Copies node `name`'s TLS files (and the agent, for a user's image) into its created
+    /// container: [`Delivery::Upload`].
+    async fn upload_files(&self, name: &str, container: &str, identity: &certs::Identity) -> Result<()> {
         let ca = self.ca.cert_pem().as_bytes();
         let mut files: Vec<(&str, u32, &[u8])> = vec![
             ("chaos/tls/ca.pem", 0o644, ca),
             ("chaos/tls/node.pem", 0o644, identity.cert_pem.as_bytes()),
             ("chaos/tls/node.key", 0o600, identity.key_pem.as_bytes()),
         ];
-        if let Some(agent) = &self.agent_upload {
-            files.push(("chaos/chaos-agent", 0o755, agent.as_slice()));
+        if let Some(bytes) = self.user_agent.as_ref().and_then(|a| a.bytes.as_ref()) {
+            files.push(("chaos/chaos-agent", 0o755, bytes.as_slice()));
         }
         let archive = tar_archive(
             &[
@@ -930,13 +1033,19 @@ impl Inner {
             self.docker
                 .upload_to_container(container, Some(upload), bollard::body_full(archive.into())),
         )
-        .await?;
-        bounded(
-            format!("node {name}: starting container {container}"),
-            self.docker.start_container(container, None),
-        )
-        .await?;
+        .await
+        .map(drop)
+    }
 
+    /// Connects to the agent of node `name`, started in `container`, and waits until it answers.
+    async fn connect_node(
+        &self,
+        k: u32,
+        name: &str,
+        container: &str,
+        ip: Ipv4Addr,
+        published_port: Option<u16>,
+    ) -> Result<(Arc<dyn Node>, NodeEntry)> {
         let timeouts = Timeouts {
             connect: Duration::from_secs(2),
             ..Timeouts::default()
@@ -1277,6 +1386,12 @@ impl Cluster for DockerCluster {
         drop(nodes);
         if let Err(e) = remove_cluster_resources(&inner.docker, &inner.id, &inner.network).await {
             errors.push(e);
+        }
+        if let Delivery::Bind { dir, path } = &inner.delivery
+            && let Some(dir) = dir.lock().unwrap_or_else(|e| e.into_inner()).take()
+            && let Err(e) = dir.close()
+        {
+            errors.push(format!("removing {}: {e}", path.display()));
         }
         if errors.is_empty() {
             Ok(())
