@@ -509,6 +509,7 @@ async fn a_dry_run_on_a_clean_machine_removes_nothing() {
 #[cfg(feature = "docker")]
 mod docker {
     use std::collections::HashMap;
+    use std::path::Path;
     use std::time::Duration;
 
     use bollard::Docker;
@@ -917,10 +918,21 @@ mod docker {
             (2, 1),
             "{containers:?} {networks:?}"
         );
+        // The nodes' TLS files are bind-mounted from a host directory the network names.
+        let files = docker
+            .inspect_network(&networks[0], None)
+            .await
+            .unwrap()
+            .labels
+            .and_then(|l| l.get(chaos::backend::docker::LABEL_FILES).cloned())
+            .expect("the network names its nodes' files");
+        assert!(Path::new(&files).join("n1/tls").is_dir(), "{files}");
         runner.kill();
         // The agents would outlive the runner by their heartbeat timeout (120 s): gc must not wait.
         let (code, stdout) = run_chaos(&["gc"]).await;
         assert_eq!(code, Some(0), "{stdout}");
+        assert!(!Path::new(&files).exists(), "{files} left after gc:\n{stdout}");
+        assert!(stdout.contains(&files), "gc did not report {files}:\n{stdout}");
         for name in containers.iter().chain(&networks) {
             let name = name.trim_start_matches('/');
             assert!(stdout.contains(name), "gc did not report {name}:\n{stdout}");

@@ -27,6 +27,7 @@
 //! Docker-level faults (pause, stop, disconnect) are [`DockerCluster::container_fault`]; they
 //! sit next to the agent's own faults, carry a TTL and are healed by cleanup at the latest.
 
+mod gc;
 pub mod image;
 
 use std::collections::HashMap;
@@ -54,6 +55,8 @@ use crate::backend::ClusterOptions;
 use crate::certs::{self, ClusterCa};
 use crate::cluster::{Cluster, Node};
 use crate::{Error, Result};
+
+pub use gc::collect_garbage;
 
 /// Label on every container and network: the cluster's id (`<name>-<8 hex>`).
 pub const LABEL_CLUSTER: &str = "io.chaos.cluster";
@@ -145,7 +148,7 @@ fn is_not_found(e: &bollard::errors::Error) -> bool {
 }
 
 /// Where the daemon is, for messages.
-fn daemon_address() -> String {
+pub(crate) fn daemon_address() -> String {
     std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".to_string())
 }
 
