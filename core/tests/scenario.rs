@@ -70,7 +70,7 @@ fn validate_names_file_line_field_and_valid_choices() {
         (
             "kind.toml",
             "[setup.start]\ncommand = \"sleep 9\"\n\n[[faults]]\nname = \"k\"\nkind = \"kil\"\ntarget = \"one\"\n",
-            "kind.toml:6:8: field `faults[0].kind`: unknown fault kind `kil`; valid choices: kill, pause, restart, partition, loss, delay, bandwidth",
+            "kind.toml:6:8: field `faults[0].kind`: unknown fault kind `kil`; valid choices: kill, pause, restart, partition, loss, delay, bandwidth, container_pause, container_stop, container_disconnect",
         ),
         (
             "selector.toml",
@@ -209,6 +209,106 @@ fn raft_one_round_passes_on_docker() {
         .output()
         .expect("running docker ps");
     assert!(left.stdout.is_empty(), "containers left: {}", text(&left.stdout));
+}
+
+/// raft.toml with its fault cases replaced by the Docker-level ones: the leader's container
+/// paused, a follower's stopped (etcd goes down with it and is started again at heal), the
+/// leader's disconnected from the network. etcd recovers from each and the history stays
+/// linearizable.
+#[test]
+fn container_faults_in_a_scenario_recover_on_docker() {
+    let test = "container_faults_in_a_scenario_recover_on_docker";
+    if let Some(why) = etcd_unavailable(BackendKind::Docker) {
+        eprintln!("{test}: skipped: {why}");
+        return;
+    }
+    let mut scenario: toml::Table = std::fs::read_to_string(raft_toml()).unwrap().parse().unwrap();
+    let cases: toml::Value = toml::from_str::<toml::Table>(
+        r#"
+        [[faults]]
+        name = "freeze-leader-container"
+        kind = "container_pause"
+        target = "leader"
+        duration = "2s"
+
+        [[faults]]
+        name = "stop-follower-container"
+        kind = "container_stop"
+        target = "follower"
+        duration = "2s"
+
+        [[faults]]
+        name = "unplug-leader"
+        kind = "container_disconnect"
+        target = "leader"
+        duration = "2s"
+        "#,
+    )
+    .unwrap()
+    .remove("faults")
+    .unwrap();
+    scenario.insert("faults".into(), cases);
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "containers.toml",
+        &toml::to_string(&scenario).unwrap(),
+    );
+    let out = chaos(&[
+        "run",
+        file.to_str().unwrap(),
+        "--rounds",
+        "1",
+        "--seed",
+        "5",
+        "--backend",
+        "docker",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    let stdout = text(&out.stdout);
+    eprintln!("{stdout}\n{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let run_dir = PathBuf::from(line_after(&stdout, "run directory: ").unwrap().trim());
+    let summary = read_json(&run_dir.join("summary.json"));
+    assert_eq!(summary["status"], "passed", "{summary:#}");
+    let steps = summary["steps"].as_array().unwrap();
+    let passed: Vec<&str> = steps
+        .iter()
+        .filter(|s| s["status"] == "passed")
+        .map(|s| s["kind"].as_str().unwrap())
+        .collect();
+    for kind in ["container_pause", "container_stop", "container_disconnect"] {
+        assert!(passed.contains(&kind), "{kind} did not pass: {summary:#}");
+    }
+    // The stopped follower's etcd was started again once its container was back.
+    let starts: usize = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| {
+            std::fs::read_to_string(run_dir.join(format!("nodes/{n}/system.log")))
+                .unwrap()
+                .matches("etcd Version:")
+                .count()
+        })
+        .sum();
+    assert!(
+        starts > 3,
+        "expected a restart after the stop, saw {starts} starts"
+    );
+    let left = std::process::Command::new("docker")
+        .args(["ps", "-aq", "--filter", "label=io.chaos.cluster"])
+        .output()
+        .expect("running docker ps");
+    assert!(left.stdout.is_empty(), "containers left: {}", text(&left.stdout));
+
+    // The same cases are refused, before anything starts, on a backend without containers.
+    let out = chaos(&["run", file.to_str().unwrap(), "--backend", "local"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("freeze-leader-container") && stderr.contains("--backend docker"),
+        "{stderr}"
+    );
 }
 
 fn raft_one_round(kind: BackendKind) {

@@ -266,6 +266,18 @@ fn check_environment(scenario: &Scenario) -> Result<(), RunError> {
             )));
         }
     }
+    if scenario.cluster.backend != Backend::Docker
+        && let Some(case) = scenario
+            .faults
+            .iter()
+            .find(|c| c.kind.is_container() && c.weight > 0)
+    {
+        return Err(RunError::Invalid(format!(
+            "fault case `{}` is a {} fault, which acts on a node's container: run with --backend \
+             docker (or set its weight to 0)",
+            case.name, case.kind
+        )));
+    }
     for ship in &scenario.setup.ship {
         find_on_runner(&ship.from).map_err(RunError::Invalid)?;
     }
@@ -339,6 +351,13 @@ enum Installed {
     Partition(PartitionHandle),
     /// Processes killed or stopped; `restart` says whether to start them at heal.
     Down { restart: bool },
+    /// Docker-level faults on the targets' containers; `restart`: the system went down with
+    /// them (a stopped container) and is started again once they are healed.
+    #[cfg(feature = "docker")]
+    Containers {
+        handles: Vec<crate::backend::docker::ContainerFaultHandle>,
+        restart: bool,
+    },
 }
 
 /// A step whose fault is in place.
@@ -1077,7 +1096,7 @@ impl Run {
                 _ => format!("FAILED: {}", s.reason.clone().unwrap_or_default()),
             };
             self.say(format!(
-                "step {:>3}/{} {:<24} {:<10} {:<12} {line}",
+                "step {:>3}/{} {:<24} {:<20} {:<12} {line}",
                 s.number,
                 self.steps.len(),
                 s.case,
@@ -1125,7 +1144,7 @@ impl Run {
             json!({"step": s.number, "case": s.case, "reason": reason}),
         );
         self.say(format!(
-            "step {:>3}/{} {:<24} {:<10} skipped: {reason}",
+            "step {:>3}/{} {:<24} {:<20} skipped: {reason}",
             s.number, total, s.case, s.kind
         ));
     }
@@ -1269,6 +1288,17 @@ impl Run {
                     Err(e) => Err(e.to_string()),
                 }
             }
+            #[cfg(feature = "docker")]
+            FaultKind::ContainerPause | FaultKind::ContainerStop | FaultKind::ContainerDisconnect => {
+                self.inject_container_faults(step.kind, &targets, ttl).await
+            }
+            #[cfg(not(feature = "docker"))]
+            FaultKind::ContainerPause | FaultKind::ContainerStop | FaultKind::ContainerDisconnect => {
+                Err(format!(
+                    "`{}` needs the docker backend, and this chaos was built without it",
+                    step.kind
+                ))
+            }
             FaultKind::Loss | FaultKind::Delay | FaultKind::Bandwidth => {
                 let mut handles = Vec::new();
                 let mut err = None;
@@ -1341,7 +1371,7 @@ impl Run {
                     step.case
                 ));
                 // A kill that failed half-way may have taken processes down: bring them back.
-                if step.kind.is_process() {
+                if step.kind.is_process() || step.kind == FaultKind::ContainerStop {
                     for &i in &targets {
                         if self.suts[i].is_none()
                             && let Err(e) = self.start_sut(i).await
@@ -1379,6 +1409,57 @@ impl Run {
         }
     }
 
+    /// Injects a Docker-level fault on each target's container. A stopped container takes the
+    /// system's process with it, so that process is reaped here and started again at heal.
+    #[cfg(feature = "docker")]
+    async fn inject_container_faults(
+        &mut self,
+        kind: FaultKind,
+        targets: &[usize],
+        ttl: Duration,
+    ) -> Result<(Installed, String), String> {
+        use crate::backend::docker::{ContainerFault, DockerCluster};
+        let cluster = self.cluster.clone().ok_or("the cluster is gone")?;
+        let Some(docker) = cluster.as_any().downcast_ref::<DockerCluster>() else {
+            return Err(format!(
+                "`{kind}` acts on containers: it needs the docker backend, not {}",
+                cluster.backend()
+            ));
+        };
+        let fault = match kind {
+            FaultKind::ContainerPause => ContainerFault::Pause,
+            FaultKind::ContainerStop => ContainerFault::Stop,
+            _ => ContainerFault::Disconnect,
+        };
+        let system = self.system();
+        let mut handles = Vec::new();
+        for &i in targets {
+            match docker.container_fault(system.nodes[i].name(), fault, ttl).await {
+                Ok(handle) => handles.push(handle),
+                Err(e) => {
+                    for handle in &handles {
+                        if let Err(e) = handle.heal().await {
+                            tracing::warn!("healing after a failed injection: {e}");
+                        }
+                    }
+                    return Err(e.to_string());
+                }
+            }
+            if fault == ContainerFault::Stop
+                && let Some(sut) = self.suts[i].take()
+            {
+                let _ = tokio::time::timeout(Duration::from_secs(5), sut.process.wait()).await;
+            }
+        }
+        Ok((
+            Installed::Containers {
+                handles,
+                restart: fault == ContainerFault::Stop,
+            },
+            format!("docker {fault}"),
+        ))
+    }
+
     async fn heal_step(&mut self, index: usize) {
         let Some(pos) = self.active.iter().position(|a| a.index == index) else {
             return;
@@ -1396,6 +1477,23 @@ impl Run {
             Installed::Partition(p) => {
                 if let Err(e) = p.heal().await {
                     error = Some(e.to_string());
+                }
+            }
+            #[cfg(feature = "docker")]
+            Installed::Containers { handles, restart } => {
+                for handle in handles {
+                    if let Err(e) = handle.heal().await {
+                        error.get_or_insert(e.to_string());
+                    }
+                }
+                if *restart {
+                    for &i in &active.nodes {
+                        if self.suts[i].is_none()
+                            && let Err(e) = self.start_sut(i).await
+                        {
+                            error.get_or_insert(e);
+                        }
+                    }
                 }
             }
             Installed::Down { restart } => {

@@ -323,6 +323,18 @@ pub enum FaultKind {
     Delay,
     /// Limit the targets' egress to `rate_kbit`.
     Bandwidth,
+    /// `docker pause` the targets' containers: everything on the node freezes, its agent
+    /// included; unpaused at heal. `docker` backend only.
+    #[serde(rename = "container_pause")]
+    ContainerPause,
+    /// `docker stop` the targets' containers (SIGTERM, SIGKILL after 2 s): the whole node
+    /// goes down; at heal the container starts again and so does the system. `docker` only.
+    #[serde(rename = "container_stop")]
+    ContainerStop,
+    /// Disconnect the targets' containers from the cluster network (no packet in or out,
+    /// the runner's included); reconnected with the same address at heal. `docker` only.
+    #[serde(rename = "container_disconnect")]
+    ContainerDisconnect,
 }
 
 impl FaultKind {
@@ -335,6 +347,9 @@ impl FaultKind {
         "loss",
         "delay",
         "bandwidth",
+        "container_pause",
+        "container_stop",
+        "container_disconnect",
     ];
 
     /// The name used in files.
@@ -347,6 +362,9 @@ impl FaultKind {
             FaultKind::Loss => "loss",
             FaultKind::Delay => "delay",
             FaultKind::Bandwidth => "bandwidth",
+            FaultKind::ContainerPause => "container_pause",
+            FaultKind::ContainerStop => "container_stop",
+            FaultKind::ContainerDisconnect => "container_disconnect",
         }
     }
 
@@ -355,9 +373,20 @@ impl FaultKind {
         matches!(self, FaultKind::Kill | FaultKind::Pause | FaultKind::Restart)
     }
 
-    /// Whether it acts on the network (needs an agent backend).
+    /// Whether it acts on the network through the agent (needs an agent backend).
     pub fn is_network(self) -> bool {
-        !self.is_process()
+        matches!(
+            self,
+            FaultKind::Partition | FaultKind::Loss | FaultKind::Delay | FaultKind::Bandwidth
+        )
+    }
+
+    /// Whether it acts on the node's container (needs the `docker` backend).
+    pub fn is_container(self) -> bool {
+        matches!(
+            self,
+            FaultKind::ContainerPause | FaultKind::ContainerStop | FaultKind::ContainerDisconnect
+        )
     }
 }
 
