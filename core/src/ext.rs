@@ -12,6 +12,8 @@
 //! ```
 
 use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -124,7 +126,19 @@ pub trait NodeExt {
 
     /// Reads the whole file at `path` from the node.
     async fn read_bytes(&self, path: &str) -> Result<Vec<u8>>;
+
+    /// Copies the local file `from` to `to` on the node, streaming, with the local file's
+    /// permission bits (like `docker cp` into a container). Returns the bytes written.
+    async fn upload(&self, from: &Path, to: &str) -> Result<u64>;
+
+    /// Copies the file `from` on the node to the local path `to` (created or truncated),
+    /// streaming (like `docker cp` out of a container). Returns the bytes written.
+    async fn download(&self, from: &str, to: &Path) -> Result<u64>;
 }
+
+/// Buffer of [`NodeExt::upload`] and [`NodeExt::download`]: each local file operation is a
+/// hop to a blocking thread, so they are made few and large.
+const LOCAL_FILE_BUFFER: usize = 1 << 20;
 
 #[async_trait]
 impl<T: Node + ?Sized> NodeExt for T {
@@ -173,5 +187,35 @@ impl<T: Node + ?Sized> NodeExt for T {
     async fn read_bytes(&self, path: &str) -> Result<Vec<u8>> {
         let reader = self.read_file(path).await?;
         read_all(self.name(), path, Some(reader)).await
+    }
+
+    async fn upload(&self, from: &Path, to: &str) -> Result<u64> {
+        let context = || format!("uploading {} to {}:{to}", from.display(), self.name());
+        let file = tokio::fs::File::open(from)
+            .await
+            .map_err(|e| Error::io(context(), e))?;
+        let mode = file
+            .metadata()
+            .await
+            .map_err(|e| Error::io(context(), e))?
+            .permissions()
+            .mode()
+            & 0o7777;
+        let reader = tokio::io::BufReader::with_capacity(LOCAL_FILE_BUFFER, file);
+        self.send_file(to, mode, Box::pin(reader)).await
+    }
+
+    async fn download(&self, from: &str, to: &Path) -> Result<u64> {
+        let context = || format!("downloading {}:{from} to {}", self.name(), to.display());
+        let mut reader = self.read_file(from).await?;
+        let file = tokio::fs::File::create(to)
+            .await
+            .map_err(|e| Error::io(context(), e))?;
+        let mut writer = tokio::io::BufWriter::with_capacity(LOCAL_FILE_BUFFER, file);
+        let bytes = tokio::io::copy(&mut reader, &mut writer)
+            .await
+            .map_err(|e| Error::io(context(), e))?;
+        writer.shutdown().await.map_err(|e| Error::io(context(), e))?;
+        Ok(bytes)
     }
 }

@@ -215,6 +215,42 @@ async fn file_of_1_gib_round_trips() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_files_upload_and_download_with_their_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    on_every_backend(
+        "local_files_upload_and_download_with_their_mode",
+        async |cluster| {
+            let node = one_node(&*cluster).await;
+            let local = tempfile::tempdir().unwrap();
+            let source = local.path().join("tool.sh");
+            // More than one buffer's worth, not a multiple of it.
+            let data: Vec<u8> = (0..3_000_001u32).map(|i| (i % 251) as u8).collect();
+            std::fs::write(&source, &data).unwrap();
+            std::fs::set_permissions(&source, std::fs::Permissions::from_mode(0o750)).unwrap();
+            let remote = format!("{}/up/tool.sh", node.root_dir());
+            assert_eq!(node.upload(&source, &remote).await.unwrap(), data.len() as u64);
+            let stat = node.stat(&remote).await.unwrap();
+            assert_eq!((stat.size, stat.mode), (data.len() as u64, 0o750));
+            let back = local.path().join("back.bin");
+            assert_eq!(node.download(&remote, &back).await.unwrap(), data.len() as u64);
+            assert!(std::fs::read(&back).unwrap() == data, "downloaded bytes differ");
+
+            let err = node
+                .download(&format!("{}/missing", node.root_dir()), &back)
+                .await
+                .unwrap_err();
+            assert!(err.is_not_found(), "{err}");
+            let err = node
+                .upload(&local.path().join("missing"), &remote)
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains("missing"), "{err}");
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_can_be_listed_stated_and_removed() {
     on_every_backend("files_can_be_listed_stated_and_removed", async |cluster| {
         let node = one_node(&*cluster).await;
