@@ -102,7 +102,12 @@ struct Up {
 
 impl Up {
     fn start(backend: &str, nodes: usize, dir: &Path, extra: &[&str]) -> Self {
+        Self::start_with_env(backend, nodes, dir, extra, &[])
+    }
+
+    fn start_with_env(backend: &str, nodes: usize, dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = chaos()
+            .envs(env.iter().copied())
             .args([
                 "up",
                 "--backend",
@@ -601,6 +606,84 @@ fn faults_inject_list_heal(dir: &Path, nodes: &[(String, String)]) {
     let out = run(&["fault", "heal", "--state", state, "n1", &id]);
     assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("not active"), "{}", text(&out.stderr));
+}
+
+/// Forwards TCP connections on a loopback port to the unix socket `socket`, for as long as the
+/// test process lives; returns the port.
+fn forward_tcp_to_unix(socket: PathBuf) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming().flatten() {
+            let Ok(unix) = std::os::unix::net::UnixStream::connect(&socket) else {
+                continue;
+            };
+            let (mut tcp_r, mut unix_w) = (tcp.try_clone().unwrap(), unix.try_clone().unwrap());
+            let (mut unix_r, mut tcp_w) = (unix, tcp);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut tcp_r, &mut unix_w);
+                let _ = unix_w.shutdown(std::net::Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut unix_r, &mut tcp_w);
+                let _ = tcp_w.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    port
+}
+
+/// `chaos up/exec/fault/down` on docker, with the daemon reached over `DOCKER_HOST=tcp://…` as
+/// a remote one would be (a loopback port forwarded to the local socket): node files are
+/// copied in, agents are reached at ports published on the daemon's host, and `chaos exec` and
+/// `chaos fault` find them there from the state directory alone.
+#[test]
+fn docker_up_exec_fault_down_with_a_daemon_over_tcp() {
+    let test = "docker_up_exec_fault_down_with_a_daemon_over_tcp";
+    if let Err(why) = backend::availability(BackendKind::Docker) {
+        eprintln!("{test}: skipped: {why}");
+        return;
+    }
+    let socket = match std::env::var("DOCKER_HOST") {
+        Err(_) => PathBuf::from("/var/run/docker.sock"),
+        Ok(host) => match host.strip_prefix("unix://") {
+            Some(path) => PathBuf::from(path),
+            None => {
+                eprintln!("{test}: skipped: DOCKER_HOST={host} is not a unix socket to forward");
+                return;
+            }
+        },
+    };
+    let port = forward_tcp_to_unix(socket);
+    let host = format!("tcp://127.0.0.1:{port}");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("state");
+    let mut up = Up::start_with_env("docker", 3, &dir, &[], &[("DOCKER_HOST", host.as_str())]);
+    let cluster = up.cluster();
+    assert_eq!(cluster["backend"], "docker");
+    for node in cluster["nodes"].as_array().unwrap() {
+        let agent: std::net::SocketAddr = node["agent"].as_str().unwrap().parse().unwrap();
+        assert!(
+            agent.ip().is_loopback() && agent.port() != 7700,
+            "the agent should be at a published port of the daemon's host: {node}"
+        );
+    }
+    let out = exec(&dir, "n1", &["sh", "-c", "echo out; echo err >&2; exit 3"]);
+    assert_eq!(code(&out), Some(3), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "out\n");
+    // The nodes reach each other by name on the cluster network.
+    let out = exec(&dir, "n1", &["busybox", "ping", "-c1", "-W2", "n3"]);
+    assert_eq!(code(&out), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
+    faults_inject_list_heal(&dir, &up.nodes);
+
+    let out = run(&["down", "--state", dir.to_str().unwrap()]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    assert!(up.wait_exit(), "chaos up did not exit cleanly");
+    let left = Command::new("docker")
+        .args(["ps", "-aq", "--filter", "label=io.chaos.cluster"])
+        .output()
+        .unwrap();
+    assert!(left.stdout.is_empty(), "containers left: {}", text(&left.stdout));
 }
 
 #[test]

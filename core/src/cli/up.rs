@@ -291,13 +291,22 @@ fn describe(running: &Running, nodes: &[Arc<dyn Node>]) -> ClusterState {
     };
     let entries = nodes
         .iter()
-        .map(|n| NodeEntry {
-            name: n.name().to_string(),
-            ips: n.addresses().to_vec(),
-            agent: agent_port
+        .map(|n| {
+            let direct = agent_port
                 .zip(n.addresses().first())
-                .map(|(port, ip)| std::net::SocketAddr::new(*ip, port)),
-            root_dir: n.root_dir().to_string(),
+                .map(|(port, ip)| std::net::SocketAddr::new(*ip, port));
+            // A remote daemon's agents are reached at ports published on its host.
+            #[cfg(feature = "docker")]
+            let direct = match running {
+                Running::Docker(c) => c.agent_address(n.name()).or(direct),
+                _ => direct,
+            };
+            NodeEntry {
+                name: n.name().to_string(),
+                ips: n.addresses().to_vec(),
+                agent: direct,
+                root_dir: n.root_dir().to_string(),
+            }
         })
         .collect();
     ClusterState::new(running.cluster().backend(), backend_state_file, entries)

@@ -609,6 +609,15 @@ impl DockerCluster {
         }
     }
 
+    /// Where the runner reaches `node`'s agent: its container address, or with
+    /// [`Reach::Published`] the published port on the daemon's host. `None` for an unknown node.
+    pub fn agent_address(&self, node: &str) -> Option<SocketAddr> {
+        self.inner
+            .node_entry(node)
+            .ok()
+            .map(|(_, client, _)| client.addr())
+    }
+
     /// The Docker client the cluster uses.
     pub fn docker(&self) -> &Docker {
         &self.inner.docker
@@ -1122,7 +1131,8 @@ impl Inner {
                 )));
             }
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(50));
+            // A refused connect costs microseconds; a long pause would be pure added latency.
+            pause = (pause * 2).min(Duration::from_millis(10));
         }
     }
 
