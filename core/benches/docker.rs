@@ -35,67 +35,15 @@ use chaos::backend::docker::{self, DockerCluster, DockerOptions, LABEL_CLUSTER};
 use chaos::{Cluster, Node, NodeExt};
 use futures_util::StreamExt;
 
+mod common;
+use common::{Stats, header, ms, row};
+
 const SINGLE_NODES: usize = 25;
 const TEN_ROUNDS: usize = 5;
 const TEN: usize = 10;
 const TRUE_RUNS: usize = 60;
 const FILE_SIZE: usize = 64 << 20;
 const FILE_RUNS: usize = 5;
-
-struct Stats {
-    samples: Vec<Duration>,
-}
-
-impl Stats {
-    fn new(mut samples: Vec<Duration>) -> Self {
-        samples.sort();
-        Self { samples }
-    }
-
-    fn pct(&self, p: f64) -> Duration {
-        let i = ((self.samples.len() - 1) as f64 * p).round() as usize;
-        self.samples[i]
-    }
-
-    fn median(&self) -> Duration {
-        self.pct(0.5)
-    }
-
-    fn min(&self) -> Duration {
-        self.samples[0]
-    }
-
-    fn max(&self) -> Duration {
-        self.samples[self.samples.len() - 1]
-    }
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1e3)
-}
-
-fn header(title: &str) {
-    println!(
-        "| {title:<40} | {:>4} | {:>10} | {:>10} | {:>10} | {:>10} | {:<18} | {:<4} |",
-        "n", "median", "p90", "min", "max", "target", ""
-    );
-    println!(
-        "|{:-<42}|{:-<6}|{:-<12}|{:-<12}|{:-<12}|{:-<12}|{:-<20}|{:-<6}|",
-        "", "", "", "", "", "", "", ""
-    );
-}
-
-fn row(what: &str, stats: &Stats, target: &str, ok: bool) {
-    println!(
-        "| {what:<40} | {:>4} | {:>10} | {:>10} | {:>10} | {:>10} | {target:<18} | {:<4} |",
-        stats.samples.len(),
-        ms(stats.median()),
-        ms(stats.pct(0.9)),
-        ms(stats.min()),
-        ms(stats.max()),
-        if ok { "ok" } else { "MISS" }
-    );
-}
 
 /// Megabytes (10^6 bytes) per second of `bytes` moved in `d`.
 fn mbps(bytes: usize, d: Duration) -> f64 {

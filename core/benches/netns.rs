@@ -21,46 +21,13 @@ use chaos::backend::netns::{self, NetnsCluster};
 use chaos::faults::{self, Fault, Peer, Traffic};
 use chaos::{Cluster, NodeExt};
 
+mod common;
+use common::{Stats, header, row};
+
 const SINGLE_NODES: usize = 25;
 const FIFTY_ROUNDS: usize = 3;
 const TRUE_RUNS: usize = 200;
 const PARTITION_RUNS: usize = 200;
-
-struct Stats {
-    samples: Vec<Duration>,
-}
-
-impl Stats {
-    fn new(mut samples: Vec<Duration>) -> Self {
-        samples.sort();
-        Self { samples }
-    }
-
-    fn pct(&self, p: f64) -> Duration {
-        let i = ((self.samples.len() - 1) as f64 * p).round() as usize;
-        self.samples[i]
-    }
-
-    fn median(&self) -> Duration {
-        self.pct(0.5)
-    }
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
-}
-
-fn row(what: &str, stats: &Stats, target: &str, ok: bool) {
-    println!(
-        "| {what:<36} | {:>4} | {:>10} | {:>10} | {:>10} | {:>10} | {target:<16} | {:<4} |",
-        stats.samples.len(),
-        ms(stats.median()),
-        ms(stats.pct(0.9)),
-        ms(stats.samples[0]),
-        ms(stats.samples[stats.samples.len() - 1]),
-        if ok { "ok" } else { "MISS" }
-    );
-}
 
 async fn cluster(name: &str) -> NetnsCluster {
     let options = ClusterOptions {
@@ -162,14 +129,7 @@ async fn run() {
     let ours = Stats::new(ours);
     let shelled = Stats::new(shelled);
 
-    println!(
-        "| {:<36} | {:>4} | {:>10} | {:>10} | {:>10} | {:>10} | {:<16} | {:<4} |",
-        "netns benchmark", "n", "median", "p90", "min", "max", "target", ""
-    );
-    println!(
-        "|{:-<38}|{:-<6}|{:-<12}|{:-<12}|{:-<12}|{:-<12}|{:-<18}|{:-<6}|",
-        "", "", "", "", "", "", "", ""
-    );
+    header("netns benchmark");
     row(
         "node ready (agent accepting mTLS)",
         &single,

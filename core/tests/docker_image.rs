@@ -197,6 +197,21 @@ async fn node_image_is_built_once_and_runs() {
 
 /// An included binary keeps its place over busybox's applet of the same name, and runs with
 /// the libraries ldd found for it. The image is test-only, so it is removed.
+/// Runs `sh -c script` in a container of the test-only image `tag`, then removes the image —
+/// also when the run panicked, whose panic is then passed on.
+async fn run_once_in(docker: &Docker, tag: String, script: &str) -> (i64, String) {
+    let run = tokio::spawn({
+        let (docker, tag, script) = (docker.clone(), tag.clone(), script.to_string());
+        async move { run_in(&docker, &tag, &["/bin/sh", "-c", &script]).await }
+    })
+    .await;
+    docker
+        .remove_image(&tag, None::<bollard::query_parameters::RemoveImageOptions>, None)
+        .await
+        .expect("removing the test-only image");
+    run.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
 #[tokio::test]
 async fn an_included_binary_is_not_shadowed_by_busybox() {
     let Some(docker) = docker().await else { return };
@@ -206,16 +221,7 @@ async fn an_included_binary_is_not_shadowed_by_busybox() {
         .unwrap();
     // By path: Debian's busybox shell runs its own applets before searching PATH.
     let script = "/bin/ls --version | head -n 1; readlink /bin/cat";
-    let run = tokio::spawn({
-        let (docker, tag) = (docker.clone(), tag.clone());
-        async move { run_in(&docker, &tag, &["/bin/sh", "-c", script]).await }
-    })
-    .await;
-    docker
-        .remove_image(&tag, None::<bollard::query_parameters::RemoveImageOptions>, None)
-        .await
-        .expect("removing the test-only image");
-    let (code, out) = run.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    let (code, out) = run_once_in(&docker, tag, script).await;
     assert_eq!(code, 0, "{out}");
     let lines: Vec<&str> = out.lines().collect();
     assert!(
@@ -244,16 +250,7 @@ async fn an_included_directory_brings_its_tree_links_and_modes() {
     let script = format!(
         "{r}/tool.sh; cat {r}/link; readlink {r}/link; stat -c %a {r}/sub; test -d {r}/sub/deeper && echo deeper"
     );
-    let run = tokio::spawn({
-        let (docker, tag) = (docker.clone(), tag.clone());
-        async move { run_in(&docker, &tag, &["/bin/sh", "-c", &script]).await }
-    })
-    .await;
-    docker
-        .remove_image(&tag, None::<bollard::query_parameters::RemoveImageOptions>, None)
-        .await
-        .expect("removing the test-only image");
-    let (code, out) = run.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    let (code, out) = run_once_in(&docker, tag, &script).await;
     assert_eq!(code, 0, "{out}");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(

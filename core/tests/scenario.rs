@@ -282,15 +282,7 @@ fn container_faults_in_a_scenario_recover_on_docker() {
         assert!(passed.contains(&kind), "{kind} did not pass: {summary:#}");
     }
     // The stopped follower's etcd was started again once its container was back.
-    let starts: usize = ["n1", "n2", "n3"]
-        .iter()
-        .map(|n| {
-            std::fs::read_to_string(run_dir.join(format!("nodes/{n}/system.log")))
-                .unwrap()
-                .matches("etcd Version:")
-                .count()
-        })
-        .sum();
+    let starts = etcd_starts(&run_dir);
     assert!(
         starts > 3,
         "expected a restart after the stop, saw {starts} starts"
@@ -377,7 +369,14 @@ fn raft_one_round(kind: BackendKind) {
         "{checkers:#?}"
     );
     // The etcd logs show the kills: members started more than once.
-    let starts: usize = ["n1", "n2", "n3"]
+    let starts = etcd_starts(&run_dir);
+    assert!(starts > 3, "expected restarts after kills, saw {starts} starts");
+    assert_nothing_left(&run_dir);
+}
+
+/// How many times etcd started on the three nodes of a run, from their system logs.
+fn etcd_starts(run_dir: &Path) -> usize {
+    ["n1", "n2", "n3"]
         .iter()
         .map(|n| {
             std::fs::read_to_string(run_dir.join(format!("nodes/{n}/system.log")))
@@ -385,9 +384,7 @@ fn raft_one_round(kind: BackendKind) {
                 .matches("etcd Version:")
                 .count()
         })
-        .sum();
-    assert!(starts > 3, "expected restarts after kills, saw {starts} starts");
-    assert_nothing_left(&run_dir);
+        .sum()
 }
 
 /// Every node root of the run is gone and no process of the run survives (the system's command

@@ -8,8 +8,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::Result;
 use crate::cluster::Cluster;
+use crate::{Error, Result};
 
 #[cfg(feature = "docker")]
 pub mod docker;
@@ -120,4 +120,47 @@ pub fn availability(kind: BackendKind) -> Result<(), String> {
         #[cfg(not(feature = "docker"))]
         BackendKind::Docker => Err(format!("docker backend: {DOCKER_NOT_BUILT}")),
     }
+}
+
+/// Runs `create(k)` for nodes `first..first + count` concurrently, each bounded by `bound` (a
+/// timeout names the node). Returns what was made, in node order, and the first error — a
+/// backend keeps what was made even then, so that its cleanup releases it.
+pub(crate) async fn create_concurrently<T, F, Fut>(
+    backend: &'static str,
+    first: u32,
+    count: usize,
+    bound: Duration,
+    create: F,
+) -> (Vec<T>, Option<Error>)
+where
+    F: Fn(u32) -> Fut,
+    Fut: Future<Output = Result<T>> + Send + 'static,
+    T: Send + 'static,
+{
+    let mut tasks = tokio::task::JoinSet::new();
+    for k in first..first + count as u32 {
+        let creating = create(k);
+        tasks.spawn(async move {
+            let name = format!("n{k}");
+            (
+                k,
+                crate::ext::with_timeout(&name, "creating the node", bound, creating).await,
+            )
+        });
+    }
+    let mut made = Vec::with_capacity(count);
+    let mut first_error = None;
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((k, Ok(node))) => made.push((k, node)),
+            Ok((_, Err(e))) => {
+                first_error.get_or_insert(e);
+            }
+            Err(e) => {
+                first_error.get_or_insert(Error::backend(backend, format!("node creation task failed: {e}")));
+            }
+        }
+    }
+    made.sort_by_key(|(k, _)| *k);
+    (made.into_iter().map(|(_, node)| node).collect(), first_error)
 }

@@ -407,7 +407,6 @@ struct State {
 }
 
 struct NodeEntry {
-    k: u32,
     name: String,
     container: String,
     ip: Ipv4Addr,
@@ -1014,7 +1013,7 @@ impl Inner {
             self.docker.start_container(container, None),
         )
         .await?;
-        self.connect_node(k, name, container, ip, published_port).await
+        self.connect_node(name, container, ip, published_port).await
     }
 
     /// Copies node `name`'s TLS files (and the agent, for a user's image) into its created
@@ -1052,7 +1051,6 @@ impl Inner {
     /// Connects to the agent of node `name`, started in `container`, and waits until it answers.
     async fn connect_node(
         &self,
-        k: u32,
         name: &str,
         container: &str,
         ip: Ipv4Addr,
@@ -1083,7 +1081,6 @@ impl Inner {
         Ok((
             node,
             NodeEntry {
-                k,
                 name: name.to_string(),
                 container: container.to_string(),
                 ip,
@@ -1332,28 +1329,8 @@ impl Cluster for DockerCluster {
             first
         };
         let bound = inner.options.node_ready_timeout + DAEMON_BOUND;
-        let mut tasks = tokio::task::JoinSet::new();
-        for k in first..first + count as u32 {
-            let inner = inner.clone();
-            tasks.spawn(async move {
-                let name = format!("n{k}");
-                crate::ext::with_timeout(&name, "creating the node", bound, inner.create_node(k)).await
-            });
-        }
-        let mut made = Vec::with_capacity(count);
-        let mut first_error = None;
-        while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok(Ok(pair)) => made.push(pair),
-                Ok(Err(e)) => {
-                    first_error.get_or_insert(e);
-                }
-                Err(e) => {
-                    first_error.get_or_insert(backend_error(format!("node creation task failed: {e}")));
-                }
-            }
-        }
-        made.sort_by_key(|(_, entry)| entry.k);
+        let (made, first_error) =
+            super::create_concurrently("docker", first, count, bound, |k| inner.clone().create_node(k)).await;
         let nodes: Vec<Arc<dyn Node>> = made.iter().map(|(node, _)| node.clone()).collect();
         {
             let mut state = inner.lock();

@@ -285,7 +285,6 @@ impl Drop for ClusterRes {
 /// One node's resources, released by [`teardown_nodes`] (also on drop, so a node whose
 /// creation fails or is cancelled half-way leaves nothing behind).
 struct NodeRes {
-    k: u32,
     name: String,
     netns: String,
     netns_created: bool,
@@ -593,7 +592,6 @@ impl Inner {
         let name = format!("n{k}");
         let ip = node_address(self.index, k);
         let mut res = NodeRes {
-            k,
             name: name.clone(),
             netns: node_netns_name(self.index, k),
             netns_created: false,
@@ -742,29 +740,10 @@ impl Cluster for NetnsCluster {
         };
 
         let bound = inner.options.node_ready_timeout;
-        let mut tasks = tokio::task::JoinSet::new();
-        for k in first..first + count as u32 {
-            let inner = inner.clone();
-            let hub = hub.clone();
-            tasks.spawn(async move {
-                let name = format!("n{k}");
-                crate::ext::with_timeout(&name, "creating the node", bound, inner.create_node(k, hub)).await
-            });
-        }
-        let mut made = Vec::with_capacity(count);
-        let mut first_error = None;
-        while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok(Ok(pair)) => made.push(pair),
-                Ok(Err(e)) => {
-                    first_error.get_or_insert(e);
-                }
-                Err(e) => {
-                    first_error.get_or_insert(backend_error(format!("node creation task failed: {e}")));
-                }
-            }
-        }
-        made.sort_by_key(|(_, res)| res.k);
+        let (made, first_error) = super::create_concurrently("netns", first, count, bound, |k| {
+            inner.clone().create_node(k, hub.clone())
+        })
+        .await;
         let nodes: Vec<Arc<dyn Node>> = made.iter().map(|(node, _)| node.clone()).collect();
         {
             let mut state = inner.lock();
