@@ -122,6 +122,32 @@ pub fn availability(kind: BackendKind) -> Result<(), String> {
     }
 }
 
+/// Takes the numbers of `count` new nodes from `next` (nodes are `n1`, `n2`, … in creation
+/// order across calls) and returns the first; fails, taking none, when a cluster of
+/// `backend` would then hold more than `max`.
+pub(crate) fn reserve_nodes(
+    next: &mut u32,
+    count: usize,
+    max: u32,
+    backend: &'static str,
+    cluster: &str,
+) -> Result<u32> {
+    let first = *next;
+    let last = u64::from(first) + count as u64 - 1;
+    if last > u64::from(max) {
+        return Err(Error::backend(
+            backend,
+            format!(
+                "cluster {cluster}: asked for {count} more nodes but a {backend} cluster holds at \
+                 most {max} ({} already made)",
+                first - 1
+            ),
+        ));
+    }
+    *next = last as u32 + 1;
+    Ok(first)
+}
+
 /// Runs `create(k)` for nodes `first..first + count` concurrently, each bounded by `bound` (a
 /// timeout names the node). Returns what was made, in node order, and the first error — a
 /// backend keeps what was made even then, so that its cleanup releases it.

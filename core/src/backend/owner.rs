@@ -86,6 +86,21 @@ pub fn owner_state(tag: &str) -> OwnerState {
     }
 }
 
+/// Whether the runner named by `tag` is gone, so what it owns is garbage, and the words that
+/// say so for `chaos gc` (`runner pid 42 gone`, `… alive`, `… on host h`).
+pub fn verdict(tag: &str) -> (bool, String) {
+    let pid = OwnerTag::parse(tag).map_or_else(|| "?".to_string(), |t| t.pid.to_string());
+    match owner_state(tag) {
+        OwnerState::Alive => (false, format!("runner pid {pid} alive")),
+        OwnerState::Dead => (true, format!("runner pid {pid} gone")),
+        OwnerState::Elsewhere(host) => (
+            false,
+            format!("runner pid {pid} on host {host}, not ours to judge"),
+        ),
+        OwnerState::Unknown => (false, format!("owner tag {tag:?} unreadable")),
+    }
+}
+
 /// Whether process `pid` of this host runs (exists and is neither a zombie nor dead) and, when
 /// `start` is not 0, started at `start` clock ticks after boot (so a reused pid does not count).
 pub fn process_alive(pid: u32, start: u64) -> bool {

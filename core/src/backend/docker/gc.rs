@@ -18,7 +18,7 @@ use bollard::query_parameters::{
 
 use super::{FILES_DIR_PREFIX, LABEL_CLUSTER, LABEL_FILES, LABEL_IMAGE, LABEL_OWNER};
 use crate::backend::gc::{GcOptions, GcReport};
-use crate::backend::owner::{self, OwnerState};
+use crate::backend::owner;
 
 /// Bound on any other daemon call (a forced container removal kills the container first).
 const CALL_BOUND: Duration = Duration::from_secs(10);
@@ -34,21 +34,10 @@ async fn connect() -> Result<Docker, String> {
 
 /// Awaits a daemon call for at most [`CALL_BOUND`]; the error names `what`.
 async fn bounded<T>(what: &str, call: impl Future<Output = Result<T, DockerError>>) -> Result<T, CallError> {
-    match tokio::time::timeout(CALL_BOUND, call).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(DockerError::DockerResponseServerError { status_code, message })) => Err(CallError {
-            status: Some(status_code),
-            message: format!("{what}: {message}"),
-        }),
-        Ok(Err(e)) => Err(CallError {
-            status: None,
-            message: format!("{what}: {e}"),
-        }),
-        Err(_) => Err(CallError {
-            status: None,
-            message: format!("{what}: no answer from the daemon within {CALL_BOUND:?}"),
-        }),
-    }
+    super::within(CALL_BOUND, call).await.map_err(|f| CallError {
+        status: f.status(),
+        message: f.describe(what),
+    })
 }
 
 /// A failed daemon call: the HTTP status when the daemon answered, and one line.
@@ -188,25 +177,17 @@ fn judge(resources: &[Resource]) -> (bool, String) {
     let mut owners: Vec<Option<&str>> = resources.iter().map(|r| r.owner.as_deref()).collect();
     owners.sort_unstable();
     owners.dedup();
-    let mut dead = Vec::new();
+    let mut gone = Vec::new();
     for owner in owners {
         let Some(tag) = owner else {
             return (false, format!("no {LABEL_OWNER} label"));
         };
-        let pid = owner::OwnerTag::parse(tag).map_or_else(|| "?".to_string(), |t| t.pid.to_string());
-        match owner::owner_state(tag) {
-            OwnerState::Alive => return (false, format!("runner pid {pid} alive")),
-            OwnerState::Elsewhere(host) => {
-                return (
-                    false,
-                    format!("runner pid {pid} on host {host}, not ours to judge"),
-                );
-            }
-            OwnerState::Unknown => return (false, format!("{LABEL_OWNER}={tag:?} unreadable")),
-            OwnerState::Dead => dead.push(pid),
+        match owner::verdict(tag) {
+            (true, why) => gone.push(why),
+            not_garbage => return not_garbage,
         }
     }
-    (true, format!("runner pid {} gone", dead.join(", ")))
+    (true, gone.join("; "))
 }
 
 /// Removes a doomed cluster's containers (forced, with volumes, concurrently) and then its

@@ -109,42 +109,78 @@ fn backend_error(message: impl Into<String>) -> Error {
     Error::backend("docker", message)
 }
 
-/// A daemon error with what was being done; the daemon's own message when it sent one.
-fn daemon_error(context: impl AsRef<str>, e: bollard::errors::Error) -> Error {
-    let cause = match e {
-        bollard::errors::Error::DockerResponseServerError { status_code, message } => {
-            format!("{message} (HTTP {status_code})")
-        }
-        other => other.to_string(),
-    };
-    backend_error(format!("{}: {cause}", context.as_ref()))
+/// A daemon call that failed, or did not answer within its bound.
+#[derive(Debug)]
+pub(crate) enum CallFailure {
+    /// The daemon (or the connection to it) said no.
+    Daemon(bollard::errors::Error),
+    /// No answer within this bound.
+    NoAnswer(Duration),
 }
 
-/// Runs one daemon call within [`DAEMON_BOUND`].
+impl CallFailure {
+    /// The HTTP status of the daemon's refusal, when it sent one.
+    pub(crate) fn status(&self) -> Option<u16> {
+        match self {
+            CallFailure::Daemon(bollard::errors::Error::DockerResponseServerError {
+                status_code, ..
+            }) => Some(*status_code),
+            _ => None,
+        }
+    }
+
+    /// The daemon's own message when it sent one.
+    fn daemon_message(&self) -> Option<&str> {
+        match self {
+            CallFailure::Daemon(bollard::errors::Error::DockerResponseServerError { message, .. }) => {
+                Some(message)
+            }
+            _ => None,
+        }
+    }
+
+    /// One line: what was being done (`context`), then why it failed.
+    pub(crate) fn describe(&self, context: &str) -> String {
+        match self {
+            CallFailure::Daemon(bollard::errors::Error::DockerResponseServerError {
+                status_code,
+                message,
+            }) => {
+                format!("{context}: {message} (HTTP {status_code})")
+            }
+            CallFailure::Daemon(e) => format!("{context}: {e}"),
+            CallFailure::NoAnswer(bound) => {
+                format!("{context}: the Docker daemon did not answer within {bound:?}")
+            }
+        }
+    }
+}
+
+/// Runs one daemon call within `bound`.
+pub(crate) async fn within<T>(
+    bound: Duration,
+    call: impl Future<Output = Result<T, bollard::errors::Error>>,
+) -> Result<T, CallFailure> {
+    match tokio::time::timeout(bound, call).await {
+        Ok(result) => result.map_err(CallFailure::Daemon),
+        Err(_) => Err(CallFailure::NoAnswer(bound)),
+    }
+}
+
+/// Runs one daemon call within [`DAEMON_BOUND`]; the error says what was being done.
 async fn bounded<T>(
     context: impl AsRef<str>,
     call: impl Future<Output = Result<T, bollard::errors::Error>>,
 ) -> Result<T> {
-    match tokio::time::timeout(DAEMON_BOUND, call).await {
-        Ok(result) => result.map_err(|e| daemon_error(context, e)),
-        Err(_) => Err(backend_error(format!(
-            "{}: the Docker daemon did not answer within {DAEMON_BOUND:?}",
-            context.as_ref()
-        ))),
-    }
+    within(DAEMON_BOUND, call)
+        .await
+        .map_err(|f| backend_error(f.describe(context.as_ref())))
 }
 
 /// Whether starting a container failed because the host port it publishes is taken.
 fn is_port_taken(e: &Error) -> bool {
     let text = e.to_string();
     text.contains("port is already allocated") || text.contains("address already in use")
-}
-
-fn is_not_found(e: &bollard::errors::Error) -> bool {
-    matches!(
-        e,
-        bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }
-    )
 }
 
 /// Where the daemon is, for messages.
@@ -343,7 +379,7 @@ impl ContainerFaultHandle {
     /// it had already healed (TTL, cleanup). Idempotent.
     pub async fn heal(&self) -> Result<bool> {
         match self.cluster.upgrade() {
-            Some(inner) => inner.heal_container_fault(self.id).await,
+            Some(inner) => inner.heal_container_fault(self.id, false).await,
             None => Ok(false),
         }
     }
@@ -586,7 +622,7 @@ impl DockerCluster {
 
     /// The container name of node `node` (`"n1"`, …), whether or not it exists (yet).
     pub fn container_name(&self, node: &str) -> String {
-        format!("chaos-{}-{node}", self.inner.id)
+        self.inner.container_name(node)
     }
 
     /// The cluster CA's certificate (PEM): what a client must trust to reach the agents.
@@ -641,7 +677,7 @@ impl DockerCluster {
                 ),
             });
         }
-        let (container, client, ip) = inner.node_entry(node)?;
+        let (container, client, _) = inner.node_entry(node)?;
         {
             let state = inner.lock();
             if let Some((id, _)) = state.faults.iter().find(|(_, f)| f.node == node) {
@@ -673,13 +709,12 @@ impl DockerCluster {
                 bounded(&context, inner.docker.disconnect_network(&inner.network, request)).await?;
             }
         }
-        let _ = ip;
         let id = inner.next_fault.fetch_add(1, Ordering::Relaxed);
         let weak = Arc::downgrade(inner);
         let expiry = tokio::spawn(async move {
             tokio::time::sleep(ttl).await;
             if let Some(inner) = weak.upgrade()
-                && let Err(e) = inner.heal_container_fault_from_expiry(id).await
+                && let Err(e) = inner.heal_container_fault(id, true).await
             {
                 tracing::warn!("container fault #{id} expired but did not heal: {e}");
             }
@@ -739,26 +774,22 @@ impl DockerCluster {
 /// name (the host name of the machine it runs on) is this host's. A socket forwarded from
 /// another machine, or a daemon in a VM (Docker Desktop), answers with another name.
 async fn shares_file_system(docker: &Docker) -> bool {
-    match tokio::time::timeout(DAEMON_BOUND, docker.info()).await {
-        Ok(Ok(info)) => info.name.as_deref() == Some(super::owner::hostname()),
-        _ => false,
-    }
+    within(DAEMON_BOUND, docker.info())
+        .await
+        .is_ok_and(|info| info.name.as_deref() == Some(super::owner::hostname()))
 }
 
 /// Fails with a clear message when `name` is not an image the daemon has.
 async fn check_user_image(docker: &Docker, name: &str) -> Result<()> {
-    match tokio::time::timeout(DAEMON_BOUND, docker.inspect_image(name)).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) if is_not_found(&e) => Err(backend_error(format!(
+    match within(DAEMON_BOUND, docker.inspect_image(name)).await {
+        Ok(_) => Ok(()),
+        Err(f) if f.status() == Some(404) => Err(backend_error(format!(
             "image {name:?} not found on the Docker daemon at {}: chaos never pulls images; build \
              or load it there first (`docker build -t {name} …`, `docker load`), check `docker \
              images`, or leave the image unset to use the default node image",
             daemon_address()
         ))),
-        Ok(Err(e)) => Err(daemon_error(format!("inspecting image {name:?}"), e)),
-        Err(_) => Err(backend_error(format!(
-            "inspecting image {name:?}: the Docker daemon did not answer within {DAEMON_BOUND:?}"
-        ))),
+        Err(f) => Err(backend_error(f.describe(&format!("inspecting image {name:?}")))),
     }
 }
 
@@ -799,20 +830,13 @@ async fn create_network(
             }),
             ..Default::default()
         };
-        match tokio::time::timeout(DAEMON_BOUND, docker.create_network(request)).await {
-            Ok(Ok(_)) => return Ok(subnet),
+        match within(DAEMON_BOUND, docker.create_network(request)).await {
+            Ok(_) => return Ok(subnet),
             // "Pool overlaps with other one on this address space": another network has it.
-            Ok(Err(bollard::errors::Error::DockerResponseServerError { message, .. }))
-                if message.contains("overlap") =>
-            {
-                last_error = message;
+            Err(f) if f.daemon_message().is_some_and(|m| m.contains("overlap")) => {
+                last_error = f.daemon_message().unwrap_or_default().to_string();
             }
-            Ok(Err(e)) => return Err(daemon_error(format!("creating network {network}"), e)),
-            Err(_) => {
-                return Err(backend_error(format!(
-                    "creating network {network}: the Docker daemon did not answer within {DAEMON_BOUND:?}"
-                )));
-            }
+            Err(f) => return Err(backend_error(f.describe(&format!("creating network {network}")))),
         }
     }
     Err(backend_error(format!(
@@ -846,6 +870,11 @@ fn tar_archive(dirs: &[(&str, u32)], files: &[(&str, u32, &[u8])]) -> std::io::R
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The container name of node `node`: `chaos-<cluster id>-<node>`.
+    fn container_name(&self, node: &str) -> String {
+        format!("chaos-{}-{node}", self.id)
     }
 
     fn labels(&self, node: Option<&str>) -> HashMap<String, String> {
@@ -900,7 +929,7 @@ impl Inner {
     /// started, its agent answering over mutual TLS. On failure the container is removed.
     async fn create_node(self: Arc<Self>, k: u32) -> Result<(Arc<dyn Node>, NodeEntry)> {
         let name = format!("n{k}");
-        let container = format!("chaos-{}-{name}", self.id);
+        let container = self.container_name(&name);
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -1155,20 +1184,15 @@ impl Inner {
         }
     }
 
-    async fn heal_container_fault(&self, id: u64) -> Result<bool> {
+    /// Heals container fault `id`; false when it was not active. `from_expiry`: called by the
+    /// fault's own expiry task, which must not abort itself (it would stop at the next await).
+    async fn heal_container_fault(&self, id: u64, from_expiry: bool) -> Result<bool> {
         let Some(fault) = self.lock().faults.remove(&id) else {
             return Ok(false);
         };
-        fault.expiry.abort();
-        self.undo(&fault).await.map(|()| true)
-    }
-
-    /// Like [`Inner::heal_container_fault`], from the fault's own expiry task (which must not
-    /// abort itself).
-    async fn heal_container_fault_from_expiry(&self, id: u64) -> Result<bool> {
-        let Some(fault) = self.lock().faults.remove(&id) else {
-            return Ok(false);
-        };
+        if !from_expiry {
+            fault.expiry.abort();
+        }
         self.undo(&fault).await.map(|()| true)
     }
 
@@ -1277,13 +1301,10 @@ async fn remove_cluster_resources(docker: &Docker, id: &str, network: &str) -> R
             errors.push(e.to_string());
         }
     }
-    match tokio::time::timeout(DAEMON_BOUND, docker.remove_network(network)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) if is_not_found(&e) => {}
-        Ok(Err(e)) => errors.push(daemon_error(format!("removing network {network}"), e).to_string()),
-        Err(_) => errors.push(format!(
-            "removing network {network}: no answer within {DAEMON_BOUND:?}"
-        )),
+    match within(DAEMON_BOUND, docker.remove_network(network)).await {
+        Ok(()) => {}
+        Err(f) if f.status() == Some(404) => {}
+        Err(f) => errors.push(f.describe(&format!("removing network {network}"))),
     }
     if errors.is_empty() {
         Ok(())
@@ -1315,18 +1336,13 @@ impl Cluster for DockerCluster {
                     inner.options.name
                 )));
             }
-            let first = state.next_node;
-            let last = u64::from(first) + count as u64 - 1;
-            if last > u64::from(MAX_NODES) {
-                return Err(backend_error(format!(
-                    "cluster {}: asked for {count} more nodes but a docker cluster holds at most \
-                     {MAX_NODES} ({} already made)",
-                    inner.options.name,
-                    first - 1
-                )));
-            }
-            state.next_node = last as u32 + 1;
-            first
+            super::reserve_nodes(
+                &mut state.next_node,
+                count,
+                MAX_NODES,
+                "docker",
+                &inner.options.name,
+            )?
         };
         let bound = inner.options.node_ready_timeout + DAEMON_BOUND;
         let (made, first_error) =
@@ -1360,7 +1376,7 @@ impl Cluster for DockerCluster {
         for fault in &faults {
             fault.expiry.abort();
             if fault.fault == ContainerFault::Pause {
-                let container = format!("chaos-{}-{}", inner.id, fault.node);
+                let container = inner.container_name(&fault.node);
                 let _ = bounded("unpausing", inner.docker.unpause_container(&container)).await;
             }
         }

@@ -22,7 +22,7 @@ use serde::Deserialize;
 
 use super::{cgroup, host_link_name, hub_netns_name, links, namespace, node_netns_name, state_file};
 use crate::backend::gc::{GcOptions, GcReport};
-use crate::backend::owner::{self, OwnerState};
+use crate::backend::owner;
 
 /// Bound on the killed processes of one cluster exiting (their cgroups cannot be removed
 /// before).
@@ -299,13 +299,7 @@ fn judge(index: u32, found: &Found, all: bool) -> Verdict {
 /// Whether the runner that wrote `recorded` is gone, and the words for it.
 fn owner_verdict(recorded: &Recorded) -> (bool, String) {
     if let Some(tag) = &recorded.owner {
-        let pid = owner::OwnerTag::parse(tag).map_or_else(|| "?".to_string(), |t| t.pid.to_string());
-        return match owner::owner_state(tag) {
-            OwnerState::Alive => (false, format!("runner pid {pid} alive")),
-            OwnerState::Dead => (true, format!("runner pid {pid} gone")),
-            OwnerState::Elsewhere(host) => (false, format!("runner pid {pid} on host {host}")),
-            OwnerState::Unknown => (false, format!("owner tag {tag:?} unreadable")),
-        };
+        return owner::verdict(tag);
     }
     // Written before owner tags: the pid alone (a reused pid keeps the cluster, the safe side).
     match recorded.runner_pid {

@@ -725,17 +725,13 @@ impl Cluster for NetnsCluster {
                         inner.options.name
                     ))
                 })?;
-            let first = state.next_node;
-            let last = u64::from(first) + count as u64 - 1;
-            if last > u64::from(MAX_NODES) {
-                return Err(backend_error(format!(
-                    "cluster {}: asked for {count} more nodes but a netns cluster holds at most {MAX_NODES} \
-                     ({} already made)",
-                    inner.options.name,
-                    first - 1
-                )));
-            }
-            state.next_node = last as u32 + 1;
+            let first = super::reserve_nodes(
+                &mut state.next_node,
+                count,
+                MAX_NODES,
+                "netns",
+                &inner.options.name,
+            )?;
             (first, hub)
         };
 
