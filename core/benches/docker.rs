@@ -36,7 +36,7 @@ use chaos::{Cluster, Node, NodeExt};
 use futures_util::StreamExt;
 
 mod common;
-use common::{Stats, header, ms, row};
+use common::{Stats, header, ms, row, run_or_skip};
 
 const SINGLE_NODES: usize = 25;
 const TEN_ROUNDS: usize = 5;
@@ -481,15 +481,5 @@ async fn run() {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; any other argument is a filter we do not support.
-    if let Err(why) = docker::availability() {
-        eprintln!("docker benchmarks skipped: {why}");
-        return;
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(run());
+    run_or_skip("docker", docker::availability(), run());
 }

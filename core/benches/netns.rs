@@ -22,7 +22,7 @@ use chaos::faults::{self, Fault, Peer, Traffic};
 use chaos::{Cluster, NodeExt};
 
 mod common;
-use common::{Stats, header, row};
+use common::{Stats, header, row, run_or_skip};
 
 const SINGLE_NODES: usize = 25;
 const FIFTY_ROUNDS: usize = 3;
@@ -161,15 +161,5 @@ async fn run() {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; any other argument is a filter we do not support.
-    if let Err(why) = netns::availability() {
-        eprintln!("netns benchmarks skipped: {why}");
-        return;
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(run());
+    run_or_skip("netns", netns::availability(), run());
 }

@@ -223,20 +223,11 @@ async fn disconnect_and_stop_cut_a_node_off_and_heal_back() {
     cluster.restart_node("n2").await.unwrap();
     assert!(sh(n2, "true").await.0);
     cluster.cleanup().await.unwrap();
-    let filters = HashMap::from([(
-        "label".to_string(),
-        vec![format!("{LABEL_CLUSTER}={}", cluster.id())],
-    )]);
-    let left = docker
-        .list_containers(Some(
-            bollard::query_parameters::ListContainersOptionsBuilder::new()
-                .all(true)
-                .filters(&filters)
-                .build(),
-        ))
-        .await
-        .unwrap();
-    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(
+        labelled(&docker, cluster.id()).await,
+        (0, 0),
+        "left after cleanup"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,24 @@
 
 #![allow(dead_code)] // Each harness uses a different subset.
 
+use std::future::Future;
 use std::time::Duration;
+
+/// The body of a harness's `main`: runs `bench` on a two-worker runtime (the machine has two
+/// cores), or says why `name` is skipped when the backend is not `available`. `cargo bench`
+/// passes `--bench`; no other argument (filters) is supported.
+pub fn run_or_skip(name: &str, available: Result<(), String>, bench: impl Future<Output = ()>) {
+    if let Err(why) = available {
+        eprintln!("{name} benchmarks skipped: {why}");
+        return;
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+        .block_on(bench);
+}
 
 /// Samples of one measurement, sorted.
 pub struct Stats {
