@@ -250,8 +250,10 @@ fn report_renders_in_headless_chromium() {
             .is_ok_and(|o| o.status.success())
     });
     if !has_chromium {
-        eprintln!(
-            "skipped: chromium is not installed (apt-get install chromium), so the report cannot be rendered"
+        chaos_testkit::skip(
+            "report_renders_in_headless_chromium",
+            "chromium",
+            &"chromium is not installed (apt-get install chromium), so the report cannot be rendered",
         );
         return;
     }

@@ -218,7 +218,7 @@ fn netns_available(test: &str) -> bool {
     match backend::availability(BackendKind::Netns) {
         Ok(()) => true,
         Err(why) => {
-            eprintln!("{test}: skipped: {why}");
+            chaos_testkit::skip(test, "netns", &why);
             false
         }
     }
@@ -641,7 +641,7 @@ fn forward_tcp_to_unix(socket: PathBuf) -> u16 {
 fn docker_up_exec_fault_down_with_a_daemon_over_tcp() {
     let test = "docker_up_exec_fault_down_with_a_daemon_over_tcp";
     if let Err(why) = backend::availability(BackendKind::Docker) {
-        eprintln!("{test}: skipped: {why}");
+        chaos_testkit::skip(test, "docker", &why);
         return;
     }
     let socket = match std::env::var("DOCKER_HOST") {

@@ -15,7 +15,7 @@ use chaos::{Cluster, Node, NodeExt, ProcSpec};
 /// A docker cluster for `test`, or `None` (with the reason printed) when Docker is unavailable.
 async fn cluster(test: &str) -> Option<DockerCluster> {
     if let Err(why) = backend::availability(BackendKind::Docker) {
-        eprintln!("{test}: skipped: {why}");
+        chaos_testkit::skip(test, "docker", &why);
         return None;
     }
     let options = ClusterOptions {
@@ -284,7 +284,7 @@ async fn agent_partition_between_containers_with_real_traffic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_image_is_a_clear_error_and_creates_nothing() {
     if let Err(why) = backend::availability(BackendKind::Docker) {
-        eprintln!("a_missing_image_is_a_clear_error_and_creates_nothing: skipped: {why}");
+        chaos_testkit::skip("a_missing_image_is_a_clear_error_and_creates_nothing", "docker", &why);
         return;
     }
     let docker = docker::connect().await.unwrap();
@@ -321,7 +321,7 @@ async fn a_missing_image_is_a_clear_error_and_creates_nothing() {
 async fn agents_reached_at_published_ports_survive_a_stop() {
     let test = "agents_reached_at_published_ports_survive_a_stop";
     if let Err(why) = backend::availability(BackendKind::Docker) {
-        eprintln!("{test}: skipped: {why}");
+        chaos_testkit::skip(test, "docker", &why);
         return;
     }
     let options = ClusterOptions {
@@ -393,7 +393,7 @@ fn build_user_image(tag: &str) -> Result<(), String> {
 async fn a_users_local_image_runs_the_agent_copied_in() {
     let test = "a_users_local_image_runs_the_agent_copied_in";
     if let Err(why) = backend::availability(BackendKind::Docker) {
-        eprintln!("{test}: skipped: {why}");
+        chaos_testkit::skip(test, "docker", &why);
         return;
     }
     let tag = format!("chaos-test/user-image:{}", std::process::id());

@@ -114,7 +114,7 @@ fn perl_available(test: &str) -> bool {
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
-        eprintln!("{test}: skipped: the traffic tool needs perl with IO::Socket::INET and Time::HiRes");
+        chaos_testkit::skip(test, "perl", &"the traffic tool needs perl with IO::Socket::INET and Time::HiRes");
     }
     ok
 }
@@ -153,7 +153,7 @@ where
 /// perl in it, for the traffic tool.
 async fn agent_cluster(test: &str, kind: BackendKind) -> Option<Arc<dyn Cluster>> {
     if let Err(why) = backend::availability(kind) {
-        eprintln!("{test}: skipping the {kind} backend: {why}");
+        chaos_testkit::skip(test, &kind.to_string(), &why);
         return None;
     }
     let options = ClusterOptions {

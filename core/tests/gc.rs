@@ -36,7 +36,7 @@ fn netns_available(test: &str) -> bool {
     match chaos::backend::availability(BackendKind::Netns) {
         Ok(()) => true,
         Err(why) => {
-            eprintln!("{test}: skipped: {why}");
+            chaos_testkit::skip(test, "netns", &why);
             false
         }
     }
@@ -710,7 +710,7 @@ mod docker {
         let docker = match connect().await {
             Ok(docker) => docker,
             Err(e) => {
-                eprintln!("{test}: skipped: no Docker daemon reachable ({e})");
+                chaos_testkit::skip(test, "docker", &format!("no Docker daemon reachable ({e})"));
                 return;
             }
         };

@@ -27,7 +27,7 @@ fn available(test: &str) -> bool {
     match netns::availability() {
         Ok(()) => true,
         Err(why) => {
-            eprintln!("{test}: skipped: {why}");
+            chaos_testkit::skip(test, "netns", &why);
             false
         }
     }

@@ -219,7 +219,7 @@ fn raft_one_round_passes_on_docker() {
 fn container_faults_in_a_scenario_recover_on_docker() {
     let test = "container_faults_in_a_scenario_recover_on_docker";
     if let Some(why) = etcd_unavailable(BackendKind::Docker) {
-        eprintln!("{test}: skipped: {why}");
+        chaos_testkit::skip(test, "etcd", &why);
         return;
     }
     let mut scenario: toml::Table = std::fs::read_to_string(raft_toml()).unwrap().parse().unwrap();
@@ -305,7 +305,7 @@ fn container_faults_in_a_scenario_recover_on_docker() {
 
 fn raft_one_round(kind: BackendKind) {
     if let Some(why) = etcd_unavailable(kind) {
-        eprintln!("raft_one_round on {kind}: skipped: {why}");
+        chaos_testkit::skip(&format!("raft_one_round on {kind}"), "etcd", &why);
         return;
     }
     let out_dir = tempfile::tempdir().unwrap();
@@ -530,7 +530,7 @@ fn violated_invariant_exits_1_with_a_replay_line_that_reproduces_the_plan() {
 #[test]
 fn ctrl_c_heals_stops_and_cleans_up() {
     if let Some(why) = etcd_unavailable(BackendKind::Netns) {
-        eprintln!("ctrl_c_heals_stops_and_cleans_up: skipped: {why}");
+        chaos_testkit::skip("ctrl_c_heals_stops_and_cleans_up", "etcd", &why);
         return;
     }
     let out_dir = tempfile::tempdir().unwrap();

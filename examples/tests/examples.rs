@@ -11,7 +11,7 @@ fn available(test: &str) -> Vec<BackendKind> {
         .filter(|&kind| match backend::availability(kind) {
             Ok(()) => true,
             Err(why) => {
-                eprintln!("{test}: skipping the {kind} backend: {why}");
+                chaos_testkit::skip(test, &kind.to_string(), &why);
                 false
             }
         })

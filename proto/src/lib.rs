@@ -37,7 +37,8 @@
 //! | `POST` | `/v1/procs/{id}/restart` | [`RestartRequest`] | [`ProcStarted`] of the new process |
 //! | `POST` | `/v1/signal` | [`NodeSignalRequest`] | `Vec<u32>`: pids signalled |
 //!
-//! File paths are absolute paths on the node. Query values are URL-encoded.
+//! File paths are absolute paths on the node. Query values are URL-encoded. Request sizes, body
+//! read times and table sizes are bounded: see [`limits`].
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -47,6 +48,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 pub mod fault;
+pub mod limits;
 
 /// Version of this protocol; bumped on incompatible changes and reported in [`NodeInfo`].
 pub const PROTOCOL_VERSION: u32 = 1;

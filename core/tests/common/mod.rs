@@ -27,7 +27,7 @@ where
 {
     for kind in BackendKind::ALL {
         if let Err(why) = backend::availability(kind) {
-            eprintln!("{test}: skipping the {kind} backend: {why}");
+            chaos_testkit::skip(test, &kind.to_string(), &why);
             continue;
         }
         let options = ClusterOptions {

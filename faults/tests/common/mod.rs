@@ -27,7 +27,7 @@ pub fn skip_reason() -> Option<String> {
 macro_rules! require_root {
     () => {
         if let Some(why) = common::skip_reason() {
-            eprintln!("SKIP: {why}");
+            chaos_testkit::skip(module_path!(), "root", &why);
             return;
         }
     };
