@@ -776,13 +776,21 @@ impl TestCgroup {
     fn create() -> Option<Self> {
         let root = Path::new("/sys/fs/cgroup/unified");
         if !root.join("cgroup.procs").exists() {
-            chaos_testkit::skip("faults (cgroup part)", "cgroup2", &format!("no cgroup v2 hierarchy at {}", root.display()));
+            chaos_testkit::skip(
+                "faults (cgroup part)",
+                "cgroup2",
+                &format!("no cgroup v2 hierarchy at {}", root.display()),
+            );
             return None;
         }
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let dir = root.join(format!("chaos-agent-fault-test-{}-{n}", std::process::id()));
         if let Err(e) = std::fs::create_dir(&dir) {
-            chaos_testkit::skip("faults (cgroup part)", "cgroup2", &format!("cannot create a cgroup: {e}"));
+            chaos_testkit::skip(
+                "faults (cgroup part)",
+                "cgroup2",
+                &format!("cannot create a cgroup: {e}"),
+            );
             return None;
         }
         Some(Self(dir))
@@ -884,12 +892,20 @@ async fn freeze_by_proc_id_with_sigstop() {
 #[tokio::test]
 async fn freeze_by_proc_id_with_the_cgroup_freezer() {
     if !nix::unistd::geteuid().is_root() {
-        chaos_testkit::skip("freeze_by_proc_id_with_the_cgroup_freezer", "root", &"creating a cgroup needs root");
+        chaos_testkit::skip(
+            "freeze_by_proc_id_with_the_cgroup_freezer",
+            "root",
+            &"creating a cgroup needs root",
+        );
         return;
     }
     let Some(cg) = TestCgroup::create() else { return };
     if !cg.0.join("cgroup.freeze").exists() {
-        chaos_testkit::skip("freeze_by_proc_id_with_the_cgroup_freezer", "cgroup2", &"this kernel has no cgroup.freeze");
+        chaos_testkit::skip(
+            "freeze_by_proc_id_with_the_cgroup_freezer",
+            "cgroup2",
+            &"this kernel has no cgroup.freeze",
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();

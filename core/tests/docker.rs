@@ -284,7 +284,11 @@ async fn agent_partition_between_containers_with_real_traffic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_image_is_a_clear_error_and_creates_nothing() {
     if let Err(why) = backend::availability(BackendKind::Docker) {
-        chaos_testkit::skip("a_missing_image_is_a_clear_error_and_creates_nothing", "docker", &why);
+        chaos_testkit::skip(
+            "a_missing_image_is_a_clear_error_and_creates_nothing",
+            "docker",
+            &why,
+        );
         return;
     }
     let docker = docker::connect().await.unwrap();

@@ -19,7 +19,11 @@ fn etcd_missing(test: &str) -> bool {
         .map(|p| std::env::split_paths(&p).any(|d| d.join("etcd").is_file()))
         .unwrap_or(false);
     if !found {
-        chaos_testkit::skip(test, "etcd", &"`etcd` is not on PATH (apt-get install etcd-server)");
+        chaos_testkit::skip(
+            test,
+            "etcd",
+            &"`etcd` is not on PATH (apt-get install etcd-server)",
+        );
     }
     !found
 }

@@ -35,14 +35,29 @@ pub const TIMEOUT_SCALE_ENV: &str = "CHAOS_TIMEOUT_SCALE";
 
 /// The capability names tests use, with what each means.
 pub const CAPABILITIES: &[(&str, &str)] = &[
-    ("root", "running as root: network namespaces, veths, nftables, cgroups"),
-    ("cgroup2", "a writable cgroup v2 hierarchy with cgroup.freeze and cgroup.kill"),
-    ("netns", "the netns backend: root, cgroup v2 and a built chaos-agent"),
-    ("docker", "a reachable Docker daemon and busybox-static for the node image"),
+    (
+        "root",
+        "running as root: network namespaces, veths, nftables, cgroups",
+    ),
+    (
+        "cgroup2",
+        "a writable cgroup v2 hierarchy with cgroup.freeze and cgroup.kill",
+    ),
+    (
+        "netns",
+        "the netns backend: root, cgroup v2 and a built chaos-agent",
+    ),
+    (
+        "docker",
+        "a reachable Docker daemon and busybox-static for the node image",
+    ),
     ("etcd", "Debian's etcd-server and etcd-client"),
     ("chromium", "a headless Chromium to check the HTML report"),
     ("perl", "perl, for the UDP traffic probe of the fault tests"),
-    ("agent", "the chaos-agent binary built next to the test executables"),
+    (
+        "agent",
+        "the chaos-agent binary built next to the test executables",
+    ),
 ];
 
 /// Whether `capability` is listed in `CHAOS_REQUIRE` (or the list is `all`).
