@@ -339,6 +339,18 @@ pub struct History {
     pub ops: Vec<Op>,
     /// The fault events, in file order.
     pub faults: Vec<FaultEvent>,
+    /// Set when the file's last line was cut in the middle of a record (the run was killed
+    /// while writing it): that line was left out and the rest is judged.
+    pub cut_tail: Option<CutTail>,
+}
+
+/// The last line of a history file, cut mid-record and left out (see [`History::cut_tail`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CutTail {
+    /// 1-based number of the cut line.
+    pub line: usize,
+    /// How many bytes of it were there.
+    pub bytes: usize,
 }
 
 /// A history that cannot be read: names the source, the line and what is wrong.
@@ -360,17 +372,40 @@ impl History {
             header,
             ops: Vec::new(),
             faults: Vec::new(),
+            cut_tail: None,
         }
     }
 
     /// Parses JSON-lines text; `source_name` (usually the file path) is used in errors.
+    ///
+    /// A last line without its newline that is not a whole record is what a run killed while
+    /// writing leaves: it is left out and reported in [`History::cut_tail`] instead of failing
+    /// the whole history. Any other bad line is an error.
     pub fn parse(text: &str, source_name: &str) -> Result<History, HistoryError> {
-        Self::parse_lines(text.lines().map(|l| Ok(l.to_string())), source_name)
+        Self::from_reader(text.as_bytes(), source_name)
     }
 
-    /// Parses JSON lines from a reader; `source_name` (usually the file path) is used in errors.
-    pub fn from_reader(reader: impl BufRead, source_name: &str) -> Result<History, HistoryError> {
-        Self::parse_lines(reader.lines(), source_name)
+    /// Parses JSON lines from a reader, like [`History::parse`]; `source_name` (usually the
+    /// file path) is used in errors.
+    pub fn from_reader(mut reader: impl BufRead, source_name: &str) -> Result<History, HistoryError> {
+        let lines = std::iter::from_fn(move || {
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) => None,
+                Ok(_) => {
+                    let complete = line.ends_with('\n');
+                    if complete {
+                        line.pop();
+                        if line.ends_with('\r') {
+                            line.pop();
+                        }
+                    }
+                    Some(Ok((line, complete)))
+                }
+                Err(e) => Some(Err(e)),
+            }
+        });
+        Self::parse_lines(lines, source_name)
     }
 
     /// Reads and parses a history file.
@@ -384,8 +419,9 @@ impl History {
         Self::from_reader(std::io::BufReader::new(file), &name)
     }
 
+    /// Parses `(line, ended by a newline)` pairs.
     fn parse_lines(
-        lines: impl Iterator<Item = std::io::Result<String>>,
+        lines: impl Iterator<Item = std::io::Result<(String, bool)>>,
         source_name: &str,
     ) -> Result<History, HistoryError> {
         let err = |line: usize, message: String| HistoryError {
@@ -397,13 +433,25 @@ impl History {
         let mut ops = Vec::new();
         let mut faults = Vec::new();
         let mut id_lines: HashMap<u64, usize> = HashMap::new();
+        let mut cut_tail = None;
         for (index, line) in lines.enumerate() {
             let number = index + 1;
-            let line = line.map_err(|e| err(number, format!("cannot read: {e}")))?;
+            let (line, complete) = line.map_err(|e| err(number, format!("cannot read: {e}")))?;
             if line.trim().is_empty() {
                 continue;
             }
-            let record: Record = serde_json::from_str(&line).map_err(|e| err(number, json_message(&e)))?;
+            let record: Record = match serde_json::from_str(&line) {
+                Ok(record) => record,
+                // Only the last line can lack its newline: a record cut mid-write.
+                Err(e) if !complete && e.is_eof() => {
+                    cut_tail = Some(CutTail {
+                        line: number,
+                        bytes: line.len(),
+                    });
+                    continue;
+                }
+                Err(e) => return Err(err(number, json_message(&e))),
+            };
             match (record, &header) {
                 (Record::Header(h), None) => {
                     if h.version != HISTORY_VERSION {
@@ -466,7 +514,12 @@ impl History {
                 "the history is empty; it needs at least the header record".to_string(),
             )
         })?;
-        Ok(History { header, ops, faults })
+        Ok(History {
+            header,
+            ops,
+            faults,
+            cut_tail,
+        })
     }
 
     /// Writes the history as JSON lines (header first, then operations and fault events in time
@@ -526,10 +579,14 @@ impl<W: Write> HistoryWriter<W> {
         self.record(&Record::Fault(event.clone()))
     }
 
-    /// Writes one record as a line.
+    /// Writes one record as a line, in one write, and flushes it: a record reaches the
+    /// destination as it completes, so a process killed afterwards loses nothing and one killed
+    /// during the write leaves at most that line cut (which [`History::parse`] tolerates).
     pub fn record(&mut self, record: &Record) -> std::io::Result<()> {
-        serde_json::to_writer(&mut self.out, record)?;
-        self.out.write_all(b"\n")
+        let mut line = serde_json::to_vec(record)?;
+        line.push(b'\n');
+        self.out.write_all(&line)?;
+        self.out.flush()
     }
 
     /// Flushes the underlying writer.

@@ -37,8 +37,8 @@ pub use availability::{
 pub use checker::{Checker, Compose, Validity, Verdict};
 pub use counter::CounterChecker;
 pub use history::{
-    FaultEvent, FaultPhase, HISTORY_VERSION, Header, History, HistoryError, HistoryWriter, Op, OpKind,
-    Outcome, Record,
+    CutTail, FaultEvent, FaultPhase, HISTORY_VERSION, Header, History, HistoryError, HistoryWriter, Op,
+    OpKind, Outcome, Record,
 };
 pub use linearizability::{Budget, Linearizability};
 pub use report::{ReportFiles, write_report};

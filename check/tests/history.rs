@@ -204,3 +204,54 @@ fn the_documented_examples_parse_and_mean_what_the_docs_say() {
     }
     assert_eq!(json_examples, 3);
 }
+
+/// What a run killed while writing leaves: the last line cut mid-record, no newline. That line is
+/// left out and reported; everything before it is judged. A cut anywhere else, or a last line
+/// that is whole but wrong, is still an error.
+#[test]
+fn a_history_cut_mid_record_is_judged_without_its_last_line() {
+    let op1 = r#"{"type":"op","id":1,"client":0,"kind":"write","key":"x","value":1,"invoke_us":5,"complete_us":9,"outcome":"ok"}"#;
+    let op2 = r#"{"type":"op","id":2,"client":1,"kind":"read","key":"x","value":1,"invoke_us":10,"complete_us":12,"outcome":"ok"}"#;
+    for cut in [1, 17, op2.len() / 2, op2.len() - 1] {
+        let text = format!("{HEADER}\n{op1}\n{}", &op2[..cut]);
+        let h = History::parse(&text, "h.jsonl").unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
+        assert_eq!(h.ops.len(), 1, "cut at {cut}");
+        let tail = h.cut_tail.expect("the cut line is reported");
+        assert_eq!((tail.line, tail.bytes), (3, cut));
+    }
+    // Whole records without a final newline are not cut.
+    let h = History::parse(&format!("{HEADER}\n{op1}\n{op2}"), "h.jsonl").unwrap();
+    assert_eq!((h.ops.len(), h.cut_tail), (2, None));
+    // A cut line followed by more lines was not the process dying mid-write: an error.
+    let e = History::parse(&format!("{HEADER}\n{}\n{op2}\n", &op1[..20]), "h.jsonl").unwrap_err();
+    assert_eq!(e.line, 2, "{e}");
+    // A whole last line that is wrong (here: ends in garbage, not mid-record) is an error too.
+    let e = History::parse(&format!("{HEADER}\n{op1}\n{op2}x"), "h.jsonl").unwrap_err();
+    assert_eq!(e.line, 3, "{e}");
+}
+
+/// The writer flushes every record as it is written: a reader sees each one at once, without the
+/// writer being flushed or dropped (a SIGKILLed run keeps every completed operation).
+#[test]
+fn every_record_reaches_the_file_as_it_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("history.jsonl");
+    let file = std::fs::File::create(&path).unwrap();
+    let mut writer = chaos_check::HistoryWriter::new(
+        std::io::BufWriter::with_capacity(1 << 20, file),
+        &chaos_check::Header::new(),
+    )
+    .unwrap();
+    for id in 1..=3 {
+        writer
+            .op(&chaos_check::Op::new(id, 0, OpKind::Read, id * 10, Outcome::Unknown).key("k"))
+            .unwrap();
+        let h = History::read_file(&path).unwrap();
+        assert_eq!(
+            h.ops.len() as u64,
+            id,
+            "record {id} is in the file before any flush"
+        );
+    }
+    std::mem::forget(writer); // as a killed process would: no drop, no final flush
+}

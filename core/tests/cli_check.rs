@@ -83,3 +83,23 @@ fn bad_input_exits_2_naming_the_line_or_the_checker() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.jsonl"));
 }
+
+/// A SIGKILLed run leaves `history.jsonl` cut mid-line: `chaos check` says so and judges the rest
+/// (here the stale read, which is still found).
+#[test]
+fn a_history_cut_mid_line_is_judged_and_the_cut_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let cut = r#"{"type":"op","id":5,"client":0,"kind":"write","key":"x","val"#;
+    let path = write(dir.path(), "cut.jsonl", &format!("{HEADER}\n{STALE_READ}{cut}"));
+    let out = chaos_check(&[&path, "--checker", "linearizability"]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("line 6 is cut mid-record") && stderr.contains("the 4 operations before it"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("linearizability: invalid"), "{stdout}");
+}

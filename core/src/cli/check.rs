@@ -35,6 +35,16 @@ pub fn run(args: CheckArgs) -> anyhow::Result<u8> {
             return Ok(2);
         }
     };
+    if let Some(cut) = &history.cut_tail {
+        eprintln!(
+            "note: {} line {} is cut mid-record ({} bytes, no newline): the run was killed while \
+             writing it; it is left out and the {} operations before it are judged",
+            args.history.display(),
+            cut.line,
+            cut.bytes,
+            history.ops.len()
+        );
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report.verdict)?);
     } else {

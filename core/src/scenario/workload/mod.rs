@@ -74,7 +74,9 @@ impl Recorder {
     /// Creates `path` and writes the header.
     pub fn create(path: &Path, header: &Header) -> std::io::Result<Arc<Recorder>> {
         let file = std::fs::File::create(path)?;
-        let mut writer = HistoryWriter::new(std::io::BufWriter::new(file), header)?;
+        // No buffering: each record is written and flushed as it arrives, so a killed run's
+        // history holds every operation that completed (HistoryWriter::record).
+        let mut writer = HistoryWriter::new(file, header)?;
         let (tx, rx) = std::sync::mpsc::channel::<Msg>();
         let thread = std::thread::Builder::new().name("chaos-history".into()).spawn(
             move || -> std::io::Result<()> {
@@ -87,8 +89,7 @@ impl Recorder {
                         }
                     }
                 }
-                writer.flush()?;
-                writer.into_inner().flush()
+                writer.flush()
             },
         )?;
         Ok(Arc::new(Recorder {
