@@ -20,12 +20,20 @@ impl TestCgroup {
     fn create() -> Option<Self> {
         let root = Path::new(CGROUP2);
         if !root.join("cgroup.procs").exists() {
-            chaos_testkit::skip("cgroup", "cgroup2", &format!("no cgroup v2 hierarchy at {CGROUP2}"));
+            chaos_testkit::skip(
+                "cgroup",
+                "cgroup2",
+                &format!("no cgroup v2 hierarchy at {CGROUP2}"),
+            );
             return None;
         }
         let dir = root.join(format!("chaos-agent-test-{}", std::process::id()));
         if let Err(e) = std::fs::create_dir(&dir) {
-            chaos_testkit::skip("cgroup", "cgroup2", &format!("cannot create a cgroup in {CGROUP2}: {e}"));
+            chaos_testkit::skip(
+                "cgroup",
+                "cgroup2",
+                &format!("cannot create a cgroup in {CGROUP2}: {e}"),
+            );
             return None;
         }
         if !dir.join("cgroup.kill").exists() {

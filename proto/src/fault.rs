@@ -326,12 +326,13 @@ pub struct LinkChange {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FreezeTarget {
-    /// A cgroup directory (v2 with `cgroup.freeze`, or v1 freezer with `freezer.state`).
+    /// A cgroup directory (v2 with `cgroup.freeze`, or v1 freezer with `freezer.state`). An
+    /// agent accepts only cgroups inside its node's cgroup, and none when it has no cgroup.
     Cgroup {
         /// Absolute path of the cgroup directory.
         path: String,
     },
-    /// A process and all its descendants (SIGSTOP/SIGCONT).
+    /// A process and all its descendants (SIGSTOP/SIGCONT); all must be processes of the node.
     ProcessTree {
         /// The root process.
         pid: i32,

@@ -526,8 +526,11 @@ impl Default for RestartRequest {
     }
 }
 
-/// Which processes `POST /v1/signal` reaches: any process on the node, not only those the agent
-/// started. The agent never signals itself.
+/// Which processes `POST /v1/signal` reaches: any process *of the node*, not only those the
+/// agent started — with a node cgroup, the processes in it; without, the agent's descendants
+/// (daemons included). A pid, group or name outside the node is refused
+/// ([`ErrorKind::PermissionDenied`], or [`ErrorKind::NotFound`] when no process of the node has
+/// that name). The agent never signals itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SignalTarget {

@@ -1,16 +1,32 @@
 //! Faults served over the API (`/v1/faults`, `/v1/probe`, `/v1/signal`): the agent's side of
 //! [`chaos_faults`].
 //!
-//! One [`Injector`] per agent, behind a mutex and only ever used on blocking threads (its
-//! netlink and cgroup calls are quick but synchronous, and a freeze waits for the kernel). Its
-//! state file lives in `--state-dir`, locked for the agent's lifetime, so an agent restarted
-//! after SIGKILL heals what the killed one installed before it serves. Every fault has a TTL:
-//! a timer task heals it at expiry. The agent's own TCP port is exempt from every network
-//! fault, and link faults that would cut the control path are refused, so the runner can always
-//! reach the agent to heal.
+//! One [`Injector`] per agent, behind a mutex, used only on the fault worker's threads
+//! ([`worker`]): fault work never runs on tokio's shared blocking pool, so no file operation,
+//! however stuck, can delay a TTL expiry, a heal on heartbeat loss or the heal before exit.
+//! Its state file lives in `--state-dir`, locked for the agent's lifetime, so an agent
+//! restarted after SIGKILL heals what the killed one installed before it serves.
+//!
+//! Every fault has a TTL and a driver task that heals it at expiry. **A heal is verified**
+//! (see [`chaos_faults`]): a fault stays listed until the kernel confirms its effect is gone.
+//! When a heal fails — from the TTL, `DELETE /v1/faults`, heartbeat loss — the fault stays
+//! listed with the error ([`FaultInfo::heal_error`]) and its driver retries with backoff
+//! (100 ms doubling to 5 s) for as long as the agent lives, logging every attempt. What a
+//! previous agent left and could not be healed at start-up stays in the ledger and is retried
+//! the same way, by its own driver; the agent starts regardless.
+//!
+//! Process faults reach only the node's processes (see `procs::node`). The agent's own TCP
+//! port is exempt from every network fault, and link faults that would cut the control path
+//! are refused, so the runner can always reach the agent to heal.
+
+mod driver;
+mod guard;
+mod probe;
+mod signal;
+mod state;
+mod worker;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,16 +37,17 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path as UrlPath, State};
-use chaos_faults::{Capabilities, Capability, Injector, IptablesBackend, process};
+use chaos_faults::Injector;
 use chaos_proto::fault::{
-    FaultInfo, FaultKind, FaultRequest, FaultSpec, Feature, FreezeTarget, HealReply, KindSupport, Mechanism,
-    ProbeReport,
+    FaultInfo, FaultRequest, FaultSpec, FreezeTarget, HealReply, Mechanism, ProbeReport,
 };
-use chaos_proto::{ApiError, ErrorKind, NodeSignalRequest, SignalTarget};
-use nix::fcntl::{Flock, FlockArg};
+use chaos_proto::{ApiError, ErrorKind, NodeSignalRequest};
 use tokio::runtime::Handle;
+use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
+use self::state::StateDir;
+use self::worker::{Lane, Worker};
 use crate::AgentError;
 use crate::api::{Agent, Failure, json};
 use crate::procs::ProcTable;
@@ -39,13 +56,15 @@ use crate::procs::ProcTable;
 pub(crate) const MAX_TTL_MS: u64 = 24 * 60 * 60 * 1000;
 /// The injector's state file, inside the state directory.
 pub(crate) const STATE_FILE: &str = "faults.json";
-/// A TTL heal that failed is retried this often, this many times.
-const HEAL_RETRY: Duration = Duration::from_secs(1);
-const HEAL_ATTEMPTS: u32 = 30;
+/// First wait before a failed heal is retried; it doubles up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+/// Longest wait between two attempts to heal a fault.
+const RETRY_MAX: Duration = Duration::from_secs(5);
+/// How long the heal before exit keeps retrying failed heals; what is left then stays in the
+/// state file for the next agent (and the process trees are killed anyway).
+const SHUTDOWN_HEAL_BOUND: Duration = Duration::from_secs(2);
 /// Longest fault id (the injector's limit).
 const MAX_ID_LEN: usize = 64;
-/// `/proc/<pid>/comm` holds at most this many bytes.
-const COMM_LEN: usize = 15;
 
 fn err(kind: ErrorKind, message: impl Into<String>) -> ApiError {
     ApiError::new(kind, message)
@@ -77,15 +96,23 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// A fault the agent installed: its reply, the injector ids it is made of (one, or one per
-/// process for `all_procs`), and its TTL timer.
+/// The next wait of a backoff that doubles up to [`RETRY_MAX`].
+fn next_backoff(current: Duration) -> Duration {
+    (current * 2).min(RETRY_MAX)
+}
+
+/// A fault the agent installed: its reply (with the last heal error), the injector ids it is
+/// made of (one, or one per process for `all_procs`), and its driver.
 struct Active {
     info: FaultInfo,
     parts: Vec<String>,
-    /// Tells this installation apart from a later one reusing the id, so a stale timer never
+    /// Tells this installation apart from a later one reusing the id, so a stale driver never
     /// heals the newer fault.
     serial: u64,
-    timer: AbortHandle,
+    /// The task that heals it at expiry and retries failed heals.
+    driver: AbortHandle,
+    /// Wakes the driver before expiry, to retry a heal that failed elsewhere.
+    retry_now: Arc<Notify>,
 }
 
 struct Inner {
@@ -95,73 +122,8 @@ struct Inner {
     closed: bool,
     next_id: u64,
     state_dir: StateDir,
-}
-
-/// The state directory, created and locked (flock on the directory itself) only once there is
-/// something to record, so an agent that never injects leaves nothing in its root directory.
-/// The lock keeps a second agent from healing (or recording into) this agent's state.
-struct StateDir {
-    dir: PathBuf,
-    lock: Option<Flock<File>>,
-    /// We created it, so we remove it once nothing is recorded in it.
-    created: bool,
-}
-
-impl StateDir {
-    /// Locks `dir` if it exists.
-    fn open(dir: &Path) -> Result<Self, String> {
-        let mut state = Self {
-            dir: dir.to_path_buf(),
-            lock: None,
-            created: false,
-        };
-        if dir.exists() {
-            state.lock()?;
-        }
-        Ok(state)
-    }
-
-    fn lock(&mut self) -> Result<(), String> {
-        let file = File::open(&self.dir).map_err(|e| format!("cannot open it: {e}"))?;
-        let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
-            format!("another chaos-agent uses it ({e}): give each agent its own --state-dir")
-        })?;
-        self.lock = Some(lock);
-        Ok(())
-    }
-
-    /// Creates and locks the directory before the first fault is recorded.
-    fn ensure(&mut self) -> Result<(), ApiError> {
-        if self.lock.is_some() {
-            return Ok(());
-        }
-        let dir = self.dir.clone();
-        let fail = move |m: String| {
-            err(
-                ErrorKind::Internal,
-                format!("state directory {}: {m}", dir.display()),
-            )
-        };
-        if !self.dir.exists() {
-            std::fs::create_dir_all(&self.dir).map_err(|e| fail(format!("cannot create it: {e}")))?;
-            self.created = true;
-        }
-        self.lock().map_err(fail)
-    }
-
-    /// After everything was healed on shutdown: removes the (empty) state file, and the
-    /// directory if we created it.
-    fn tidy(&mut self) {
-        let file = self.dir.join(STATE_FILE);
-        if let Err(e) = std::fs::remove_file(&file)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::debug!("removing {}: {e}", file.display());
-        }
-        if self.created {
-            let _ = std::fs::remove_dir(&self.dir);
-        }
-    }
+    /// The task retrying a previous agent's faults that are still not healed.
+    leftovers_driver: Option<AbortHandle>,
 }
 
 fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
@@ -170,10 +132,40 @@ fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
     inner.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The agent's faults: the injector, the active faults and their timers.
-pub(crate) struct Faults {
-    inner: Arc<Mutex<Inner>>,
+/// What the API handlers, the drivers and the worker's jobs share.
+struct Shared {
+    inner: Mutex<Inner>,
+    /// What `GET /v1/faults` answers, refreshed after every change: listing never waits for
+    /// a heal in progress.
+    listing: Mutex<Vec<FaultInfo>>,
+    worker: Worker,
+    /// Where drivers run.
+    runtime: Handle,
     serial: AtomicU64,
+}
+
+impl Shared {
+    /// Runs `f` on the locked state, then refreshes the listing.
+    fn with_state<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
+        let mut state = lock(&self.inner);
+        let out = f(&mut state);
+        let listing: Vec<FaultInfo> = state.active.values().map(|a| a.info.clone()).collect();
+        *self.listing.lock().unwrap_or_else(|p| p.into_inner()) = listing;
+        out
+    }
+
+    /// Starts the driver retrying a previous agent's faults, unless it runs already.
+    fn ensure_leftovers_driver(self: &Arc<Self>, state: &mut Inner) {
+        if state.leftovers_driver.is_none() && !state.injector.leftovers().is_empty() {
+            let task = self.runtime.spawn(driver::retry_leftovers(Arc::downgrade(self)));
+            state.leftovers_driver = Some(task.abort_handle());
+        }
+    }
+}
+
+/// The agent's faults: the injector, the active faults and their drivers, the worker.
+pub(crate) struct Faults {
+    shared: Arc<Shared>,
     /// The agent's TCP port, exempt from every network fault.
     listen: SocketAddr,
     /// Local addresses runner connections arrived on (plus the listen address when specific):
@@ -184,19 +176,11 @@ pub(crate) struct Faults {
     state_file: PathBuf,
 }
 
-/// Runs blocking work on the blocking pool; a panic there becomes an internal error.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| Err(err(ErrorKind::Internal, format!("fault worker failed: {e}"))))
-}
-
 impl Faults {
-    /// Locks `state_dir` (when it exists), opens the injector's state file in it and heals
-    /// whatever a previous agent left there (logging each object). `listen` is the bound
-    /// control address. Blocking.
+    /// Locks `state_dir` (when it exists), opens the injector's state file in it, heals
+    /// whatever a previous agent left there (logging each object) and starts the fault worker.
+    /// What cannot be healed (or verified) now stays recorded and is retried in the background.
+    /// `listen` is the bound control address. Blocking; call it inside the agent's runtime.
     pub(crate) fn open(state_dir: &Path, listen: SocketAddr, has_cgroup: bool) -> Result<Self, AgentError> {
         let state = StateDir::open(state_dir).map_err(|message| AgentError::BadDir {
             what: "--state-dir",
@@ -204,10 +188,12 @@ impl Faults {
             message,
         })?;
         let state_file = state_dir.join(STATE_FILE);
-        let injector = Injector::new(&state_file, &[listen.port()]).map_err(|e| AgentError::Faults {
+        let fail = |message: String| AgentError::Faults {
             path: state_file.clone(),
-            message: format!("healing the faults a previous agent left: {e}"),
-        })?;
+            message,
+        };
+        let injector = Injector::new(&state_file, &[listen.port()])
+            .map_err(|e| fail(format!("reading the faults a previous agent left: {e}")))?;
         let report = injector.startup_heal();
         for entry in &report.healed {
             tracing::warn!(fault = %entry.fault, object = ?entry.installed, "healed a fault left by a previous agent");
@@ -215,19 +201,30 @@ impl Faults {
         for entry in &report.already_gone {
             tracing::info!(fault = %entry.fault, object = ?entry.installed, "a previous agent's fault was already gone");
         }
+        let runtime = Handle::try_current()
+            .map_err(|e| fail(format!("no async runtime for the fault drivers: {e}")))?;
+        let worker = Worker::start().map_err(|e| fail(format!("starting the fault worker threads: {e}")))?;
         let mut control_ips = BTreeSet::new();
         if !listen.ip().is_unspecified() {
             control_ips.insert(listen.ip().to_canonical());
         }
-        Ok(Self {
-            inner: Arc::new(Mutex::new(Inner {
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner {
                 injector,
                 active: BTreeMap::new(),
                 closed: false,
                 next_id: 1,
                 state_dir: state,
-            })),
+                leftovers_driver: None,
+            }),
+            listing: Mutex::new(Vec::new()),
+            worker,
+            runtime,
             serial: AtomicU64::new(1),
+        });
+        shared.with_state(|state| shared.ensure_leftovers_driver(state));
+        Ok(Self {
+            shared,
             listen,
             control_ips: Mutex::new(control_ips),
             has_cgroup,
@@ -323,7 +320,7 @@ impl Faults {
         }
     }
 
-    /// Installs `req`, starts its TTL timer, and returns what was installed.
+    /// Installs `req`, starts its driver (TTL), and returns what was installed.
     pub(crate) async fn inject(&self, req: FaultRequest, procs: &ProcTable) -> Result<FaultInfo, ApiError> {
         if req.ttl_ms == 0 {
             return Err(err(
@@ -341,381 +338,349 @@ impl Faults {
             ));
         }
         if let Some(id) = &req.id {
-            validate_id(id)?;
+            guard::validate_id(id)?;
         }
         self.check_link(&req.spec)?;
         let parts = self.resolve(&req.spec, procs)?;
-        let serial = self.serial.fetch_add(1, Ordering::Relaxed);
-        let inner = self.inner.clone();
-        let runtime = Handle::current();
-        blocking(move || {
-            let mut guard = lock(&inner);
-            let state = &mut *guard;
-            if state.closed {
-                return Err(err(ErrorKind::Conflict, "the agent is shutting down"));
-            }
-            let id = match req.id {
-                Some(id) if state.active.contains_key(&id) => {
-                    return Err(err(
-                        ErrorKind::Conflict,
-                        format!("fault {id:?} is already active; heal it first or use another id"),
-                    ));
-                }
-                Some(id) => id,
-                None => loop {
-                    let id = format!("f{}", state.next_id);
-                    state.next_id += 1;
-                    if !state.active.contains_key(&id) {
-                        break id;
-                    }
-                },
-            };
-            let parts: Vec<(String, FaultSpec)> = parts
-                .into_iter()
-                .map(|(suffix, spec)| {
-                    let part = match suffix {
-                        Some(s) => format!("{id}.{s}"),
-                        None => id.clone(),
-                    };
-                    if part.len() > MAX_ID_LEN {
-                        return Err(err(
-                            ErrorKind::InvalidRequest,
-                            format!(
-                                "id {id:?} is too long for an all_procs freeze: each process's part is \
-                                 named {part:?}, which exceeds {MAX_ID_LEN} characters"
-                            ),
-                        ));
-                    }
-                    Ok((part, spec))
-                })
-                .collect::<Result<_, _>>()?;
-            for (_, spec) in &parts {
-                refuse_freezing_self(spec)?;
-            }
-            state.state_dir.ensure()?;
-            let injected_ms = now_ms();
-            let mut installed: Vec<String> = Vec::new();
-            let mut mechanism: Option<Mechanism> = None;
-            for (part, spec) in &parts {
-                match state.injector.inject(part, spec) {
-                    Ok(m) => {
-                        mechanism.get_or_insert(m);
-                        installed.push(part.clone());
-                    }
-                    Err(e) => {
-                        for done in installed.iter().rev() {
-                            if let Err(undo) = state.injector.heal(done) {
-                                tracing::error!(fault = %id, part = %done, "undoing a partial fault: {undo}");
-                            }
-                        }
-                        return Err(fault_error(e));
+        let node = procs.node().clone();
+        let shared = self.shared.clone();
+        let serial = shared.serial.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .worker
+            .run(Lane::Other, move || {
+                // Process targets must be the node's: checked here, off the async threads,
+                // since it reads /proc.
+                for (_, spec) in &parts {
+                    guard::refuse_freezing_self(spec)?;
+                    match spec {
+                        FaultSpec::Freeze(FreezeTarget::ProcessTree { pid }) => node.check_tree(*pid)?,
+                        FaultSpec::Freeze(FreezeTarget::Cgroup { path }) => node.check_cgroup(path)?,
+                        _ => {}
                     }
                 }
-            }
-            let Some(mechanism) = mechanism else {
-                return Err(err(ErrorKind::Internal, "fault resolved to nothing to install"));
-            };
-            let info = FaultInfo {
-                id: id.clone(),
-                spec: req.spec,
-                mechanism,
-                injected_ms,
-                expires_ms: injected_ms.saturating_add(req.ttl_ms),
-            };
-            let timer = runtime
-                .spawn(expire(
-                    inner.clone(),
-                    id.clone(),
-                    serial,
-                    Duration::from_millis(req.ttl_ms),
-                ))
-                .abort_handle();
-            tracing::info!(fault = %id, kind = %info.spec.kind(), mechanism = ?info.mechanism, ttl_ms = req.ttl_ms, "fault active");
-            state.active.insert(
-                id,
-                Active {
-                    info: info.clone(),
-                    parts: installed,
-                    serial,
-                    timer,
-                },
-            );
-            Ok(info)
-        })
-        .await
+                shared.with_state(|state| install(&shared, state, req, parts, serial))
+            })
+            .await
     }
 
-    /// The active faults, by id.
-    pub(crate) async fn list(&self) -> Result<Vec<FaultInfo>, ApiError> {
-        let inner = self.inner.clone();
-        blocking(move || Ok(lock(&inner).active.values().map(|a| a.info.clone()).collect())).await
+    /// The active faults, by id, each with its last heal error. Never waits for fault work.
+    pub(crate) fn list(&self) -> Vec<FaultInfo> {
+        self.shared
+            .listing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
-    /// Heals fault `id`; false when it was not active.
+    /// Heals fault `id`; false when it was not active. When the heal fails (or is not
+    /// verified) the fault stays listed with the error and its driver retries it.
     pub(crate) async fn heal(&self, id: String) -> Result<bool, ApiError> {
-        let inner = self.inner.clone();
-        blocking(move || heal_locked(&mut lock(&inner), &id, None)).await
+        let shared = self.shared.clone();
+        self.shared
+            .worker
+            .run(Lane::Heal, move || {
+                shared.with_state(|state| {
+                    let healed = heal_locked(state, &id, None, false);
+                    if let Err(e) = &healed {
+                        tracing::error!(fault = %id, "heal failed, retrying in the background: {}", e.message);
+                        shared.ensure_leftovers_driver(state);
+                    }
+                    healed
+                })
+            })
+            .await
     }
 
-    /// Heals every active fault; returns the ids healed. With `close`, nothing can be injected
-    /// afterwards (shutdown). Tries every fault; reports failures together.
+    /// Heals every active fault and whatever a previous agent left; returns the ids healed.
+    /// With `close`, nothing can be injected afterwards (shutdown). Tries every fault; reports
+    /// failures together (those stay listed and are retried).
     pub(crate) async fn heal_all(&self, close: bool) -> Result<Vec<String>, ApiError> {
-        let inner = self.inner.clone();
-        blocking(move || {
-            let mut state = lock(&inner);
-            state.closed |= close;
-            let ids: Vec<String> = state.active.keys().cloned().collect();
-            let mut healed = Vec::new();
-            let mut failed = Vec::new();
-            for id in ids {
-                match heal_locked(&mut state, &id, None) {
-                    Ok(true) => healed.push(id),
-                    Ok(false) => {}
-                    Err(e) => failed.push(format!("{id}: {}", e.message)),
-                }
-            }
-            // Anything the ledger still holds (e.g. the remains of a failed heal).
-            if let Err(e) = state.injector.heal_all() {
-                failed.push(format!("ledger: {e}"));
-            }
-            if failed.is_empty() {
-                if close {
-                    state.state_dir.tidy();
-                }
-                Ok(healed)
-            } else {
-                Err(err(
-                    ErrorKind::Internal,
-                    format!("healing failed for {}; healed: {healed:?}", failed.join("; ")),
-                ))
-            }
-        })
-        .await
+        let shared = self.shared.clone();
+        self.shared
+            .worker
+            .run(Lane::Heal, move || {
+                shared.with_state(|state| {
+                    state.closed |= close;
+                    let ids: Vec<String> = state.active.keys().cloned().collect();
+                    let mut healed = Vec::new();
+                    let mut failed = Vec::new();
+                    for id in ids {
+                        match heal_locked(state, &id, None, false) {
+                            Ok(true) => healed.push(id),
+                            Ok(false) => {}
+                            Err(e) => failed.push(format!("{id}: {}", e.message)),
+                        }
+                    }
+                    match heal_leftover_ids(state) {
+                        Ok(ids) => healed.extend(ids),
+                        Err(e) => {
+                            failed.push(e);
+                            shared.ensure_leftovers_driver(state);
+                        }
+                    }
+                    if failed.is_empty() {
+                        if close {
+                            state.state_dir.tidy();
+                        }
+                        Ok(healed)
+                    } else {
+                        Err(err(
+                            ErrorKind::Internal,
+                            format!("healing failed for {}; healed: {healed:?}", failed.join("; ")),
+                        ))
+                    }
+                })
+            })
+            .await
     }
 
-    /// Heals everything and refuses new faults; logs instead of failing (the agent is exiting).
+    /// The heal before exit: heals everything and refuses new faults, retrying failed heals
+    /// with backoff for at most [`SHUTDOWN_HEAL_BOUND`]; then stops every driver. Logs
+    /// instead of failing (the agent is exiting): what is left stays in the state file, healed
+    /// by the next agent using it.
     pub(crate) async fn shutdown(&self, why: &str) {
-        match self.heal_all(true).await {
-            Ok(healed) if healed.is_empty() => {}
-            Ok(healed) => tracing::info!(?healed, "{why}: healed every fault"),
-            Err(e) => tracing::error!(
-                "{why}: {}; what is left is recorded in {} and healed by the next agent using it",
-                e.message,
-                self.state_file.display()
-            ),
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_HEAL_BOUND;
+        let mut backoff = RETRY_FIRST;
+        loop {
+            match tokio::time::timeout_at(deadline, self.heal_all(true)).await {
+                Ok(Ok(healed)) => {
+                    if !healed.is_empty() {
+                        tracing::info!(?healed, "{why}: healed every fault");
+                    }
+                    break;
+                }
+                Ok(Err(e)) if tokio::time::Instant::now() + backoff < deadline => {
+                    tracing::error!("{why}: {}; retrying in {backoff:?}", e.message);
+                    tokio::time::sleep(backoff).await;
+                    backoff = next_backoff(backoff);
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(
+                        "{why}: {}; what is left is recorded in {} and healed by the next agent using it",
+                        e.message,
+                        self.state_file.display()
+                    );
+                    break;
+                }
+                Err(_) => {
+                    tracing::error!(
+                        "{why}: healing still runs after {SHUTDOWN_HEAL_BOUND:?}; going on with the exit; \
+                         what is left is recorded in {} and healed by the next agent using it",
+                        self.state_file.display()
+                    );
+                    break;
+                }
+            }
+        }
+        // Stop the drivers without waiting for the worker, which may still be busy.
+        let mut state = lock(&self.shared.inner);
+        for active in state.active.values() {
+            active.driver.abort();
+        }
+        if let Some(driver) = state.leftovers_driver.take() {
+            driver.abort();
         }
     }
 
     /// What this node supports.
-    pub(crate) async fn probe(&self) -> Result<ProbeReport, ApiError> {
+    pub(crate) async fn probe(&self, procs: &ProcTable) -> Result<ProbeReport, ApiError> {
         let has_cgroup = self.has_cgroup;
-        blocking(move || Ok(probe_report(&chaos_faults::probe(), has_cgroup))).await
+        let children = procs.child_gate();
+        self.shared
+            .worker
+            .run(Lane::Other, move || {
+                // The probe runs and waits for programs of its own.
+                let _held = children.hold();
+                Ok(probe::probe_report(&chaos_faults::probe(), has_cgroup))
+            })
+            .await
+    }
+
+    /// Signals the node's processes matched by `req` (see [`signal::signal_node`]).
+    pub(crate) async fn signal(
+        &self,
+        req: NodeSignalRequest,
+        procs: &ProcTable,
+    ) -> Result<Vec<u32>, ApiError> {
+        let node = procs.node().clone();
+        self.shared
+            .worker
+            .run(Lane::Other, move || signal::signal_node(req, &node))
+            .await
     }
 }
 
-/// Heals `id` (only if its serial is `serial`, when given). Keeps it listed when healing
-/// fails, so it can be retried.
-fn heal_locked(state: &mut Inner, id: &str, serial: Option<u64>) -> Result<bool, ApiError> {
-    let Some(active) = state.active.remove(id) else {
+/// Installs the parts of `req` under a fresh or given id and starts the fault's driver.
+fn install(
+    shared: &Arc<Shared>,
+    state: &mut Inner,
+    req: FaultRequest,
+    parts: Vec<(Option<String>, FaultSpec)>,
+    serial: u64,
+) -> Result<FaultInfo, ApiError> {
+    if state.closed {
+        return Err(err(ErrorKind::Conflict, "the agent is shutting down"));
+    }
+    let leftovers = state.injector.leftovers();
+    let id = match req.id {
+        Some(id) if state.active.contains_key(&id) => {
+            return Err(err(
+                ErrorKind::Conflict,
+                format!("fault {id:?} is already active; heal it first or use another id"),
+            ));
+        }
+        Some(id) if leftovers.contains(&id) => {
+            return Err(err(
+                ErrorKind::Conflict,
+                format!(
+                    "fault {id:?} was left by a previous agent and is not healed yet (see the agent's \
+                     log); heal it (DELETE /v1/faults/{id}) or use another id"
+                ),
+            ));
+        }
+        Some(id) => id,
+        None => loop {
+            let id = format!("f{}", state.next_id);
+            state.next_id += 1;
+            if !state.active.contains_key(&id) && !leftovers.contains(&id) {
+                break id;
+            }
+        },
+    };
+    let parts: Vec<(String, FaultSpec)> = parts
+        .into_iter()
+        .map(|(suffix, spec)| {
+            let part = match suffix {
+                Some(s) => format!("{id}.{s}"),
+                None => id.clone(),
+            };
+            if part.len() > MAX_ID_LEN {
+                return Err(err(
+                    ErrorKind::InvalidRequest,
+                    format!(
+                        "id {id:?} is too long for an all_procs freeze: each process's part is \
+                         named {part:?}, which exceeds {MAX_ID_LEN} characters"
+                    ),
+                ));
+            }
+            Ok((part, spec))
+        })
+        .collect::<Result<_, _>>()?;
+    state.state_dir.ensure()?;
+    let injected_ms = now_ms();
+    let mut installed: Vec<String> = Vec::new();
+    let mut mechanism: Option<Mechanism> = None;
+    for (part, spec) in &parts {
+        match state.injector.inject(part, spec) {
+            Ok(m) => {
+                mechanism.get_or_insert(m);
+                installed.push(part.clone());
+            }
+            Err(e) => {
+                for done in installed.iter().rev() {
+                    if let Err(undo) = state.injector.heal(done) {
+                        tracing::error!(fault = %id, part = %done, "undoing a partial fault: {undo}");
+                    }
+                }
+                return Err(fault_error(e));
+            }
+        }
+    }
+    let Some(mechanism) = mechanism else {
+        return Err(err(ErrorKind::Internal, "fault resolved to nothing to install"));
+    };
+    let info = FaultInfo {
+        id: id.clone(),
+        spec: req.spec,
+        mechanism,
+        injected_ms,
+        expires_ms: injected_ms.saturating_add(req.ttl_ms),
+        heal_error: None,
+        heal_attempts: 0,
+    };
+    let retry_now = Arc::new(Notify::new());
+    let driver = shared
+        .runtime
+        .spawn(driver::drive(
+            Arc::downgrade(shared),
+            id.clone(),
+            serial,
+            Duration::from_millis(req.ttl_ms),
+            retry_now.clone(),
+        ))
+        .abort_handle();
+    tracing::info!(fault = %id, kind = %info.spec.kind(), mechanism = ?info.mechanism, ttl_ms = req.ttl_ms, "fault active");
+    state.active.insert(
+        id,
+        Active {
+            info: info.clone(),
+            parts: installed,
+            serial,
+            driver,
+            retry_now,
+        },
+    );
+    Ok(info)
+}
+
+/// Heals `id` (only if its serial is `serial`, when given) — or, when no active fault has
+/// that id, what a previous agent left under it. Returns false when there was nothing. When
+/// healing fails the fault stays listed with the error and the attempt counted; unless the
+/// caller is the fault's own driver (`by_driver`), the driver is woken to retry.
+fn heal_locked(state: &mut Inner, id: &str, serial: Option<u64>, by_driver: bool) -> Result<bool, ApiError> {
+    let Some(active) = state.active.get_mut(id) else {
+        if serial.is_none() && state.injector.leftovers().iter().any(|l| l == id) {
+            state.injector.heal(id).map_err(fault_error)?;
+            tracing::warn!(fault = %id, "healed a fault left by a previous agent");
+            return Ok(true);
+        }
         return Ok(false);
     };
     if serial.is_some_and(|s| s != active.serial) {
-        state.active.insert(id.to_string(), active);
         return Ok(false);
     }
     let mut first_err = None;
     for part in active.parts.iter().rev() {
         if let Err(e) = state.injector.heal(part) {
-            tracing::error!(fault = %id, %part, "heal failed: {e}");
             first_err.get_or_insert(e);
         }
     }
     match first_err {
         None => {
-            // The timer itself calls with a serial: aborting it would cancel its own log line.
-            if serial.is_none() {
-                active.timer.abort();
+            if let Some(active) = state.active.remove(id)
+                && !by_driver
+            {
+                // The driver itself must not be aborted: that would cancel its own log line.
+                active.driver.abort();
             }
             Ok(true)
         }
         Some(e) => {
-            state.active.insert(id.to_string(), active);
+            active.info.heal_error = Some(e.to_string());
+            active.info.heal_attempts += 1;
+            if !by_driver {
+                active.retry_now.notify_one();
+            }
             Err(fault_error(e))
         }
     }
 }
 
-/// The TTL timer of one fault installation.
-async fn expire(inner: Arc<Mutex<Inner>>, id: String, serial: u64, ttl: Duration) {
-    tokio::time::sleep(ttl).await;
-    for attempt in 1..=HEAL_ATTEMPTS {
-        let (inner2, id2) = (inner.clone(), id.clone());
-        match blocking(move || heal_locked(&mut lock(&inner2), &id2, Some(serial))).await {
-            Ok(true) => {
-                tracing::info!(fault = %id, "TTL expired: healed");
-                return;
-            }
-            Ok(false) => return,
-            Err(e) => tracing::error!(fault = %id, attempt, "TTL expired but healing failed: {}", e.message),
+/// Heals every fault a previous agent left that is still recorded. Returns the ids healed, or
+/// what failed.
+fn heal_leftover_ids(state: &mut Inner) -> Result<Vec<String>, String> {
+    let mut healed = Vec::new();
+    let mut failed = Vec::new();
+    for id in state.injector.leftovers() {
+        match state.injector.heal(&id) {
+            Ok(_) => healed.push(id),
+            Err(e) => failed.push(format!("{id} (left by a previous agent): {e}")),
         }
-        tokio::time::sleep(HEAL_RETRY).await;
     }
-}
-
-/// Fault ids: what the injector accepts, checked early for a clear message.
-fn validate_id(id: &str) -> Result<(), ApiError> {
-    let ok = !id.is_empty()
-        && id.len() <= MAX_ID_LEN
-        && id
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'));
-    if ok {
-        Ok(())
+    if failed.is_empty() {
+        Ok(healed)
     } else {
-        Err(err(
-            ErrorKind::InvalidRequest,
-            format!("fault id {id:?}: use 1-64 characters from [A-Za-z0-9_.-]"),
-        ))
-    }
-}
-
-/// A freeze that would include the agent would leave nobody to heal it (nor to answer the
-/// runner): refuse it.
-fn refuse_freezing_self(spec: &FaultSpec) -> Result<(), ApiError> {
-    let me = std::process::id();
-    match spec {
-        FaultSpec::Freeze(FreezeTarget::ProcessTree { pid }) => {
-            let tree = process::tree(*pid).map_err(fault_error)?;
-            if tree.iter().any(|(p, _)| *p as u32 == me) {
-                return Err(err(
-                    ErrorKind::InvalidRequest,
-                    format!(
-                        "freeze process_tree {pid}: the tree includes the agent itself (pid {me}), which \
-                         could then neither answer nor heal; freeze a subtree instead"
-                    ),
-                ));
-            }
-        }
-        FaultSpec::Freeze(FreezeTarget::Cgroup { path }) => {
-            if let Some(holder) = cgroup_holding(Path::new(path), me, 32) {
-                return Err(err(
-                    ErrorKind::InvalidRequest,
-                    format!(
-                        "freeze cgroup {path}: it contains the agent itself (pid {me} in {}), which \
-                         could then neither answer nor heal; freeze a child cgroup instead",
-                        holder.display()
-                    ),
-                ));
-            }
-        }
-        _ => {}
-    }
-    Ok(())
-}
-
-/// The cgroup under `dir` (itself or a descendant) whose `cgroup.procs` lists `pid`.
-fn cgroup_holding(dir: &Path, pid: u32, depth: u32) -> Option<PathBuf> {
-    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-    if procs.lines().any(|l| l.trim().parse::<u32>() == Ok(pid)) {
-        return Some(dir.to_path_buf());
-    }
-    if depth == 0 {
-        return None;
-    }
-    std::fs::read_dir(dir)
-        .ok()?
-        .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .find_map(|e| cgroup_holding(&e.path(), pid, depth - 1))
-}
-
-/// Converts the probe's findings into the wire report.
-fn probe_report(c: &Capabilities, has_cgroup: bool) -> ProbeReport {
-    let feature = |cap: &Capability| Feature {
-        available: cap.available,
-        detail: cap.detail.clone(),
-    };
-    let mut features = BTreeMap::new();
-    for (name, cap) in [
-        ("nftables_netlink", &c.nftables_netlink),
-        ("nft_numgen", &c.nft_numgen),
-        ("nft_queue", &c.nft_queue),
-        ("nfqueue", &c.nfqueue),
-        ("netem", &c.netem),
-        ("tbf", &c.tbf),
-        ("cgroup_v2_freeze", &c.cgroup_v2_freeze),
-        ("cgroup_v1_freezer", &c.cgroup_v1_freezer),
-        ("cgroup_kill", &c.cgroup_kill),
-    ] {
-        features.insert(name.to_string(), feature(cap));
-    }
-    features.insert(
-        "agent_cgroup".into(),
-        Feature {
-            available: has_cgroup,
-            detail: if has_cgroup {
-                "started processes get their own cgroup: proc freezes use the cgroup freezer".into()
-            } else {
-                "the agent runs without --cgroup: proc freezes stop process trees with SIGSTOP".into()
-            },
-        },
-    );
-    features.insert(
-        "iptables".into(),
-        Feature {
-            available: c.iptables != IptablesBackend::Absent,
-            detail: format!(
-                "{:?} backend (informational: the agent never runs iptables)",
-                c.iptables
-            ),
-        },
-    );
-    let need = |names: &[(&str, &Capability)], mechanism: Mechanism| {
-        let missing: Vec<String> = names
-            .iter()
-            .filter(|(_, cap)| !cap.available)
-            .map(|(name, cap)| format!("{name}: {}", cap.detail))
-            .collect();
-        if missing.is_empty() {
-            (Some(mechanism), None)
-        } else {
-            (None, Some(missing.join("; ")))
-        }
-    };
-    let nft = ("nftables_netlink", &c.nftables_netlink);
-    let freeze = if has_cgroup && c.cgroup_v2_freeze.available {
-        Mechanism::CgroupV2Freeze
-    } else {
-        Mechanism::SigStopTree
-    };
-    let kinds = FaultKind::ALL
-        .into_iter()
-        .map(|kind| {
-            let (mechanism, missing) = match kind {
-                FaultKind::Partition => need(&[nft], Mechanism::NftablesNetlink),
-                FaultKind::Loss => need(&[nft, ("nft_numgen", &c.nft_numgen)], Mechanism::NftablesNetlink),
-                FaultKind::Packet => need(
-                    &[nft, ("nfqueue", &c.nfqueue)],
-                    Mechanism::NfqueueUserspace {
-                        queue: chaos_faults::FIRST_QUEUE,
-                    },
-                ),
-                // The agent always exempts its control port, hence htb in front of tbf.
-                FaultKind::Bandwidth => need(&[("tbf", &c.tbf)], Mechanism::HtbTbfNetlink),
-                FaultKind::Link => (Some(Mechanism::RtnetlinkLink), None),
-                FaultKind::Freeze => (Some(freeze.clone()), None),
-            };
-            KindSupport {
-                kind,
-                mechanism,
-                missing,
-            }
-        })
-        .collect();
-    ProbeReport {
-        kinds,
-        features,
-        external_binaries: c.external_binaries.clone(),
+        Err(failed.join("; "))
     }
 }
 
@@ -730,7 +695,7 @@ pub(crate) async fn inject(
 
 /// `GET /v1/faults`.
 pub(crate) async fn list(State(agent): State<Arc<Agent>>) -> Result<Json<Vec<FaultInfo>>, Failure> {
-    Ok(Json(agent.faults.list().await?))
+    Ok(Json(agent.faults.list()))
 }
 
 /// `DELETE /v1/faults/{id}`.
@@ -750,203 +715,14 @@ pub(crate) async fn heal_all(State(agent): State<Arc<Agent>>) -> Result<Json<Vec
 
 /// `GET /v1/probe`.
 pub(crate) async fn probe(State(agent): State<Arc<Agent>>) -> Result<Json<ProbeReport>, Failure> {
-    Ok(Json(agent.faults.probe().await?))
-}
-
-/// Live members of process group `pgid`, from `/proc/<pid>/stat`.
-fn group_members(pgid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // Fields after the (parenthesized, possibly spaced) name: state, ppid, pgrp, …
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        if fields.get(2).and_then(|p| p.parse::<u32>().ok()) == Some(pgid) && fields.first() != Some(&"Z") {
-            out.push(pid);
-        }
-    }
-    out.sort_unstable();
-    out
-}
-
-/// Signals any process on the node by pid, process group or command name; never the agent.
-fn signal_node(req: NodeSignalRequest) -> Result<Vec<u32>, ApiError> {
-    let sig = req.signal;
-    if !(1..=64).contains(&sig.0) {
-        return Err(err(
-            ErrorKind::InvalidRequest,
-            format!("signal {} is out of range 1..=64", sig.0),
-        ));
-    }
-    let me = std::process::id();
-    let refuse = |what: String| {
-        err(
-            ErrorKind::InvalidRequest,
-            format!(
-                "{what} is the agent itself, which never signals itself; use POST /v1/shutdown to stop it"
-            ),
-        )
-    };
-    match req.target {
-        SignalTarget::Pid(pid) => {
-            if pid == me {
-                return Err(refuse(format!("pid {pid}")));
-            }
-            let pid_i32 = i32::try_from(pid)
-                .map_err(|_| err(ErrorKind::InvalidRequest, format!("pid {pid} is out of range")))?;
-            process::signal_pid(pid_i32, sig.0).map_err(fault_error)?;
-            tracing::info!(pid, "sent {sig}");
-            Ok(vec![pid])
-        }
-        SignalTarget::Group(pgid) => {
-            if pgid == nix::unistd::getpgrp().as_raw() as u32 {
-                return Err(refuse(format!("process group {pgid}")));
-            }
-            let pgid_i32 = i32::try_from(pgid).map_err(|_| {
-                err(
-                    ErrorKind::InvalidRequest,
-                    format!("process group {pgid} is out of range"),
-                )
-            })?;
-            let members = group_members(pgid);
-            process::signal_group(pgid_i32, sig.0).map_err(fault_error)?;
-            tracing::info!(pgid, ?members, "sent {sig} to a process group");
-            Ok(members)
-        }
-        SignalTarget::Name(name) => {
-            if name.is_empty() || name.len() > COMM_LEN || name.contains('/') {
-                return Err(err(
-                    ErrorKind::InvalidRequest,
-                    format!(
-                        "process name {name:?} can never match: /proc/<pid>/comm holds 1-{COMM_LEN} bytes \
-                         without '/' (use the first {COMM_LEN} bytes of the program name)"
-                    ),
-                ));
-            }
-            let pids: Vec<i32> = process::pids_by_name(&name)
-                .map_err(fault_error)?
-                .into_iter()
-                .filter(|&p| p as u32 != me)
-                .collect();
-            let mut signalled = Vec::new();
-            for pid in pids {
-                match process::signal_pid(pid, sig.0) {
-                    Ok(_) => signalled.push(pid as u32),
-                    // Exited between the scan and the signal.
-                    Err(chaos_faults::Error::Signal {
-                        source: nix::errno::Errno::ESRCH,
-                        ..
-                    }) => {}
-                    Err(e) => return Err(fault_error(e)),
-                }
-            }
-            if signalled.is_empty() {
-                return Err(err(
-                    ErrorKind::NotFound,
-                    format!("no process named {name:?} on this node (matched against /proc/<pid>/comm)"),
-                ));
-            }
-            tracing::info!(%name, pids = ?signalled, "sent {sig} by name");
-            Ok(signalled)
-        }
-    }
+    Ok(Json(agent.faults.probe(&agent.procs).await?))
 }
 
 /// `POST /v1/signal`.
 pub(crate) async fn signal(
-    State(_agent): State<Arc<Agent>>,
+    State(agent): State<Arc<Agent>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Vec<u32>>, Failure> {
     let req: NodeSignalRequest = json("signal request", body)?;
-    Ok(Json(blocking(move || signal_node(req)).await?))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cap(available: bool, detail: &str) -> Capability {
-        Capability {
-            available,
-            detail: detail.into(),
-        }
-    }
-
-    #[test]
-    fn probe_report_names_the_missing_feature_per_kind() {
-        let c = Capabilities {
-            nftables_netlink: cap(true, "ok"),
-            nft_numgen: cap(true, "ok"),
-            nft_queue: cap(false, "CONFIG_NFT_QUEUE is not set"),
-            nfqueue: cap(false, "CONFIG_NFT_COMPAT is not set"),
-            netem: cap(false, "CONFIG_NET_SCH_NETEM is not set"),
-            tbf: cap(true, "ok"),
-            cgroup_v2_freeze: cap(true, "ok"),
-            cgroup_v1_freezer: cap(false, "none"),
-            cgroup_kill: cap(true, "ok"),
-            iptables: IptablesBackend::Nft,
-            external_binaries: vec![],
-        };
-        let r = probe_report(&c, true);
-        assert!(r.supports(FaultKind::Partition));
-        assert!(!r.supports(FaultKind::Packet));
-        let packet = r.kind(FaultKind::Packet).unwrap();
-        assert!(
-            packet
-                .missing
-                .as_deref()
-                .unwrap()
-                .contains("nfqueue: CONFIG_NFT_COMPAT"),
-            "{packet:?}"
-        );
-        assert_eq!(
-            r.kind(FaultKind::Freeze).unwrap().mechanism,
-            Some(Mechanism::CgroupV2Freeze)
-        );
-        assert_eq!(
-            probe_report(&c, false).kind(FaultKind::Freeze).unwrap().mechanism,
-            Some(Mechanism::SigStopTree)
-        );
-        assert!(r.missing().any(|(name, _)| name == "netem"));
-        assert!(r.has("agent_cgroup") && r.has("iptables"));
-    }
-
-    #[test]
-    fn ids_are_checked_before_anything_is_installed() {
-        assert!(validate_id("f-1.a_B").is_ok());
-        for bad in ["", "a b", "a/b", &"x".repeat(65)] {
-            let e = validate_id(bad).unwrap_err();
-            assert_eq!(e.kind, ErrorKind::InvalidRequest, "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn the_agent_never_freezes_or_signals_itself() {
-        let me = std::process::id();
-        let spec = FaultSpec::Freeze(FreezeTarget::ProcessTree { pid: me as i32 });
-        let e = refuse_freezing_self(&spec).unwrap_err();
-        assert!(e.message.contains("agent itself"), "{e}");
-        let e = signal_node(NodeSignalRequest {
-            signal: chaos_proto::Signal::STOP,
-            target: SignalTarget::Pid(me),
-        })
-        .unwrap_err();
-        assert_eq!(e.kind, ErrorKind::InvalidRequest);
-        let e = signal_node(NodeSignalRequest {
-            signal: chaos_proto::Signal::TERM,
-            target: SignalTarget::Name("a-name-longer-than-15".into()),
-        })
-        .unwrap_err();
-        assert!(e.message.contains("never match"), "{e}");
-    }
+    Ok(Json(agent.faults.signal(req, &agent.procs).await?))
 }
