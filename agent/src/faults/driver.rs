@@ -78,6 +78,7 @@ pub(super) async fn retry_leftovers(shared: Weak<Shared>) {
     let mut attempt: u32 = 0;
     loop {
         tokio::time::sleep(backoff).await;
+        backoff = next_backoff(backoff);
         attempt += 1;
         let Some(strong) = shared.upgrade() else {
             return;
@@ -109,6 +110,5 @@ pub(super) async fn retry_leftovers(shared: Weak<Shared>) {
             ),
             Err(e) => tracing::error!(attempt, "retrying a previous agent's faults: {}", e.message),
         }
-        backoff = next_backoff(backoff);
     }
 }
