@@ -143,6 +143,10 @@ fn a_full_blocking_pool_delays_neither_ttl_heals_nor_shutdown() {
             "a {ttl:?} pause was still in place {:?} after it was injected",
             injected.elapsed()
         );
+        eprintln!(
+            "healed {:?} after the TTL, with every blocking thread busy",
+            injected.elapsed().saturating_sub(ttl)
+        );
         let listed: Vec<FaultInfo> = call(addr, &client, Method::GET, "/v1/faults", &()).await;
         assert!(listed.is_empty(), "{listed:?}");
 
