@@ -17,8 +17,8 @@ use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use chaos_proto::{
-    ApiError, ErrorKind, HeartbeatReply, KillAllRequest, NodeInfo, OutputSpec, ProcId, ProcInfo, ProcSpec,
-    ProcStarted, RestartRequest, SignalRequest, StdinSpec, WaitReply,
+    ApiError, ErrorKind, HeartbeatReply, KillAllRequest, NodeInfo, OutputSpec, ProcId, ProcSpec, ProcStarted,
+    RestartRequest, SignalRequest, StdinSpec, WaitReply,
 };
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -233,8 +233,8 @@ async fn shutdown(State(agent): AppState) -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
-async fn list_procs(State(agent): AppState) -> Json<Vec<ProcInfo>> {
-    Json(agent.procs.list())
+async fn list_procs(State(agent): AppState) -> Response {
+    agent.procs.list_reply()
 }
 
 async fn start_proc(

@@ -98,6 +98,7 @@ async fn session(agent: Arc<Agent>, mut socket: WebSocket) {
     output
         .run(spawned.stdout, spawned.stderr, entry.exit_watch())
         .await;
+    entry.stream_ended();
     input.abort();
 }
 

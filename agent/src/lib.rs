@@ -11,6 +11,12 @@
 //! recorded in a state file under [`AgentConfig::state_dir`] before it is installed, so an
 //! agent killed with SIGKILL is cleaned up by the next agent started with the same directory.
 //!
+//! Process faults reach only the node's processes: with a cgroup directory, those in its
+//! subtree; without, the agent's descendants (it is a child subreaper and reaps the orphans it
+//! adopts). Anything else is refused, naming the pid. Fault work runs on threads of the agent's
+//! own, never behind file operations on tokio's blocking pool; a heal is verified, and a fault
+//! whose heal failed stays listed with the error and is retried until it is healed.
+//!
 //! The binary (`chaos-agent`) is a thin CLI over [`serve`]; launchers start it and wait for the
 //! [`chaos_proto::READY_LINE_PREFIX`] line on its stdout.
 
@@ -173,6 +179,9 @@ pub enum AgentError {
 /// state directory, calls `ready` with the bound address, then serves. On return every fault
 /// has been healed and every process tree the agent started has been killed (and its cgroup
 /// removed, best effort).
+///
+/// Makes the calling process a child subreaper that reaps the children it did not start: embed
+/// it only in a process that does not wait for children of its own by pid.
 pub async fn serve(
     config: AgentConfig,
     ready: impl FnOnce(SocketAddr) + Send,

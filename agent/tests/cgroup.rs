@@ -61,8 +61,8 @@ impl Drop for TestCgroup {
 }
 
 fn pgid(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?.1.split_whitespace().nth(2)?.parse().ok()
+    let st = chaos_faults::process::stat(pid as i32).ok()??;
+    Some(st.pgrp as u32)
 }
 
 #[tokio::test]

@@ -4,31 +4,28 @@
 //! heal-before-exit guarantees.
 
 mod common;
+mod fault_agent;
 
 use std::fs::File;
-use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use chaos::certs::ClusterCa;
 use chaos_proto::fault::{
-    Bandwidth, FaultInfo, FaultKind, FaultRequest, FaultSpec, FreezeTarget, HealReply, IpNet, LinkChange,
-    Mechanism, NetScope, ProbeReport,
+    Bandwidth, FaultKind, FaultRequest, FaultSpec, FreezeTarget, HealReply, IpNet, LinkChange, Mechanism,
+    NetScope, ProbeReport,
 };
 use chaos_proto::{
-    ApiError, ErrorKind, NodeSignalRequest, OutputSpec, ProcInfo, ProcSpec, ProcStarted, RestartRequest,
-    Signal, SignalTarget,
+    ErrorKind, NodeSignalRequest, ProcInfo, ProcSpec, ProcStarted, RestartRequest, Signal, SignalTarget,
 };
-use common::{WAIT, group_members, is_dead, request_with};
+use common::{WAIT, group_members, is_dead};
+use fault_agent::{Pki, TestAgent, TestCgroup, grows, quiet, size, wait_until, writer};
 use hyper::{Method, StatusCode};
 use nix::sched::{CloneFlags, setns};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
@@ -193,6 +190,12 @@ impl Drop for Node {
     }
 }
 
+/// An agent inside `node`'s namespace, listening on its address.
+fn start_in(node: &Node, pki: &Pki, root: &Path, extra: &[&str]) -> TestAgent {
+    let cmd = TestAgent::command(&[], IpAddr::V4(node.node_ip), pki, root, extra);
+    TestAgent::spawn(cmd, pki, |mut cmd| node.run_in(move || cmd.spawn()))
+}
+
 struct TcpServer {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
@@ -211,178 +214,6 @@ impl TcpServer {
 impl Drop for TcpServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-    }
-}
-
-/// A CA and a node TLS directory whose certificate names `ip`.
-struct Pki {
-    ca: ClusterCa,
-    node_dir: tempfile::TempDir,
-}
-
-impl Pki {
-    fn new(ip: IpAddr) -> Self {
-        let ca = ClusterCa::generate("agent-fault-test").expect("CA");
-        let node = ca.issue_node("n1", &[ip], &[]).expect("node cert");
-        let node_dir = tempfile::tempdir().expect("tempdir");
-        node.write_node_dir(node_dir.path(), ca.cert_pem())
-            .expect("node dir");
-        Self { ca, node_dir }
-    }
-}
-
-/// A `chaos-agent` process, started inside `node`'s namespace when given (else on loopback).
-/// SIGTERMed, then SIGKILLed, on drop.
-struct TestAgent {
-    child: Child,
-    addr: SocketAddr,
-    client: Arc<rustls::ClientConfig>,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl TestAgent {
-    fn start(node: Option<&Node>, pki: &Pki, root: &Path, extra: &[&str]) -> Self {
-        let ip = node.map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |n| IpAddr::V4(n.node_ip));
-        let mut cmd = Command::new(common::agent_bin());
-        cmd.arg("--listen")
-            .arg(SocketAddr::new(ip, 0).to_string())
-            .arg("--tls-dir")
-            .arg(pki.node_dir.path())
-            .arg("--root-dir")
-            .arg(root)
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = match node {
-            Some(node) => node.run_in(move || cmd.spawn()),
-            None => cmd.spawn(),
-        }
-        .expect("spawning chaos-agent");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let sink = stderr.clone();
-        let err_pipe = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err_pipe).lines().map_while(Result::ok) {
-                let mut s = sink.lock().unwrap();
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            for _ in lines {}
-        });
-        let Ok(line) = rx.recv_timeout(WAIT) else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "no ready line within {WAIT:?}; stderr:\n{}",
-                stderr.lock().unwrap()
-            );
-        };
-        let addr = line
-            .strip_prefix(&format!("{} ", chaos_proto::READY_LINE_PREFIX))
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .expect("ready line address");
-        let client = chaos::certs::client_config(pki.ca.cert_pem(), &pki.ca.issue_runner().unwrap()).unwrap();
-        Self {
-            child,
-            addr,
-            client,
-            stderr,
-        }
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    async fn call(&self, method: Method, path: &str, body: Bytes) -> (StatusCode, Bytes) {
-        request_with(self.addr, &self.client, method, path, body)
-            .await
-            .unwrap_or_else(|e| panic!("{path}: {e}\nagent stderr:\n{}", self.stderr()))
-    }
-
-    /// A call expected to succeed, its JSON reply decoded.
-    async fn ok<T: DeserializeOwned>(&self, method: Method, path: &str, body: &impl Serialize) -> T {
-        let (status, reply) = self
-            .call(method.clone(), path, serde_json::to_vec(body).unwrap().into())
-            .await;
-        assert!(
-            status.is_success(),
-            "{method} {path}: {status} {}",
-            String::from_utf8_lossy(&reply)
-        );
-        serde_json::from_slice(&reply).expect("JSON reply")
-    }
-
-    /// A call expected to fail, its error decoded.
-    async fn fails(&self, method: Method, path: &str, body: &impl Serialize) -> ApiError {
-        let (status, reply) = self
-            .call(method.clone(), path, serde_json::to_vec(body).unwrap().into())
-            .await;
-        assert!(
-            !status.is_success(),
-            "{method} {path} should fail: {}",
-            String::from_utf8_lossy(&reply)
-        );
-        let e: ApiError = serde_json::from_slice(&reply).expect("ApiError body");
-        assert_eq!(status.as_u16(), e.kind.http_status());
-        e
-    }
-
-    async fn inject(&self, id: Option<&str>, ttl_ms: u64, spec: FaultSpec) -> FaultInfo {
-        let req = FaultRequest {
-            id: id.map(String::from),
-            ttl_ms,
-            spec,
-        };
-        self.ok(Method::POST, "/v1/faults", &req).await
-    }
-
-    async fn faults(&self) -> Vec<FaultInfo> {
-        self.ok(Method::GET, "/v1/faults", &()).await
-    }
-
-    async fn start_proc(&self, spec: &ProcSpec) -> ProcStarted {
-        self.ok(Method::POST, "/v1/procs", spec).await
-    }
-
-    fn wait_exit(&mut self, bound: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + bound;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for TestAgent {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            if self.wait_exit(Duration::from_secs(5)).is_none() {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-            }
-        }
-        if std::thread::panicking() {
-            eprintln!("--- agent stderr ---\n{}", self.stderr());
-        }
     }
 }
 
@@ -405,49 +236,13 @@ fn bandwidth() -> FaultSpec {
     })
 }
 
-/// A process appending a line to `file` every 20 ms.
-fn writer(file: &Path) -> ProcSpec {
-    let script = format!("while :; do echo x >> '{}'; sleep 0.02; done", file.display());
-    quiet(ProcSpec::new("sh", ["-c", script.as_str()]))
-}
-
-fn quiet(mut spec: ProcSpec) -> ProcSpec {
-    spec.stdout = OutputSpec::Null;
-    spec.stderr = OutputSpec::Null;
-    spec
-}
-
-fn size(file: &Path) -> u64 {
-    std::fs::metadata(file).map(|m| m.len()).unwrap_or(0)
-}
-
-/// Whether `file` grows within `window`.
-async fn grows(file: &Path, window: Duration) -> bool {
-    let before = size(file);
-    tokio::time::sleep(window).await;
-    size(file) > before
-}
-
-async fn wait_until(bound: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + bound;
-    loop {
-        if check() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn full_partition_spares_the_control_port_and_heals() {
     require_root!();
     let node = Node::new();
     let pki = Pki::new(IpAddr::V4(node.node_ip));
     let root = tempfile::tempdir().unwrap();
-    let agent = TestAgent::start(Some(&node), &pki, root.path(), &[]);
+    let agent = start_in(&node, &pki, root.path(), &[]);
     let server = node.tcp_server(7000);
     assert!(
         server.reachable(Duration::from_secs(2)).await,
@@ -533,7 +328,7 @@ async fn ttl_expiry_heals_by_itself() {
     let node = Node::new();
     let pki = Pki::new(IpAddr::V4(node.node_ip));
     let root = tempfile::tempdir().unwrap();
-    let agent = TestAgent::start(Some(&node), &pki, root.path(), &[]);
+    let agent = start_in(&node, &pki, root.path(), &[]);
     let server = node.tcp_server(7001);
 
     let injected = Instant::now();
@@ -574,7 +369,7 @@ async fn a_sigkilled_agents_faults_are_healed_by_the_next_one() {
     let foreign = node.exec(&["sh", "-c", "nft add table inet cft_foreign && echo ok"]);
     assert!(foreign.contains("ok"));
 
-    let mut first = TestAgent::start(Some(&node), &pki, root.path(), &["--state-dir", state_arg]);
+    let mut first = start_in(&node, &pki, root.path(), &["--state-dir", state_arg]);
     first.inject(Some("part"), 60_000, full_partition()).await;
     first.inject(Some("bw"), 60_000, bandwidth()).await;
     assert!(node.qdiscs().contains(OUR_QDISC), "{}", node.qdiscs());
@@ -583,7 +378,7 @@ async fn a_sigkilled_agents_faults_are_healed_by_the_next_one() {
     assert!(node.ruleset().contains(OUR_TABLE), "the kill left the rules");
     assert!(!server.reachable(Duration::from_millis(300)).await);
 
-    let second = TestAgent::start(Some(&node), &pki, root.path(), &["--state-dir", state_arg]);
+    let second = start_in(&node, &pki, root.path(), &["--state-dir", state_arg]);
     let log = second.stderr();
     assert!(
         log.contains("healed a fault left by a previous agent") && log.contains("part") && log.contains("bw"),
@@ -620,7 +415,7 @@ async fn shutdown_heals_and_thaws_before_killing() {
     let node = Node::new();
     let pki = Pki::new(IpAddr::V4(node.node_ip));
     let root = tempfile::tempdir().unwrap();
-    let mut agent = TestAgent::start(Some(&node), &pki, root.path(), &[]);
+    let mut agent = start_in(&node, &pki, root.path(), &[]);
     let file = root.path().join("w.log");
     let proc = agent.start_proc(&writer(&file)).await;
     agent.inject(None, 60_000, full_partition()).await;
@@ -657,7 +452,7 @@ async fn heartbeat_loss_heals_before_exiting() {
     let node = Node::new();
     let pki = Pki::new(IpAddr::V4(node.node_ip));
     let root = tempfile::tempdir().unwrap();
-    let mut agent = TestAgent::start(Some(&node), &pki, root.path(), &["--heartbeat-timeout", "1s"]);
+    let mut agent = start_in(&node, &pki, root.path(), &["--heartbeat-timeout", "1s"]);
     agent.inject(None, 60_000, full_partition()).await;
     let exit = agent.wait_exit(Duration::from_secs(5)).expect("agent exits");
     assert_eq!(exit.code(), Some(3));
@@ -671,7 +466,7 @@ async fn link_faults_spare_the_control_interface_and_missing_things_are_named() 
     let node = Node::new();
     let pki = Pki::new(IpAddr::V4(node.node_ip));
     let root = tempfile::tempdir().unwrap();
-    let agent = TestAgent::start(Some(&node), &pki, root.path(), &[]);
+    let agent = start_in(&node, &pki, root.path(), &[]);
     let req = |spec| FaultRequest {
         id: None,
         ttl_ms: 10_000,
@@ -728,6 +523,8 @@ async fn link_faults_spare_the_control_interface_and_missing_things_are_named() 
     assert_eq!(e.kind, ErrorKind::NotFound);
     assert!(e.message.contains("nope0"), "{e}");
 
+    // Without --cgroup no cgroup is the node's (the freezer's own errors are covered by
+    // chaos-faults' tests).
     let not_a_cgroup = tempfile::tempdir().unwrap();
     let e = agent
         .fails(
@@ -738,8 +535,8 @@ async fn link_faults_spare_the_control_interface_and_missing_things_are_named() 
             })),
         )
         .await;
-    assert_eq!(e.kind, ErrorKind::Unsupported);
-    assert!(e.message.contains("cgroup freezer"), "{e}");
+    assert_eq!(e.kind, ErrorKind::PermissionDenied);
+    assert!(e.message.contains("without --cgroup"), "{e}");
     assert!(
         agent.faults().await.is_empty(),
         "failed injections leave nothing listed"
@@ -767,48 +564,6 @@ async fn link_faults_spare_the_control_interface_and_missing_things_are_named() 
         Some(Mechanism::SigStopTree),
         "no --cgroup"
     );
-}
-
-/// A cgroup made for one test, removed (with any leftover children) on drop.
-struct TestCgroup(PathBuf);
-
-impl TestCgroup {
-    fn create() -> Option<Self> {
-        let root = Path::new("/sys/fs/cgroup/unified");
-        if !root.join("cgroup.procs").exists() {
-            chaos_testkit::skip(
-                "faults (cgroup part)",
-                "cgroup2",
-                &format!("no cgroup v2 hierarchy at {}", root.display()),
-            );
-            return None;
-        }
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let dir = root.join(format!("chaos-agent-fault-test-{}-{n}", std::process::id()));
-        if let Err(e) = std::fs::create_dir(&dir) {
-            chaos_testkit::skip(
-                "faults (cgroup part)",
-                "cgroup2",
-                &format!("cannot create a cgroup: {e}"),
-            );
-            return None;
-        }
-        Some(Self(dir))
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        if let Ok(entries) = std::fs::read_dir(&self.0) {
-            for entry in entries.flatten().filter(|e| e.path().is_dir()) {
-                let _ = std::fs::write(entry.path().join("cgroup.freeze"), "0");
-                let _ = std::fs::write(entry.path().join("cgroup.kill"), "1");
-                std::thread::sleep(Duration::from_millis(50));
-                let _ = std::fs::remove_dir(entry.path());
-            }
-        }
-        let _ = std::fs::remove_dir(&self.0);
-    }
 }
 
 /// Freeze by proc id stops the writer, heal resumes it; `all_procs` freezes every process
@@ -885,7 +640,7 @@ async fn freeze_round(agent: &TestAgent, dir: &Path, expected: Mechanism) {
 async fn freeze_by_proc_id_with_sigstop() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(IpAddr::V4(Ipv4Addr::LOCALHOST));
-    let agent = TestAgent::start(None, &pki, dir.path(), &[]);
+    let agent = TestAgent::start(&pki, dir.path(), &[]);
     freeze_round(&agent, dir.path(), Mechanism::SigStopTree).await;
 }
 
@@ -910,7 +665,7 @@ async fn freeze_by_proc_id_with_the_cgroup_freezer() {
     }
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(IpAddr::V4(Ipv4Addr::LOCALHOST));
-    let agent = TestAgent::start(None, &pki, dir.path(), &["--cgroup", cg.0.to_str().unwrap()]);
+    let agent = TestAgent::start(&pki, dir.path(), &["--cgroup", cg.0.to_str().unwrap()]);
     freeze_round(&agent, dir.path(), Mechanism::CgroupV2Freeze).await;
     let probe: ProbeReport = agent.ok(Method::GET, "/v1/probe", &()).await;
     assert_eq!(
@@ -924,7 +679,7 @@ async fn freeze_by_proc_id_with_the_cgroup_freezer() {
 async fn kill_all_kills_every_tree() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(IpAddr::V4(Ipv4Addr::LOCALHOST));
-    let agent = TestAgent::start(None, &pki, dir.path(), &[]);
+    let agent = TestAgent::start(&pki, dir.path(), &[]);
     let tree = quiet(ProcSpec::new("sh", ["-c", "sleep 100 & sleep 100"]));
     let a = agent.start_proc(&tree).await;
     let b = agent.start_proc(&tree).await;
@@ -981,7 +736,7 @@ fn cmdline(pid: u32) -> String {
 async fn restart_runs_the_same_command_under_a_new_pid() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(IpAddr::V4(Ipv4Addr::LOCALHOST));
-    let agent = TestAgent::start(None, &pki, dir.path(), &[]);
+    let agent = TestAgent::start(&pki, dir.path(), &[]);
     let first = agent.start_proc(&quiet(ProcSpec::new("sleep", ["101"]))).await;
     let second: ProcStarted = agent
         .ok(
@@ -1041,7 +796,7 @@ async fn restart_runs_the_same_command_under_a_new_pid() {
 async fn signal_reaches_processes_by_pid_group_and_name() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(IpAddr::V4(Ipv4Addr::LOCALHOST));
-    let agent = TestAgent::start(None, &pki, dir.path(), &[]);
+    let agent = TestAgent::start(&pki, dir.path(), &[]);
     // A unique command name, so no other process on the machine matches.
     let name = format!("cfs{}", std::process::id());
     let link = dir.path().join(&name);

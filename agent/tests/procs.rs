@@ -382,3 +382,122 @@ async fn detached_processes_write_files_and_can_be_signalled_and_waited() {
         .await;
     assert_eq!(reply.exit.and_then(|e| e.signal), Some(36));
 }
+
+#[tokio::test]
+async fn an_over_limit_spec_is_refused_naming_the_limit() {
+    let agent = Agent::start(&[]);
+    // Small enough for any request-body limit, too many entries for a spec.
+    let args = vec!["a"; chaos_proto::limits::MAX_PROC_ARGS + 1];
+    let spec = detached("true", &args);
+    let (status, e) = api_error(
+        &agent,
+        Method::POST,
+        "/v1/procs",
+        serde_json::to_vec(&spec).unwrap(),
+    )
+    .await;
+    assert_eq!((status, e.kind), (400, ErrorKind::InvalidRequest), "{e}");
+    assert!(
+        e.message.contains("MAX_PROC_ARGS")
+            && e.message
+                .contains(&chaos_proto::limits::MAX_PROC_ARGS.to_string()),
+        "{e}"
+    );
+
+    // Through the exec WebSocket, whose messages may be larger: the spec's own size limit.
+    let mut spec = ProcSpec::new("true", Vec::<String>::new());
+    spec.env
+        .insert("BULK".into(), "x".repeat(chaos_proto::limits::MAX_PROC_SPEC));
+    match exec(&agent, &spec).await {
+        (_, ServerEvent::Error(e)) => {
+            assert_eq!(e.kind, ErrorKind::InvalidRequest, "{e}");
+            assert!(e.message.contains("MAX_PROC_SPEC"), "{e}");
+        }
+        (_, other) => panic!("an over-limit spec started: {other:?}"),
+    }
+    let list: Vec<ProcInfo> = agent.get("/v1/procs").await;
+    assert!(list.is_empty(), "nothing was started: {list:?}");
+}
+
+/// `GET /v1/procs`: the reply's size, its entries and the table size the agent reports.
+async fn list_with_total(agent: &Agent) -> (usize, Vec<ProcInfo>, Option<usize>) {
+    use http_body_util::{BodyExt, Full};
+    let tls = common::tls_connect(agent.addr, &agent.client).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::get("/v1/procs")
+        .header("host", agent.addr.to_string())
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = tokio::time::timeout(common::WAIT, sender.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(resp.status().is_success());
+    let total = resp
+        .headers()
+        .get(chaos_proto::PROCS_TOTAL_HEADER)
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (body.len(), serde_json::from_slice(&body).unwrap(), total)
+}
+
+#[tokio::test]
+async fn six_hundred_exited_processes_leave_the_table_and_its_reply_bounded() {
+    use chaos_proto::limits::{MAX_EXITED_PROC_SPEC_BYTES, MAX_EXITED_PROCS, MAX_PROCS_REPLY_BYTES};
+    let agent = std::sync::Arc::new(Agent::start(&[]));
+    // Each spec carries 128 KiB (in arguments of 32 KiB: one string may not exceed 128 KiB):
+    // 600 of them would hold 77 MB if the table kept them all.
+    const COUNT: usize = 600;
+    let chunk = "x".repeat(32 * 1024);
+    let spec = detached("true", &[chunk.as_str(); 4]);
+    let spec_bytes = spec.size();
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..8 {
+        let (agent, spec) = (agent.clone(), spec.clone());
+        tasks.spawn(async move {
+            for _ in (worker..COUNT).step_by(8) {
+                let _: ProcStarted = agent.post("/v1/procs", &spec).await;
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (bytes, list, total) = loop {
+        let (bytes, list, total) = list_with_total(&agent).await;
+        if list.iter().all(|p| p.exit.is_some()) || Instant::now() > deadline {
+            break (bytes, list, total);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        list.iter().all(|p| p.exit.is_some()),
+        "{} still running",
+        list.iter().filter(|p| p.exit.is_none()).count()
+    );
+    let total = total.expect("the reply says how many processes the table holds");
+    let kept = (MAX_EXITED_PROC_SPEC_BYTES / spec_bytes).min(MAX_EXITED_PROCS);
+    assert!(
+        total <= kept,
+        "the table holds {total} exited processes, more than {kept}"
+    );
+    assert!(total > 0, "the newest exited processes stay listed");
+    assert_eq!(list.len(), total, "under the reply's bounds nothing is left out");
+    assert!(bytes <= MAX_PROCS_REPLY_BYTES, "a {bytes}-byte reply");
+    // The newest first: the last process started is listed.
+    let newest = list.iter().map(|p| p.id).max().unwrap();
+    assert_eq!(newest, COUNT as u64);
+    let rss = std::fs::read_to_string(format!("/proc/{}/status", agent.child.id()))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .map(str::to_string)
+        .unwrap_or_default();
+    eprintln!(
+        "after {COUNT} exited processes of {spec_bytes} bytes: {total} kept, reply {bytes} bytes, agent {rss}"
+    );
+}

@@ -79,6 +79,16 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A heal ran but the kernel does not confirm its effect is gone (a process still stopped,
+    /// a cgroup still frozen, a rule still present), or cannot be asked. The object stays in
+    /// the ledger and the heal must be retried.
+    #[error("{object} is not healed: {reason}")]
+    NotHealed {
+        /// What is still in place, e.g. `"stopped process 4242"`.
+        object: String,
+        /// What the kernel said, or why it could not be asked.
+        reason: String,
+    },
     /// A bounded wait ran out.
     #[error("timed out after {ms} ms waiting for {what}")]
     Timeout {

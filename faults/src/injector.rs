@@ -1,4 +1,5 @@
-//! The injector: installs faults, records them in the ledger first, heals them exactly.
+//! The injector: installs faults, records them in the ledger first, heals them exactly — and
+//! only forgets a fault once the kernel confirms its effect is gone.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,7 +11,7 @@ use crate::ledger::{Installed, Ledger, LedgerEntry};
 use crate::nfqueue::Shaper;
 use crate::nft::{self, Action, Nft};
 use crate::spec::{FaultSpec, FreezeTarget, Mechanism};
-use crate::{link, process, qdisc};
+use crate::{cgroup, link, process, qdisc};
 
 /// Handle major number of every qdisc we install (`c4a0:`).
 pub const QDISC_HANDLE: u32 = 0xC4A0_0000;
@@ -35,6 +36,18 @@ pub struct HealReport {
     pub healed: Vec<LedgerEntry>,
     /// Entries whose object was already gone.
     pub already_gone: Vec<LedgerEntry>,
+    /// Entries whose heal failed or could not be verified; they stay in the ledger.
+    #[serde(default)]
+    pub failed: Vec<FailedHeal>,
+}
+
+/// A ledger entry that could not be healed (or whose heal could not be verified).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedHeal {
+    /// The entry, still in the ledger.
+    pub entry: LedgerEntry,
+    /// Why.
+    pub error: String,
 }
 
 /// Installs and heals faults in the calling thread's network namespace, keeping a ledger.
@@ -55,7 +68,7 @@ pub struct Injector {
 
 /// A lazily opened nf_tables socket, bound to the network namespace of its first use.
 #[derive(Default)]
-struct NftConn(Option<Nft>);
+pub(crate) struct NftConn(Option<Nft>);
 
 impl NftConn {
     fn get(&mut self) -> Result<&mut Nft> {
@@ -70,14 +83,26 @@ impl Injector {
     /// Opens the ledger at `state_path`, heals whatever a previous process left there, and
     /// returns an injector that never affects the local TCP ports in `exempt_tcp_ports` (both
     /// directions), e.g. the agent's own control port.
+    ///
+    /// Entries whose heal fails or cannot be verified stay in the ledger (see
+    /// [`HealReport::failed`] and [`Injector::leftovers`]); heal them later with
+    /// [`Injector::heal`]. Only an unreadable ledger is an error.
     pub fn new(state_path: impl AsRef<Path>, exempt_tcp_ports: &[u16]) -> Result<Self> {
         let mut ledger = Ledger::open(state_path.as_ref())?;
         let mut nft = NftConn::default();
-        let startup_heal = heal_ledger(&mut ledger, &mut nft)?;
+        let startup_heal = heal_ledger(&mut ledger, &mut nft);
         if !startup_heal.healed.is_empty() {
             tracing::warn!(
                 count = startup_heal.healed.len(),
                 "healed faults left by a previous process"
+            );
+        }
+        for failed in &startup_heal.failed {
+            tracing::error!(
+                fault = %failed.entry.fault,
+                object = ?failed.entry.installed,
+                "a fault left by a previous process is not healed, kept in the ledger: {}",
+                failed.error
             );
         }
         Ok(Self {
@@ -98,6 +123,20 @@ impl Injector {
     /// The faults installed now.
     pub fn active(&self) -> Vec<ActiveFault> {
         self.active.values().cloned().collect()
+    }
+
+    /// Ids the ledger still records that this injector did not install: a previous process's
+    /// faults whose heal failed or could not be verified. [`Injector::heal`] retries them.
+    pub fn leftovers(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .ledger
+            .entries()
+            .iter()
+            .filter(|e| !self.active.contains_key(&e.fault))
+            .map(|e| e.fault.clone())
+            .collect();
+        ids.dedup();
+        ids
     }
 
     /// Installs fault `id`. The object is recorded in the ledger before it is created; on
@@ -224,15 +263,19 @@ impl Injector {
                 Ok(Mechanism::RtnetlinkLink)
             }
             FaultSpec::Freeze(FreezeTarget::Cgroup { path }) => {
-                let v2 = process::cgroup_is_v2(Path::new(path))?;
+                let v2 = cgroup::cgroup_is_v2(Path::new(path))?;
+                // Recorded so that a heal can tell "gone" from "not visible from here".
+                let mount =
+                    cgroup::cgroup_mount_of(Path::new(path), v2)?.map(|m| m.to_string_lossy().into_owned());
                 self.ledger.record(
                     id,
                     Installed::CgroupFrozen {
                         path: path.clone(),
                         v2,
+                        mount,
                     },
                 )?;
-                process::freeze_cgroup(Path::new(path))
+                cgroup::freeze_cgroup(Path::new(path))
             }
             FaultSpec::Freeze(FreezeTarget::ProcessTree { pid }) => {
                 let tree = process::tree(*pid)?;
@@ -268,8 +311,10 @@ impl Injector {
         ))
     }
 
-    /// Heals fault `id`: removes or restores everything recorded for it. Idempotent: healing an
-    /// unknown or already-healed id is `Ok(false)`.
+    /// Heals fault `id`: removes or restores everything recorded for it, checks with the
+    /// kernel that the effect is gone, and only then forgets it. Idempotent: healing an unknown
+    /// or already-healed id is `Ok(false)`. On error the fault stays active and recorded, so
+    /// calling `heal` again retries it.
     pub fn heal(&mut self, id: &str) -> Result<bool> {
         let entries: Vec<LedgerEntry> = self
             .ledger
@@ -278,12 +323,13 @@ impl Injector {
             .filter(|e| e.fault == id)
             .cloned()
             .collect();
-        let mut found = self.active.remove(id).is_some();
+        let mut found = self.active.contains_key(id);
         for entry in entries.iter().rev() {
             heal_installed(&entry.installed, &mut self.nft)?;
             self.ledger.forget(entry)?;
             found = true;
         }
+        self.active.remove(id);
         // Stop the userspace shaper only after its rules are gone, so no packet is queued to a
         // queue nobody reads (bypass would let it through anyway).
         if let Some(shaper) = self.shapers.remove(id) {
@@ -314,39 +360,141 @@ impl Injector {
     }
 }
 
-/// Removes exactly what the state file at `state_path` records (newest first) and empties it.
-/// Idempotent: objects already gone are reported as such, not as errors.
+/// Removes exactly what the state file at `state_path` records (newest first) and forgets each
+/// entry once its heal is verified. Idempotent: objects already gone are reported as such.
+/// Fails with [`Error::NotHealed`] naming every entry that could not be healed or verified;
+/// those stay in the state file, so calling it again retries them.
 pub fn heal_leftovers(state_path: impl AsRef<Path>) -> Result<HealReport> {
     let mut ledger = Ledger::open(state_path.as_ref())?;
-    heal_ledger(&mut ledger, &mut NftConn::default())
+    let report = heal_ledger(&mut ledger, &mut NftConn::default());
+    if report.failed.is_empty() {
+        return Ok(report);
+    }
+    Err(Error::NotHealed {
+        object: format!(
+            "{} of the objects recorded in {}",
+            report.failed.len(),
+            ledger.path().display()
+        ),
+        reason: report
+            .failed
+            .iter()
+            .map(|f| format!("fault {}: {}", f.entry.fault, f.error))
+            .collect::<Vec<_>>()
+            .join("; "),
+    })
 }
 
-fn heal_ledger(ledger: &mut Ledger, nft: &mut NftConn) -> Result<HealReport> {
+/// Heals every entry (newest first); entries whose heal fails or is not verified stay.
+fn heal_ledger(ledger: &mut Ledger, nft: &mut NftConn) -> HealReport {
     let mut report = HealReport::default();
     let entries: Vec<LedgerEntry> = ledger.entries().to_vec();
     for entry in entries.iter().rev() {
-        if heal_installed(&entry.installed, nft)? {
+        let healed = match heal_installed(&entry.installed, nft) {
+            Ok(healed) => healed,
+            Err(e) => {
+                report.failed.push(FailedHeal {
+                    entry: entry.clone(),
+                    error: e.to_string(),
+                });
+                continue;
+            }
+        };
+        if let Err(e) = ledger.forget(entry) {
+            // Healed, but still recorded: the next heal finds it already gone.
+            report.failed.push(FailedHeal {
+                entry: entry.clone(),
+                error: e.to_string(),
+            });
+        } else if healed {
             report.healed.push(entry.clone());
         } else {
             report.already_gone.push(entry.clone());
         }
-        ledger.forget(entry)?;
     }
-    Ok(report)
+    report
 }
 
-/// Removes or restores one object. Returns whether there was anything to do.
+/// Removes or restores one object, then checks with the kernel that it is gone
+/// ([`verify_healed`]). Returns whether there was anything to do.
 fn heal_installed(installed: &Installed, nft: &mut NftConn) -> Result<bool> {
-    match installed {
-        Installed::NftChains { fault } => nft.get()?.remove(fault),
-        Installed::RootQdisc { interface, handle } => qdisc::remove_root(interface, *handle),
+    let did = match installed {
+        Installed::NftChains { fault } => nft.get()?.remove(fault)?,
+        Installed::RootQdisc { interface, handle } => qdisc::remove_root(interface, *handle)?,
         Installed::Link {
             interface,
             was_up,
             mtu,
-        } => link::restore(interface, *was_up, *mtu),
-        Installed::CgroupFrozen { path, v2 } => process::thaw_cgroup(Path::new(path), *v2),
-        Installed::StoppedProcesses { pids } => process::continue_processes(pids),
+        } => link::restore(interface, *was_up, *mtu)?,
+        Installed::CgroupFrozen { path, v2, mount } => {
+            cgroup::thaw_cgroup(Path::new(path), *v2, mount.as_deref().map(Path::new))?
+        }
+        // Verifies as it goes: SIGCONT, then no recorded process may still be stopped.
+        Installed::StoppedProcesses { pids } => process::continue_processes(pids)?,
+    };
+    verify_healed(installed, nft)?;
+    Ok(did)
+}
+
+/// Reads back what the kernel holds and fails with [`Error::NotHealed`] while the effect of
+/// `installed` is still there: our chains in our table, our root qdisc, the changed link
+/// state, a frozen cgroup, a stopped process. A read that fails is an error too — never
+/// taken for "gone".
+fn verify_healed(installed: &Installed, nft: &mut NftConn) -> Result<()> {
+    match installed {
+        Installed::NftChains { fault } => {
+            let (chain_in, chain_out) = nft::fault_chains(fault);
+            let left: Vec<String> = nft
+                .get()?
+                .chains()?
+                .into_iter()
+                .filter(|c| *c == chain_in || *c == chain_out)
+                .collect();
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(Error::NotHealed {
+                    object: format!("nftables rules of fault {fault}"),
+                    reason: format!("chains {left:?} are still in table inet {}", nft::TABLE),
+                })
+            }
+        }
+        Installed::RootQdisc { interface, handle } => {
+            let index = match link::get(interface) {
+                Ok(state) => state.index,
+                Err(Error::NotFound(_)) => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            match qdisc::root_qdisc(index, interface)? {
+                Some((kind, h)) if h == *handle => Err(Error::NotHealed {
+                    object: format!("root qdisc of {interface}"),
+                    reason: format!("our {kind} {:x}: is still the root qdisc", h >> 16),
+                }),
+                _ => Ok(()),
+            }
+        }
+        Installed::Link {
+            interface,
+            was_up,
+            mtu,
+        } => match link::get(interface) {
+            Err(Error::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+            Ok(now) if now.up == *was_up && now.mtu == *mtu => Ok(()),
+            Ok(now) => Err(Error::NotHealed {
+                object: format!("link {interface}"),
+                reason: format!(
+                    "it is {} with MTU {}; it was {} with MTU {mtu}",
+                    if now.up { "up" } else { "down" },
+                    now.mtu,
+                    if *was_up { "up" } else { "down" },
+                ),
+            }),
+        },
+        Installed::CgroupFrozen { path, v2, mount } => {
+            cgroup::verify_thawed(Path::new(path), *v2, mount.as_deref().map(Path::new))
+        }
+        Installed::StoppedProcesses { pids } => process::verify_not_stopped(pids),
     }
 }
 

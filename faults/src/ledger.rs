@@ -47,6 +47,11 @@ pub enum Installed {
         path: String,
         /// v2 (`cgroup.freeze`) or v1 (`freezer.state`).
         v2: bool,
+        /// Where its cgroup filesystem was mounted when it was frozen, so a heal can tell a
+        /// cgroup that is gone from one this process cannot see (see
+        /// [`crate::cgroup::cgroup_gone`]). Absent in entries of older versions.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mount: Option<String>,
     },
     /// Processes we stopped with SIGSTOP, identified by pid and start time (so a reused pid is
     /// never sent SIGCONT).
@@ -71,7 +76,8 @@ struct LedgerFile {
     entries: Vec<LedgerEntry>,
 }
 
-/// The state file. Every change is written atomically (temp file, fsync, rename).
+/// The state file. Every change is one write of the whole document (see the module docs); the
+/// in-memory entries change only once the write succeeded.
 #[derive(Debug)]
 pub struct Ledger {
     path: PathBuf,
@@ -114,36 +120,48 @@ impl Ledger {
         &self.entries
     }
 
-    /// Records an object (before installing it) and persists.
+    /// Records an object (before installing it) and persists. When the file cannot be written
+    /// nothing is recorded, in memory either, so the caller must not install the object.
     pub fn record(&mut self, fault: &str, installed: Installed) -> Result<()> {
-        self.entries.push(LedgerEntry {
+        let mut next = self.entries.clone();
+        next.push(LedgerEntry {
             fault: fault.to_string(),
             installed,
         });
-        self.save()
+        self.commit(next)
     }
 
-    /// Forgets one entry (after removing its object) and persists.
+    /// Forgets one entry (after removing its object) and persists. When the file cannot be
+    /// written the entry stays, in memory too, so a later heal still finds it.
     pub fn forget(&mut self, entry: &LedgerEntry) -> Result<()> {
         if let Some(i) = self.entries.iter().position(|e| e == entry) {
-            self.entries.remove(i);
-            self.save()?;
+            let mut next = self.entries.clone();
+            next.remove(i);
+            self.commit(next)?;
         }
         Ok(())
     }
 
     /// Replaces an entry (e.g. to add details learnt while installing) and persists.
     pub fn replace(&mut self, old: &LedgerEntry, new: Installed) -> Result<()> {
-        if let Some(e) = self.entries.iter_mut().find(|e| *e == old) {
+        let mut next = self.entries.clone();
+        if let Some(e) = next.iter_mut().find(|e| *e == old) {
             e.installed = new;
         }
-        self.save()
+        self.commit(next)
     }
 
-    fn save(&self) -> Result<()> {
+    /// Writes `entries` and, once they are on file, makes them the ledger's.
+    fn commit(&mut self, entries: Vec<LedgerEntry>) -> Result<()> {
+        self.save(&entries)?;
+        self.entries = entries;
+        Ok(())
+    }
+
+    fn save(&self, entries: &[LedgerEntry]) -> Result<()> {
         let file = LedgerFile {
             version: 1,
-            entries: self.entries.clone(),
+            entries: entries.to_vec(),
         };
         let json = serde_json::to_vec_pretty(&file).expect("ledger entries always serialize");
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -208,6 +226,50 @@ mod tests {
         short.extend_from_slice(&long[short.len()..]);
         fs::write(&path, short).unwrap();
         assert!(Ledger::open(&path).unwrap().entries().is_empty());
+    }
+
+    #[test]
+    fn a_failed_write_changes_nothing_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let mut l = Ledger::open(&path).unwrap();
+        l.record("f1", Installed::NftChains { fault: "f1".into() })
+            .unwrap();
+        // The file becomes unwritable (a directory in its place): forgetting must keep the
+        // entry, or a retried heal would find nothing left to heal.
+        fs::remove_file(&path).unwrap();
+        fs::create_dir(&path).unwrap();
+        let entry = l.entries()[0].clone();
+        assert!(l.forget(&entry).is_err());
+        assert_eq!(l.entries(), [entry]);
+        assert!(
+            l.record("f2", Installed::NftChains { fault: "f2".into() })
+                .is_err()
+        );
+        assert_eq!(l.entries().len(), 1, "an unrecorded object is not listed");
+        fs::remove_dir(&path).unwrap();
+        l.forget(&l.entries()[0].clone()).unwrap();
+        assert!(Ledger::open(&path).unwrap().entries().is_empty());
+    }
+
+    #[test]
+    fn old_cgroup_entries_without_a_mount_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        fs::write(
+            &path,
+            r#"{"version":1,"entries":[{"fault":"c","installed":{"object":"cgroup_frozen","path":"/x","v2":true}}]}"#,
+        )
+        .unwrap();
+        let l = Ledger::open(&path).unwrap();
+        assert_eq!(
+            l.entries()[0].installed,
+            Installed::CgroupFrozen {
+                path: "/x".into(),
+                v2: true,
+                mount: None
+            }
+        );
     }
 
     #[test]

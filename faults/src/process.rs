@@ -1,18 +1,24 @@
-//! Process faults: signals, the cgroup freezer (v2 and v1), SIGSTOP/SIGCONT of a process tree,
-//! and `cgroup.kill`.
+//! Process faults: signals, SIGSTOP/SIGCONT of a process tree, and what `/proc` says about a
+//! process — the one `/proc/<pid>/stat` parser of the agent and this crate ([`ProcStat`]).
+//! The cgroup freezer and `cgroup.kill` live in [`crate::cgroup`] and are re-exported here.
+//!
+//! "Gone" is decided by the kernel: a process is gone when reading `/proc/<pid>/…` fails with
+//! ENOENT or ESRCH. Any other failure (EMFILE when the agent is out of descriptors, EACCES…) is
+//! an error, never "gone", so a heal that cannot look never reports success.
 
 use std::fs;
-use std::path::Path;
+use std::io;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 
+pub use crate::cgroup::{cgroup_is_v2, freeze_cgroup, kill_cgroup, thaw_cgroup};
 use crate::error::{Error, Result};
 use crate::spec::Mechanism;
 
-/// How long we wait for a cgroup to report frozen/thawed or empty.
-const CGROUP_WAIT: Duration = Duration::from_secs(5);
+/// How long a heal waits for continued processes to leave the stopped state.
+const CONTINUE_WAIT: Duration = Duration::from_secs(1);
 
 fn to_signal(sig: i32) -> Result<Option<Signal>> {
     if sig == 0 {
@@ -52,17 +58,88 @@ pub fn signal_group(pgid: i32, sig: i32) -> Result<Mechanism> {
     Ok(Mechanism::Signal)
 }
 
-/// Pids of the processes whose command name (`/proc/<pid>/comm`, at most 15 bytes) is `name`.
-pub fn pids_by_name(name: &str) -> Result<Vec<i32>> {
-    let mut pids = Vec::new();
+/// Whether a failed read of a `/proc/<pid>` file means the process is gone.
+pub(crate) fn is_gone(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ESRCH))
+}
+
+/// The fields of `/proc/<pid>/stat` chaos uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcStat {
+    /// State letter: `R`, `S`, `D`, `T` (stopped), `t` (tracing stop), `Z` (zombie), …
+    pub state: char,
+    /// Parent pid.
+    pub ppid: i32,
+    /// Process group id.
+    pub pgrp: i32,
+    /// Start time in clock ticks since boot, which tells a process apart from a later one
+    /// reusing its pid.
+    pub start_time: u64,
+}
+
+impl ProcStat {
+    /// Parses the text of `/proc/<pid>/stat`. The command name (field 2) may contain spaces
+    /// and parentheses, so fields are counted from the last `)`.
+    pub fn parse(stat: &str) -> Option<Self> {
+        let (_, rest) = stat.rsplit_once(')')?;
+        let mut fields = rest.split_whitespace();
+        let state = fields.next()?.chars().next()?;
+        let ppid = fields.next()?.parse().ok()?;
+        let pgrp = fields.next()?.parse().ok()?;
+        // Field 22 (starttime) is the 20th after the name; three are consumed.
+        let start_time = fields.nth(16)?.parse().ok()?;
+        Some(Self {
+            state,
+            ppid,
+            pgrp,
+            start_time,
+        })
+    }
+
+    /// Stopped by a signal (SIGSTOP, SIGTSTP…), state `T`.
+    pub fn is_stopped(&self) -> bool {
+        self.state == 'T'
+    }
+
+    /// Dead, waiting to be reaped (`Z`) or being torn down (`X`).
+    pub fn is_dead(&self) -> bool {
+        matches!(self.state, 'Z' | 'X' | 'x')
+    }
+}
+
+/// Reads `/proc/<pid>/stat`. `Ok(None)` when the process is gone (ENOENT/ESRCH); any other
+/// failure is an error.
+pub fn stat(pid: i32) -> Result<Option<ProcStat>> {
+    if pid <= 0 {
+        return Ok(None);
+    }
+    let path = format!("/proc/{pid}/stat");
+    match fs::read_to_string(&path) {
+        Ok(text) => ProcStat::parse(&text).map(Some).ok_or_else(|| {
+            Error::io(
+                "parse",
+                path,
+                io::Error::new(io::ErrorKind::InvalidData, format!("unexpected content {text:?}")),
+            )
+        }),
+        Err(e) if is_gone(&e) => Ok(None),
+        Err(e) => Err(Error::io("read", path, e)),
+    }
+}
+
+/// Start time of `pid` in clock ticks since boot (see [`ProcStat::start_time`]). `Ok(None)`
+/// when the process is gone.
+pub fn start_time(pid: i32) -> Result<Option<u64>> {
+    Ok(stat(pid)?.map(|s| s.start_time))
+}
+
+/// The pids listed in `/proc`, in ascending order.
+fn proc_pids() -> Result<Vec<i32>> {
     let dir = fs::read_dir("/proc").map_err(|e| Error::io("read directory", "/proc", e))?;
-    for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        if let Ok(comm) = fs::read_to_string(entry.path().join("comm"))
-            && comm.trim_end_matches('\n') == name
-        {
+    let mut pids = Vec::new();
+    for entry in dir {
+        let entry = entry.map_err(|e| Error::io("read directory", "/proc", e))?;
+        if let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) {
             pids.push(pid);
         }
     }
@@ -70,41 +147,87 @@ pub fn pids_by_name(name: &str) -> Result<Vec<i32>> {
     Ok(pids)
 }
 
-/// Start time of `pid` in clock ticks since boot (field 22 of `/proc/<pid>/stat`), which tells
-/// a process apart from a later one reusing its pid. `None` when the process is gone.
-pub fn start_time(pid: i32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may contain spaces and parentheses: skip past the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+/// Every process with its [`ProcStat`], by pid. Processes that exit during the scan are left
+/// out; a `/proc` that cannot be read is an error.
+pub fn processes() -> Result<Vec<(i32, ProcStat)>> {
+    let mut out = Vec::new();
+    for pid in proc_pids()? {
+        if let Some(st) = stat(pid)? {
+            out.push((pid, st));
+        }
+    }
+    Ok(out)
+}
+
+/// Live (not zombie) members of process group `pgid`, by pid.
+pub fn group_members(pgid: i32) -> Result<Vec<i32>> {
+    Ok(processes()?
+        .into_iter()
+        .filter(|(_, st)| st.pgrp == pgid && !st.is_dead())
+        .map(|(pid, _)| pid)
+        .collect())
+}
+
+/// Pids of the processes whose command name (`/proc/<pid>/comm`, at most 15 bytes) is `name`.
+pub fn pids_by_name(name: &str) -> Result<Vec<i32>> {
+    let mut pids = Vec::new();
+    for pid in proc_pids()? {
+        let path = format!("/proc/{pid}/comm");
+        match fs::read_to_string(&path) {
+            Ok(comm) if comm.trim_end_matches('\n') == name => pids.push(pid),
+            Ok(_) => {}
+            Err(e) if is_gone(&e) => {}
+            Err(e) => return Err(Error::io("read", path, e)),
+        }
+    }
+    Ok(pids)
 }
 
 /// `pid` and all its descendants (via `/proc/<pid>/task/*/children`), parents first, each with
 /// its start time.
 pub fn tree(pid: i32) -> Result<Vec<(i32, u64)>> {
-    let root = start_time(pid).ok_or_else(|| Error::NotFound(format!("process {pid}")))?;
+    let root = start_time(pid)?.ok_or_else(|| Error::NotFound(format!("process {pid}")))?;
     let mut out = vec![(pid, root)];
     let mut i = 0;
     while i < out.len() {
         let p = out[i].0;
         i += 1;
-        let Ok(tasks) = fs::read_dir(format!("/proc/{p}/task")) else {
-            continue;
-        };
-        for task in tasks.flatten() {
-            let Ok(children) = fs::read_to_string(task.path().join("children")) else {
+        for child in children(p)? {
+            if out.iter().any(|(q, _)| *q == child) {
                 continue;
-            };
-            for child in children.split_whitespace().filter_map(|c| c.parse::<i32>().ok()) {
-                if out.iter().any(|(q, _)| *q == child) {
-                    continue;
-                }
-                if let Some(st) = start_time(child) {
-                    out.push((child, st));
-                }
+            }
+            if let Some(st) = start_time(child)? {
+                out.push((child, st));
             }
         }
     }
+    Ok(out)
+}
+
+/// The children of `pid`, from each of its threads' `children` file; empty when it is gone.
+pub fn children(pid: i32) -> Result<Vec<i32>> {
+    let task_dir = format!("/proc/{pid}/task");
+    let tasks = match fs::read_dir(&task_dir) {
+        Ok(t) => t,
+        Err(e) if is_gone(&e) => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("read directory", task_dir, e)),
+    };
+    let mut out = Vec::new();
+    for task in tasks {
+        let task = match task {
+            Ok(t) => t,
+            Err(e) if is_gone(&e) => continue,
+            Err(e) => return Err(Error::io("read directory", &task_dir, e)),
+        };
+        let path = task.path().join("children");
+        match fs::read_to_string(&path) {
+            Ok(text) => out.extend(text.split_whitespace().filter_map(|c| c.parse::<i32>().ok())),
+            Err(e) if is_gone(&e) => {}
+            Err(e) => return Err(Error::io("read", path, e)),
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
     Ok(out)
 }
 
@@ -113,16 +236,23 @@ pub fn stop_processes(pids: &[(i32, u64)]) -> Result<()> {
     send_to_live(pids, Signal::SIGSTOP).map(|_| ())
 }
 
-/// Sends SIGCONT to each `(pid, start time)` still alive with that start time. Returns whether
-/// any was.
+/// Sends SIGCONT to each `(pid, start time)` still alive with that start time, then checks
+/// that none of them is still stopped ([`verify_not_stopped`]). Returns whether any was alive.
 pub fn continue_processes(pids: &[(i32, u64)]) -> Result<bool> {
-    send_to_live(pids, Signal::SIGCONT)
+    let any = send_to_live(pids, Signal::SIGCONT)?;
+    verify_not_stopped(pids)?;
+    Ok(any)
+}
+
+/// The recorded process that is still `pid` (same start time) and not yet reaped.
+fn live_stat(pid: i32, start: u64) -> Result<Option<ProcStat>> {
+    Ok(stat(pid)?.filter(|st| st.start_time == start && !st.is_dead()))
 }
 
 fn send_to_live(pids: &[(i32, u64)], sig: Signal) -> Result<bool> {
     let mut any = false;
     for &(pid, start) in pids {
-        if start_time(pid) != Some(start) {
+        if live_stat(pid, start)?.is_none() {
             continue;
         }
         match signal::kill(Pid::from_raw(pid), sig) {
@@ -140,122 +270,34 @@ fn send_to_live(pids: &[(i32, u64)], sig: Signal) -> Result<bool> {
     Ok(any)
 }
 
-/// Whether `path` is a cgroup v2 directory with `cgroup.freeze` (true) or a v1 freezer cgroup
-/// with `freezer.state` (false).
-pub fn cgroup_is_v2(path: &Path) -> Result<bool> {
-    if !path.is_dir() {
-        return Err(Error::NotFound(format!("cgroup directory {}", path.display())));
-    }
-    if path.join("cgroup.freeze").exists() {
-        Ok(true)
-    } else if path.join("freezer.state").exists() {
-        Ok(false)
-    } else {
-        Err(Error::Unsupported {
-            feature: "cgroup freezer (cgroup v2 cgroup.freeze or v1 freezer controller)",
-            reason: format!("{} has neither cgroup.freeze nor freezer.state", path.display()),
-        })
-    }
-}
-
-fn write(path: &Path, value: &str) -> Result<()> {
-    fs::write(path, value).map_err(|e| Error::io("write", path, e))
-}
-
-fn wait_until(what: impl Fn() -> String, mut done: impl FnMut() -> Result<bool>) -> Result<()> {
-    let end = Instant::now() + CGROUP_WAIT;
+/// Checks that no process of `pids` that is still alive (same start time) is stopped (state
+/// `T`), waiting up to a second for SIGCONT to take effect. Fails with
+/// [`Error::NotHealed`] naming the first one still stopped, or with the error that kept it
+/// from looking.
+pub fn verify_not_stopped(pids: &[(i32, u64)]) -> Result<()> {
+    let end = Instant::now() + CONTINUE_WAIT;
     loop {
-        if done()? {
-            return Ok(());
+        let mut stopped = None;
+        for &(pid, start) in pids {
+            if live_stat(pid, start)?.is_some_and(|st| st.is_stopped()) {
+                stopped = Some(pid);
+                break;
+            }
         }
+        let Some(pid) = stopped else {
+            return Ok(());
+        };
         if Instant::now() >= end {
-            return Err(Error::Timeout {
-                what: what(),
-                ms: CGROUP_WAIT.as_millis() as u64,
+            return Err(Error::NotHealed {
+                object: format!("stopped process {pid}"),
+                reason: format!(
+                    "it is still in state T (stopped) {} ms after SIGCONT",
+                    CONTINUE_WAIT.as_millis()
+                ),
             });
         }
-        std::thread::sleep(Duration::from_millis(2));
+        std::thread::sleep(Duration::from_millis(5));
     }
-}
-
-fn read(path: &Path) -> Result<String> {
-    fs::read_to_string(path).map_err(|e| Error::io("read", path, e))
-}
-
-/// Freezes the cgroup at `path` and waits until the kernel reports it frozen.
-pub fn freeze_cgroup(path: &Path) -> Result<Mechanism> {
-    if cgroup_is_v2(path)? {
-        write(&path.join("cgroup.freeze"), "1")?;
-        let events = path.join("cgroup.events");
-        wait_until(
-            || format!("{} to report frozen 1", events.display()),
-            || Ok(read(&events)?.lines().any(|l| l.trim() == "frozen 1")),
-        )?;
-        Ok(Mechanism::CgroupV2Freeze)
-    } else {
-        let state = path.join("freezer.state");
-        write(&state, "FROZEN")?;
-        wait_until(
-            || format!("{} to read FROZEN", state.display()),
-            || Ok(read(&state)?.trim() == "FROZEN"),
-        )?;
-        Ok(Mechanism::CgroupV1Freezer)
-    }
-}
-
-/// Thaws the cgroup at `path`. Returns false (not an error) when the cgroup no longer exists.
-pub fn thaw_cgroup(path: &Path, v2: bool) -> Result<bool> {
-    if !path.is_dir() {
-        return Ok(false);
-    }
-    if v2 {
-        write(&path.join("cgroup.freeze"), "0")?;
-        let events = path.join("cgroup.events");
-        wait_until(
-            || format!("{} to report frozen 0", events.display()),
-            || Ok(!read(&events)?.lines().any(|l| l.trim() == "frozen 1")),
-        )?;
-    } else {
-        let state = path.join("freezer.state");
-        write(&state, "THAWED")?;
-        wait_until(
-            || format!("{} to read THAWED", state.display()),
-            || Ok(read(&state)?.trim() == "THAWED"),
-        )?;
-    }
-    Ok(true)
-}
-
-/// Kills every process in the cgroup at `path`: `cgroup.kill` on v2, else SIGKILL to each pid
-/// in `cgroup.procs` until it is empty. Waits (bounded) until the cgroup is empty.
-pub fn kill_cgroup(path: &Path) -> Result<Mechanism> {
-    if !path.is_dir() {
-        return Err(Error::NotFound(format!("cgroup directory {}", path.display())));
-    }
-    let procs = path.join("cgroup.procs");
-    let kill = path.join("cgroup.kill");
-    let mechanism = if kill.exists() {
-        write(&kill, "1")?;
-        Mechanism::CgroupKill
-    } else {
-        Mechanism::Signal
-    };
-    wait_until(
-        || format!("{} to become empty", procs.display()),
-        || {
-            let pids: Vec<i32> = read(&procs)?
-                .split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect();
-            if mechanism == Mechanism::Signal {
-                for pid in &pids {
-                    let _ = signal::kill(Pid::from_raw(*pid), Signal::SIGKILL);
-                }
-            }
-            Ok(pids.is_empty())
-        },
-    )?;
-    Ok(mechanism)
 }
 
 #[cfg(test)]
@@ -265,10 +307,37 @@ mod tests {
     #[test]
     fn own_start_time_and_tree() {
         let me = std::process::id() as i32;
-        assert!(start_time(me).is_some());
+        assert!(start_time(me).unwrap().is_some());
         let t = tree(me).unwrap();
         assert_eq!(t[0].0, me);
         assert!(matches!(tree(i32::MAX), Err(Error::NotFound(_))));
+        assert_eq!(
+            stat(i32::MAX).unwrap(),
+            None,
+            "a missing pid is gone, not an error"
+        );
+    }
+
+    #[test]
+    fn stat_parsing_counts_fields_after_the_last_parenthesis() {
+        // A command name with spaces and parentheses, as a process may choose.
+        let line = "4242 (a) b (c)) T 17 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 \
+                    1000 10 18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";
+        let st = ProcStat::parse(line).unwrap();
+        assert_eq!(
+            st,
+            ProcStat {
+                state: 'T',
+                ppid: 17,
+                pgrp: 4242,
+                start_time: 987654
+            }
+        );
+        assert!(st.is_stopped() && !st.is_dead());
+        assert!(ProcStat::parse("4242 (truncated").is_none());
+        assert!(ProcStat::parse("4242 (x) Z 1 2").is_none(), "too few fields");
+        let me = stat(std::process::id() as i32).unwrap().unwrap();
+        assert_eq!(me.ppid as u32, std::os::unix::process::parent_id());
     }
 
     #[test]
@@ -277,5 +346,29 @@ mod tests {
         assert!(signal_group(1, 15).is_err());
         assert!(signal_pid(std::process::id() as i32, 999).is_err());
         assert!(signal_pid(std::process::id() as i32, 0).is_ok());
+    }
+
+    #[test]
+    fn a_stopped_process_fails_verification_until_continued() {
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id() as i32;
+        let start = start_time(pid).unwrap().unwrap();
+        stop_processes(&[(pid, start)]).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !stat(pid).unwrap().unwrap().is_stopped() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let err = verify_not_stopped(&[(pid, start)]).unwrap_err();
+        assert!(
+            matches!(&err, Error::NotHealed { object, .. } if object.contains(&pid.to_string())),
+            "{err}"
+        );
+        // A recorded start time that is not this process's: a reused pid, never touched.
+        assert!(verify_not_stopped(&[(pid, start + 1)]).is_ok());
+        assert!(continue_processes(&[(pid, start)]).unwrap());
+        assert!(!stat(pid).unwrap().unwrap().is_stopped());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!continue_processes(&[(pid, start)]).unwrap(), "reaped: gone");
     }
 }

@@ -46,7 +46,7 @@ fn raw_of(h: TcHandle) -> u32 {
 }
 
 /// The root qdisc of interface index `index`: `(kind, handle)`.
-fn root_qdisc(index: u32, name: &str) -> Result<Option<(String, u32)>> {
+pub(crate) fn root_qdisc(index: u32, name: &str) -> Result<Option<(String, u32)>> {
     let replies = route_request(
         RouteNetlinkMessage::GetQueueDiscipline(TcMessage::default()),
         NLM_F_REQUEST | NLM_F_DUMP,

@@ -229,9 +229,9 @@ fn signal_group_kills_the_whole_tree() {
     assert!(!status.success());
     // Orphans may linger as zombies until their new parent reaps them: zombies count as dead.
     let alive = |pid: i32, start: u64| {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let zombie = stat.rfind(')').and_then(|i| stat.get(i + 2..i + 3)) == Some("Z");
-        process::start_time(pid) == Some(start) && !zombie
+        process::stat(pid)
+            .unwrap()
+            .is_some_and(|st| st.start_time == start && !st.is_dead())
     };
     std::thread::sleep(Duration::from_millis(50));
     for (pid, start) in tree {

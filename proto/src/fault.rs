@@ -326,12 +326,13 @@ pub struct LinkChange {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FreezeTarget {
-    /// A cgroup directory (v2 with `cgroup.freeze`, or v1 freezer with `freezer.state`).
+    /// A cgroup directory (v2 with `cgroup.freeze`, or v1 freezer with `freezer.state`). An
+    /// agent accepts only cgroups inside its node's cgroup, and none when it has no cgroup.
     Cgroup {
         /// Absolute path of the cgroup directory.
         path: String,
     },
-    /// A process and all its descendants (SIGSTOP/SIGCONT).
+    /// A process and all its descendants (SIGSTOP/SIGCONT); all must be processes of the node.
     ProcessTree {
         /// The root process.
         pid: i32,
@@ -496,6 +497,18 @@ pub struct FaultInfo {
     pub injected_ms: u64,
     /// When the agent heals it unless healed before, milliseconds since the Unix epoch.
     pub expires_ms: u64,
+    /// Why the last attempt to heal it failed, while it stays in place: the agent lists a fault
+    /// until the kernel confirms its effect is gone, and retries the heal with backoff (100 ms
+    /// doubling to 5 s) for as long as it lives. `None` while no heal has failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heal_error: Option<String>,
+    /// How many attempts to heal it have failed so far.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub heal_attempts: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// `DELETE /v1/faults/{id}` reply. Healing is idempotent: healing a fault that is not active
@@ -572,6 +585,29 @@ impl ProbeReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fault_info_heal_errors_are_optional_on_the_wire() {
+        let old = r#"{"id":"f1","spec":{"kind":"freeze","proc":{"id":7}},"mechanism":"sig_stop_tree","injected_ms":1,"expires_ms":2}"#;
+        let info: FaultInfo = serde_json::from_str(old).unwrap();
+        assert_eq!((info.heal_error.as_deref(), info.heal_attempts), (None, 0));
+        assert_eq!(
+            serde_json::to_string(&info).unwrap(),
+            old,
+            "nothing new on the wire while healthy"
+        );
+        let failing = FaultInfo {
+            heal_error: Some("EMFILE".into()),
+            heal_attempts: 3,
+            ..info
+        };
+        let json = serde_json::to_string(&failing).unwrap();
+        assert!(
+            json.contains(r#""heal_error":"EMFILE","heal_attempts":3"#),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<FaultInfo>(&json).unwrap(), failing);
+    }
 
     #[test]
     fn process_freeze_targets_are_compact_json() {

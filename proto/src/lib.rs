@@ -22,7 +22,7 @@
 //! | `DELETE` | `/v1/files?path=P&recursive=B` | – | `204` |
 //! | `GET` | `/v1/files/stat?path=P` | – | [`FileStat`] |
 //! | `GET` | `/v1/files/list?path=P` | – | `Vec<`[`DirEntry`]`>` |
-//! | `GET` | `/v1/procs` | – | `Vec<`[`ProcInfo`]`>` |
+//! | `GET` | `/v1/procs` | – | `Vec<`[`ProcInfo`]`>`, bounded (header [`PROCS_TOTAL_HEADER`]) |
 //! | `POST` | `/v1/procs` | [`ProcSpec`] | [`ProcStarted`] (stdio must not be `pipe`) |
 //! | `GET` | `/v1/procs/exec` | WebSocket, see [`exec`] | |
 //! | `POST` | `/v1/procs/{id}/signal` | [`SignalRequest`] | `204` |
@@ -317,6 +317,60 @@ pub struct ProcSpec {
 }
 
 impl ProcSpec {
+    /// Size of the spec in bytes: every string it holds (command, arguments, environment
+    /// names and values, working directory, stdio paths) plus its JSON quotes and separators —
+    /// about what its JSON takes, computed without serializing it.
+    pub fn size(&self) -> usize {
+        let string = |s: &str| s.len() + 3;
+        let path = |out: &OutputSpec| match out {
+            OutputSpec::File { path, .. } => string(path),
+            _ => 0,
+        };
+        let stdin = match &self.stdin {
+            StdinSpec::File { path } => string(path),
+            _ => 0,
+        };
+        string(&self.command)
+            + self.args.iter().map(|a| string(a)).sum::<usize>()
+            + self.env.iter().map(|(k, v)| string(k) + string(v)).sum::<usize>()
+            + self.cwd.as_deref().map_or(0, string)
+            + stdin
+            + path(&self.stdout)
+            + path(&self.stderr)
+    }
+
+    /// Checks the spec against the agent's limits: at most [`limits::MAX_PROC_ARGS`]
+    /// arguments plus environment entries and at most [`limits::MAX_PROC_SPEC`] bytes (see
+    /// [`ProcSpec::size`]). The error, of kind [`ErrorKind::InvalidRequest`], names the limit
+    /// and its value. Every place that starts a process from a spec calls this.
+    pub fn check_limits(&self) -> Result<(), ApiError> {
+        let entries = self.args.len() + self.env.len();
+        if entries > limits::MAX_PROC_ARGS {
+            return Err(ApiError::new(
+                ErrorKind::InvalidRequest,
+                format!(
+                    "process spec of `{}` has {} arguments and {} environment entries ({entries}                      together), over the limit of {} (MAX_PROC_ARGS); pass bulk data in a file instead",
+                    truncated(&self.command),
+                    self.args.len(),
+                    self.env.len(),
+                    limits::MAX_PROC_ARGS
+                ),
+            ));
+        }
+        let size = self.size();
+        if size > limits::MAX_PROC_SPEC {
+            return Err(ApiError::new(
+                ErrorKind::InvalidRequest,
+                format!(
+                    "process spec of `{}` is {size} bytes (command, arguments, environment and                      paths), over the limit of {} bytes (MAX_PROC_SPEC); pass bulk data in a file instead",
+                    truncated(&self.command),
+                    limits::MAX_PROC_SPEC
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// A spec running `command` with `args`, stdout and stderr piped, stdin null.
     pub fn new<I, S>(command: impl Into<String>, args: I) -> Self
     where
@@ -330,6 +384,19 @@ impl ProcSpec {
         }
     }
 }
+
+/// The first 64 characters of `s`, for messages about possibly huge inputs.
+fn truncated(s: &str) -> String {
+    match s.char_indices().nth(64) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// Header of a `GET /v1/procs` reply: how many processes the agent's table holds. When it is
+/// larger than the number of entries in the reply, the reply was truncated (see
+/// [`limits::MAX_PROCS_LISTED`] and [`limits::MAX_PROCS_REPLY_BYTES`]).
+pub const PROCS_TOTAL_HEADER: &str = "x-chaos-procs-total";
 
 /// Identifier the agent gives a process it started; unique for the agent's lifetime.
 pub type ProcId = u64;
@@ -371,7 +438,8 @@ impl fmt::Display for ExitStatus {
     }
 }
 
-/// State of a process the agent started.
+/// State of a process the agent started (`GET /v1/procs`). Exited processes stay listed
+/// until pruned: see [`limits::MAX_EXITED_PROCS`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcInfo {
     /// Agent-assigned id.
@@ -458,8 +526,11 @@ impl Default for RestartRequest {
     }
 }
 
-/// Which processes `POST /v1/signal` reaches: any process on the node, not only those the agent
-/// started. The agent never signals itself.
+/// Which processes `POST /v1/signal` reaches: any process *of the node*, not only those the
+/// agent started — with a node cgroup, the processes in it; without, the agent's descendants
+/// (daemons included). A pid, group or name outside the node is refused
+/// ([`ErrorKind::PermissionDenied`], or [`ErrorKind::NotFound`] when no process of the node has
+/// that name). The agent never signals itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SignalTarget {
@@ -707,6 +778,35 @@ mod tests {
         assert_eq!(s.target, SignalTarget::Name("etcd".into()));
         let s: NodeSignalRequest = serde_json::from_str(r#"{"signal":9,"target":{"pid":42}}"#).unwrap();
         assert_eq!(s.target, SignalTarget::Pid(42));
+    }
+
+    #[test]
+    fn proc_spec_limits_name_the_limit() {
+        let mut spec = ProcSpec::new("sh", ["-c", "true"]);
+        assert!(spec.check_limits().is_ok());
+        assert_eq!(
+            spec.size(),
+            5 + 5 + 7,
+            "each string plus two quotes and a separator"
+        );
+        spec.args = vec![String::new(); limits::MAX_PROC_ARGS + 1];
+        let e = spec.check_limits().unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidRequest);
+        assert!(
+            e.message.contains("MAX_PROC_ARGS") && e.message.contains("65536"),
+            "{e}"
+        );
+        spec.args.clear();
+        spec.env.insert("BIG".into(), "x".repeat(limits::MAX_PROC_SPEC));
+        let e = spec.check_limits().unwrap_err();
+        assert!(
+            e.message.contains("MAX_PROC_SPEC") && e.message.contains("1048576 bytes"),
+            "{e}"
+        );
+        spec.env.clear();
+        spec.command = "y".repeat(limits::MAX_PROC_SPEC);
+        let e = spec.check_limits().unwrap_err();
+        assert!(e.message.len() < 400, "the command is cut in the message: {e}");
     }
 
     #[test]

@@ -14,7 +14,9 @@
 //! | [`BODY_IDLE_TIMEOUT_MS`] | 30 s | silence while reading a request body (uploads included) |
 //! | [`WS_FIRST_MESSAGE_TIMEOUT_MS`] | 10 s | from WebSocket upgrade to the client's first message |
 //! | [`MAX_EXITED_PROCS`] | 1,024 | exited processes kept listed until their status is collected |
+//! | [`MAX_EXITED_PROC_SPEC_BYTES`] | 16 MiB | specs of the exited processes kept listed, together |
 //! | [`MAX_PROCS_LISTED`] | 4,096 | entries in one `GET /v1/procs` reply |
+//! | [`MAX_PROCS_REPLY_BYTES`] | 16 MiB | bytes of one `GET /v1/procs` reply |
 //! | [`MAX_BLOCKING_FILE_OPS`] | 64 | file operations running at once; more wait their turn |
 
 /// Largest JSON request body, in bytes.
@@ -37,8 +39,17 @@ pub const WS_FIRST_MESSAGE_TIMEOUT_MS: u64 = 10_000;
 /// oldest collected ones go first, then the oldest uncollected ones.
 pub const MAX_EXITED_PROCS: usize = 1024;
 
+/// Most bytes of spec (see [`crate::ProcSpec::size`]) the exited processes kept listed may hold
+/// together: with specs of up to [`MAX_PROC_SPEC`] each, a count alone would still let a
+/// thousand exited processes hold a gigabyte. Pruned in the order of [`MAX_EXITED_PROCS`].
+pub const MAX_EXITED_PROC_SPEC_BYTES: usize = 16 * 1024 * 1024;
+
 /// Most entries in one `GET /v1/procs` reply (running processes first).
 pub const MAX_PROCS_LISTED: usize = 4096;
+
+/// Largest `GET /v1/procs` reply, in bytes; entries that would not fit are left out (running
+/// processes first, as for [`MAX_PROCS_LISTED`]).
+pub const MAX_PROCS_REPLY_BYTES: usize = 16 * 1024 * 1024;
 
 /// Most file operations (open, read, write, list, remove) the agent runs at once.
 pub const MAX_BLOCKING_FILE_OPS: usize = 64;

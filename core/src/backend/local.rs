@@ -679,6 +679,8 @@ impl Node for LocalNode {
             mechanism: Mechanism::SigStopTree,
             injected_ms,
             expires_ms: injected_ms.saturating_add(request.ttl_ms),
+            heal_error: None,
+            heal_attempts: 0,
         };
         let faults = self.faults.clone();
         let ttl = Duration::from_millis(request.ttl_ms);

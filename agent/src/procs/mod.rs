@@ -1,23 +1,38 @@
 //! The process table: starting processes in their own process group (and cgroup), reaping
-//! them, signalling them, and killing every tree on shutdown.
+//! them, signalling them, and killing every tree on shutdown; which processes are the node's
+//! (`node`), adopted orphans (`orphans`) and how much of the table is kept and listed
+//! (`retain`).
 
-use std::collections::{BTreeMap, BTreeSet};
+mod node;
+mod orphans;
+mod retain;
+mod stdio;
+mod tree;
+
+use std::collections::{BTreeMap, HashSet};
 use std::fs::OpenOptions;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
 use chaos_proto::{
-    ApiError, ErrorKind, ExitStatus, OutputSpec, ProcId, ProcInfo, ProcSpec, Signal, StdinSpec,
+    ApiError, ErrorKind, ExitStatus, OutputSpec, PROCS_TOTAL_HEADER, ProcId, ProcInfo, ProcSpec, Signal,
+    StdinSpec,
 };
 use tokio::process::{ChildStderr, ChildStdin, ChildStdout, Command};
 use tokio::sync::watch;
+use tokio::task::AbortHandle;
+
+use self::stdio::{enlarge_pipe, exit_status, output_stdio, spawn_error, stdin_stdio};
+use self::tree::{cgroup_pids, kill_tree, live_groups, remove_cgroup, send_signal, signal_tree};
+
+pub(crate) use node::{Membership, NodeScope};
 
 /// Pipe buffer size asked for stdout/stderr pipes: a fast writer then fills large chunks
 /// before the agent reads, so each read (and each WebSocket frame) moves more bytes.
@@ -40,12 +55,25 @@ pub(crate) struct ProcEntry {
     cgroup: Option<PathBuf>,
     /// Set once a restart took this process over, so two restarts cannot both start a copy.
     restarted: AtomicBool,
+    /// Set once its exit status was delivered to a client (a `wait` that returned it, an exec
+    /// stream that reported it): such entries are pruned first.
+    collected: AtomicBool,
+    /// [`ProcSpec::size`] of its spec, for the retention budget.
+    spec_bytes: usize,
 }
 
 impl ProcEntry {
     /// A receiver that sees the exit status once the reaper recorded it.
     pub(crate) fn exit_watch(&self) -> watch::Receiver<Option<ExitStatus>> {
         self.exit.clone()
+    }
+
+    /// Call when an exec stream of this process has ended: if the process has exited, its
+    /// status was streamed, and the entry is among the first pruned.
+    pub(crate) fn stream_ended(&self) {
+        if self.exit().is_some() {
+            self.collected.store(true, Ordering::Relaxed);
+        }
     }
 
     fn exit(&self) -> Option<ExitStatus> {
@@ -86,12 +114,81 @@ struct Table {
     closed: bool,
 }
 
-/// Every process the agent started, running or exited.
+impl Table {
+    /// Drops exited entries beyond the retention limits (see `retain`).
+    fn prune(&mut self) {
+        let exited: Vec<retain::Exited> = self
+            .entries
+            .values()
+            .filter(|e| e.exit().is_some())
+            .map(|e| retain::Exited {
+                id: e.id,
+                collected: e.collected.load(Ordering::Relaxed),
+                bytes: e.spec_bytes,
+            })
+            .collect();
+        let drop = retain::prune_exited(&exited);
+        if !drop.is_empty() {
+            tracing::debug!(count = drop.len(), "pruned exited processes from the table");
+        }
+        for id in drop {
+            self.entries.remove(&id);
+        }
+    }
+}
+
+/// What the table shares with its reaper tasks.
+pub(crate) struct Shared {
+    table: Mutex<Table>,
+    /// Held (read) from before a fork until the child is in the table, and (write) while
+    /// orphans are reaped: see `orphans`.
+    gate: RwLock<()>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        // A panic while holding the lock cannot leave the map half-updated (single inserts),
+        // so a poisoned lock is still usable.
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Pids of the table's processes that tokio has not reaped yet.
+    fn owned_pids(&self) -> HashSet<i32> {
+        self.lock()
+            .entries
+            .values()
+            .filter(|e| e.exit().is_none())
+            .map(|e| e.pid as i32)
+            .collect()
+    }
+}
+
+/// See [`ProcTable::child_gate`].
+pub(crate) struct ChildGate(Arc<Shared>);
+
+impl ChildGate {
+    /// Holds off the orphan reaper until the guard is dropped.
+    pub(crate) fn hold(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.0.gate.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Every process the agent started, running or recently exited.
 pub(crate) struct ProcTable {
     root_dir: PathBuf,
     cgroup: Option<PathBuf>,
+    node: NodeScope,
     next_id: AtomicU64,
-    table: Mutex<Table>,
+    shared: Arc<Shared>,
+    reaper: Option<AbortHandle>,
+}
+
+impl Drop for ProcTable {
+    fn drop(&mut self) {
+        if let Some(reaper) = &self.reaper {
+            reaper.abort();
+        }
+    }
 }
 
 fn err(kind: ErrorKind, message: impl Into<String>) -> ApiError {
@@ -133,127 +230,45 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Sends signal number `signal` to `target` (a pid, or a negated process group id).
-fn send_signal(target: i32, signal: i32) -> io::Result<()> {
-    // SAFETY: kill(2) takes two integers and touches no memory of ours; any values are
-    // acceptable to it (bad ones give EINVAL/ESRCH).
-    let rc = unsafe { libc::kill(target, signal) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-fn output_stdio(field: &str, spec: &OutputSpec) -> Result<Stdio, ApiError> {
-    Ok(match spec {
-        OutputSpec::Pipe => Stdio::piped(),
-        OutputSpec::Null => Stdio::null(),
-        OutputSpec::File { path, append } => {
-            let path = absolute(field, path)?;
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| io_error(&format!("creating {} for {field}", parent.display()), &e))?;
-            }
-            let mut opts = OpenOptions::new();
-            opts.create(true).mode(0o644);
-            if *append {
-                opts.append(true);
-            } else {
-                opts.write(true).truncate(true);
-            }
-            let file = opts
-                .open(&path)
-                .map_err(|e| io_error(&format!("opening {field} {}", path.display()), &e))?;
-            Stdio::from(file)
-        }
-    })
-}
-
-fn stdin_stdio(spec: &StdinSpec) -> Result<Stdio, ApiError> {
-    Ok(match spec {
-        StdinSpec::Pipe => Stdio::piped(),
-        StdinSpec::Null => Stdio::null(),
-        StdinSpec::File { path } => {
-            let path = absolute("stdin", path)?;
-            let file = std::fs::File::open(&path)
-                .map_err(|e| io_error(&format!("opening stdin {}", path.display()), &e))?;
-            Stdio::from(file)
-        }
-    })
-}
-
-fn spawn_error(command: &str, cgroup: Option<&Path>, e: &io::Error) -> ApiError {
-    match e.raw_os_error() {
-        Some(CGROUP_MOVE_FAILED) => err(
-            ErrorKind::Internal,
-            format!(
-                "starting `{command}`: could not move it into cgroup {} (is it a writable cgroup v2 directory?)",
-                cgroup.map(|p| p.display().to_string()).unwrap_or_default()
-            ),
-        ),
-        Some(libc::ENOENT) if command.contains('/') => err(
-            ErrorKind::CommandNotFound,
-            format!("command `{command}` does not exist on the node"),
-        ),
-        Some(libc::ENOENT) => err(
-            ErrorKind::CommandNotFound,
-            format!("command `{command}` not found in PATH on the node"),
-        ),
-        Some(libc::EACCES) => err(
-            ErrorKind::CommandNotFound,
-            format!("command `{command}` is not executable (permission denied)"),
-        ),
-        Some(libc::ENOEXEC) => err(
-            ErrorKind::CommandNotFound,
-            format!("command `{command}` is not a valid executable (exec format error)"),
-        ),
-        _ => err(ErrorKind::Internal, format!("starting `{command}`: {e}")),
-    }
-}
-
-/// Asks for a larger pipe buffer; a failure only costs throughput.
-fn enlarge_pipe(fd: impl std::os::fd::AsFd) {
-    if let Err(e) = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE)) {
-        tracing::debug!("could not enlarge an output pipe: {e}");
-    }
-}
-
-fn exit_status(status: io::Result<std::process::ExitStatus>, started: Instant) -> ExitStatus {
-    let duration_us = started.elapsed().as_micros() as u64;
-    match status {
-        Ok(s) => ExitStatus {
-            code: s.code(),
-            signal: s.signal(),
-            duration_us,
-        },
-        Err(e) => {
-            tracing::error!("waiting for a child failed: {e}");
-            ExitStatus {
-                code: None,
-                signal: None,
-                duration_us,
-            }
-        }
-    }
-}
-
 impl ProcTable {
     /// An empty table; processes start in `root_dir` unless their spec says otherwise and, with
-    /// `cgroup`, each in its own child cgroup of it.
+    /// `cgroup`, each in its own child cgroup of it. Makes the agent a child subreaper and,
+    /// inside a tokio runtime, starts reaping the orphans it adopts (see `orphans`).
     pub(crate) fn new(root_dir: PathBuf, cgroup: Option<PathBuf>) -> Self {
+        let node = NodeScope::new(cgroup.as_deref());
+        let shared = Arc::new(Shared {
+            table: Mutex::new(Table::default()),
+            gate: RwLock::new(()),
+        });
+        orphans::become_subreaper();
+        let reaper = tokio::runtime::Handle::try_current().ok().map(|rt| {
+            rt.spawn(orphans::reap_loop(Arc::downgrade(&shared)))
+                .abort_handle()
+        });
         Self {
             root_dir,
             cgroup,
+            node,
             next_id: AtomicU64::new(1),
-            table: Mutex::new(Table::default()),
+            shared,
+            reaper,
         }
     }
 
+    /// Which processes are the node's.
+    pub(crate) fn node(&self) -> &NodeScope {
+        &self.node
+    }
+
+    /// A handle for code of the agent that starts and waits for a child of its own (the fault
+    /// probe runs `zcat`, `iptables -V`): while it holds the gate, the orphan reaper cannot
+    /// take that child's exit status.
+    pub(crate) fn child_gate(&self) -> ChildGate {
+        ChildGate(self.shared.clone())
+    }
+
     fn lock(&self) -> MutexGuard<'_, Table> {
-        // A panic while holding the lock cannot leave the map half-updated (single inserts),
-        // so a poisoned lock is still usable.
-        self.table.lock().unwrap_or_else(|p| p.into_inner())
+        self.shared.lock()
     }
 
     fn get(&self, id: ProcId) -> Result<Arc<ProcEntry>, ApiError> {
@@ -265,8 +280,10 @@ impl ProcTable {
         })
     }
 
-    /// Starts `spec`. Pipes are created where the spec says `pipe`; the caller takes them.
+    /// Starts `spec` (refused over the limits of [`ProcSpec::check_limits`]). Pipes are created
+    /// where the spec says `pipe`; the caller takes them.
     pub(crate) fn spawn(&self, spec: ProcSpec) -> Result<Spawned, ApiError> {
+        spec.check_limits()?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let cwd = match &spec.cwd {
             Some(cwd) => absolute("cwd", cwd)?,
@@ -305,6 +322,8 @@ impl ProcTable {
             None => (None, None),
         };
 
+        // Until the child is in the table, the orphan reaper must not see it (see `orphans`).
+        let gate = self.shared.gate.read().unwrap_or_else(|p| p.into_inner());
         let started = Instant::now();
         let started_ms = now_ms();
         let mut child = match cmd.spawn() {
@@ -330,6 +349,7 @@ impl ProcTable {
         }
 
         let (exit_tx, exit_rx) = watch::channel(None);
+        let spec_bytes = spec.size();
         let entry = Arc::new(ProcEntry {
             id,
             pid,
@@ -338,18 +358,25 @@ impl ProcTable {
             exit: exit_rx,
             cgroup: cgroup_dir.clone(),
             restarted: AtomicBool::new(false),
+            collected: AtomicBool::new(false),
+            spec_bytes,
         });
         let closed = {
             let mut table = self.lock();
             table.entries.insert(id, entry.clone());
             table.closed
         };
+        drop(gate);
         tracing::info!(id, pid, command = %entry.spec.command, "started process");
 
+        let shared = Arc::downgrade(&self.shared);
         tokio::spawn(async move {
             let status = exit_status(child.wait().await, started);
             tracing::info!(id, pid, "process ended: {status}");
             exit_tx.send_replace(Some(status));
+            if let Some(shared) = shared.upgrade() {
+                shared.lock().prune();
+            }
             if let Some(dir) = cgroup_dir {
                 // Daemonized descendants may still live there; kill-all removes it then.
                 let _ = std::fs::remove_dir(&dir);
@@ -414,9 +441,35 @@ impl ProcTable {
         Ok((dir, fd))
     }
 
-    /// Every process, by id.
-    pub(crate) fn list(&self) -> Vec<ProcInfo> {
-        self.lock().entries.values().map(|e| e.info()).collect()
+    /// The `GET /v1/procs` reply: the table's entries as JSON, bounded (see `retain`), with
+    /// the table's size in [`PROCS_TOTAL_HEADER`] so a client can tell it was truncated.
+    pub(crate) fn list_reply(&self) -> Response {
+        let entries: Vec<Arc<ProcEntry>> = self.lock().entries.values().cloned().collect();
+        let total = entries.len();
+        let items = entries
+            .iter()
+            .map(|e| {
+                // Serializing these plain structs cannot fail; an entry that did would be left out.
+                let json = serde_json::to_vec(&e.info()).unwrap_or_default();
+                (e.exit().is_none(), e.id, json)
+            })
+            .filter(|(_, _, json)| !json.is_empty())
+            .collect();
+        let (body, listed) = retain::bounded_list(items);
+        if listed < total {
+            tracing::debug!(listed, total, "GET /v1/procs truncated to its limits");
+        }
+        (
+            [
+                (header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
+                (
+                    header::HeaderName::from_static(PROCS_TOTAL_HEADER),
+                    HeaderValue::from(total),
+                ),
+            ],
+            body,
+        )
+            .into_response()
     }
 
     /// Sends `signal` to process `id`, or to its whole process group.
@@ -489,7 +542,7 @@ impl ProcTable {
         let hit: Vec<Arc<ProcEntry>> = entries
             .into_iter()
             .filter(|e| {
-                let alive = live.contains(&(e.pid as i32))
+                let alive = live.as_ref().is_none_or(|l| l.contains(&(e.pid as i32)))
                     || e.cgroup.as_deref().is_some_and(|d| !cgroup_pids(d).is_empty());
                 alive && signal_tree(e, signal.0)
             })
@@ -511,7 +564,7 @@ impl ProcTable {
                 let left: Vec<ProcId> = hit
                     .iter()
                     .filter(|e| {
-                        live.contains(&(e.pid as i32))
+                        live.as_ref().is_none_or(|l| l.contains(&(e.pid as i32)))
                             || e.cgroup.as_deref().is_some_and(|d| !cgroup_pids(d).is_empty())
                     })
                     .map(|e| e.id)
@@ -598,13 +651,19 @@ impl ProcTable {
         spawned
     }
 
-    /// Waits up to `timeout` for process `id` to exit.
+    /// Waits up to `timeout` for process `id` to exit. A status returned counts as collected.
     pub(crate) async fn wait(&self, id: ProcId, timeout: Duration) -> Result<Option<ExitStatus>, ApiError> {
-        let mut exit = self.get(id)?.exit_watch();
+        let entry = self.get(id)?;
+        let mut exit = entry.exit_watch();
         // Timing out just means "still running"; the reaper records before it drops the
         // sender, so a closed channel has the status too.
         let _ = tokio::time::timeout(timeout, exit.wait_for(Option::is_some)).await;
-        Ok(*exit.borrow())
+        let status = *exit.borrow();
+        if status.is_some() {
+            entry.collected.store(true, Ordering::Relaxed);
+            self.lock().prune();
+        }
+        Ok(status)
     }
 
     /// Kills every process tree the agent started (SIGKILL to each process group, plus
@@ -618,6 +677,12 @@ impl ProcTable {
         };
         for entry in &entries {
             kill_tree(entry);
+        }
+        // Daemons that left their process group were adopted by the agent (without a cgroup,
+        // nothing else catches them).
+        let adopted = orphans::kill_adopted(&self.shared, &self.node);
+        if !adopted.is_empty() {
+            tracing::info!(pids = ?adopted, "killed adopted descendants");
         }
         let deadline = tokio::time::Instant::now() + KILL_GRACE;
         for entry in &entries {
@@ -646,137 +711,6 @@ fn check_signal(signal: Signal) -> Result<(), ApiError> {
             ErrorKind::InvalidRequest,
             format!("signal {} is out of range 1..=64", signal.0),
         ))
-    }
-}
-
-/// Pids listed in the cgroup `dir` (empty when it is gone).
-fn cgroup_pids(dir: &Path) -> Vec<i32> {
-    std::fs::read_to_string(dir.join("cgroup.procs"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect()
-}
-
-/// Process groups with at least one live (not zombie) member, from `/proc/*/stat`.
-fn live_groups() -> BTreeSet<i32> {
-    let mut out = BTreeSet::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for entry in dir.flatten() {
-        if !entry
-            .file_name()
-            .to_str()
-            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        {
-            continue;
-        }
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // Fields after the (parenthesized, possibly spaced) name: state, ppid, pgrp, …
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let mut fields = rest.split_whitespace();
-        let state = fields.next();
-        if let Some(pgrp) = fields.nth(1).and_then(|p| p.parse().ok())
-            && state != Some("Z")
-        {
-            out.insert(pgrp);
-        }
-    }
-    out
-}
-
-/// The process group of `pid`, from `/proc/<pid>/stat`.
-fn pgid_of(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?.1.split_whitespace().nth(2)?.parse().ok()
-}
-
-/// Sends `signal` to a started process's tree: its process group, and the processes of its
-/// cgroup that left the group (each gets it once). SIGKILL uses [`kill_tree`]. Returns whether
-/// any process was there to receive it.
-fn signal_tree(entry: &ProcEntry, signal: i32) -> bool {
-    if signal == libc::SIGKILL {
-        return kill_tree(entry);
-    }
-    let leader = entry.pid as i32;
-    let mut any = match send_signal(-leader, signal) {
-        Ok(()) => true,
-        Err(e) => {
-            if e.raw_os_error() != Some(libc::ESRCH) {
-                tracing::warn!(id = entry.id, pid = entry.pid, "signalling process group: {e}");
-            }
-            false
-        }
-    };
-    if let Some(dir) = &entry.cgroup {
-        for pid in cgroup_pids(dir) {
-            if pgid_of(pid) != Some(leader) && send_signal(pid, signal).is_ok() {
-                any = true;
-            }
-        }
-    }
-    any
-}
-
-/// SIGKILL to the process group and, if it has one, to the whole cgroup. Returns whether any
-/// process was there to receive it.
-fn kill_tree(entry: &ProcEntry) -> bool {
-    // The group may outlive its leader (background children), so it is killed even when the
-    // leader has exited. ESRCH just means nothing is left.
-    let mut any = match send_signal(-(entry.pid as i32), libc::SIGKILL) {
-        Ok(()) => true,
-        Err(e) => {
-            if e.raw_os_error() != Some(libc::ESRCH) {
-                tracing::warn!(id = entry.id, pid = entry.pid, "killing process group: {e}");
-            }
-            false
-        }
-    };
-    if let Some(dir) = &entry.cgroup {
-        any |= !cgroup_pids(dir).is_empty();
-        kill_cgroup(dir);
-    }
-    any
-}
-
-/// Kills every process in the cgroup `dir`, including ones that left the process group.
-fn kill_cgroup(dir: &Path) {
-    match std::fs::write(dir.join("cgroup.kill"), b"1") {
-        Ok(()) => return,
-        Err(e) if e.kind() == io::ErrorKind::NotFound && !dir.exists() => return,
-        Err(e) => tracing::debug!(
-            "cgroup.kill in {}: {e}; killing its processes one by one",
-            dir.display()
-        ),
-    }
-    // Kernels before 5.14 lack cgroup.kill.
-    if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
-        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-            let _ = send_signal(pid, libc::SIGKILL);
-        }
-    }
-}
-
-/// Removes the (killed) cgroup `dir` once its processes have exited, retrying until `deadline`.
-async fn remove_cgroup(dir: &Path, deadline: tokio::time::Instant) {
-    loop {
-        match std::fs::remove_dir(dir) {
-            Ok(()) => return,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return,
-            Err(e) => {
-                if tokio::time::Instant::now() >= deadline {
-                    tracing::warn!("could not remove cgroup {}: {e}", dir.display());
-                    return;
-                }
-                kill_cgroup(dir);
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
     }
 }
 
