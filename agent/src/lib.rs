@@ -11,6 +11,12 @@
 //! recorded in a state file under [`AgentConfig::state_dir`] before it is installed, so an
 //! agent killed with SIGKILL is cleaned up by the next agent started with the same directory.
 //!
+//! A client must present a certificate issued directly by the cluster CA for client
+//! authentication. Even so, nothing it sends can pin one of the agent's threads or grow its
+//! memory without bound: file operations touch only regular files and run a bounded number at a
+//! time, and request bodies, WebSocket messages and process specs are bounded in size and time
+//! (see [`chaos_proto::limits`]).
+//!
 //! The binary (`chaos-agent`) is a thin CLI over [`serve`]; launchers start it and wait for the
 //! [`chaos_proto::READY_LINE_PREFIX`] line on its stdout.
 
@@ -21,6 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod api;
+mod body;
 mod dial;
 mod exec;
 mod faults;
