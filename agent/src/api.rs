@@ -10,12 +10,14 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::DefaultBodyLimit;
+use axum::extract::rejection::{BytesRejection, FailedToBufferBody, PathRejection, QueryRejection};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
+use chaos_proto::limits::{MAX_JSON_BODY, MAX_PROC_SPEC};
 use chaos_proto::{
     ApiError, ErrorKind, HeartbeatReply, KillAllRequest, NodeInfo, OutputSpec, ProcId, ProcSpec, ProcStarted,
     RestartRequest, SignalRequest, StdinSpec, WaitReply,
@@ -25,9 +27,10 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
 use crate::faults::{self, Faults};
+use crate::files::FileGate;
 use crate::heartbeat::Heartbeat;
 use crate::procs::ProcTable;
-use crate::{dial, exec, files};
+use crate::{body, dial, exec, files};
 
 /// Longest a `wait` long poll blocks.
 const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -37,6 +40,8 @@ pub(crate) struct Agent {
     pub(crate) procs: ProcTable,
     pub(crate) faults: Faults,
     pub(crate) heartbeat: Heartbeat,
+    /// Admits the blocking work of file requests.
+    pub(crate) files: FileGate,
     /// Notified by `POST /v1/shutdown`.
     pub(crate) shutdown: Notify,
 }
@@ -52,6 +57,7 @@ impl Agent {
             procs: ProcTable::new(root_dir, cgroup),
             faults,
             heartbeat: Heartbeat::new(heartbeat_timeout),
+            files: FileGate::new(),
             shutdown: Notify::new(),
         }
     }
@@ -95,7 +101,13 @@ impl From<PathRejection> for Failure {
 
 impl From<BytesRejection> for Failure {
     fn from(r: BytesRejection) -> Self {
-        invalid(format!("bad body: {}", r.body_text()))
+        match r {
+            BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => invalid(format!(
+                "the request body is larger than {MAX_JSON_BODY} bytes (MAX_JSON_BODY), the most the \
+                 agent reads for one request"
+            )),
+            r => invalid(format!("bad body: {}", r.body_text())),
+        }
     }
 }
 
@@ -116,7 +128,24 @@ pub(crate) fn json<T: DeserializeOwned>(
     serde_json::from_slice(&body?).map_err(|e| invalid(format!("bad {what} JSON: {e}")))
 }
 
-/// The API router.
+/// Parses a process spec (`POST /v1/procs` body, first exec message) within
+/// [`MAX_PROC_SPEC`].
+pub(crate) fn parse_spec(bytes: &[u8]) -> Result<ProcSpec, ApiError> {
+    if bytes.len() > MAX_PROC_SPEC {
+        return Err(ApiError::new(
+            ErrorKind::InvalidRequest,
+            format!(
+                "the process spec is {} bytes, more than {MAX_PROC_SPEC} (MAX_PROC_SPEC)",
+                bytes.len()
+            ),
+        ));
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::new(ErrorKind::InvalidRequest, format!("bad process spec JSON: {e}")))
+}
+
+/// The API router. Every request body must keep moving ([`body::require_progress`]); bodies
+/// read whole (JSON) are at most [`MAX_JSON_BODY`] bytes.
 pub(crate) fn router(agent: Arc<Agent>) -> Router {
     Router::new()
         .route("/v1/info", get(info))
@@ -141,6 +170,8 @@ pub(crate) fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/dial", get(dial::handler))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
+        .layer(axum::middleware::map_request(body::require_progress))
         .with_state(agent)
 }
 
@@ -241,7 +272,7 @@ async fn start_proc(
     State(agent): AppState,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ProcStarted>, Failure> {
-    let spec: ProcSpec = json("process spec", body)?;
+    let spec = parse_spec(&body?)?;
     let piped = [
         (spec.stdin == StdinSpec::Pipe, "stdin"),
         (spec.stdout == OutputSpec::Pipe, "stdout"),

@@ -1,5 +1,10 @@
 //! `GET /v1/dial?addr=HOST:PORT`: a TCP connection from the node, tunnelled over a WebSocket
 //! (see [`chaos_proto::dial`]).
+//!
+//! Messages are bounded like exec's ([`crate::exec::configure`]). Unlike exec there is no
+//! first-message timeout: a tunnel may rightly stay silent (a server that speaks first, an idle
+//! pooled connection), and what it holds is one TCP connection the client asked for, whose
+//! silence the peer decides.
 
 use std::time::Duration;
 

@@ -10,6 +10,7 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use bytes::{BufMut, Bytes, BytesMut};
 use chaos_proto::exec::{ClientControl, STDERR, STDOUT, ServerEvent};
+use chaos_proto::limits::{MAX_PROC_SPEC, MAX_WS_MESSAGE, WS_FIRST_MESSAGE_TIMEOUT_MS};
 use chaos_proto::{ApiError, ErrorKind, ExitStatus, ProcId, ProcSpec};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -22,8 +23,14 @@ use crate::api::{Agent, Failure};
 /// Largest chunk of output read at once (and so the largest frame payload sent).
 const CHUNK: usize = 256 * 1024;
 
-/// How long the client has to send the process spec after the upgrade.
-const SPEC_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the client has to send the process spec after the upgrade (pings do not count).
+const SPEC_TIMEOUT: Duration = Duration::from_millis(WS_FIRST_MESSAGE_TIMEOUT_MS);
+
+/// Bound of telling a refused client why, so one that does not read cannot hold the session.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(5);
+
+// A spec within its own limit must fit in one WebSocket message.
+const _: () = assert!(MAX_WS_MESSAGE >= MAX_PROC_SPEC);
 
 /// After the process exited, how long its output pipes may stay silent before they count as
 /// drained. Its own output is already in the pipe at exit; only descendants that inherited
@@ -31,9 +38,11 @@ const SPEC_TIMEOUT: Duration = Duration::from_secs(30);
 /// exit report back forever.
 const DRAIN_IDLE: Duration = Duration::from_millis(500);
 
-/// Limits of the WebSockets the agent accepts (exec and dial).
+/// Limits of the WebSockets the agent accepts (exec and dial): a larger frame is refused from
+/// its header and a larger message as soon as its fragments pass the limit, so neither is ever
+/// buffered whole.
 pub(crate) fn configure(ws: WebSocketUpgrade) -> WebSocketUpgrade {
-    ws.max_message_size(64 << 20).max_frame_size(16 << 20)
+    ws.max_message_size(MAX_WS_MESSAGE).max_frame_size(MAX_WS_MESSAGE)
 }
 
 /// The upgrade handler.
@@ -55,19 +64,31 @@ async fn read_spec(socket: &mut WebSocket) -> Result<ProcSpec, ApiError> {
     loop {
         let msg = tokio::time::timeout_at(deadline, socket.recv())
             .await
-            .map_err(|_| invalid(format!("no process spec within {SPEC_TIMEOUT:?}")))?;
+            .map_err(|_| {
+                invalid(format!(
+                    "no process spec within {WS_FIRST_MESSAGE_TIMEOUT_MS} ms (WS_FIRST_MESSAGE_TIMEOUT_MS) \
+                 of the upgrade"
+                ))
+            })?;
         match msg {
-            Some(Ok(Message::Text(text))) => {
-                return serde_json::from_str(text.as_str())
-                    .map_err(|e| invalid(format!("bad process spec JSON: {e}")));
-            }
+            Some(Ok(Message::Text(text))) => return crate::api::parse_spec(text.as_bytes()),
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
             Some(Ok(other)) => {
+                // Named, not printed: a binary message can be a MiB long.
+                let got = match other {
+                    Message::Binary(data) => format!("a binary message of {} bytes", data.len()),
+                    Message::Close(_) => "a close frame".to_string(),
+                    _ => "another kind of message".to_string(),
+                };
                 return Err(invalid(format!(
-                    "expected a text frame with the process spec, got {other:?}"
+                    "expected a text message with the process spec, got {got}"
                 )));
             }
-            Some(Err(e)) => return Err(invalid(format!("reading the process spec: {e}"))),
+            Some(Err(e)) => {
+                return Err(invalid(format!(
+                    "reading the process spec (at most {MAX_PROC_SPEC} bytes, MAX_PROC_SPEC): {e}"
+                )));
+            }
             None => return Err(invalid("connection closed before the process spec".into())),
         }
     }
@@ -81,8 +102,11 @@ async fn session(agent: Arc<Agent>, mut socket: WebSocket) {
         Ok(spawned) => spawned,
         Err(e) => {
             tracing::info!("exec refused: {e}");
-            let _ = socket.send(event(&ServerEvent::Error(e))).await;
-            let _ = socket.close().await;
+            let refuse = async {
+                socket.send(event(&ServerEvent::Error(e))).await?;
+                socket.close().await
+            };
+            let _ = tokio::time::timeout(REFUSAL_TIMEOUT, refuse).await;
             return;
         }
     };

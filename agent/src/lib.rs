@@ -17,6 +17,12 @@
 //! own, never behind file operations on tokio's blocking pool; a heal is verified, and a fault
 //! whose heal failed stays listed with the error and is retried until it is healed.
 //!
+//! A client must present a certificate issued directly by the cluster CA for client
+//! authentication. Even so, nothing it sends can pin one of the agent's threads or grow its
+//! memory without bound: file operations touch only regular files and run a bounded number at a
+//! time, and request bodies, WebSocket messages and process specs are bounded in size and time
+//! (see [`chaos_proto::limits`]).
+//!
 //! The binary (`chaos-agent`) is a thin CLI over [`serve`]; launchers start it and wait for the
 //! [`chaos_proto::READY_LINE_PREFIX`] line on its stdout.
 
@@ -27,6 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod api;
+mod body;
 mod dial;
 mod exec;
 mod faults;

@@ -148,7 +148,7 @@ pub(crate) async fn serve(
                         let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                             Ok(Ok(tls)) => tls,
                             Ok(Err(e)) => {
-                                tracing::warn!(%peer, "TLS handshake failed: {e}");
+                                tracing::warn!(%peer, "TLS handshake failed: {}", tls::handshake_error(&e));
                                 return;
                             }
                             Err(_) => {

@@ -201,3 +201,94 @@ async fn interrupted_upload_leaves_no_file() {
     }
     assert!(!target.exists());
 }
+
+async fn refused(agent: &Agent, method: Method, path: &std::path::Path, body: &'static str) -> ApiError {
+    let (status, body) = agent
+        .request(
+            method.clone(),
+            &format!("/v1/files?path={}", enc(&path_str(path))),
+            body,
+        )
+        .await;
+    let err: ApiError = serde_json::from_slice(&body).unwrap_or_else(|_| {
+        panic!(
+            "{method} {}: {status} {}",
+            path.display(),
+            String::from_utf8_lossy(&body)
+        )
+    });
+    assert_eq!(
+        (status.as_u16(), err.kind),
+        (409, ErrorKind::Conflict),
+        "{method} {}: {err}",
+        path.display()
+    );
+    err
+}
+
+/// Opening a FIFO blocks until the other end opens it, and a thread sitting in that `open()`
+/// stays there after the client left: enough of them once starved every heal. Anything that
+/// is not a regular file is refused before it is opened (and opened non-blocking, so a path
+/// swapped for a FIFO in between cannot block either).
+#[tokio::test]
+async fn fifos_sockets_and_devices_are_refused_not_opened() {
+    let agent = Agent::start(&[]);
+    let fifo = agent.root().join("pipe");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let socket = agent.root().join("sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+
+    for (path, what) in [
+        (fifo.as_path(), "is a FIFO"),
+        (socket.as_path(), "is a socket"),
+        (std::path::Path::new("/dev/zero"), "is a character device"),
+        (std::path::Path::new("/dev/null"), "is a character device"),
+    ] {
+        let e = refused(&agent, Method::GET, path, "").await;
+        assert!(
+            e.message.contains(what) && e.message.contains("only regular files can be read"),
+            "{e}"
+        );
+        assert!(e.message.contains(&path_str(path)), "{e}");
+    }
+    for (path, what) in [(fifo.as_path(), "is a FIFO"), (socket.as_path(), "is a socket")] {
+        let e = refused(&agent, Method::PUT, path, "data").await;
+        assert!(
+            e.message.contains(what) && e.message.contains("only regular files can be written"),
+            "{e}"
+        );
+    }
+    // Refused, not replaced: the FIFO is still there, and no temporary file was left.
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+    let mut names: Vec<_> = std::fs::read_dir(agent.root())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["pipe", "sock"]);
+
+    // Stat, list and remove never open the entry, so they work on a FIFO.
+    let p = enc(&path_str(&fifo));
+    let stat: FileStat = agent.get(&format!("/v1/files/stat?path={p}")).await;
+    assert_eq!(stat.file_type, FileType::Other);
+    let (status, _) = agent
+        .request(Method::DELETE, &format!("/v1/files?path={p}"), Bytes::new())
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(!fifo.exists());
+
+    // Regular files behind a symbolic link are still served.
+    let data = agent.root().join("data.txt");
+    std::fs::write(&data, "through a link").unwrap();
+    let link = agent.root().join("link");
+    std::os::unix::fs::symlink(&data, &link).unwrap();
+    let (status, body) = agent
+        .request(
+            Method::GET,
+            &format!("/v1/files?path={}", enc(&path_str(&link))),
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"through a link"[..]));
+}

@@ -7,10 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use chaos::certs::ClusterCa;
+use chaos::certs::{ClusterCa, Identity};
 use chaos_proto::{ApiError, ErrorKind, NodeInfo};
 use common::{Agent, Pki, request_with};
 use hyper::{Method, StatusCode};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+    KeyPair, KeyUsagePurpose,
+};
 use time::OffsetDateTime;
 
 #[tokio::test]
@@ -73,6 +77,110 @@ async fn mtls_refuses_bad_clients_and_serves_the_runner() {
     assert!(
         log.contains("TLS handshake failed"),
         "handshake failures are logged:\n{log}"
+    );
+}
+
+/// The cluster CA as an rcgen issuer, read back from the files the runner writes.
+fn cluster_issuer(pki: &Pki) -> Issuer<'static, KeyPair> {
+    let dir = tempfile::tempdir().unwrap();
+    pki.ca.write(dir.path()).unwrap();
+    let key_pem = std::fs::read_to_string(dir.path().join(chaos_proto::tls_files::CA_KEY)).unwrap();
+    let key = KeyPair::from_pem(&key_pem).unwrap();
+    Issuer::from_ca_cert_pem(pki.ca.cert_pem(), key).unwrap()
+}
+
+fn params(name: &str, usages: Vec<ExtendedKeyUsagePurpose>) -> CertificateParams {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    params.distinguished_name = dn;
+    params.extended_key_usages = usages;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params
+}
+
+/// A client identity for `params`, signed by `issuer`, presenting `chain` after its own
+/// certificate.
+fn identity(params: CertificateParams, issuer: &Issuer<'_, KeyPair>, chain: &str) -> Identity {
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, issuer).unwrap();
+    Identity {
+        cert_pem: format!("{}{chain}", cert.pem()),
+        key_pem: key.serialize_pem(),
+    }
+}
+
+/// The cluster CA has `pathlen:0`, which webpki does not enforce for a trust anchor: a leaf
+/// under an intermediate signed by the CA used to be accepted. Only leaves issued directly by
+/// the CA, carrying the clientAuth usage, may connect.
+#[tokio::test]
+async fn only_client_certificates_issued_directly_with_client_auth_are_accepted() {
+    let agent = Agent::start(&[]);
+    let ca = cluster_issuer(&agent.pki);
+
+    let mut rogue = params("rogue intermediate", Vec::new());
+    rogue.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    rogue.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+    let rogue_key = KeyPair::generate().unwrap();
+    let rogue_pem = rogue.signed_by(&rogue_key, &ca).unwrap().pem();
+    let rogue = Issuer::new(rogue, rogue_key);
+    let via_intermediate = identity(
+        params(
+            "leaf of an intermediate",
+            vec![ExtendedKeyUsagePurpose::ClientAuth],
+        ),
+        &rogue,
+        &rogue_pem,
+    );
+    // A node's own certificate: issued directly, but for servers only.
+    let server_only = agent
+        .pki
+        .ca
+        .issue_node("n2", &["127.0.0.1".parse().unwrap()], &[])
+        .unwrap();
+    let no_usage = identity(params("no extended key usage", Vec::new()), &ca, "");
+    let mut ca_as_client = params("a CA as client", vec![ExtendedKeyUsagePurpose::ClientAuth]);
+    ca_as_client.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    let ca_as_client = identity(ca_as_client, &ca, "");
+
+    for (name, id) in [
+        ("leaf under an intermediate CA", &via_intermediate),
+        ("server-auth-only certificate", &server_only),
+        ("certificate without extended key usage", &no_usage),
+        ("CA certificate", &ca_as_client),
+    ] {
+        let client = agent.pki.client_with(id);
+        let result = request_with(agent.addr, &client, Method::GET, "/v1/info", Bytes::new()).await;
+        assert!(result.is_err(), "{name}: the agent answered {result:?}");
+    }
+
+    // What the runner really presents still works, and directly issued clientAuth leaves too.
+    let info: NodeInfo = agent.get("/v1/info").await;
+    assert_eq!(info.pid, agent.child.id());
+    let direct = identity(
+        params("direct", vec![ExtendedKeyUsagePurpose::ClientAuth]),
+        &ca,
+        "",
+    );
+    let (status, _) = request_with(
+        agent.addr,
+        &agent.pki.client_with(&direct),
+        Method::GET,
+        "/v1/info",
+        Bytes::new(),
+    )
+    .await
+    .expect("a directly issued clientAuth leaf");
+    assert_eq!(status, StatusCode::OK);
+
+    let log = agent.stderr();
+    assert!(
+        log.contains("issued directly by the cluster CA"),
+        "the refusal of the intermediate says why:\n{log}"
+    );
+    assert!(
+        log.contains("clientAuth"),
+        "the refusal of the usage says why:\n{log}"
     );
 }
 

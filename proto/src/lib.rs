@@ -683,7 +683,10 @@ impl FromStr for Signal {
 
 /// The process exec WebSocket (`GET /v1/procs/exec`).
 ///
-/// 1. The client sends one text frame: a JSON [`ProcSpec`](crate::ProcSpec).
+/// 1. The client sends one text frame: a JSON [`ProcSpec`](crate::ProcSpec), within
+///    [`WS_FIRST_MESSAGE_TIMEOUT_MS`](crate::limits::WS_FIRST_MESSAGE_TIMEOUT_MS) of the
+///    upgrade and at most [`MAX_PROC_SPEC`](crate::limits::MAX_PROC_SPEC) bytes. No client
+///    message may exceed [`MAX_WS_MESSAGE`](crate::limits::MAX_WS_MESSAGE).
 /// 2. The server answers with a text frame [`ServerEvent::Started`] or [`ServerEvent::Error`]
 ///    (then closes).
 /// 3. Then, until the process exits:

@@ -11,8 +11,10 @@
 //! | [`MAX_JSON_BODY`] | 1 MiB | every JSON request body |
 //! | [`MAX_PROC_SPEC`] | 1 MiB | a [`crate::ProcSpec`] (POST body or exec WebSocket message) |
 //! | [`MAX_PROC_ARGS`] | 65,536 | arguments plus environment entries of one spec |
-//! | [`BODY_IDLE_TIMEOUT_MS`] | 30 s | silence while reading a request body (uploads included) |
-//! | [`WS_FIRST_MESSAGE_TIMEOUT_MS`] | 10 s | from WebSocket upgrade to the client's first message |
+//! | [`BODY_IDLE_TIMEOUT_MS`] | 30 s | waiting for a request body (uploads included) to deliver [`BODY_MIN_PROGRESS`] more bytes |
+//! | [`BODY_MIN_PROGRESS`] | 16 KiB | bytes a request body must deliver per [`BODY_IDLE_TIMEOUT_MS`] of waiting (≈ 550 B/s) |
+//! | [`WS_FIRST_MESSAGE_TIMEOUT_MS`] | 10 s | from the exec WebSocket upgrade to the process spec (pings do not count) |
+//! | [`MAX_WS_MESSAGE`] | 1 MiB | one WebSocket message or frame from the client (exec and dial) |
 //! | [`MAX_EXITED_PROCS`] | 1,024 | exited processes kept listed until their status is collected |
 //! | [`MAX_EXITED_PROC_SPEC_BYTES`] | 16 MiB | specs of the exited processes kept listed, together |
 //! | [`MAX_PROCS_LISTED`] | 4,096 | entries in one `GET /v1/procs` reply |
@@ -28,12 +30,27 @@ pub const MAX_PROC_SPEC: usize = 1024 * 1024;
 /// Most arguments plus environment entries in one process spec.
 pub const MAX_PROC_ARGS: usize = 65_536;
 
-/// Longest silence while a request body is being read, in milliseconds; a slower client is
-/// disconnected.
+/// Longest the agent waits, in milliseconds, for a request body (uploads included) to deliver
+/// [`BODY_MIN_PROGRESS`] more bytes or end; a slower body is refused and its connection closed.
+/// Only time spent waiting for the client counts. A minimum progress rather than an idle
+/// timeout: a body trickled at one byte per 5 s is never silent for long, yet must not hold a
+/// connection forever; a large upload on a slow link keeps going however long it takes.
 pub const BODY_IDLE_TIMEOUT_MS: u64 = 30_000;
 
-/// Longest wait from a WebSocket upgrade to the client's first message, in milliseconds.
+/// Bytes a request body must deliver per [`BODY_IDLE_TIMEOUT_MS`] the agent waits for it,
+/// unless it ends first: about 550 bytes per second, far below any real link.
+pub const BODY_MIN_PROGRESS: usize = 16 * 1024;
+
+/// Longest wait from the exec WebSocket upgrade to the client's process spec, in
+/// milliseconds. Pings do not extend it. (A dial tunnel has no such bound: it may rightly
+/// stay silent.)
 pub const WS_FIRST_MESSAGE_TIMEOUT_MS: u64 = 10_000;
+
+/// Largest WebSocket message, and frame, a client may send on exec (the process spec, stdin
+/// chunks) or dial (tunnelled bytes), in bytes. A larger frame is refused from its header, a
+/// larger fragmented message as soon as its fragments pass the limit: neither is buffered.
+/// At least [`MAX_PROC_SPEC`]; the runner sends chunks of 256 KiB.
+pub const MAX_WS_MESSAGE: usize = 1024 * 1024;
 
 /// Most exited processes the agent keeps listed before their exit status is collected; the
 /// oldest collected ones go first, then the oldest uncollected ones.

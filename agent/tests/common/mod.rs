@@ -356,3 +356,25 @@ pub fn group_members(pgid: u32) -> Vec<u32> {
 pub fn path_str(p: &Path) -> String {
     p.to_str().expect("UTF-8 path").to_string()
 }
+
+/// A numeric field of `/proc/<pid>/status`: `VmHWM` and `VmRSS` in KiB, `Threads` as a count.
+pub fn proc_status(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|line| {
+        let rest = line.strip_prefix(field)?.strip_prefix(':')?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// Kills a process group on drop (SIGKILL works on stopped processes too), so a failing test
+/// leaves no frozen process behind.
+pub struct KillOnDrop(pub u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(-(self.0 as i32)),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
