@@ -501,3 +501,50 @@ async fn six_hundred_exited_processes_leave_the_table_and_its_reply_bounded() {
         "after {COUNT} exited processes of {spec_bytes} bytes: {total} kept, reply {bytes} bytes, agent {rss}"
     );
 }
+
+/// A FIFO as a process's stdin or stdout must not block the agent: `open` of a FIFO without a
+/// peer blocks, and it ran on a runtime worker — two such requests froze the whole agent (no
+/// reply, SIGTERM ignored). Now it is refused at once, saying how to let the process open it.
+#[tokio::test]
+async fn a_fifo_as_stdio_never_blocks_the_agent() {
+    let agent = Agent::start(&[]);
+    let fifo = agent.root().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    for field in ["stdin", "stdout", "stdout"] {
+        let mut spec = detached("cat", &[]);
+        match field {
+            "stdin" => {
+                spec.stdin = StdinSpec::File {
+                    path: path_str(&fifo),
+                }
+            }
+            _ => {
+                spec.stdout = OutputSpec::File {
+                    path: path_str(&fifo),
+                    append: false,
+                }
+            }
+        }
+        let (status, e) = tokio::time::timeout(
+            common::WAIT,
+            api_error(
+                &agent,
+                Method::POST,
+                "/v1/procs",
+                serde_json::to_vec(&spec).unwrap(),
+            ),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("a FIFO as {field} is answered within the bound"));
+        assert_eq!((status, e.kind), (400, ErrorKind::InvalidRequest), "{field}: {e}");
+        assert!(
+            e.message.contains("is a fifo") && e.message.contains("sh -c"),
+            "{field}: {e}"
+        );
+    }
+    // The agent still answers.
+    let info: chaos_proto::NodeInfo = tokio::time::timeout(common::WAIT, agent.get("/v1/info"))
+        .await
+        .expect("the agent answers");
+    assert_eq!(info.protocol_version, chaos_proto::PROTOCOL_VERSION);
+}

@@ -23,14 +23,13 @@ pub(super) fn output_stdio(field: &str, spec: &OutputSpec) -> Result<Stdio, ApiE
                     .map_err(|e| io_error(&format!("creating {} for {field}", parent.display()), &e))?;
             }
             let mut opts = OpenOptions::new();
-            opts.create(true).mode(0o644);
+            opts.create(true).mode(0o644).custom_flags(libc::O_NONBLOCK);
             if *append {
                 opts.append(true);
             } else {
                 opts.write(true).truncate(true);
             }
-            let file = opts
-                .open(&path)
+            let file = open_stdio(&opts, &path)
                 .map_err(|e| io_error(&format!("opening {field} {}", path.display()), &e))?;
             Stdio::from(file)
         }
@@ -43,11 +42,46 @@ pub(super) fn stdin_stdio(spec: &StdinSpec) -> Result<Stdio, ApiError> {
         StdinSpec::Null => Stdio::null(),
         StdinSpec::File { path } => {
             let path = absolute("stdin", path)?;
-            let file = std::fs::File::open(&path)
-                .map_err(|e| io_error(&format!("opening stdin {}", path.display()), &e))?;
+            let file = open_stdio(
+                OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK),
+                &path,
+            )
+            .map_err(|e| io_error(&format!("opening stdin {}", path.display()), &e))?;
             Stdio::from(file)
         }
     })
+}
+
+/// Stdio files are opened with `O_NONBLOCK` because `open` runs on a runtime worker thread: a
+/// FIFO without a peer would otherwise block that thread (two such requests froze the agent).
+/// A FIFO is then refused — opened non-blocking its read end would give the child an immediate
+/// EOF, which is not what a FIFO on stdin means — with the way to get the usual behaviour; any
+/// other file is handed to the child as an ordinary blocking descriptor.
+fn open_stdio(opts: &OpenOptions, path: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::FileTypeExt;
+
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let fifo = || {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "it is a fifo, which the agent does not open for a process (opening one blocks until \
+             its peer appears); let the process open it, e.g. `sh -c 'exec cmd < FIFO'`",
+        )
+    };
+    // The write end of a FIFO nobody reads fails non-blocking with ENXIO.
+    let file = opts.open(path).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ENXIO) {
+            fifo()
+        } else {
+            e
+        }
+    })?;
+    if file.metadata()?.file_type().is_fifo() {
+        return Err(fifo());
+    }
+    let flags = OFlag::from_bits_truncate(fcntl(&file, FcntlArg::F_GETFL)?);
+    fcntl(&file, FcntlArg::F_SETFL(flags - OFlag::O_NONBLOCK))?;
+    Ok(file)
 }
 
 pub(super) fn spawn_error(command: &str, cgroup: Option<&Path>, e: &io::Error) -> ApiError {

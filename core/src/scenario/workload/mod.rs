@@ -13,7 +13,6 @@
 pub mod command;
 pub mod kv;
 
-use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
