@@ -32,7 +32,11 @@ fn agent_binary() -> Option<std::path::PathBuf> {
 
 async fn start_agent() -> Option<LoopbackAgent> {
     let Some(bin) = agent_binary() else {
-        chaos_testkit::skip("agent_client", "agent", &"chaos-agent binary not built (run `cargo build -p chaos-agent`)");
+        chaos_testkit::skip(
+            "agent_client",
+            "agent",
+            &"chaos-agent binary not built (run `cargo build -p chaos-agent`)",
+        );
         return None;
     };
     let dir = tempfile::tempdir().unwrap();

@@ -276,7 +276,11 @@ fn agent_binary() -> Option<PathBuf> {
 #[tokio::test]
 async fn chaos_agent_serves_with_an_issued_node_directory() {
     let Some(agent) = agent_binary() else {
-        chaos_testkit::skip("chaos_agent_serves_with_an_issued_node_directory", "agent", &"chaos-agent is not built next to chaos (cargo build -p chaos-agent)");
+        chaos_testkit::skip(
+            "chaos_agent_serves_with_an_issued_node_directory",
+            "agent",
+            &"chaos-agent is not built next to chaos (cargo build -p chaos-agent)",
+        );
         return;
     };
     let tmp = tempfile::tempdir().unwrap();

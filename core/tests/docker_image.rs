@@ -36,7 +36,11 @@ async fn docker() -> Option<Docker> {
     match outcome {
         Ok(docker) => Some(docker),
         Err(why) => {
-            chaos_testkit::skip("docker_image", "docker", &format!("no Docker daemon reachable: {why}"));
+            chaos_testkit::skip(
+                "docker_image",
+                "docker",
+                &format!("no Docker daemon reachable: {why}"),
+            );
             None
         }
     }

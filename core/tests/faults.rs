@@ -114,7 +114,11 @@ fn perl_available(test: &str) -> bool {
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
-        chaos_testkit::skip(test, "perl", &"the traffic tool needs perl with IO::Socket::INET and Time::HiRes");
+        chaos_testkit::skip(
+            test,
+            "perl",
+            &"the traffic tool needs perl with IO::Socket::INET and Time::HiRes",
+        );
     }
     ok
 }
