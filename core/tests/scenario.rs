@@ -3,6 +3,7 @@
 //! of faults, a violated invariant with its replay line, and Ctrl-C leaving nothing behind.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -525,8 +526,11 @@ fn violated_invariant_exits_1_with_a_replay_line_that_reproduces_the_plan() {
     assert_nothing_left(&second);
 }
 
-/// Ctrl-C in the middle of a fault: the run heals, stops etcd, cleans up, writes its summary and
-/// exits 130.
+/// Ctrl-C in the middle of a fault: the run heals, stops etcd, collects every node's log, cleans
+/// up, writes its summary and exits 130. A terminal sends SIGINT to its whole foreground process
+/// group, so `chaos run` gets a group of its own here and the signal goes to the group: had the
+/// agents stayed in the runner's group, they would have shut down (killing etcd) before the
+/// runner could collect the nodes' logs.
 #[test]
 fn ctrl_c_heals_stops_and_cleans_up() {
     if let Some(why) = etcd_unavailable(BackendKind::Netns) {
@@ -545,6 +549,7 @@ fn ctrl_c_heals_stops_and_cleans_up() {
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
@@ -578,7 +583,8 @@ fn ctrl_c_heals_stops_and_cleans_up() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let interrupted_at = Instant::now();
-    nix::sys::signal::kill(
+    // What a terminal's Ctrl-C does: SIGINT to every process of the foreground group.
+    nix::sys::signal::killpg(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGINT,
     )
@@ -608,6 +614,12 @@ fn ctrl_c_heals_stops_and_cleans_up() {
     );
     assert!(events.lines().any(|l| l.contains("\"system_stopped\"")));
     assert!(events.lines().any(|l| l.contains("\"run_finished\"")));
+    // The agents outlived the Ctrl-C, so every node's log was collected.
+    for node in ["n1", "n2", "n3"] {
+        let log = run_dir.join(format!("nodes/{node}/system.log"));
+        let text = std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+        assert!(text.contains("etcd Version:"), "{}: {text}", log.display());
+    }
     assert_nothing_left(&run_dir);
 }
 
@@ -829,4 +841,96 @@ checkers = ["set"]
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{}", text(&out.stderr));
     assert!(stdout.contains("FAILED: history checkers: set:"), "{stdout}");
     assert!(stdout.contains("replay: chaos run"), "{stdout}");
+}
+
+/// A netns scenario whose only fault is a long pause, so the test can kill an agent while it
+/// runs.
+const AGENT_KILLED: &str = r#"
+name = "agent-killed"
+[cluster]
+backend = "netns"
+nodes = 2
+[setup.start]
+command = ["sh", "-c", "sleep 600; : {{ run_id }}"]
+[schedule]
+rounds = 1
+[[faults]]
+name = "pause-one"
+kind = "pause"
+target = "one"
+duration = "6s"
+"#;
+
+/// An agent SIGKILLed during a run is restarted by the runner's supervisor, and the run's
+/// `events.jsonl` says so: `agent_died`, then `agent_restarted`, for that node.
+#[test]
+fn a_killed_agent_is_restarted_and_recorded_in_the_run_events() {
+    let test = "a_killed_agent_is_restarted_and_recorded_in_the_run_events";
+    if let Err(why) = backend::availability(BackendKind::Netns) {
+        chaos_testkit::skip(test, "netns", &why);
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "agent-killed.toml", AGENT_KILLED);
+    let out_dir = dir.path().join("runs");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chaos"))
+        .args([
+            "run",
+            file.to_str().unwrap(),
+            "--seed",
+            "3",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let events_file = out_dir.join("agent-killed/latest/events.jsonl");
+    let events = || std::fs::read_to_string(&events_file).unwrap_or_default();
+    let deadline = Instant::now() + chaos_testkit::scaled(Duration::from_secs(60));
+    while !events().contains("\"fault_injected\"") {
+        assert!(
+            Instant::now() < deadline,
+            "no fault injected in time:\n{}",
+            events()
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "chaos run ended early:\n{}",
+            events()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // n1's agent, found through the cluster's state file, which names this run's runner.
+    let record: serde_json::Value = std::fs::read_dir(backend::netns::STATE_DIR)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        .filter_map(|e| serde_json::from_str(&std::fs::read_to_string(e.path()).ok()?).ok())
+        .find(|r: &serde_json::Value| r["runner_pid"].as_u64() == Some(u64::from(child.id())))
+        .expect("the run's netns state file");
+    let procs = Path::new(record["cgroup_dir"].as_str().unwrap()).join("n1/agent/cgroup.procs");
+    let agent: i32 = std::fs::read_to_string(&procs).unwrap().trim().parse().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+
+    let out = child.wait_with_output().unwrap();
+    let events = events();
+    let line = |name: &str| {
+        events
+            .lines()
+            .position(|l| l.contains(&format!("\"event\":\"{name}\"")) && l.contains("\"node\":\"n1\""))
+    };
+    let died = line("agent_died").unwrap_or_else(|| panic!("no agent_died for n1:\n{events}"));
+    let restarted = line("agent_restarted").unwrap_or_else(|| panic!("no agent_restarted for n1:\n{events}"));
+    assert!(died < restarted, "{events}");
+    assert!(events.contains("signal: 9"), "{events}");
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("node n1: agent restarted"), "{stdout}");
+    let run_dir = std::fs::canonicalize(out_dir.join("agent-killed/latest")).unwrap();
+    assert_nothing_left(&run_dir);
 }

@@ -414,7 +414,8 @@ struct Run {
     scenario: Arc<Scenario>,
     plan: Plan,
     options: RunOptions,
-    dir: RunDir,
+    /// Shared with the task that records the agent supervisor's events.
+    dir: Arc<RunDir>,
     replay: String,
     seed: u64,
     started_at: String,
@@ -422,6 +423,8 @@ struct Run {
     bar: ProgressBar,
     status: Arc<std::sync::Mutex<Status>>,
     cluster: Option<Arc<dyn Cluster>>,
+    /// Writes the cluster's agent events (died, restarted, node failed) to `events.jsonl`.
+    agent_events: Option<tokio::task::JoinHandle<()>>,
     system: Option<Arc<System>>,
     suts: Vec<Option<Sut>>,
     recorder: Option<Arc<Recorder>>,
@@ -482,7 +485,7 @@ impl Run {
             scenario: Arc::new(scenario),
             plan,
             options,
-            dir,
+            dir: Arc::new(dir),
             replay,
             seed,
             started_at: super::rundir::timestamps().1,
@@ -490,6 +493,7 @@ impl Run {
             bar,
             status: Arc::new(std::sync::Mutex::new(Status::default())),
             cluster: None,
+            agent_events: None,
             system: None,
             suts: Vec::new(),
             recorder: None,
@@ -686,6 +690,9 @@ impl Run {
             _ = self.cancel.cancelled() => return Err(Abort::Interrupted),
         };
         self.cluster = Some(cluster.clone());
+        self.agent_events = cluster
+            .agent_events()
+            .map(|events| self.record_agent_events(events));
         let nodes = tokio::select! {
             created = cluster.create_nodes(n) => created.map_err(|e| Abort::Setup(format!("creating {n} nodes: {e}")))?,
             _ = self.cancel.cancelled() => return Err(Abort::Interrupted),
@@ -1589,6 +1596,42 @@ impl Run {
             tracing::error!("cleaning up the cluster: {e}");
             self.dir.event("cleanup_error", json!({"error": e.to_string()}));
         }
+        if let Some(task) = self.agent_events.take() {
+            // The cleanup stopped the supervisor; what it sent before is written by now or
+            // within moments (the channel closes once the cluster is dropped).
+            let abort = task.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(1), task).await.is_err() {
+                abort.abort();
+            }
+        }
+    }
+
+    /// Writes each agent event to `events.jsonl` (and, with progress shown, a line to stdout)
+    /// as it happens.
+    fn record_agent_events(
+        &self,
+        mut events: tokio::sync::broadcast::Receiver<crate::backend::supervisor::AgentEvent>,
+    ) -> tokio::task::JoinHandle<()> {
+        use tokio::sync::broadcast::error::RecvError;
+        let dir = self.dir.clone();
+        let bar = self.bar.clone();
+        let progress = self.options.progress;
+        tokio::spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(event) => {
+                        dir.event(event.name(), json!(event));
+                        if progress {
+                            bar.suspend(|| println!("{event}"));
+                        }
+                    }
+                    Err(RecvError::Lagged(missed)) => {
+                        dir.event("agent_events_lost", json!({"missed": missed}));
+                    }
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        })
     }
 
     /// Copies every node's system log, the `teardown.collect` paths, and the data directory of
