@@ -249,6 +249,12 @@ fn container_faults_in_a_scenario_recover_on_docker() {
     .remove("faults")
     .unwrap();
     scenario.insert("faults".into(), cases);
+    // Recovery bounds (checks, operations, the checker's max_recovery) stretch with the test kit's
+    // scale on a busy machine; fault durations and pauses do not.
+    scenario.insert(
+        "timeout_multiplier".into(),
+        chaos_testkit::scaled(Duration::from_secs(1)).as_secs_f64().into(),
+    );
     let dir = tempfile::tempdir().unwrap();
     let file = write(
         dir.path(),
@@ -932,5 +938,87 @@ fn a_killed_agent_is_restarted_and_recorded_in_the_run_events() {
     let stdout = text(&out.stdout);
     assert!(stdout.contains("node n1: agent restarted"), "{stdout}");
     let run_dir = std::fs::canonicalize(out_dir.join("agent-killed/latest")).unwrap();
+    assert_nothing_left(&run_dir);
+}
+
+/// A system that takes 2 s to serve again after every (re)start, with recovery checks that pass
+/// at once: a slow recovery, not a missing one. The run must keep the workload going until it
+/// sees the node serve again (within `max_recovery`) before the schedule ends — before, the run
+/// stopped the workload right after the last heal and the availability checker reported
+/// "never recovered" (the CI failure of container faults on a loaded machine, made
+/// deterministic).
+const SLOW_RECOVERY: &str = r#"
+name = "slow-recovery"
+[cluster]
+backend = "local"
+nodes = 1
+[setup.start]
+command = ["sh", "-c", "rm -f {{ node.root }}/ready; sleep 2; touch {{ node.root }}/ready; while :; do sleep 0.1; done; : {{ run_id }}"]
+[[setup.ready]]
+name = "serving"
+command = "test -e {{ node.root }}/ready"
+timeout = "20s"
+interval = "100ms"
+[workload]
+type = "command"
+rate = 20
+concurrency = 1
+keys = 1
+timeout = "1s"
+[[workload.ops]]
+kind = "add"
+command = "test -e {{ node.root }}/ready && echo {{ value }}"
+[schedule]
+rounds = 1
+pause = "100ms"
+[[faults]]
+name = "kill-it"
+kind = "kill"
+target = "all"
+duration = "300ms"
+[[invariants]]
+name = "alive"
+at = ["heal"]
+command = "true"
+[history]
+checkers = ["availability"]
+max_error_fraction = 1.0
+max_recovery = "15s"
+"#;
+
+#[test]
+fn a_slow_recovery_is_observed_before_the_run_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "slow-recovery.toml", SLOW_RECOVERY);
+    let out_dir = dir.path().join("runs");
+    let out = chaos(&[
+        "run",
+        file.to_str().unwrap(),
+        "--seed",
+        "1",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", text(&out.stderr));
+    let run_dir = PathBuf::from(line_after(&stdout, "run directory: ").unwrap().trim());
+    let events = std::fs::read_to_string(run_dir.join("events.jsonl")).unwrap();
+    let waited = events
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|e| e["event"] == "workload_recovered")
+        .unwrap_or_else(|| panic!("no workload_recovered event:\n{events}"));
+    assert_eq!(waited["nodes"], serde_json::json!(["n1"]), "{waited}");
+    // The system needs 2 s after its restart; the wait covered most of it.
+    assert!(waited["waited_ms"].as_u64().unwrap() >= 1000, "{waited}");
+    let summary = read_json(&run_dir.join("summary.json"));
+    let availability = summary["history"]["checkers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["checker"] == "availability")
+        .cloned()
+        .unwrap();
+    assert_eq!(availability["valid"], "valid", "{availability:#}");
     assert_nothing_left(&run_dir);
 }
