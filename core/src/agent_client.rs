@@ -7,6 +7,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -32,7 +33,6 @@ use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::WebSocketStream;
@@ -76,6 +76,9 @@ pub struct AgentClient {
     tls: TlsConnector,
     http: Client<hyper_rustls::HttpsConnector<HttpConnector>, ReqBody>,
     timeouts: Timeouts,
+    /// Set once [`AgentClient::shutdown`] was called: the agent's exit is expected, and its
+    /// supervisor ([`crate::backend::supervisor`]) does not restart it.
+    shutdown_requested: AtomicBool,
 }
 
 impl std::fmt::Debug for AgentClient {
@@ -134,6 +137,7 @@ impl AgentClient {
             tls: TlsConnector::from(tls),
             http,
             timeouts,
+            shutdown_requested: AtomicBool::new(false),
         }
     }
 
@@ -145,6 +149,11 @@ impl AgentClient {
     /// The agent's address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Whether [`AgentClient::shutdown`] was called on this client: the agent was asked to exit.
+    pub fn shutdown_requested(&self) -> bool {
+        self.shutdown_requested.load(Ordering::SeqCst)
     }
 
     fn url(&self, path: &str, query: &[(&str, &str)]) -> String {
@@ -310,8 +319,10 @@ impl AgentClient {
         self.call::<(), _>("heartbeat", Method::POST, url, None).await
     }
 
-    /// `POST /v1/shutdown`: the agent kills everything it started and exits.
+    /// `POST /v1/shutdown`: the agent kills everything it started and exits. From the first
+    /// call on, the agent's end counts as asked for ([`AgentClient::shutdown_requested`]).
     pub async fn shutdown(&self) -> Result<()> {
+        self.shutdown_requested.store(true, Ordering::SeqCst);
         self.call::<(), ()>("shutdown", Method::POST, self.url("/shutdown", &[]), None)
             .await
     }
@@ -591,31 +602,6 @@ impl AgentClient {
         let (user, pump) = tokio::io::duplex(CHUNK);
         tokio::spawn(dial_pump(ws, pump));
         Ok(Box::new(user))
-    }
-
-    /// Heartbeats the agent every `interval` until the returned task is dropped.
-    pub fn spawn_heartbeats(self: &Arc<Self>, interval: Duration) -> HeartbeatTask {
-        let client = self.clone();
-        HeartbeatTask(tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(interval);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticker.tick().await;
-                if let Err(e) = client.heartbeat().await {
-                    tracing::warn!(node = %client.node, "heartbeat failed: {e}");
-                }
-            }
-        }))
-    }
-}
-
-/// A running heartbeat loop; dropping it stops the heartbeats.
-#[derive(Debug)]
-pub struct HeartbeatTask(JoinHandle<()>);
-
-impl Drop for HeartbeatTask {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

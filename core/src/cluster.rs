@@ -20,6 +20,7 @@ use chaos_proto::{
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::backend::supervisor::AgentEvent;
 use crate::{Error, Result};
 
 /// A boxed byte source (file contents, process output).
@@ -54,6 +55,13 @@ pub trait Cluster: Send + Sync {
     /// Stops every node and releases every resource the cluster holds (processes, namespaces,
     /// links, cgroups, temporary directories). Idempotent.
     async fn cleanup(&self) -> Result<()>;
+
+    /// What the cluster's agent supervisor sees and does from now on (an agent died, was
+    /// restarted, a node was given up: [`AgentEvent`]), for backends that run agents; `None` for
+    /// backends without agents. See [`crate::backend::supervisor`].
+    fn agent_events(&self) -> Option<tokio::sync::broadcast::Receiver<AgentEvent>> {
+        None
+    }
 }
 
 /// One node of a cluster: a place to run processes, with files and a network position.

@@ -8,6 +8,7 @@
 #![cfg(target_os = "linux")]
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -121,6 +122,8 @@ impl Up {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
+            // Its own process group, like a job a shell starts: a test can Ctrl-C it.
+            .process_group(0)
             .spawn()
             .expect("spawning chaos up");
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
@@ -193,6 +196,8 @@ impl Drop for Up {
         if self.child.try_wait().ok().flatten().is_some() {
             return;
         }
+        // A test that stopped it and then failed must not leave it stopped.
+        signal(self.pid(), libc::SIGCONT);
         signal(self.pid(), libc::SIGTERM);
         let deadline = Instant::now() + BOUND;
         while self.child.try_wait().ok().flatten().is_none() {
@@ -697,9 +702,133 @@ fn netns_ctrl_c_cleans_up() {
     let footprint = footprint_of(&up);
     let out = exec(&dir, "n2", &["sh", "-c", "sleep 600 & echo started"]);
     assert_eq!(text(&out.stdout), "started\n", "{}", text(&out.stderr));
-    signal(up.pid(), libc::SIGINT);
+    // A terminal's Ctrl-C: SIGINT to the whole process group, which the agents are not in.
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(up.pid()),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
     assert!(up.wait_exit(), "chaos up failed after SIGINT");
     assert_eq!(state_files(&dir), Vec::<String>::new());
+    footprint.assert_gone_within(Duration::from_secs(10));
+}
+
+/// The pid of `node`'s agent, from the cgroup the backend's state file names.
+fn agent_pid(up: &Up, node: &str) -> u32 {
+    let cluster = up.cluster();
+    let record: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(cluster["backend_state_file"].as_str().unwrap()).unwrap(),
+    )
+    .unwrap();
+    let procs = Path::new(record["cgroup_dir"].as_str().unwrap())
+        .join(node)
+        .join("agent/cgroup.procs");
+    let pids: Vec<u32> = std::fs::read_to_string(&procs)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    assert_eq!(pids.len(), 1, "{}: {pids:?}", procs.display());
+    pids[0]
+}
+
+/// A node whose agent is dead does not hide the others: `fault list` and `fault heal` print
+/// every node that answered and name the one that did not, exiting 1. (`chaos up` is stopped
+/// meanwhile, so its supervisor cannot restart the agent; once it runs again, it does.)
+#[test]
+fn fault_list_and_heal_report_a_dead_node_and_print_the_rest() {
+    if !netns_available("fault_list_and_heal_report_a_dead_node_and_print_the_rest") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("state");
+    let up = Up::start("netns", 3, &dir, &["--heartbeat-timeout", "60s"]);
+    let footprint = footprint_of(&up);
+    let state = dir.to_str().unwrap();
+    for (node, id) in [("n1", "cut-n1"), ("n3", "cut-n3")] {
+        let out = run(&[
+            "fault",
+            "inject",
+            "--state",
+            state,
+            node,
+            "partition",
+            "--peers",
+            "n2",
+            "--ttl",
+            "60s",
+            "--id",
+            id,
+        ]);
+        assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    }
+
+    signal(up.pid(), libc::SIGSTOP);
+    let n2_agent = agent_pid(&up, "n2");
+    signal(n2_agent as i32, libc::SIGKILL);
+    let deadline = Instant::now() + BOUND;
+    while alive_here(n2_agent) {
+        assert!(Instant::now() < deadline, "n2's agent survived SIGKILL");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    let out = run(&["fault", "list", "--state", state]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(code(&out), Some(1), "{stdout}{stderr}");
+    for (node, id) in [("n1", "cut-n1"), ("n3", "cut-n3")] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("{node} ")) && l.contains(id)),
+            "{id} of {node} not listed:\n{stdout}{stderr}"
+        );
+    }
+    assert!(
+        stderr.lines().any(|l| l.starts_with("n2: "))
+            && stderr.contains("1 of 3 node(s) did not answer (n2)"),
+        "{stderr}"
+    );
+    let out = run(&["fault", "list", "--state", state, "--json"]);
+    assert_eq!(code(&out), Some(1), "{}", text(&out.stderr));
+    let json: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("JSON of the nodes that answered");
+    assert_eq!(json["n1"][0]["id"], "cut-n1", "{json}");
+    assert_eq!(json["n3"][0]["id"], "cut-n3", "{json}");
+    assert!(json.get("n2").is_none(), "{json}");
+
+    // Healing by id reaches the node that has it, and says which node did not answer.
+    let out = run(&["fault", "heal", "--state", state, "cut-n1"]);
+    assert_eq!(code(&out), Some(1), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "n1 cut-n1\n");
+    assert!(text(&out.stderr).contains("(n2)"), "{}", text(&out.stderr));
+    let out = run(&["fault", "heal", "--state", state, "--all"]);
+    assert_eq!(code(&out), Some(1), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "n3 cut-n3\n");
+    assert!(
+        text(&out.stderr).contains("did not answer (n2)"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // `chaos up` runs again: its supervisor restarts n2's agent, and the list is whole.
+    signal(up.pid(), libc::SIGCONT);
+    let deadline = Instant::now() + BOUND;
+    loop {
+        let out = run(&["fault", "list", "--state", state, "--json"]);
+        if code(&out) == Some(0) {
+            let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(json.as_object().unwrap().len(), 3, "{json}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "n2 was not restarted within {BOUND:?}: {}",
+            text(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_ne!(agent_pid(&up, "n2"), n2_agent);
+    drop(up);
     footprint.assert_gone_within(Duration::from_secs(10));
 }
 

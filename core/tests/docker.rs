@@ -475,3 +475,83 @@ impl Drop for RemoveImageOnDrop {
         }
     }
 }
+
+/// The agent inside a container killed: the container exits with it (the agent is its
+/// entrypoint), and the runner's supervisor starts it again — its agent heals what its
+/// predecessor recorded and serves. A container stopped on purpose by a `stop` fault is left
+/// stopped until the fault heals. Before supervision, a container whose agent died stayed
+/// down for the rest of the cluster's life.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_agent_is_restarted_but_a_stopped_container_stays_stopped() {
+    use chaos::backend::supervisor::AgentEvent;
+
+    let Some(cluster) = cluster("docker_supervised").await else {
+        return;
+    };
+    let docker = docker::connect().await.unwrap();
+    let nodes = cluster.create_nodes(1).await.unwrap();
+    let n1 = &*nodes[0];
+    let container = cluster.container_name("n1");
+    let running = async || {
+        docker
+            .inspect_container(&container, None)
+            .await
+            .ok()
+            .and_then(|i| i.state)
+            .and_then(|s| s.running)
+    };
+    let mut events = cluster
+        .agent_events()
+        .expect("docker clusters report agent events");
+
+    // A container_stop fault: down on purpose, not restarted until healed.
+    let stop = cluster
+        .container_fault("n1", ContainerFault::Stop, Duration::from_secs(60))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        running().await,
+        Some(false),
+        "a stopped container was started again"
+    );
+    assert!(events.try_recv().is_err(), "the supervisor acted on a stop fault");
+    assert!(stop.heal().await.unwrap());
+    assert!(sh(n1, "true").await.0);
+
+    // The agent killed from inside: `$PPID` of a process it started is the agent itself.
+    let killed = Instant::now();
+    let _ = n1.run("sh", ["-c", "kill -9 $PPID"]).await;
+    let bound = chaos_testkit::scaled(Duration::from_secs(60));
+    let mut died = None;
+    loop {
+        let event = tokio::time::timeout(bound.saturating_sub(killed.elapsed()), events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no restart within {bound:?}; died: {died:?}"))
+            .unwrap();
+        eprintln!("{event}");
+        match event {
+            AgentEvent::AgentDied { node, how } => {
+                assert_eq!(node, "n1");
+                died = Some(how);
+            }
+            AgentEvent::AgentRestarted { node, .. } => {
+                assert_eq!(node, "n1");
+                break;
+            }
+            other => panic!("unexpected: {other}"),
+        }
+    }
+    let how = died.expect("the death was reported before the restart");
+    assert!(how.contains("exited with code 137"), "{how}");
+    eprintln!("restarted {:?} after the kill", killed.elapsed());
+    assert_eq!(running().await, Some(true));
+    let (ok, text) = sh(n1, "echo back").await;
+    assert!(ok && text == "back\n", "{text}");
+    cluster.cleanup().await.unwrap();
+    assert_eq!(
+        labelled(&docker, cluster.id()).await,
+        (0, 0),
+        "left after cleanup"
+    );
+}

@@ -12,6 +12,7 @@
 
 #![cfg(target_os = "linux")]
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -284,6 +285,274 @@ async fn a_killed_runners_netns_cluster_is_collected_and_a_live_one_kept() {
     live.cleanup().await.expect("cleaning up the live cluster");
     live_footprint.assert_gone_now();
     drop(runner);
+}
+
+/// Names of every netns-backend resource on the host, as `kind name`: namespaces, host links,
+/// cluster cgroups, state and claim files, temporary directories.
+fn netns_resources() -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    let names = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for name in names(Path::new("/run/netns")) {
+        if name.starts_with("chaos-") {
+            found.insert(format!("netns {name}"));
+        }
+    }
+    for name in names(Path::new("/sys/class/net")) {
+        if name.starts_with("chaos") {
+            found.insert(format!("link {name}"));
+        }
+    }
+    for name in names(&cgroup2_mount().join("chaos")) {
+        if name.parse::<u32>().is_ok() {
+            found.insert(format!("cgroup {name}"));
+        }
+    }
+    for name in names(Path::new(netns::STATE_DIR)) {
+        if !name.starts_with(".netns-dir") {
+            found.insert(format!("state {name}"));
+        }
+    }
+    for name in names(&std::env::temp_dir()) {
+        if name.starts_with("chaos-netns-") {
+            found.insert(format!("tempdir {name}"));
+        }
+    }
+    found
+}
+
+/// The cluster index a resource line names (`netns chaos-7-n1`, `link chaos7h`, `cgroup 7`,
+/// `state 7.json`, `state .claim-7-123-0`, `tempdir chaos-netns-7-ab12cd34`).
+fn index_of(resource: &str) -> Option<u32> {
+    let (kind, name) = resource.split_once(' ')?;
+    let digits = |s: &str| -> Option<u32> {
+        let d: String = s.chars().take_while(char::is_ascii_digit).collect();
+        d.parse().ok()
+    };
+    match kind {
+        "netns" => digits(name.strip_prefix("chaos-")?),
+        "link" => digits(name.strip_prefix("chaos")?),
+        "cgroup" => name.parse().ok(),
+        "state" => digits(name.strip_prefix(".claim-").unwrap_or(name)),
+        "tempdir" => digits(name.strip_prefix("chaos-netns-")?),
+        _ => None,
+    }
+}
+
+/// Whether cluster `index` belongs to a live runner other than `dead`, by its state file.
+fn live_cluster(index: u32, dead: u32) -> bool {
+    let Ok(text) = std::fs::read_to_string(netns::state_file(index)) else {
+        return false;
+    };
+    let record: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    let Some(tag) = record["owner"].as_str().and_then(OwnerTag::parse) else {
+        return false;
+    };
+    tag.pid != dead
+        && owner::owner_state(record["owner"].as_str().unwrap_or_default()) == owner::OwnerState::Alive
+}
+
+/// Where in its life `chaos up` is killed.
+#[derive(Debug, Clone, Copy)]
+enum KillPoint {
+    /// This long after it was started.
+    After(Duration),
+    /// As soon as its state file (the claim) exists.
+    Claimed,
+    /// As soon as its hub namespace exists.
+    HubMade,
+    /// As soon as the namespace of node n1 exists.
+    NodeNamespace,
+    /// As soon as an agent runs in n1's cgroup.
+    AgentRunning,
+    /// Once it printed its nodes.
+    Up,
+    /// Tearing down: this long after SIGTERM.
+    TearingDown(Duration),
+}
+
+/// The state file of the cluster `pid` claimed, if there is one yet.
+fn claimed_by(pid: u32) -> Option<(u32, serde_json::Value)> {
+    let dir = std::fs::read_dir(netns::STATE_DIR).ok()?;
+    dir.flatten().find_map(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let index: u32 = name.strip_suffix(".json")?.parse().ok()?;
+        let record: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(e.path()).ok()?).ok()?;
+        (record["runner_pid"].as_u64() == Some(u64::from(pid))).then_some((index, record))
+    })
+}
+
+/// Polls `ready` every millisecond until it holds; false after `bound` or when `child` exited.
+fn poll(child: &mut Child, bound: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + bound;
+    while std::time::Instant::now() < deadline {
+        if ready() {
+            return true;
+        }
+        if child.try_wait().ok().flatten().is_some() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    false
+}
+
+/// `chaos up` SIGKILLed at many instants — 10, 20 and 40 ms after it starts (the hub and host
+/// link existed then, before any state file), right after its claim, during node creation, once
+/// up, and while tearing down — leaves nothing that plain `chaos gc` (no `--all`) does not
+/// remove: namespaces, links, cgroups with their agents, temporary and node directories, state
+/// and claim files. Meanwhile a live cluster of this process is untouched and keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_killed_at_any_instant_is_collected_without_all() {
+    let test = "a_runner_killed_at_any_instant_is_collected_without_all";
+    if !netns_available(test) {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let live = NetnsCluster::new(ClusterOptions {
+        name: "gc-live-2".into(),
+        ..ClusterOptions::default()
+    })
+    .await
+    .expect("creating the live cluster");
+    let live_node = live
+        .create_nodes(1)
+        .await
+        .expect("creating a live node")
+        .remove(0);
+    let live_footprint = Footprint::record(
+        live.index(),
+        live.cgroup_dir().to_path_buf(),
+        live.dir().to_path_buf(),
+    );
+    let live_before = live_footprint.resources();
+
+    let points = [
+        KillPoint::After(Duration::from_millis(10)),
+        KillPoint::After(Duration::from_millis(20)),
+        KillPoint::After(Duration::from_millis(40)),
+        KillPoint::After(Duration::from_millis(80)),
+        KillPoint::Claimed,
+        KillPoint::HubMade,
+        KillPoint::NodeNamespace,
+        KillPoint::AgentRunning,
+        KillPoint::Up,
+        KillPoint::TearingDown(Duration::from_millis(20)),
+    ];
+    let mut reached = Vec::new();
+    for point in points {
+        let before = netns_resources();
+        let tmp = tempfile::tempdir().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chaos"))
+            .args([
+                "up",
+                "--backend",
+                "netns",
+                "--nodes",
+                "2",
+                "--heartbeat-timeout",
+                "120s",
+                "--state",
+            ])
+            .arg(tmp.path().join("state"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning chaos up");
+        let pid = child.id();
+        let claim = || claimed_by(pid);
+        let hit = match point {
+            KillPoint::After(d) => {
+                std::thread::sleep(d);
+                true
+            }
+            KillPoint::Claimed => poll(&mut child, BOUND, || claim().is_some()),
+            KillPoint::HubMade => poll(&mut child, BOUND, || {
+                claim().is_some_and(|(i, _)| Path::new("/run/netns").join(netns::hub_netns_name(i)).exists())
+            }),
+            KillPoint::NodeNamespace => poll(&mut child, BOUND, || {
+                claim().is_some_and(|(i, _)| {
+                    Path::new("/run/netns")
+                        .join(netns::node_netns_name(i, 1))
+                        .exists()
+                })
+            }),
+            KillPoint::AgentRunning => poll(&mut child, BOUND, || {
+                claim().is_some_and(|(_, r)| {
+                    let procs = Path::new(r["cgroup_dir"].as_str().unwrap_or("/nonexistent"))
+                        .join("n1/agent/cgroup.procs");
+                    std::fs::read_to_string(procs).is_ok_and(|p| !p.trim().is_empty())
+                })
+            }),
+            KillPoint::Up => poll(&mut child, BOUND, || {
+                tmp.path().join("state/cluster.json").exists()
+            }),
+            KillPoint::TearingDown(d) => {
+                let up = poll(&mut child, BOUND, || {
+                    tmp.path().join("state/cluster.json").exists()
+                });
+                if up {
+                    nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGTERM,
+                    )
+                    .unwrap();
+                    std::thread::sleep(d);
+                }
+                up
+            }
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        let made: Vec<String> = netns_resources().difference(&before).cloned().collect();
+        reached.push(format!("{point:?}: reached {hit}, had made {made:?}"));
+
+        let (code, stdout) = run_chaos(&["gc"]).await;
+        assert_eq!(code, Some(0), "{point:?}: {stdout}");
+        // What is new since before this runner started, and not a live runner's (other test
+        // binaries create clusters meanwhile; one of an older version may be between making its
+        // hub and its state file for a moment, hence the second look).
+        let mut left = Vec::new();
+        for _ in 0..50 {
+            left = netns_resources()
+                .difference(&before)
+                .filter(|r| index_of(r).is_none_or(|i| !live_cluster(i, pid)))
+                .cloned()
+                .collect();
+            if left.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            left.is_empty(),
+            "chaos up killed at {point:?} (pid {pid}): plain `chaos gc` left {left:?}\ngc said:\n{stdout}"
+        );
+    }
+    eprintln!("{}", reached.join("\n"));
+    assert!(
+        reached.iter().filter(|r| r.contains("reached true")).count() >= 8,
+        "too few kill points were reached: {reached:#?}"
+    );
+
+    // The live cluster is untouched and works.
+    assert_eq!(live_footprint.resources(), live_before);
+    let out = live_node
+        .run("echo", ["still here"])
+        .await
+        .expect("running on the live node");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "still here\n");
+    live.cleanup().await.expect("cleaning up the live cluster");
+    live_footprint.assert_gone_now();
 }
 
 /// The first index with nothing of the backend on this host, from the top (where clusters are

@@ -436,3 +436,269 @@ async fn cancelled_node_creation_leaves_no_node_behind() {
     let leftovers = footprint(index, &cgroup_dir, &temp_dir);
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// `nsenter --net=<node's namespace> PROGRAM ARGS…`: what the kernel of the node says, asked
+/// without the agent (and without `ip netns exec`, which would remount /sys).
+fn in_node(cluster: &NetnsCluster, node: &str, program: &str, args: &[&str]) -> String {
+    let netns = format!("--net=/run/netns/{}", cluster.node_netns(node).unwrap());
+    let mut argv = vec![netns.as_str(), program];
+    argv.extend_from_slice(args);
+    stdout_of("nsenter", &argv)
+}
+
+/// The agent processes of `node` (its cgroup's `agent` child).
+fn agent_pids(cluster: &NetnsCluster, node: &str) -> Vec<u32> {
+    common::footprint::cgroup_pids(&cluster.cgroup_dir().join(node).join("agent"))
+}
+
+/// What of our faults the kernel of each node still holds: nftables table, qdiscs other than
+/// the defaults, a frozen cgroup.
+fn faults_in_kernel(cluster: &NetnsCluster, frozen_cgroup: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for node in ["n1", "n2", "n3"] {
+        let ruleset = in_node(cluster, node, "nft", &["list", "ruleset"]);
+        if ruleset.contains("chaos_agent") {
+            found.push(format!("{node}: nftables table chaos_agent:\n{ruleset}"));
+        }
+        let qdiscs = in_node(cluster, node, "tc", &["qdisc", "show", "dev", "eth0"]);
+        if ["tbf", "htb", "netem"].iter().any(|q| qdiscs.contains(q)) {
+            found.push(format!("{node}: qdisc {qdiscs}"));
+        }
+    }
+    let freeze = std::fs::read_to_string(frozen_cgroup.join("cgroup.freeze")).unwrap_or_default();
+    let events = std::fs::read_to_string(frozen_cgroup.join("cgroup.events")).unwrap_or_default();
+    if freeze.trim() != "0" || events.contains("frozen 1") {
+        found.push(format!(
+            "{}: cgroup.freeze {freeze:?}, cgroup.events {events:?}",
+            frozen_cgroup.display()
+        ));
+    }
+    found
+}
+
+/// Every agent of a cluster SIGKILLed while a partition, a bandwidth limit (tbf qdisc), a delay
+/// (NFQUEUE: with its shaper dead, queued packets would simply be dropped) and a pause are in
+/// place: the runner's supervisor restarts each agent in its node, the new agent heals what the
+/// killed one recorded, and every fault is gone within its TTL + 2 s — the paused process runs
+/// again. Before supervision, nothing ever restarted a killed agent on netns, and its faults
+/// stayed until `chaos down`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_agents_are_restarted_in_their_nodes_and_heal_their_faults() {
+    use chaos::backend::supervisor::AgentEvent;
+    use chaos::faults::{self, Fault, ProcessTarget, Traffic};
+    use chaos::proto::fault::{Distribution, Mechanism};
+
+    let test = "killed_agents_are_restarted_in_their_nodes_and_heal_their_faults";
+    if !available(test) {
+        return;
+    }
+    let cluster = new_cluster("supervised").await;
+    let nodes = cluster.create_nodes(3).await.expect("creating 3 nodes");
+    let (n1, n2, n3) = (&nodes[0], &nodes[1], &nodes[2]);
+    let ip2 = n2.addresses()[0].to_string();
+
+    // A process on n1 that counts while it runs.
+    let ticks = format!("{}/ticks", n1.root_dir());
+    let script = format!("while :; do echo x >> {ticks}; sleep 0.02; done");
+    let mut spec = sh(&script);
+    spec.stdout = chaos::proto::OutputSpec::Null;
+    let counter = n1.start(spec).await.unwrap();
+    let size = || std::fs::metadata(&ticks).map_or(0, |m| m.len());
+    let grows = async || {
+        let before = size();
+        let deadline = Instant::now() + QUICK;
+        while size() == before {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    };
+    assert!(grows().await, "the counter counts");
+
+    // The claim under test is "gone within TTL + 2 s"; the margin covers noticing the death
+    // (a 100 ms poll), starting an agent and its startup heal on a loaded 2-core machine.
+    let ttl = Duration::from_secs(5);
+    let injected = Instant::now();
+    let pause = Fault::Pause {
+        process: ProcessTarget::Proc(counter.id),
+    };
+    let pause = faults::inject(&nodes, n1, &pause, ttl).await.expect("pause");
+    let partition = Fault::Partition {
+        traffic: Traffic::nodes(["n2"]),
+    };
+    let partition = faults::inject(&nodes, n1, &partition, ttl)
+        .await
+        .expect("partition");
+    let bandwidth = Fault::Bandwidth {
+        interface: "eth0".into(),
+        rate_bps: 1_000_000,
+        burst_bytes: 0,
+    };
+    faults::inject(&nodes, n2, &bandwidth, ttl)
+        .await
+        .expect("bandwidth");
+    let delay = Fault::Delay {
+        traffic: Traffic::nodes(["n1"]),
+        delay: Duration::from_millis(200),
+        jitter: Duration::ZERO,
+        distribution: Distribution::Uniform,
+    };
+    let delay = faults::inject(&nodes, n3, &delay, ttl).await.expect("delay");
+    eprintln!(
+        "pause via {:?}, partition via {:?}, delay via {:?}",
+        pause.mechanism(),
+        partition.mechanism(),
+        delay.mechanism()
+    );
+    let frozen = cluster
+        .cgroup_dir()
+        .join("n1")
+        .join(format!("proc-{}", counter.id));
+    assert!(
+        matches!(pause.mechanism(), Mechanism::CgroupV2Freeze),
+        "{:?}",
+        pause.mechanism()
+    );
+    let before = faults_in_kernel(&cluster, &frozen);
+    assert_eq!(before.len(), 4, "every fault is in place: {before:#?}");
+    assert!(
+        before.iter().any(|f| f.starts_with("n3") && f.contains("queue")),
+        "the delay queues packets: {before:#?}"
+    );
+    let ping = n1
+        .run("busybox", ["ping", "-c1", "-W1", ip2.as_str()])
+        .await
+        .unwrap();
+    assert!(!ping.status.success(), "the partition is in place");
+
+    // Kill every agent, the way a crash would.
+    let mut events = cluster
+        .agent_events()
+        .expect("netns clusters report agent events");
+    let killed = Instant::now();
+    let mut old_agents = Vec::new();
+    for node in ["n1", "n2", "n3"] {
+        let pids = agent_pids(&cluster, node);
+        assert_eq!(pids.len(), 1, "{node}: agent processes {pids:?}");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pids[0] as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        old_agents.push(pids[0]);
+    }
+
+    // Every fault gone, as the kernel of each node sees it.
+    let bound = ttl + Duration::from_secs(2);
+    let left = loop {
+        let left = faults_in_kernel(&cluster, &frozen);
+        if left.is_empty() || injected.elapsed() > bound {
+            break left;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        left.is_empty(),
+        "{:?} after injecting (TTL {ttl:?}), {:?} after the kill, still in place: {left:#?}",
+        injected.elapsed(),
+        killed.elapsed()
+    );
+    eprintln!("faults gone {:?} after the agents were killed", killed.elapsed());
+    assert!(grows().await, "the paused process runs again");
+
+    // The supervisor said so, node by node.
+    let mut restarted = BTreeSet::new();
+    let mut died = BTreeSet::new();
+    let deadline = Instant::now() + QUICK;
+    while restarted.len() < 3 {
+        let event = tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("restarted so far: {restarted:?}, died: {died:?}"))
+            .unwrap();
+        eprintln!("{event}");
+        match event {
+            AgentEvent::AgentDied { node, how } => {
+                assert!(how.contains("signal: 9"), "{node}: {how}");
+                died.insert(node);
+            }
+            AgentEvent::AgentRestarted { node, .. } => {
+                assert!(died.contains(&node), "{node} restarted before it died");
+                restarted.insert(node);
+            }
+            other => panic!("unexpected: {other}"),
+        }
+    }
+
+    // New agents, in the same nodes: same cgroup, same address, same log (appended).
+    for (i, node) in nodes.iter().enumerate() {
+        let name = node.name();
+        let pids = agent_pids(&cluster, name);
+        assert_eq!(pids.len(), 1, "{name}: {pids:?}");
+        assert_ne!(pids[0], old_agents[i], "{name}: the same agent?");
+        assert!(
+            node.list_faults().await.unwrap().is_empty(),
+            "{name}: a restarted agent lists no fault"
+        );
+        let log = std::fs::read_to_string(cluster.agent_log(name)).unwrap();
+        assert_eq!(log.matches("chaos-agent listening").count(), 2, "{name}: {log}");
+        assert!(
+            log.contains("healed a fault left by a previous agent"),
+            "{name}: {log}"
+        );
+        let ns = node.run("ip", ["netns", "identify"]).await.unwrap().stdout_str();
+        assert_eq!(Some(ns.trim().to_string()), cluster.node_netns(name));
+    }
+    let ping = n1
+        .run("busybox", ["ping", "-c1", "-W2", ip2.as_str()])
+        .await
+        .unwrap();
+    assert!(
+        ping.status.success(),
+        "the partition is healed: {}",
+        ping.stdout_str()
+    );
+
+    let snap = snapshot(&cluster, 3);
+    cluster.cleanup().await.unwrap();
+    snap.assert_gone_now();
+}
+
+/// Clusters created at the same moment all race for the same first free index; the claim (the
+/// state file, linked into place exclusively) lets exactly one win each index, and each state
+/// file names its own cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_clusters_claim_distinct_indices() {
+    if !available("concurrent_clusters_claim_distinct_indices") {
+        return;
+    }
+    let clusters =
+        futures_util::future::join_all((0..6).map(|i| new_cluster_named(format!("race-{i}")))).await;
+    let indices: BTreeSet<u32> = clusters.iter().map(NetnsCluster::index).collect();
+    assert_eq!(
+        indices.len(),
+        clusters.len(),
+        "an index was claimed twice: {indices:?}"
+    );
+    for cluster in &clusters {
+        let record: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(cluster.state_file()).unwrap()).unwrap();
+        assert_eq!(record["index"], cluster.index());
+        assert_eq!(record["temp_dir"], cluster.dir().to_str().unwrap());
+        assert_eq!(record["runner_pid"], std::process::id());
+    }
+    for cluster in clusters {
+        let snap = Footprint::record(
+            cluster.index(),
+            cluster.cgroup_dir().to_path_buf(),
+            cluster.dir().to_path_buf(),
+        );
+        cluster.cleanup().await.unwrap();
+        snap.assert_gone_now();
+    }
+}
+
+async fn new_cluster_named(name: String) -> NetnsCluster {
+    new_cluster(&name).await
+}

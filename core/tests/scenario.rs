@@ -3,6 +3,7 @@
 //! of faults, a violated invariant with its replay line, and Ctrl-C leaving nothing behind.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -248,6 +249,12 @@ fn container_faults_in_a_scenario_recover_on_docker() {
     .remove("faults")
     .unwrap();
     scenario.insert("faults".into(), cases);
+    // Recovery bounds (checks, operations, the checker's max_recovery) stretch with the test kit's
+    // scale on a busy machine; fault durations and pauses do not.
+    scenario.insert(
+        "timeout_multiplier".into(),
+        chaos_testkit::scaled(Duration::from_secs(1)).as_secs_f64().into(),
+    );
     let dir = tempfile::tempdir().unwrap();
     let file = write(
         dir.path(),
@@ -525,8 +532,11 @@ fn violated_invariant_exits_1_with_a_replay_line_that_reproduces_the_plan() {
     assert_nothing_left(&second);
 }
 
-/// Ctrl-C in the middle of a fault: the run heals, stops etcd, cleans up, writes its summary and
-/// exits 130.
+/// Ctrl-C in the middle of a fault: the run heals, stops etcd, collects every node's log, cleans
+/// up, writes its summary and exits 130. A terminal sends SIGINT to its whole foreground process
+/// group, so `chaos run` gets a group of its own here and the signal goes to the group: had the
+/// agents stayed in the runner's group, they would have shut down (killing etcd) before the
+/// runner could collect the nodes' logs.
 #[test]
 fn ctrl_c_heals_stops_and_cleans_up() {
     if let Some(why) = etcd_unavailable(BackendKind::Netns) {
@@ -545,6 +555,7 @@ fn ctrl_c_heals_stops_and_cleans_up() {
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
@@ -578,7 +589,8 @@ fn ctrl_c_heals_stops_and_cleans_up() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let interrupted_at = Instant::now();
-    nix::sys::signal::kill(
+    // What a terminal's Ctrl-C does: SIGINT to every process of the foreground group.
+    nix::sys::signal::killpg(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGINT,
     )
@@ -608,6 +620,12 @@ fn ctrl_c_heals_stops_and_cleans_up() {
     );
     assert!(events.lines().any(|l| l.contains("\"system_stopped\"")));
     assert!(events.lines().any(|l| l.contains("\"run_finished\"")));
+    // The agents outlived the Ctrl-C, so every node's log was collected.
+    for node in ["n1", "n2", "n3"] {
+        let log = run_dir.join(format!("nodes/{node}/system.log"));
+        let text = std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+        assert!(text.contains("etcd Version:"), "{}: {text}", log.display());
+    }
     assert_nothing_left(&run_dir);
 }
 
@@ -829,4 +847,178 @@ checkers = ["set"]
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{}", text(&out.stderr));
     assert!(stdout.contains("FAILED: history checkers: set:"), "{stdout}");
     assert!(stdout.contains("replay: chaos run"), "{stdout}");
+}
+
+/// A netns scenario whose only fault is a long pause, so the test can kill an agent while it
+/// runs.
+const AGENT_KILLED: &str = r#"
+name = "agent-killed"
+[cluster]
+backend = "netns"
+nodes = 2
+[setup.start]
+command = ["sh", "-c", "sleep 600; : {{ run_id }}"]
+[schedule]
+rounds = 1
+[[faults]]
+name = "pause-one"
+kind = "pause"
+target = "one"
+duration = "6s"
+"#;
+
+/// An agent SIGKILLed during a run is restarted by the runner's supervisor, and the run's
+/// `events.jsonl` says so: `agent_died`, then `agent_restarted`, for that node.
+#[test]
+fn a_killed_agent_is_restarted_and_recorded_in_the_run_events() {
+    let test = "a_killed_agent_is_restarted_and_recorded_in_the_run_events";
+    if let Err(why) = backend::availability(BackendKind::Netns) {
+        chaos_testkit::skip(test, "netns", &why);
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "agent-killed.toml", AGENT_KILLED);
+    let out_dir = dir.path().join("runs");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chaos"))
+        .args([
+            "run",
+            file.to_str().unwrap(),
+            "--seed",
+            "3",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let events_file = out_dir.join("agent-killed/latest/events.jsonl");
+    let events = || std::fs::read_to_string(&events_file).unwrap_or_default();
+    let deadline = Instant::now() + chaos_testkit::scaled(Duration::from_secs(60));
+    while !events().contains("\"fault_injected\"") {
+        assert!(
+            Instant::now() < deadline,
+            "no fault injected in time:\n{}",
+            events()
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "chaos run ended early:\n{}",
+            events()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // n1's agent, found through the cluster's state file, which names this run's runner.
+    let record: serde_json::Value = std::fs::read_dir(backend::netns::STATE_DIR)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        .filter_map(|e| serde_json::from_str(&std::fs::read_to_string(e.path()).ok()?).ok())
+        .find(|r: &serde_json::Value| r["runner_pid"].as_u64() == Some(u64::from(child.id())))
+        .expect("the run's netns state file");
+    let procs = Path::new(record["cgroup_dir"].as_str().unwrap()).join("n1/agent/cgroup.procs");
+    let agent: i32 = std::fs::read_to_string(&procs).unwrap().trim().parse().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+
+    let out = child.wait_with_output().unwrap();
+    let events = events();
+    let line = |name: &str| {
+        events
+            .lines()
+            .position(|l| l.contains(&format!("\"event\":\"{name}\"")) && l.contains("\"node\":\"n1\""))
+    };
+    let died = line("agent_died").unwrap_or_else(|| panic!("no agent_died for n1:\n{events}"));
+    let restarted = line("agent_restarted").unwrap_or_else(|| panic!("no agent_restarted for n1:\n{events}"));
+    assert!(died < restarted, "{events}");
+    assert!(events.contains("signal: 9"), "{events}");
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("node n1: agent restarted"), "{stdout}");
+    let run_dir = std::fs::canonicalize(out_dir.join("agent-killed/latest")).unwrap();
+    assert_nothing_left(&run_dir);
+}
+
+/// A system that takes 2 s to serve again after every (re)start, with recovery checks that pass
+/// at once: a slow recovery, not a missing one. The run must keep the workload going until it
+/// sees the node serve again (within `max_recovery`) before the schedule ends — before, the run
+/// stopped the workload right after the last heal and the availability checker reported
+/// "never recovered" (the CI failure of container faults on a loaded machine, made
+/// deterministic).
+const SLOW_RECOVERY: &str = r#"
+name = "slow-recovery"
+[cluster]
+backend = "local"
+nodes = 1
+[setup.start]
+command = ["sh", "-c", "rm -f {{ node.root }}/ready; sleep 2; touch {{ node.root }}/ready; while :; do sleep 0.1; done; : {{ run_id }}"]
+[[setup.ready]]
+name = "serving"
+command = "test -e {{ node.root }}/ready"
+timeout = "20s"
+interval = "100ms"
+[workload]
+type = "command"
+rate = 20
+concurrency = 1
+keys = 1
+timeout = "1s"
+[[workload.ops]]
+kind = "add"
+command = "test -e {{ node.root }}/ready && echo {{ value }}"
+[schedule]
+rounds = 1
+pause = "100ms"
+[[faults]]
+name = "kill-it"
+kind = "kill"
+target = "all"
+duration = "300ms"
+[[invariants]]
+name = "alive"
+at = ["heal"]
+command = "true"
+[history]
+checkers = ["availability"]
+max_error_fraction = 1.0
+max_recovery = "15s"
+"#;
+
+#[test]
+fn a_slow_recovery_is_observed_before_the_run_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "slow-recovery.toml", SLOW_RECOVERY);
+    let out_dir = dir.path().join("runs");
+    let out = chaos(&[
+        "run",
+        file.to_str().unwrap(),
+        "--seed",
+        "1",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", text(&out.stderr));
+    let run_dir = PathBuf::from(line_after(&stdout, "run directory: ").unwrap().trim());
+    let events = std::fs::read_to_string(run_dir.join("events.jsonl")).unwrap();
+    let waited = events
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|e| e["event"] == "workload_recovered")
+        .unwrap_or_else(|| panic!("no workload_recovered event:\n{events}"));
+    assert_eq!(waited["nodes"], serde_json::json!(["n1"]), "{waited}");
+    // The system needs 2 s after its restart; the wait covered most of it.
+    assert!(waited["waited_ms"].as_u64().unwrap() >= 1000, "{waited}");
+    let summary = read_json(&run_dir.join("summary.json"));
+    let availability = summary["history"]["checkers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["checker"] == "availability")
+        .cloned()
+        .unwrap();
+    assert_eq!(availability["valid"], "valid", "{availability:#}");
+    assert_nothing_left(&run_dir);
 }

@@ -11,9 +11,10 @@
 //! Per backend:
 //! - **netns** ([`super::netns::collect_garbage`]): kills every process in the cluster's cgroup
 //!   tree (agents included, so nothing waits for heartbeat loss), then removes the cgroups, node
-//!   and hub namespaces, host link, temporary directory and, last, the state file. Namespaces
-//!   or links without a state file may belong to a cluster being created this very moment, so
-//!   only `--all` removes them.
+//!   and hub namespaces, host link, temporary directory and, last, the state file. The backend
+//!   creates a cluster's state file before anything else of it and removes it after everything
+//!   else, so a runner killed at any instant leaves nothing without one; namespaces or links
+//!   without a state file come from older versions or from hand, and only `--all` removes them.
 //! - **docker** (`docker::collect_garbage`, with the `docker` feature): containers, networks
 //!   and bind-mounted node files of dead owners' clusters, judged by their labels, and dangling
 //!   chaos images; nothing without chaos labels is ever touched.

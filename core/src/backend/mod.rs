@@ -18,6 +18,7 @@ pub mod local;
 #[cfg(target_os = "linux")]
 pub mod netns;
 pub mod owner;
+pub mod supervisor;
 
 /// Which backend to run a cluster on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

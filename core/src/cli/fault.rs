@@ -527,15 +527,41 @@ fn build_fault(args: &InjectArgs) -> Result<Fault, BadInput> {
     })
 }
 
+/// Prints one line per node that could not be asked and fails naming them, once everything the
+/// other nodes said has been printed: one dead node must not hide the rest of the cluster.
+fn unreachable_nodes(what: &str, failed: &[(String, chaos::Error)], asked: usize) -> anyhow::Result<()> {
+    if failed.is_empty() {
+        return Ok(());
+    }
+    for (node, e) in failed {
+        eprintln!("{node}: {e}");
+    }
+    let names: Vec<&str> = failed.iter().map(|(n, _)| n.as_str()).collect();
+    anyhow::bail!(
+        "{what}: {} of {asked} node(s) did not answer ({}); the others' answers are above",
+        failed.len(),
+        names.join(", ")
+    )
+}
+
 async fn list(args: ListArgs) -> anyhow::Result<()> {
     let dir = StateDir::new(&args.state);
     let state = dir.load_running()?;
     let nodes = agent_nodes(&dir, &state)?;
     let nodes = select(&nodes, &state, args.node.as_deref())?;
-    let faults = faults::list(&nodes).await?;
+    let mut faults = std::collections::BTreeMap::new();
+    let mut failed = Vec::new();
+    for (node, reply) in faults::list_each(&nodes).await {
+        match reply {
+            Ok(infos) => {
+                faults.insert(node, infos);
+            }
+            Err(e) => failed.push((node, e)),
+        }
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&faults)?);
-        return Ok(());
+        return unreachable_nodes("listing faults", &failed, nodes.len());
     }
     let mut rows = vec![[
         "NODE".to_string(),
@@ -558,11 +584,17 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
         }
     }
     if rows.len() == 1 {
-        eprintln!("no active faults");
-        return Ok(());
+        if faults.is_empty() {
+            eprintln!("no node answered");
+        } else if failed.is_empty() {
+            eprintln!("no active faults");
+        } else {
+            eprintln!("no active faults on the nodes that answered");
+        }
+    } else {
+        print_table(&rows);
     }
-    print_table(&rows);
-    Ok(())
+    unreachable_nodes("listing faults", &failed, nodes.len())
 }
 
 async fn heal(args: HealArgs) -> anyhow::Result<()> {
@@ -580,14 +612,19 @@ async fn heal(args: HealArgs) -> anyhow::Result<()> {
     let state = dir.load_running()?;
     let nodes = agent_nodes(&dir, &state)?;
     let nodes = select(&nodes, &state, node)?;
+    let mut failed = Vec::new();
     match id {
         None => {
-            let healed = faults::heal_all(&nodes).await?;
             let mut count = 0;
-            for (node, ids) in &healed {
-                for id in ids {
-                    println!("{node} {id}");
-                    count += 1;
+            for (node, reply) in faults::heal_all_each(&nodes).await {
+                match reply {
+                    Ok(ids) => {
+                        for id in ids {
+                            println!("{node} {id}");
+                            count += 1;
+                        }
+                    }
+                    Err(e) => failed.push((node, e)),
                 }
             }
             eprintln!("healed {count} fault(s)");
@@ -596,11 +633,15 @@ async fn heal(args: HealArgs) -> anyhow::Result<()> {
             let results = futures_util::future::join_all(nodes.iter().map(|n| n.heal_fault(id))).await;
             let mut healed_on = Vec::new();
             for (node, result) in nodes.iter().zip(results) {
-                if result? {
-                    healed_on.push(node.name().to_string());
+                match result {
+                    Ok(true) => healed_on.push(node.name().to_string()),
+                    Ok(false) => {}
+                    Err(e) => failed.push((node.name().to_string(), e)),
                 }
             }
-            if healed_on.is_empty() {
+            if healed_on.is_empty() && !failed.is_empty() {
+                eprintln!("fault {id} was not healed on any node that answered");
+            } else if healed_on.is_empty() {
                 eprintln!(
                     "fault {id} was not active on {} (healed already, expired, or never injected)",
                     node.unwrap_or("any node")
@@ -612,7 +653,7 @@ async fn heal(args: HealArgs) -> anyhow::Result<()> {
             }
         }
     }
-    Ok(())
+    unreachable_nodes("healing", &failed, nodes.len())
 }
 
 /// Prints rows as left-aligned columns.

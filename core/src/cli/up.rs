@@ -1,5 +1,7 @@
-//! `chaos up`: creates a cluster and keeps it alive (the cluster heartbeats its agents) until
-//! SIGINT, SIGTERM or SIGHUP — which `chaos down` sends — then cleans everything up.
+//! `chaos up`: creates a cluster and keeps it alive (the cluster heartbeats its agents, and
+//! restarts one that dies, saying so on stderr) until SIGINT, SIGTERM or SIGHUP — which `chaos
+//! down` sends — then cleans everything up. The agents run in process groups of their own, so
+//! a Ctrl-C in the terminal reaches only `chaos up`, which then stops them in order.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -132,6 +134,20 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             return Ok(());
         }
     };
+    // What the agent supervisor does (an agent died, was restarted, a node was given up) is
+    // worth a line: the user sees the cluster heal itself.
+    let reporter = running.cluster().agent_events().map(|mut events| {
+        tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                match events.recv().await {
+                    Ok(event) => eprintln!("chaos up: {event}"),
+                    Err(RecvError::Lagged(missed)) => eprintln!("chaos up: {missed} agent events not shown"),
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        })
+    });
     let result = serve(&args, &dir, &running, &mut stop).await;
     eprintln!("chaos up: cleaning up the cluster");
     let cleaned = running
@@ -140,6 +156,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .await
         .context("cleaning up the cluster");
     drop(running);
+    if let Some(reporter) = reporter {
+        reporter.abort();
+    }
     result?;
     cleaned?;
     eprintln!("chaos up: cluster stopped and cleaned up");

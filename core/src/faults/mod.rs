@@ -727,26 +727,33 @@ pub async fn inject_as(
     })
 }
 
-/// The active faults of every node in `nodes`, by node name, asked concurrently.
+/// The faults active on every node in `nodes`, asked concurrently, by node name. Fails with the
+/// first error; [`list_each`] keeps every node's answer instead.
 pub async fn list(nodes: &[Arc<dyn Node>]) -> Result<BTreeMap<String, Vec<FaultInfo>>> {
+    list_each(nodes)
+        .await
+        .into_iter()
+        .map(|(node, reply)| Ok((node, reply?)))
+        .collect()
+}
+
+/// Every node's own answer to "which faults are active?", asked concurrently: a node that cannot
+/// be reached does not hide the others.
+pub async fn list_each(nodes: &[Arc<dyn Node>]) -> BTreeMap<String, Result<Vec<FaultInfo>>> {
     let replies = join_all(nodes.iter().map(|n| n.list_faults())).await;
-    let mut out = BTreeMap::new();
-    for (node, reply) in nodes.iter().zip(replies) {
-        out.insert(node.name().to_string(), reply?);
-    }
-    Ok(out)
+    nodes.iter().map(|n| n.name().to_string()).zip(replies).collect()
 }
 
 /// Heals every fault on every node in `nodes`, concurrently; returns the healed ids by node
-/// name. Every node is asked even when some fail; the first error is returned then.
+/// name. Every node is asked even when some fail; the first error is returned then (see
+/// [`heal_all_each`] for every node's answer).
 pub async fn heal_all(nodes: &[Arc<dyn Node>]) -> Result<BTreeMap<String, Vec<String>>> {
-    let replies = join_all(nodes.iter().map(|n| n.heal_all_faults())).await;
     let mut out = BTreeMap::new();
     let mut first_error = None;
-    for (node, reply) in nodes.iter().zip(replies) {
+    for (node, reply) in heal_all_each(nodes).await {
         match reply {
             Ok(ids) => {
-                out.insert(node.name().to_string(), ids);
+                out.insert(node, ids);
             }
             Err(e) => {
                 tracing::warn!("{e}");
@@ -755,6 +762,13 @@ pub async fn heal_all(nodes: &[Arc<dyn Node>]) -> Result<BTreeMap<String, Vec<St
         }
     }
     first_error.map_or(Ok(out), Err)
+}
+
+/// Heals every fault on every node in `nodes`, concurrently; each node's own answer (the ids it
+/// healed, or why it could not be asked), by node name.
+pub async fn heal_all_each(nodes: &[Arc<dyn Node>]) -> BTreeMap<String, Result<Vec<String>>> {
+    let replies = join_all(nodes.iter().map(|n| n.heal_all_faults())).await;
+    nodes.iter().map(|n| n.name().to_string()).zip(replies).collect()
 }
 
 /// A partition installed over a cluster; heal it with [`PartitionHandle::heal`].

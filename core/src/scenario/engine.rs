@@ -52,6 +52,10 @@ const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most bytes of a failed node's data directory copied into the run directory.
 const DATA_ARCHIVE_LIMIT: u64 = 256 << 20;
 
+/// How long the workload may take to succeed on a healed node before the run goes on, when the
+/// scenario sets no `history.max_recovery` (scaled by `timeout_multiplier`).
+const DEFAULT_WORKLOAD_RECOVERY: Duration = Duration::from_secs(20);
+
 /// How a run is configured beyond its scenario.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -414,7 +418,8 @@ struct Run {
     scenario: Arc<Scenario>,
     plan: Plan,
     options: RunOptions,
-    dir: RunDir,
+    /// Shared with the task that records the agent supervisor's events.
+    dir: Arc<RunDir>,
     replay: String,
     seed: u64,
     started_at: String,
@@ -422,6 +427,8 @@ struct Run {
     bar: ProgressBar,
     status: Arc<std::sync::Mutex<Status>>,
     cluster: Option<Arc<dyn Cluster>>,
+    /// Writes the cluster's agent events (died, restarted, node failed) to `events.jsonl`.
+    agent_events: Option<tokio::task::JoinHandle<()>>,
     system: Option<Arc<System>>,
     suts: Vec<Option<Sut>>,
     recorder: Option<Arc<Recorder>>,
@@ -482,7 +489,7 @@ impl Run {
             scenario: Arc::new(scenario),
             plan,
             options,
-            dir,
+            dir: Arc::new(dir),
             replay,
             seed,
             started_at: super::rundir::timestamps().1,
@@ -490,6 +497,7 @@ impl Run {
             bar,
             status: Arc::new(std::sync::Mutex::new(Status::default())),
             cluster: None,
+            agent_events: None,
             system: None,
             suts: Vec::new(),
             recorder: None,
@@ -686,6 +694,9 @@ impl Run {
             _ = self.cancel.cancelled() => return Err(Abort::Interrupted),
         };
         self.cluster = Some(cluster.clone());
+        self.agent_events = cluster
+            .agent_events()
+            .map(|events| self.record_agent_events(events));
         let nodes = tokio::select! {
             created = cluster.create_nodes(n) => created.map_err(|e| Abort::Setup(format!("creating {n} nodes: {e}")))?,
             _ = self.cancel.cancelled() => return Err(Abort::Interrupted),
@@ -902,7 +913,11 @@ impl Run {
             started_at: Some(self.started_at.clone()),
             nodes: system.nodes.iter().map(|n| n.name().to_string()).collect(),
             max_error_fraction: self.scenario.history.max_error_fraction,
-            max_recovery_us: self.scenario.history.max_recovery.map(|d| d.0.as_micros() as u64),
+            max_recovery_us: self
+                .scenario
+                .history
+                .max_recovery
+                .map(|d| self.scenario.scaled(d.0).as_micros() as u64),
             ..Header::new()
         };
         let recorder = Recorder::create(&self.dir.path.join("history.jsonl"), &header)
@@ -1071,11 +1086,18 @@ impl Run {
         let names: Vec<String> = healed.iter().map(|&k| steps[k].case.clone()).collect();
         self.status_line(&format!("recovery checks after {}", names.join(", ")));
         let heal_done = Instant::now();
+        let heal_done_us = self.recorder.as_ref().map(|r| r.now_us());
         let results = self
             .run_invariants(When::Heal, &format!("after {}", names.join(", ")))
             .await?;
         let recovery_ms = heal_done.elapsed().as_millis() as u64;
         let passed = results.iter().all(|r| r.passed);
+        if passed && let Some(since_us) = heal_done_us {
+            let mut faulted: Vec<String> = healed.iter().flat_map(|&k| self.steps[k].nodes.clone()).collect();
+            faulted.sort();
+            faulted.dedup();
+            self.await_workload_recovery(&faulted, since_us, &names).await?;
+        }
         for &k in &healed {
             let s = &mut self.steps[k];
             s.invariants = results.clone();
@@ -1105,6 +1127,65 @@ impl Run {
             ));
         }
         Ok(())
+    }
+
+    /// Waits until the workload itself sees every faulted node serve again — an `ok` operation
+    /// invoked after the heal on each node operations go to — bounded by the history's
+    /// `max_recovery` (default 20 s), scaled. The recovery invariants passing does not imply it
+    /// (they ask differently, and retry longer than one operation's timeout); without this wait,
+    /// the next fault (or the end of the run) could cut the observation short on a busy machine,
+    /// and the availability checker would report a recovery that merely came late as none.
+    async fn await_workload_recovery(
+        &mut self,
+        nodes: &[String],
+        since_us: u64,
+        cases: &[String],
+    ) -> Result<(), Abort> {
+        let Some(recorder) = self.recorder.clone() else {
+            return Ok(());
+        };
+        if self.workload.is_none() || nodes.is_empty() {
+            return Ok(());
+        }
+        let bound = self.scenario.scaled(
+            self.scenario
+                .history
+                .max_recovery
+                .map_or(DEFAULT_WORKLOAD_RECOVERY, |d| d.0),
+        );
+        let started = Instant::now();
+        let waiting = |r: &Recorder| -> Vec<String> {
+            nodes
+                .iter()
+                .filter(|n| r.ok_since(n, since_us) == Some(false))
+                .cloned()
+                .collect()
+        };
+        if waiting(&recorder).is_empty() {
+            return Ok(());
+        }
+        self.status_line(&format!(
+            "waiting for the workload to recover on {}",
+            nodes.join(",")
+        ));
+        loop {
+            let left = waiting(&recorder);
+            if left.is_empty() {
+                self.dir.event(
+                    "workload_recovered",
+                    json!({"after": cases, "nodes": nodes, "waited_ms": started.elapsed().as_millis() as u64}),
+                );
+                return Ok(());
+            }
+            if started.elapsed() >= bound {
+                self.dir.event(
+                    "workload_not_recovered",
+                    json!({"after": cases, "nodes": left, "waited_ms": started.elapsed().as_millis() as u64}),
+                );
+                return Ok(());
+            }
+            self.sleep(Duration::from_millis(50)).await?;
+        }
     }
 
     /// Resolves a planned target to node indices, or says why nobody can be picked.
@@ -1589,6 +1670,42 @@ impl Run {
             tracing::error!("cleaning up the cluster: {e}");
             self.dir.event("cleanup_error", json!({"error": e.to_string()}));
         }
+        if let Some(task) = self.agent_events.take() {
+            // The cleanup stopped the supervisor; what it sent before is written by now or
+            // within moments (the channel closes once the cluster is dropped).
+            let abort = task.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(1), task).await.is_err() {
+                abort.abort();
+            }
+        }
+    }
+
+    /// Writes each agent event to `events.jsonl` (and, with progress shown, a line to stdout)
+    /// as it happens.
+    fn record_agent_events(
+        &self,
+        mut events: tokio::sync::broadcast::Receiver<crate::backend::supervisor::AgentEvent>,
+    ) -> tokio::task::JoinHandle<()> {
+        use tokio::sync::broadcast::error::RecvError;
+        let dir = self.dir.clone();
+        let bar = self.bar.clone();
+        let progress = self.options.progress;
+        tokio::spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(event) => {
+                        dir.event(event.name(), json!(event));
+                        if progress {
+                            bar.suspend(|| println!("{event}"));
+                        }
+                    }
+                    Err(RecvError::Lagged(missed)) => {
+                        dir.event("agent_events_lost", json!({"missed": missed}));
+                    }
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        })
     }
 
     /// Copies every node's system log, the `teardown.collect` paths, and the data directory of

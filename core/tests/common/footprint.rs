@@ -43,9 +43,9 @@ pub fn cgroup_pids(dir: &Path) -> Vec<u32> {
 /// strings.
 ///
 /// Once a cluster is cleaned up, a runner in another process may claim the same index. It can
-/// only do so after our host link and hub are gone (claiming creates the link and the hub, and
-/// fails if they exist), so when the index's state file names another cluster, only our own
-/// directories are checked.
+/// only do so after our state file is gone, which is removed after everything else of ours
+/// (claiming creates the state file exclusively), so when the index's state file names another
+/// cluster, only our own directories are checked.
 pub fn footprint(index: u32, cgroup_dir: &Path, temp_dir: &Path) -> BTreeSet<String> {
     let mut found = BTreeSet::new();
     for (kind, path) in [("cgroup", cgroup_dir), ("tempdir", temp_dir)] {

@@ -26,11 +26,17 @@
 //!
 //! Docker-level faults (pause, stop, disconnect) are [`DockerCluster::container_fault`]; they
 //! sit next to the agent's own faults, carry a TTL and are healed by cleanup at the latest.
+//!
+//! Agents are supervised ([`crate::backend::supervisor`]): a container that exits because its
+//! agent died is started again (its agent heals what its predecessor recorded in the
+//! container's state directory) — unless it was stopped on purpose, by a `stop` fault or
+//! [`DockerCluster::restart_node`].
 
 mod gc;
 pub mod image;
+mod keeper;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,11 +56,13 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 use tokio::task::JoinHandle;
 
-use crate::agent_client::{AgentClient, AgentNode, HeartbeatTask, Timeouts};
+use crate::agent_client::{AgentClient, AgentNode, Timeouts};
 use crate::backend::ClusterOptions;
+use crate::backend::supervisor::{AgentEvent, RestartPolicy, Supervisor};
 use crate::certs::{self, ClusterCa};
 use crate::cluster::{Cluster, Node};
 use crate::{Error, Result};
+use keeper::DockerKeeper;
 
 pub use gc::collect_garbage;
 
@@ -408,6 +416,8 @@ struct Inner {
     published_on: Option<IpAddr>,
     owner: String,
     next_fault: AtomicU64,
+    /// Restarts containers whose agent died; stopped before cleanup.
+    supervisor: Supervisor,
     state: Mutex<State>,
 }
 
@@ -439,6 +449,9 @@ struct State {
     next_node: u32,
     nodes: Vec<NodeEntry>,
     faults: HashMap<u64, ActiveFault>,
+    /// Nodes whose container is down on purpose (a `stop` fault being injected or in place, a
+    /// restart in progress): the supervisor leaves them alone until they are back.
+    held_down: HashSet<String>,
     cleaned: bool,
 }
 
@@ -447,7 +460,6 @@ struct NodeEntry {
     container: String,
     ip: Ipv4Addr,
     client: Arc<AgentClient>,
-    _heartbeat: HeartbeatTask,
 }
 
 struct ActiveFault {
@@ -590,10 +602,12 @@ impl DockerCluster {
                 published_on,
                 owner,
                 next_fault: AtomicU64::new(1),
+                supervisor: Supervisor::new(RestartPolicy::default()),
                 state: Mutex::new(State {
                     next_node: 1,
                     nodes: Vec::new(),
                     faults: HashMap::new(),
+                    held_down: HashSet::new(),
                     cleaned: false,
                 }),
             }),
@@ -697,8 +711,14 @@ impl DockerCluster {
                 bounded(&context, inner.docker.pause_container(&container)).await?;
             }
             ContainerFault::Stop => {
+                inner.lock().held_down.insert(node.to_string());
                 let options = StopContainerOptionsBuilder::new().t(2).build();
-                bounded(&context, inner.docker.stop_container(&container, Some(options))).await?;
+                if let Err(e) =
+                    bounded(&context, inner.docker.stop_container(&container, Some(options))).await
+                {
+                    inner.lock().held_down.remove(node);
+                    return Err(e);
+                }
             }
             ContainerFault::Disconnect => {
                 client.heartbeat_with_grace(ttl + FAULT_GRACE_MARGIN).await?;
@@ -761,12 +781,18 @@ impl DockerCluster {
         let options = bollard::query_parameters::RestartContainerOptionsBuilder::new()
             .t(2)
             .build();
-        bounded(
-            format!("node {node}: restarting container {container}"),
-            inner.docker.restart_container(&container, Some(options)),
-        )
-        .await?;
-        inner.wait_ready(node, &container, &client).await
+        inner.lock().held_down.insert(node.to_string());
+        let restarted = async {
+            bounded(
+                format!("node {node}: restarting container {container}"),
+                inner.docker.restart_container(&container, Some(options)),
+            )
+            .await?;
+            inner.wait_ready(node, &container, &client).await
+        }
+        .await;
+        inner.lock().held_down.remove(node);
+        restarted
     }
 }
 
@@ -938,6 +964,18 @@ impl Inner {
                     + (rand::random::<u32>() % u32::from(PUBLISHED_PORTS.end - PUBLISHED_PORTS.start)) as u16
             });
             let result = self.create_node_in(k, &name, &container, port).await;
+            if let Ok((_, entry)) = &result {
+                let keeper = DockerKeeper {
+                    cluster: Arc::downgrade(&self),
+                    docker: self.docker.clone(),
+                    node: name.clone(),
+                    container: container.clone(),
+                    client: entry.client.clone(),
+                };
+                let interval = (self.options.heartbeat_timeout / 3).max(Duration::from_millis(10));
+                self.supervisor
+                    .watch(entry.client.clone(), Arc::new(keeper), interval);
+            }
             if result.is_err() {
                 let options = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
                 let _ = tokio::time::timeout(
@@ -1100,8 +1138,6 @@ impl Inner {
             timeouts,
         ));
         self.wait_ready(name, container, &client).await?;
-        let interval = (self.options.heartbeat_timeout / 3).max(Duration::from_millis(10));
-        let heartbeat = client.spawn_heartbeats(interval);
         let node: Arc<dyn Node> = Arc::new(AgentNode::new(
             client.clone(),
             vec![IpAddr::V4(ip)],
@@ -1114,7 +1150,6 @@ impl Inner {
                 container: container.to_string(),
                 ip,
                 client,
-                _heartbeat: heartbeat,
             },
         ))
     }
@@ -1219,8 +1254,17 @@ impl Inner {
         }
     }
 
-    /// Undoes one container fault and waits until the node's agent answers again.
+    /// Undoes one container fault and waits until the node's agent answers again; a stopped
+    /// node is no longer held down afterwards, whatever the outcome (the supervisor takes over).
     async fn undo(&self, fault: &ActiveFault) -> Result<()> {
+        let result = self.undo_fault(fault).await;
+        if fault.fault == ContainerFault::Stop {
+            self.lock().held_down.remove(&fault.node);
+        }
+        result
+    }
+
+    async fn undo_fault(&self, fault: &ActiveFault) -> Result<()> {
         let node = &fault.node;
         let (container, client, ip) = self.node_entry(node)?;
         let context = format!("node {node}: healing {} of container {container}", fault.fault);
@@ -1250,6 +1294,7 @@ impl Drop for Inner {
     /// panicked before [`Cluster::cleanup`]). Runs on a thread of its own with its own runtime
     /// and connection, so it works whether or not a runtime is running here.
     fn drop(&mut self) {
+        self.supervisor.stop_now();
         let cleaned = self.lock().cleaned;
         if cleaned {
             return;
@@ -1361,6 +1406,11 @@ impl Cluster for DockerCluster {
 
     async fn cleanup(&self) -> Result<()> {
         let inner = &self.inner;
+        if inner.lock().cleaned {
+            return Ok(());
+        }
+        // No restart may race the removal.
+        inner.supervisor.stop().await;
         let faults: Vec<ActiveFault> = {
             let mut state = inner.lock();
             if state.cleaned {
@@ -1409,6 +1459,10 @@ impl Cluster for DockerCluster {
                 errors.join("; ")
             )))
         }
+    }
+
+    fn agent_events(&self) -> Option<tokio::sync::broadcast::Receiver<AgentEvent>> {
+        Some(self.inner.supervisor.subscribe())
     }
 }
 

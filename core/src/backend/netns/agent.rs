@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
 
 use super::namespace;
 use crate::{Error, Result};
@@ -56,73 +56,91 @@ pub fn find_agent_binary() -> Result<PathBuf> {
     })
 }
 
-/// What to launch an agent with.
-pub struct Launch<'a> {
+/// How a node's agent is started: the same every time, so a restarted agent lands in the same
+/// node — namespace, cgroup, listen address, TLS and state directories — and appends to the
+/// same log.
+#[derive(Debug, Clone)]
+pub struct AgentSpec {
     /// Node name, for errors.
-    pub node: &'a str,
+    pub node: String,
     /// The agent binary.
-    pub binary: &'a Path,
-    /// The node's network namespace.
-    pub netns: &'a File,
+    pub binary: PathBuf,
     /// Address to listen on (inside the namespace).
     pub listen: SocketAddr,
     /// The node's TLS directory.
-    pub tls_dir: &'a Path,
+    pub tls_dir: PathBuf,
     /// The node's root directory (also the agent's working directory).
-    pub root_dir: &'a Path,
+    pub root_dir: PathBuf,
+    /// The agent's state directory (its fault ledger), outside the root directory so nothing
+    /// run on the node clobbers it.
+    pub state_dir: PathBuf,
     /// The node's cgroup; the agent itself goes into its `agent` child.
-    pub cgroup: &'a Path,
+    pub cgroup: PathBuf,
     /// Where the agent's stderr goes.
-    pub log: &'a Path,
+    pub log: PathBuf,
     /// The agent's heartbeat timeout.
     pub heartbeat_timeout: Duration,
     /// Bound on the agent printing its ready line.
     pub ready_timeout: Duration,
 }
 
-/// A started agent that has announced it accepts connections.
-pub struct Started {
+/// An agent process that has not announced itself yet.
+pub struct Spawned {
     /// The agent process.
     pub child: Child,
-    /// The address it announced.
-    pub addr: SocketAddr,
+    /// Its stdout, for [`ready`].
+    pub lines: Lines<BufReader<ChildStdout>>,
 }
 
-/// Spawns the agent inside the node's namespace and cgroup and waits for its ready line.
-/// On failure the process is killed and the error carries the end of its log.
-pub async fn launch(l: Launch<'_>) -> Result<Started> {
-    let node = l.node;
-    let log = File::create(l.log)
-        .map_err(|e| Error::io(format!("node {node}: creating {}", l.log.display()), e))?;
-    let procs_path = l.cgroup.join("agent").join("cgroup.procs");
+/// Spawns the agent inside the node's namespace `netns` and its cgroup, in a process group of
+/// its own (so a Ctrl-C in the runner's terminal reaches only the runner, which then heals and
+/// collects before it stops the agents). The log is truncated for the first start and appended
+/// to for a restart. Returns at once; [`ready`] waits for the ready line.
+pub fn spawn(spec: &AgentSpec, netns: &File, restart: bool) -> Result<Spawned> {
+    let node = &spec.node;
+    let log = if restart {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&spec.log)
+    } else {
+        File::create(&spec.log)
+    }
+    .map_err(|e| Error::io(format!("node {node}: opening {}", spec.log.display()), e))?;
+    let procs_path = spec.cgroup.join("agent").join("cgroup.procs");
     let procs = std::fs::OpenOptions::new()
         .write(true)
         .open(&procs_path)
         .map_err(|e| Error::io(format!("node {node}: opening {}", procs_path.display()), e))?;
-    let mut cmd = Command::new(l.binary);
+    let mut cmd = Command::new(&spec.binary);
     cmd.arg("--listen")
-        .arg(l.listen.to_string())
+        .arg(spec.listen.to_string())
         .arg("--tls-dir")
-        .arg(l.tls_dir)
+        .arg(&spec.tls_dir)
         .arg("--root-dir")
-        .arg(l.root_dir)
+        .arg(&spec.root_dir)
+        .arg("--state-dir")
+        .arg(&spec.state_dir)
         .arg("--cgroup")
-        .arg(l.cgroup)
+        .arg(&spec.cgroup)
         .arg("--heartbeat-timeout")
-        .arg(format!("{}ms", l.heartbeat_timeout.as_millis()))
-        .current_dir(l.root_dir)
+        .arg(format!("{}ms", spec.heartbeat_timeout.as_millis()))
+        .current_dir(&spec.root_dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log)
+        .process_group(0)
         // Should the caller give up on the node half-way, the agent must not outlive it.
         .kill_on_drop(true);
-    let ns_fd = l.netns.as_raw_fd();
+    let ns_fd = netns.as_raw_fd();
     let procs_fd = procs.as_raw_fd();
     // SAFETY: the closure runs in the forked child before exec and only makes async-signal-safe
     // system calls (setns, write) on descriptors that stay open in the parent until `spawn`
     // returns; it allocates nothing and takes no locks.
     unsafe {
         cmd.pre_exec(move || {
+            // setns only: the node shares the host's mount namespace, so /sys (and the cgroups
+            // the agent heals) look the same to every agent of the node, first or restarted.
             namespace::enter(ns_fd)?;
             // Writing "0" to cgroup.procs moves the writing process itself, before exec, so the
             // agent never runs outside its cgroup.
@@ -132,9 +150,12 @@ pub async fn launch(l: Launch<'_>) -> Result<Started> {
             Ok(())
         });
     }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| Error::io(format!("node {node}: starting agent {}", l.binary.display()), e))?;
+    let mut child = cmd.spawn().map_err(|e| {
+        Error::io(
+            format!("node {node}: starting agent {}", spec.binary.display()),
+            e,
+        )
+    })?;
     drop(procs);
     let Some(stdout) = child.stdout.take() else {
         let _ = child.start_kill();
@@ -143,9 +164,17 @@ pub async fn launch(l: Launch<'_>) -> Result<Started> {
             format!("node {node}: the agent's stdout was not captured"),
         ));
     };
-    let mut lines = BufReader::new(stdout).lines();
+    Ok(Spawned {
+        child,
+        lines: BufReader::new(stdout).lines(),
+    })
+}
 
-    let ready = async {
+/// Waits for a spawned agent's ready line; returns the address it announced. On failure the
+/// error carries the end of its log, and the caller (which holds the `Child`) kills the agent.
+pub async fn ready(spec: &AgentSpec, mut lines: Lines<BufReader<ChildStdout>>) -> Result<SocketAddr> {
+    let node = &spec.node;
+    let wait = async {
         loop {
             match lines.next_line().await {
                 Ok(Some(line)) => {
@@ -160,36 +189,28 @@ pub async fn launch(l: Launch<'_>) -> Result<Started> {
             }
         }
     };
-    let outcome = match tokio::time::timeout(l.ready_timeout, ready).await {
+    let outcome = match tokio::time::timeout(spec.ready_timeout, wait).await {
         Ok(Ok(addr)) => Ok(addr),
         Ok(Err(message)) => Err(message),
         Err(_) => Err(format!(
             "agent did not print its ready line within {:?}",
-            l.ready_timeout
+            spec.ready_timeout
         )),
     };
     match outcome {
         Ok(addr) => {
             // Keep draining stdout so the agent never blocks on (or dies of) a full pipe.
             tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-            Ok(Started { child, addr })
+            Ok(addr)
         }
-        Err(message) => {
-            let _ = child.start_kill();
-            let status = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
-            let status = match status {
-                Ok(Ok(s)) => format!(" ({s})"),
-                _ => String::new(),
-            };
-            Err(Error::backend(
-                "netns",
-                format!(
-                    "node {node}: {message}{status}; agent log {}: {}",
-                    l.log.display(),
-                    log_tail(l.log)
-                ),
-            ))
-        }
+        Err(message) => Err(Error::backend(
+            "netns",
+            format!(
+                "node {node}: {message}; agent log {}: {}",
+                spec.log.display(),
+                log_tail(&spec.log)
+            ),
+        )),
     }
 }
 

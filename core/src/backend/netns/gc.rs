@@ -5,10 +5,14 @@
 //! Everything a cluster holds is named after its index (see the [module documentation](super)),
 //! so leftovers are found by listing `/run/netns`, the host's links and the cgroup directories,
 //! grouped by index, and judged by the index's state file: its owner tag (or, in files written
-//! before the tag existed, its `runner_pid`) says whether the runner still runs. An index whose
-//! resources exist without a state file is either a cluster being created right now (the state
-//! file is written once the hub, link and cgroup exist) or a runner that died while creating
-//! one; the two cannot be told apart, so such *strays* are only removed with `--all`.
+//! before the tag existed, its `runner_pid`) says whether the runner still runs. The backend
+//! creates the state file before anything else of a cluster and removes it after everything else
+//! ([`super::claim`]), so the leftovers of a runner killed at any instant — while creating its
+//! cluster, or while tearing it down — are covered by a state file whose owner is dead. An index
+//! whose resources exist without a state file was not made by this version of chaos (older
+//! versions created the hub before the state file) or by hand; such *strays* are only removed
+//! with `--all`. A claim file a runner was killed before linking into place is removed once its
+//! owner is gone.
 //!
 //! Blocking code: call it from `spawn_blocking`.
 
@@ -54,6 +58,9 @@ enum StateEntry {
 /// Everything found on the host for one cluster index.
 #[derive(Debug, Default)]
 struct Found {
+    /// Claim files (`.claim-<index>-<pid>-<n>`): path, writer's pid, the owner tag inside if
+    /// readable.
+    claims: Vec<(PathBuf, u32, Option<String>)>,
     state: Option<StateEntry>,
     /// A `<index>.json.tmp` left by a write that never got renamed.
     tmp_state: bool,
@@ -69,6 +76,17 @@ struct Found {
 }
 
 impl Found {
+    /// Nothing but claim files.
+    fn is_empty(&self) -> bool {
+        self.state.is_none()
+            && !self.tmp_state
+            && !self.hub
+            && self.nodes.is_empty()
+            && !self.link
+            && !self.peer
+            && self.cgroup.is_none()
+    }
+
     /// What exists apart from the state files, for kept lines.
     fn summary(&self, index: u32) -> String {
         let mut parts = Vec::new();
@@ -109,7 +127,13 @@ pub fn collect_garbage(options: &GcOptions) -> GcReport {
     let mut report = GcReport::default();
     let found = scan(&mut report);
     let mut doomed = Vec::new();
-    for (index, found) in found {
+    for (index, mut found) in found {
+        for (path, pid, owner) in std::mem::take(&mut found.claims) {
+            collect_claim(&path, pid, owner.as_deref(), options, &mut report);
+        }
+        if found.is_empty() {
+            continue;
+        }
         let verdict = judge(index, &found, options.all);
         if verdict.collect {
             doomed.push((index, found, verdict.reason));
@@ -158,7 +182,14 @@ pub fn collect_garbage(options: &GcOptions) -> GcReport {
 fn scan(report: &mut GcReport) -> BTreeMap<u32, Found> {
     let mut found: BTreeMap<u32, Found> = BTreeMap::new();
     for name in dir_names(Path::new(super::STATE_DIR), report) {
-        if let Some(index) = name.strip_suffix(".json.tmp").and_then(parse_index) {
+        if let Some((index, pid)) = super::claim::parse_claim_file(&name) {
+            let path = Path::new(super::STATE_DIR).join(&name);
+            let owner = std::fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Recorded>(&b).ok())
+                .and_then(|r| r.owner);
+            found.entry(index).or_default().claims.push((path, pid, owner));
+        } else if let Some(index) = name.strip_suffix(".json.tmp").and_then(parse_index) {
             found.entry(index).or_default().tmp_state = true;
         } else if let Some(index) = name.strip_suffix(".json").and_then(parse_index) {
             let path = state_file(index);
@@ -240,7 +271,7 @@ fn host_links(report: &mut GcReport) -> Vec<String> {
 
 /// An index written the way the backend writes it: decimal digits, no sign, no leading zero,
 /// below [`super::MAX_CLUSTERS`] — so the names gc acts on are exactly the backend's.
-fn parse_index(s: &str) -> Option<u32> {
+pub(super) fn parse_index(s: &str) -> Option<u32> {
     let index: u32 = s.parse().ok()?;
     (s.bytes().all(|b| b.is_ascii_digit()) && index.to_string() == s && index < super::MAX_CLUSTERS)
         .then_some(index)
@@ -258,6 +289,32 @@ fn parse_netns_name(name: &str) -> Option<(u32, Option<u32>)> {
     }
 }
 
+/// Removes a claim file a runner was killed before linking into place (nothing else of the
+/// cluster exists then) once that runner is gone. A live runner's claim lasts microseconds and
+/// is not mentioned.
+fn collect_claim(path: &Path, pid: u32, owner: Option<&str>, options: &GcOptions, report: &mut GcReport) {
+    let (garbage, why) = match owner {
+        Some(tag) => owner::verdict(tag),
+        // Cut off while being written: the pid in its name is all there is.
+        None if owner::process_alive(pid, 0) => (false, format!("runner pid {pid} alive")),
+        None => (true, format!("runner pid {pid} gone")),
+    };
+    if !garbage && !options.all {
+        return;
+    }
+    let why = if garbage { why } else { format!("{why}; --all") };
+    act(
+        report,
+        options.dry_run,
+        format!("claim file {}", path.display()),
+        &why,
+        || match std::fs::remove_file(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        },
+    );
+}
+
 /// Judges the cluster of `index` from its state file.
 fn judge(index: u32, found: &Found, all: bool) -> Verdict {
     let (garbage, why) = match &found.state {
@@ -270,7 +327,8 @@ fn judge(index: u32, found: &Found, all: bool) -> Verdict {
         None => (
             false,
             format!(
-                "no state file {}: a cluster being created, or a runner that died while creating one",
+                "no state file {}: not made by this version of chaos (which claims the index \
+                 with its state file first), or by hand",
                 state_file(index).display()
             ),
         ),

@@ -16,21 +16,34 @@
 //! node traffic is plain local output on the host — so the backend works on Docker hosts
 //! without touching the host firewall.
 //!
-//! The cluster index is claimed by creating the host link `chaos<i>`: the kernel refuses a
-//! duplicate name, so concurrent runners (threads or processes) simply take the next free
-//! index. A state file `/run/chaos/netns/<i>.json` lists what the cluster holds, so a crashed
-//! runner's leftovers can be collected later.
+//! The cluster index is claimed by creating its state file `/run/chaos/netns/<i>.json`
+//! exclusively (written aside, then hard-linked into place: the link fails if the name exists),
+//! naming the runner that owns it, *before* anything of the cluster exists; the host link
+//! `chaos<i>` is created next (the kernel refuses a duplicate, which also keeps runners of older
+//! versions, which claimed by the link, apart). Everything else is named after the index, or —
+//! the temporary directory — recorded in the state file before it is created, and the state
+//! file is removed last. So at every instant, whatever of a cluster exists is covered by a state
+//! file naming its owner, and `chaos gc` can collect a runner killed at any point of creation or
+//! teardown without `--all`.
+//!
+//! Each node's agent is supervised ([`crate::backend::supervisor`]): when it dies without being
+//! asked to, it is started again in its node — same namespace (entered with `setns`, so it sees
+//! the host's `/sys` and cgroups exactly as its predecessor did), same cgroup, listen address,
+//! TLS and state directories, its log appended to — and heals what its predecessor left.
 
 mod agent;
 mod cgroup;
+mod claim;
 mod gc;
 mod links;
 mod namespace;
+mod node;
 
 use std::fs::File;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -38,17 +51,17 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use rtnetlink::Handle;
-use serde::Serialize;
-use tokio::process::Child;
 
 pub use agent::{AGENT_BIN_ENV, find_agent_binary};
 pub use gc::collect_garbage;
 
-use crate::agent_client::{AgentClient, AgentNode, HeartbeatTask};
+use crate::agent_client::{AgentClient, AgentNode};
 use crate::backend::ClusterOptions;
+use crate::backend::supervisor::{AgentEvent, RestartPolicy, Supervisor};
 use crate::certs::{self, ClusterCa};
 use crate::cluster::{Cluster, Node};
 use crate::{Error, Result};
+use node::{NetnsKeeper, NodeRes, teardown_nodes};
 
 /// Port the agents listen on, on their node's address.
 pub const AGENT_PORT: u16 = 7700;
@@ -168,21 +181,6 @@ pub(crate) fn overlaps_host_route(net: Ipv4Addr) -> bool {
     })
 }
 
-/// What the state file records, for `chaos gc` to clean up after a crashed runner.
-#[derive(Serialize)]
-struct StateFile<'a> {
-    index: u32,
-    cluster: &'a str,
-    /// The runner's [`owner`](crate::backend::owner) tag; `runner_pid` stays for older readers.
-    owner: String,
-    runner_pid: u32,
-    host_link: String,
-    hub_netns: String,
-    node_netns: Vec<&'a str>,
-    cgroup_dir: &'a Path,
-    temp_dir: &'a Path,
-}
-
 /// A cluster of netns nodes. See the [module documentation](self).
 pub struct NetnsCluster {
     inner: Arc<Inner>,
@@ -198,6 +196,10 @@ struct Inner {
     runner: certs::Identity,
     tls: Arc<rustls::ClientConfig>,
     bridge_index: u32,
+    /// Restarts agents that die; stopped before any node is torn down.
+    supervisor: Supervisor,
+    /// What the state file says (its node list is updated as nodes are made).
+    record: claim::StateRecord,
     state: Mutex<State>,
 }
 
@@ -211,55 +213,57 @@ struct State {
 /// The cluster-wide resources, released in [`ClusterRes::teardown`] (also on drop).
 struct ClusterRes {
     index: u32,
-    /// Whether the host link `chaos<index>` (the claim on the index) is still ours to delete.
-    link_claimed: bool,
+    /// The state file: the claim on the index, created before everything else and removed
+    /// after everything else.
+    state_file: Option<PathBuf>,
+    /// Whether the host link `chaos<index>` is ours to delete.
+    link_created: bool,
     hub: Option<Handle>,
     hub_fd: Option<File>,
     hub_created: bool,
     cgroup_dir: Option<PathBuf>,
-    temp: Option<tempfile::TempDir>,
-    state_file: Option<PathBuf>,
+    /// The temporary directory (recorded in the state file before it was created).
+    temp_dir: Option<PathBuf>,
 }
 
 impl ClusterRes {
-    fn claimed(index: u32) -> Self {
+    fn claimed(index: u32, state_file: PathBuf) -> Self {
         Self {
             index,
-            link_claimed: true,
+            state_file: Some(state_file),
+            link_created: false,
             hub: None,
             hub_fd: None,
             hub_created: false,
             cgroup_dir: None,
-            temp: None,
-            state_file: None,
+            temp_dir: None,
         }
     }
 
     /// Releases everything, blocking; returns what could not be released. Idempotent.
     ///
-    /// The host link goes last but one: deleting it frees the index for other runners, so
-    /// everything named after the index (state file, cgroup) must be gone by then. The hub
-    /// namespace, removed after it, keeps the link alive until the explicit delete (its peer
-    /// lives there), and its name makes a runner that claims the index meanwhile skip it.
+    /// The state file goes last, and only when everything else went: as long as anything of the
+    /// cluster may exist, the claim naming its owner exists too, so a runner killed during
+    /// teardown (or a teardown that failed) leaves work `chaos gc` finds and finishes. The hub
+    /// namespace goes after the host link, whose peer lives in it.
     fn teardown(&mut self) -> Vec<String> {
         let mut errors = Vec::new();
         self.hub = None;
-        if let Some(file) = self.state_file.take() {
-            let _ = std::fs::remove_file(file);
-        }
         if let Some(dir) = self.cgroup_dir.take()
             && let Err(e) = cgroup::remove_tree(&dir, Instant::now() + TEARDOWN_BOUND)
         {
             errors.push(e.to_string());
         }
-        if let Some(temp) = self.temp.take() {
-            let path = temp.path().to_path_buf();
-            if let Err(e) = temp.close() {
-                errors.push(format!("removing {}: {e}", path.display()));
+        if let Some(dir) = self.temp_dir.take() {
+            match std::fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    errors.push(format!("removing {}: {e}", dir.display()));
+                }
+                _ => {}
             }
         }
         // Deleting the host end also deletes its peer in the hub.
-        if std::mem::take(&mut self.link_claimed)
+        if std::mem::take(&mut self.link_created)
             && let Err(e) = links::delete_link_blocking(&host_link_name(self.index))
         {
             errors.push(e.to_string());
@@ -270,6 +274,18 @@ impl ClusterRes {
             errors.push(e.to_string());
         }
         self.hub_fd = None;
+        if let Some(file) = self.state_file.take() {
+            if errors.is_empty() {
+                if let Err(e) = claim::release(&file) {
+                    errors.push(e.to_string());
+                }
+            } else {
+                errors.push(format!(
+                    "{} kept, so that `chaos gc` finishes the job once this runner is gone",
+                    file.display()
+                ));
+            }
+        }
         errors
     }
 }
@@ -282,81 +298,9 @@ impl Drop for ClusterRes {
     }
 }
 
-/// One node's resources, released by [`teardown_nodes`] (also on drop, so a node whose
-/// creation fails or is cancelled half-way leaves nothing behind).
-struct NodeRes {
-    name: String,
-    netns: String,
-    netns_created: bool,
-    netns_fd: Option<File>,
-    cgroup: Option<PathBuf>,
-    agent: Option<Child>,
-    client: Option<Arc<AgentClient>>,
-    heartbeat: Option<HeartbeatTask>,
-}
-
-impl Drop for NodeRes {
-    fn drop(&mut self) {
-        for e in teardown_nodes(std::slice::from_mut(self)) {
-            tracing::warn!("netns node {}: cleanup: {e}", self.name);
-        }
-    }
-}
-
-/// Kills and releases `nodes`, blocking, in phases so that many nodes die in parallel:
-/// kill every agent and cgroup, then reap, then remove cgroups and namespaces. Idempotent.
-fn teardown_nodes(nodes: &mut [NodeRes]) -> Vec<String> {
-    let mut errors = Vec::new();
-    let deadline = Instant::now() + TEARDOWN_BOUND;
-    for n in nodes.iter_mut() {
-        n.heartbeat = None;
-        n.client = None;
-        if let Some(agent) = n.agent.as_mut() {
-            let _ = agent.start_kill();
-        }
-        if let Some(dir) = &n.cgroup
-            && let Err(e) = cgroup::kill(dir)
-        {
-            errors.push(format!("node {}: {e}", n.name));
-        }
-    }
-    for n in nodes.iter_mut() {
-        if let Some(mut agent) = n.agent.take() {
-            loop {
-                match agent.try_wait() {
-                    Ok(Some(_)) | Err(_) => break,
-                    Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
-                    Ok(None) => {
-                        errors.push(format!(
-                            "node {}: agent pid {:?} did not exit",
-                            n.name,
-                            agent.id()
-                        ));
-                        break;
-                    }
-                }
-            }
-        }
-    }
-    for n in nodes.iter_mut() {
-        if let Some(dir) = n.cgroup.take()
-            && let Err(e) = cgroup::remove_tree(&dir, deadline)
-        {
-            errors.push(format!("node {}: {e}", n.name));
-        }
-        n.netns_fd = None;
-        if std::mem::take(&mut n.netns_created)
-            && let Err(e) = namespace::remove(&n.netns)
-        {
-            errors.push(format!("node {}: {e}", n.name));
-        }
-    }
-    errors
-}
-
 impl NetnsCluster {
-    /// Creates an empty cluster: claims an index, creates the hub namespace with its bridge,
-    /// the host link, the cgroup and temporary directories, and the cluster's CA.
+    /// Creates an empty cluster: claims an index (its state file), creates the host link, the
+    /// hub namespace with its bridge, the cgroup and temporary directories, and the cluster's CA.
     pub async fn new(options: ClusterOptions) -> Result<Self> {
         availability()
             .map_err(|m| backend_error(m.strip_prefix("netns backend ").unwrap_or(&m).to_string()))?;
@@ -366,10 +310,9 @@ impl NetnsCluster {
             .join("chaos");
         let host = links::host_handle().map_err(|e| Error::io("opening a netlink socket", e))?;
 
-        let (mut res, hub_fd, hub_netlink) = claim_index(&host, &cgroup_root).await?;
+        let (mut res, record, hub_fd, hub_netlink) = claim_index(&host, &cgroup_root, &options.name).await?;
         let index = res.index;
         let ctx = |what: &str| format!("netns cluster {} (#{index}): {what}", options.name);
-        res.state_file = Some(state_file(index));
 
         let hub_netlink = hub_netlink.ok_or_else(|| backend_error("hub netlink socket missing"))?;
         let hub = links::handle_for(hub_netlink).map_err(|e| Error::io(ctx("hub netlink socket"), e))?;
@@ -389,15 +332,15 @@ impl NetnsCluster {
         res.hub = Some(hub);
         let bridge_index = net_result.map_err(|e| Error::io(ctx("setting up the cluster network"), e))?;
 
-        let cgroup_dir = cgroup_root.join(index.to_string());
-        cgroup::create(&cgroup_dir).map_err(|e| Error::io(ctx("cgroup"), e))?;
+        let cgroup_dir = record.cgroup_dir.clone();
         res.cgroup_dir = Some(cgroup_dir.clone());
-        let temp = tempfile::Builder::new()
-            .prefix(&format!("chaos-netns-{index}-"))
-            .tempdir()
-            .map_err(|e| Error::io(ctx("creating a temporary directory"), e))?;
-        let dir = temp.path().to_path_buf();
-        res.temp = Some(temp);
+        cgroup::create(&cgroup_dir).map_err(|e| Error::io(ctx("cgroup"), e))?;
+        let dir = record.temp_dir.clone();
+        res.temp_dir = Some(dir.clone());
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| Error::io(ctx(&format!("creating {}", dir.display())), e))?;
 
         let ca = ClusterCa::generate(&options.name)?;
         let runner = ca.issue_runner()?;
@@ -413,13 +356,14 @@ impl NetnsCluster {
             runner,
             tls,
             bridge_index,
+            supervisor: Supervisor::new(RestartPolicy::default()),
+            record,
             state: Mutex::new(State {
                 next_node: 1,
                 nodes: Vec::new(),
                 cluster: Some(res),
             }),
         };
-        inner.write_state_file(&inner.lock());
         tracing::debug!(index, "netns cluster {} ready", inner.options.name);
         Ok(Self {
             inner: Arc::new(inner),
@@ -492,19 +436,28 @@ impl NetnsCluster {
     }
 }
 
-/// Claims the first free index whose subnet no host route overlaps, by creating its host veth
-/// pair, then creates its hub namespace.
+/// Claims the first free index whose subnet no host route overlaps — by creating its state file
+/// exclusively, naming this runner (see [`claim`]) — then creates its host veth pair and its hub
+/// namespace. Returns the claim's record, whose temporary directory is not created yet.
 ///
 /// The search starts after the index this process claimed last, so a process does not reuse an
 /// index right after releasing it (which would make leftovers of one cluster look like parts of
 /// the next in logs and leak checks).
 ///
 /// Indices with leftovers of an earlier cluster (a state file, a cgroup, namespaces named after
-/// them — a crashed runner's, for `chaos gc` to collect) are skipped, never reused.
+/// them — a crashed runner's, for `chaos gc` to collect) are skipped, never reused; so is an
+/// index whose host link exists without a state file (a runner of an older version, which
+/// claimed by the link alone).
 async fn claim_index(
     host: &Handle,
     cgroup_root: &Path,
-) -> Result<(ClusterRes, File, Option<rtnetlink::sys::Socket>)> {
+    cluster: &str,
+) -> Result<(
+    ClusterRes,
+    claim::StateRecord,
+    File,
+    Option<rtnetlink::sys::Socket>,
+)> {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let start = NEXT.load(Ordering::Relaxed);
     let namespaces: Vec<String> = std::fs::read_dir(namespace::NETNS_DIR)
@@ -517,42 +470,58 @@ async fn claim_index(
     for index in (start..MAX_CLUSTERS).chain(0..start) {
         let hub = hub_netns_name(index);
         let node_prefix = format!("{hub}-n");
+        let cgroup_dir = cgroup_root.join(index.to_string());
         if overlaps_host_route(subnet(index))
             || state_file(index).exists()
-            || cgroup_root.join(index.to_string()).exists()
+            || cgroup_dir.exists()
             || namespaces
                 .iter()
                 .any(|n| *n == hub || n.starts_with(&node_prefix))
         {
             continue;
         }
-        let link = host_link_name(index);
-        match links::add_veth(host, &link, &format!("{link}h")).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+        let record = claim::StateRecord {
+            index,
+            cluster: cluster.to_string(),
+            owner: crate::backend::owner::current_tag(),
+            runner_pid: std::process::id(),
+            host_link: host_link_name(index),
+            hub_netns: hub.clone(),
+            node_netns: Vec::new(),
+            cgroup_dir,
+            temp_dir: std::env::temp_dir().join(format!("chaos-netns-{index}-{:08x}", rand::random::<u32>())),
+        };
+        let path = state_file(index);
+        match claim::claim(&path, &record) {
+            Ok(true) => {}
+            Ok(false) => continue,
             Err(e) => return Err(Error::io("netns backend: claiming a cluster index", e)),
         }
-        let mut res = ClusterRes::claimed(index);
-        match namespace::create(&hub_netns_name(index), true).await {
+        // From here on, dropping `res` releases what was made, the claim last.
+        let mut res = ClusterRes::claimed(index, path);
+        let link = host_link_name(index);
+        match links::add_veth(host, &link, &format!("{link}h")).await {
+            Ok(()) => res.link_created = true,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(Error::io("netns backend: creating the host link", e)),
+        }
+        match namespace::create(&hub, true).await {
             Ok(ns) => {
                 NEXT.store((index + 1) % MAX_CLUSTERS, Ordering::Relaxed);
                 ns.guard.disarm();
                 res.hub_created = true;
-                return Ok((res, ns.fd, ns.netlink));
+                return Ok((res, record, ns.fd, ns.netlink));
             }
             // A hub without a host link: left by someone else; leave it and move on.
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => {
-                return Err(Error::io(
-                    format!("netns backend: creating namespace {}", hub_netns_name(index)),
-                    e,
-                ));
+                return Err(Error::io(format!("netns backend: creating namespace {hub}"), e));
             }
         }
     }
     Err(backend_error(format!(
         "all {MAX_CLUSTERS} cluster indices are taken or their subnets overlap host routes; \
-         clean up stale clusters (links chaos*, `ip netns list`)"
+         clean up stale clusters (`chaos gc`; links chaos*, `ip netns list`)"
     )))
 }
 
@@ -561,27 +530,16 @@ impl Inner {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Records the node namespaces in the state file. (gc finds them by name anyway: they are
+    /// named after the index the claim covers; the list is for people reading the file.)
     fn write_state_file(&self, state: &State) {
         let Some(res) = &state.cluster else { return };
         let Some(path) = &res.state_file else { return };
-        let file = StateFile {
-            index: self.index,
-            cluster: &self.options.name,
-            owner: crate::backend::owner::current_tag(),
-            runner_pid: std::process::id(),
-            host_link: host_link_name(self.index),
-            hub_netns: hub_netns_name(self.index),
-            node_netns: state.nodes.iter().map(|n| n.netns.as_str()).collect(),
-            cgroup_dir: &self.cgroup_dir,
-            temp_dir: &self.dir,
+        let record = claim::StateRecord {
+            node_netns: state.nodes.iter().map(|n| n.netns.clone()).collect(),
+            ..self.record.clone()
         };
-        let write = || -> io::Result<()> {
-            std::fs::create_dir_all(STATE_DIR)?;
-            let tmp = path.with_extension("json.tmp");
-            std::fs::write(&tmp, serde_json::to_vec_pretty(&file).unwrap_or_default())?;
-            std::fs::rename(&tmp, path)
-        };
-        if let Err(e) = write() {
+        if let Err(e) = claim::rewrite(path, &record) {
             tracing::warn!("netns cluster #{}: writing {}: {e}", self.index, path.display());
         }
     }
@@ -597,9 +555,8 @@ impl Inner {
             netns_created: false,
             netns_fd: None,
             cgroup: None,
-            agent: None,
+            agent: Arc::default(),
             client: None,
-            heartbeat: None,
         };
         let netns = res.netns.clone();
         let ctx = |what: &str| format!("node {name} ({netns}): {what}");
@@ -644,37 +601,44 @@ impl Inner {
         cgroup::create(&cgroup_dir.join("agent")).map_err(|e| Error::io(ctx("cgroup"), e))?;
         res.cgroup = Some(cgroup_dir.clone());
 
+        let spec = agent::AgentSpec {
+            node: name.clone(),
+            binary: self.agent_bin.clone(),
+            listen: SocketAddr::new(IpAddr::V4(ip), AGENT_PORT),
+            tls_dir,
+            root_dir: root_dir.clone(),
+            state_dir: node_dir.join("state"),
+            cgroup: cgroup_dir,
+            log: node_dir.join("agent.log"),
+            heartbeat_timeout: self.options.heartbeat_timeout,
+            ready_timeout: self.options.node_ready_timeout,
+        };
         let netns_file = res
             .netns_fd
             .as_ref()
             .ok_or_else(|| backend_error("namespace fd missing"))?;
-        let started = agent::launch(agent::Launch {
-            node: &name,
-            binary: &self.agent_bin,
-            netns: netns_file,
-            listen: SocketAddr::new(IpAddr::V4(ip), AGENT_PORT),
-            tls_dir: &tls_dir,
-            root_dir: &root_dir,
-            cgroup: &cgroup_dir,
-            log: &node_dir.join("agent.log"),
-            heartbeat_timeout: self.options.heartbeat_timeout,
-            ready_timeout: self.options.node_ready_timeout,
-        })
-        .await?;
-        res.agent = Some(started.child);
-        if started.addr.ip() != IpAddr::V4(ip) {
+        let spawned = agent::spawn(&spec, netns_file, false)?;
+        res.agent.lock().child = Some(spawned.child);
+        let addr = agent::ready(&spec, spawned.lines).await?;
+        if addr != spec.listen {
             return Err(backend_error(ctx(&format!(
-                "the agent announced {} instead of {ip}:{AGENT_PORT}",
-                started.addr
+                "the agent announced {addr} instead of {}",
+                spec.listen
             ))));
         }
 
-        let client = Arc::new(AgentClient::new(name.clone(), started.addr, self.tls.clone()));
+        let client = Arc::new(AgentClient::new(name.clone(), addr, self.tls.clone()));
         // The first heartbeat proves the agent accepts our mutual TLS, and starts its clock.
         client.heartbeat().await?;
-        let interval = (self.options.heartbeat_timeout / 3).max(Duration::from_millis(10));
-        res.heartbeat = Some(client.spawn_heartbeats(interval));
         res.client = Some(client.clone());
+        let keeper = NetnsKeeper {
+            spec,
+            netns: namespace::netns_path(&res.netns),
+            slot: res.agent.clone(),
+            client: client.clone(),
+        };
+        let interval = (self.options.heartbeat_timeout / 3).max(Duration::from_millis(10));
+        self.supervisor.watch(client.clone(), Arc::new(keeper), interval);
         let node: Arc<dyn Node> = Arc::new(AgentNode::new(
             client,
             vec![IpAddr::V4(ip)],
@@ -686,6 +650,7 @@ impl Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        self.supervisor.stop_now();
         let (mut nodes, cluster) = {
             let mut state = self.lock();
             (std::mem::take(&mut state.nodes), state.cluster.take())
@@ -764,6 +729,8 @@ impl Cluster for NetnsCluster {
         if nodes.is_empty() && cluster.is_none() {
             return Ok(());
         }
+        // No restart may race the teardown.
+        inner.supervisor.stop().await;
         // Graceful first: each agent kills its process trees and heals its faults itself.
         let shutdowns = nodes
             .iter()
@@ -772,12 +739,17 @@ impl Cluster for NetnsCluster {
                 let _ = tokio::time::timeout(SHUTDOWN_BOUND, client.shutdown()).await;
             });
         futures_util::future::join_all(shutdowns).await;
-        let exits = nodes
-            .iter_mut()
-            .filter_map(|n| n.agent.as_mut())
-            .map(|agent| async move {
-                let _ = tokio::time::timeout(SHUTDOWN_BOUND, agent.wait()).await;
-            });
+        let exits = nodes.iter().map(|n| {
+            let slot = n.agent.clone();
+            async move {
+                let exited = async {
+                    while slot.is_running() {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                };
+                let _ = tokio::time::timeout(SHUTDOWN_BOUND, exited).await;
+            }
+        });
         futures_util::future::join_all(exits).await;
 
         let errors = tokio::task::spawn_blocking(move || {
@@ -800,6 +772,10 @@ impl Cluster for NetnsCluster {
                 errors.join("; ")
             )))
         }
+    }
+
+    fn agent_events(&self) -> Option<tokio::sync::broadcast::Receiver<AgentEvent>> {
+        Some(self.inner.supervisor.subscribe())
     }
 }
 

@@ -13,6 +13,7 @@
 pub mod command;
 pub mod kv;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,6 +66,8 @@ pub struct Recorder {
     next_id: AtomicU64,
     tx: std::sync::Mutex<Option<std::sync::mpsc::Sender<Msg>>>,
     thread: std::sync::Mutex<Option<std::thread::JoinHandle<std::io::Result<()>>>>,
+    /// Per node the operations went to: when the latest `ok` one was invoked (µs), if any.
+    latest_ok: std::sync::Mutex<HashMap<String, Option<u64>>>,
     /// Counts by outcome.
     pub counts: Counts,
 }
@@ -96,6 +99,7 @@ impl Recorder {
             next_id: AtomicU64::new(1),
             tx: std::sync::Mutex::new(Some(tx)),
             thread: std::sync::Mutex::new(Some(thread)),
+            latest_ok: std::sync::Mutex::new(HashMap::new()),
             counts: Counts::default(),
         }))
     }
@@ -126,7 +130,23 @@ impl Recorder {
             Outcome::Unknown => &self.counts.unknown,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        if let Some(node) = &op.node
+            && let Ok(mut latest) = self.latest_ok.lock()
+        {
+            let entry = latest.entry(node.clone()).or_default();
+            if op.outcome == Outcome::Ok {
+                *entry = (*entry).max(Some(op.invoke_us));
+            }
+        }
         self.send(Msg::Record(Box::new(Record::Op(op))));
+    }
+
+    /// Whether operations went to `node` and one invoked at or after `since_us` succeeded —
+    /// what the availability checker calls recovery after a heal at `since_us`. `None` when no
+    /// operation went to `node` (the workload does not say, or has no client there).
+    pub fn ok_since(&self, node: &str, since_us: u64) -> Option<bool> {
+        let latest = self.latest_ok.lock().ok()?;
+        latest.get(node).map(|ok| ok.is_some_and(|t| t >= since_us))
     }
 
     /// Records a fault event.
