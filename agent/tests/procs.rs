@@ -404,14 +404,17 @@ async fn an_over_limit_spec_is_refused_naming_the_limit() {
         "{e}"
     );
 
-    // Through the exec WebSocket, whose messages may be larger: the spec's own size limit.
+    // Through the exec WebSocket: too many environment entries in a message small enough for
+    // the transport (an over-size spec is refused from its frame header: tests/limits.rs).
     let mut spec = ProcSpec::new("true", Vec::<String>::new());
-    spec.env
-        .insert("BULK".into(), "x".repeat(chaos_proto::limits::MAX_PROC_SPEC));
+    for i in 0..=chaos_proto::limits::MAX_PROC_ARGS {
+        spec.env.insert(format!("E{i}"), String::new());
+    }
+    assert!(serde_json::to_vec(&spec).unwrap().len() < chaos_proto::limits::MAX_WS_MESSAGE);
     match exec(&agent, &spec).await {
         (_, ServerEvent::Error(e)) => {
             assert_eq!(e.kind, ErrorKind::InvalidRequest, "{e}");
-            assert!(e.message.contains("MAX_PROC_SPEC"), "{e}");
+            assert!(e.message.contains("MAX_PROC_ARGS"), "{e}");
         }
         (_, other) => panic!("an over-limit spec started: {other:?}"),
     }
