@@ -142,11 +142,25 @@ impl Injector {
     /// Installs fault `id`. The object is recorded in the ledger before it is created; on
     /// failure nothing of it is left installed.
     pub fn inject(&mut self, id: &str, spec: &FaultSpec) -> Result<Mechanism> {
+        self.inject_until(id, spec, None)
+    }
+
+    /// Like [`Injector::inject`], and where the kernel can keep time for us (nftables rules:
+    /// partition, loss and packet faults, see [`crate::probe::kernel_expiry`]) the fault stops
+    /// acting at `deadline` even if no process is left to heal it. Other mechanisms ignore the
+    /// deadline: their heal is the caller's timer's (or the next injector's) job.
+    pub fn inject_until(
+        &mut self,
+        id: &str,
+        spec: &FaultSpec,
+        deadline: Option<std::time::SystemTime>,
+    ) -> Result<Mechanism> {
         nft::validate_id(id)?;
         if self.active.contains_key(id) || self.ledger.entries().iter().any(|e| e.fault == id) {
             return Err(Error::AlreadyActive { id: id.to_string() });
         }
-        let result = self.install(id, spec);
+        let deadline = deadline.filter(|_| crate::probe::kernel_expiry().available);
+        let result = self.install(id, spec, deadline);
         match result {
             Ok(mechanism) => {
                 tracing::info!(id, ?mechanism, "fault injected");
@@ -170,7 +184,12 @@ impl Injector {
         }
     }
 
-    fn install(&mut self, id: &str, spec: &FaultSpec) -> Result<Mechanism> {
+    fn install(
+        &mut self,
+        id: &str,
+        spec: &FaultSpec,
+        deadline: Option<std::time::SystemTime>,
+    ) -> Result<Mechanism> {
         match spec {
             FaultSpec::Partition { scope } => {
                 self.ledger.record(
@@ -181,7 +200,7 @@ impl Injector {
                 )?;
                 self.nft
                     .get()?
-                    .install(id, scope, &self.exempt_tcp_ports, Action::Drop)?;
+                    .install(id, scope, &self.exempt_tcp_ports, Action::Drop, deadline)?;
                 Ok(Mechanism::NftablesNetlink)
             }
             FaultSpec::Loss { scope, percent } => {
@@ -203,6 +222,7 @@ impl Injector {
                     scope,
                     &self.exempt_tcp_ports,
                     Action::DropRandom { per10000 },
+                    deadline,
                 )?;
                 Ok(Mechanism::NftablesNetlink)
             }
@@ -218,9 +238,13 @@ impl Injector {
                         fault: id.to_string(),
                     },
                 )?;
-                self.nft
-                    .get()?
-                    .install(id, scope, &self.exempt_tcp_ports, Action::Queue { num: queue })?;
+                self.nft.get()?.install(
+                    id,
+                    scope,
+                    &self.exempt_tcp_ports,
+                    Action::Queue { num: queue },
+                    deadline,
+                )?;
                 Ok(Mechanism::NfqueueUserspace { queue })
             }
             FaultSpec::Bandwidth(bw) => {

@@ -6,11 +6,17 @@
 //!   jump rule in the base chain whose comment is `chaos fault <id>`.
 //!
 //! Each fault chain starts with `return` rules for the exempt local TCP ports, so control traffic
-//! is never touched, then one rule per (peer, protocol, port) combination. Removing a fault
+//! is never touched, then one rule per (peer, protocol, port) combination.
+//!
+//! **Kernel-side expiry.** When the fault has a deadline, its jump rules only match while the
+//! kernel's wall clock (`meta time`, Linux ≥ 5.4) is before it, so the fault stops acting at
+//! its TTL even if no process of ours is alive to heal it (the chains stay until a heal removes
+//! them; they are inert). Removing a fault
 //! deletes its jumps and its chains in one atomic batch; removing the last deletes the table.
 //! Nothing outside the table is ever touched.
 
 use std::collections::BTreeSet;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Result};
 use crate::netlink::{
@@ -74,6 +80,8 @@ const REG_VERDICT: u32 = 0;
 const NFT_META_MARK: u32 = 3;
 const NFT_META_NFPROTO: u32 = 15;
 const NFT_META_L4PROTO: u32 = 16;
+/// Wall-clock time in nanoseconds since the epoch, host byte order (Linux 5.4).
+const NFT_META_TIME_NS: u32 = 30;
 const NFT_PAYLOAD_NETWORK: u32 = 1;
 const NFT_PAYLOAD_TRANSPORT: u32 = 2;
 const NFT_CMP_EQ: u32 = 0;
@@ -106,6 +114,7 @@ enum Expr {
     Bitwise(Vec<u8>),
     Numgen(u32),
     Hton32,
+    Hton64,
     Verdict(i32),
     Jump(String),
     NfQueue(u16),
@@ -119,7 +128,7 @@ impl Expr {
             Expr::Payload { .. } => "payload",
             Expr::Bitwise(_) => "bitwise",
             Expr::Numgen(_) => "numgen",
-            Expr::Hton32 => "byteorder",
+            Expr::Hton32 | Expr::Hton64 => "byteorder",
             Expr::Verdict(_) | Expr::Jump(_) => "immediate",
             Expr::NfQueue(_) => "target",
         };
@@ -161,12 +170,13 @@ impl Expr {
                 b.attr_be32(3, NFT_NG_RANDOM); // NFTA_NG_TYPE
                 b.attr_be32(4, 0); // NFTA_NG_OFFSET
             }
-            Expr::Hton32 => {
+            Expr::Hton32 | Expr::Hton64 => {
+                let size = if matches!(self, Expr::Hton64) { 8 } else { 4 };
                 b.attr_be32(1, REG1); // NFTA_BYTEORDER_SREG
                 b.attr_be32(2, REG1); // NFTA_BYTEORDER_DREG
                 b.attr_be32(3, NFT_BYTEORDER_HTON);
-                b.attr_be32(4, 4); // LEN
-                b.attr_be32(5, 4); // SIZE
+                b.attr_be32(4, size); // LEN
+                b.attr_be32(5, size); // SIZE
             }
             Expr::Verdict(code) => encode_verdict(b, *code, None),
             Expr::Jump(chain) => encode_verdict(b, NFT_JUMP, Some(chain)),
@@ -317,6 +327,19 @@ fn match_sets(scope: &NetScope, inbound: bool) -> Vec<Vec<Expr>> {
     sets
 }
 
+/// Expressions that match only while the wall clock is before `deadline` — what `nft` writes for
+/// `meta time < "…"`: load the time, convert it to big endian, compare.
+fn before(deadline: SystemTime) -> Vec<Expr> {
+    let ns = deadline
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    vec![
+        Expr::Meta(NFT_META_TIME_NS),
+        Expr::Hton64,
+        Expr::Cmp(NFT_CMP_LT, ns.to_be_bytes().to_vec()),
+    ]
+}
+
 fn action_exprs(action: Action) -> Vec<Expr> {
     match action {
         Action::Drop => vec![Expr::Verdict(NF_DROP)],
@@ -400,12 +423,15 @@ impl Nft {
 
     /// Installs the rules of fault `id` in one atomic batch (creating the table and base chains
     /// if needed). Fails with [`Error::AlreadyActive`] if the fault's chains exist.
+    /// Installs fault `id`'s chains and jumps; with `deadline`, the jumps match only before it
+    /// (kernel-side expiry).
     pub(crate) fn install(
         &mut self,
         id: &str,
         scope: &NetScope,
         exempt: &[u16],
         action: Action,
+        deadline: Option<SystemTime>,
     ) -> Result<()> {
         validate_id(id)?;
         scope.validate()?;
@@ -500,6 +526,9 @@ impl Nft {
                 b.attr_str(NFTA_RULE_TABLE, TABLE);
                 b.attr_str(NFTA_RULE_CHAIN, base);
                 b.nest_begin(NFTA_RULE_EXPRESSIONS);
+                for e in deadline.map(before).unwrap_or_default() {
+                    e.encode(b);
+                }
                 Expr::Jump(chain.clone()).encode(b);
                 b.nest_end();
                 b.attr(NFTA_RULE_USERDATA, &tag);

@@ -17,6 +17,45 @@ impl Capability {
     fn new((available, detail): (bool, String)) -> Self {
         Self { available, detail }
     }
+
+    /// What a report from an older probe says about a capability it did not know.
+    fn unknown() -> Self {
+        Self {
+            available: false,
+            detail: "not probed (an older agent)".into(),
+        }
+    }
+}
+
+/// Whether nftables rules can match on the wall clock (`meta time`, Linux ≥ 5.4), which is how
+/// network faults expire in the kernel. Read once from the running kernel's release.
+pub fn kernel_expiry() -> Capability {
+    static CACHED: std::sync::OnceLock<Capability> = std::sync::OnceLock::new();
+    CACHED
+        .get_or_init(|| {
+            let release = nix::sys::utsname::uname()
+                .map(|u| u.release().to_string_lossy().into_owned())
+                .unwrap_or_default();
+            Capability::new(kernel_at_least(&release, (5, 4)))
+        })
+        .clone()
+}
+
+fn kernel_at_least(release: &str, (major, minor): (u32, u32)) -> (bool, String) {
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    match (parts.next(), parts.next()) {
+        (Some(a), Some(b)) if (a, b) >= (major, minor) => (
+            true,
+            format!("kernel {release} has nftables `meta time` (≥ {major}.{minor})"),
+        ),
+        (Some(_), Some(_)) => (
+            false,
+            format!("kernel {release} predates nftables `meta time` ({major}.{minor})"),
+        ),
+        _ => (false, format!("cannot read the kernel version from {release:?}")),
+    }
 }
 
 /// The iptables flavour installed, if any.
@@ -53,6 +92,10 @@ pub struct Capabilities {
     pub cgroup_v1_freezer: Capability,
     /// cgroup v2 `cgroup.kill`.
     pub cgroup_kill: Capability,
+    /// nftables `meta time` (Linux 5.4): network rules carry their own deadline, so partition,
+    /// loss and packet faults stop at their TTL even when no agent is alive to heal them.
+    #[serde(default = "Capability::unknown")]
+    pub nft_kernel_expiry: Capability,
     /// iptables binary and its backend (informational; we never need it).
     pub iptables: IptablesBackend,
     /// External binaries the fault mechanisms need: none (every fault is netlink, /proc, /sys
@@ -210,7 +253,24 @@ pub fn probe() -> Capabilities {
         cgroup_v2_freeze: v2,
         cgroup_v1_freezer: v1,
         cgroup_kill: kill,
+        nft_kernel_expiry: kernel_expiry(),
         iptables: iptables_backend(),
         external_binaries: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_releases_are_compared_by_major_and_minor() {
+        assert!(kernel_at_least("6.18.0-chaos", (5, 4)).0);
+        assert!(kernel_at_least("5.4.0", (5, 4)).0);
+        assert!(kernel_at_least("5.10.209-1-cloud-amd64", (5, 4)).0);
+        assert!(!kernel_at_least("5.3.18", (5, 4)).0);
+        assert!(!kernel_at_least("4.19.0", (5, 4)).0);
+        let (ok, detail) = kernel_at_least("weird", (5, 4));
+        assert!(!ok && detail.contains("weird"), "{detail}");
     }
 }

@@ -266,3 +266,60 @@ fn ipv6_partition() {
     n[0].run(move || inj.heal("v6").unwrap());
     assert!(tcp_connects(&n[0], target, T), "v6 healed");
 }
+
+/// A fault with a deadline stops acting at it even though nobody heals it (its injector is
+/// gone, as with a SIGKILLed agent): the kernel compares its own clock with the deadline. The
+/// inert chains stay until a heal removes them.
+#[test]
+fn a_partition_with_a_deadline_ends_in_the_kernel_without_a_heal() {
+    require_root!();
+    if !chaos_faults::probe::kernel_expiry().available {
+        chaos_testkit::skip(
+            "a_partition_with_a_deadline_ends_in_the_kernel_without_a_heal",
+            "root",
+            &chaos_faults::probe::kernel_expiry().detail,
+        );
+        return;
+    }
+    let lan = Lan::new(2);
+    tcp_listener(&lan.nodes[1], 8001);
+    let n = &lan.nodes;
+    let dir = tempfile::tempdir().unwrap();
+    let path = state_file(&dir);
+    let ttl = Duration::from_millis(1500);
+    let deadline = std::time::SystemTime::now() + ttl;
+    let started = std::time::Instant::now();
+    n[0].run(move || {
+        let mut inj = Injector::new(&path, &[]).unwrap();
+        let scope = NetScope::peers([IpAddr::V4(Lan::v4(1))]);
+        inj.inject_until("expiring", &FaultSpec::Partition { scope }, Some(deadline))
+            .unwrap();
+        std::mem::forget(inj); // no heal: as if the agent had died
+    });
+    assert!(!tcp_connects(&n[0], addr(1, 8001), T), "cut before the deadline");
+    assert!(
+        ruleset(&n[0]).contains("meta time <"),
+        "the jump carries the deadline"
+    );
+    while started.elapsed() < ttl {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        tcp_connects(&n[0], addr(1, 8001), T),
+        "after the deadline traffic flows with nobody healing"
+    );
+    assert!(
+        ruleset(&n[0]).contains("chaos fault expiring"),
+        "the inert rules stay"
+    );
+    let path = state_file(&dir);
+    n[0].run(move || {
+        let inj = Injector::new(&path, &[]).unwrap();
+        assert_eq!(
+            inj.startup_heal().healed.len(),
+            1,
+            "the next injector removes them"
+        );
+    });
+    assert!(!ruleset(&n[0]).contains(nft::TABLE));
+}

@@ -530,6 +530,11 @@ pub struct KindSupport {
     /// When unsupported: the missing feature and why, e.g. `"nfqueue: CONFIG_NFT_COMPAT is not
     /// set"`.
     pub missing: Option<String>,
+    /// The kernel itself ends the fault at its TTL, so it stops acting even if the agent is dead
+    /// (nftables rules with a `meta time` deadline). Otherwise the TTL is kept by the agent —
+    /// and, when the agent dies, by the next agent the runner's supervisor starts.
+    #[serde(default)]
+    pub kernel_expiry: bool,
 }
 
 /// One kernel feature or facility the fault mechanisms may use.

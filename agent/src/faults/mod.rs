@@ -568,10 +568,13 @@ fn install(
         .collect::<Result<_, _>>()?;
     state.state_dir.ensure()?;
     let injected_ms = now_ms();
+    // The same deadline goes into the kernel where it can keep it (nftables rules), so the
+    // fault ends at its TTL even if this agent is dead by then.
+    let deadline = UNIX_EPOCH + Duration::from_millis(injected_ms.saturating_add(req.ttl_ms));
     let mut installed: Vec<String> = Vec::new();
     let mut mechanism: Option<Mechanism> = None;
     for (part, spec) in &parts {
-        match state.injector.inject(part, spec) {
+        match state.injector.inject_until(part, spec, Some(deadline)) {
             Ok(m) => {
                 mechanism.get_or_insert(m);
                 installed.push(part.clone());

@@ -22,6 +22,7 @@ pub(crate) fn probe_report(c: &Capabilities, has_cgroup: bool) -> ProbeReport {
         ("cgroup_v2_freeze", &c.cgroup_v2_freeze),
         ("cgroup_v1_freezer", &c.cgroup_v1_freezer),
         ("cgroup_kill", &c.cgroup_kill),
+        ("nft_kernel_expiry", &c.nft_kernel_expiry),
     ] {
         features.insert(name.to_string(), feature(cap));
     }
@@ -81,8 +82,12 @@ pub(crate) fn probe_report(c: &Capabilities, has_cgroup: bool) -> ProbeReport {
                 FaultKind::Link => (Some(Mechanism::RtnetlinkLink), None),
                 FaultKind::Freeze => (Some(freeze.clone()), None),
             };
+            // nftables-based kinds carry their deadline into the kernel; a dead agent's
+            // bandwidth, link and freeze faults wait for the next agent (the runner restarts it).
+            let nft_based = matches!(kind, FaultKind::Partition | FaultKind::Loss | FaultKind::Packet);
             KindSupport {
                 kind,
+                kernel_expiry: nft_based && mechanism.is_some() && c.nft_kernel_expiry.available,
                 mechanism,
                 missing,
             }
@@ -118,11 +123,16 @@ mod tests {
             cgroup_v2_freeze: cap(true, "ok"),
             cgroup_v1_freezer: cap(false, "none"),
             cgroup_kill: cap(true, "ok"),
+            nft_kernel_expiry: cap(true, "ok"),
             iptables: IptablesBackend::Nft,
             external_binaries: vec![],
         };
         let r = probe_report(&c, true);
         assert!(r.supports(FaultKind::Partition));
+        // nftables kinds expire in the kernel; a freeze does not (nor an unsupported kind).
+        assert!(r.kind(FaultKind::Partition).unwrap().kernel_expiry);
+        assert!(!r.kind(FaultKind::Freeze).unwrap().kernel_expiry);
+        assert!(!r.kind(FaultKind::Packet).unwrap().kernel_expiry);
         assert!(!r.supports(FaultKind::Packet));
         let packet = r.kind(FaultKind::Packet).unwrap();
         assert!(

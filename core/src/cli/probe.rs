@@ -47,6 +47,10 @@ fn render(node: &str, report: &ProbeReport) -> String {
     for kind in &report.kinds {
         let name = kind.kind.to_string();
         let line = match (&kind.mechanism, &kind.missing) {
+            (Some(m), _) if kind.kernel_expiry => format!(
+                "  {name:width$}  yes  {} (expires in the kernel even if the agent dies)",
+                mechanism_text(m)
+            ),
             (Some(m), _) => format!("  {name:width$}  yes  {}", mechanism_text(m)),
             (None, Some(missing)) => format!("  {name:width$}  no   missing {missing}"),
             (None, None) => format!("  {name:width$}  no"),
@@ -86,11 +90,13 @@ mod tests {
                     kind: FaultKind::Partition,
                     mechanism: Some(Mechanism::NftablesNetlink),
                     missing: None,
+                    kernel_expiry: true,
                 },
                 KindSupport {
                     kind: FaultKind::Packet,
                     mechanism: None,
                     missing: Some("nfqueue: CONFIG_NFT_COMPAT is not set".into()),
+                    kernel_expiry: false,
                 },
             ],
             features: [(
@@ -104,7 +110,12 @@ mod tests {
             external_binaries: vec![],
         };
         let text = render("n1", &report);
-        assert!(text.contains("partition  yes  nftables over netlink"), "{text}");
+        assert!(
+            text.contains(
+                "partition  yes  nftables over netlink (expires in the kernel even if the agent dies)"
+            ),
+            "{text}"
+        );
         assert!(
             text.contains("packet     no   missing nfqueue: CONFIG_NFT_COMPAT"),
             "{text}"
