@@ -6,7 +6,7 @@
 mod model;
 
 use chaos_check::{Checker, History, Linearizability, OpKind, Outcome, Validity, Verdict};
-use model::{Params, inject_violation, register_history};
+use model::{Params, append_register_history, inject_violation, register_history};
 use proptest::prelude::*;
 
 fn params() -> impl Strategy<Value = Params> {
@@ -79,6 +79,17 @@ proptest! {
     #[test]
     fn histories_from_the_model_are_accepted(seed in any::<u64>(), p in params()) {
         let h = register_history(seed, &p);
+        let v = checker().check(&h);
+        prop_assert_eq!(v.valid, Validity::Valid, "{}", v.explanation);
+    }
+
+    #[test]
+    fn appending_register_histories_from_the_model_are_accepted(
+        seed in any::<u64>(),
+        p in params(),
+        resets in any::<bool>(),
+    ) {
+        let h = append_register_history(seed, &p, resets);
         let v = checker().check(&h);
         prop_assert_eq!(v.valid, Validity::Valid, "{}", v.explanation);
     }

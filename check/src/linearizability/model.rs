@@ -81,6 +81,11 @@ struct Appended {
 pub(super) struct Registers {
     appendable: bool,
     shapes: Vec<Shape>,
+    /// Per state: its length (characters or elements) on its trie; 0 off the tries.
+    depth: Vec<u32>,
+    /// Per non-empty value read or expected on an appending key: the states of its prefixes,
+    /// by length, so "is state S a prefix of it" is one lookup ([`Registers::extends`]).
+    paths: HashMap<State, Box<[State]>>,
     /// Trie edges: (string or list state, character or element id) → the extended state.
     children: HashMap<(State, u32), State>,
     /// List elements, by their canonical JSON text.
@@ -103,6 +108,7 @@ impl Registers {
         Registers {
             appendable: true,
             shapes: vec![Shape::Absent, Shape::Str, Shape::List],
+            depth: vec![0, 0, 0],
             ..Registers::default()
         }
     }
@@ -117,8 +123,9 @@ impl Registers {
         std::mem::take(&mut self.new_bytes)
     }
 
-    fn new_state(&mut self, shape: Shape) -> State {
+    fn new_state(&mut self, shape: Shape, depth: u32) -> State {
         self.shapes.push(shape);
+        self.depth.push(depth);
         self.new_bytes += ENTRY_BYTES;
         (self.shapes.len() - 1) as State
     }
@@ -127,7 +134,8 @@ impl Registers {
         if let Some(&child) = self.children.get(&(parent, label)) {
             return child;
         }
-        let child = self.new_state(shape);
+        let depth = self.depth.get(parent as usize).copied().unwrap_or(0) + 1;
+        let child = self.new_state(shape, depth);
         self.children.insert((parent, label), child);
         child
     }
@@ -149,6 +157,27 @@ impl Registers {
             Step::Write(v) => Some(v),
             Step::Cas { expected, new } => self.matches(state, expected).then_some(new),
             Step::Append(a) => self.append(state, a),
+        }
+    }
+
+    /// The length of the value a read refers to (0 for empties and values off the tries).
+    pub fn length(&self, read: State) -> u32 {
+        self.depth.get(read as usize).copied().unwrap_or(0)
+    }
+
+    /// Whether a read of `read` could still match after the register holds `state`, if only
+    /// appends follow: appending only extends a value, so `state` must be a prefix of `read`.
+    pub fn extends(&self, read: State, state: State) -> bool {
+        if read == ANY_EMPTY {
+            return self.is_empty(state);
+        }
+        if state == ABSENT {
+            // Appending to nothing starts a string or a list.
+            return read == ABSENT || self.paths.contains_key(&read);
+        }
+        match (self.paths.get(&read), self.depth.get(state as usize)) {
+            (Some(path), Some(&depth)) => path.get(depth as usize) == Some(&state),
+            _ => read == state,
         }
     }
 
@@ -200,6 +229,7 @@ impl Interner {
         } else {
             Registers {
                 shapes: vec![Shape::Absent],
+                depth: vec![0],
                 ..Registers::default()
             }
         };
@@ -226,7 +256,7 @@ impl Interner {
                 if let Some(&state) = self.atoms.get(&text) {
                     return state;
                 }
-                let state = r.new_state(Shape::Atom);
+                let state = r.new_state(Shape::Atom, 0);
                 self.atoms.insert(text, state);
                 state
             }
@@ -241,11 +271,42 @@ impl Interner {
             Value::Array(items) => items.is_empty(),
             _ => false,
         };
-        if self.registers.appendable && empty {
-            ANY_EMPTY
-        } else {
-            self.state(value)
+        if !self.registers.appendable {
+            return self.state(value);
         }
+        if empty {
+            return ANY_EMPTY;
+        }
+        let state = self.state(value);
+        let r = &mut self.registers;
+        if matches!(value, Value::String(_) | Value::Array(_)) && !r.paths.contains_key(&state) {
+            // Walk the trie down to the value again, noting every prefix.
+            let mut path = Vec::with_capacity(r.depth[state as usize] as usize + 1);
+            let mut at = if value.is_string() {
+                EMPTY_STRING
+            } else {
+                EMPTY_LIST
+            };
+            path.push(at);
+            match value {
+                Value::String(s) => {
+                    for c in s.chars() {
+                        at = r.child(at, c as u32, Shape::Str);
+                        path.push(at);
+                    }
+                }
+                Value::Array(items) => {
+                    for item in items {
+                        let element = r.element(item);
+                        at = r.child(at, element, Shape::List);
+                        path.push(at);
+                    }
+                }
+                _ => {}
+            }
+            r.paths.insert(state, path.into_boxed_slice());
+        }
+        state
     }
 
     fn append(&mut self, value: &Value) -> Step {

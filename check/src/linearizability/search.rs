@@ -169,6 +169,8 @@ pub(super) fn search(ops: &[KeyOp], registers: &mut Registers, limits: &Limits) 
     let appendable = registers.is_appendable();
     let relevant = without_unobservable_unknowns(ops, appendable);
     let ops = &relevant[..];
+    // On an appending key, reads still to come must be able to see the state's extensions.
+    let mut growing = ReadConstraints::new(ops, registers, appendable);
     let n = ops.len() as u32;
     let words = ops.len().div_ceil(64);
     let mut ok = vec![0u64; words];
@@ -232,7 +234,16 @@ pub(super) fn search(ops: &[KeyOp], registers: &mut Registers, limits: &Limits) 
             let symmetric = previous != NIL && !bit(&linearized, previous);
             if symmetric {
                 // An earlier identical unknown operation is still pending: try that one instead.
-            } else if let Some(new_state) = registers.apply(state, step) {
+            } else if let Some(new_state) = registers.apply(state, step).filter(|&s| {
+                matches!(step, Step::Read(_)) || {
+                    // The operation counts as linearized for the question.
+                    set_bit(&mut linearized, op, true);
+                    let allowed = growing.allows(s, ops, &linearized, registers);
+                    set_bit(&mut linearized, op, false);
+                    growing.unlinearized(op);
+                    allowed
+                }
+            }) {
                 // States an appending key reaches for the first time are memory too.
                 memory += registers.take_new_bytes();
                 set_bit(&mut linearized, op, true);
@@ -283,6 +294,7 @@ pub(super) fn search(ops: &[KeyOp], registers: &mut Registers, limits: &Limits) 
                     continue;
                 }
                 set_bit(&mut linearized, op, false);
+                growing.unlinearized(op);
                 // Memo hit: that configuration failed. For a forced read, so does this one.
                 backtrack = forced;
             }
@@ -298,6 +310,7 @@ pub(super) fn search(ops: &[KeyOp], registers: &mut Registers, limits: &Limits) 
                 return (SearchResult::NotLinearizable, steps);
             };
             set_bit(&mut linearized, frame.op, false);
+            growing.unlinearized(frame.op);
             state = frame.state;
             pending = frame.pending;
             high = frame.high;
@@ -309,6 +322,128 @@ pub(super) fn search(ops: &[KeyOp], registers: &mut Registers, limits: &Limits) 
                 entry = events.next[events.call_node[frame.op as usize] as usize];
                 break;
             }
+        }
+    }
+}
+
+/// A list of operations, in a fixed order, and the first of them not linearized yet.
+struct Queue {
+    ops: Vec<u32>,
+    /// Per operation, its place in `ops` (`NIL` if absent).
+    place: Vec<u32>,
+    /// No operation before this place is unlinearized.
+    hint: usize,
+}
+
+impl Queue {
+    fn new(ops: Vec<u32>, n: usize) -> Queue {
+        let mut place = vec![NIL; n];
+        for (p, &op) in ops.iter().enumerate() {
+            place[op as usize] = p as u32;
+        }
+        Queue { ops, place, hint: 0 }
+    }
+
+    /// The unlinearized operations in order, from the first.
+    fn pending<'a>(&'a mut self, linearized: &'a [u64]) -> impl Iterator<Item = u32> + 'a {
+        while self.hint < self.ops.len() && bit(linearized, self.ops[self.hint]) {
+            self.hint += 1;
+        }
+        self.ops[self.hint..]
+            .iter()
+            .copied()
+            .filter(move |&op| !bit(linearized, op))
+    }
+
+    fn unlinearized(&mut self, op: u32) {
+        let place = self.place[op as usize];
+        if place != NIL {
+            self.hint = self.hint.min(place as usize);
+        }
+    }
+}
+
+/// Reads an appending key's state must still be able to reach.
+///
+/// Appending only extends a value, so a read that will be linearized before any further write,
+/// cas or delete must return an extension of the current state; a state that fails this leads to
+/// no linearization, and refusing it at once spares the search every order of the appends pending
+/// with it — the k! that otherwise makes appending registers expensive, since each order is a
+/// different value and the memo cannot merge them. Which reads come before any further reset:
+/// once no reset is left to linearize, all of them, and since a linearizable history's reads are
+/// prefixes of one another the shortest one decides; before that, those that complete before the
+/// earliest remaining reset is invoked (the first few are asked). Asking fewer reads only prunes
+/// less: any subset is sound.
+struct ReadConstraints {
+    on: bool,
+    /// `ok` reads, shortest value first.
+    by_length: Queue,
+    /// `ok` reads, earliest completion first.
+    by_completion: Queue,
+    /// Writes, compare-and-sets and deletes, earliest invocation first.
+    resets: Queue,
+}
+
+/// How many reads completing before the next reset are asked.
+const READS_ASKED: usize = 3;
+
+impl ReadConstraints {
+    fn new(ops: &[KeyOp], registers: &Registers, appendable: bool) -> ReadConstraints {
+        let n = if appendable { ops.len() } else { 0 };
+        let reads: Vec<u32> = (0..n as u32)
+            .filter(|&i| ops[i as usize].complete.is_some() && matches!(ops[i as usize].step, Step::Read(_)))
+            .collect();
+        let value = |i: u32| match ops[i as usize].step {
+            Step::Read(v) => v,
+            _ => ABSENT,
+        };
+        let mut by_length = reads.clone();
+        by_length.sort_by_key(|&i| (registers.length(value(i)), i));
+        let mut by_completion = reads;
+        by_completion.sort_by_key(|&i| (ops[i as usize].complete, i));
+        // Ops are sorted by invocation already.
+        let resets: Vec<u32> = (0..n as u32)
+            .filter(|&i| matches!(ops[i as usize].step, Step::Write(_) | Step::Cas { .. }))
+            .collect();
+        ReadConstraints {
+            on: appendable,
+            by_length: Queue::new(by_length, n),
+            by_completion: Queue::new(by_completion, n),
+            resets: Queue::new(resets, n),
+        }
+    }
+
+    /// Whether the register may hold `state` with what is linearized so far.
+    fn allows(&mut self, state: State, ops: &[KeyOp], linearized: &[u64], registers: &Registers) -> bool {
+        if !self.on {
+            return true;
+        }
+        let read = |op: u32| match ops[op as usize].step {
+            Step::Read(v) => v,
+            _ => ABSENT,
+        };
+        match self.resets.pending(linearized).next() {
+            None => match self.by_length.pending(linearized).next() {
+                Some(shortest) => registers.extends(read(shortest), state),
+                None => true,
+            },
+            Some(reset) => {
+                let next_reset = ops[reset as usize].invoke;
+                self.by_completion
+                    .pending(linearized)
+                    .take(READS_ASKED)
+                    .take_while(|&op| ops[op as usize].complete.is_some_and(|c| c < next_reset))
+                    .all(|op| registers.extends(read(op), state))
+            }
+        }
+    }
+
+    /// Called when an operation is taken back out of the linearization.
+    fn unlinearized(&mut self, op: u32) {
+        if self.on {
+            self.by_length.unlinearized(op);
+            self.by_completion.unlinearized(op);
+            self.resets.unlinearized(op);
         }
     }
 }
