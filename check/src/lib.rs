@@ -20,6 +20,7 @@
 //! assert_eq!(report.verdict.valid, chaos_check::Validity::Valid);
 //! ```
 
+mod anomaly_report;
 mod availability;
 mod checker;
 mod counter;
