@@ -250,7 +250,7 @@ fn the_report_is_complete_self_contained_and_well_formed() {
     );
     assert!(html.contains("G-single — read skew"), "the read skew is named");
     assert!(
-        html.contains("G2-item — anti-dependency cycle"),
+        html.contains("G2-item — anti-dependency cycle with adjacent anti-dependencies"),
         "the write skew is named"
     );
     assert!(html.contains("class=\"edge rw\"") && html.contains("class=\"edge wr\""));

@@ -195,7 +195,7 @@ impl AnomalyClass {
                 "a cycle whose anti-dependencies are never adjacent"
             }
             AnomalyClass::Cycle(CycleClass::G2Item, _) => {
-                "anti-dependency cycle, e.g. write skew (two adjacent anti-dependencies)"
+                "anti-dependency cycle with adjacent anti-dependencies, as in write skew"
             }
             AnomalyClass::G1a => "aborted read",
             AnomalyClass::G1b => "intermediate read",

@@ -1,6 +1,7 @@
 //! Shrinking a non-linearizable key history to a small certificate: the operations that cannot
 //! be linearized together, and the context operations they need.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -118,17 +119,17 @@ pub(super) fn minimize(
     };
     // Why the result may not be minimal, if it may not be; `out` stops all further tries.
     let mut incomplete: Option<String> = None;
-    let mut out = false;
+    let out = Cell::new(false);
     let mut refutes = |candidate: &[KeyOp]| -> bool {
-        if !out && spent >= budget.max_steps {
+        if !out.get() && spent >= budget.max_steps {
             incomplete = Some(format!("its budget of {} search steps", budget.max_steps));
-            out = true;
+            out.set(true);
         }
-        if !out && budget.deadline.is_some_and(|d| Instant::now() >= d) {
+        if !out.get() && budget.deadline.is_some_and(|d| Instant::now() >= d) {
             incomplete = Some("its time limit".to_string());
-            out = true;
+            out.set(true);
         }
-        if out {
+        if out.get() {
             return false;
         }
         let (result, steps) = search(candidate, registers, &try_limits);
@@ -140,7 +141,7 @@ pub(super) fn minimize(
             SearchResult::Exhausted(why) => {
                 if budget.deadline.is_some_and(|d| Instant::now() >= d) {
                     incomplete = Some("its time limit".to_string());
-                    out = true;
+                    out.set(true);
                 } else {
                     incomplete.get_or_insert_with(|| format!("one of its searches stopped: {why}"));
                 }
@@ -168,7 +169,8 @@ pub(super) fn minimize(
     loop {
         let mut changed = false;
         let mut end = current.len();
-        while end > 0 {
+        // Once the budget is spent no candidate is tried: stop building them too.
+        while end > 0 && !out.get() {
             let start = end.saturating_sub(chunk);
             let chunk_range = start..end;
             end = start;
@@ -214,6 +216,9 @@ pub(super) fn minimize(
                 changed = true;
             }
         }
+        if out.get() {
+            break;
+        }
         if chunk > 1 {
             chunk /= 2;
         } else if !changed {
@@ -222,6 +227,9 @@ pub(super) fn minimize(
     }
     // 3. Updates others rely on cannot be dropped, but may not need their acknowledgement.
     for index in (0..current.len()).rev() {
+        if out.get() {
+            break;
+        }
         if current[index].complete.is_none() || written(&current[index], appendable).is_none() {
             continue;
         }
