@@ -74,6 +74,8 @@ struct Appended {
     chars: Option<Box<[u32]>>,
     /// Its id as a list element.
     element: u32,
+    /// No read or cas could have seen it (see [`Registers::never_seen`]).
+    never_seen: bool,
 }
 
 /// The states of one appending key and how `append` moves between them. Empty for plain keys.
@@ -95,6 +97,20 @@ pub(super) struct Registers {
     cache: HashMap<(State, u32), State>,
     /// Bytes added since the search last asked.
     new_bytes: u64,
+    /// Elements of the lists written or swapped in (the only way an element comes back after a
+    /// write wiped it, elements being appended once).
+    reset_elements: HashSet<u32>,
+    /// Per list read (by state): its first element.
+    first_elements: HashMap<State, u32>,
+}
+
+/// What the reads and compare-and-sets of an appending key could have seen appended.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Elements of the lists read or expected.
+    elements: HashSet<u32>,
+    /// Strings read or expected.
+    strings: Vec<String>,
 }
 
 const NOT_ALLOWED: State = State::MAX;
@@ -116,6 +132,33 @@ impl Registers {
     /// Whether this key has `append` operations (and so the appending model's rules).
     pub fn is_appendable(&self) -> bool {
         self.appendable
+    }
+
+    /// An appended element's id and whether it is a string, per append.
+    pub fn appended(&self, append: u32) -> Option<(u32, bool)> {
+        self.appends
+            .get(append as usize)
+            .map(|a| (a.element, a.chars.is_some()))
+    }
+
+    /// The first element of a list read (by its state), if it is a non-empty list.
+    pub fn first_element(&self, read: State) -> Option<u32> {
+        self.first_elements.get(&read).copied()
+    }
+
+    /// Whether some write or cas puts this element in the register.
+    pub fn rewritten(&self, element: u32) -> bool {
+        self.reset_elements.contains(&element)
+    }
+
+    /// Whether an append's element shows up in no value read or expected, on a key whose appends
+    /// are all strings or all non-strings. Such an append, if it took effect, was wiped by a
+    /// blind write before anything read the key again — else that read (or cas) would hold its
+    /// element — so it changed nothing anyone saw; and since the appends agree in kind it cannot
+    /// have been what made a later append possible either. A history is linearizable with it
+    /// exactly when it is without it, so an unknown one can be left out of the search.
+    pub fn never_seen(&self, append: u32) -> bool {
+        self.appends.get(append as usize).is_some_and(|a| a.never_seen)
     }
 
     /// The memory added since the last call (for the search's memory budget).
@@ -220,6 +263,7 @@ impl Registers {
 struct Interner {
     atoms: HashMap<String, State>,
     registers: Registers,
+    seen: Seen,
 }
 
 impl Interner {
@@ -236,6 +280,7 @@ impl Interner {
         Interner {
             atoms: HashMap::new(),
             registers,
+            seen: Seen::default(),
         }
     }
 
@@ -277,7 +322,22 @@ impl Interner {
         if empty {
             return ANY_EMPTY;
         }
+        let mut first = None;
+        match value {
+            Value::String(s) => self.seen.strings.push(s.clone()),
+            Value::Array(items) => {
+                for item in items {
+                    let element = self.registers.element(item);
+                    first.get_or_insert(element);
+                    self.seen.elements.insert(element);
+                }
+            }
+            _ => {}
+        }
         let state = self.state(value);
+        if let Some(first) = first {
+            self.registers.first_elements.insert(state, first);
+        }
         let r = &mut self.registers;
         if matches!(value, Value::String(_) | Value::Array(_)) && !r.paths.contains_key(&state) {
             // Walk the trie down to the value again, noting every prefix.
@@ -309,11 +369,45 @@ impl Interner {
         state
     }
 
+    /// The state a write or cas puts in the register, noting the elements it brings.
+    fn reset(&mut self, value: &Value) -> State {
+        if let (true, Value::Array(items)) = (self.registers.appendable, value) {
+            for item in items {
+                let element = self.registers.element(item);
+                self.registers.reset_elements.insert(element);
+            }
+        }
+        self.state(value)
+    }
+
+    /// Marks the appends no read or cas could have seen (see [`Registers::never_seen`]), once all
+    /// operations are interned.
+    fn finish(mut self, appended: &[(u32, Option<String>)]) -> Registers {
+        let r = &mut self.registers;
+        let strings = r.appends.iter().filter(|a| a.chars.is_some()).count();
+        let mixed = strings != 0 && strings != r.appends.len();
+        if !mixed {
+            for (id, text) in appended {
+                let a = &mut r.appends[*id as usize];
+                let as_element = self.seen.elements.contains(&a.element);
+                let as_text = text.as_ref().is_some_and(|t| {
+                    t.is_empty() || self.seen.strings.iter().any(|s| s.contains(t.as_str()))
+                });
+                a.never_seen = !as_element && !as_text;
+            }
+        }
+        self.registers
+    }
+
     fn append(&mut self, value: &Value) -> Step {
         let r = &mut self.registers;
         let element = r.element(value);
         let chars = value.as_str().map(|s| s.chars().map(|c| c as u32).collect());
-        r.appends.push(Appended { chars, element });
+        r.appends.push(Appended {
+            chars,
+            element,
+            never_seen: false,
+        });
         Step::Append((r.appends.len() - 1) as u32)
     }
 }
@@ -328,7 +422,9 @@ pub(super) fn key_histories(history: &History) -> Vec<KeyHistory> {
         .filter(|o| o.kind == OpKind::Append)
         .filter_map(|o| o.key.as_deref())
         .collect();
-    let mut keys: BTreeMap<&str, (Interner, Vec<KeyOp>)> = BTreeMap::new();
+    // Per key: its interner, its operations, and each append's id with its text (if a string).
+    type KeyEntry = (Interner, Vec<KeyOp>, Vec<(u32, Option<String>)>);
+    let mut keys: BTreeMap<&str, KeyEntry> = BTreeMap::new();
     for op in &history.ops {
         if !op.kind.is_register() || op.outcome == Outcome::Fail {
             continue;
@@ -338,23 +434,29 @@ pub(super) fn key_histories(history: &History) -> Vec<KeyHistory> {
             continue;
         }
         let Some(key) = op.key.as_deref() else { continue };
-        let (interner, ops) = keys
+        let (interner, ops, appended) = keys
             .entry(key)
-            .or_insert_with(|| (Interner::new(appendable.contains(key)), Vec::new()));
+            .or_insert_with(|| (Interner::new(appendable.contains(key)), Vec::new(), Vec::new()));
         let null = Value::Null;
         let value = op.value.as_ref().unwrap_or(&null);
         let step = match op.kind {
             OpKind::Read => Step::Read(interner.reference(value)),
-            OpKind::Write => Step::Write(interner.state(value)),
+            OpKind::Write => Step::Write(interner.reset(value)),
             OpKind::Delete => Step::Write(ABSENT),
             OpKind::Cas => {
                 let expected = interner.reference(op.expected.as_ref().unwrap_or(&null));
                 Step::Cas {
                     expected,
-                    new: interner.state(value),
+                    new: interner.reset(value),
                 }
             }
-            OpKind::Append => interner.append(value),
+            OpKind::Append => {
+                let step = interner.append(value);
+                if let Step::Append(id) = step {
+                    appended.push((id, value.as_str().map(str::to_string)));
+                }
+                step
+            }
             _ => continue,
         };
         let complete = if op.outcome == Outcome::Ok {
@@ -370,9 +472,9 @@ pub(super) fn key_histories(history: &History) -> Vec<KeyHistory> {
         });
     }
     keys.into_iter()
-        .map(|(key, (interner, mut ops))| {
+        .map(|(key, (interner, mut ops, appended))| {
             sort_ops(&mut ops);
-            let mut registers = interner.registers;
+            let mut registers = interner.finish(&appended);
             if !registers.appendable {
                 merge_unobserved_values(&mut ops);
             }

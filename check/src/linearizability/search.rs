@@ -167,7 +167,7 @@ struct Frame {
 /// Searches for a linearization of one key's operations. Returns the result and the steps taken.
 pub(super) fn search(ops: &[KeyOp], registers: &mut Registers, limits: &Limits) -> (SearchResult, u64) {
     let appendable = registers.is_appendable();
-    let relevant = without_unobservable_unknowns(ops, appendable);
+    let relevant = without_unobservable_unknowns(ops, registers);
     let ops = &relevant[..];
     // On an appending key, reads still to come must be able to see the state's extensions.
     let mut growing = ReadConstraints::new(ops, registers, appendable);
@@ -374,6 +374,11 @@ impl Queue {
 /// prefixes of one another the shortest one decides; before that, those that complete before the
 /// earliest remaining reset is invoked (the first few are asked). Asking fewer reads only prunes
 /// less: any subset is sound.
+///
+/// A read that does not extend the state can still be reached through a reset — unless, on a key
+/// of lists whose elements are each appended once, the list it read starts with an element whose
+/// append is already linearized: a reset wipes that element, no append brings it back, and only a
+/// write or cas of a list holding it could (the first few pending reads are asked that too).
 struct ReadConstraints {
     on: bool,
     /// `ok` reads, shortest value first.
@@ -382,6 +387,9 @@ struct ReadConstraints {
     by_completion: Queue,
     /// Writes, compare-and-sets and deletes, earliest invocation first.
     resets: Queue,
+    /// Per element, the append that adds it — when every element is appended once and no
+    /// append is a string (strings concatenate: their elements are not list elements).
+    appender: Option<HashMap<u32, u32>>,
 }
 
 /// How many reads completing before the next reset are asked.
@@ -405,11 +413,23 @@ impl ReadConstraints {
         let resets: Vec<u32> = (0..n as u32)
             .filter(|&i| matches!(ops[i as usize].step, Step::Write(_) | Step::Cas { .. }))
             .collect();
+        let mut appender = Some(HashMap::new());
+        for i in 0..n as u32 {
+            if let Step::Append(a) = ops[i as usize].step {
+                match (registers.appended(a), appender.as_mut()) {
+                    (Some((element, false)), Some(map)) if !map.contains_key(&element) => {
+                        map.insert(element, i);
+                    }
+                    _ => appender = None,
+                }
+            }
+        }
         ReadConstraints {
             on: appendable,
             by_length: Queue::new(by_length, n),
             by_completion: Queue::new(by_completion, n),
             resets: Queue::new(resets, n),
+            appender: appender.filter(|_| appendable),
         }
     }
 
@@ -429,11 +449,26 @@ impl ReadConstraints {
             },
             Some(reset) => {
                 let next_reset = ops[reset as usize].invoke;
+                let appender = self.appender.as_ref();
                 self.by_completion
                     .pending(linearized)
                     .take(READS_ASKED)
-                    .take_while(|&op| ops[op as usize].complete.is_some_and(|c| c < next_reset))
-                    .all(|op| registers.extends(read(op), state))
+                    .all(|op| {
+                        let value = read(op);
+                        if registers.extends(value, state) {
+                            return true;
+                        }
+                        if ops[op as usize].complete.is_some_and(|c| c < next_reset) {
+                            return false;
+                        }
+                        // Only a reset can lead to this read: not if its first element is gone for good.
+                        let gone = registers.first_element(value).is_some_and(|first| {
+                            appender
+                                .and_then(|a| a.get(&first))
+                                .is_some_and(|&by| bit(linearized, by) && !registers.rewritten(first))
+                        });
+                        !gone
+                    })
             }
         }
     }
@@ -453,9 +488,18 @@ impl ReadConstraints {
 /// writes (on an appending key: no read, cas or append at all, see [`referenced`]). Such an
 /// update, if it took effect, was directly overwritten, so the history is linearizable with it
 /// exactly when it is without it. Repeated to a fixpoint, since a dropped compare-and-set no
-/// longer observes anything itself.
-fn without_unobservable_unknowns(ops: &[KeyOp], appendable: bool) -> Vec<KeyOp> {
-    let mut keep = vec![true; ops.len()];
+/// longer observes anything itself. On an appending key, unknown appends nobody saw go first
+/// ([`Registers::never_seen`]).
+fn without_unobservable_unknowns(ops: &[KeyOp], registers: &Registers) -> Vec<KeyOp> {
+    let appendable = registers.is_appendable();
+    // Unknown appends whose element nobody saw first: then the updates only they relied on.
+    let mut keep: Vec<bool> = ops
+        .iter()
+        .map(|o| match o.step {
+            Step::Append(a) if o.complete.is_none() => !registers.never_seen(a),
+            _ => true,
+        })
+        .collect();
     loop {
         let mut latest_use: HashMap<State, u64> = HashMap::new();
         for (o, _) in ops.iter().zip(&keep).filter(|(_, k)| **k) {
