@@ -3,9 +3,10 @@
 //! A run records what its clients saw as a [`History`] (JSON lines, see `docs/history.md`): every
 //! operation with its invocation and completion time and outcome, and every fault injected or
 //! healed. Checkers are pure functions of a history ([`Checker`]): [`Linearizability`] of per-key
-//! registers, lost acknowledged writes ([`SetChecker`]), [`CounterChecker`], [`UniqueIdsChecker`],
-//! and [`AvailabilityChecker`] (availability per fault case and recovery per fault). [`Compose`]
-//! runs several. [`write_report`] renders a self-contained `report.html`, SVG plots and a JUnit
+//! registers (appending ones too), isolation anomalies of transactions ([`ListAppend`], Elle's
+//! list-append inference), lost acknowledged writes ([`SetChecker`]), [`CounterChecker`],
+//! [`UniqueIdsChecker`], and [`AvailabilityChecker`] (availability per fault case and recovery per
+//! fault). [`Compose`] runs several. [`write_report`] renders a self-contained `report.html`, SVG plots and a JUnit
 //! file.
 //!
 //! ```
@@ -19,9 +20,12 @@
 //! assert_eq!(report.verdict.valid, chaos_check::Validity::Valid);
 //! ```
 
+mod anomaly_report;
 mod availability;
 mod checker;
 mod counter;
+mod elle;
+mod fxhash;
 mod history;
 mod linearizability;
 mod report;
@@ -36,17 +40,25 @@ pub use availability::{
 };
 pub use checker::{Checker, Compose, Validity, Verdict};
 pub use counter::CounterChecker;
+pub use elle::{ConsistencyModel, ListAppend};
 pub use history::{
-    CutTail, FaultEvent, FaultPhase, HISTORY_VERSION, Header, History, HistoryError, HistoryWriter, Op,
-    OpKind, Outcome, Record,
+    CutTail, FaultEvent, FaultPhase, HISTORY_VERSION, Header, History, HistoryError, HistoryWriter,
+    MICRO_OP_NAMES, MicroOp, Op, OpKind, Outcome, Record, micro_ops,
 };
-pub use linearizability::{Budget, Linearizability};
+pub use linearizability::{Budget, Linearizability, Minimize};
 pub use report::{ReportFiles, write_report};
 pub use set::SetChecker;
 pub use unique_ids::UniqueIdsChecker;
 
 /// The names `chaos check --checker NAME` accepts.
-pub const CHECKER_NAMES: &[&str] = &["linearizability", "set", "counter", "unique-ids", "availability"];
+pub const CHECKER_NAMES: &[&str] = &[
+    "linearizability",
+    "list-append",
+    "set",
+    "counter",
+    "unique-ids",
+    "availability",
+];
 
 /// Errors of the check entry points.
 #[derive(Debug, thiserror::Error)]
@@ -79,10 +91,28 @@ pub struct CheckReport {
     pub availability: AvailabilityReport,
 }
 
+/// Settings of the checkers that have any.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CheckOptions {
+    /// How far linearizability shrinks a violation (never changes a verdict).
+    pub minimize: Minimize,
+    /// The model the list-append checker holds transactions to.
+    pub consistency_model: ConsistencyModel,
+}
+
 /// The checker called `name` (one of [`CHECKER_NAMES`]), with default settings.
 pub fn checker_by_name(name: &str) -> Result<Box<dyn Checker>, CheckError> {
+    checker_with_options(name, &CheckOptions::default())
+}
+
+/// The checker called `name` (one of [`CHECKER_NAMES`]), with these settings.
+pub fn checker_with_options(name: &str, options: &CheckOptions) -> Result<Box<dyn Checker>, CheckError> {
     Ok(match name {
-        "linearizability" => Box::new(Linearizability::default()),
+        "linearizability" => Box::new(Linearizability {
+            minimize: options.minimize,
+            ..Linearizability::default()
+        }),
+        "list-append" => Box::new(ListAppend::new(options.consistency_model)),
         "set" => Box::new(SetChecker),
         "counter" => Box::new(CounterChecker),
         "unique-ids" => Box::new(UniqueIdsChecker),
@@ -96,12 +126,16 @@ pub fn checker_by_name(name: &str) -> Result<Box<dyn Checker>, CheckError> {
 }
 
 /// The checkers that have something to check in this history: linearizability if it has register
-/// operations, set / counter / unique-ids if it has theirs, availability if it has fault events.
+/// operations, list-append if it has transactions, set / counter / unique-ids if it has theirs,
+/// availability if it has fault events.
 pub fn default_checker_names(history: &History) -> Vec<&'static str> {
     let has = |pred: fn(OpKind) -> bool| history.ops.iter().any(|o| pred(o.kind));
     let mut names = Vec::new();
     if has(OpKind::is_register) {
         names.push("linearizability");
+    }
+    if has(|k| k == OpKind::Txn) {
+        names.push("list-append");
     }
     if has(|k| matches!(k, OpKind::Add | OpKind::ReadSet)) {
         names.push("set");
@@ -119,8 +153,18 @@ pub fn default_checker_names(history: &History) -> Vec<&'static str> {
 }
 
 /// Runs the named checkers (all that apply, see [`default_checker_names`], when `checkers` is
-/// empty) on a history.
+/// empty) on a history, with default settings.
 pub fn check_history(history: &History, checkers: &[String]) -> Result<CheckReport, CheckError> {
+    check_history_with(history, checkers, &CheckOptions::default())
+}
+
+/// Runs the named checkers (all that apply when `checkers` is empty) on a history, with these
+/// settings.
+pub fn check_history_with(
+    history: &History,
+    checkers: &[String],
+    options: &CheckOptions,
+) -> Result<CheckReport, CheckError> {
     let names: Vec<String> = if checkers.is_empty() {
         default_checker_names(history)
             .into_iter()
@@ -131,7 +175,7 @@ pub fn check_history(history: &History, checkers: &[String]) -> Result<CheckRepo
     };
     let selected = names
         .iter()
-        .map(|n| checker_by_name(n))
+        .map(|n| checker_with_options(n, options))
         .collect::<Result<Vec<_>, _>>()?;
     let verdict = Compose::new(selected).check(history);
     let availability = analyze(history, &AvailabilityOptions::from_history(history));
@@ -144,7 +188,16 @@ pub fn check_history(history: &History, checkers: &[String]) -> Result<CheckRepo
 /// Reads a history file and runs the named checkers on it (see [`check_history`]). Returns the
 /// history too, for [`write_report`].
 pub fn check_history_file(path: &Path, checkers: &[String]) -> Result<(History, CheckReport), CheckError> {
+    check_history_file_with(path, checkers, &CheckOptions::default())
+}
+
+/// [`check_history_file`] with settings.
+pub fn check_history_file_with(
+    path: &Path,
+    checkers: &[String],
+    options: &CheckOptions,
+) -> Result<(History, CheckReport), CheckError> {
     let history = History::read_file(path)?;
-    let report = check_history(&history, checkers)?;
+    let report = check_history_with(&history, checkers, options)?;
     Ok((history, report))
 }

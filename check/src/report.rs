@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
+use crate::anomaly_report::render_list_append;
 use crate::availability::CaseResult;
 use crate::checker::{Validity, Verdict};
 use crate::history::{History, Outcome};
@@ -95,6 +96,8 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}
 pre{background:#fff;border:1px solid #ddd;padding:8px;overflow:auto;max-height:320px;font-size:12px}
 .violation-box{background:#fff;border:1px solid #ddd;padding:8px;margin-bottom:12px;overflow-x:auto}
 li.context{color:#777}
+h4.anomaly{font-size:14px;margin:14px 0 4px}
+.violation-box svg.cycle{display:block;margin:0 auto 8px}
 footer{color:#888;font-size:12px;margin-top:30px}
 ";
 
@@ -259,6 +262,8 @@ fn render_html(history: &History, report: &CheckReport, timeline: &Timeline) -> 
         any = true;
         if v.checker == "linearizability" {
             render_linearizability_violations(&mut h, history, v);
+        } else if v.checker == "list-append" {
+            render_list_append(&mut h, history, v);
         } else {
             let _ = writeln!(h, "<h3>{}</h3>\n<ol>", esc(&v.checker));
             for id in v.ops.iter().take(100) {
@@ -401,7 +406,13 @@ fn render_linearizability_violations(h: &mut String, history: &History, v: &Verd
             } else {
                 " (minimization was cut short by the budget)"
             },
-            violation_svg(history, &core, &context, until)
+            violation_svg(
+                history,
+                &core,
+                &context,
+                until,
+                "Operations that cannot be linearized, one lane per client"
+            )
         );
         for id in &core {
             if let Some(op) = history.op(*id) {

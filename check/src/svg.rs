@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt::Write;
 
 use crate::availability::FaultWindow;
-use crate::history::{History, Op, OpKind, Outcome, show};
+use crate::history::{History, Op, OpKind, Outcome, describe_txn, show};
 
 /// At most this many operation markers are drawn; beyond it `ok` operations are thinned evenly
 /// (failed, unknown and offending ones are always drawn).
@@ -666,6 +666,12 @@ fn op_label(op: &Op) -> String {
         OpKind::Write => format!("write {}", v(&op.value)),
         OpKind::Cas => format!("cas {}→{}", v(&op.expected), v(&op.value)),
         OpKind::Delete => "delete".to_string(),
+        OpKind::Append => format!("append {}", v(&op.value)),
+        OpKind::Txn => op
+            .value
+            .as_ref()
+            .map(|value| describe_txn(value, 60))
+            .unwrap_or_else(|| "txn".into()),
         other => other.as_str().to_string(),
     };
     format!("#{} {label}", op.id)
@@ -674,7 +680,13 @@ fn op_label(op: &Op) -> String {
 /// The swimlane picture of a violation: one lane per client, each operation a bar from invocation
 /// to completion. `core` operations are the ones that cannot be linearized together; `context`
 /// ones may or may not have taken effect (drawn dashed, open-ended if they never completed).
-pub(crate) fn violation_svg(history: &History, core: &[u64], context: &[u64], until_us: u64) -> String {
+pub(crate) fn violation_svg(
+    history: &History,
+    core: &[u64],
+    context: &[u64],
+    until_us: u64,
+    title: &str,
+) -> String {
     let core_set: HashSet<u64> = core.iter().copied().collect();
     let mut ops: Vec<&Op> = history
         .ops
@@ -712,8 +724,8 @@ pub(crate) fn violation_svg(history: &History, core: &[u64], context: &[u64], un
     let mut out = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"violation\" viewBox=\"0 0 {width} {height:.0}\" \
          width=\"{width}\" height=\"{height:.0}\" font-family=\"sans-serif\" font-size=\"11\" role=\"img\">\
-         <title>Operations that cannot be linearized, one lane per client</title>\
-         <rect width=\"{width}\" height=\"{height:.0}\" fill=\"#fff\"/>"
+         <title>{}</title><rect width=\"{width}\" height=\"{height:.0}\" fill=\"#fff\"/>",
+        esc(title)
     );
     for (client, lane) in &lane_of {
         let y = 20.0 + *lane as f64 * LANE;

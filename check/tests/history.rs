@@ -66,14 +66,14 @@ fn errors_name_the_line_and_the_field() {
         ),
         (
             &[HEADER, r#"{"type":"opp"}"#],
-            "line 2: column 13: unknown variant `opp`",
+            "line 2: field `type`: unknown record type `opp`; the record types are: header, op, fault",
         ),
         (
             &[
                 HEADER,
                 r#"{"type":"op","id":1,"kind":"read","key":"x","invoke_us":1,"outcome":"ok"}"#,
             ],
-            "h.jsonl line 2: missing field `client`",
+            "h.jsonl line 2: field `client`: missing; it is required",
         ),
         (
             &[
@@ -130,7 +130,86 @@ fn errors_name_the_line_and_the_field() {
                 HEADER,
                 r#"{"type":"op","id":1,"client":0,"kind":"scan","key":"x","invoke_us":1,"outcome":"ok"}"#,
             ],
-            "unknown variant `scan`, expected one of `read`, `write`, `cas`",
+            "line 2: field `kind`: unknown kind `scan`; the kinds are: read, write, cas, delete, append, add, \
+             read_set, incr, read_counter, generate, txn",
+        ),
+        (
+            &[
+                HEADER,
+                r#"{"type":"op","id":1,"client":0,"kind":"read","key":"x","invoke_us":"5","outcome":"unknown"}"#,
+            ],
+            "line 2: field `invoke_us`: invalid type: string \"5\", expected u64",
+        ),
+        (
+            &[
+                HEADER,
+                r#"{"type":"op","id":1,"client":0,"kind":"read","key":"x","invoke_us":5,"outcome":"maybe"}"#,
+            ],
+            "line 2: field `outcome`: unknown variant `maybe`, expected one of `ok`, `fail`, `unknown`",
+        ),
+        (
+            &[
+                HEADER,
+                r#"{"type":"op","id":1,"client":0,"kind":"append","key":"x","invoke_us":1,"complete_us":2,"outcome":"ok"}"#,
+            ],
+            "line 2: field `value`: required for `append` operations (the string or element appended, not null)",
+        ),
+        (
+            &[
+                HEADER,
+                r#"{"type":"op","id":1,"client":0,"kind":"txn","invoke_us":1,"complete_us":2,"outcome":"ok"}"#,
+            ],
+            "line 2: field `value`: required for `txn` operations (the micro-operations",
+        ),
+        (
+            &[
+                HEADER,
+                r#"{"type":"op","id":1,"client":0,"kind":"txn","value":[],"invoke_us":1,"complete_us":2,"outcome":"ok"}"#,
+            ],
+            "line 2: field `value`: a `txn` needs at least one micro-operation",
+        ),
+        (
+            &[
+                HEADER,
+                r#"{"type":"op","id":1,"client":0,"kind":"txn","value":{"x":1},"invoke_us":1,"complete_us":2,"outcome":"ok"}"#,
+            ],
+            "line 2: field `value`: {\"x\":1} is not a list of micro-operations",
+        ),
+        (
+            &[
+                HEADER,
+                r#"{"type":"op","id":1,"client":0,"kind":"txn","value":[["append","x",1],["w","y",2]],"invoke_us":1,"complete_us":2,"outcome":"ok"}"#,
+            ],
+            "line 2: field `value`: micro-operation 2 ([\"w\",\"y\",2]): unknown micro-operation \"w\"; the \
+             micro-operations are: append, r",
+        ),
+        (
+            &[
+                HEADER,
+                r#"{"type":"op","id":1,"client":0,"kind":"txn","value":[["r","y",3]],"invoke_us":1,"complete_us":2,"outcome":"ok"}"#,
+            ],
+            "line 2: field `value`: micro-operation 1 ([\"r\",\"y\",3]): the value read 3 is not a list (or null)",
+        ),
+        (
+            &[
+                HEADER,
+                r#"{"type":"op","id":1,"client":0,"kind":"txn","value":[["append",{"k":1},3]],"invoke_us":1,"complete_us":2,"outcome":"ok"}"#,
+            ],
+            "micro-operation 1 ([\"append\",{\"k\":1},3]): the key {\"k\":1} is not a string or an integer",
+        ),
+        (
+            &[
+                HEADER,
+                r#"{"type":"op","id":1,"client":0,"kind":"txn","value":[["append","x",null]],"invoke_us":1,"complete_us":2,"outcome":"ok"}"#,
+            ],
+            "micro-operation 1 ([\"append\",\"x\",null]): the element appended must not be null",
+        ),
+        (
+            &[
+                HEADER,
+                r#"{"type":"op","id":1,"client":0,"kind":"txn","value":[["append","x"]],"invoke_us":1,"complete_us":2,"outcome":"ok"}"#,
+            ],
+            "micro-operation 1 ([\"append\",\"x\"]): must be a list of three",
         ),
         (
             &[r#"{"type":"header","version":1,"max_error_fraction":1.5}"#],
@@ -170,7 +249,9 @@ fn check_history_file_reports_missing_files_and_unknown_checkers() {
     let error = check_history_file(&path, &["linearisability".to_string()]).unwrap_err();
     assert!(matches!(error, CheckError::UnknownChecker { .. }));
     assert!(
-        error.to_string().contains("linearizability, set, counter"),
+        error
+            .to_string()
+            .contains("linearizability, list-append, set, counter"),
         "{error}"
     );
 }
@@ -202,7 +283,7 @@ fn the_documented_examples_parse_and_mean_what_the_docs_say() {
         History::parse(&text, "docs/history.md").unwrap_or_else(|e| panic!("{e}\n{text}"));
         json_examples += 1;
     }
-    assert_eq!(json_examples, 3);
+    assert_eq!(json_examples, 5);
 }
 
 /// What a run killed while writing leaves: the last line cut mid-record, no newline. That line is
@@ -254,4 +335,31 @@ fn every_record_reaches_the_file_as_it_is_written() {
         );
     }
     std::mem::forget(writer); // as a killed process would: no drop, no final flush
+}
+
+/// `append` and `txn` records parse, survive a round trip, and describe themselves readably.
+#[test]
+fn append_and_txn_records_parse_and_round_trip() {
+    let h = parse(&[
+        HEADER,
+        r#"{"type":"op","id":1,"client":0,"kind":"append","key":"x","value":"ab","invoke_us":1,"complete_us":2,"outcome":"ok"}"#,
+        r#"{"type":"op","id":2,"client":1,"kind":"txn","value":[["append","x",3],["r",7,[1,2]],["r","z",null]],"invoke_us":3,"complete_us":4,"outcome":"ok"}"#,
+        r#"{"type":"op","id":3,"client":2,"kind":"txn","value":[["r","x",null]],"invoke_us":5,"outcome":"unknown"}"#,
+    ])
+    .unwrap();
+    assert_eq!(h.ops[0].kind, OpKind::Append);
+    assert_eq!(h.ops[0].describe(), "#1 append \"x\" ← \"ab\" (client 0): ok");
+    assert_eq!(h.ops[1].kind, OpKind::Txn);
+    assert_eq!(
+        h.ops[1].describe(),
+        "#2 txn [append x 3, r 7 [1,2], r z ?] (client 1): ok"
+    );
+    let mops = chaos_check::micro_ops(h.ops[1].value.as_ref().unwrap()).unwrap();
+    assert_eq!(mops.len(), 3);
+    assert_eq!(mops[1].key(), "7", "an integer key is its decimal string");
+    assert!(matches!(mops[2], chaos_check::MicroOp::Read { list: None, .. }));
+    let mut text = Vec::new();
+    h.write_jsonl(&mut text).unwrap();
+    let back = History::parse(std::str::from_utf8(&text).unwrap(), "again").unwrap();
+    assert_eq!(back.ops, h.ops);
 }

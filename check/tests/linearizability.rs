@@ -1,9 +1,14 @@
 //! Hand-written histories that are and are not linearizable, unknown outcomes both ways, budgets,
 //! and the soundness and minimality of reported violations.
 
+#[path = "common/model.rs"]
+mod model;
+
+use std::time::{Duration, Instant};
+
 use chaos_check::{
-    Budget, Checker, FaultEvent, FaultPhase, Header, History, Linearizability, Op, OpKind, Outcome, Validity,
-    Verdict,
+    Budget, Checker, FaultEvent, FaultPhase, Header, History, Linearizability, Minimize, Op, OpKind, Outcome,
+    Validity, Verdict,
 };
 use serde_json::Value;
 
@@ -402,4 +407,64 @@ fn no_register_operations_is_unknown() {
             .complete(5),
     ]);
     assert_eq!(check(&h).valid, Validity::Unknown);
+}
+
+/// Minimizing is bounded or off at the user's word, and a bounded one stops promptly: it costs
+/// about what no minimizing costs, the verdict is the same, and the result says the list is not
+/// minimal. (The bound is loose on purpose — 3× the unminimized check plus a second — since
+/// what it guards against is minimizing that keeps building candidates after its budget is
+/// spent, which took 13× as long.)
+#[test]
+fn minimizing_is_bounded_and_never_changes_the_verdict() {
+    let mut h = model::register_history(5, &model::Params::new(10, 4, 8_000));
+    model::inject_violation(&mut h, 5);
+    let run = |minimize| {
+        let checker = Linearizability {
+            minimize,
+            threads: 1,
+            ..Linearizability::default()
+        };
+        let start = Instant::now();
+        let v = checker.check(&h);
+        (start.elapsed(), v)
+    };
+    let (off_time, off) = run(Minimize::Off);
+    let (_, full) = run(Minimize::default());
+    assert_eq!((off.valid, full.valid), (Validity::Invalid, Validity::Invalid));
+    assert_eq!(full.details["invalid"][0]["minimizing"], "complete");
+    assert!(
+        full.ops.len() < off.ops.len(),
+        "{} vs {}",
+        full.ops.len(),
+        off.ops.len()
+    );
+    assert_eq!(off.details["invalid"][0]["minimizing"], "off");
+    assert!(
+        off.explanation.contains("minimizing was off"),
+        "{}",
+        off.explanation
+    );
+    for bounded in [
+        Minimize::Steps(0),
+        Minimize::Steps(1_000),
+        Minimize::Time(Duration::from_millis(1)),
+    ] {
+        let (time, v) = run(bounded);
+        assert_eq!(v.valid, Validity::Invalid, "{bounded:?}");
+        let minimizing = v.details["invalid"][0]["minimizing"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(minimizing.starts_with("stopped at"), "{bounded:?}: {minimizing}");
+        assert!(
+            v.explanation
+                .contains("The verdict is final; only this list may be longer than needed"),
+            "{}",
+            v.explanation
+        );
+        assert!(
+            time <= off_time * 3 + Duration::from_secs(1),
+            "{bounded:?} took {time:?}, minimizing off {off_time:?}"
+        );
+    }
 }

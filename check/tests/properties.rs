@@ -6,7 +6,7 @@
 mod model;
 
 use chaos_check::{Checker, History, Linearizability, OpKind, Outcome, Validity, Verdict};
-use model::{Params, inject_violation, register_history};
+use model::{Params, append_register_history, inject_violation, register_history};
 use proptest::prelude::*;
 
 fn params() -> impl Strategy<Value = Params> {
@@ -84,6 +84,17 @@ proptest! {
     }
 
     #[test]
+    fn appending_register_histories_from_the_model_are_accepted(
+        seed in any::<u64>(),
+        p in params(),
+        resets in any::<bool>(),
+    ) {
+        let h = append_register_history(seed, &p, resets);
+        let v = checker().check(&h);
+        prop_assert_eq!(v.valid, Validity::Valid, "{}", v.explanation);
+    }
+
+    #[test]
     fn the_order_of_records_does_not_matter(seed in any::<u64>(), p in params()) {
         let mut h = register_history(seed, &p);
         let before = checker().check(&h);
@@ -122,12 +133,44 @@ proptest! {
     }
 }
 
+/// The appending register's rules, written out on JSON values (independently of the checker's
+/// trie of states): a string onto a string or nothing concatenates, anything onto a list or
+/// nothing extends a list, anything else is impossible.
+fn append_to(state: &serde_json::Value, element: &serde_json::Value) -> Option<serde_json::Value> {
+    use serde_json::Value;
+    match (state, element) {
+        (Value::Null, Value::String(s)) => Some(Value::String(s.clone())),
+        (Value::String(a), Value::String(b)) => Some(Value::String(format!("{a}{b}"))),
+        (Value::Null, other) => Some(Value::Array(vec![other.clone()])),
+        (Value::Array(items), other) => {
+            let mut items = items.clone();
+            items.push(other.clone());
+            Some(Value::Array(items))
+        }
+        _ => None,
+    }
+}
+
+/// Equality of register values; on an appending key every empty value (`null`, `""`, `[]`) is the
+/// same.
+fn same(appendable: bool, a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    let empty = |v: &Value| match v {
+        Value::Null => true,
+        Value::String(s) => s.is_empty(),
+        Value::Array(items) => items.is_empty(),
+        _ => false,
+    };
+    a == b || (appendable && empty(a) && empty(b))
+}
+
 /// A brute-force reference: tries every subset of the unknown-outcome updates and every order of
 /// the chosen operations against a register, respecting real time (an operation that completed
-/// before another was invoked comes first; equal times count as concurrent).
+/// before another was invoked comes first; equal times count as concurrent). One key.
 fn brute_force_linearizable(h: &History) -> bool {
     use chaos_check::Op;
     use serde_json::Value;
+    let appendable = h.ops.iter().any(|o| o.kind == OpKind::Append);
     let ops: Vec<&Op> = h
         .ops
         .iter()
@@ -146,7 +189,7 @@ fn brute_force_linearizable(h: &History) -> bool {
             u64::MAX
         }
     };
-    fn orders(rest: &mut Vec<&Op>, state: &Value, end: &dyn Fn(&Op) -> u64) -> bool {
+    fn orders(rest: &mut Vec<&Op>, state: &Value, end: &dyn Fn(&Op) -> u64, appendable: bool) -> bool {
         if rest.is_empty() {
             return true;
         }
@@ -159,15 +202,21 @@ fn brute_force_linearizable(h: &History) -> bool {
             let null = Value::Null;
             let value = op.value.as_ref().unwrap_or(&null);
             let next = match op.kind {
-                OpKind::Read if value == state => state.clone(),
+                OpKind::Read if same(appendable, value, state) => state.clone(),
                 OpKind::Read => continue,
                 OpKind::Write => value.clone(),
                 OpKind::Delete => Value::Null,
-                OpKind::Cas if op.expected.as_ref().unwrap_or(&null) == state => value.clone(),
+                OpKind::Cas if same(appendable, op.expected.as_ref().unwrap_or(&null), state) => {
+                    value.clone()
+                }
+                OpKind::Append => match append_to(state, value) {
+                    Some(next) => next,
+                    None => continue,
+                },
                 _ => continue,
             };
             rest.remove(i);
-            let found = orders(rest, &next, end);
+            let found = orders(rest, &next, end, appendable);
             rest.insert(i, op);
             if found {
                 return true;
@@ -184,7 +233,7 @@ fn brute_force_linearizable(h: &History) -> bool {
                 .filter(|(i, _)| mask & (1 << i) != 0)
                 .map(|(_, o)| *o),
         );
-        orders(&mut rest, &serde_json::Value::Null, &end)
+        orders(&mut rest, &serde_json::Value::Null, &end, appendable)
     })
 }
 
@@ -241,5 +290,168 @@ proptest! {
         if expected == Validity::Invalid {
             prop_assert_eq!(checker().check(&certificate(&h, &v, None)).valid, Validity::Invalid);
         }
+    }
+}
+
+/// Arbitrary small histories of one appending register: appends of strings and numbers, reads of
+/// strings, lists and empties, writes and compare-and-sets — a mix where the string and list rules,
+/// empty values and impossible appends all come up.
+fn arbitrary_append_history() -> impl Strategy<Value = History> {
+    use serde_json::json;
+    let read_value = prop_oneof![
+        Just(json!(null)),
+        Just(json!("")),
+        Just(json!([])),
+        Just(json!("a")),
+        Just(json!("ab")),
+        Just(json!("ba")),
+        Just(json!("aab")),
+        Just(json!([1])),
+        Just(json!([1, 2])),
+        Just(json!([2, 1])),
+        Just(json!(["a"])),
+        Just(json!(5)),
+    ];
+    let element = prop_oneof![Just(json!("a")), Just(json!("b")), Just(json!(1)), Just(json!(2))];
+    let written = prop_oneof![Just(json!("a")), Just(json!([])), Just(json!(5)), Just(json!(""))];
+    let op = (
+        0u8..10,
+        read_value.clone(),
+        element,
+        written,
+        read_value,
+        0u64..20,
+        0u64..10,
+        0u8..20,
+    );
+    proptest::collection::vec(op, 1..8).prop_map(|ops| {
+        let mut h = History::new(chaos_check::Header::new());
+        for (i, (kind, read, element, written, expected, invoke, duration, outcome)) in
+            ops.into_iter().enumerate()
+        {
+            let kind = match kind {
+                0..=3 => OpKind::Append,
+                4..=6 => OpKind::Read,
+                7 => OpKind::Write,
+                8 => OpKind::Cas,
+                _ => OpKind::Delete,
+            };
+            let outcome = match outcome {
+                0..=11 => Outcome::Ok,
+                12..=16 => Outcome::Unknown,
+                _ => Outcome::Fail,
+            };
+            let mut op = chaos_check::Op::new(i as u64 + 1, i as u64, kind, invoke, outcome).key("x");
+            op.complete_us = Some(invoke + duration);
+            match kind {
+                OpKind::Append => op.value = Some(element),
+                OpKind::Read => op.value = Some(read),
+                OpKind::Write => op.value = Some(written),
+                OpKind::Cas => {
+                    op.value = Some(written);
+                    op.expected = Some(expected);
+                }
+                _ => {}
+            }
+            h.ops.push(op);
+        }
+        // The key is appending whatever the outcomes: at least one append is there.
+        if !h.ops.iter().any(|o| o.kind == OpKind::Append) {
+            let end = h.end_us();
+            h.ops.push(
+                chaos_check::Op::new(99, 99, OpKind::Append, end + 1, Outcome::Fail)
+                    .key("x")
+                    .value("z")
+                    .complete(end + 2),
+            );
+        }
+        h
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+    /// Appending registers: the search (with its trie of states built on demand, and the same
+    /// reductions) agrees with brute force on JSON values; a violation's certificate is sound.
+    #[test]
+    fn append_registers_agree_with_brute_force(h in arbitrary_append_history()) {
+        let expected = if brute_force_linearizable(&h) { Validity::Valid } else { Validity::Invalid };
+        let v = checker().check(&h);
+        prop_assert_eq!(v.valid, expected, "{}", v.explanation);
+        if expected == Validity::Invalid {
+            prop_assert_eq!(checker().check(&certificate(&h, &v, None)).valid, Validity::Invalid);
+        }
+    }
+}
+
+/// Arbitrary small histories of one list register whose appends add distinct elements, with
+/// writes of lists that hold some of those elements: what lets the search rule out reads whose
+/// first element is gone for good (and what must keep it from doing so when a write brings the
+/// element back).
+fn arbitrary_unique_append_history() -> impl Strategy<Value = History> {
+    use serde_json::json;
+    let list = proptest::collection::vec(1i64..4, 0..4).prop_map(|l| json!(l));
+    let written = prop_oneof![
+        Just(json!([])),
+        Just(json!([1])),
+        Just(json!([2, 1])),
+        Just(json!([3]))
+    ];
+    let op = (0u8..10, list.clone(), written, list, 0u64..20, 0u64..10, 0u8..20);
+    proptest::collection::vec(op, 1..8).prop_map(|ops| {
+        let mut h = History::new(chaos_check::Header::new());
+        let mut next = 0i64;
+        for (i, (kind, read, written, expected, invoke, duration, outcome)) in ops.into_iter().enumerate() {
+            let kind = match kind {
+                0..=3 => OpKind::Append,
+                4..=6 => OpKind::Read,
+                7 | 8 => OpKind::Write,
+                _ => OpKind::Cas,
+            };
+            let outcome = match outcome {
+                0..=11 => Outcome::Ok,
+                12..=16 => Outcome::Unknown,
+                _ => Outcome::Fail,
+            };
+            let mut op = chaos_check::Op::new(i as u64 + 1, i as u64, kind, invoke, outcome).key("x");
+            op.complete_us = Some(invoke + duration);
+            match kind {
+                OpKind::Append => {
+                    next += 1;
+                    op.value = Some(json!(next));
+                }
+                OpKind::Read => op.value = Some(read),
+                OpKind::Write => op.value = Some(written),
+                _ => {
+                    op.value = Some(written);
+                    op.expected = Some(expected);
+                }
+            }
+            h.ops.push(op);
+        }
+        if !h.ops.iter().any(|o| o.kind == OpKind::Append) {
+            let end = h.end_us();
+            h.ops.push(
+                chaos_check::Op::new(99, 99, OpKind::Append, end + 1, Outcome::Fail)
+                    .key("x")
+                    .value(9)
+                    .complete(end + 2),
+            );
+        }
+        h
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+    /// Lists of distinct appended elements, rewritten by writes and compare-and-sets: the search
+    /// agrees with brute force.
+    #[test]
+    fn list_registers_agree_with_brute_force(h in arbitrary_unique_append_history()) {
+        let expected = if brute_force_linearizable(&h) { Validity::Valid } else { Validity::Invalid };
+        let v = checker().check(&h);
+        prop_assert_eq!(v.valid, expected, "{}", v.explanation);
     }
 }

@@ -13,10 +13,11 @@ use chaos_check::{
     CheckReport, FaultEvent, FaultPhase, History, Op, OpKind, Outcome, Validity, check_history, write_report,
 };
 use model::{Params, inject_violation, register_history};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// A two-second run: register traffic from 6 clients on 3 nodes, a set workload that loses one
-/// acknowledged add, a stale read, and two fault cases.
+/// acknowledged add, a stale read, transactions with a read skew (G-single) and a write skew
+/// (G2-item), and two fault cases.
 fn sample_history() -> History {
     let params = Params {
         unknown: 0.03,
@@ -64,6 +65,34 @@ fn sample_history() -> History {
         ])
         .complete(end);
     h.ops.push(final_read);
+    let mut id = next + 1;
+    let mut txn = |client: u64, t: u64, mops: Value| {
+        id += 1;
+        Op::new(id, client, OpKind::Txn, t, Outcome::Ok)
+            .value(mops)
+            .complete(t + 800)
+            .node("n2")
+    };
+    let third = end / 3;
+    let txns = vec![
+        // Read skew: #b sees #a's append to tx but not to ty.
+        txn(50, third, json!([["append", "tx", 1], ["append", "ty", 1]])),
+        txn(51, third + 100, json!([["r", "tx", [1]], ["r", "ty", []]])),
+        txn(52, third + 5_000, json!([["r", "ty", [1]]])),
+        // Write skew on tu / tv.
+        txn(
+            53,
+            third + 10_000,
+            json!([["r", "tu", []], ["r", "tv", []], ["append", "tu", 1]]),
+        ),
+        txn(
+            54,
+            third + 10_200,
+            json!([["r", "tu", []], ["r", "tv", []], ["append", "tv", 1]]),
+        ),
+        txn(55, third + 20_000, json!([["r", "tu", [1]], ["r", "tv", [1]]])),
+    ];
+    h.ops.extend(txns);
     let fault = |event, case: &str, kind: &str, node: &str, t| FaultEvent {
         event,
         case: case.into(),
@@ -170,6 +199,7 @@ fn the_report_is_complete_self_contained_and_well_formed() {
         verdicts,
         vec![
             ("linearizability", Validity::Invalid),
+            ("list-append", Validity::Invalid),
             ("set", Validity::Invalid),
             ("availability", Validity::Invalid)
         ]
@@ -179,12 +209,18 @@ fn the_report_is_complete_self_contained_and_well_formed() {
     assert!(html.starts_with("<!DOCTYPE html>"));
     assert_well_formed(&html, "report.html");
     // Self-contained: nothing is fetched.
-    for needle in ["src=", "href=\"http", "url(", "@import", "<link rel=\"stylesheet"] {
+    for needle in ["src=", "href=\"http", "@import", "<link rel=\"stylesheet"] {
         assert!(
             !html.contains(needle),
             "report.html references something external: {needle}"
         );
     }
+    // `url(` only for the page's own SVG markers.
+    assert_eq!(
+        html.matches("url(").count(),
+        html.matches("url(#arrow-").count(),
+        "report.html references something external with url("
+    );
     // User text is escaped.
     assert!(html.contains("report &lt;test&gt; &amp; &quot;quotes&quot;"));
     assert!(!html.contains("<test>") && !html.contains("set <a>"));
@@ -204,6 +240,22 @@ fn the_report_is_complete_self_contained_and_well_formed() {
         "the linearizability violation is drawn as swimlanes"
     );
     assert!(html.contains("isolate-n1") && html.contains("pause-n3"));
+    // The transactions' anomalies: each explained, drawn as a cycle and on swimlanes; the one the
+    // model allows (write skew, under strict serializability it is forbidden too) is there.
+    assert_eq!(
+        html.matches("<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"cycle\"")
+            .count(),
+        2,
+        "one cycle diagram per anomaly"
+    );
+    assert!(html.contains("G-single — read skew"), "the read skew is named");
+    assert!(
+        html.contains("G2-item — anti-dependency cycle with adjacent anti-dependencies"),
+        "the write skew is named"
+    );
+    assert!(html.contains("class=\"edge rw\"") && html.contains("class=\"edge wr\""));
+    assert!(html.contains("marker-end=\"url(#arrow-0-rw)\"") && html.contains("id=\"arrow-1-rw\""));
+    assert!(html.contains("The anomaly&#39;s transactions, one lane per client"));
 
     for svg in ["latency.svg", "throughput.svg"] {
         let text = std::fs::read_to_string(dir.join(svg)).unwrap();
@@ -220,16 +272,16 @@ fn the_report_is_complete_self_contained_and_well_formed() {
     assert_well_formed(&junit, "junit.xml");
     assert_eq!(
         junit.matches("<testcase ").count(),
-        3 + report.availability.cases.len()
+        4 + report.availability.cases.len()
     );
-    let failures = 3 + report
+    let failures = 4 + report
         .availability
         .cases
         .iter()
         .filter(|c| c.valid == Validity::Invalid)
         .count();
     assert!(
-        junit.contains(&format!("tests=\"5\" failures=\"{failures}\"")),
+        junit.contains(&format!("tests=\"6\" failures=\"{failures}\"")),
         "{junit}"
     );
 

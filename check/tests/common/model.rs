@@ -221,3 +221,75 @@ pub fn inject_violation(history: &mut History, seed: u64) -> u64 {
     );
     id
 }
+
+/// Generates a linearizable history of appending registers: reads, appends of unique integers
+/// (so every register is a list, and a read returns it whole), and with `resets` the odd write of
+/// `[]` that empties a list. Same timing model as [`register_history`].
+pub fn append_register_history(seed: u64, p: &Params, resets: bool) -> History {
+    let mut rng = Rng::new(seed);
+    let clients = p.clients.max(1);
+    let keys = p.keys.max(1);
+    let mut free_at = vec![0u64; clients];
+    let mut planned: Vec<Planned> = Vec::with_capacity(p.ops);
+    for i in 0..p.ops {
+        let client = (0..clients).min_by_key(|&c| (free_at[c], c)).unwrap_or(0);
+        let invoke = free_at[client] + rng.below(p.max_gap_us + 1);
+        let latency = 1 + rng.below(p.max_latency_us.max(1));
+        let complete = invoke + latency;
+        free_at[client] = complete;
+        let key = rng.below(keys as u64) as usize;
+        let kind = match rng.below(100) {
+            0..=44 => OpKind::Read,
+            97.. if resets => OpKind::Write,
+            _ => OpKind::Append,
+        };
+        let outcome = if rng.chance(p.unknown) {
+            Outcome::Unknown
+        } else if kind != OpKind::Read && rng.chance(p.fail) {
+            Outcome::Fail
+        } else {
+            Outcome::Ok
+        };
+        let point = match outcome {
+            Outcome::Ok => Some(invoke + rng.below(latency + 1)),
+            Outcome::Unknown if kind != OpKind::Read && rng.chance(0.5) => {
+                Some(invoke + rng.below(3 * latency + 1))
+            }
+            _ => None,
+        };
+        let mut op = Op::new(i as u64 + 1, client as u64, kind, invoke, outcome).key(format!("k{key}"));
+        if outcome != Outcome::Unknown || rng.chance(0.5) {
+            op.complete_us = Some(complete);
+        }
+        match kind {
+            OpKind::Append => op.value = Some(Value::from(i as u64 + 1)),
+            OpKind::Write => op.value = Some(Value::Array(Vec::new())),
+            _ => {}
+        }
+        planned.push(Planned { op, point, key });
+    }
+    let mut order: Vec<usize> = (0..planned.len())
+        .filter(|&i| planned[i].point.is_some())
+        .collect();
+    order.sort_by_key(|&i| (planned[i].point, i));
+    // `None`: the register is absent (a key nobody appends to must read `null` then).
+    let mut lists: Vec<Option<Vec<Value>>> = vec![None; keys];
+    for i in order {
+        let entry = &mut planned[i];
+        let list = &mut lists[entry.key];
+        match entry.op.kind {
+            OpKind::Read => entry.op.value = Some(list.clone().map(Value::Array).unwrap_or(Value::Null)),
+            OpKind::Append => list
+                .get_or_insert_with(Vec::new)
+                .push(entry.op.value.clone().unwrap_or(Value::Null)),
+            OpKind::Write => *list = Some(Vec::new()),
+            _ => {}
+        }
+    }
+    let mut history = History::new(Header {
+        run: Some(format!("generated-appends-{seed}")),
+        ..Header::new()
+    });
+    history.ops = planned.into_iter().map(|p| p.op).collect();
+    history
+}

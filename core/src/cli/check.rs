@@ -1,19 +1,35 @@
-//! `chaos check HISTORY.jsonl [--checker NAME...] [--report DIR] [--json]`: re-run the checkers
-//! offline on a stored history (e.g. `runs/<scenario>/latest/history.jsonl`).
+//! `chaos check HISTORY.jsonl [--checker NAME...] [--consistency-model MODEL] [--minimize
+//! off|STEPS|DURATION] [--report DIR] [--json]`: re-run the checkers offline on a stored history
+//! (e.g. `runs/<scenario>/latest/history.jsonl`).
 
 use std::path::PathBuf;
 
-use chaos_check::{CHECKER_NAMES, Validity, Verdict};
+use chaos_check::{CHECKER_NAMES, CheckOptions, ConsistencyModel, Minimize, Validity, Verdict};
+use serde_json::Value;
 
 /// Arguments of `chaos check`.
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
     /// The history file (JSON lines, see docs/history.md).
     pub history: PathBuf,
-    /// A checker to run (repeatable): linearizability, set, counter, unique-ids, availability.
-    /// Default: every checker whose operations appear in the history.
+    /// A checker to run (repeatable): linearizability, list-append, set, counter, unique-ids,
+    /// availability. Default: every checker whose operations appear in the history.
     #[arg(long = "checker", value_name = "NAME")]
     pub checkers: Vec<String>,
+    /// The consistency model the list-append checker holds transactions to: read-committed,
+    /// snapshot-isolation, serializable or strict-serializable.
+    #[arg(
+        long,
+        value_name = "MODEL",
+        default_value = "strict-serializable",
+        value_parser = |s: &str| s.parse::<ConsistencyModel>()
+    )]
+    pub consistency_model: ConsistencyModel,
+    /// How much work goes into shrinking a linearizability violation to the operations it needs:
+    /// `off`, a number of search steps per key (default 20000000), or a time for the whole check
+    /// (`250ms`, `2s`). It never changes a verdict, only how short the list shown is.
+    #[arg(long, value_name = "off|STEPS|DURATION", value_parser = |s: &str| s.parse::<Minimize>())]
+    pub minimize: Option<Minimize>,
     /// Also write report.html, SVG plots and junit.xml into this directory.
     #[arg(long, value_name = "DIR")]
     pub report: Option<PathBuf>,
@@ -25,16 +41,21 @@ pub struct CheckArgs {
 /// Prints the verdict. Exit code 0 when valid, 1 when invalid, 3 when the checkers could not
 /// decide (e.g. a search budget ran out), 2 for a bad history file or checker name.
 pub fn run(args: CheckArgs) -> anyhow::Result<u8> {
-    let (history, report) = match chaos_check::check_history_file(&args.history, &args.checkers) {
-        Ok(checked) => checked,
-        Err(e) => {
-            eprintln!("error: {e}");
-            if args.checkers.iter().any(|c| !CHECKER_NAMES.contains(&c.as_str())) {
-                eprintln!("the checkers are: {}", CHECKER_NAMES.join(", "));
-            }
-            return Ok(2);
-        }
+    let options = CheckOptions {
+        minimize: args.minimize.unwrap_or_default(),
+        consistency_model: args.consistency_model,
     };
+    let (history, report) =
+        match chaos_check::check_history_file_with(&args.history, &args.checkers, &options) {
+            Ok(checked) => checked,
+            Err(e) => {
+                eprintln!("error: {e}");
+                if args.checkers.iter().any(|c| !CHECKER_NAMES.contains(&c.as_str())) {
+                    eprintln!("the checkers are: {}", CHECKER_NAMES.join(", "));
+                }
+                return Ok(2);
+            }
+        };
     if let Some(cut) = &history.cut_tail {
         eprintln!(
             "note: {} line {} is cut mid-record ({} bytes, no newline): the run was killed while \
@@ -48,7 +69,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<u8> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report.verdict)?);
     } else {
-        print_verdict(&report.verdict, 0);
+        print_verdict(&report.verdict);
     }
     if let Some(dir) = &args.report {
         let files = chaos_check::write_report(dir, &history, &report)?;
@@ -61,14 +82,65 @@ pub fn run(args: CheckArgs) -> anyhow::Result<u8> {
     })
 }
 
-fn print_verdict(v: &Verdict, depth: usize) {
+/// The combined verdict first (`verdict: …`), then each checker's, indented.
+fn print_verdict(v: &Verdict) {
+    if v.children.is_empty() {
+        print_one(v, 0);
+        return;
+    }
+    println!("verdict: {} — {}", v.valid.as_str(), v.explanation);
+    for child in &v.children {
+        print_one(child, 1);
+    }
+}
+
+fn print_one(v: &Verdict, depth: usize) {
     let indent = "  ".repeat(depth);
     println!("{indent}{}: {} — {}", v.checker, v.valid.as_str(), v.explanation);
-    if !v.ops.is_empty() {
-        let ops: Vec<String> = v.ops.iter().map(u64::to_string).collect();
-        println!("{indent}  operations: {}", ops.join(", "));
+    let ids = |value: &Value| -> String {
+        let ids: Vec<u64> = value
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_u64).collect())
+            .unwrap_or_default();
+        list(&ids)
+    };
+    // Linearizability, per bad key: the operations that cannot be ordered, and the context
+    // operations counted as "may or may not have taken effect" alongside them.
+    let keys = v.details.get("invalid").and_then(Value::as_array);
+    match keys {
+        Some(keys) if v.checker == "linearizability" && !keys.is_empty() => {
+            for key in keys {
+                let name = key.get("key").and_then(Value::as_str).unwrap_or("?");
+                println!("{indent}  key {name:?}: operations: {}", ids(&key["ops"]));
+                let context = ids(&key["context_ops"]);
+                if !context.is_empty() {
+                    println!(
+                        "{indent}  key {name:?}: context, counted as may or may not have taken effect: {context}"
+                    );
+                }
+                let minimizing = key
+                    .get("minimizing")
+                    .and_then(Value::as_str)
+                    .unwrap_or("complete");
+                if minimizing != "complete" {
+                    println!(
+                        "{indent}  key {name:?}: these lists are not minimal (minimizing {minimizing}); the \
+                         violation itself is certain"
+                    );
+                }
+            }
+        }
+        _ if !v.ops.is_empty() => println!("{indent}  operations: {}", list(&v.ops)),
+        _ => {}
     }
-    for child in &v.children {
-        print_verdict(child, depth + 1);
+}
+
+/// Operation ids, the first [`LISTED`] of them (all are in `--json`).
+fn list(ids: &[u64]) -> String {
+    const LISTED: usize = 40;
+    let mut text: Vec<String> = ids.iter().take(LISTED).map(u64::to_string).collect();
+    if ids.len() > LISTED {
+        text.push(format!("… and {} more (all in --json)", ids.len() - LISTED));
     }
+    text.join(", ")
 }

@@ -1,8 +1,12 @@
 //! The history format: JSON lines, one record per line, the first record a versioned header.
 //!
 //! `docs/history.md` describes every field with examples. Parsing validates each record against its
-//! kind (a `write` needs a `value`, an `ok` operation needs `complete_us`, …) so the checkers can rely
-//! on well-formed operations, and every error names the line and the field.
+//! kind (a `write` needs a `value`, an `ok` operation needs `complete_us`, a `txn` needs well-formed
+//! micro-operations, …) so the checkers can rely on well-formed operations, and every error names
+//! the line and the field (`validate`).
+
+mod txn;
+mod validate;
 
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
@@ -10,6 +14,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
+
+pub use txn::{MICRO_OP_NAMES, MicroOp, micro_ops};
+use validate::{explain_record_error, validate_op};
 
 /// The history format version this crate writes and reads.
 pub const HISTORY_VERSION: u32 = 1;
@@ -70,8 +77,9 @@ impl Default for Header {
     }
 }
 
-/// What an operation does. Register kinds (`read`, `write`, `cas`, `delete`) are checked for
-/// linearizability; the others feed the set, counter and unique-id checkers.
+/// What an operation does. Register kinds (`read`, `write`, `cas`, `delete`, `append`) are checked
+/// for linearizability; transactions (`txn`) by the list-append checker; the others feed the set,
+/// counter and unique-id checkers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OpKind {
@@ -83,6 +91,9 @@ pub enum OpKind {
     Cas,
     /// Delete a register (a write of "absent").
     Delete,
+    /// Append `value` to a register: a string to a string (porcupine's key-value model, `read`
+    /// returns the concatenation), anything else to a list. See `docs/history.md`.
+    Append,
     /// Add the element `value` to the set `key`.
     Add,
     /// Read the whole set `key`; `values` is what was read.
@@ -93,9 +104,27 @@ pub enum OpKind {
     ReadCounter,
     /// Ask for a fresh unique id; `value` is the id returned.
     Generate,
+    /// A transaction: `value` is its list of micro-operations (see [`MicroOp`]), which take
+    /// effect together or not at all.
+    Txn,
 }
 
 impl OpKind {
+    /// Every kind, in the order the docs list them.
+    pub const ALL: [OpKind; 11] = [
+        OpKind::Read,
+        OpKind::Write,
+        OpKind::Cas,
+        OpKind::Delete,
+        OpKind::Append,
+        OpKind::Add,
+        OpKind::ReadSet,
+        OpKind::Incr,
+        OpKind::ReadCounter,
+        OpKind::Generate,
+        OpKind::Txn,
+    ];
+
     /// The name used in history files.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -103,17 +132,22 @@ impl OpKind {
             OpKind::Write => "write",
             OpKind::Cas => "cas",
             OpKind::Delete => "delete",
+            OpKind::Append => "append",
             OpKind::Add => "add",
             OpKind::ReadSet => "read_set",
             OpKind::Incr => "incr",
             OpKind::ReadCounter => "read_counter",
             OpKind::Generate => "generate",
+            OpKind::Txn => "txn",
         }
     }
 
     /// Whether this kind belongs to the key-value register model.
     pub fn is_register(self) -> bool {
-        matches!(self, OpKind::Read | OpKind::Write | OpKind::Cas | OpKind::Delete)
+        matches!(
+            self,
+            OpKind::Read | OpKind::Write | OpKind::Cas | OpKind::Delete | OpKind::Append
+        )
     }
 }
 
@@ -261,7 +295,7 @@ impl Op {
                 (Some(v), Outcome::Ok) => format!(" → {}", show(v)),
                 _ => String::new(),
             },
-            OpKind::Write | OpKind::Add | OpKind::Incr => self
+            OpKind::Write | OpKind::Append | OpKind::Add | OpKind::Incr => self
                 .value
                 .as_ref()
                 .map(|v| format!(" ← {}", show(v)))
@@ -280,6 +314,11 @@ impl Op {
                 (Some(v), Outcome::Ok) => format!(" → {}", show(v)),
                 _ => String::new(),
             },
+            OpKind::Txn => self
+                .value
+                .as_ref()
+                .map(|v| format!(" {}", describe_txn(v, 120)))
+                .unwrap_or_default(),
         };
         format!(
             "#{} {}{}{} (client {}): {}",
@@ -291,6 +330,34 @@ impl Op {
             self.outcome.as_str()
         )
     }
+}
+
+/// A transaction's micro-operations as `[append x 3, r y [1,2]]`, cut after about `limit`
+/// characters.
+pub(crate) fn describe_txn(value: &Value, limit: usize) -> String {
+    let Ok(mops) = micro_ops(value) else {
+        return value.to_string();
+    };
+    let mut text = String::from("[");
+    for (i, mop) in mops.iter().enumerate() {
+        if text.len() > limit {
+            text.push_str(&format!(", … {} more", mops.len() - i));
+            break;
+        }
+        if i > 0 {
+            text.push_str(", ");
+        }
+        match mop {
+            MicroOp::Append { key, element } => text.push_str(&format!("append {key} {element}")),
+            MicroOp::Read {
+                key,
+                list: Some(list),
+            } => text.push_str(&format!("r {key} {}", Value::from(list.to_vec()))),
+            MicroOp::Read { key, list: None } => text.push_str(&format!("r {key} ?")),
+        }
+    }
+    text.push(']');
+    text
 }
 
 /// Renders a JSON value compactly; `null` reads as "absent".
@@ -450,7 +517,7 @@ impl History {
                     });
                     continue;
                 }
-                Err(e) => return Err(err(number, json_message(&e))),
+                Err(e) => return Err(err(number, explain_record_error(&line, &e))),
             };
             match (record, &header) {
                 (Record::Header(h), None) => {
@@ -598,103 +665,4 @@ impl<W: Write> HistoryWriter<W> {
     pub fn into_inner(self) -> W {
         self.out
     }
-}
-
-/// serde_json's message without its "at line 1 column N" suffix (each record is one line), with the
-/// column in front instead.
-fn json_message(e: &serde_json::Error) -> String {
-    let text = e.to_string();
-    let message = match text.rfind(" at line ") {
-        Some(at) => &text[..at],
-        None => &text,
-    };
-    if e.column() > 0 {
-        format!("column {}: {message}", e.column())
-    } else {
-        message.to_string()
-    }
-}
-
-/// Checks the fields an operation of its kind and outcome needs.
-fn validate_op(op: &Op) -> Result<(), String> {
-    let kind = op.kind.as_str();
-    let needs = |field: &str, why: &str| format!("field `{field}`: required for `{kind}` {why}");
-    if op.key.is_none() && op.kind != OpKind::Generate {
-        return Err(needs("key", "operations"));
-    }
-    match op.complete_us {
-        None if op.outcome != Outcome::Unknown => {
-            return Err(format!(
-                "field `complete_us`: required when the outcome is `{}` (only `unknown` operations may \
-                 lack a completion time)",
-                op.outcome.as_str()
-            ));
-        }
-        Some(c) if c < op.invoke_us => {
-            return Err(format!(
-                "field `complete_us`: {c} is before `invoke_us` {}; an operation cannot complete before \
-                 it is invoked",
-                op.invoke_us
-            ));
-        }
-        _ => {}
-    }
-    let ok = op.outcome == Outcome::Ok;
-    let integer = |v: &Option<Value>| match v {
-        Some(v) => v
-            .as_i64()
-            .map(Some)
-            .ok_or_else(|| format!("field `value`: {v} is not an integer")),
-        None => Ok(None),
-    };
-    match op.kind {
-        OpKind::Read => {
-            if ok && op.value.is_none() {
-                return Err(needs(
-                    "value",
-                    "operations that are `ok` (use null for an absent key)",
-                ));
-            }
-        }
-        OpKind::Write => {
-            if op.value.is_none() {
-                return Err(needs("value", "operations (use `delete` to remove a key)"));
-            }
-        }
-        OpKind::Cas => {
-            if op.value.is_none() {
-                return Err(needs("value", "operations (the new value)"));
-            }
-            if op.expected.is_none() {
-                return Err(needs(
-                    "expected",
-                    "operations (null expects the key to be absent)",
-                ));
-            }
-        }
-        OpKind::Delete => {}
-        OpKind::Add => match &op.value {
-            None | Some(Value::Null) => return Err(needs("value", "operations (the element, not null)")),
-            Some(_) => {}
-        },
-        OpKind::ReadSet => {
-            if ok && op.values.is_none() {
-                return Err(needs("values", "operations that are `ok` (the elements read)"));
-            }
-        }
-        OpKind::Incr => {
-            integer(&op.value)?;
-        }
-        OpKind::ReadCounter => {
-            if ok && integer(&op.value)?.is_none() {
-                return Err(needs("value", "operations that are `ok` (the integer read)"));
-            }
-        }
-        OpKind::Generate => {
-            if ok && matches!(op.value, None | Some(Value::Null)) {
-                return Err(needs("value", "operations that are `ok` (the id returned)"));
-            }
-        }
-    }
-    Ok(())
 }
