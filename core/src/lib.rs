@@ -9,8 +9,11 @@
 //! * [`backend`]: the backends and how to pick one.
 //! * [`agent_client`]: the client of the node agent, shared by every agent-based backend.
 //! * [`certs`]: per-cluster CA, per-node server certificates, the runner's client certificate.
-//! * [`scenario`]: scenario files, seeded fault plans and the engine that runs them.
 //! * [`faults`]: fault values, injecting and healing them, partition shapes over a cluster.
+//!
+//! This crate is a library only: scenarios (files, seeded plans, the engine) live in
+//! `chaos-scenario`, and the `chaos` command (the only place that knows about terminals) in
+//! `chaos-cli`.
 
 pub mod agent_client;
 pub mod backend;
@@ -19,7 +22,6 @@ pub mod cluster;
 mod error;
 pub mod ext;
 pub mod faults;
-pub mod scenario;
 
 pub use chaos_proto as proto;
 pub use chaos_proto::{ExitStatus, ProcSpec, Signal};

@@ -7,10 +7,10 @@
 use std::path::Path;
 
 use chaos::Signal;
-use chaos::scenario::model::{
+use chaos_scenario::model::{
     Backend, Check, FaultCase, FaultKind, HttpRequest, Invariant, LeaderProbe, Selector, When, WorkloadSpec,
 };
-use chaos::scenario::{Plan, Runner, Scenario, strategy};
+use chaos_scenario::{Plan, Runner, Scenario, strategy};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 

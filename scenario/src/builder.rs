@@ -1,8 +1,8 @@
 //! Building scenarios in Rust instead of TOML: the same types, the same validation.
 //!
 //! ```
-//! use chaos::scenario::model::{Backend, FaultCase, FaultKind, Invariant, Selector};
-//! use chaos::scenario::Scenario;
+//! use chaos_scenario::model::{Backend, FaultCase, FaultKind, Invariant, Selector};
+//! use chaos_scenario::Scenario;
 //!
 //! let scenario = Scenario::builder("sleepers")
 //!     .backend(Backend::Local)

@@ -95,7 +95,7 @@ impl RunDir {
         if let (Some(obj), Value::Object(extra)) = (record.as_object_mut(), fields) {
             obj.extend(extra);
         }
-        tracing::debug!(target: "chaos::scenario", "{record}");
+        tracing::debug!(target: "chaos_scenario", "{record}");
         if let Ok(mut w) = self.events.lock() {
             let _ = writeln!(w, "{record}");
             let _ = w.flush();

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use chaos::backend::{self, BackendKind};
 
+#[path = "../../core/tests/common/mod.rs"]
 mod common;
 use common::alive_here;
 use common::footprint::Footprint;

@@ -15,7 +15,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use chaos::scenario::{Runner, Scenario};
+//! use chaos_scenario::{Runner, Scenario};
 //! let scenario = Scenario::from_file("scenarios/raft.toml")?;
 //! let outcome = Runner::new(scenario).seed(42).rounds(1).run().await?;
 //! assert!(outcome.passed(), "replay with: {}", outcome.replay);
@@ -35,7 +35,7 @@ pub mod template;
 pub mod workload;
 
 pub use builder::ScenarioBuilder;
-pub use engine::{RunError, RunOptions, RunOutcome, Runner};
+pub use engine::{Progress, RunError, RunObserver, RunOptions, RunOutcome, Runner};
 pub use model::{Scenario, ScenarioError, ScenarioErrors};
 pub use plan::{Plan, PlannedTarget, Step};
 pub use rundir::{RunStatus, StepStatus, Summary};

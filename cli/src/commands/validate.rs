@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use chaos::scenario::Scenario;
+use chaos_scenario::Scenario;
 
 /// Arguments of `chaos validate`.
 #[derive(Debug, clap::Args)]

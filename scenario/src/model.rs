@@ -270,11 +270,11 @@ impl Backend {
     pub const NAMES: &[&str] = &["local", "netns", "docker"];
 
     /// The runner's backend kind.
-    pub fn kind(self) -> crate::backend::BackendKind {
+    pub fn kind(self) -> chaos::backend::BackendKind {
         match self {
-            Backend::Local => crate::backend::BackendKind::Local,
-            Backend::Netns => crate::backend::BackendKind::Netns,
-            Backend::Docker => crate::backend::BackendKind::Docker,
+            Backend::Local => chaos::backend::BackendKind::Local,
+            Backend::Netns => chaos::backend::BackendKind::Netns,
+            Backend::Docker => chaos::backend::BackendKind::Docker,
         }
     }
 }

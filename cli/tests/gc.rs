@@ -24,6 +24,7 @@ use chaos::backend::owner::{self, OwnerTag};
 use chaos::backend::{BackendKind, ClusterOptions};
 use chaos::{Cluster, NodeExt};
 
+#[path = "../../core/tests/common/mod.rs"]
 mod common;
 use common::footprint::{Footprint, stdout_of};
 

@@ -1,9 +1,10 @@
 //! `chaos`: the command-line front end of the chaos toolkit.
 //!
-//! Subcommands live in [`cli`]; this file only sets up logging, runs the chosen command and turns
+//! Subcommands live in [`commands`]; this file only sets up logging, runs the chosen command and turns
 //! an error into one line on stderr and an exit code.
 
-mod cli;
+mod commands;
+mod progress;
 
 use std::process::ExitCode;
 
@@ -11,13 +12,13 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = cli::Cli::parse();
-    cli::init_logging(args.verbose);
-    match cli::run(args.command).await {
+    let args = commands::Cli::parse();
+    commands::init_logging(args.verbose);
+    match commands::run(args.command).await {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
             eprintln!("error: {err:#}");
-            ExitCode::from(cli::exit_code(&err))
+            ExitCode::from(commands::exit_code(&err))
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use chaos::scenario::{Plan, Scenario};
+use chaos_scenario::{Plan, Scenario};
 
 use super::BadInput;
 
@@ -31,7 +31,7 @@ pub fn run(args: PlanArgs) -> anyhow::Result<u8> {
     let seed = match args.seed {
         Some(seed) => seed,
         None => {
-            let seed = chaos::scenario::draw_seed();
+            let seed = chaos_scenario::draw_seed();
             // Printed first so a plan seen once can be printed (and run) again.
             if args.json {
                 eprintln!("seed {seed}");

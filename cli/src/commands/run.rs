@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use chaos::scenario::model::Backend;
-use chaos::scenario::{RunError, RunOptions, RunStatus, Runner, Scenario};
+use chaos_scenario::model::Backend;
+use chaos_scenario::{RunError, RunOptions, RunStatus, Runner, Scenario};
 use tokio_util::sync::CancellationToken;
 
 use super::BadInput;
@@ -52,7 +52,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| BadInput(format!("--plan {}: {e}", path.display())))?;
-            let plan: chaos::scenario::Plan = serde_json::from_str(&text)
+            let plan: chaos_scenario::Plan = serde_json::from_str(&text)
                 .map_err(|e| BadInput(format!("--plan {}: not a plan: {e}", path.display())))?;
             Some(plan)
         }
@@ -60,7 +60,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     };
     let seed = match &plan {
         Some(p) => p.seed,
-        None => args.seed.unwrap_or_else(chaos::scenario::draw_seed),
+        None => args.seed.unwrap_or_else(chaos_scenario::draw_seed),
     };
     println!("seed {seed}");
     let cancel = CancellationToken::new();
@@ -71,7 +71,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         rounds: args.rounds,
         out_dir: args.out.clone(),
         scenario_file: Some(args.file.clone()),
-        progress: true,
+        observer: Some(std::sync::Arc::new(crate::progress::Spinner::new())),
         cancel: cancel.clone(),
     };
     let mut runner = Runner::new(scenario).options(options);

@@ -301,7 +301,7 @@ pub(crate) async fn final_reads(ctx: &ClientCtx) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scenario::model::Mix;
+    use crate::model::Mix;
 
     #[test]
     fn values_round_trip_through_base64() {

@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 use super::http;
 use super::model::{Check, CommandLine, Dur, HttpRequest, LeaderProbe, OnNodes, Scenario};
 use super::template::{Templates, Vars};
-use crate::cluster::Node;
-use crate::ext::NodeExt;
+use chaos::cluster::Node;
+use chaos::ext::NodeExt;
 
 /// Bound of one attempt of a check on one node.
 const ATTEMPT_BOUND: Duration = Duration::from_secs(10);

@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 
 use chaos_check::{FaultEvent, FaultPhase, Header, History};
 use chaos_proto::{OutputSpec, ProcSpec, Signal};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -34,10 +33,10 @@ use super::plan::{Plan, PlannedTarget, Step};
 use super::rundir::{HistorySummary, RunDir, RunStatus, StepStatus, StepSummary, Summary, Totals};
 use super::template::{NodeVars, Templates, Vars, ship_destination};
 use super::workload::{Recorder, Workload};
-use crate::backend::{self, ClusterOptions};
-use crate::cluster::{Cluster, Node, Process};
-use crate::ext::NodeExt;
-use crate::faults::{self, Fault, FaultHandle, PartitionHandle, ProcessTarget, Shape, Traffic};
+use chaos::backend::{self, ClusterOptions};
+use chaos::cluster::{Cluster, Node, Process};
+use chaos::ext::NodeExt;
+use chaos::faults::{self, Fault, FaultHandle, PartitionHandle, ProcessTarget, Shape, Traffic};
 
 /// Extra time a fault lives on its node beyond its planned duration: the node heals it by itself
 /// after that, should the runner die.
@@ -56,8 +55,39 @@ const DATA_ARCHIVE_LIMIT: u64 = 256 << 20;
 /// scenario sets no `history.max_recovery` (scaled by `timeout_multiplier`).
 const DEFAULT_WORKLOAD_RECOVERY: Duration = Duration::from_secs(20);
 
+/// What a run reports while it runs, for a front end to show. The engine draws nothing itself:
+/// the `chaos` command renders these as a progress line and step lines; tests may record them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Progress {
+    /// What the run is doing now: "starting the system", "pause 1.0s", "recovery checks after …".
+    Doing(String),
+    /// Something that happened and deserves a line of its own: a step's outcome, a skipped
+    /// case, an agent restarted, the invariants' verdict.
+    Line(String),
+    /// The workload's operation counts so far, sampled about once a second while it runs, with
+    /// the rate since the previous sample.
+    Ops {
+        /// Operations that completed successfully.
+        ok: u64,
+        /// Operations that definitely failed.
+        fail: u64,
+        /// Operations whose outcome is unknown.
+        unknown: u64,
+        /// Operations per second since the previous sample.
+        rate: Option<f64>,
+    },
+    /// The run is over (the summary follows in [`RunOutcome`]).
+    Finished,
+}
+
+/// Receives a run's [`Progress`] as it happens. Called from the engine's tasks: keep it quick.
+pub trait RunObserver: Send + Sync {
+    /// One progress report.
+    fn progress(&self, progress: Progress);
+}
+
 /// How a run is configured beyond its scenario.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RunOptions {
     /// The seed; drawn when absent.
     pub seed: Option<u64>,
@@ -69,10 +99,24 @@ pub struct RunOptions {
     pub out_dir: PathBuf,
     /// The scenario's file, for the replay command.
     pub scenario_file: Option<PathBuf>,
-    /// Show live progress on stderr and one line per step on stdout.
-    pub progress: bool,
+    /// Receives live progress (none: the run is silent; everything is still in the run
+    /// directory).
+    pub observer: Option<Arc<dyn RunObserver>>,
     /// Fires to interrupt the run (Ctrl-C): faults are healed and everything cleaned up.
     pub cancel: CancellationToken,
+}
+
+impl std::fmt::Debug for RunOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunOptions")
+            .field("seed", &self.seed)
+            .field("backend", &self.backend)
+            .field("rounds", &self.rounds)
+            .field("out_dir", &self.out_dir)
+            .field("scenario_file", &self.scenario_file)
+            .field("observer", &self.observer.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for RunOptions {
@@ -83,7 +127,7 @@ impl Default for RunOptions {
             rounds: None,
             out_dir: PathBuf::from("runs"),
             scenario_file: None,
-            progress: false,
+            observer: None,
             cancel: CancellationToken::new(),
         }
     }
@@ -359,7 +403,7 @@ enum Installed {
     /// them (a stopped container) and is started again once they are healed.
     #[cfg(feature = "docker")]
     Containers {
-        handles: Vec<crate::backend::docker::ContainerFaultHandle>,
+        handles: Vec<chaos::backend::docker::ContainerFaultHandle>,
         restart: bool,
     },
 }
@@ -373,10 +417,9 @@ struct Active {
     detail: String,
 }
 
-/// What the progress line shows.
+/// The workload's counts as last sampled, for the observer's rate.
 #[derive(Default)]
 struct Status {
-    what: String,
     recorder: Option<Arc<Recorder>>,
     last: Option<(Instant, u64)>,
     rate: Option<f64>,
@@ -398,13 +441,16 @@ impl Status {
         self.last = Some((now, total));
     }
 
-    fn render(&self) -> String {
-        let Some(r) = &self.recorder else {
-            return self.what.clone();
-        };
+    /// The counts now, with the last sampled rate; `None` before the workload starts.
+    fn ops(&self) -> Option<Progress> {
+        let r = self.recorder.as_ref()?;
         let (ok, fail, unknown) = r.counts.get();
-        let rate = self.rate.map(|x| format!("{x:.0} ops/s, ")).unwrap_or_default();
-        format!("{} | {rate}ok {ok}, fail {fail}, unknown {unknown}", self.what)
+        Some(Progress::Ops {
+            ok,
+            fail,
+            unknown,
+            rate: self.rate,
+        })
     }
 }
 
@@ -424,7 +470,6 @@ struct Run {
     seed: u64,
     started_at: String,
     cancel: CancellationToken,
-    bar: ProgressBar,
     status: Arc<std::sync::Mutex<Status>>,
     cluster: Option<Arc<dyn Cluster>>,
     /// Writes the cluster's agent events (died, restarted, node failed) to `events.jsonl`.
@@ -454,17 +499,6 @@ impl Run {
         replay: String,
         seed: u64,
     ) -> Run {
-        let bar = if options.progress {
-            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-            bar.set_style(
-                ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
-                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-            );
-            bar.enable_steady_tick(Duration::from_millis(200));
-            bar
-        } else {
-            ProgressBar::hidden()
-        };
         let steps = plan
             .steps
             .iter()
@@ -494,7 +528,6 @@ impl Run {
             seed,
             started_at: super::rundir::timestamps().1,
             cancel,
-            bar,
             status: Arc::new(std::sync::Mutex::new(Status::default())),
             cluster: None,
             agent_events: None,
@@ -514,39 +547,46 @@ impl Run {
         }
     }
 
-    /// Prints a line (stdout) when progress is shown.
+    fn report(&self, progress: Progress) {
+        if let Some(observer) = &self.options.observer {
+            observer.progress(progress);
+        }
+    }
+
+    /// Reports a line of its own (a step's outcome, a skipped case, …).
     fn say(&self, line: impl AsRef<str>) {
-        if self.options.progress {
-            self.bar.suspend(|| println!("{}", line.as_ref()));
-        }
+        self.report(Progress::Line(line.as_ref().to_string()));
     }
 
-    /// Says what the run is doing now (the progress line adds operation counts and rate).
+    /// Reports what the run is doing now.
     fn status_line(&self, what: &str) {
-        if let Ok(mut st) = self.status.lock() {
-            st.what = what.to_string();
-            self.bar.set_message(st.render());
-        }
+        self.report(Progress::Doing(what.to_string()));
     }
 
-    /// Refreshes the progress line every second with the workload's rate.
-    fn spawn_progress_ticker(&self) -> tokio::task::JoinHandle<()> {
+    /// Samples the workload's counts and rate every second for the observer.
+    fn spawn_progress_ticker(&self, observer: Arc<dyn RunObserver>) -> tokio::task::JoinHandle<()> {
         let status = self.status.clone();
-        let bar = self.bar.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                if let Ok(mut st) = status.lock() {
+                let ops = status.lock().ok().and_then(|mut st| {
                     st.sample();
-                    bar.set_message(st.render());
+                    st.ops()
+                });
+                if let Some(ops) = ops {
+                    observer.progress(ops);
                 }
             }
         })
     }
 
     async fn execute(&mut self) -> RunOutcome {
-        let ticker = self.options.progress.then(|| self.spawn_progress_ticker());
+        let ticker = self
+            .options
+            .observer
+            .clone()
+            .map(|observer| self.spawn_progress_ticker(observer));
         self.dir.event(
             "run_started",
             json!({"scenario": self.scenario.name, "seed": self.seed, "backend": self.scenario.cluster.backend.to_string(),
@@ -576,7 +616,7 @@ impl Run {
         if let Some(t) = ticker {
             t.abort();
         }
-        self.bar.finish_and_clear();
+        self.report(Progress::Finished);
         let summary = self.summary(status, reason);
         if let Err(e) = self.dir.write(
             "summary.json",
@@ -1499,7 +1539,7 @@ impl Run {
         targets: &[usize],
         ttl: Duration,
     ) -> Result<(Installed, String), String> {
-        use crate::backend::docker::{ContainerFault, DockerCluster};
+        use chaos::backend::docker::{ContainerFault, DockerCluster};
         let cluster = self.cluster.clone().ok_or("the cluster is gone")?;
         let Some(docker) = cluster.as_any().downcast_ref::<DockerCluster>() else {
             return Err(format!(
@@ -1680,23 +1720,22 @@ impl Run {
         }
     }
 
-    /// Writes each agent event to `events.jsonl` (and, with progress shown, a line to stdout)
+    /// Writes each agent event to `events.jsonl` (and reports it to the observer as a line)
     /// as it happens.
     fn record_agent_events(
         &self,
-        mut events: tokio::sync::broadcast::Receiver<crate::backend::supervisor::AgentEvent>,
+        mut events: tokio::sync::broadcast::Receiver<chaos::backend::supervisor::AgentEvent>,
     ) -> tokio::task::JoinHandle<()> {
         use tokio::sync::broadcast::error::RecvError;
         let dir = self.dir.clone();
-        let bar = self.bar.clone();
-        let progress = self.options.progress;
+        let observer = self.options.observer.clone();
         tokio::spawn(async move {
             loop {
                 match events.recv().await {
                     Ok(event) => {
                         dir.event(event.name(), json!(event));
-                        if progress {
-                            bar.suspend(|| println!("{event}"));
+                        if let Some(observer) = &observer {
+                            observer.progress(Progress::Line(event.to_string()));
                         }
                     }
                     Err(RecvError::Lagged(missed)) => {

@@ -14,8 +14,8 @@ use rand::rngs::Xoshiro256PlusPlus;
 use serde_json::Value;
 
 use super::{ClientCtx, pace, ticker, weighted};
-use crate::Error;
-use crate::ext::NodeExt;
+use chaos::Error;
+use chaos::ext::NodeExt;
 
 fn parse_value(text: &str) -> Value {
     let t = text.trim();

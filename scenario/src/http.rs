@@ -11,7 +11,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 
-use crate::cluster::Node;
+use chaos::cluster::Node;
 
 /// A reply: status and body.
 #[derive(Debug, Clone)]

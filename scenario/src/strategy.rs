@@ -7,7 +7,7 @@
 //! [`Runner::plan`](super::Runner::plan) runs and `chaos run FILE --plan plan.json` replays.
 //!
 //! ```no_run
-//! use chaos::scenario::{Runner, Scenario, strategy};
+//! use chaos_scenario::{Runner, Scenario, strategy};
 //! use proptest::prelude::*;
 //! use proptest::test_runner::{Config, TestRunner};
 //!

@@ -1,0 +1,72 @@
+//! The live progress of `chaos run`: the engine's [`Progress`] reports drawn as a spinner line on
+//! stderr (what the run does now, with the workload's counts and rate) and one line on stdout per
+//! step outcome — the only place that knows about the terminal.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use chaos_scenario::{Progress, RunObserver};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// Draws a run's progress.
+pub struct Spinner {
+    bar: ProgressBar,
+    line: Mutex<Line>,
+}
+
+/// What the spinner line shows.
+#[derive(Default)]
+struct Line {
+    doing: String,
+    ops: Option<String>,
+}
+
+impl Line {
+    fn render(&self) -> String {
+        match &self.ops {
+            Some(ops) => format!("{} | {ops}", self.doing),
+            None => self.doing.clone(),
+        }
+    }
+}
+
+impl Spinner {
+    /// A spinner on stderr, ticking on its own.
+    pub fn new() -> Spinner {
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        bar.enable_steady_tick(Duration::from_millis(200));
+        Spinner {
+            bar,
+            line: Mutex::new(Line::default()),
+        }
+    }
+
+    fn update(&self, change: impl FnOnce(&mut Line)) {
+        let mut line = self.line.lock().unwrap_or_else(|p| p.into_inner());
+        change(&mut line);
+        self.bar.set_message(line.render());
+    }
+}
+
+impl RunObserver for Spinner {
+    fn progress(&self, progress: Progress) {
+        match progress {
+            Progress::Doing(what) => self.update(|l| l.doing = what),
+            Progress::Ops {
+                ok,
+                fail,
+                unknown,
+                rate,
+            } => {
+                let rate = rate.map(|x| format!("{x:.0} ops/s, ")).unwrap_or_default();
+                self.update(|l| l.ops = Some(format!("{rate}ok {ok}, fail {fail}, unknown {unknown}")));
+            }
+            Progress::Line(line) => self.bar.suspend(|| println!("{line}")),
+            Progress::Finished => self.bar.finish_and_clear(),
+        }
+    }
+}
