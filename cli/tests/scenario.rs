@@ -96,7 +96,7 @@ fn validate_names_file_line_field_and_valid_choices() {
         (
             "checker.toml",
             "[history]\ncheckers = [\"linearisability\"]\n",
-            "checker.toml:2:13: field `history.checkers[0]`: unknown checker `linearisability`; valid checkers: linearizability, set, counter, unique-ids, availability",
+            "checker.toml:2:13: field `history.checkers[0]`: unknown checker `linearisability`; valid checkers: linearizability, list-append, set, counter, unique-ids, availability",
         ),
     ];
     for (name, contents, expected) in cases {
