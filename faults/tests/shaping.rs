@@ -478,12 +478,15 @@ fn jitter_spreads_delay_and_reorder_lets_some_packets_overtake() {
     let (tx, rx) = std::sync::mpsc::channel();
     let receiver = n[1].spawn(move || {
         let s = UdpSocket::bind(target).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        // A generous wait for the first datagram (a busy machine may start the sender late),
+        // then 500 ms of quiet ends the stream.
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         tx.send(()).unwrap();
         let mut order = Vec::new();
         let mut buf = [0u8; 8];
         while let Ok(4) = s.recv(&mut buf) {
             order.push(u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]));
+            s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
         }
         order
     });

@@ -176,6 +176,10 @@ pub fn udp_delivered(from: &Netns, to: &Netns, addr: SocketAddr, count: usize) -
     let done = sent_all.clone();
     let receiver = to.spawn(move || {
         let s = UdpSocket::bind(addr).expect("bind udp receiver");
+        // A receive buffer that holds every datagram of a burst, so a receiver starved of CPU
+        // (a busy CI machine) never drops what the fault under test delivered; we are root.
+        nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::RcvBufForce, &(16 << 20))
+            .expect("SO_RCVBUFFORCE");
         s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
         tx.send(()).unwrap();
         let mut got = 0;
