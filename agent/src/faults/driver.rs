@@ -3,7 +3,7 @@
 //! on the fault worker.
 
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::Instant;
 
 use tokio::sync::Notify;
 
@@ -17,34 +17,52 @@ pub(super) async fn drive(
     shared: Weak<Shared>,
     id: String,
     serial: u64,
-    ttl: Duration,
+    due: Instant,
     retry_now: Arc<Notify>,
 ) {
-    let expired = tokio::select! {
-        () = tokio::time::sleep(ttl) => true,
-        () = retry_now.notified() => false,
-    };
-    let mut backoff = RETRY_FIRST;
-    let mut wait = !expired;
-    let mut attempt: u32 = 0;
-    loop {
-        if wait {
-            tokio::time::sleep(backoff).await;
-            backoff = next_backoff(backoff);
-        }
-        wait = true;
-        attempt += 1;
+    // The first heal is timed by the fault worker itself, at the TTL (`due`, taken when the
+    // fault was installed): it does not wait for a runtime worker to wake a timer. A heal that
+    // failed elsewhere wakes us earlier; the timed heal then still runs at the TTL and finds
+    // nothing (or the same failure) — heals are idempotent. The job holds the state weakly, so
+    // a pending deadline never keeps a stopped agent's fault table alive.
+    let first = {
         let Some(strong) = shared.upgrade() else {
             return;
         };
-        let (job_shared, job_id) = (strong.clone(), id.clone());
-        let result = strong
-            .worker
-            .run(Lane::Heal, move || {
-                job_shared.with_state(|state| heal_locked(state, &job_id, Some(serial), true))
-            })
-            .await;
+        let (job_shared, job_id) = (shared.clone(), id.clone());
+        let timed = strong.worker.run_at(due, move || match job_shared.upgrade() {
+            Some(state) => state.with_state(|state| heal_locked(state, &job_id, Some(serial), true)),
+            None => Ok(false),
+        });
         drop(strong);
+        tokio::select! {
+            result = timed => Some(result),
+            () = retry_now.notified() => None,
+        }
+    };
+    let expired = first.is_some();
+    let mut pending = first;
+    let mut backoff = RETRY_FIRST;
+    let mut attempt: u32 = 0;
+    loop {
+        let result = match pending.take() {
+            Some(result) => result,
+            None => {
+                tokio::time::sleep(backoff).await;
+                backoff = next_backoff(backoff);
+                let Some(strong) = shared.upgrade() else {
+                    return;
+                };
+                let (job_shared, job_id) = (strong.clone(), id.clone());
+                strong
+                    .worker
+                    .run(Lane::Heal, move || {
+                        job_shared.with_state(|state| heal_locked(state, &job_id, Some(serial), true))
+                    })
+                    .await
+            }
+        };
+        attempt += 1;
         let why = if expired {
             "TTL expired"
         } else {

@@ -608,7 +608,7 @@ fn install(
             Arc::downgrade(shared),
             id.clone(),
             serial,
-            Duration::from_millis(req.ttl_ms),
+            std::time::Instant::now() + Duration::from_millis(req.ttl_ms),
             retry_now.clone(),
         ))
         .abort_handle();
