@@ -20,6 +20,10 @@ use crate::spec::Mechanism;
 /// How long a heal waits for continued processes to leave the stopped state.
 const CONTINUE_WAIT: Duration = Duration::from_secs(1);
 
+/// How long a pause waits for signalled processes to reach the stopped state (as long as a
+/// cgroup freeze waits for the kernel).
+pub const STOP_WAIT: Duration = Duration::from_secs(5);
+
 fn to_signal(sig: i32) -> Result<Option<Signal>> {
     if sig == 0 {
         return Ok(None);
@@ -231,9 +235,44 @@ pub fn children(pid: i32) -> Result<Vec<i32>> {
     Ok(out)
 }
 
-/// Sends SIGSTOP to each `(pid, start time)` still alive with that start time.
+/// Sends SIGSTOP to each `(pid, start time)` still alive with that start time and waits —
+/// up to [`STOP_WAIT`] — until every one still alive is paused (state `T`, or `D` with the
+/// signal pending): `kill` returns before the target has acted on the signal (on a busy machine,
+/// long before), and a pause must be in place when the caller is told it is, as a cgroup freeze
+/// is. A process still running after the wait is an error naming it.
 pub fn stop_processes(pids: &[(i32, u64)]) -> Result<()> {
-    send_to_live(pids, Signal::SIGSTOP).map(|_| ())
+    send_to_live(pids, Signal::SIGSTOP)?;
+    let end = Instant::now() + STOP_WAIT;
+    loop {
+        let mut running = None;
+        for &(pid, start) in pids {
+            // `D` counts as paused: such a process runs no code of its own until it leaves the
+            // kernel, and then the pending SIGSTOP stops it. It must count, because a `vfork`
+            // parent (dash, busybox sh) waits in `D` for its child to exec — and that child is
+            // stopped too, so the parent would never reach `T`.
+            let paused = |st: &ProcStat| st.is_stopped() || st.state == 'D';
+            if let Some(st) = live_stat(pid, start)?.filter(|st| !paused(st)) {
+                running = Some((pid, st));
+                break;
+            }
+        }
+        let Some((pid, st)) = running else {
+            return Ok(());
+        };
+        if Instant::now() >= end {
+            let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            return Err(Error::Timeout {
+                what: format!(
+                    "process {pid} ({}, state {}, parent {}) to stop after SIGSTOP",
+                    comm.trim(),
+                    st.state,
+                    st.ppid
+                ),
+                ms: STOP_WAIT.as_millis() as u64,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 /// Sends SIGCONT to each `(pid, start time)` still alive with that start time, then checks
