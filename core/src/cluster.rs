@@ -11,6 +11,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chaos_proto::fault::{FaultInfo, FaultRequest, ProbeReport};
@@ -21,6 +22,7 @@ use chaos_proto::{
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::backend::supervisor::AgentEvent;
+use crate::machine::{MachineFault, MachineFaultHandle, MachineFaultInfo};
 use crate::{Error, Result};
 
 /// A boxed byte source (file contents, process output).
@@ -44,10 +46,6 @@ pub trait Cluster: Send + Sync {
     /// The backend's name (`"local"`, `"netns"`, …).
     fn backend(&self) -> &'static str;
 
-    /// The concrete cluster, for what only one backend offers (e.g. the Docker-level faults of
-    /// [`crate::backend::docker::DockerCluster`]): `cluster.as_any().downcast_ref::<T>()`.
-    fn as_any(&self) -> &dyn std::any::Any;
-
     /// Creates `count` new nodes, concurrently, and returns them once all are ready to use.
     /// Nodes are named `n1`, `n2`, … in creation order across calls.
     async fn create_nodes(&self, count: usize) -> Result<Vec<Arc<dyn Node>>>;
@@ -62,6 +60,56 @@ pub trait Cluster: Send + Sync {
     fn agent_events(&self) -> Option<tokio::sync::broadcast::Receiver<AgentEvent>> {
         None
     }
+
+    // Machine faults: what the backend can do to a node's whole machine from outside it
+    // (`crate::machine`). Defaults: a backend that offers none.
+
+    /// The machine faults this cluster offers (empty when none).
+    fn machine_faults(&self) -> Vec<MachineFault> {
+        Vec::new()
+    }
+
+    /// Injects `fault` on `node`'s machine for at most `ttl`; it heals by itself then. Fails
+    /// with `Unsupported` when the cluster does not offer `fault` ([`Cluster::machine_faults`]).
+    async fn inject_machine_fault(
+        &self,
+        node: &str,
+        fault: MachineFault,
+        ttl: Duration,
+    ) -> Result<MachineFaultHandle> {
+        let _ = ttl;
+        Err(Error::api(
+            node,
+            ErrorKind::Unsupported,
+            format!(
+                "the {} backend offers no {fault} machine fault (it offers: {})",
+                self.backend(),
+                names(&self.machine_faults())
+            ),
+        ))
+    }
+
+    /// The active machine faults.
+    fn list_machine_faults(&self) -> Vec<MachineFaultInfo> {
+        Vec::new()
+    }
+
+    /// Heals every active machine fault; returns those healed.
+    async fn heal_all_machine_faults(&self) -> Result<Vec<MachineFaultInfo>> {
+        Ok(Vec::new())
+    }
+}
+
+/// `a, b` or `none`.
+fn names(faults: &[MachineFault]) -> String {
+    if faults.is_empty() {
+        return "none".to_string();
+    }
+    faults
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// One node of a cluster: a place to run processes, with files and a network position.

@@ -10,6 +10,7 @@
 //! * [`agent_client`]: the client of the node agent, shared by every agent-based backend.
 //! * [`certs`]: per-cluster CA, per-node server certificates, the runner's client certificate.
 //! * [`faults`]: fault values, injecting and healing them, partition shapes over a cluster.
+//! * [`machine`]: machine faults a backend offers (pause, stop, disconnect a node's machine).
 //!
 //! This crate is a library only: scenarios (files, seeded plans, the engine) live in
 //! `chaos-scenario`, and the `chaos` command (the only place that knows about terminals) in
@@ -22,10 +23,13 @@ pub mod cluster;
 mod error;
 pub mod ext;
 pub mod faults;
+pub mod machine;
 
 pub use chaos_proto as proto;
+pub use chaos_proto::MachineFault;
 pub use chaos_proto::{ExitStatus, ProcSpec, Signal};
 pub use cluster::{Cluster, Node, Process};
 pub use error::{Error, Result};
 pub use ext::NodeExt;
 pub use faults::{Fault, FaultHandle, PartitionHandle, Shape};
+pub use machine::{MachineFaultHandle, MachineFaultInfo};

@@ -8,7 +8,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use chaos::backend::docker::{self, ContainerFault, DockerCluster, DockerOptions, LABEL_CLUSTER};
+use chaos::MachineFault;
+use chaos::backend::docker::{self, DockerCluster, DockerOptions, LABEL_CLUSTER};
 use chaos::backend::{self, BackendKind, ClusterOptions};
 use chaos::{Cluster, Node, NodeExt, ProcSpec};
 
@@ -136,21 +137,25 @@ async fn pause_freezes_a_node_for_its_peers_until_healed_or_expired() {
     assert!(pongs(n2, "n1", 9000).await, "no pong before the fault");
 
     let fault = cluster
-        .container_fault("n1", ContainerFault::Pause, Duration::from_secs(60))
+        .inject_machine_fault("n1", MachineFault::Pause, Duration::from_secs(60))
         .await
         .unwrap();
     assert_eq!(
-        cluster.container_faults(),
-        vec![(fault.id(), "n1".to_string(), ContainerFault::Pause)]
+        cluster
+            .list_machine_faults()
+            .iter()
+            .map(|f| (f.id, f.node.clone(), f.fault))
+            .collect::<Vec<_>>(),
+        vec![(fault.id(), "n1".to_string(), MachineFault::Pause)]
     );
     assert!(!pongs(n2, "n1", 9000).await, "a paused node answered");
     // A second fault on the same node is refused, naming the first.
     let again = cluster
-        .container_fault("n1", ContainerFault::Stop, Duration::from_secs(5))
+        .inject_machine_fault("n1", MachineFault::Stop, Duration::from_secs(5))
         .await
         .unwrap_err()
         .to_string();
-    assert!(again.contains("already has container fault"), "{again}");
+    assert!(again.contains("already has machine fault"), "{again}");
     assert!(fault.heal().await.unwrap(), "healing an active fault");
     assert!(!fault.heal().await.unwrap(), "healing twice");
     assert!(pongs(n2, "n1", 9000).await, "no pong after unpausing");
@@ -159,12 +164,12 @@ async fn pause_freezes_a_node_for_its_peers_until_healed_or_expired() {
 
     // With a short TTL the fault heals itself.
     cluster
-        .container_fault("n1", ContainerFault::Pause, Duration::from_secs(3))
+        .inject_machine_fault("n1", MachineFault::Pause, Duration::from_secs(3))
         .await
         .unwrap();
     assert!(!pongs(n2, "n1", 9000).await);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !cluster.container_faults().is_empty() {
+    while !cluster.list_machine_faults().is_empty() {
         assert!(Instant::now() < deadline, "the pause outlived its TTL");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -184,7 +189,7 @@ async fn disconnect_and_stop_cut_a_node_off_and_heal_back() {
     assert!(pings(n2, &n1_ip).await);
 
     let fault = cluster
-        .container_fault("n1", ContainerFault::Disconnect, Duration::from_secs(60))
+        .inject_machine_fault("n1", MachineFault::Disconnect, Duration::from_secs(60))
         .await
         .unwrap();
     assert!(!pings(n2, &n1_ip).await, "a disconnected node answered");
@@ -197,7 +202,7 @@ async fn disconnect_and_stop_cut_a_node_off_and_heal_back() {
     spec.stdout = chaos::proto::OutputSpec::Null;
     let sleeper = n1.start(spec).await.unwrap();
     let fault = cluster
-        .container_fault("n1", ContainerFault::Stop, Duration::from_secs(60))
+        .inject_machine_fault("n1", MachineFault::Stop, Duration::from_secs(60))
         .await
         .unwrap();
     let info = docker
@@ -239,18 +244,18 @@ async fn cleanup_heals_faults_left_active() {
     cluster.create_nodes(3).await.unwrap();
     let ttl = Duration::from_secs(300);
     cluster
-        .container_fault("n1", ContainerFault::Pause, ttl)
+        .inject_machine_fault("n1", MachineFault::Pause, ttl)
         .await
         .unwrap();
     cluster
-        .container_fault("n2", ContainerFault::Stop, ttl)
+        .inject_machine_fault("n2", MachineFault::Stop, ttl)
         .await
         .unwrap();
     cluster
-        .container_fault("n3", ContainerFault::Disconnect, ttl)
+        .inject_machine_fault("n3", MachineFault::Disconnect, ttl)
         .await
         .unwrap();
-    assert_eq!(cluster.container_faults().len(), 3);
+    assert_eq!(cluster.list_machine_faults().len(), 3);
     cluster.cleanup().await.unwrap();
     assert_eq!(labelled(&docker, cluster.id()).await, (0, 0));
 }
@@ -351,7 +356,7 @@ async fn agents_reached_at_published_ports_survive_a_stop() {
     let n2_ip = nodes[1].addresses()[0].to_string();
     assert!(pings(&*nodes[0], &n2_ip).await);
     let fault = cluster
-        .container_fault("n1", ContainerFault::Stop, Duration::from_secs(60))
+        .inject_machine_fault("n1", MachineFault::Stop, Duration::from_secs(60))
         .await
         .unwrap();
     fault.heal().await.unwrap();
@@ -506,7 +511,7 @@ async fn a_killed_agent_is_restarted_but_a_stopped_container_stays_stopped() {
 
     // A container_stop fault: down on purpose, not restarted until healed.
     let stop = cluster
-        .container_fault("n1", ContainerFault::Stop, Duration::from_secs(60))
+        .inject_machine_fault("n1", MachineFault::Stop, Duration::from_secs(60))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -49,6 +49,9 @@ use serde::{Deserialize, Serialize};
 
 pub mod fault;
 pub mod limits;
+pub mod machine;
+
+pub use machine::MachineFault;
 
 /// Version of this protocol; bumped on incompatible changes and reported in [`NodeInfo`].
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -399,11 +399,10 @@ enum Installed {
     Partition(PartitionHandle),
     /// Processes killed or stopped; `restart` says whether to start them at heal.
     Down { restart: bool },
-    /// Docker-level faults on the targets' containers; `restart`: the system went down with
-    /// them (a stopped container) and is started again once they are healed.
-    #[cfg(feature = "docker")]
+    /// Machine faults on the targets (the backend's, e.g. a container paused); `restart`: the
+    /// system went down with them (a stopped machine) and is started again once they are healed.
     Containers {
-        handles: Vec<chaos::backend::docker::ContainerFaultHandle>,
+        handles: Vec<chaos::MachineFaultHandle>,
         restart: bool,
     },
 }
@@ -1409,16 +1408,8 @@ impl Run {
                     Err(e) => Err(e.to_string()),
                 }
             }
-            #[cfg(feature = "docker")]
             FaultKind::ContainerPause | FaultKind::ContainerStop | FaultKind::ContainerDisconnect => {
                 self.inject_container_faults(step.kind, &targets, ttl).await
-            }
-            #[cfg(not(feature = "docker"))]
-            FaultKind::ContainerPause | FaultKind::ContainerStop | FaultKind::ContainerDisconnect => {
-                Err(format!(
-                    "`{}` needs the docker backend, and this chaos was built without it",
-                    step.kind
-                ))
             }
             FaultKind::Loss | FaultKind::Delay | FaultKind::Bandwidth => {
                 let mut handles = Vec::new();
@@ -1530,32 +1521,34 @@ impl Run {
         }
     }
 
-    /// Injects a Docker-level fault on each target's container. A stopped container takes the
+    /// Injects a machine fault (the cluster's offer) on each target. A stopped machine takes the
     /// system's process with it, so that process is reaped here and started again at heal.
-    #[cfg(feature = "docker")]
     async fn inject_container_faults(
         &mut self,
         kind: FaultKind,
         targets: &[usize],
         ttl: Duration,
     ) -> Result<(Installed, String), String> {
-        use chaos::backend::docker::{ContainerFault, DockerCluster};
+        use chaos::MachineFault;
         let cluster = self.cluster.clone().ok_or("the cluster is gone")?;
-        let Some(docker) = cluster.as_any().downcast_ref::<DockerCluster>() else {
+        let fault = match kind {
+            FaultKind::ContainerPause => MachineFault::Pause,
+            FaultKind::ContainerStop => MachineFault::Stop,
+            _ => MachineFault::Disconnect,
+        };
+        if !cluster.machine_faults().contains(&fault) {
             return Err(format!(
-                "`{kind}` acts on containers: it needs the docker backend, not {}",
+                "`{kind}` is a {fault} machine fault, which the {} backend does not offer",
                 cluster.backend()
             ));
-        };
-        let fault = match kind {
-            FaultKind::ContainerPause => ContainerFault::Pause,
-            FaultKind::ContainerStop => ContainerFault::Stop,
-            _ => ContainerFault::Disconnect,
-        };
+        }
         let system = self.system();
         let mut handles = Vec::new();
         for &i in targets {
-            match docker.container_fault(system.nodes[i].name(), fault, ttl).await {
+            match cluster
+                .inject_machine_fault(system.nodes[i].name(), fault, ttl)
+                .await
+            {
                 Ok(handle) => handles.push(handle),
                 Err(e) => {
                     for handle in &handles {
@@ -1566,7 +1559,7 @@ impl Run {
                     return Err(e.to_string());
                 }
             }
-            if fault == ContainerFault::Stop
+            if fault == MachineFault::Stop
                 && let Some(sut) = self.suts[i].take()
             {
                 let _ = tokio::time::timeout(Duration::from_secs(5), sut.process.wait()).await;
@@ -1575,9 +1568,9 @@ impl Run {
         Ok((
             Installed::Containers {
                 handles,
-                restart: fault == ContainerFault::Stop,
+                restart: fault == MachineFault::Stop,
             },
-            format!("docker {fault}"),
+            format!("{} {fault}", cluster.backend()),
         ))
     }
 
@@ -1600,7 +1593,6 @@ impl Run {
                     error = Some(e.to_string());
                 }
             }
-            #[cfg(feature = "docker")]
             Installed::Containers { handles, restart } => {
                 for handle in handles {
                     if let Err(e) = handle.heal().await {

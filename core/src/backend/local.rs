@@ -124,10 +124,6 @@ impl Cluster for LocalCluster {
         BACKEND
     }
 
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-
     async fn create_nodes(&self, count: usize) -> Result<Vec<Arc<dyn Node>>> {
         let base = self.dir().ok_or_else(|| {
             Error::backend(BACKEND, "cannot create nodes: the cluster was already cleaned up")

@@ -24,8 +24,9 @@
 //!   port of that host ([`Reach::Published`]), which the node certificate names too. Nodes always
 //!   reach each other at their container addresses.
 //!
-//! Docker-level faults (pause, stop, disconnect) are [`DockerCluster::container_fault`]; they
-//! sit next to the agent's own faults, carry a TTL and are healed by cleanup at the latest.
+//! Docker-level faults (pause, stop, disconnect) are the cluster's machine faults
+//! ([`crate::machine`], [`Cluster::inject_machine_fault`]); they sit next to the agent's own
+//! faults, carry a TTL and are healed by cleanup at the latest.
 //!
 //! Agents are supervised ([`crate::backend::supervisor`]): a container that exits because its
 //! agent died is started again (its agent heals what its predecessor recorded in the
@@ -39,8 +40,7 @@ mod keeper;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -54,13 +54,15 @@ use bollard::query_parameters::{
     RemoveContainerOptionsBuilder, StopContainerOptionsBuilder, UploadToContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
-use tokio::task::JoinHandle;
 
 use crate::agent_client::{AgentClient, AgentNode, Timeouts};
 use crate::backend::ClusterOptions;
 use crate::backend::supervisor::{AgentEvent, RestartPolicy, Supervisor};
 use crate::certs::{self, ClusterCa};
 use crate::cluster::{Cluster, Node};
+use crate::machine::{
+    self, MachineFault, MachineFaultHandle, MachineFaultHost, MachineFaultInfo, MachineFaultTable,
+};
 use crate::{Error, Result};
 use keeper::DockerKeeper;
 
@@ -325,74 +327,6 @@ async fn daemon_host_ip() -> Result<IpAddr> {
         .ok_or_else(|| backend_error(format!("DOCKER_HOST {address} resolves to no address")))
 }
 
-/// A Docker-level fault on one node's container, next to the agent's own faults.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ContainerFault {
-    /// `docker pause`: every process of the container frozen (cgroup freezer); healed by
-    /// unpausing.
-    Pause,
-    /// `docker stop`: the container's processes get SIGTERM, then SIGKILL; healed by starting
-    /// it again (its agent comes back; processes started through it do not).
-    Stop,
-    /// Disconnected from the cluster network: no packet in or out; healed by reconnecting it
-    /// with the same address and alias.
-    Disconnect,
-}
-
-impl ContainerFault {
-    /// The fault's name (`pause`, `stop`, `disconnect`).
-    pub fn name(self) -> &'static str {
-        match self {
-            ContainerFault::Pause => "pause",
-            ContainerFault::Stop => "stop",
-            ContainerFault::Disconnect => "disconnect",
-        }
-    }
-}
-
-impl std::fmt::Display for ContainerFault {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// An active [`ContainerFault`]. It heals when its TTL passes, when [`heal`](Self::heal) is
-/// called, or when the cluster is cleaned up — whichever comes first. Dropping the handle does
-/// not heal it.
-#[derive(Debug)]
-pub struct ContainerFaultHandle {
-    cluster: Weak<Inner>,
-    id: u64,
-    node: String,
-    fault: ContainerFault,
-}
-
-impl ContainerFaultHandle {
-    /// The fault's id, unique in its cluster.
-    pub fn id(&self) -> u64 {
-        self.id
-    }
-
-    /// The node it acts on.
-    pub fn node(&self) -> &str {
-        &self.node
-    }
-
-    /// What it does.
-    pub fn fault(&self) -> ContainerFault {
-        self.fault
-    }
-
-    /// Heals the fault now and waits until the node's agent answers again. Returns false when
-    /// it had already healed (TTL, cleanup). Idempotent.
-    pub async fn heal(&self) -> Result<bool> {
-        match self.cluster.upgrade() {
-            Some(inner) => inner.heal_container_fault(self.id, false).await,
-            None => Ok(false),
-        }
-    }
-}
-
 /// A cluster of container nodes. See the [module documentation](self).
 pub struct DockerCluster {
     inner: Arc<Inner>,
@@ -415,7 +349,8 @@ struct Inner {
     /// `Some(daemon host address)` when agents are reached at published ports.
     published_on: Option<IpAddr>,
     owner: String,
-    next_fault: AtomicU64,
+    /// The active container faults (pause, stop, disconnect).
+    machine_faults: MachineFaultTable,
     /// Restarts containers whose agent died; stopped before cleanup.
     supervisor: Supervisor,
     state: Mutex<State>,
@@ -448,7 +383,6 @@ enum Delivery {
 struct State {
     next_node: u32,
     nodes: Vec<NodeEntry>,
-    faults: HashMap<u64, ActiveFault>,
     /// Nodes whose container is down on purpose (a `stop` fault being injected or in place, a
     /// restart in progress): the supervisor leaves them alone until they are back.
     held_down: HashSet<String>,
@@ -460,12 +394,6 @@ struct NodeEntry {
     container: String,
     ip: Ipv4Addr,
     client: Arc<AgentClient>,
-}
-
-struct ActiveFault {
-    node: String,
-    fault: ContainerFault,
-    expiry: JoinHandle<()>,
 }
 
 /// The /24 of candidate `i`: `10.(216 + i / 256).(i % 256).0`.
@@ -601,12 +529,11 @@ impl DockerCluster {
                 tls,
                 published_on,
                 owner,
-                next_fault: AtomicU64::new(1),
+                machine_faults: MachineFaultTable::default(),
                 supervisor: Supervisor::new(RestartPolicy::default()),
                 state: Mutex::new(State {
                     next_node: 1,
                     nodes: Vec::new(),
-                    faults: HashMap::new(),
                     held_down: HashSet::new(),
                     cleaned: false,
                 }),
@@ -670,107 +597,6 @@ impl DockerCluster {
     /// The Docker client the cluster uses.
     pub fn docker(&self) -> &Docker {
         &self.inner.docker
-    }
-
-    /// Injects a Docker-level fault on `node` for at most `ttl`. Before pausing or
-    /// disconnecting, the node's agent is told to expect no heartbeat for `ttl` (plus a margin),
-    /// so it does not mistake the silence for a crashed runner.
-    pub async fn container_fault(
-        &self,
-        node: &str,
-        fault: ContainerFault,
-        ttl: Duration,
-    ) -> Result<ContainerFaultHandle> {
-        let inner = &self.inner;
-        if ttl.is_zero() || ttl > Duration::from_millis(chaos_proto::MAX_HEARTBEAT_GRACE_MS) {
-            return Err(Error::Invalid {
-                what: format!("{fault} fault on {node}"),
-                message: format!(
-                    "ttl {ttl:?} out of range: give more than zero and at most {} s",
-                    chaos_proto::MAX_HEARTBEAT_GRACE_MS / 1000
-                ),
-            });
-        }
-        let (container, client, _) = inner.node_entry(node)?;
-        {
-            let state = inner.lock();
-            if let Some((id, _)) = state.faults.iter().find(|(_, f)| f.node == node) {
-                return Err(Error::Invalid {
-                    what: format!("{fault} fault on {node}"),
-                    message: format!(
-                        "the node already has container fault #{id} ({}); heal it first",
-                        state.faults[id].fault
-                    ),
-                });
-            }
-        }
-        let context = format!("node {node}: {fault} container {container}");
-        match fault {
-            ContainerFault::Pause => {
-                client.heartbeat_with_grace(ttl + FAULT_GRACE_MARGIN).await?;
-                bounded(&context, inner.docker.pause_container(&container)).await?;
-            }
-            ContainerFault::Stop => {
-                inner.lock().held_down.insert(node.to_string());
-                let options = StopContainerOptionsBuilder::new().t(2).build();
-                if let Err(e) =
-                    bounded(&context, inner.docker.stop_container(&container, Some(options))).await
-                {
-                    inner.lock().held_down.remove(node);
-                    return Err(e);
-                }
-            }
-            ContainerFault::Disconnect => {
-                client.heartbeat_with_grace(ttl + FAULT_GRACE_MARGIN).await?;
-                let request = NetworkDisconnectRequest {
-                    container: container.clone(),
-                    force: Some(true),
-                };
-                bounded(&context, inner.docker.disconnect_network(&inner.network, request)).await?;
-            }
-        }
-        let id = inner.next_fault.fetch_add(1, Ordering::Relaxed);
-        let weak = Arc::downgrade(inner);
-        let expiry = tokio::spawn(async move {
-            tokio::time::sleep(ttl).await;
-            if let Some(inner) = weak.upgrade()
-                && let Err(e) = inner.heal_container_fault(id, true).await
-            {
-                tracing::warn!("container fault #{id} expired but did not heal: {e}");
-            }
-        });
-        inner.lock().faults.insert(
-            id,
-            ActiveFault {
-                node: node.to_string(),
-                fault,
-                expiry,
-            },
-        );
-        tracing::info!(node, %fault, ?ttl, id, "container fault injected");
-        Ok(ContainerFaultHandle {
-            cluster: Arc::downgrade(inner),
-            id,
-            node: node.to_string(),
-            fault,
-        })
-    }
-
-    /// The active container faults: id, node and fault.
-    pub fn container_faults(&self) -> Vec<(u64, String, ContainerFault)> {
-        let state = self.inner.lock();
-        let mut faults: Vec<_> = state
-            .faults
-            .iter()
-            .map(|(id, f)| (*id, f.node.clone(), f.fault))
-            .collect();
-        faults.sort_by_key(|(id, _, _)| *id);
-        faults
-    }
-
-    /// Heals every active container fault; returns how many were healed.
-    pub async fn heal_container_faults(&self) -> Result<usize> {
-        self.inner.heal_all_container_faults().await
     }
 
     /// `docker restart` of `node`'s container: its processes die, its agent comes back (healing
@@ -1218,74 +1044,74 @@ impl Inner {
             text
         }
     }
+}
 
-    /// Heals container fault `id`; false when it was not active. `from_expiry`: called by the
-    /// fault's own expiry task, which must not abort itself (it would stop at the next await).
-    async fn heal_container_fault(&self, id: u64, from_expiry: bool) -> Result<bool> {
-        let Some(fault) = self.lock().faults.remove(&id) else {
-            return Ok(false);
-        };
-        if !from_expiry {
-            fault.expiry.abort();
-        }
-        self.undo(&fault).await.map(|()| true)
+/// Docker-level faults on a node's container: the cluster's machine faults.
+#[async_trait]
+impl MachineFaultHost for Inner {
+    fn machine_fault_table(&self) -> &MachineFaultTable {
+        &self.machine_faults
     }
 
-    async fn heal_all_container_faults(&self) -> Result<usize> {
-        let faults: Vec<ActiveFault> = self.lock().faults.drain().map(|(_, f)| f).collect();
-        let count = faults.len();
-        let mut errors = Vec::new();
-        for fault in &faults {
-            fault.expiry.abort();
-        }
-        let results = futures_util::future::join_all(faults.iter().map(|f| self.undo(f))).await;
-        for result in results {
-            if let Err(e) = result {
-                errors.push(e.to_string());
+    /// Before pausing or disconnecting, the node's agent is told to expect no heartbeat for
+    /// `ttl` (plus a margin), so it does not mistake the silence for a crashed runner.
+    async fn apply_machine_fault(&self, node: &str, fault: MachineFault, ttl: Duration) -> Result<()> {
+        let (container, client, _) = self.node_entry(node)?;
+        let context = format!("node {node}: {fault} container {container}");
+        match fault {
+            MachineFault::Pause => {
+                client.heartbeat_with_grace(ttl + FAULT_GRACE_MARGIN).await?;
+                bounded(&context, self.docker.pause_container(&container)).await?;
             }
-        }
-        if errors.is_empty() {
-            Ok(count)
-        } else {
-            Err(backend_error(format!(
-                "healing container faults: {}",
-                errors.join("; ")
-            )))
-        }
-    }
-
-    /// Undoes one container fault and waits until the node's agent answers again; a stopped
-    /// node is no longer held down afterwards, whatever the outcome (the supervisor takes over).
-    async fn undo(&self, fault: &ActiveFault) -> Result<()> {
-        let result = self.undo_fault(fault).await;
-        if fault.fault == ContainerFault::Stop {
-            self.lock().held_down.remove(&fault.node);
-        }
-        result
-    }
-
-    async fn undo_fault(&self, fault: &ActiveFault) -> Result<()> {
-        let node = &fault.node;
-        let (container, client, ip) = self.node_entry(node)?;
-        let context = format!("node {node}: healing {} of container {container}", fault.fault);
-        match fault.fault {
-            ContainerFault::Pause => {
-                bounded(&context, self.docker.unpause_container(&container)).await?;
+            MachineFault::Stop => {
+                self.lock().held_down.insert(node.to_string());
+                let options = StopContainerOptionsBuilder::new().t(2).build();
+                if let Err(e) = bounded(&context, self.docker.stop_container(&container, Some(options))).await
+                {
+                    self.lock().held_down.remove(node);
+                    return Err(e);
+                }
             }
-            ContainerFault::Stop => {
-                bounded(&context, self.docker.start_container(&container, None)).await?;
-            }
-            ContainerFault::Disconnect => {
-                let request = NetworkConnectRequest {
+            MachineFault::Disconnect => {
+                client.heartbeat_with_grace(ttl + FAULT_GRACE_MARGIN).await?;
+                let request = NetworkDisconnectRequest {
                     container: container.clone(),
-                    endpoint_config: Some(self.endpoint(node, ip)),
+                    force: Some(true),
                 };
-                bounded(&context, self.docker.connect_network(&self.network, request)).await?;
+                bounded(&context, self.docker.disconnect_network(&self.network, request)).await?;
             }
         }
-        self.wait_ready(node, &container, &client).await?;
-        tracing::info!(node = %node, fault = %fault.fault, "container fault healed");
         Ok(())
+    }
+
+    /// A stopped node is no longer held down afterwards, whatever the outcome (the supervisor
+    /// takes over).
+    async fn undo_machine_fault(&self, node: &str, fault: MachineFault) -> Result<()> {
+        let undone = async {
+            let (container, client, ip) = self.node_entry(node)?;
+            let context = format!("node {node}: healing {fault} of container {container}");
+            match fault {
+                MachineFault::Pause => {
+                    bounded(&context, self.docker.unpause_container(&container)).await?;
+                }
+                MachineFault::Stop => {
+                    bounded(&context, self.docker.start_container(&container, None)).await?;
+                }
+                MachineFault::Disconnect => {
+                    let request = NetworkConnectRequest {
+                        container: container.clone(),
+                        endpoint_config: Some(self.endpoint(node, ip)),
+                    };
+                    bounded(&context, self.docker.connect_network(&self.network, request)).await?;
+                }
+            }
+            self.wait_ready(node, &container, &client).await
+        }
+        .await;
+        if fault == MachineFault::Stop {
+            self.lock().held_down.remove(node);
+        }
+        undone
     }
 }
 
@@ -1364,10 +1190,6 @@ impl Cluster for DockerCluster {
         "docker"
     }
 
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-
     async fn create_nodes(&self, count: usize) -> Result<Vec<Arc<dyn Node>>> {
         if count == 0 {
             return Ok(Vec::new());
@@ -1411,21 +1233,20 @@ impl Cluster for DockerCluster {
         }
         // No restart may race the removal.
         inner.supervisor.stop().await;
-        let faults: Vec<ActiveFault> = {
+        {
             let mut state = inner.lock();
             if state.cleaned {
                 return Ok(());
             }
             state.cleaned = true;
-            state.faults.drain().map(|(_, f)| f).collect()
-        };
+        }
+        let faults = inner.machine_faults.drain();
         let mut errors = Vec::new();
         // Unpause first: a paused agent cannot shut down gracefully, and removing a paused
         // container is refused by older daemons. Stopped and disconnected containers are simply
         // removed below.
         for fault in &faults {
-            fault.expiry.abort();
-            if fault.fault == ContainerFault::Pause {
+            if fault.fault == MachineFault::Pause {
                 let container = inner.container_name(&fault.node);
                 let _ = bounded("unpausing", inner.docker.unpause_container(&container)).await;
             }
@@ -1463,6 +1284,27 @@ impl Cluster for DockerCluster {
 
     fn agent_events(&self) -> Option<tokio::sync::broadcast::Receiver<AgentEvent>> {
         Some(self.inner.supervisor.subscribe())
+    }
+
+    fn machine_faults(&self) -> Vec<MachineFault> {
+        MachineFault::ALL.to_vec()
+    }
+
+    async fn inject_machine_fault(
+        &self,
+        node: &str,
+        fault: MachineFault,
+        ttl: Duration,
+    ) -> Result<MachineFaultHandle> {
+        machine::inject(&self.inner, node, fault, ttl).await
+    }
+
+    fn list_machine_faults(&self) -> Vec<MachineFaultInfo> {
+        self.inner.machine_faults.list()
+    }
+
+    async fn heal_all_machine_faults(&self) -> Result<Vec<MachineFaultInfo>> {
+        machine::heal_all(&*self.inner).await
     }
 }
 

@@ -669,10 +669,6 @@ impl Cluster for NetnsCluster {
         "netns"
     }
 
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-
     async fn create_nodes(&self, count: usize) -> Result<Vec<Arc<dyn Node>>> {
         if count == 0 {
             return Ok(Vec::new());
