@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use chaos::backend::{self, BackendKind};
+use chaos::backend::registry;
 
 #[path = "../../core/tests/common/mod.rs"]
 mod common;
@@ -221,8 +221,8 @@ fn signal(pid: i32, sig: i32) {
 }
 
 fn netns_available(test: &str) -> bool {
-    match backend::availability(BackendKind::Netns) {
-        Ok(()) => true,
+    match registry::available("netns") {
+        Ok(_) => true,
         Err(why) => {
             chaos_testkit::skip(test, "netns", &why);
             false
@@ -646,7 +646,7 @@ fn forward_tcp_to_unix(socket: PathBuf) -> u16 {
 #[test]
 fn docker_up_exec_fault_down_with_a_daemon_over_tcp() {
     let test = "docker_up_exec_fault_down_with_a_daemon_over_tcp";
-    if let Err(why) = backend::availability(BackendKind::Docker) {
+    if let Err(why) = registry::available("docker") {
         chaos_testkit::skip(test, "docker", &why);
         return;
     }

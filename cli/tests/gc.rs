@@ -21,7 +21,7 @@ use std::time::Duration;
 use chaos::backend::gc::{GcOptions, GcReport, collect_garbage};
 use chaos::backend::netns::{self, NetnsCluster};
 use chaos::backend::owner::{self, OwnerTag};
-use chaos::backend::{BackendKind, ClusterOptions};
+use chaos::backend::{ClusterOptions, registry};
 use chaos::{Cluster, NodeExt};
 
 #[path = "../../core/tests/common/mod.rs"]
@@ -35,8 +35,8 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const BOUND: Duration = Duration::from_secs(60);
 
 fn netns_available(test: &str) -> bool {
-    match chaos::backend::availability(BackendKind::Netns) {
-        Ok(()) => true,
+    match registry::available("netns") {
+        Ok(_) => true,
         Err(why) => {
             chaos_testkit::skip(test, "netns", &why);
             false
@@ -173,9 +173,9 @@ async fn a_killed_runners_netns_cluster_is_collected_and_a_live_one_kept() {
         .expect("creating a live node")
         .remove(0);
     let live_footprint = Footprint::record(
-        live.index(),
-        live.cgroup_dir().to_path_buf(),
-        live.dir().to_path_buf(),
+        live.provisioner().index(),
+        live.provisioner().cgroup_dir().to_path_buf(),
+        live.provisioner().dir().to_path_buf(),
     );
     let live_before = live_footprint.resources();
 
@@ -249,7 +249,7 @@ async fn a_killed_runners_netns_cluster_is_collected_and_a_live_one_kept() {
     assert!(stdout.lines().any(|l| l == line), "{line:?} missing:\n{stdout}");
     assert!(
         stdout.lines().any(|l| l.starts_with("kept: netns: cluster #")
-            && l.contains(&format!("#{} ", live.index()))
+            && l.contains(&format!("#{} ", live.provisioner().index()))
             && l.contains(&format!("runner pid {} alive", std::process::id()))),
         "the live cluster is not reported kept:\n{stdout}"
     );
@@ -430,9 +430,9 @@ async fn a_runner_killed_at_any_instant_is_collected_without_all() {
         .expect("creating a live node")
         .remove(0);
     let live_footprint = Footprint::record(
-        live.index(),
-        live.cgroup_dir().to_path_buf(),
-        live.dir().to_path_buf(),
+        live.provisioner().index(),
+        live.provisioner().cgroup_dir().to_path_buf(),
+        live.provisioner().dir().to_path_buf(),
     );
     let live_before = live_footprint.resources();
 
@@ -1173,7 +1173,7 @@ mod docker {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_killed_runners_docker_cluster_is_collected() {
         let test = "a_killed_runners_docker_cluster_is_collected";
-        if let Err(why) = chaos::backend::availability(chaos::backend::BackendKind::Docker) {
+        if let Err(why) = chaos::backend::registry::available("docker") {
             eprintln!("{test}: skipped: {why}");
             return;
         }

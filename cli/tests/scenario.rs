@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use chaos::backend::{self, BackendKind};
+use chaos::backend::registry;
 
 fn chaos(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_chaos"))
@@ -26,8 +26,8 @@ fn raft_toml() -> PathBuf {
 }
 
 /// Why a real etcd cluster cannot run on `kind` here, if it cannot.
-fn etcd_unavailable(kind: BackendKind) -> Option<String> {
-    if let Err(why) = backend::availability(kind) {
+fn etcd_unavailable(kind: &str) -> Option<String> {
+    if let Err(why) = registry::available(kind) {
         return Some(why);
     }
     for bin in ["etcd", "etcdctl"] {
@@ -197,14 +197,14 @@ fn plans_are_byte_identical_per_seed_and_differ_across_seeds() {
 /// the history is linearizable, the run directory is complete and nothing is left behind.
 #[test]
 fn raft_one_round_passes_against_real_etcd() {
-    raft_one_round(BackendKind::Netns);
+    raft_one_round("netns");
 }
 
 /// The same scenario file, unchanged, on containers: etcd and etcdctl shipped into nodes of the
 /// default image.
 #[test]
 fn raft_one_round_passes_on_docker() {
-    raft_one_round(BackendKind::Docker);
+    raft_one_round("docker");
     let left = std::process::Command::new("docker")
         .args(["ps", "-aq", "--filter", "label=io.chaos.cluster"])
         .output()
@@ -219,7 +219,7 @@ fn raft_one_round_passes_on_docker() {
 #[test]
 fn container_faults_in_a_scenario_recover_on_docker() {
     let test = "container_faults_in_a_scenario_recover_on_docker";
-    if let Some(why) = etcd_unavailable(BackendKind::Docker) {
+    if let Some(why) = etcd_unavailable("docker") {
         chaos_testkit::skip(test, "etcd", &why);
         return;
     }
@@ -310,7 +310,7 @@ fn container_faults_in_a_scenario_recover_on_docker() {
     );
 }
 
-fn raft_one_round(kind: BackendKind) {
+fn raft_one_round(kind: &str) {
     if let Some(why) = etcd_unavailable(kind) {
         chaos_testkit::skip(&format!("raft_one_round on {kind}"), "etcd", &why);
         return;
@@ -324,7 +324,7 @@ fn raft_one_round(kind: BackendKind) {
         "--seed",
         "42",
         "--backend",
-        kind.name(),
+        kind,
         "--out",
         out_dir.path().to_str().unwrap(),
     ]);
@@ -539,7 +539,7 @@ fn violated_invariant_exits_1_with_a_replay_line_that_reproduces_the_plan() {
 /// runner could collect the nodes' logs.
 #[test]
 fn ctrl_c_heals_stops_and_cleans_up() {
-    if let Some(why) = etcd_unavailable(BackendKind::Netns) {
+    if let Some(why) = etcd_unavailable("netns") {
         chaos_testkit::skip("ctrl_c_heals_stops_and_cleans_up", "etcd", &why);
         return;
     }
@@ -872,7 +872,7 @@ duration = "6s"
 #[test]
 fn a_killed_agent_is_restarted_and_recorded_in_the_run_events() {
     let test = "a_killed_agent_is_restarted_and_recorded_in_the_run_events";
-    if let Err(why) = backend::availability(BackendKind::Netns) {
+    if let Err(why) = registry::available("netns") {
         chaos_testkit::skip(test, "netns", &why);
         return;
     }
@@ -909,7 +909,7 @@ fn a_killed_agent_is_restarted_and_recorded_in_the_run_events() {
         std::thread::sleep(Duration::from_millis(20));
     }
     // n1's agent, found through the cluster's state file, which names this run's runner.
-    let record: serde_json::Value = std::fs::read_dir(backend::netns::STATE_DIR)
+    let record: serde_json::Value = std::fs::read_dir(chaos::backend::netns::STATE_DIR)
         .unwrap()
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))

@@ -61,7 +61,7 @@ async fn cluster(name: &str, made: &mut Made) -> DockerCluster {
     let c = DockerCluster::new(options, DockerOptions::default())
         .await
         .unwrap_or_else(|e| panic!("creating a docker cluster: {e}"));
-    made.push(c.id().to_string());
+    made.push(c.provisioner().id().to_string());
     c
 }
 
@@ -201,25 +201,25 @@ async fn bare_containers(docker: &Docker, cluster: &DockerCluster, n: usize) -> 
     use bollard::query_parameters::CreateContainerOptionsBuilder;
     let t = Instant::now();
     let starts = (0..n).map(|i| async move {
-        let name = format!("{}-bare{i}", cluster.container_name("x"));
+        let name = format!("{}-bare{i}", cluster.provisioner().container_name("x"));
         let body = ContainerCreateBody {
-            image: Some(cluster.image().to_string()),
+            image: Some(cluster.provisioner().image().to_string()),
             entrypoint: Some(vec!["/bin/sleep".into()]),
             cmd: Some(vec!["600".into()]),
             volumes: Some(vec!["/chaos/root".into()]),
             labels: Some(HashMap::from([(
                 LABEL_CLUSTER.to_string(),
-                cluster.id().to_string(),
+                cluster.provisioner().id().to_string(),
             )])),
             host_config: Some(HostConfig {
                 cap_add: Some(vec!["NET_ADMIN".into()]),
                 init: Some(true),
-                network_mode: Some(cluster.network().to_string()),
+                network_mode: Some(cluster.provisioner().network().to_string()),
                 ..Default::default()
             }),
             networking_config: Some(NetworkingConfig {
                 endpoints_config: Some(HashMap::from([(
-                    cluster.network().to_string(),
+                    cluster.provisioner().network().to_string(),
                     EndpointSettings {
                         aliases: Some(vec![format!("bare{i}")]),
                         ..Default::default()
@@ -269,7 +269,7 @@ async fn run() {
         let (took, t1) = (t.elapsed(), SystemTime::now());
         single.push(took);
         phases
-            .record(&docker, &c.container_name(node.name()), t0, t1)
+            .record(&docker, &c.provisioner().container_name(node.name()), t0, t1)
             .await;
     }
     c.cleanup().await.expect("cleanup");
@@ -302,7 +302,7 @@ async fn run() {
     // `true` through the agent vs `docker exec` (CLI and API), interleaved.
     let c = cluster("bench-docker-true", &mut made).await;
     let node: Arc<dyn Node> = c.create_nodes(1).await.expect("creating a node").remove(0);
-    let container = c.container_name(node.name());
+    let container = c.provisioner().container_name(node.name());
     for _ in 0..5 {
         node.run("true", Vec::<String>::new()).await.expect("warm-up run");
         docker_cli(&["exec", &container, "true"]).await;

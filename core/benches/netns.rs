@@ -71,7 +71,7 @@ async fn run() {
     // `true` through the agent vs `ip netns exec`, interleaved so both see the same machine load.
     let c = cluster("bench-true").await;
     let node = c.create_nodes(1).await.expect("creating a node").remove(0);
-    let ns = c.node_netns(node.name()).expect("node namespace");
+    let ns = c.provisioner().node_netns(node.name()).expect("node namespace");
     for _ in 0..10 {
         node.run("true", Vec::<String>::new()).await.expect("warm-up run");
     }
@@ -99,7 +99,10 @@ async fn run() {
     // Partition inject + heal through the runner vs shelling out to iptables in the node.
     let c = cluster("bench-partition").await;
     let nodes = c.create_nodes(2).await.expect("creating two nodes");
-    let ns = c.node_netns(nodes[0].name()).expect("node namespace");
+    let ns = c
+        .provisioner()
+        .node_netns(nodes[0].name())
+        .expect("node namespace");
     let peer = nodes[1].addresses()[0].to_string();
     let fault = Fault::Partition {
         traffic: Traffic::with([Peer::Node(nodes[1].name().to_string())]),

@@ -754,15 +754,28 @@ impl ProcessControl for AgentProcess {
 pub struct AgentNode {
     client: Arc<AgentClient>,
     addresses: Vec<IpAddr>,
+    interfaces: Vec<String>,
     root_dir: String,
 }
 
 impl AgentNode {
-    /// A node served by `client`, reachable by peers at `addresses`, owning `root_dir`.
+    /// A node served by `client`, reachable by peers at `addresses`, owning `root_dir`, with no
+    /// known interfaces.
     pub fn new(client: Arc<AgentClient>, addresses: Vec<IpAddr>, root_dir: impl Into<String>) -> Self {
+        Self::with_interfaces(client, addresses, Vec::new(), root_dir)
+    }
+
+    /// Like [`AgentNode::new`], with the node's interfaces on the cluster network (main first).
+    pub fn with_interfaces(
+        client: Arc<AgentClient>,
+        addresses: Vec<IpAddr>,
+        interfaces: Vec<String>,
+        root_dir: impl Into<String>,
+    ) -> Self {
         Self {
             client,
             addresses,
+            interfaces,
             root_dir: root_dir.into(),
         }
     }
@@ -785,6 +798,10 @@ impl Node for AgentNode {
 
     fn root_dir(&self) -> &str {
         &self.root_dir
+    }
+
+    fn interfaces(&self) -> &[String] {
+        &self.interfaces
     }
 
     async fn start(&self, spec: ProcSpec) -> Result<Process> {

@@ -61,6 +61,23 @@ pub trait Cluster: Send + Sync {
         None
     }
 
+    /// The CA certificate (PEM) and runner identity another process needs to drive this
+    /// cluster's agents (`chaos up` writes them for `chaos exec`); `None` without agents.
+    fn agent_access(&self) -> Option<(&str, &crate::certs::Identity)> {
+        None
+    }
+
+    /// Where the runner reaches `node`'s agent; `None` without agents or for an unknown node.
+    fn agent_address(&self, node: &str) -> Option<std::net::SocketAddr> {
+        let _ = node;
+        None
+    }
+
+    /// Facts about the cluster worth showing (its index, network, state file…), by name.
+    fn describe(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+
     // Machine faults: what the backend can do to a node's whole machine from outside it
     // (`crate::machine`). Defaults: a backend that offers none.
 
@@ -124,6 +141,13 @@ pub trait Node: Send + Sync {
     /// A directory on the node that belongs to this node alone; paths in tests should be built
     /// from it, since the layout differs between backends.
     fn root_dir(&self) -> &str;
+
+    /// The node's network interfaces on the cluster network, the main one first, as its backend
+    /// reported them; empty when the node has none of its own (`local`). Faults acting on an
+    /// interface default to the first — never to an assumed name.
+    fn interfaces(&self) -> &[String] {
+        &[]
+    }
 
     /// Starts a process. Piped stdio is available on the returned [`Process`].
     async fn start(&self, spec: ProcSpec) -> Result<Process>;

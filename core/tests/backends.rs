@@ -1,5 +1,5 @@
 //! The backend test suite: the same checks on every backend available on this machine (see
-//! `common::on_every_backend`), plus checks specific to `local`.
+//! `chaos::backend_tests!`: one test per backend, e.g. `stdio_round_trips_binary_data::netns`), plus checks specific to `local`.
 
 mod common;
 
@@ -10,10 +10,7 @@ use chaos::backend::ClusterOptions;
 use chaos::backend::local::LocalCluster;
 use chaos::proto::{ErrorKind, FileType, OutputSpec, StdinSpec};
 use chaos::{Cluster, Error, Node, NodeExt, ProcSpec, Signal};
-use common::{
-    PseudoRandomReader, StreamHash, alive_here, alive_on, gone_within, hash_reader, on_every_backend,
-    one_node,
-};
+use common::{PseudoRandomReader, StreamHash, alive_here, alive_on, gone_within, hash_reader, one_node};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
 /// Bound on anything in these tests that should be quick.
@@ -37,9 +34,9 @@ async fn read_lines(reader: &mut BufReader<chaos::cluster::ByteReader>, n: usize
     lines
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stdio_round_trips_binary_data() {
-    on_every_backend("stdio_round_trips_binary_data", async |cluster| {
+chaos::backend_tests!(stdio_round_trips_binary_data);
+async fn stdio_round_trips_binary_data(cluster: Arc<dyn Cluster>) {
+    {
         let node = one_node(&*cluster).await;
         // Every byte value, several times, so a text/UTF-8 conversion anywhere would show.
         let data: Vec<u8> = (0..4).flat_map(|_| 0..=255u8).collect();
@@ -61,8 +58,7 @@ async fn stdio_round_trips_binary_data() {
         let out = node.run_spec(sh("cat >&2"), Some(data.clone())).await.unwrap();
         assert!(out.stdout.is_empty());
         assert_eq!(out.stderr, data);
-    })
-    .await;
+    }
 }
 
 /// The bytes `seq 1 n` prints, hashed.
@@ -97,12 +93,12 @@ fn seq_hash(n: u64) -> StreamHash {
     hash
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stdout_streams_100_mb() {
+chaos::backend_tests!(stdout_streams_100_mb);
+async fn stdout_streams_100_mb(cluster: Arc<dyn Cluster>) {
     const N: u64 = 12_500_000; // `seq 1 N` prints 101.4 MB.
     let expected = seq_hash(N);
     assert!(expected.len() >= 100_000_000);
-    on_every_backend("stdout_streams_100_mb", async |cluster| {
+    {
         let node = one_node(&*cluster).await;
         let mut proc = node
             .start(ProcSpec::new("seq", ["1".to_string(), N.to_string()]))
@@ -118,13 +114,12 @@ async fn stdout_streams_100_mb() {
         assert!(status.success(), "{status:?}");
         assert_eq!(got.len(), expected.len());
         assert_eq!(got.finish(), expected.finish(), "stdout differs from `seq 1 {N}`");
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exit_codes_and_signals_are_reported() {
-    on_every_backend("exit_codes_and_signals_are_reported", async |cluster| {
+chaos::backend_tests!(exit_codes_and_signals_are_reported);
+async fn exit_codes_and_signals_are_reported(cluster: Arc<dyn Cluster>) {
+    {
         let node = one_node(&*cluster).await;
         let out = node.run_spec(sh("exit 7"), None).await.unwrap();
         assert_eq!((out.status.code, out.status.signal), (Some(7), None));
@@ -146,13 +141,12 @@ async fn exit_codes_and_signals_are_reported() {
         assert_eq!(a.signal, Some(rt.0));
         assert_eq!(a, b);
         assert_eq!(proc.wait().await.unwrap(), a);
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn signal_group_kills_the_whole_tree() {
-    on_every_backend("signal_group_kills_the_whole_tree", async |cluster| {
+chaos::backend_tests!(signal_group_kills_the_whole_tree);
+async fn signal_group_kills_the_whole_tree(cluster: Arc<dyn Cluster>) {
+    {
         let node = one_node(&*cluster).await;
         let mut proc = node
             .start(sh("sleep 100 & echo $!; sleep 100 & echo $!; wait"))
@@ -182,14 +176,13 @@ async fn signal_group_kills_the_whole_tree() {
         for pid in children {
             assert!(!alive_on(&*node, pid).await, "child {pid} survived signal_group");
         }
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn file_of_1_gib_round_trips() {
+chaos::backend_tests!(file_of_1_gib_round_trips);
+async fn file_of_1_gib_round_trips(cluster: Arc<dyn Cluster>) {
     const LEN: u64 = 1 << 30;
-    on_every_backend("file_of_1_gib_round_trips", async |cluster| {
+    {
         let node = one_node(&*cluster).await;
         let path = format!("{}/big/file.bin", node.root_dir());
         let source = PseudoRandomReader::new(0x5eed, LEN);
@@ -210,49 +203,44 @@ async fn file_of_1_gib_round_trips() {
             "the file read back differs from the file sent"
         );
         node.remove(&path, false).await.unwrap();
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn local_files_upload_and_download_with_their_mode() {
+chaos::backend_tests!(local_files_upload_and_download_with_their_mode);
+async fn local_files_upload_and_download_with_their_mode(cluster: Arc<dyn Cluster>) {
     use std::os::unix::fs::PermissionsExt;
-    on_every_backend(
-        "local_files_upload_and_download_with_their_mode",
-        async |cluster| {
-            let node = one_node(&*cluster).await;
-            let local = tempfile::tempdir().unwrap();
-            let source = local.path().join("tool.sh");
-            // More than one buffer's worth, not a multiple of it.
-            let data: Vec<u8> = (0..3_000_001u32).map(|i| (i % 251) as u8).collect();
-            std::fs::write(&source, &data).unwrap();
-            std::fs::set_permissions(&source, std::fs::Permissions::from_mode(0o750)).unwrap();
-            let remote = format!("{}/up/tool.sh", node.root_dir());
-            assert_eq!(node.upload(&source, &remote).await.unwrap(), data.len() as u64);
-            let stat = node.stat(&remote).await.unwrap();
-            assert_eq!((stat.size, stat.mode), (data.len() as u64, 0o750));
-            let back = local.path().join("back.bin");
-            assert_eq!(node.download(&remote, &back).await.unwrap(), data.len() as u64);
-            assert!(std::fs::read(&back).unwrap() == data, "downloaded bytes differ");
+    {
+        let node = one_node(&*cluster).await;
+        let local = tempfile::tempdir().unwrap();
+        let source = local.path().join("tool.sh");
+        // More than one buffer's worth, not a multiple of it.
+        let data: Vec<u8> = (0..3_000_001u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&source, &data).unwrap();
+        std::fs::set_permissions(&source, std::fs::Permissions::from_mode(0o750)).unwrap();
+        let remote = format!("{}/up/tool.sh", node.root_dir());
+        assert_eq!(node.upload(&source, &remote).await.unwrap(), data.len() as u64);
+        let stat = node.stat(&remote).await.unwrap();
+        assert_eq!((stat.size, stat.mode), (data.len() as u64, 0o750));
+        let back = local.path().join("back.bin");
+        assert_eq!(node.download(&remote, &back).await.unwrap(), data.len() as u64);
+        assert!(std::fs::read(&back).unwrap() == data, "downloaded bytes differ");
 
-            let err = node
-                .download(&format!("{}/missing", node.root_dir()), &back)
-                .await
-                .unwrap_err();
-            assert!(err.is_not_found(), "{err}");
-            let err = node
-                .upload(&local.path().join("missing"), &remote)
-                .await
-                .unwrap_err();
-            assert!(err.to_string().contains("missing"), "{err}");
-        },
-    )
-    .await;
+        let err = node
+            .download(&format!("{}/missing", node.root_dir()), &back)
+            .await
+            .unwrap_err();
+        assert!(err.is_not_found(), "{err}");
+        let err = node
+            .upload(&local.path().join("missing"), &remote)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn files_can_be_listed_stated_and_removed() {
-    on_every_backend("files_can_be_listed_stated_and_removed", async |cluster| {
+chaos::backend_tests!(files_can_be_listed_stated_and_removed);
+async fn files_can_be_listed_stated_and_removed(cluster: Arc<dyn Cluster>) {
+    {
         let node = one_node(&*cluster).await;
         let dir = format!("{}/a/b", node.root_dir());
         node.send_bytes(&format!("{dir}/x"), b"12345".to_vec(), 0o640)
@@ -280,13 +268,12 @@ async fn files_can_be_listed_stated_and_removed() {
         assert_eq!(err.kind(), Some(ErrorKind::Conflict), "{err}");
         node.remove(&parent, true).await.unwrap();
         assert!(node.stat(&parent).await.unwrap_err().is_not_found());
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn missing_things_are_not_found() {
-    on_every_backend("missing_things_are_not_found", async |cluster| {
+chaos::backend_tests!(missing_things_are_not_found);
+async fn missing_things_are_not_found(cluster: Arc<dyn Cluster>) {
+    {
         let node = one_node(&*cluster).await;
         let missing = format!("{}/no/such/file", node.root_dir());
         let read = tokio::time::timeout(QUICK, node.read_file(&missing))
@@ -298,13 +285,12 @@ async fn missing_things_are_not_found() {
         assert!(node.stat(&missing).await.unwrap_err().is_not_found());
         assert!(node.list_dir(&missing).await.unwrap_err().is_not_found());
         assert!(node.remove(&missing, true).await.unwrap_err().is_not_found());
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn missing_command_is_named_without_hanging() {
-    on_every_backend("missing_command_is_named_without_hanging", async |cluster| {
+chaos::backend_tests!(missing_command_is_named_without_hanging);
+async fn missing_command_is_named_without_hanging(cluster: Arc<dyn Cluster>) {
+    {
         let node = one_node(&*cluster).await;
         let started = tokio::time::timeout(QUICK, node.start(ProcSpec::new("chaos-no-such-command", ["x"])))
             .await
@@ -318,13 +304,12 @@ async fn missing_command_is_named_without_hanging() {
         let err = node.start(spec).await.expect_err("a missing cwd fails");
         assert!(err.is_not_found(), "{err}");
         assert!(err.to_string().contains("no-such-dir"), "{err}");
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn process_spec_options_are_honoured() {
-    on_every_backend("process_spec_options_are_honoured", async |cluster| {
+chaos::backend_tests!(process_spec_options_are_honoured);
+async fn process_spec_options_are_honoured(cluster: Arc<dyn Cluster>) {
+    {
         let node = one_node(&*cluster).await;
         let root = node.root_dir().to_string();
 
@@ -367,13 +352,12 @@ async fn process_spec_options_are_honoured() {
         };
         node.run_spec(spec, None).await.unwrap();
         assert_eq!(node.read_bytes(&log).await.unwrap(), b"three\n");
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn run_timeout_kills_the_process() {
-    on_every_backend("run_timeout_kills_the_process", async |cluster| {
+chaos::backend_tests!(run_timeout_kills_the_process);
+async fn run_timeout_kills_the_process(cluster: Arc<dyn Cluster>) {
+    {
         let node = one_node(&*cluster).await;
         let pid_file = format!("{}/pid", node.root_dir());
         let spec = sh(&format!("echo $$ > {pid_file}; exec sleep 100"));
@@ -394,13 +378,12 @@ async fn run_timeout_kills_the_process() {
             gone_within(QUICK, async || alive_on(&*node, pid).await).await,
             "pid {pid} survived the timeout"
         );
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dialing_a_closed_port_is_unreachable() {
-    on_every_backend("dialing_a_closed_port_is_unreachable", async |cluster| {
+chaos::backend_tests!(dialing_a_closed_port_is_unreachable);
+async fn dialing_a_closed_port_is_unreachable(cluster: Arc<dyn Cluster>) {
+    {
         let node = one_node(&*cluster).await;
         // A port that was just free on the runner's loopback (and so on any node's).
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -415,13 +398,12 @@ async fn dialing_a_closed_port_is_unreachable() {
         let err = dialed.err().expect("nothing listens");
         assert_eq!(err.kind(), Some(ErrorKind::Unreachable), "{err}");
         assert!(err.to_string().contains(&addr), "{err}");
-    })
-    .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cleanup_leaves_no_process_or_directory_behind() {
-    on_every_backend("cleanup_leaves_no_process_or_directory_behind", async |cluster| {
+chaos::backend_tests!(cleanup_leaves_no_process_or_directory_behind);
+async fn cleanup_leaves_no_process_or_directory_behind(cluster: Arc<dyn Cluster>) {
+    {
         if !matches!(cluster.backend(), "local" | "netns") {
             eprintln!(
                 "skipping: {} nodes do not share this host's pid namespace",
@@ -456,8 +438,7 @@ async fn cleanup_leaves_no_process_or_directory_behind() {
         for dir in dirs {
             assert!(!std::path::Path::new(&dir).exists(), "{dir} survived cleanup");
         }
-    })
-    .await;
+    }
 }
 
 // ---- local only ----------------------------------------------------------------------------

@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 
 use chaos::MachineFault;
 use chaos::backend::docker::{self, DockerCluster, DockerOptions, LABEL_CLUSTER};
-use chaos::backend::{self, BackendKind, ClusterOptions};
+use chaos::backend::{ClusterOptions, registry};
 use chaos::{Cluster, Node, NodeExt, ProcSpec};
 
 /// A docker cluster for `test`, or `None` (with the reason printed) when Docker is unavailable.
 async fn cluster(test: &str) -> Option<DockerCluster> {
-    if let Err(why) = backend::availability(BackendKind::Docker) {
+    if let Err(why) = registry::available("docker") {
         chaos_testkit::skip(test, "docker", &why);
         return None;
     }
@@ -83,11 +83,11 @@ async fn nodes_reach_each_other_by_address_and_name_and_leave_nothing() {
     assert!(ok, "{text}");
     let (ok, text) = sh(&*nodes[1], "hostname; cat /proc/1/comm").await;
     assert!(ok && text.starts_with("n2\n"), "{text}");
-    assert_eq!(labelled(&docker, cluster.id()).await, (3, 1));
+    assert_eq!(labelled(&docker, cluster.provisioner().id()).await, (3, 1));
 
     cluster.cleanup().await.unwrap();
     assert_eq!(
-        labelled(&docker, cluster.id()).await,
+        labelled(&docker, cluster.provisioner().id()).await,
         (0, 0),
         "containers or network left"
     );
@@ -206,7 +206,7 @@ async fn disconnect_and_stop_cut_a_node_off_and_heal_back() {
         .await
         .unwrap();
     let info = docker
-        .inspect_container(&cluster.container_name("n1"), None)
+        .inspect_container(&cluster.provisioner().container_name("n1"), None)
         .await
         .unwrap();
     assert_eq!(info.state.and_then(|s| s.running), Some(false));
@@ -229,7 +229,7 @@ async fn disconnect_and_stop_cut_a_node_off_and_heal_back() {
     assert!(sh(n2, "true").await.0);
     cluster.cleanup().await.unwrap();
     assert_eq!(
-        labelled(&docker, cluster.id()).await,
+        labelled(&docker, cluster.provisioner().id()).await,
         (0, 0),
         "left after cleanup"
     );
@@ -257,7 +257,7 @@ async fn cleanup_heals_faults_left_active() {
         .unwrap();
     assert_eq!(cluster.list_machine_faults().len(), 3);
     cluster.cleanup().await.unwrap();
-    assert_eq!(labelled(&docker, cluster.id()).await, (0, 0));
+    assert_eq!(labelled(&docker, cluster.provisioner().id()).await, (0, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -288,7 +288,7 @@ async fn agent_partition_between_containers_with_real_traffic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_image_is_a_clear_error_and_creates_nothing() {
-    if let Err(why) = backend::availability(BackendKind::Docker) {
+    if let Err(why) = registry::available("docker") {
         chaos_testkit::skip(
             "a_missing_image_is_a_clear_error_and_creates_nothing",
             "docker",
@@ -329,7 +329,7 @@ async fn a_missing_image_is_a_clear_error_and_creates_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_reached_at_published_ports_survive_a_stop() {
     let test = "agents_reached_at_published_ports_survive_a_stop";
-    if let Err(why) = backend::availability(BackendKind::Docker) {
+    if let Err(why) = registry::available("docker") {
         chaos_testkit::skip(test, "docker", &why);
         return;
     }
@@ -343,11 +343,12 @@ async fn agents_reached_at_published_ports_survive_a_stop() {
         ..DockerOptions::default()
     };
     let cluster = DockerCluster::new(options, docker_options).await.unwrap();
-    assert_eq!(cluster.reach(), docker::Reach::Published);
+    assert_eq!(cluster.provisioner().reach(), docker::Reach::Published);
     let nodes = cluster.create_nodes(2).await.unwrap();
     let info = cluster
+        .provisioner()
         .docker()
-        .inspect_container(&cluster.container_name("n1"), None)
+        .inspect_container(&cluster.provisioner().container_name("n1"), None)
         .await
         .unwrap();
     let published = format!("{:?}", info.host_config.and_then(|h| h.port_bindings));
@@ -401,7 +402,7 @@ fn build_user_image(tag: &str) -> Result<(), String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_users_local_image_runs_the_agent_copied_in() {
     let test = "a_users_local_image_runs_the_agent_copied_in";
-    if let Err(why) = backend::availability(BackendKind::Docker) {
+    if let Err(why) = registry::available("docker") {
         chaos_testkit::skip(test, "docker", &why);
         return;
     }
@@ -419,7 +420,7 @@ async fn a_users_local_image_runs_the_agent_copied_in() {
             ..DockerOptions::default()
         };
         let cluster = DockerCluster::new(options, docker_options).await.unwrap();
-        assert_eq!(cluster.image(), tag);
+        assert_eq!(cluster.provisioner().image(), tag);
         let nodes = cluster.create_nodes(2).await.unwrap();
         let out = nodes[0]
             .run("/bin/busybox", ["cat", "/app/hello.txt"])
@@ -431,8 +432,9 @@ async fn a_users_local_image_runs_the_agent_copied_in() {
             "upload {upload_files}"
         );
         let info = cluster
+            .provisioner()
             .docker()
-            .inspect_container(&cluster.container_name("n1"), None)
+            .inspect_container(&cluster.provisioner().container_name("n1"), None)
             .await
             .unwrap();
         let entrypoint = info.config.and_then(|c| c.entrypoint).unwrap_or_default();
@@ -459,9 +461,9 @@ async fn a_users_local_image_runs_the_agent_copied_in() {
         assert!(!ping(nodes[0].clone(), n2.clone()).await, "n1 is cut from n2");
         assert!(cut.heal().await.unwrap());
         assert!(ping(nodes[0].clone(), n2.clone()).await, "healed");
-        let id = cluster.id().to_string();
+        let id = cluster.provisioner().id().to_string();
         cluster.cleanup().await.unwrap();
-        assert_eq!(labelled(cluster.docker(), &id).await, (0, 0));
+        assert_eq!(labelled(cluster.provisioner().docker(), &id).await, (0, 0));
     }
 }
 
@@ -496,7 +498,7 @@ async fn a_killed_agent_is_restarted_but_a_stopped_container_stays_stopped() {
     let docker = docker::connect().await.unwrap();
     let nodes = cluster.create_nodes(1).await.unwrap();
     let n1 = &*nodes[0];
-    let container = cluster.container_name("n1");
+    let container = cluster.provisioner().container_name("n1");
     let running = async || {
         docker
             .inspect_container(&container, None)
@@ -555,7 +557,7 @@ async fn a_killed_agent_is_restarted_but_a_stopped_container_stays_stopped() {
     assert!(ok && text == "back\n", "{text}");
     cluster.cleanup().await.unwrap();
     assert_eq!(
-        labelled(&docker, cluster.id()).await,
+        labelled(&docker, cluster.provisioner().id()).await,
         (0, 0),
         "left after cleanup"
     );

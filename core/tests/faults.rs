@@ -19,7 +19,7 @@ use std::time::Duration;
 
 #[cfg(feature = "docker")]
 use chaos::backend::docker::{DockerCluster, DockerOptions};
-use chaos::backend::{self, BackendKind, ClusterOptions};
+use chaos::backend::{Backend, ClusterOptions, registry};
 use chaos::faults::{self, Effect, Fault, Peer, ProcessTarget, Shape, Traffic};
 use chaos::proto::fault::{Direction, Distribution, Mechanism};
 use chaos::proto::{ErrorKind, OutputSpec};
@@ -123,21 +123,24 @@ fn perl_available(test: &str) -> bool {
     ok
 }
 
-/// The backends whose nodes have their own network stack, where network faults are measured.
-const NETWORK_BACKENDS: [BackendKind; 2] = [BackendKind::Netns, BackendKind::Docker];
+/// The registered backends whose nodes have their own network stack, where network faults are
+/// measured.
+fn network_backends() -> impl Iterator<Item = &'static Backend> {
+    registry::all().iter().filter(|b| b.isolated_network)
+}
 
 /// Runs `check` on a fresh cluster of `n` nodes, with the traffic tool on each, of every
-/// [`NETWORK_BACKENDS`] backend available here, and cleans each up. Skips, saying why, what
+/// [`network_backends`] backend available here, and cleans each up. Skips, saying why, what
 /// cannot run.
 async fn on_network_backends<F, Fut>(test: &str, n: usize, check: F)
 where
-    F: Fn(BackendKind, Vec<Arc<dyn Node>>) -> Fut,
+    F: Fn(&'static Backend, Vec<Arc<dyn Node>>) -> Fut,
     Fut: Future<Output = ()>,
 {
     if !perl_available(test) {
         return;
     }
-    for kind in NETWORK_BACKENDS {
+    for kind in network_backends() {
         let Some(cluster) = agent_cluster(test, kind).await else {
             continue;
         };
@@ -155,18 +158,18 @@ where
 
 /// An empty cluster of `kind`, or `None` (having said why). Docker nodes get an image with
 /// perl in it, for the traffic tool.
-async fn agent_cluster(test: &str, kind: BackendKind) -> Option<Arc<dyn Cluster>> {
-    if let Err(why) = backend::availability(kind) {
-        chaos_testkit::skip(test, &kind.to_string(), &why);
+async fn agent_cluster(test: &str, kind: &'static Backend) -> Option<Arc<dyn Cluster>> {
+    if let Err(why) = kind.availability() {
+        chaos_testkit::skip(test, kind.name, &why);
         return None;
     }
     let options = ClusterOptions {
         name: test.to_string(),
         ..ClusterOptions::default()
     };
-    let cluster: Arc<dyn Cluster> = match kind {
+    let cluster: Arc<dyn Cluster> = match kind.name {
         #[cfg(feature = "docker")]
-        BackendKind::Docker => {
+        "docker" => {
             let docker = DockerOptions {
                 include: perl_include(),
                 ..DockerOptions::default()
@@ -177,7 +180,8 @@ async fn agent_cluster(test: &str, kind: BackendKind) -> Option<Arc<dyn Cluster>
                     .unwrap_or_else(|e| panic!("{test}: creating a docker cluster: {e}")),
             )
         }
-        _ => backend::new_cluster(kind, options)
+        _ => kind
+            .create(options)
             .await
             .unwrap_or_else(|e| panic!("{test}: creating a {kind} cluster: {e}")),
     };
@@ -633,7 +637,7 @@ async fn shapes_on_five_nodes_match_real_reachability() {
 async fn unsupported_faults_name_what_is_missing() {
     let test = "faults_unsupported";
     // The local backend cannot isolate one node's traffic and says so.
-    let local = backend::new_cluster(BackendKind::Local, ClusterOptions::default())
+    let local = chaos::backend::new_cluster("local", ClusterOptions::default())
         .await
         .unwrap();
     let local_nodes = local.create_nodes(2).await.unwrap();
@@ -659,7 +663,12 @@ async fn unsupported_faults_name_what_is_missing() {
     // A cgroup outside the node (here a host cgroup of a v1 hierarchy, made for this check and
     // removed after it) is refused: a node's faults reach only its own processes. (A cgroup
     // without a freezer is named as such by chaos-faults' own tests.)
-    let Some(cluster) = agent_cluster(test, BackendKind::Netns).await else {
+    let Some(cluster) = agent_cluster(
+        test,
+        registry::find("netns").expect("netns is compiled in on Linux"),
+    )
+    .await
+    else {
         return;
     };
     let nodes = cluster.create_nodes(1).await.expect("creating a node");
@@ -758,9 +767,9 @@ async fn still(node: &dyn Node, path: &str, settle: Duration, quiet: Duration) -
     size(node, path).await == before
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pause_resume_ttl_and_kill_of_a_process_tree() {
-    common::on_every_backend("faults_process_tree", |cluster| async move {
+chaos::backend_tests!(pause_resume_ttl_and_kill_of_a_process_tree);
+async fn pause_resume_ttl_and_kill_of_a_process_tree(cluster: Arc<dyn Cluster>) {
+    {
         let nodes = cluster.create_nodes(1).await.unwrap();
         let node = &nodes[0];
         let file = format!("{}/ticks", node.root_dir());
@@ -840,8 +849,7 @@ async fn pause_resume_ttl_and_kill_of_a_process_tree() {
             "the child died with its parent"
         );
         assert!(!killed.heal().await.unwrap(), "a kill has nothing to heal");
-    })
-    .await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -882,9 +890,9 @@ async fn peers_by_network_and_unknown_names() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restart_and_kill_by_name() {
-    common::on_every_backend("faults_restart_kill", |cluster| async move {
+chaos::backend_tests!(restart_and_kill_by_name);
+async fn restart_and_kill_by_name(cluster: Arc<dyn Cluster>) {
+    {
         let nodes = cluster.create_nodes(1).await.unwrap();
         let node = &nodes[0];
         let backend = cluster.backend();
@@ -952,6 +960,5 @@ async fn restart_and_kill_by_name() {
             }
         }
         node.stop().await.unwrap();
-    })
-    .await;
+    }
 }

@@ -46,9 +46,9 @@ async fn new_cluster(name: &str) -> NetnsCluster {
 /// Records what `cluster` holds (it must have `nodes` nodes), checking the record is complete.
 fn snapshot(cluster: &NetnsCluster, nodes: usize) -> Footprint {
     let snap = Footprint::record(
-        cluster.index(),
-        cluster.cgroup_dir().to_path_buf(),
-        cluster.dir().to_path_buf(),
+        cluster.provisioner().index(),
+        cluster.provisioner().cgroup_dir().to_path_buf(),
+        cluster.provisioner().dir().to_path_buf(),
     );
     let present = snap.resources();
     // The hub, each node's namespace, the host link, cgroup, temp dir and state file.
@@ -88,8 +88,14 @@ async fn nodes_reach_each_other_and_the_runner_reaches_them() {
     assert_eq!((n1.name(), n2.name()), ("n1", "n2"));
     let ip1 = n1.addresses()[0].to_string();
     let ip2 = n2.addresses()[0].to_string();
-    assert_eq!(ip1, netns::node_address(cluster.index(), 1).to_string());
-    assert_eq!(ip2, netns::node_address(cluster.index(), 2).to_string());
+    assert_eq!(
+        ip1,
+        netns::node_address(cluster.provisioner().index(), 1).to_string()
+    );
+    assert_eq!(
+        ip2,
+        netns::node_address(cluster.provisioner().index(), 2).to_string()
+    );
     let firewall = stdout_of("iptables", &["-S", "FORWARD"]);
     eprintln!(
         "host FORWARD policy DROP: {}",
@@ -113,7 +119,7 @@ async fn nodes_reach_each_other_and_the_runner_reaches_them() {
     assert!(text.contains(&format!("eth0    inet {ip1}/24")), "{text}");
     assert!(!text.contains(&ip2), "{text}");
     let ns = n1.run("ip", ["netns", "identify"]).await.unwrap().stdout_str();
-    assert_eq!(ns.trim(), cluster.node_netns("n1").unwrap());
+    assert_eq!(ns.trim(), cluster.provisioner().node_netns("n1").unwrap());
 
     // Node to node: ICMP, then TCP from a client in n1 to a server in n2.
     let ping = n1
@@ -154,7 +160,7 @@ async fn nodes_reach_each_other_and_the_runner_reaches_them() {
         .args([
             "netns",
             "exec",
-            &cluster.node_netns("n2").unwrap(),
+            &cluster.provisioner().node_netns("n2").unwrap(),
             "busybox",
             "ping",
             "-c1",
@@ -178,7 +184,7 @@ async fn clusters_are_isolated_from_each_other() {
         return;
     }
     let (a, b) = tokio::join!(new_cluster("iso-a"), new_cluster("iso-b"));
-    assert_ne!(a.index(), b.index());
+    assert_ne!(a.provisioner().index(), b.provisioner().index());
     let (na, nb) = tokio::join!(a.create_nodes(1), b.create_nodes(1));
     let (na, nb) = (na.unwrap().remove(0), nb.unwrap().remove(0));
     let target = format!("{}", nb.addresses()[0]);
@@ -187,8 +193,8 @@ async fn clusters_are_isolated_from_each_other() {
     assert!(
         !out.status.success(),
         "a node of cluster #{} reached cluster #{}",
-        a.index(),
-        b.index()
+        a.provisioner().index(),
+        b.provisioner().index()
     );
     assert!(out.stderr_str().contains("unreachable"), "{}", out.stderr_str());
     let (ra, rb) = tokio::join!(a.cleanup(), b.cleanup());
@@ -340,12 +346,12 @@ async fn the_state_file_describes_the_cluster() {
     }
     let cluster = new_cluster("state").await;
     cluster.create_nodes(2).await.unwrap();
-    let text = std::fs::read_to_string(cluster.state_file()).unwrap();
+    let text = std::fs::read_to_string(cluster.provisioner().state_file()).unwrap();
     let state: serde_json::Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(state["index"], cluster.index());
+    assert_eq!(state["index"], cluster.provisioner().index());
     assert_eq!(state["cluster"], "state");
     assert_eq!(state["runner_pid"], std::process::id());
-    assert_eq!(state["hub_netns"], cluster.hub_netns());
+    assert_eq!(state["hub_netns"], cluster.provisioner().hub_netns());
     let nodes: Vec<&str> = state["node_netns"]
         .as_array()
         .unwrap()
@@ -355,11 +361,14 @@ async fn the_state_file_describes_the_cluster() {
     assert_eq!(
         nodes,
         [
-            cluster.node_netns("n1").unwrap(),
-            cluster.node_netns("n2").unwrap()
+            cluster.provisioner().node_netns("n1").unwrap(),
+            cluster.provisioner().node_netns("n2").unwrap()
         ]
     );
-    assert_eq!(state["cgroup_dir"], cluster.cgroup_dir().to_str().unwrap());
+    assert_eq!(
+        state["cgroup_dir"],
+        cluster.provisioner().cgroup_dir().to_str().unwrap()
+    );
     let shared: Arc<dyn Cluster> = Arc::new(cluster);
     shared.cleanup().await.unwrap();
 }
@@ -381,9 +390,9 @@ async fn cancelled_node_creation_leaves_no_node_behind() {
     }
     let cluster = new_cluster("cancel").await;
     let (index, cgroup_dir, temp_dir) = (
-        cluster.index(),
-        cluster.cgroup_dir().to_path_buf(),
-        cluster.dir().to_path_buf(),
+        cluster.provisioner().index(),
+        cluster.provisioner().cgroup_dir().to_path_buf(),
+        cluster.provisioner().dir().to_path_buf(),
     );
     let mut expected = (
         footprint(index, &cgroup_dir, &temp_dir),
@@ -440,7 +449,10 @@ async fn cancelled_node_creation_leaves_no_node_behind() {
 /// `nsenter --net=<node's namespace> PROGRAM ARGS…`: what the kernel of the node says, asked
 /// without the agent (and without `ip netns exec`, which would remount /sys).
 fn in_node(cluster: &NetnsCluster, node: &str, program: &str, args: &[&str]) -> String {
-    let netns = format!("--net=/run/netns/{}", cluster.node_netns(node).unwrap());
+    let netns = format!(
+        "--net=/run/netns/{}",
+        cluster.provisioner().node_netns(node).unwrap()
+    );
     let mut argv = vec![netns.as_str(), program];
     argv.extend_from_slice(args);
     stdout_of("nsenter", &argv)
@@ -448,7 +460,7 @@ fn in_node(cluster: &NetnsCluster, node: &str, program: &str, args: &[&str]) -> 
 
 /// The agent processes of `node` (its cgroup's `agent` child).
 fn agent_pids(cluster: &NetnsCluster, node: &str) -> Vec<u32> {
-    common::footprint::cgroup_pids(&cluster.cgroup_dir().join(node).join("agent"))
+    common::footprint::cgroup_pids(&cluster.provisioner().cgroup_dir().join(node).join("agent"))
 }
 
 /// What of our faults the kernel of each node still holds: nftables table, qdiscs other than
@@ -553,6 +565,7 @@ async fn killed_agents_are_restarted_in_their_nodes_and_heal_their_faults() {
         delay.mechanism()
     );
     let frozen = cluster
+        .provisioner()
         .cgroup_dir()
         .join("n1")
         .join(format!("proc-{}", counter.id));
@@ -641,14 +654,17 @@ async fn killed_agents_are_restarted_in_their_nodes_and_heal_their_faults() {
             node.list_faults().await.unwrap().is_empty(),
             "{name}: a restarted agent lists no fault"
         );
-        let log = std::fs::read_to_string(cluster.agent_log(name)).unwrap();
+        let log = std::fs::read_to_string(cluster.provisioner().agent_log(name)).unwrap();
         assert_eq!(log.matches("chaos-agent listening").count(), 2, "{name}: {log}");
         assert!(
             log.contains("healed a fault left by a previous agent"),
             "{name}: {log}"
         );
         let ns = node.run("ip", ["netns", "identify"]).await.unwrap().stdout_str();
-        assert_eq!(Some(ns.trim().to_string()), cluster.node_netns(name));
+        assert_eq!(
+            Some(ns.trim().to_string()),
+            cluster.provisioner().node_netns(name)
+        );
     }
     let ping = n1
         .run("busybox", ["ping", "-c1", "-W2", ip2.as_str()])
@@ -675,7 +691,7 @@ async fn concurrent_clusters_claim_distinct_indices() {
     }
     let clusters =
         futures_util::future::join_all((0..6).map(|i| new_cluster_named(format!("race-{i}")))).await;
-    let indices: BTreeSet<u32> = clusters.iter().map(NetnsCluster::index).collect();
+    let indices: BTreeSet<u32> = clusters.iter().map(|c| c.provisioner().index()).collect();
     assert_eq!(
         indices.len(),
         clusters.len(),
@@ -683,16 +699,17 @@ async fn concurrent_clusters_claim_distinct_indices() {
     );
     for cluster in &clusters {
         let record: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(cluster.state_file()).unwrap()).unwrap();
-        assert_eq!(record["index"], cluster.index());
-        assert_eq!(record["temp_dir"], cluster.dir().to_str().unwrap());
+            serde_json::from_str(&std::fs::read_to_string(cluster.provisioner().state_file()).unwrap())
+                .unwrap();
+        assert_eq!(record["index"], cluster.provisioner().index());
+        assert_eq!(record["temp_dir"], cluster.provisioner().dir().to_str().unwrap());
         assert_eq!(record["runner_pid"], std::process::id());
     }
     for cluster in clusters {
         let snap = Footprint::record(
-            cluster.index(),
-            cluster.cgroup_dir().to_path_buf(),
-            cluster.dir().to_path_buf(),
+            cluster.provisioner().index(),
+            cluster.provisioner().cgroup_dir().to_path_buf(),
+            cluster.provisioner().dir().to_path_buf(),
         );
         cluster.cleanup().await.unwrap();
         snap.assert_gone_now();

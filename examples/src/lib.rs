@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use chaos::backend::{BackendKind, ClusterOptions};
+use chaos::backend::{Backend, ClusterOptions, registry};
 use chaos::proto::{ErrorKind, OutputSpec};
 use chaos::{Cluster, Node, NodeExt, ProcSpec, Process, Signal};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -239,12 +239,17 @@ async fn stop(node: &dyn Node, server: Process) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Parses a backend name against the registry.
+fn parse_backend(s: &str) -> Result<&'static Backend, String> {
+    registry::find(s).map_err(|e| e.to_string())
+}
+
 /// Command-line options shared by the example binaries.
 #[derive(Debug, clap::Parser)]
 pub struct ExampleArgs {
-    /// Backend to run on: local or netns.
-    #[arg(long, default_value = "netns")]
-    pub backend: BackendKind,
+    /// Backend to run on (a name from the backend registry: local, netns, docker).
+    #[arg(long, default_value = "netns", value_parser = parse_backend)]
+    pub backend: &'static Backend,
     /// Number of nodes.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub nodes: u32,
@@ -253,7 +258,7 @@ pub struct ExampleArgs {
 /// Creates a cluster for an example, runs `example` on it and cleans it up, whatever happened.
 /// The example's error comes first; a cleanup failure is reported too.
 pub async fn with_cluster<T>(
-    kind: BackendKind,
+    kind: &'static Backend,
     name: &str,
     example: impl AsyncFnOnce(&dyn Cluster) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
@@ -261,7 +266,8 @@ pub async fn with_cluster<T>(
         name: name.to_string(),
         ..ClusterOptions::default()
     };
-    let cluster = chaos::backend::new_cluster(kind, options)
+    let cluster = kind
+        .create(options)
         .await
         .with_context(|| format!("creating a {kind} cluster"))?;
     let result = example(&*cluster).await;

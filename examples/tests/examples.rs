@@ -1,17 +1,17 @@
 //! Runs every example on every backend available on this machine; backends that cannot run
 //! here are skipped with a line saying why.
 
-use chaos::backend::{self, BackendKind};
+use chaos::backend::{Backend, registry};
 use chaos_examples::{hello_world, tcp_through_proxy, with_cluster};
 
 /// The backends to run on, printing why the others are skipped.
-fn available(test: &str) -> Vec<BackendKind> {
-    BackendKind::ALL
-        .into_iter()
-        .filter(|&kind| match backend::availability(kind) {
+fn available(test: &str) -> Vec<&'static Backend> {
+    registry::all()
+        .iter()
+        .filter(|kind| match kind.availability() {
             Ok(()) => true,
             Err(why) => {
-                chaos_testkit::skip(test, &kind.to_string(), &why);
+                chaos_testkit::skip(test, kind.name, &why);
                 false
             }
         })

@@ -37,7 +37,7 @@ fn etcd_on_local(port_base: u16) -> Scenario {
                    {% if not loop.last %},{% endif %}{% endfor %}";
     let status = || HttpRequest::post(client, "/v3/maintenance/status", "{}");
     Scenario::builder("etcd-local")
-        .backend(Backend::Local)
+        .backend(Backend::named("local").unwrap())
         .nodes(3)
         .value("port_base", i64::from(port_base))
         .start([

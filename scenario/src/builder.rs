@@ -5,7 +5,7 @@
 //! use chaos_scenario::Scenario;
 //!
 //! let scenario = Scenario::builder("sleepers")
-//!     .backend(Backend::Local)
+//!     .backend(Backend::named("local").unwrap())
 //!     .nodes(3)
 //!     .start(["sleep", "600"])
 //!     .fault(FaultCase::new("kill-one", FaultKind::Kill, Selector::One).duration_ms(200, 500))

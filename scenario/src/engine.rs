@@ -33,7 +33,7 @@ use super::plan::{Plan, PlannedTarget, Step};
 use super::rundir::{HistorySummary, RunDir, RunStatus, StepStatus, StepSummary, Summary, Totals};
 use super::template::{NodeVars, Templates, Vars, ship_destination};
 use super::workload::{Recorder, Workload};
-use chaos::backend::{self, ClusterOptions};
+use chaos::backend::ClusterOptions;
 use chaos::cluster::{Cluster, Node, Process};
 use chaos::ext::NodeExt;
 use chaos::faults::{self, Fault, FaultHandle, PartitionHandle, ProcessTarget, Shape, Traffic};
@@ -297,33 +297,57 @@ impl Runner {
     }
 }
 
+/// The machine fault a scenario fault kind injects, if it is one.
+fn machine_fault(kind: FaultKind) -> Option<chaos::MachineFault> {
+    match kind {
+        FaultKind::ContainerPause => Some(chaos::MachineFault::Pause),
+        FaultKind::ContainerStop => Some(chaos::MachineFault::Stop),
+        FaultKind::ContainerDisconnect => Some(chaos::MachineFault::Disconnect),
+        _ => None,
+    }
+}
+
 /// Checks what can be checked before anything starts.
 fn check_environment(scenario: &Scenario) -> Result<(), RunError> {
-    let kind = scenario.cluster.backend.kind();
-    backend::availability(kind).map_err(|why| RunError::Invalid(format!("backend {kind}: {why}")))?;
-    if scenario.cluster.backend == Backend::Local {
-        if let Some(case) = scenario
-            .faults
+    // What the backend's nodes can do comes from the backend registry, not from a table here.
+    let backend = scenario.cluster.backend;
+    let entry = backend.entry();
+    entry
+        .availability()
+        .map_err(|why| RunError::Invalid(format!("backend {backend}: {why}")))?;
+    fn offering(wanted: impl Fn(&chaos::backend::Backend) -> bool) -> String {
+        let names: Vec<&str> = chaos::backend::registry::all()
             .iter()
-            .find(|c| c.kind.is_network() && c.weight > 0)
-        {
-            return Err(RunError::Invalid(format!(
-                "fault case `{}` is a {} fault, which the local backend cannot confine to a node \
-                 (every node is 127.0.0.1): run with --backend netns",
-                case.name, case.kind
-            )));
-        }
+            .filter(|b| wanted(b))
+            .map(|b| b.name)
+            .collect();
+        names.join(", ")
     }
-    if scenario.cluster.backend != Backend::Docker
+    if !entry.isolated_network
         && let Some(case) = scenario
             .faults
             .iter()
-            .find(|c| c.kind.is_container() && c.weight > 0)
+            .find(|c| c.kind.is_network() && c.weight > 0)
     {
         return Err(RunError::Invalid(format!(
-            "fault case `{}` is a {} fault, which acts on a node's container: run with --backend \
-             docker (or set its weight to 0)",
-            case.name, case.kind
+            "fault case `{}` is a {} fault, which the {backend} backend cannot confine to a node \
+             (its nodes share one network stack): run with --backend {}",
+            case.name,
+            case.kind,
+            offering(|b| b.isolated_network)
+        )));
+    }
+    if let Some(case) = scenario
+        .faults
+        .iter()
+        .find(|c| c.weight > 0 && machine_fault(c.kind).is_some_and(|m| !entry.machine_faults.contains(&m)))
+    {
+        return Err(RunError::Invalid(format!(
+            "fault case `{}` is a {} fault, a machine fault the {backend} backend does not offer: \
+             run with --backend {} (or set its weight to 0)",
+            case.name,
+            case.kind,
+            offering(|b| machine_fault(case.kind).is_some_and(|m| b.machine_faults.contains(&m)))
         )));
     }
     for ship in &scenario.setup.ship {
@@ -727,9 +751,9 @@ impl Run {
             name: format!("scn-{}", scenario.name),
             ..ClusterOptions::default()
         };
-        let kind = scenario.cluster.backend.kind();
+        let backend = scenario.cluster.backend.entry();
         let cluster = tokio::select! {
-            c = backend::new_cluster(kind, options) => c.map_err(|e| Abort::Setup(format!("creating the cluster: {e}")))?,
+            c = backend.create(options) => c.map_err(|e| Abort::Setup(format!("creating the cluster: {e}")))?,
             _ = self.cancel.cancelled() => return Err(Abort::Interrupted),
         };
         self.cluster = Some(cluster.clone());
@@ -1531,11 +1555,7 @@ impl Run {
     ) -> Result<(Installed, String), String> {
         use chaos::MachineFault;
         let cluster = self.cluster.clone().ok_or("the cluster is gone")?;
-        let fault = match kind {
-            FaultKind::ContainerPause => MachineFault::Pause,
-            FaultKind::ContainerStop => MachineFault::Stop,
-            _ => MachineFault::Disconnect,
-        };
+        let fault = machine_fault(kind).ok_or_else(|| format!("`{kind}` is not a machine fault"))?;
         if !cluster.machine_faults().contains(&fault) {
             return Err(format!(
                 "`{kind}` is a {fault} machine fault, which the {} backend does not offer",

@@ -252,55 +252,60 @@ impl<'de> Deserialize<'de> for CommandLine {
 // Closed sets
 // ---------------------------------------------------------------------------------------------
 
-/// The backends a scenario can run on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Backend {
-    /// Processes on this host.
-    Local,
-    /// One network namespace per node (needs root).
-    #[default]
-    Netns,
-    /// One container per node (needs a Docker daemon).
-    Docker,
-}
+/// The backend a scenario runs on: a name from the runner's backend registry
+/// ([`chaos::backend::registry`]), checked when the scenario is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backend(&'static chaos::backend::Backend);
 
 impl Backend {
-    /// Every backend name.
-    pub const NAMES: &[&str] = &["local", "netns", "docker"];
+    /// The backend named `name`, when the registry knows it.
+    pub fn named(name: &str) -> Result<Backend, String> {
+        chaos::backend::registry::find(name)
+            .map(Backend)
+            .map_err(|e| e.to_string())
+    }
 
-    /// The runner's backend kind.
-    pub fn kind(self) -> chaos::backend::BackendKind {
-        match self {
-            Backend::Local => chaos::backend::BackendKind::Local,
-            Backend::Netns => chaos::backend::BackendKind::Netns,
-            Backend::Docker => chaos::backend::BackendKind::Docker,
-        }
+    /// The backend's name.
+    pub fn name(self) -> &'static str {
+        self.0.name
+    }
+
+    /// The registry's entry: availability, constructor, limits, what its nodes can do.
+    pub fn entry(self) -> &'static chaos::backend::Backend {
+        self.0
+    }
+}
+
+impl Default for Backend {
+    /// `netns` where it is compiled in (Linux), else the first registered backend.
+    fn default() -> Self {
+        Backend::named("netns").unwrap_or(Backend(&chaos::backend::registry::all()[0]))
     }
 }
 
 impl FromStr for Backend {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "local" => Ok(Backend::Local),
-            "netns" => Ok(Backend::Netns),
-            "docker" => Ok(Backend::Docker),
-            _ => Err(format!(
-                "unknown backend `{s}`; valid backends: {}",
-                Backend::NAMES.join(", ")
-            )),
-        }
+        Backend::named(s)
     }
 }
 
 impl fmt::Display for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Backend::Local => "local",
-            Backend::Netns => "netns",
-            Backend::Docker => "docker",
-        })
+        f.write_str(self.name())
+    }
+}
+
+impl Serialize for Backend {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for Backend {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        Backend::named(&name).map_err(serde::de::Error::custom)
     }
 }
 
@@ -1930,7 +1935,7 @@ mod tests {
         let s = Scenario::parse("", "demo.toml").unwrap();
         assert_eq!(s.name, "demo");
         assert_eq!(s.cluster.nodes, 3);
-        assert_eq!(s.cluster.backend, Backend::Netns);
+        assert_eq!(s.cluster.backend.name(), "netns");
         assert_eq!(s.schedule.rounds, 1);
     }
 

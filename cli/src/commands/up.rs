@@ -9,8 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use chaos::backend::local::LocalCluster;
-use chaos::backend::{self, BackendKind, ClusterOptions};
+use chaos::backend::{Backend, ClusterOptions, registry};
 use chaos::{Cluster, Node};
 use clap::Args;
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -21,10 +20,11 @@ use super::state::{ClusterState, NodeEntry, Occupant, Owner, StateDir};
 /// `chaos up`.
 #[derive(Debug, Args)]
 pub struct UpArgs {
-    /// Backend to run the nodes on: netns (isolated nodes with agents) or local (processes on
-    /// this host; `chaos exec` runs there directly, faults and probe need an agent backend).
+    /// Backend to run the nodes on, from the backend registry: netns (isolated nodes with
+    /// agents), docker (containers with agents) or local (processes on this host; `chaos exec`
+    /// runs there directly, faults and probe need an agent backend).
     #[arg(long, default_value = "netns", value_parser = parse_backend)]
-    pub backend: BackendKind,
+    pub backend: &'static Backend,
     /// Number of nodes, named n1..nN.
     #[arg(long, default_value_t = 3)]
     pub nodes: u32,
@@ -38,29 +38,8 @@ pub struct UpArgs {
     pub heartbeat_timeout: Duration,
 }
 
-fn parse_backend(s: &str) -> Result<BackendKind, String> {
-    s.parse()
-}
-
-/// The running cluster, kept as its concrete type for what only that backend offers.
-enum Running {
-    Local(LocalCluster),
-    #[cfg(target_os = "linux")]
-    Netns(backend::netns::NetnsCluster),
-    #[cfg(feature = "docker")]
-    Docker(backend::docker::DockerCluster),
-}
-
-impl Running {
-    fn cluster(&self) -> &dyn Cluster {
-        match self {
-            Running::Local(c) => c,
-            #[cfg(target_os = "linux")]
-            Running::Netns(c) => c,
-            #[cfg(feature = "docker")]
-            Running::Docker(c) => c,
-        }
-    }
+fn parse_backend(s: &str) -> Result<&'static Backend, String> {
+    registry::find(s).map_err(|e| e.to_string())
 }
 
 /// Removes the state files when `chaos up` ends, however it ends.
@@ -128,7 +107,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         ..ClusterOptions::default()
     };
     let running = tokio::select! {
-        running = create(args.backend, options) => running?,
+        running = args.backend.create(options) => {
+            running.with_context(|| format!("creating a {} cluster", args.backend))?
+        }
         name = stop.recv() => {
             eprintln!("chaos up: {name} while creating the cluster; nothing to clean up yet");
             return Ok(());
@@ -136,7 +117,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     };
     // What the agent supervisor does (an agent died, was restarted, a node was given up) is
     // worth a line: the user sees the cluster heal itself.
-    let reporter = running.cluster().agent_events().map(|mut events| {
+    let reporter = running.agent_events().map(|mut events| {
         tokio::spawn(async move {
             use tokio::sync::broadcast::error::RecvError;
             loop {
@@ -150,11 +131,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     });
     let result = serve(&args, &dir, &running, &mut stop).await;
     eprintln!("chaos up: cleaning up the cluster");
-    let cleaned = running
-        .cluster()
-        .cleanup()
-        .await
-        .context("cleaning up the cluster");
+    let cleaned = running.cleanup().await.context("cleaning up the cluster");
     drop(running);
     if let Some(reporter) = reporter {
         reporter.abort();
@@ -166,13 +143,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 }
 
 fn validate(args: &UpArgs) -> Result<(), BadInput> {
-    let max = match args.backend {
-        #[cfg(target_os = "linux")]
-        BackendKind::Netns => backend::netns::MAX_NODES,
-        #[cfg(feature = "docker")]
-        BackendKind::Docker => backend::docker::MAX_NODES,
-        _ => 1000,
-    };
+    let max = args.backend.limits.max_nodes;
     if args.nodes == 0 || args.nodes > max {
         return Err(BadInput(format!(
             "--nodes {}: a {} cluster holds 1 to {max} nodes",
@@ -185,7 +156,7 @@ fn validate(args: &UpArgs) -> Result<(), BadInput> {
             humantime::format_duration(args.heartbeat_timeout)
         )));
     }
-    if let Err(why) = backend::availability(args.backend) {
+    if let Err(why) = args.backend.availability() {
         return Err(BadInput(format!("--backend {}: {why}", args.backend)));
     }
     Ok(())
@@ -230,51 +201,23 @@ fn claim(dir: &StateDir) -> anyhow::Result<()> {
     )
 }
 
-async fn create(kind: BackendKind, options: ClusterOptions) -> anyhow::Result<Running> {
-    let what = || format!("creating a {kind} cluster");
-    match kind {
-        BackendKind::Local => Ok(Running::Local(LocalCluster::new(options).with_context(what)?)),
-        #[cfg(target_os = "linux")]
-        BackendKind::Netns => Ok(Running::Netns(
-            backend::netns::NetnsCluster::new(options)
-                .await
-                .with_context(what)?,
-        )),
-        #[cfg(not(target_os = "linux"))]
-        BackendKind::Netns => anyhow::bail!("the netns backend needs Linux"),
-        #[cfg(feature = "docker")]
-        BackendKind::Docker => Ok(Running::Docker(
-            backend::docker::DockerCluster::new(options, backend::docker::DockerOptions::from_env())
-                .await
-                .with_context(what)?,
-        )),
-        #[cfg(not(feature = "docker"))]
-        BackendKind::Docker => anyhow::bail!("this chaos was built without the docker feature"),
-    }
-}
-
 /// Creates the nodes, publishes the state files and waits for a stop signal.
 async fn serve(
     args: &UpArgs,
     dir: &StateDir,
-    running: &Running,
+    running: &Arc<dyn Cluster>,
     stop: &mut StopSignals,
 ) -> anyhow::Result<()> {
     let nodes = tokio::select! {
-        nodes = running.cluster().create_nodes(args.nodes as usize) => nodes.context("creating the nodes")?,
+        nodes = running.create_nodes(args.nodes as usize) => nodes.context("creating the nodes")?,
         name = stop.recv() => {
             eprintln!("chaos up: {name} while creating the nodes");
             return Ok(());
         }
     };
-    let state = describe(running, &nodes);
-    #[cfg(target_os = "linux")]
-    if let Running::Netns(cluster) = running {
-        dir.write_tls(cluster.ca_pem(), cluster.runner_identity())?;
-    }
-    #[cfg(feature = "docker")]
-    if let Running::Docker(cluster) = running {
-        dir.write_tls(cluster.ca_pem(), cluster.runner_identity())?;
+    let state = describe(&**running, &nodes);
+    if let Some((ca_pem, runner)) = running.agent_access() {
+        dir.write_tls(ca_pem, runner)?;
     }
     dir.write_cluster(&state)?;
 
@@ -289,10 +232,17 @@ async fn serve(
         dir.cluster_file().display(),
         dir.path().display()
     );
-    if matches!(running, Running::Local(_)) {
+    if running.agent_access().is_none() {
+        let agent_backends: Vec<&str> = registry::all()
+            .iter()
+            .filter(|b| b.isolated_network)
+            .map(|b| b.name)
+            .collect();
         eprintln!(
-            "chaos up: local backend: `chaos exec` runs commands on this host in the node's root \
-             directory (not stopped by `chaos down`); fault and probe need an agent backend (netns, docker)"
+            "chaos up: {} backend: `chaos exec` runs commands on this host in the node's root \
+             directory (not stopped by `chaos down`); fault and probe need an agent backend ({})",
+            args.backend,
+            agent_backends.join(", ")
         );
     }
     let name = stop.recv().await;
@@ -300,33 +250,21 @@ async fn serve(
     Ok(())
 }
 
-fn describe(running: &Running, nodes: &[Arc<dyn Node>]) -> ClusterState {
-    let (backend_state_file, agent_port) = match running {
-        Running::Local(_) => (None, None),
-        #[cfg(target_os = "linux")]
-        Running::Netns(c) => (Some(c.state_file()), Some(backend::netns::AGENT_PORT)),
-        #[cfg(feature = "docker")]
-        Running::Docker(_) => (None, Some(backend::docker::AGENT_PORT)),
-    };
+fn describe(cluster: &dyn Cluster, nodes: &[Arc<dyn Node>]) -> ClusterState {
+    // The backend's own record of the cluster (netns: its state file under /run/chaos/netns).
+    let backend_state_file = cluster
+        .describe()
+        .into_iter()
+        .find(|(key, _)| *key == "state file")
+        .map(|(_, path)| PathBuf::from(path));
     let entries = nodes
         .iter()
-        .map(|n| {
-            let direct = agent_port
-                .zip(n.addresses().first())
-                .map(|(port, ip)| std::net::SocketAddr::new(*ip, port));
-            // A remote daemon's agents are reached at ports published on its host.
-            #[cfg(feature = "docker")]
-            let direct = match running {
-                Running::Docker(c) => c.agent_address(n.name()).or(direct),
-                _ => direct,
-            };
-            NodeEntry {
-                name: n.name().to_string(),
-                ips: n.addresses().to_vec(),
-                agent: direct,
-                root_dir: n.root_dir().to_string(),
-            }
+        .map(|n| NodeEntry {
+            name: n.name().to_string(),
+            ips: n.addresses().to_vec(),
+            agent: cluster.agent_address(n.name()),
+            root_dir: n.root_dir().to_string(),
         })
         .collect();
-    ClusterState::new(running.cluster().backend(), backend_state_file, entries)
+    ClusterState::new(cluster.backend(), backend_state_file, entries)
 }

@@ -8,8 +8,9 @@
 //! a cluster only when its owner ran on this host and is gone, unless [`GcOptions::all`] says
 //! to remove every chaos resource.
 //!
-//! Per backend:
-//! - **netns** ([`super::netns::collect_garbage`]): kills every process in the cluster's cgroup
+//! Each backend registers its collector in [`super::registry`]; [`collect_garbage`] runs them
+//! all. Per backend:
+//! - **netns** (`netns::collect_garbage`): kills every process in the cluster's cgroup
 //!   tree (agents included, so nothing waits for heartbeat loss), then removes the cgroups, node
 //!   and hub namespaces, host link, temporary directory and, last, the state file. The backend
 //!   creates a cluster's state file before anything else of it and removes it after everything
@@ -52,31 +53,4 @@ impl GcReport {
     }
 }
 
-/// Collects garbage on every backend compiled in (concurrently; each is bounded).
-pub async fn collect_garbage(options: &GcOptions) -> GcReport {
-    let netns = async {
-        #[cfg(target_os = "linux")]
-        {
-            let options = options.clone();
-            tokio::task::spawn_blocking(move || super::netns::collect_garbage(&options))
-                .await
-                .unwrap_or_else(|e| GcReport {
-                    errors: vec![format!("netns: the collection task failed: {e}")],
-                    ..GcReport::default()
-                })
-        }
-        #[cfg(not(target_os = "linux"))]
-        GcReport::default()
-    };
-    let docker = async {
-        #[cfg(feature = "docker")]
-        {
-            super::docker::collect_garbage(options).await
-        }
-        #[cfg(not(feature = "docker"))]
-        GcReport::default()
-    };
-    let (mut report, docker) = tokio::join!(netns, docker);
-    report.append(docker);
-    report
-}
+pub use super::registry::collect_garbage;

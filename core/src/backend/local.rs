@@ -72,7 +72,22 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound on waiting for killed processes to be reaped when a node stops.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
-const BACKEND: &str = "local";
+const NAME: &str = "local";
+
+/// The registry's entry for `local` ([`crate::backend::registry`]).
+pub const BACKEND: crate::backend::Backend = crate::backend::Backend {
+    name: NAME,
+    summary: "processes on this host, no isolation, no agent",
+    availability: || Ok(()),
+    create: |options| Box::pin(async move { Ok(Arc::new(LocalCluster::new(options)?) as Arc<dyn Cluster>) }),
+    collect_garbage: None,
+    limits: crate::backend::Limits {
+        max_nodes: 1000,
+        provision_time: Duration::ZERO,
+    },
+    isolated_network: false,
+    machine_faults: &[],
+};
 
 /// A cluster of local nodes: see the [module documentation](self).
 pub struct LocalCluster {
@@ -121,13 +136,13 @@ impl LocalCluster {
 #[async_trait]
 impl Cluster for LocalCluster {
     fn backend(&self) -> &'static str {
-        BACKEND
+        NAME
     }
 
     async fn create_nodes(&self, count: usize) -> Result<Vec<Arc<dyn Node>>> {
-        let base = self.dir().ok_or_else(|| {
-            Error::backend(BACKEND, "cannot create nodes: the cluster was already cleaned up")
-        })?;
+        let base = self
+            .dir()
+            .ok_or_else(|| Error::backend(NAME, "cannot create nodes: the cluster was already cleaned up"))?;
         let first = self.created.fetch_add(count, Ordering::SeqCst) + 1;
         let mut created = Vec::with_capacity(count);
         for n in first..first + count {
@@ -141,7 +156,7 @@ impl Cluster for LocalCluster {
             })?;
             let root_dir = root
                 .to_str()
-                .ok_or_else(|| Error::backend(BACKEND, format!("temporary directory {root:?} is not UTF-8")))?
+                .ok_or_else(|| Error::backend(NAME, format!("temporary directory {root:?} is not UTF-8")))?
                 .to_string();
             created.push(Arc::new(LocalNode::new(name, root_dir)));
         }
@@ -171,10 +186,8 @@ impl Cluster for LocalCluster {
                     ));
                 }
                 Err(e) => {
-                    first_error.get_or_insert(Error::backend(
-                        BACKEND,
-                        format!("removing {}: {e}", path.display()),
-                    ));
+                    first_error
+                        .get_or_insert(Error::backend(NAME, format!("removing {}: {e}", path.display())));
                 }
             }
         }
@@ -916,7 +929,7 @@ impl ProcessControl for LocalProcess {
         let mut exit = self.exit.clone();
         let lost = || {
             Error::backend(
-                BACKEND,
+                NAME,
                 format!(
                     "node {}: lost track of process {} (pid {}): its reaper task ended, \
                      probably because the tokio runtime that started it shut down",

@@ -1,16 +1,20 @@
 //! The backends, and how to pick one.
 //!
-//! Each backend is one module implementing [`Cluster`] (and, for `local`, [`crate::Node`]).
-//! Agent-based backends reuse [`crate::agent_client::AgentNode`] for their nodes.
+//! * [`registry`]: the one list of backends — name, availability, constructor, gc, limits.
+//! * [`provision`]: the one small trait an agent-based backend implements ([`Provisioner`]).
+//! * [`agent_cluster`]: the one generic [`crate::Cluster`] over a provisioner ([`AgentCluster`]):
+//!   CA and identities, numbering, ready wait, supervision, machine faults, shutdown, `Drop`.
+//! * [`netns`], [`docker`]: provisioners; [`local`]: processes on this host, without an agent.
+//! * [`supervisor`], [`owner`], [`gc`]: agent supervision, runner identity in leftovers, and
+//!   what `chaos gc` reports.
 
-use std::fmt;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cluster::Cluster;
 use crate::{Error, Result};
 
+pub mod agent_cluster;
 #[cfg(feature = "docker")]
 pub mod docker;
 pub mod gc;
@@ -18,54 +22,21 @@ pub mod local;
 #[cfg(target_os = "linux")]
 pub mod netns;
 pub mod owner;
+pub mod provision;
+pub mod registry;
 pub mod supervisor;
 
-/// Which backend to run a cluster on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum BackendKind {
-    /// Processes on this host, no isolation, no agent.
-    Local,
-    /// One Linux network namespace per node, with its own IP, running the agent.
-    Netns,
-    /// One container per node on a network of the cluster's own, running the agent.
-    Docker,
+pub use agent_cluster::AgentCluster;
+pub use provision::{Limits, Machine, MachineRequest, Provisioner};
+pub use registry::Backend;
+
+/// Creates an empty cluster on the backend named `name` (see [`registry`]). Fails with one line
+/// naming what is missing when the backend is unknown or cannot run here (e.g. `netns` without
+/// root).
+pub async fn new_cluster(name: &str, options: ClusterOptions) -> Result<Arc<dyn Cluster>> {
+    let backend = registry::find(name).map_err(|e| Error::invalid("backend", e.to_string()))?;
+    backend.create(options).await
 }
-
-impl BackendKind {
-    /// Every backend, in the order tests try them.
-    pub const ALL: [BackendKind; 3] = [BackendKind::Local, BackendKind::Netns, BackendKind::Docker];
-
-    /// The backend's name as used on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            BackendKind::Local => "local",
-            BackendKind::Netns => "netns",
-            BackendKind::Docker => "docker",
-        }
-    }
-}
-
-impl fmt::Display for BackendKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for BackendKind {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| {
-            let names: Vec<_> = Self::ALL.iter().map(|k| k.name()).collect();
-            format!("unknown backend {s:?}; choose one of: {}", names.join(", "))
-        })
-    }
-}
-
-/// Why `docker` is unavailable in a build without the `docker` feature.
-#[cfg(not(feature = "docker"))]
-const DOCKER_NOT_BUILT: &str =
-    "this chaos was built without the `docker` feature; rebuild with `--features docker`";
 
 /// Options common to every backend.
 #[derive(Debug, Clone)]
@@ -86,40 +57,6 @@ impl Default for ClusterOptions {
             heartbeat_timeout: Duration::from_secs(15),
             node_ready_timeout: Duration::from_secs(20),
         }
-    }
-}
-
-/// Creates an empty cluster on `kind`. Fails with one line naming what is missing when the
-/// backend cannot run here (e.g. `netns` without root).
-pub async fn new_cluster(kind: BackendKind, options: ClusterOptions) -> Result<Arc<dyn Cluster>> {
-    match kind {
-        BackendKind::Local => Ok(Arc::new(local::LocalCluster::new(options)?)),
-        #[cfg(target_os = "linux")]
-        BackendKind::Netns => Ok(Arc::new(netns::NetnsCluster::new(options).await?)),
-        #[cfg(not(target_os = "linux"))]
-        BackendKind::Netns => Err(crate::Error::backend("netns", "network namespaces need Linux")),
-        #[cfg(feature = "docker")]
-        BackendKind::Docker => Ok(Arc::new(
-            docker::DockerCluster::new(options, docker::DockerOptions::from_env()).await?,
-        )),
-        #[cfg(not(feature = "docker"))]
-        BackendKind::Docker => Err(crate::Error::backend("docker", DOCKER_NOT_BUILT)),
-    }
-}
-
-/// Whether `kind` can run on this machine: `Err` holds the one-line reason when not.
-/// Tests use it to run on every available backend and say which they skipped and why.
-pub fn availability(kind: BackendKind) -> Result<(), String> {
-    match kind {
-        BackendKind::Local => Ok(()),
-        #[cfg(target_os = "linux")]
-        BackendKind::Netns => netns::availability(),
-        #[cfg(not(target_os = "linux"))]
-        BackendKind::Netns => Err("network namespaces need Linux".into()),
-        #[cfg(feature = "docker")]
-        BackendKind::Docker => docker::availability(),
-        #[cfg(not(feature = "docker"))]
-        BackendKind::Docker => Err(format!("docker backend: {DOCKER_NOT_BUILT}")),
     }
 }
 

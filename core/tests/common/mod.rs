@@ -1,50 +1,19 @@
-//! Helpers shared by the integration tests: run a check on every available backend, and stream
-//! large amounts of data without holding them in memory.
+//! Helpers shared by the integration tests: stream large amounts of data without holding them
+//! in memory, watch processes. (A check runs on every backend through `chaos::backend_tests!`.)
 
 #![allow(dead_code)] // Each test binary uses a different subset.
 
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use chaos::backend::{self, BackendKind, ClusterOptions};
 use chaos::{Cluster, Node, NodeExt};
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
 #[cfg(target_os = "linux")]
 pub mod footprint;
-
-/// Runs `check` on a fresh cluster of every backend available here, cleaning each up afterwards
-/// (and asserting the cleanup succeeded). Unavailable backends are skipped with a line on stderr
-/// saying which and why.
-pub async fn on_every_backend<F, Fut>(test: &str, check: F)
-where
-    F: Fn(Arc<dyn Cluster>) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    for kind in BackendKind::ALL {
-        if let Err(why) = backend::availability(kind) {
-            chaos_testkit::skip(test, &kind.to_string(), &why);
-            continue;
-        }
-        let options = ClusterOptions {
-            name: test.to_string(),
-            ..ClusterOptions::default()
-        };
-        let cluster = backend::new_cluster(kind, options)
-            .await
-            .unwrap_or_else(|e| panic!("{test}: creating a {kind} cluster: {e}"));
-        eprintln!("{test}: running on the {kind} backend");
-        check(cluster.clone()).await;
-        cluster
-            .cleanup()
-            .await
-            .unwrap_or_else(|e| panic!("{test}: cleaning up the {kind} cluster: {e}"));
-    }
-}
 
 /// Creates one node on `cluster`.
 pub async fn one_node(cluster: &dyn Cluster) -> Arc<dyn Node> {

@@ -28,43 +28,38 @@
 //! ([`crate::machine`], [`Cluster::inject_machine_fault`]); they sit next to the agent's own
 //! faults, carry a TTL and are healed by cleanup at the latest.
 //!
-//! Agents are supervised ([`crate::backend::supervisor`]): a container that exits because its
-//! agent died is started again (its agent heals what its predecessor recorded in the
-//! container's state directory) — unless it was stopped on purpose, by a `stop` fault or
-//! [`DockerCluster::restart_node`].
+//! Agents are supervised ([`crate::backend::supervisor`], by the generic [`AgentCluster`]): a
+//! container that exits because its agent died is started again (its agent heals what its
+//! predecessor recorded in the container's state directory) — unless it was stopped on purpose,
+//! by a `stop` fault or [`AgentCluster::restart_node`].
 
+mod container;
+mod daemon;
 mod gc;
 pub mod image;
-mod keeper;
+mod network;
 
-use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::Docker;
-use bollard::models::{
-    ContainerCreateBody, EndpointIpamConfig, EndpointSettings, HostConfig, Ipam, IpamConfig,
-    NetworkConnectRequest, NetworkCreateRequest, NetworkDisconnectRequest, NetworkingConfig, PortBinding,
-};
-use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
-    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder, UploadToContainerOptionsBuilder,
-};
-use futures_util::StreamExt;
+use bollard::models::{NetworkConnectRequest, NetworkDisconnectRequest};
+use bollard::query_parameters::{RestartContainerOptionsBuilder, StopContainerOptionsBuilder};
+use chaos_proto::MachineFault;
 
-use crate::agent_client::{AgentClient, AgentNode, Timeouts};
-use crate::backend::ClusterOptions;
-use crate::backend::supervisor::{AgentEvent, RestartPolicy, Supervisor};
-use crate::certs::{self, ClusterCa};
-use crate::cluster::{Cluster, Node};
-use crate::machine::{
-    self, MachineFault, MachineFaultHandle, MachineFaultHost, MachineFaultInfo, MachineFaultTable,
-};
+pub(crate) use daemon::within;
+pub use daemon::{availability, connect};
+use daemon::{bounded, check_user_image, daemon_address, daemon_host_ip, shares_file_system};
+use network::{create_network, docker_safe, remove_cluster_resources};
+
+use crate::agent_client::Timeouts;
+use crate::backend::provision::{Limits, Machine, MachineRequest, Provisioner};
+use crate::backend::{AgentCluster, ClusterOptions};
+use crate::cluster::Cluster;
 use crate::{Error, Result};
-use keeper::DockerKeeper;
 
 pub use gc::collect_garbage;
 
@@ -97,144 +92,38 @@ pub const AGENT_PORT: u16 = 7700;
 pub const MAX_NODES: u32 = 253;
 
 /// Where a node's files live inside its container.
-const ROOT_DIR: &str = "/chaos/root";
+pub(super) const ROOT_DIR: &str = "/chaos/root";
 const TLS_DIR: &str = "/chaos/tls";
 const STATE_DIR: &str = "/chaos/state";
 
 /// Bound on every daemon call that moves no image (create, start, inspect, remove…).
 const DAEMON_BOUND: Duration = Duration::from_secs(30);
-/// Bound on an agent's graceful shutdown during [`Cluster::cleanup`].
-const SHUTDOWN_BOUND: Duration = Duration::from_secs(2);
-/// Grace a node gets on top of a fault's TTL before its agent gives up on the runner.
-const FAULT_GRACE_MARGIN: Duration = Duration::from_secs(10);
-/// How many /24s to try before giving up on finding a free one.
-const SUBNET_ATTEMPTS: u32 = 64;
-/// Host ports published agents get, below Linux's ephemeral range so outgoing connections on
-/// the daemon host do not take them.
-const PUBLISHED_PORTS: std::ops::Range<u16> = 20_000..32_768;
-/// How many host ports to try for one node before giving up.
-const PORT_ATTEMPTS: u32 = 8;
 
 fn backend_error(message: impl Into<String>) -> Error {
     Error::backend("docker", message)
 }
 
-/// A daemon call that failed, or did not answer within its bound.
-#[derive(Debug)]
-pub(crate) enum CallFailure {
-    /// The daemon (or the connection to it) said no.
-    Daemon(bollard::errors::Error),
-    /// No answer within this bound.
-    NoAnswer(Duration),
-}
+/// The registry's entry for `docker` ([`crate::backend::registry`]).
+pub const BACKEND: crate::backend::Backend = crate::backend::Backend {
+    name: "docker",
+    summary: "one container per node on a network of the cluster's own, running the agent",
+    availability,
+    create: |options| {
+        Box::pin(async move {
+            let cluster = DockerCluster::new(options, DockerOptions::from_env()).await?;
+            Ok(Arc::new(cluster) as Arc<dyn Cluster>)
+        })
+    },
+    collect_garbage: Some(|options| Box::pin(async move { collect_garbage(&options).await })),
+    limits: LIMITS,
+    isolated_network: true,
+    machine_faults: &MachineFault::ALL,
+};
 
-impl CallFailure {
-    /// The HTTP status of the daemon's refusal, when it sent one.
-    pub(crate) fn status(&self) -> Option<u16> {
-        match self {
-            CallFailure::Daemon(bollard::errors::Error::DockerResponseServerError {
-                status_code, ..
-            }) => Some(*status_code),
-            _ => None,
-        }
-    }
-
-    /// The daemon's own message when it sent one.
-    fn daemon_message(&self) -> Option<&str> {
-        match self {
-            CallFailure::Daemon(bollard::errors::Error::DockerResponseServerError { message, .. }) => {
-                Some(message)
-            }
-            _ => None,
-        }
-    }
-
-    /// One line: what was being done (`context`), then why it failed.
-    pub(crate) fn describe(&self, context: &str) -> String {
-        match self {
-            CallFailure::Daemon(bollard::errors::Error::DockerResponseServerError {
-                status_code,
-                message,
-            }) => {
-                format!("{context}: {message} (HTTP {status_code})")
-            }
-            CallFailure::Daemon(e) => format!("{context}: {e}"),
-            CallFailure::NoAnswer(bound) => {
-                format!("{context}: the Docker daemon did not answer within {bound:?}")
-            }
-        }
-    }
-}
-
-/// Runs one daemon call within `bound`.
-pub(crate) async fn within<T>(
-    bound: Duration,
-    call: impl Future<Output = Result<T, bollard::errors::Error>>,
-) -> Result<T, CallFailure> {
-    match tokio::time::timeout(bound, call).await {
-        Ok(result) => result.map_err(CallFailure::Daemon),
-        Err(_) => Err(CallFailure::NoAnswer(bound)),
-    }
-}
-
-/// Runs one daemon call within [`DAEMON_BOUND`]; the error says what was being done.
-async fn bounded<T>(
-    context: impl AsRef<str>,
-    call: impl Future<Output = Result<T, bollard::errors::Error>>,
-) -> Result<T> {
-    within(DAEMON_BOUND, call)
-        .await
-        .map_err(|f| backend_error(f.describe(context.as_ref())))
-}
-
-/// Whether starting a container failed because the host port it publishes is taken.
-fn is_port_taken(e: &Error) -> bool {
-    let text = e.to_string();
-    text.contains("port is already allocated") || text.contains("address already in use")
-}
-
-/// Where the daemon is, for messages.
-pub(crate) fn daemon_address() -> String {
-    std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".to_string())
-}
-
-/// Connects to the daemon `DOCKER_HOST` names (a unix socket by default; `tcp://` with
-/// `DOCKER_TLS_VERIFY` and `DOCKER_CERT_PATH` for TLS), negotiating the API version, within a
-/// few seconds.
-pub async fn connect() -> Result<Docker> {
-    let unreachable = |why: String| {
-        backend_error(format!(
-            "no Docker daemon reachable at {} ({why}); start one, or set DOCKER_HOST",
-            daemon_address()
-        ))
-    };
-    let docker = Docker::connect_with_defaults().map_err(|e| unreachable(e.to_string()))?;
-    let bound = Duration::from_secs(5);
-    let docker = tokio::time::timeout(bound, docker.negotiate_version())
-        .await
-        .map_err(|_| unreachable(format!("no answer within {bound:?}")))?
-        .map_err(|e| unreachable(e.to_string()))?;
-    tokio::time::timeout(bound, docker.ping())
-        .await
-        .map_err(|_| unreachable(format!("no answer within {bound:?}")))?
-        .map_err(|e| unreachable(e.to_string()))?;
-    Ok(docker)
-}
-
-/// Whether the docker backend can run here: `Err` holds one line saying what is missing.
-///
-/// Asks the daemon for a ping, on a thread of its own so it works inside and outside a runtime.
-pub fn availability() -> Result<(), String> {
-    let ping = std::thread::spawn(|| {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| format!("docker backend: starting a runtime: {e}"))?;
-        runtime.block_on(connect()).map(drop).map_err(|e| e.to_string())
-    });
-    ping.join()
-        .unwrap_or_else(|_| Err("docker backend: the availability check panicked".into()))
-}
+const LIMITS: Limits = Limits {
+    max_nodes: MAX_NODES,
+    provision_time: DAEMON_BOUND,
+};
 
 /// How the runner reaches the agents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -301,40 +190,27 @@ impl DockerOptions {
     }
 }
 
-/// Where the runner dials published agent ports: the host part of `DOCKER_HOST=tcp://HOST:PORT`
-/// (resolved), or loopback for a local daemon.
-async fn daemon_host_ip() -> Result<IpAddr> {
-    let address = daemon_address();
-    let Some(rest) = address.strip_prefix("tcp://") else {
-        return Ok(IpAddr::V4(Ipv4Addr::LOCALHOST));
-    };
-    let authority = rest.split('/').next().unwrap_or(rest);
-    let with_port = if authority
-        .rsplit_once(':')
-        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-    {
-        authority.to_string()
-    } else {
-        format!("{authority}:2376")
-    };
-    let mut found = tokio::time::timeout(Duration::from_secs(5), tokio::net::lookup_host(&with_port))
-        .await
-        .map_err(|_| backend_error(format!("resolving DOCKER_HOST {address}: no answer within 5s")))?
-        .map_err(|e| Error::io(format!("resolving DOCKER_HOST {address}"), e))?;
-    found
-        .next()
-        .map(|a| a.ip())
-        .ok_or_else(|| backend_error(format!("DOCKER_HOST {address} resolves to no address")))
+/// A cluster of container nodes: the generic agent cluster on the [`DockerProvisioner`].
+pub type DockerCluster = AgentCluster<DockerProvisioner>;
+
+impl AgentCluster<DockerProvisioner> {
+    /// Creates an empty docker cluster (see [`DockerProvisioner::create`]).
+    pub async fn new(options: ClusterOptions, docker_options: DockerOptions) -> Result<Self> {
+        let provisioner = DockerProvisioner::create(&options.name, docker_options).await?;
+        AgentCluster::with_provisioner(provisioner, options)
+    }
 }
 
-/// A cluster of container nodes. See the [module documentation](self).
-pub struct DockerCluster {
+/// The docker provisioner: makes containers running the agent. See the
+/// [module documentation](self).
+pub struct DockerProvisioner {
     inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(super) struct Inner {
     docker: Docker,
-    options: ClusterOptions,
+    /// The cluster's name, for messages.
+    name: String,
     id: String,
     network: String,
     subnet: Ipv4Addr,
@@ -343,16 +219,9 @@ struct Inner {
     user_agent: Option<UserAgent>,
     /// How node files reach containers.
     delivery: Delivery,
-    ca: ClusterCa,
-    runner: certs::Identity,
-    tls: Arc<rustls::ClientConfig>,
     /// `Some(daemon host address)` when agents are reached at published ports.
     published_on: Option<IpAddr>,
     owner: String,
-    /// The active container faults (pause, stop, disconnect).
-    machine_faults: MachineFaultTable,
-    /// Restarts containers whose agent died; stopped before cleanup.
-    supervisor: Supervisor,
     state: Mutex<State>,
 }
 
@@ -366,7 +235,7 @@ struct UserAgent {
 
 /// How a node's own files (its TLS material, and the agent for a user's image) get into its
 /// container.
-enum Delivery {
+pub(super) enum Delivery {
     /// The daemon shares this host's file system: the files are written under `dir` and
     /// bind-mounted read-only. Copying into a container instead makes the daemon mount and
     /// unmount its file system once more before it starts (tens of milliseconds a node, more
@@ -380,70 +249,23 @@ enum Delivery {
     Upload,
 }
 
-struct State {
-    next_node: u32,
+pub(super) struct State {
     nodes: Vec<NodeEntry>,
-    /// Nodes whose container is down on purpose (a `stop` fault being injected or in place, a
-    /// restart in progress): the supervisor leaves them alone until they are back.
-    held_down: HashSet<String>,
+    /// Torn down: nothing left to remove on drop.
     cleaned: bool,
 }
 
-struct NodeEntry {
+pub(super) struct NodeEntry {
     name: String,
     container: String,
     ip: Ipv4Addr,
-    client: Arc<AgentClient>,
 }
 
-/// The /24 of candidate `i`: `10.(216 + i / 256).(i % 256).0`.
-fn candidate_subnet(i: u32) -> Ipv4Addr {
-    Ipv4Addr::new(10, (216 + (i / 256) % 16) as u8, (i % 256) as u8, 0)
-}
-
-fn with_last_octet(net: Ipv4Addr, last: u8) -> Ipv4Addr {
-    let [a, b, c, _] = net.octets();
-    Ipv4Addr::new(a, b, c, last)
-}
-
-/// Whether a host route other than the default one overlaps `net`/24 (only meaningful when
-/// the daemon runs on this host, whose routes decide whether the runner reaches the nodes).
-fn overlaps_host_route(net: Ipv4Addr) -> bool {
-    #[cfg(target_os = "linux")]
-    {
-        super::netns::overlaps_host_route(net)
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = net;
-        false
-    }
-}
-
-/// A name Docker accepts (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`), at most 40 characters.
-fn docker_safe(name: &str) -> String {
-    let mut out: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
-                c
-            } else {
-                '-'
-            }
-        })
-        .take(40)
-        .collect();
-    if !out.starts_with(|c: char| c.is_ascii_alphanumeric()) {
-        out.insert(0, 'c');
-    }
-    out
-}
-
-impl DockerCluster {
-    /// Creates an empty cluster: connects to the daemon, makes sure the node image exists
-    /// (building the default one if needed), creates the cluster network and CA. A missing
-    /// image fails before anything is created.
-    pub async fn new(options: ClusterOptions, docker_options: DockerOptions) -> Result<Self> {
+impl DockerProvisioner {
+    /// Connects to the daemon, makes sure the node image exists (building the default one if
+    /// needed) and creates the cluster network. A missing image fails before anything is
+    /// created. `cluster` names the cluster in resource names and messages.
+    pub async fn create(cluster: &str, docker_options: DockerOptions) -> Result<Self> {
         let docker = connect().await?;
         if let Some(name) = &docker_options.image {
             check_user_image(&docker, name).await?;
@@ -481,7 +303,7 @@ impl DockerCluster {
             Delivery::Upload
         };
 
-        let id = format!("{}-{:08x}", docker_safe(&options.name), rand::random::<u32>());
+        let id = format!("{}-{:08x}", docker_safe(cluster), rand::random::<u32>());
         let network = format!("chaos-{id}");
         let owner = super::owner::current_tag();
         let reach = docker_options.reach.unwrap_or(if local_daemon {
@@ -499,42 +321,21 @@ impl DockerCluster {
         };
         let subnet = create_network(&docker, &network, &id, &owner, files_dir, local_daemon).await?;
 
-        // From here on the network exists: a failure must remove it.
-        let material = (|| {
-            let ca = ClusterCa::generate(&options.name)?;
-            let runner = ca.issue_runner()?;
-            let tls = certs::client_config(ca.cert_pem(), &runner)?;
-            Ok::<_, Error>((ca, runner, tls))
-        })();
-        let (ca, runner, tls) = match material {
-            Ok(m) => m,
-            Err(e) => {
-                let _ = docker.remove_network(&network).await;
-                return Err(e);
-            }
-        };
-        tracing::debug!(%network, %subnet, %image, "docker cluster {} ready", options.name);
+        tracing::debug!(%network, %subnet, %image, "docker cluster {cluster} ready");
         Ok(Self {
             inner: Arc::new(Inner {
                 docker,
-                options,
+                name: cluster.to_string(),
                 id,
                 network,
                 subnet,
                 image,
                 user_agent,
                 delivery,
-                ca,
-                runner,
-                tls,
                 published_on,
                 owner,
-                machine_faults: MachineFaultTable::default(),
-                supervisor: Supervisor::new(RestartPolicy::default()),
                 state: Mutex::new(State {
-                    next_node: 1,
                     nodes: Vec::new(),
-                    held_down: HashSet::new(),
                     cleaned: false,
                 }),
             }),
@@ -566,16 +367,6 @@ impl DockerCluster {
         self.inner.container_name(node)
     }
 
-    /// The cluster CA's certificate (PEM): what a client must trust to reach the agents.
-    pub fn ca_pem(&self) -> &str {
-        self.inner.ca.cert_pem()
-    }
-
-    /// The runner's client identity, for another process that drives this cluster's agents.
-    pub fn runner_identity(&self) -> &certs::Identity {
-        &self.inner.runner
-    }
-
     /// How the runner reaches the agents.
     pub fn reach(&self) -> Reach {
         if self.inner.published_on.is_some() {
@@ -585,138 +376,10 @@ impl DockerCluster {
         }
     }
 
-    /// Where the runner reaches `node`'s agent: its container address, or with
-    /// [`Reach::Published`] the published port on the daemon's host. `None` for an unknown node.
-    pub fn agent_address(&self, node: &str) -> Option<SocketAddr> {
-        self.inner
-            .node_entry(node)
-            .ok()
-            .map(|(_, client, _)| client.addr())
-    }
-
     /// The Docker client the cluster uses.
     pub fn docker(&self) -> &Docker {
         &self.inner.docker
     }
-
-    /// `docker restart` of `node`'s container: its processes die, its agent comes back (healing
-    /// what its predecessor left, from its state directory). Returns once the agent answers.
-    pub async fn restart_node(&self, node: &str) -> Result<()> {
-        let inner = &self.inner;
-        let (container, client, _) = inner.node_entry(node)?;
-        let options = bollard::query_parameters::RestartContainerOptionsBuilder::new()
-            .t(2)
-            .build();
-        inner.lock().held_down.insert(node.to_string());
-        let restarted = async {
-            bounded(
-                format!("node {node}: restarting container {container}"),
-                inner.docker.restart_container(&container, Some(options)),
-            )
-            .await?;
-            inner.wait_ready(node, &container, &client).await
-        }
-        .await;
-        inner.lock().held_down.remove(node);
-        restarted
-    }
-}
-
-/// Whether the daemon runs on this host, so it can bind-mount files the runner writes: its
-/// name (the host name of the machine it runs on) is this host's. A socket forwarded from
-/// another machine, or a daemon in a VM (Docker Desktop), answers with another name.
-async fn shares_file_system(docker: &Docker) -> bool {
-    within(DAEMON_BOUND, docker.info())
-        .await
-        .is_ok_and(|info| info.name.as_deref() == Some(super::owner::hostname()))
-}
-
-/// Fails with a clear message when `name` is not an image the daemon has.
-async fn check_user_image(docker: &Docker, name: &str) -> Result<()> {
-    match within(DAEMON_BOUND, docker.inspect_image(name)).await {
-        Ok(_) => Ok(()),
-        Err(f) if f.status() == Some(404) => Err(backend_error(format!(
-            "image {name:?} not found on the Docker daemon at {}: chaos never pulls images; build \
-             or load it there first (`docker build -t {name} …`, `docker load`), check `docker \
-             images`, or leave the image unset to use the default node image",
-            daemon_address()
-        ))),
-        Err(f) => Err(backend_error(f.describe(&format!("inspecting image {name:?}")))),
-    }
-}
-
-/// Creates the cluster's network on the first free candidate /24; returns the /24.
-async fn create_network(
-    docker: &Docker,
-    network: &str,
-    id: &str,
-    owner: &str,
-    files_dir: Option<&Path>,
-    local_daemon: bool,
-) -> Result<Ipv4Addr> {
-    let mut labels = HashMap::from([
-        (LABEL_CLUSTER.to_string(), id.to_string()),
-        (LABEL_OWNER.to_string(), owner.to_string()),
-    ]);
-    if let Some(dir) = files_dir {
-        labels.insert(LABEL_FILES.to_string(), dir.display().to_string());
-    }
-    let start = rand::random::<u32>() % 4096;
-    let mut last_error = String::new();
-    for attempt in 0..SUBNET_ATTEMPTS {
-        let subnet = candidate_subnet((start + attempt * 61) % 4096);
-        if local_daemon && overlaps_host_route(subnet) {
-            continue;
-        }
-        let request = NetworkCreateRequest {
-            name: network.to_string(),
-            driver: Some("bridge".to_string()),
-            labels: Some(labels.clone()),
-            ipam: Some(Ipam {
-                config: Some(vec![IpamConfig {
-                    subnet: Some(format!("{subnet}/24")),
-                    gateway: Some(with_last_octet(subnet, 1).to_string()),
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        match within(DAEMON_BOUND, docker.create_network(request)).await {
-            Ok(_) => return Ok(subnet),
-            // "Pool overlaps with other one on this address space": another network has it.
-            Err(f) if f.daemon_message().is_some_and(|m| m.contains("overlap")) => {
-                last_error = f.daemon_message().unwrap_or_default().to_string();
-            }
-            Err(f) => return Err(backend_error(f.describe(&format!("creating network {network}")))),
-        }
-    }
-    Err(backend_error(format!(
-        "creating network {network}: no free /24 in 10.216.0.0/12 after {SUBNET_ATTEMPTS} tries \
-         (last: {last_error}); remove unused networks (`docker network prune`, `chaos gc`)"
-    )))
-}
-
-/// A tar archive of `files` (path relative to `/`, mode, contents) and `dirs` (path, mode).
-fn tar_archive(dirs: &[(&str, u32)], files: &[(&str, u32, &[u8])]) -> std::io::Result<Vec<u8>> {
-    let mut builder = tar::Builder::new(Vec::new());
-    for (path, mode) in dirs {
-        let mut header = tar::Header::new_gnu();
-        header.set_entry_type(tar::EntryType::Directory);
-        header.set_mode(*mode);
-        header.set_size(0);
-        header.set_mtime(0);
-        builder.append_data(&mut header, path, std::io::empty())?;
-    }
-    for (path, mode, data) in files {
-        let mut header = tar::Header::new_gnu();
-        header.set_entry_type(tar::EntryType::Regular);
-        header.set_mode(*mode);
-        header.set_size(data.len() as u64);
-        header.set_mtime(0);
-        builder.append_data(&mut header, path, *data)?;
-    }
-    builder.into_inner()
 }
 
 impl Inner {
@@ -724,405 +387,43 @@ impl Inner {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The container name of node `node`: `chaos-<cluster id>-<node>`.
-    fn container_name(&self, node: &str) -> String {
-        format!("chaos-{}-{node}", self.id)
-    }
-
-    fn labels(&self, node: Option<&str>) -> HashMap<String, String> {
-        let mut labels = HashMap::from([
-            (LABEL_CLUSTER.to_string(), self.id.clone()),
-            (LABEL_OWNER.to_string(), self.owner.clone()),
-        ]);
-        if let Some(node) = node {
-            labels.insert(LABEL_NODE.to_string(), node.to_string());
-        }
-        labels
-    }
-
-    /// Container name, agent client and address of a node of this cluster.
-    fn node_entry(&self, node: &str) -> Result<(String, Arc<AgentClient>, Ipv4Addr)> {
-        let state = self.lock();
-        state
+    /// Container name and address of a node of this cluster.
+    fn node_entry(&self, node: &str) -> Result<(String, Ipv4Addr)> {
+        self.lock()
             .nodes
             .iter()
             .find(|n| n.name == node)
-            .map(|n| (n.container.clone(), n.client.clone(), n.ip))
-            .ok_or_else(|| {
-                let names: Vec<&str> = state.nodes.iter().map(|n| n.name.as_str()).collect();
-                Error::Invalid {
-                    what: format!("node {node}"),
-                    message: format!(
-                        "no such node in docker cluster {}; its nodes: {}",
-                        self.options.name,
-                        if names.is_empty() {
-                            "none yet".to_string()
-                        } else {
-                            names.join(", ")
-                        }
-                    ),
-                }
-            })
+            .map(|n| (n.container.clone(), n.ip))
+            .ok_or_else(|| backend_error(format!("node {node}: no such node in cluster {}", self.name)))
     }
 
-    /// The endpoint settings that give node `name` address `ip` on the cluster network.
-    fn endpoint(&self, name: &str, ip: Ipv4Addr) -> EndpointSettings {
-        EndpointSettings {
-            ipam_config: Some(EndpointIpamConfig {
-                ipv4_address: Some(ip.to_string()),
-                ..Default::default()
-            }),
-            aliases: Some(vec![name.to_string()]),
-            ..Default::default()
+    /// Removes every container and the network, then the nodes' host files. Idempotent.
+    async fn teardown(&self) -> Result<(), String> {
+        self.lock().cleaned = true;
+        let mut errors = Vec::new();
+        if let Err(e) = remove_cluster_resources(&self.docker, &self.id, &self.network).await {
+            errors.push(e);
         }
-    }
-
-    /// Creates node `k`: container (with its TLS files, and the agent for a user's image),
-    /// started, its agent answering over mutual TLS. On failure the container is removed.
-    async fn create_node(self: Arc<Self>, k: u32) -> Result<(Arc<dyn Node>, NodeEntry)> {
-        let name = format!("n{k}");
-        let container = self.container_name(&name);
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let port = self.published_on.map(|_| {
-                PUBLISHED_PORTS.start
-                    + (rand::random::<u32>() % u32::from(PUBLISHED_PORTS.end - PUBLISHED_PORTS.start)) as u16
-            });
-            let result = self.create_node_in(k, &name, &container, port).await;
-            if let Ok((_, entry)) = &result {
-                let keeper = DockerKeeper {
-                    cluster: Arc::downgrade(&self),
-                    docker: self.docker.clone(),
-                    node: name.clone(),
-                    container: container.clone(),
-                    client: entry.client.clone(),
-                };
-                let interval = (self.options.heartbeat_timeout / 3).max(Duration::from_millis(10));
-                self.supervisor
-                    .watch(entry.client.clone(), Arc::new(keeper), interval);
-            }
-            if result.is_err() {
-                let options = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
-                let _ = tokio::time::timeout(
-                    DAEMON_BOUND,
-                    self.docker.remove_container(&container, Some(options)),
-                )
-                .await;
-            }
-            match result {
-                // Another process holds the host port we picked: pick another.
-                Err(e) if port.is_some() && attempt < PORT_ATTEMPTS && is_port_taken(&e) => continue,
-                other => return other,
-            }
+        if let Delivery::Bind { dir, path } = &self.delivery
+            && let Some(dir) = dir.lock().unwrap_or_else(|e| e.into_inner()).take()
+            && let Err(e) = dir.close()
+        {
+            errors.push(format!("removing {}: {e}", path.display()));
         }
-    }
-
-    async fn create_node_in(
-        &self,
-        k: u32,
-        name: &str,
-        container: &str,
-        published_port: Option<u16>,
-    ) -> Result<(Arc<dyn Node>, NodeEntry)> {
-        let ip = with_last_octet(self.subnet, (k + 1) as u8);
-        let mut sans = vec![IpAddr::V4(ip)];
-        sans.extend(self.published_on);
-        let identity = self
-            .ca
-            .issue_node(name, &sans, &[name.to_string(), container.to_string()])?;
-        let agent_port = format!("{AGENT_PORT}/tcp");
-        let port_bindings = published_port.map(|port| {
-            HashMap::from([(
-                agent_port.clone(),
-                Some(vec![PortBinding {
-                    host_ip: None,
-                    host_port: Some(port.to_string()),
-                }]),
-            )])
-        });
-
-        let binds = match &self.delivery {
-            Delivery::Bind { path, .. } => {
-                let tls = path.join(name).join("tls");
-                identity.write_node_dir(&tls, self.ca.cert_pem())?;
-                let mut binds = vec![format!("{}:{TLS_DIR}:ro", tls.display())];
-                if let Some(agent) = &self.user_agent {
-                    binds.push(format!("{}:{}:ro", agent.path.display(), image::AGENT_PATH));
-                }
-                Some(binds)
-            }
-            Delivery::Upload => None,
-        };
-        let timeout_ms = self.options.heartbeat_timeout.as_millis().max(1);
-        let body = ContainerCreateBody {
-            image: Some(self.image.clone()),
-            hostname: Some(name.to_string()),
-            entrypoint: Some(vec![image::AGENT_PATH.to_string()]),
-            cmd: Some(vec![
-                "--listen".into(),
-                format!("0.0.0.0:{AGENT_PORT}"),
-                "--tls-dir".into(),
-                TLS_DIR.into(),
-                "--root-dir".into(),
-                ROOT_DIR.into(),
-                "--state-dir".into(),
-                STATE_DIR.into(),
-                "--heartbeat-timeout".into(),
-                format!("{timeout_ms}ms"),
-            ]),
-            working_dir: Some(ROOT_DIR.to_string()),
-            // An anonymous volume: node files bypass the storage driver (fuse-overlayfs here
-            // moves 1 GiB in over a minute), and removing the container with `v` removes it.
-            volumes: Some(vec![ROOT_DIR.to_string()]),
-            labels: Some(self.labels(Some(name))),
-            host_config: Some(HostConfig {
-                cap_add: Some(vec!["NET_ADMIN".to_string()]),
-                // docker-init as PID 1 reaps orphans of the processes the agent starts.
-                init: Some(true),
-                network_mode: Some(self.network.clone()),
-                port_bindings,
-                binds,
-                ..Default::default()
-            }),
-            exposed_ports: published_port.map(|_| vec![agent_port.clone()]),
-            networking_config: Some(NetworkingConfig {
-                endpoints_config: Some(HashMap::from([(self.network.clone(), self.endpoint(name, ip))])),
-            }),
-            ..Default::default()
-        };
-        let options = CreateContainerOptionsBuilder::new().name(container).build();
-        bounded(
-            format!("node {name}: creating container {container} from {}", self.image),
-            self.docker.create_container(Some(options), body),
-        )
-        .await?;
-
-        if matches!(self.delivery, Delivery::Upload) {
-            self.upload_files(name, container, &identity).await?;
-        }
-        bounded(
-            format!("node {name}: starting container {container}"),
-            self.docker.start_container(container, None),
-        )
-        .await?;
-        self.connect_node(name, container, ip, published_port).await
-    }
-
-    /// Copies node `name`'s TLS files (and the agent, for a user's image) into its created
-    /// container: [`Delivery::Upload`].
-    async fn upload_files(&self, name: &str, container: &str, identity: &certs::Identity) -> Result<()> {
-        let ca = self.ca.cert_pem().as_bytes();
-        let mut files: Vec<(&str, u32, &[u8])> = vec![
-            ("chaos/tls/ca.pem", 0o644, ca),
-            ("chaos/tls/node.pem", 0o644, identity.cert_pem.as_bytes()),
-            ("chaos/tls/node.key", 0o600, identity.key_pem.as_bytes()),
-        ];
-        if let Some(bytes) = self.user_agent.as_ref().and_then(|a| a.bytes.as_ref()) {
-            files.push(("chaos/chaos-agent", 0o755, bytes.as_slice()));
-        }
-        let archive = tar_archive(
-            &[
-                ("chaos", 0o755),
-                ("chaos/tls", 0o700),
-                ("chaos/root", 0o755),
-                ("chaos/state", 0o700),
-            ],
-            &files,
-        )
-        .map_err(|e| Error::io(format!("node {name}: packing its TLS files"), e))?;
-        let upload = UploadToContainerOptionsBuilder::new().path("/").build();
-        bounded(
-            format!("node {name}: copying TLS files into {container}"),
-            self.docker
-                .upload_to_container(container, Some(upload), bollard::body_full(archive.into())),
-        )
-        .await
-        .map(drop)
-    }
-
-    /// Connects to the agent of node `name`, started in `container`, and waits until it answers.
-    async fn connect_node(
-        &self,
-        name: &str,
-        container: &str,
-        ip: Ipv4Addr,
-        published_port: Option<u16>,
-    ) -> Result<(Arc<dyn Node>, NodeEntry)> {
-        let timeouts = Timeouts {
-            connect: Duration::from_secs(2),
-            ..Timeouts::default()
-        };
-        let agent_addr = match (self.published_on, published_port) {
-            (Some(host), Some(port)) => SocketAddr::new(host, port),
-            _ => SocketAddr::new(IpAddr::V4(ip), AGENT_PORT),
-        };
-        let client = Arc::new(AgentClient::with_timeouts(
-            name.to_string(),
-            agent_addr,
-            self.tls.clone(),
-            timeouts,
-        ));
-        self.wait_ready(name, container, &client).await?;
-        let node: Arc<dyn Node> = Arc::new(AgentNode::new(
-            client.clone(),
-            vec![IpAddr::V4(ip)],
-            ROOT_DIR.to_string(),
-        ));
-        Ok((
-            node,
-            NodeEntry {
-                name: name.to_string(),
-                container: container.to_string(),
-                ip,
-                client,
-            },
-        ))
-    }
-
-    /// Waits until the node's agent answers a heartbeat over mutual TLS, within the node-ready
-    /// bound. On timeout the error carries the container's state and the end of its log.
-    async fn wait_ready(&self, name: &str, container: &str, client: &AgentClient) -> Result<()> {
-        let deadline = Instant::now() + self.options.node_ready_timeout;
-        let mut pause = Duration::from_millis(2);
-        let mut checks = 0u32;
-        loop {
-            let last = match client.heartbeat().await {
-                Ok(_) => return Ok(()),
-                Err(e) => e,
-            };
-            checks += 1;
-            // Now and then, see whether the container died: no point waiting for a dead agent.
-            let exited = if checks % 25 == 0 {
-                matches!(
-                    self.docker.inspect_container(container, None).await,
-                    Ok(info) if info.state.as_ref().and_then(|s| s.running) == Some(false)
-                )
-            } else {
-                false
-            };
-            if exited || Instant::now() >= deadline {
-                let log = self.log_tail(container).await;
-                let why = if exited {
-                    "its container exited".to_string()
-                } else {
-                    format!(
-                        "no answer within {:?} (the runner must reach container addresses directly: \
-                         a local daemon, or a route to the daemon host's networks)",
-                        self.options.node_ready_timeout
-                    )
-                };
-                return Err(backend_error(format!(
-                    "node {name} (container {container}): the agent is not ready: {why}; last \
-                     error: {last}; container log:\n{log}"
-                )));
-            }
-            tokio::time::sleep(pause).await;
-            // A refused connect costs microseconds; a long pause would be pure added latency.
-            pause = (pause * 2).min(Duration::from_millis(10));
-        }
-    }
-
-    /// The last lines a container printed, for error messages.
-    async fn log_tail(&self, container: &str) -> String {
-        let options = LogsOptionsBuilder::new()
-            .stdout(true)
-            .stderr(true)
-            .tail("20")
-            .build();
-        let mut logs = self.docker.logs(container, Some(options));
-        let mut text = String::new();
-        let collect = async {
-            while let Some(Ok(chunk)) = logs.next().await {
-                text.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
-            }
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(3), collect).await;
-        if text.trim().is_empty() {
-            "(empty)".to_string()
+        if errors.is_empty() {
+            Ok(())
         } else {
-            text
+            Err(errors.join("; "))
         }
     }
 }
 
-/// Docker-level faults on a node's container: the cluster's machine faults.
-#[async_trait]
-impl MachineFaultHost for Inner {
-    fn machine_fault_table(&self) -> &MachineFaultTable {
-        &self.machine_faults
-    }
-
-    /// Before pausing or disconnecting, the node's agent is told to expect no heartbeat for
-    /// `ttl` (plus a margin), so it does not mistake the silence for a crashed runner.
-    async fn apply_machine_fault(&self, node: &str, fault: MachineFault, ttl: Duration) -> Result<()> {
-        let (container, client, _) = self.node_entry(node)?;
-        let context = format!("node {node}: {fault} container {container}");
-        match fault {
-            MachineFault::Pause => {
-                client.heartbeat_with_grace(ttl + FAULT_GRACE_MARGIN).await?;
-                bounded(&context, self.docker.pause_container(&container)).await?;
-            }
-            MachineFault::Stop => {
-                self.lock().held_down.insert(node.to_string());
-                let options = StopContainerOptionsBuilder::new().t(2).build();
-                if let Err(e) = bounded(&context, self.docker.stop_container(&container, Some(options))).await
-                {
-                    self.lock().held_down.remove(node);
-                    return Err(e);
-                }
-            }
-            MachineFault::Disconnect => {
-                client.heartbeat_with_grace(ttl + FAULT_GRACE_MARGIN).await?;
-                let request = NetworkDisconnectRequest {
-                    container: container.clone(),
-                    force: Some(true),
-                };
-                bounded(&context, self.docker.disconnect_network(&self.network, request)).await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// A stopped node is no longer held down afterwards, whatever the outcome (the supervisor
-    /// takes over).
-    async fn undo_machine_fault(&self, node: &str, fault: MachineFault) -> Result<()> {
-        let undone = async {
-            let (container, client, ip) = self.node_entry(node)?;
-            let context = format!("node {node}: healing {fault} of container {container}");
-            match fault {
-                MachineFault::Pause => {
-                    bounded(&context, self.docker.unpause_container(&container)).await?;
-                }
-                MachineFault::Stop => {
-                    bounded(&context, self.docker.start_container(&container, None)).await?;
-                }
-                MachineFault::Disconnect => {
-                    let request = NetworkConnectRequest {
-                        container: container.clone(),
-                        endpoint_config: Some(self.endpoint(node, ip)),
-                    };
-                    bounded(&context, self.docker.connect_network(&self.network, request)).await?;
-                }
-            }
-            self.wait_ready(node, &container, &client).await
-        }
-        .await;
-        if fault == MachineFault::Stop {
-            self.lock().held_down.remove(node);
-        }
-        undone
-    }
-}
-
-impl Drop for Inner {
+impl Inner {
     /// Best effort, blocking: removes whatever containers and network are left (a test that
     /// panicked before [`Cluster::cleanup`]). Runs on a thread of its own with its own runtime
-    /// and connection, so it works whether or not a runtime is running here.
-    fn drop(&mut self) {
-        self.supervisor.stop_now();
-        let cleaned = self.lock().cleaned;
-        if cleaned {
+    /// and connection, so it works whether or not a runtime is running here. Idempotent.
+    fn teardown_blocking(&self) {
+        if std::mem::replace(&mut self.lock().cleaned, true) {
             return;
         }
         let id = self.id.clone();
@@ -1142,174 +443,173 @@ impl Drop for Inner {
             Ok(Err(e)) => tracing::warn!("docker cluster {}: cleanup on drop: {e}", self.id),
             Err(_) => tracing::warn!("docker cluster {}: cleanup on drop panicked", self.id),
         }
+        // The bind-mounted files go with `delivery`'s temporary directory.
     }
 }
 
-/// Removes every container labelled with cluster `id`, then the network `network`.
-async fn remove_cluster_resources(docker: &Docker, id: &str, network: &str) -> Result<(), String> {
-    let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_CLUSTER}={id}")])]);
-    let list = ListContainersOptionsBuilder::new()
-        .all(true)
-        .filters(&filters)
-        .build();
-    let containers = bounded("listing containers", docker.list_containers(Some(list)))
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut errors = Vec::new();
-    let removals = containers
-        .iter()
-        .filter_map(|c| c.id.clone())
-        .map(|cid| async move {
-            let options = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
-            bounded(
-                format!("removing container {cid}"),
-                docker.remove_container(&cid, Some(options)),
-            )
-            .await
-        });
-    for result in futures_util::future::join_all(removals).await {
-        if let Err(e) = result {
-            errors.push(e.to_string());
-        }
-    }
-    match within(DAEMON_BOUND, docker.remove_network(network)).await {
-        Ok(()) => {}
-        Err(f) if f.status() == Some(404) => {}
-        Err(f) => errors.push(f.describe(&format!("removing network {network}"))),
-    }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors.join("; "))
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.teardown_blocking();
     }
 }
 
 #[async_trait]
-impl Cluster for DockerCluster {
-    fn backend(&self) -> &'static str {
+impl Provisioner for DockerProvisioner {
+    fn name(&self) -> &'static str {
         "docker"
     }
 
-    async fn create_nodes(&self, count: usize) -> Result<Vec<Arc<dyn Node>>> {
-        if count == 0 {
-            return Ok(Vec::new());
+    fn limits(&self) -> Limits {
+        LIMITS
+    }
+
+    /// A short connect: a paused or disconnected container's agent must not hold a caller for
+    /// long.
+    fn client_timeouts(&self) -> Timeouts {
+        Timeouts {
+            connect: Duration::from_secs(2),
+            ..Timeouts::default()
         }
-        let inner = &self.inner;
-        let first = {
-            let mut state = inner.lock();
-            if state.cleaned {
-                return Err(backend_error(format!(
-                    "cluster {}: already cleaned up; create a new cluster",
-                    inner.options.name
-                )));
-            }
-            super::reserve_nodes(
-                &mut state.next_node,
-                count,
-                MAX_NODES,
-                "docker",
-                &inner.options.name,
-            )?
+    }
+
+    async fn provision(&self, request: MachineRequest<'_>) -> Result<Machine> {
+        if self.inner.lock().cleaned {
+            return Err(backend_error(format!(
+                "cluster {}: already cleaned up; create a new cluster",
+                self.inner.name
+            )));
+        }
+        self.inner.create_node(&request).await
+    }
+
+    async fn release(&self, node: &str) -> Result<()> {
+        let entry = {
+            let mut state = self.inner.lock();
+            let found = state.nodes.iter().position(|n| n.name == node);
+            found.map(|i| state.nodes.remove(i))
         };
-        let bound = inner.options.node_ready_timeout + DAEMON_BOUND;
-        let (made, first_error) =
-            super::create_concurrently("docker", first, count, bound, |k| inner.clone().create_node(k)).await;
-        let nodes: Vec<Arc<dyn Node>> = made.iter().map(|(node, _)| node.clone()).collect();
-        {
-            let mut state = inner.lock();
-            // Even after a failure the made nodes are kept: cleanup removes them.
-            state.nodes.extend(made.into_iter().map(|(_, entry)| entry));
-        }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(nodes),
+        let container = entry.map_or_else(|| self.inner.container_name(node), |e| e.container);
+        self.inner.remove_container(&container).await;
+        Ok(())
+    }
+
+    async fn teardown(&self) -> Result<()> {
+        self.inner
+            .teardown()
+            .await
+            .map_err(|e| backend_error(format!("{}: {e}", self.inner.id)))
+    }
+
+    fn teardown_now(&self) {
+        self.inner.teardown_blocking();
+    }
+
+    async fn agent_status(&self, node: &str) -> Option<String> {
+        match self.inner.node_entry(node) {
+            Ok((container, _)) => self.inner.container_status(&container).await,
+            Err(_) => Some("its node is gone".to_string()),
         }
     }
 
-    async fn cleanup(&self) -> Result<()> {
-        let inner = &self.inner;
-        if inner.lock().cleaned {
-            return Ok(());
-        }
-        // No restart may race the removal.
-        inner.supervisor.stop().await;
-        {
-            let mut state = inner.lock();
-            if state.cleaned {
-                return Ok(());
-            }
-            state.cleaned = true;
-        }
-        let faults = inner.machine_faults.drain();
-        let mut errors = Vec::new();
-        // Unpause first: a paused agent cannot shut down gracefully, and removing a paused
-        // container is refused by older daemons. Stopped and disconnected containers are simply
-        // removed below.
-        for fault in &faults {
-            if fault.fault == MachineFault::Pause {
-                let container = inner.container_name(&fault.node);
-                let _ = bounded("unpausing", inner.docker.unpause_container(&container)).await;
-            }
-        }
-        let nodes = std::mem::take(&mut inner.lock().nodes);
-        // Graceful first: each agent kills its process trees and heals its own faults.
-        let shutdowns = nodes.iter().map(|n| {
-            let client = n.client.clone();
-            async move {
-                let _ = tokio::time::timeout(SHUTDOWN_BOUND, client.shutdown()).await;
-            }
-        });
-        futures_util::future::join_all(shutdowns).await;
-        drop(nodes);
-        if let Err(e) = remove_cluster_resources(&inner.docker, &inner.id, &inner.network).await {
-            errors.push(e);
-        }
-        if let Delivery::Bind { dir, path } = &inner.delivery
-            && let Some(dir) = dir.lock().unwrap_or_else(|e| e.into_inner()).take()
-            && let Err(e) = dir.close()
-        {
-            errors.push(format!("removing {}: {e}", path.display()));
-        }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(backend_error(format!(
-                "cleaning up cluster {} ({}): {}",
-                inner.options.name,
-                inner.id,
-                errors.join("; ")
-            )))
+    async fn agent_exited(&self, node: &str) -> String {
+        match self.inner.node_entry(node) {
+            Ok((container, _)) => self.inner.container_exited(&container).await,
+            Err(_) => "its node is gone".to_string(),
         }
     }
 
-    fn agent_events(&self) -> Option<tokio::sync::broadcast::Receiver<AgentEvent>> {
-        Some(self.inner.supervisor.subscribe())
+    async fn restart_agent(&self, node: &str) -> Result<()> {
+        if self.inner.lock().cleaned {
+            return Err(backend_error(format!("node {node}: cleaned up, not restarted")));
+        }
+        let (container, _) = self.inner.node_entry(node)?;
+        bounded(
+            format!("node {node}: starting container {container} again"),
+            self.inner.docker.start_container(&container, None),
+        )
+        .await
+    }
+
+    async fn diagnose(&self, node: &str) -> String {
+        let container = self.inner.container_name(node);
+        format!(
+            "container {container} log:\n{}",
+            self.inner.log_tail(&container).await
+        )
     }
 
     fn machine_faults(&self) -> Vec<MachineFault> {
-        MachineFault::ALL.to_vec()
+        BACKEND.machine_faults.to_vec()
     }
 
-    async fn inject_machine_fault(
-        &self,
-        node: &str,
-        fault: MachineFault,
-        ttl: Duration,
-    ) -> Result<MachineFaultHandle> {
-        machine::inject(&self.inner, node, fault, ttl).await
+    async fn apply_machine_fault(&self, node: &str, fault: MachineFault) -> Result<()> {
+        let inner = &self.inner;
+        let (container, _) = inner.node_entry(node)?;
+        let context = format!("node {node}: {fault} container {container}");
+        match fault {
+            MachineFault::Pause => bounded(&context, inner.docker.pause_container(&container)).await,
+            MachineFault::Stop => {
+                let options = StopContainerOptionsBuilder::new().t(2).build();
+                bounded(&context, inner.docker.stop_container(&container, Some(options))).await
+            }
+            MachineFault::Disconnect => {
+                let request = NetworkDisconnectRequest {
+                    container: container.clone(),
+                    force: Some(true),
+                };
+                bounded(&context, inner.docker.disconnect_network(&inner.network, request)).await
+            }
+        }
     }
 
-    fn list_machine_faults(&self) -> Vec<MachineFaultInfo> {
-        self.inner.machine_faults.list()
+    async fn undo_machine_fault(&self, node: &str, fault: MachineFault) -> Result<()> {
+        let inner = &self.inner;
+        let (container, ip) = inner.node_entry(node)?;
+        let context = format!("node {node}: healing {fault} of container {container}");
+        match fault {
+            MachineFault::Pause => bounded(&context, inner.docker.unpause_container(&container)).await,
+            MachineFault::Stop => bounded(&context, inner.docker.start_container(&container, None)).await,
+            MachineFault::Disconnect => {
+                let request = NetworkConnectRequest {
+                    container: container.clone(),
+                    endpoint_config: Some(inner.endpoint(node, ip)),
+                };
+                bounded(&context, inner.docker.connect_network(&inner.network, request)).await
+            }
+        }
     }
 
-    async fn heal_all_machine_faults(&self) -> Result<Vec<MachineFaultInfo>> {
-        machine::heal_all(&*self.inner).await
+    /// `docker restart` of the node's container.
+    async fn restart_machine(&self, node: &str) -> Option<Result<()>> {
+        let inner = &self.inner;
+        let (container, _) = match inner.node_entry(node) {
+            Ok(entry) => entry,
+            Err(e) => return Some(Err(e)),
+        };
+        let options = RestartContainerOptionsBuilder::new().t(2).build();
+        Some(
+            bounded(
+                format!("node {node}: restarting container {container}"),
+                inner.docker.restart_container(&container, Some(options)),
+            )
+            .await,
+        )
+    }
+
+    fn describe(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("id", self.inner.id.clone()),
+            ("network", self.inner.network.clone()),
+            ("subnet", format!("{}/24", self.inner.subnet)),
+            ("image", self.inner.image.clone()),
+        ]
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::container::tar_archive;
+    use super::network::{candidate_subnet, docker_safe};
     use super::*;
 
     #[test]

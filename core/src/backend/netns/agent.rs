@@ -215,7 +215,7 @@ pub async fn ready(spec: &AgentSpec, mut lines: Lines<BufReader<ChildStdout>>) -
 }
 
 /// The last few lines of a log, joined on one line.
-fn log_tail(path: &Path) -> String {
+pub(super) fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let tail = lines[lines.len().saturating_sub(5)..].join(" | ");

@@ -55,13 +55,11 @@ use rtnetlink::Handle;
 pub use agent::{AGENT_BIN_ENV, find_agent_binary};
 pub use gc::collect_garbage;
 
-use crate::agent_client::{AgentClient, AgentNode};
-use crate::backend::ClusterOptions;
-use crate::backend::supervisor::{AgentEvent, RestartPolicy, Supervisor};
-use crate::certs::{self, ClusterCa};
-use crate::cluster::{Cluster, Node};
+use crate::backend::provision::{Limits, Machine, MachineRequest, Provisioner};
+use crate::backend::{AgentCluster, ClusterOptions};
+use crate::cluster::Cluster;
 use crate::{Error, Result};
-use node::{NetnsKeeper, NodeRes, teardown_nodes};
+use node::{NodeRes, teardown_nodes};
 
 /// Port the agents listen on, on their node's address.
 pub const AGENT_PORT: u16 = 7700;
@@ -78,15 +76,40 @@ pub const STATE_DIR: &str = namespace::STATE_DIR;
 /// Bound on tearing down a node's processes and cgroups.
 const TEARDOWN_BOUND: Duration = Duration::from_secs(3);
 
-/// Bound on an agent's graceful shutdown during [`Cluster::cleanup`].
-const SHUTDOWN_BOUND: Duration = Duration::from_secs(2);
-
 const BRIDGE: &str = "br0";
 const NODE_LINK: &str = "eth0";
 
 fn backend_error(message: impl Into<String>) -> Error {
     Error::backend("netns", message)
 }
+
+/// The registry's entry for `netns` ([`crate::backend::registry`]).
+pub const BACKEND: crate::backend::Backend = crate::backend::Backend {
+    name: "netns",
+    summary: "one Linux network namespace per node, with its own IP, running the agent",
+    availability,
+    create: |options| {
+        Box::pin(async move { Ok(Arc::new(NetnsCluster::new(options).await?) as Arc<dyn Cluster>) })
+    },
+    collect_garbage: Some(|options| {
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || collect_garbage(&options))
+                .await
+                .unwrap_or_else(|e| crate::backend::gc::GcReport {
+                    errors: vec![format!("netns: the collection task failed: {e}")],
+                    ..Default::default()
+                })
+        })
+    }),
+    limits: LIMITS,
+    isolated_network: true,
+    machine_faults: &[],
+};
+
+const LIMITS: Limits = Limits {
+    max_nodes: MAX_NODES,
+    provision_time: Duration::ZERO,
+};
 
 /// The /24 of cluster `index`: `10.(200 + index / 256).(index % 256).0`.
 pub fn subnet(index: u32) -> Ipv4Addr {
@@ -181,30 +204,36 @@ pub(crate) fn overlaps_host_route(net: Ipv4Addr) -> bool {
     })
 }
 
-/// A cluster of netns nodes. See the [module documentation](self).
-pub struct NetnsCluster {
+/// A cluster of netns nodes: the generic agent cluster on the [`Netns`] provisioner.
+pub type NetnsCluster = AgentCluster<Netns>;
+
+impl AgentCluster<Netns> {
+    /// Creates an empty netns cluster (see [`Netns::create`]).
+    pub async fn new(options: ClusterOptions) -> Result<Self> {
+        let netns = Netns::create(&options.name).await?;
+        AgentCluster::with_provisioner(netns, options)
+    }
+}
+
+/// The netns provisioner: makes network namespaces running the agent. See the
+/// [module documentation](self).
+pub struct Netns {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    options: ClusterOptions,
+    name: String,
     index: u32,
     agent_bin: PathBuf,
     cgroup_dir: PathBuf,
     dir: PathBuf,
-    ca: ClusterCa,
-    runner: certs::Identity,
-    tls: Arc<rustls::ClientConfig>,
     bridge_index: u32,
-    /// Restarts agents that die; stopped before any node is torn down.
-    supervisor: Supervisor,
     /// What the state file says (its node list is updated as nodes are made).
     record: claim::StateRecord,
     state: Mutex<State>,
 }
 
 struct State {
-    next_node: u32,
     nodes: Vec<NodeRes>,
     /// `None` once the cluster was cleaned up.
     cluster: Option<ClusterRes>,
@@ -298,10 +327,11 @@ impl Drop for ClusterRes {
     }
 }
 
-impl NetnsCluster {
-    /// Creates an empty cluster: claims an index (its state file), creates the host link, the
-    /// hub namespace with its bridge, the cgroup and temporary directories, and the cluster's CA.
-    pub async fn new(options: ClusterOptions) -> Result<Self> {
+impl Netns {
+    /// Claims an index (its state file), creates the host link, the hub namespace with its
+    /// bridge, the cgroup and temporary directories. `cluster` names the cluster in the state
+    /// file and messages.
+    pub async fn create(cluster: &str) -> Result<Self> {
         availability()
             .map_err(|m| backend_error(m.strip_prefix("netns backend ").unwrap_or(&m).to_string()))?;
         let agent_bin = find_agent_binary()?;
@@ -310,9 +340,9 @@ impl NetnsCluster {
             .join("chaos");
         let host = links::host_handle().map_err(|e| Error::io("opening a netlink socket", e))?;
 
-        let (mut res, record, hub_fd, hub_netlink) = claim_index(&host, &cgroup_root, &options.name).await?;
+        let (mut res, record, hub_fd, hub_netlink) = claim_index(&host, &cgroup_root, cluster).await?;
         let index = res.index;
-        let ctx = |what: &str| format!("netns cluster {} (#{index}): {what}", options.name);
+        let ctx = |what: &str| format!("netns cluster {cluster} (#{index}): {what}");
 
         let hub_netlink = hub_netlink.ok_or_else(|| backend_error("hub netlink socket missing"))?;
         let hub = links::handle_for(hub_netlink).map_err(|e| Error::io(ctx("hub netlink socket"), e))?;
@@ -342,29 +372,20 @@ impl NetnsCluster {
             .create(&dir)
             .map_err(|e| Error::io(ctx(&format!("creating {}", dir.display())), e))?;
 
-        let ca = ClusterCa::generate(&options.name)?;
-        let runner = ca.issue_runner()?;
-        let tls = certs::client_config(ca.cert_pem(), &runner)?;
-
         let inner = Inner {
-            options,
+            name: cluster.to_string(),
             index,
             agent_bin,
             cgroup_dir,
             dir,
-            ca,
-            runner,
-            tls,
             bridge_index,
-            supervisor: Supervisor::new(RestartPolicy::default()),
             record,
             state: Mutex::new(State {
-                next_node: 1,
                 nodes: Vec::new(),
                 cluster: Some(res),
             }),
         };
-        tracing::debug!(index, "netns cluster {} ready", inner.options.name);
+        tracing::debug!(index, "netns cluster {cluster} ready");
         Ok(Self {
             inner: Arc::new(inner),
         })
@@ -422,17 +443,6 @@ impl NetnsCluster {
     /// The cluster's state file.
     pub fn state_file(&self) -> PathBuf {
         state_file(self.inner.index)
-    }
-
-    /// The cluster CA's certificate (PEM): what a client must trust to reach the agents.
-    pub fn ca_pem(&self) -> &str {
-        self.inner.ca.cert_pem()
-    }
-
-    /// The runner's client identity, for another process that drives this cluster's agents
-    /// (`chaos exec`). Its key must only ever be written to a 0600 file.
-    pub fn runner_identity(&self) -> &certs::Identity {
-        &self.inner.runner
     }
 }
 
@@ -544,10 +554,11 @@ impl Inner {
         }
     }
 
-    /// Creates node `k`; on any failure (or cancellation) the returned guard's drop releases
-    /// what was made.
-    async fn create_node(self: Arc<Self>, k: u32, hub: Handle) -> Result<(Arc<dyn Node>, NodeRes)> {
-        let name = format!("n{k}");
+    /// Makes node `k`'s namespace, files and cgroup and starts its agent; on any failure (or
+    /// cancellation) the node's resources are released when `res` drops.
+    async fn create_node(&self, request: &MachineRequest<'_>, hub: Handle) -> Result<(Machine, NodeRes)> {
+        let name = request.name.clone();
+        let k = request.number;
         let ip = node_address(self.index, k);
         let mut res = NodeRes {
             name: name.clone(),
@@ -556,7 +567,7 @@ impl Inner {
             netns_fd: None,
             cgroup: None,
             agent: Arc::default(),
-            client: None,
+            spec: None,
         };
         let netns = res.netns.clone();
         let ctx = |what: &str| format!("node {name} ({netns}): {what}");
@@ -593,8 +604,8 @@ impl Inner {
         let tls_dir = node_dir.join("tls");
         std::fs::create_dir_all(&root_dir)
             .map_err(|e| Error::io(ctx(&format!("creating {}", root_dir.display())), e))?;
-        let identity = self.ca.issue_node(&name, &[IpAddr::V4(ip)], &[])?;
-        identity.write_node_dir(&tls_dir, self.ca.cert_pem())?;
+        let identity = request.issue_identity(&[IpAddr::V4(ip)], &[])?;
+        identity.write_node_dir(&tls_dir, request.ca_pem())?;
 
         // cgroup: the node's directory, the agent in its `agent` child.
         let cgroup_dir = self.cgroup_dir.join(&name);
@@ -610,8 +621,8 @@ impl Inner {
             state_dir: node_dir.join("state"),
             cgroup: cgroup_dir,
             log: node_dir.join("agent.log"),
-            heartbeat_timeout: self.options.heartbeat_timeout,
-            ready_timeout: self.options.node_ready_timeout,
+            heartbeat_timeout: request.heartbeat_timeout,
+            ready_timeout: request.ready_timeout,
         };
         let netns_file = res
             .netns_fd
@@ -626,152 +637,160 @@ impl Inner {
                 spec.listen
             ))));
         }
-
-        let client = Arc::new(AgentClient::new(name.clone(), addr, self.tls.clone()));
-        // The first heartbeat proves the agent accepts our mutual TLS, and starts its clock.
-        client.heartbeat().await?;
-        res.client = Some(client.clone());
-        let keeper = NetnsKeeper {
-            spec,
-            netns: namespace::netns_path(&res.netns),
-            slot: res.agent.clone(),
-            client: client.clone(),
+        res.spec = Some(spec);
+        let machine = Machine {
+            agent: addr,
+            ips: vec![IpAddr::V4(ip)],
+            interfaces: vec![NODE_LINK.to_string()],
+            root_dir: root_dir.to_string_lossy().into_owned(),
         };
-        let interval = (self.options.heartbeat_timeout / 3).max(Duration::from_millis(10));
-        self.supervisor.watch(client.clone(), Arc::new(keeper), interval);
-        let node: Arc<dyn Node> = Arc::new(AgentNode::new(
-            client,
-            vec![IpAddr::V4(ip)],
-            root_dir.to_string_lossy().into_owned(),
-        ));
-        Ok((node, res))
+        Ok((machine, res))
     }
+
+    /// Takes every node and the cluster-wide resources out of the state, for a teardown.
+    fn take_all(&self) -> (Vec<NodeRes>, Option<ClusterRes>) {
+        let mut state = self.lock();
+        (std::mem::take(&mut state.nodes), state.cluster.take())
+    }
+
+    /// The agent slot, start spec and namespace path of `node`.
+    fn node_agent(&self, node: &str) -> Result<(Arc<node::AgentSlot>, agent::AgentSpec, PathBuf)> {
+        self.lock()
+            .nodes
+            .iter()
+            .find(|n| n.name == node)
+            .and_then(|n| Some((n.agent.clone(), n.spec.clone()?, namespace::netns_path(&n.netns))))
+            .ok_or_else(|| backend_error(format!("node {node}: no such node in cluster #{}", self.index)))
+    }
+}
+
+/// Tears down `nodes`, then the cluster-wide resources, blocking; returns what failed.
+fn teardown_blocking(mut nodes: Vec<NodeRes>, cluster: Option<ClusterRes>) -> Vec<String> {
+    let mut errors = teardown_nodes(&mut nodes);
+    drop(nodes);
+    if let Some(mut cluster) = cluster {
+        errors.extend(cluster.teardown());
+    }
+    errors
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.supervisor.stop_now();
-        let (mut nodes, cluster) = {
-            let mut state = self.lock();
-            (std::mem::take(&mut state.nodes), state.cluster.take())
-        };
-        for e in teardown_nodes(&mut nodes) {
+        let (nodes, cluster) = self.take_all();
+        for e in teardown_blocking(nodes, cluster) {
             tracing::warn!("netns cluster #{}: cleanup: {e}", self.index);
         }
-        drop(nodes);
-        drop(cluster);
     }
 }
 
 #[async_trait]
-impl Cluster for NetnsCluster {
-    fn backend(&self) -> &'static str {
+impl Provisioner for Netns {
+    fn name(&self) -> &'static str {
         "netns"
     }
 
-    async fn create_nodes(&self, count: usize) -> Result<Vec<Arc<dyn Node>>> {
-        if count == 0 {
-            return Ok(Vec::new());
-        }
+    fn limits(&self) -> Limits {
+        LIMITS
+    }
+
+    async fn provision(&self, request: MachineRequest<'_>) -> Result<Machine> {
         let inner = &self.inner;
-        let (first, hub) = {
-            let mut state = inner.lock();
-            let hub = state
+        let hub = {
+            let state = inner.lock();
+            state
                 .cluster
                 .as_ref()
                 .and_then(|c| c.hub.clone())
                 .ok_or_else(|| {
                     backend_error(format!(
                         "cluster {}: already cleaned up; create a new cluster",
-                        inner.options.name
+                        inner.name
                     ))
-                })?;
-            let first = super::reserve_nodes(
-                &mut state.next_node,
-                count,
-                MAX_NODES,
-                "netns",
-                &inner.options.name,
-            )?;
-            (first, hub)
+                })?
         };
-
-        let bound = inner.options.node_ready_timeout;
-        let (made, first_error) = super::create_concurrently("netns", first, count, bound, |k| {
-            inner.clone().create_node(k, hub.clone())
-        })
-        .await;
-        let nodes: Vec<Arc<dyn Node>> = made.iter().map(|(node, _)| node.clone()).collect();
-        {
-            let mut state = inner.lock();
-            if state.cluster.is_some() {
-                state.nodes.extend(made.into_iter().map(|(_, res)| res));
-                inner.write_state_file(&state);
-            }
-            // Otherwise the cluster was cleaned up meanwhile: dropping `made` releases the nodes.
+        let (machine, res) = inner.create_node(&request, hub).await?;
+        let mut state = inner.lock();
+        if state.cluster.is_none() {
+            // Torn down meanwhile: dropping `res` releases the node.
+            return Err(backend_error(format!(
+                "cluster {}: cleaned up while node {} was being made",
+                inner.name, request.name
+            )));
         }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(nodes),
-        }
+        state.nodes.push(res);
+        inner.write_state_file(&state);
+        Ok(machine)
     }
 
-    async fn cleanup(&self) -> Result<()> {
-        let inner = &self.inner;
-        let (mut nodes, cluster) = {
-            let mut state = inner.lock();
-            (std::mem::take(&mut state.nodes), state.cluster.take())
+    async fn release(&self, node: &str) -> Result<()> {
+        let res = {
+            let mut state = self.inner.lock();
+            let found = state.nodes.iter().position(|n| n.name == node);
+            let res = found.map(|i| state.nodes.remove(i));
+            self.inner.write_state_file(&state);
+            res
         };
-        if nodes.is_empty() && cluster.is_none() {
-            return Ok(());
-        }
-        // No restart may race the teardown.
-        inner.supervisor.stop().await;
-        // Graceful first: each agent kills its process trees and heals its faults itself.
-        let shutdowns = nodes
-            .iter()
-            .filter_map(|n| n.client.clone())
-            .map(|client| async move {
-                let _ = tokio::time::timeout(SHUTDOWN_BOUND, client.shutdown()).await;
-            });
-        futures_util::future::join_all(shutdowns).await;
-        let exits = nodes.iter().map(|n| {
-            let slot = n.agent.clone();
-            async move {
-                let exited = async {
-                    while slot.is_running() {
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                };
-                let _ = tokio::time::timeout(SHUTDOWN_BOUND, exited).await;
-            }
-        });
-        futures_util::future::join_all(exits).await;
-
-        let errors = tokio::task::spawn_blocking(move || {
-            let mut errors = teardown_nodes(&mut nodes);
-            drop(nodes);
-            if let Some(mut cluster) = cluster {
-                errors.extend(cluster.teardown());
-            }
-            errors
-        })
-        .await
-        .unwrap_or_else(|e| vec![format!("cleanup task failed: {e}")]);
+        let Some(res) = res else { return Ok(()) };
+        let errors = tokio::task::spawn_blocking(move || teardown_blocking(vec![res], None))
+            .await
+            .unwrap_or_else(|e| vec![format!("release task failed: {e}")]);
         if errors.is_empty() {
             Ok(())
         } else {
             Err(backend_error(format!(
-                "cleaning up cluster {} (#{}): {}",
-                inner.options.name,
-                inner.index,
+                "releasing node {node}: {}",
                 errors.join("; ")
             )))
         }
     }
 
-    fn agent_events(&self) -> Option<tokio::sync::broadcast::Receiver<AgentEvent>> {
-        Some(self.inner.supervisor.subscribe())
+    async fn teardown(&self) -> Result<()> {
+        let (nodes, cluster) = self.inner.take_all();
+        let errors = tokio::task::spawn_blocking(move || teardown_blocking(nodes, cluster))
+            .await
+            .unwrap_or_else(|e| vec![format!("cleanup task failed: {e}")]);
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(backend_error(format!(
+                "#{}: {}",
+                self.inner.index,
+                errors.join("; ")
+            )))
+        }
+    }
+
+    fn teardown_now(&self) {
+        let (nodes, cluster) = self.inner.take_all();
+        for e in teardown_blocking(nodes, cluster) {
+            tracing::warn!("netns cluster #{}: cleanup: {e}", self.inner.index);
+        }
+    }
+
+    async fn agent_status(&self, node: &str) -> Option<String> {
+        match self.inner.node_agent(node) {
+            Ok((slot, _, _)) => slot.exit_status(),
+            Err(_) => Some("its node is gone".to_string()),
+        }
+    }
+
+    async fn restart_agent(&self, node: &str) -> Result<()> {
+        let (slot, spec, netns) = self.inner.node_agent(node)?;
+        node::restart_agent(&slot, &spec, &netns).await
+    }
+
+    async fn diagnose(&self, node: &str) -> String {
+        let log = self.agent_log(node);
+        format!("agent log {}: {}", log.display(), agent::log_tail(&log))
+    }
+
+    fn describe(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("index", self.inner.index.to_string()),
+            ("subnet", format!("{}/24", self.subnet())),
+            ("state file", self.state_file().display().to_string()),
+            ("directory", self.inner.dir.display().to_string()),
+        ]
     }
 }
 

@@ -1,17 +1,14 @@
 //! One node's resources — namespace, cgroup, its agent process — how they are torn down, and
-//! the supervisor's hook that restarts the node's agent in place.
+//! how the node's agent is restarted in place (for the supervisor).
 
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use tokio::process::Child;
 
 use super::{TEARDOWN_BOUND, agent, backend_error, cgroup, namespace};
-use crate::agent_client::AgentClient;
-use crate::backend::supervisor::AgentKeeper;
 use crate::{Error, Result};
 
 /// One node's resources, released by [`teardown_nodes`] (also on drop, so a node whose
@@ -23,7 +20,8 @@ pub(super) struct NodeRes {
     pub(super) netns_fd: Option<File>,
     pub(super) cgroup: Option<PathBuf>,
     pub(super) agent: Arc<AgentSlot>,
-    pub(super) client: Option<Arc<AgentClient>>,
+    /// How its agent is started; set once it was.
+    pub(super) spec: Option<agent::AgentSpec>,
 }
 
 impl Drop for NodeRes {
@@ -51,9 +49,14 @@ impl AgentSlot {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether an agent runs in the slot now.
-    pub(super) fn is_running(&self) -> bool {
-        matches!(self.lock().child.as_mut().map(Child::try_wait), Some(Ok(None)))
+    /// `None` while an agent runs in the slot; how it ended otherwise.
+    pub(super) fn exit_status(&self) -> Option<String> {
+        match self.lock().child.as_mut().map(Child::try_wait) {
+            Some(Ok(None)) => None,
+            Some(Ok(Some(status))) => Some(status.to_string()),
+            Some(Err(e)) => Some(format!("waiting for it failed: {e}")),
+            None => Some("no agent process".to_string()),
+        }
     }
 
     /// Closes the slot and returns its agent, for the teardown to kill.
@@ -71,7 +74,6 @@ pub(super) fn teardown_nodes(nodes: &mut [NodeRes]) -> Vec<String> {
     let deadline = Instant::now() + TEARDOWN_BOUND;
     let mut agents: Vec<(String, Child)> = Vec::new();
     for n in nodes.iter_mut() {
-        n.client = None;
         if let Some(mut agent) = n.agent.close() {
             let _ = agent.start_kill();
             agents.push((n.name.clone(), agent));
@@ -110,66 +112,47 @@ pub(super) fn teardown_nodes(nodes: &mut [NodeRes]) -> Vec<String> {
     errors
 }
 
-/// The supervisor's hook for one netns node (see [`crate::backend::supervisor`]).
-pub(super) struct NetnsKeeper {
-    pub(super) spec: agent::AgentSpec,
-    /// The node's namespace, opened by name at each restart (a torn-down node has none).
-    pub(super) netns: PathBuf,
-    pub(super) slot: Arc<AgentSlot>,
-    pub(super) client: Arc<AgentClient>,
-}
-
-#[async_trait]
-impl AgentKeeper for NetnsKeeper {
-    async fn exit_status(&self) -> Option<String> {
-        let mut slot = self.slot.lock();
-        match slot.child.as_mut().map(Child::try_wait) {
-            Some(Ok(None)) => None,
-            Some(Ok(Some(status))) => Some(status.to_string()),
-            Some(Err(e)) => Some(format!("waiting for it failed: {e}")),
-            None => Some("no agent process".to_string()),
+/// Starts the agent of a node whose agent died again in the node — same namespace (`netns`,
+/// opened by name: a torn-down node has none), cgroup, listen address, TLS and state
+/// directories, its log appended to — and waits for its ready line. Refused once the node is
+/// being torn down.
+pub(super) async fn restart_agent(
+    slot: &AgentSlot,
+    spec: &agent::AgentSpec,
+    netns: &std::path::Path,
+) -> Result<()> {
+    let node = &spec.node;
+    let netns =
+        File::open(netns).map_err(|e| Error::io(format!("node {node}: opening {}", netns.display()), e))?;
+    let lines = {
+        let mut slot = slot.lock();
+        if slot.closed {
+            return Err(backend_error(format!("node {node}: torn down, not restarted")));
         }
-    }
-
-    fn torn_down(&self) -> bool {
-        self.slot.lock().closed
-    }
-
-    async fn restart_agent(&self) -> Result<()> {
-        let node = &self.spec.node;
-        let netns = File::open(&self.netns)
-            .map_err(|e| Error::io(format!("node {node}: opening {}", self.netns.display()), e))?;
-        let lines = {
-            let mut slot = self.slot.lock();
-            if slot.closed {
-                return Err(backend_error(format!("node {node}: torn down, not restarted")));
-            }
-            // Spawned under the slot's lock, so a teardown either sees the new agent or
-            // closed the slot before it could start.
-            let spawned = agent::spawn(&self.spec, &netns, true)?;
-            if let Some(mut old) = slot.child.replace(spawned.child) {
-                // Exited already (that is why we restart); reap it.
-                let _ = old.try_wait();
-            }
-            spawned.lines
-        };
-        let started = async {
-            let addr = agent::ready(&self.spec, lines).await?;
-            if addr != self.spec.listen {
-                return Err(backend_error(format!(
-                    "node {node}: the restarted agent announced {addr} instead of {}",
-                    self.spec.listen
-                )));
-            }
-            // Starts its heartbeat clock, and proves it accepts our mutual TLS.
-            self.client.heartbeat().await.map(drop)
-        };
-        let result = started.await;
-        if result.is_err()
-            && let Some(child) = self.slot.lock().child.as_mut()
-        {
-            let _ = child.start_kill();
+        // Spawned under the slot's lock, so a teardown either sees the new agent or closed the
+        // slot before it could start.
+        let spawned = agent::spawn(spec, &netns, true)?;
+        if let Some(mut old) = slot.child.replace(spawned.child) {
+            // Exited already (that is why we restart); reap it.
+            let _ = old.try_wait();
         }
-        result
+        spawned.lines
+    };
+    let started = async {
+        let addr = agent::ready(spec, lines).await?;
+        if addr != spec.listen {
+            return Err(backend_error(format!(
+                "node {node}: the restarted agent announced {addr} instead of {}",
+                spec.listen
+            )));
+        }
+        Ok(())
+    };
+    let result = started.await;
+    if result.is_err()
+        && let Some(child) = slot.lock().child.as_mut()
+    {
+        let _ = child.start_kill();
     }
+    result
 }

@@ -1,0 +1,230 @@
+//! The one list of backends. Everything that names backends — the scenario model's `backend`
+//! field, `chaos up --backend`, `chaos gc`, node limits, the engine, the test kit — takes the
+//! list from [`all`] and the entries from [`find`].
+//!
+//! Adding a backend is one module that defines its [`Backend`] entry (`pub const BACKEND`) and
+//! one line in [`registered_backends!`](crate::registered_backends), the registration list that
+//! both [`all`] and the per-backend tests ([`backend_tests!`](crate::backend_tests)) expand.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+
+use chaos_proto::MachineFault;
+
+use super::ClusterOptions;
+use super::gc::{GcOptions, GcReport};
+use super::provision::Limits;
+use crate::Result;
+use crate::cluster::Cluster;
+
+/// A boxed future, as the registry's function pointers return.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// A backend's constructor: an empty cluster from the options.
+pub type Create = fn(ClusterOptions) -> BoxFuture<Result<Arc<dyn Cluster>>>;
+
+/// One backend, as the registry knows it.
+pub struct Backend {
+    /// Its name, as on the command line and in scenario files (`netns`).
+    pub name: &'static str,
+    /// One line saying what a node is on this backend.
+    pub summary: &'static str,
+    /// Whether it can run here: `Err` holds one line naming what is missing.
+    pub availability: fn() -> Result<(), String>,
+    /// Creates an empty cluster.
+    pub create: Create,
+    /// Collects what crashed runners left on this backend (`chaos gc`); `None` for a backend
+    /// that leaves nothing behind.
+    pub collect_garbage: Option<fn(GcOptions) -> BoxFuture<GcReport>>,
+    /// Its limits.
+    pub limits: Limits,
+    /// Whether each node has a network stack of its own, so that network faults (partitions,
+    /// loss, delay) can be confined to one node.
+    pub isolated_network: bool,
+    /// The machine faults its clusters offer ([`crate::Cluster::machine_faults`]).
+    pub machine_faults: &'static [MachineFault],
+}
+
+impl Backend {
+    /// Creates an empty cluster on this backend; fails with one line naming what is missing when
+    /// it cannot run here.
+    pub async fn create(&self, options: ClusterOptions) -> Result<Arc<dyn Cluster>> {
+        (self.create)(options).await
+    }
+
+    /// Whether it can run here: `Err` holds one line naming what is missing.
+    pub fn availability(&self) -> Result<(), String> {
+        (self.availability)()
+    }
+}
+
+impl fmt::Debug for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Backend")
+            .field("name", &self.name)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Backends are equal when their names are (names are unique in the registry).
+impl PartialEq for Backend {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+impl Eq for Backend {}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+/// THE registration list: every backend module of [`crate::backend`], with the condition under
+/// which it is compiled, in the order tests try them. Calls the macro at the given path with
+/// `ARGS ; name, name, …` (each name with its `#[cfg]`), so that [`all`] and
+/// [`backend_tests!`](crate::backend_tests) are generated from the same list. (The conditions are
+/// evaluated where the macro expands: in this crate, or in a test crate built with the same
+/// features.)
+#[macro_export]
+macro_rules! registered_backends {
+    ($($callback:ident)::+ { $($args:tt)* }) => {
+        $($callback)::+! {
+            $($args)* ;
+            local,
+            #[cfg(target_os = "linux")] netns,
+            #[cfg(feature = "docker")] docker,
+        }
+    };
+}
+
+/// Collects the `BACKEND` entries of the registered modules.
+macro_rules! entries {
+    ( ; $( $(#[$condition:meta])* $name:ident, )* ) => {{
+        // Pushed one by one: a `#[cfg]` cannot sit on an element of `vec![…]`.
+        let mut all = Vec::with_capacity(8);
+        $( $(#[$condition])* all.push(super::$name::BACKEND); )*
+        all
+    }};
+}
+
+/// Every backend compiled in, in the order tests try them (see [`registered_backends!`]).
+pub fn all() -> &'static [Backend] {
+    static ALL: OnceLock<Vec<Backend>> = OnceLock::new();
+    ALL.get_or_init(|| registered_backends!(entries {}))
+}
+
+/// The backend named `name` when it is compiled in and can run here; otherwise the one line
+/// that says why not, for a test to skip with.
+pub fn available(name: &str) -> Result<&'static Backend, String> {
+    let backend = find(name).map_err(|_| format!("the {name} backend is not compiled into this build"))?;
+    backend.availability()?;
+    Ok(backend)
+}
+
+/// Writes one test per registered backend for each named check: `backend_tests!(hello);` with
+/// `async fn hello(cluster: Arc<dyn chaos::Cluster>)` in scope expands to a module `hello` holding
+/// the tests `hello::local`, `hello::netns`, `hello::docker`, … Each creates a cluster named after
+/// the test on its backend (skipping through `chaos_testkit::skip` when the backend cannot run
+/// here), runs the check on it and asserts that cleaning it up succeeds. A failure's name says
+/// which backend failed. The test crate needs `tokio` and `chaos-testkit`.
+#[macro_export]
+macro_rules! backend_tests {
+    ($($check:ident),+ $(,)?) => {
+        $( $crate::registered_backends!($crate::__backend_tests_for { $check }); )+
+    };
+}
+
+/// The expansion of [`backend_tests!`] for one check.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __backend_tests_for {
+    ($check:ident ; $( $(#[$condition:meta])* $name:ident, )*) => {
+        mod $check {
+            $(
+                $(#[$condition])*
+                #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let test = concat!(stringify!($check), "::", stringify!($name));
+                    let backend = match $crate::backend::registry::available(stringify!($name)) {
+                        Ok(backend) => backend,
+                        Err(why) => {
+                            ::chaos_testkit::skip(test, stringify!($name), &why);
+                            return;
+                        }
+                    };
+                    let options = $crate::backend::ClusterOptions {
+                        name: stringify!($check).to_string(),
+                        ..$crate::backend::ClusterOptions::default()
+                    };
+                    let cluster = backend
+                        .create(options)
+                        .await
+                        .unwrap_or_else(|e| panic!("{test}: creating the cluster: {e}"));
+                    super::$check(cluster.clone()).await;
+                    cluster
+                        .cleanup()
+                        .await
+                        .unwrap_or_else(|e| panic!("{test}: cleaning up the cluster: {e}"));
+                }
+            )*
+        }
+    };
+}
+
+/// The names of every backend compiled in.
+pub fn names() -> Vec<&'static str> {
+    all().iter().map(|b| b.name).collect()
+}
+
+/// A backend name the registry does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown backend `{name}`; valid choices: {}", names().join(", "))]
+pub struct UnknownBackend {
+    /// The name asked for.
+    pub name: String,
+}
+
+/// The backend named `name`.
+pub fn find(name: &str) -> Result<&'static Backend, UnknownBackend> {
+    all()
+        .iter()
+        .find(|b| b.name == name)
+        .ok_or_else(|| UnknownBackend {
+            name: name.to_string(),
+        })
+}
+
+/// Collects garbage on every backend that can leave any (concurrently; each is bounded).
+pub async fn collect_garbage(options: &GcOptions) -> GcReport {
+    let collections = all()
+        .iter()
+        .filter_map(|b| b.collect_garbage)
+        .map(|collect| collect(options.clone()));
+    let mut report = GcReport::default();
+    for one in futures_util::future::join_all(collections).await {
+        report.append(one);
+    }
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_found() {
+        let names = names();
+        for name in &names {
+            assert_eq!(find(name).unwrap().name, *name);
+            assert_eq!(names.iter().filter(|n| *n == name).count(), 1, "{name}");
+        }
+        assert_eq!(names[0], "local");
+        let e = find("dockr").unwrap_err().to_string();
+        assert!(e.contains("dockr") && e.contains("local"), "{e}");
+    }
+}
