@@ -522,7 +522,7 @@ async fn loss_delay_and_bandwidth_measure_as_asked() {
         // 8 Mbit/s out of n1: a TCP transfer to n2 runs at that rate.
         let rate_bps = 8_000_000u64;
         let bandwidth = Fault::Bandwidth {
-            interface: faults::DEFAULT_INTERFACE.into(),
+            interface: String::new(),
             rate_bps,
             burst_bytes: 0,
         };

@@ -1456,7 +1456,8 @@ impl Run {
                             distribution: Default::default(),
                         },
                         _ => Fault::Bandwidth {
-                            interface: faults::DEFAULT_INTERFACE.to_string(),
+                            // The node's main interface, as its backend reported it.
+                            interface: String::new(),
                             rate_bps: step.params.rate_kbit.unwrap_or(1) * 1000,
                             burst_bytes: 0,
                         },

@@ -123,7 +123,8 @@ pub struct InjectArgs {
     /// bandwidth: bucket size (32kb, 1mb, 1500) [default: the node picks].
     #[arg(long, value_parser = parse_size, value_name = "SIZE")]
     pub burst: Option<u64>,
-    /// bandwidth and link: the interface [default for bandwidth: eth0].
+    /// bandwidth and link: the interface [default for bandwidth: the node's main interface, as
+    /// its backend reported it].
     #[arg(long, value_name = "NAME")]
     pub interface: Option<String>,
     /// link: take the interface down.
@@ -236,7 +237,12 @@ pub fn agent_nodes(dir: &StateDir, state: &ClusterState) -> anyhow::Result<Vec<A
         .iter()
         .map(|n| {
             let client = dir.client(n)?;
-            Ok(Arc::new(AgentNode::new(client, n.ips.clone(), n.root_dir.clone())) as Arc<dyn Node>)
+            Ok(Arc::new(AgentNode::with_interfaces(
+                client,
+                n.ips.clone(),
+                n.interfaces.clone(),
+                n.root_dir.clone(),
+            )) as Arc<dyn Node>)
         })
         .collect()
 }
@@ -485,10 +491,7 @@ fn build_fault(args: &InjectArgs) -> Result<Fault, BadInput> {
             }
         }
         Kind::Bandwidth => Fault::Bandwidth {
-            interface: args
-                .interface
-                .clone()
-                .unwrap_or_else(|| faults::DEFAULT_INTERFACE.to_string()),
+            interface: args.interface.clone().unwrap_or_default(),
             rate_bps: required(args.rate, "rate", kind)?,
             burst_bytes: u32::try_from(args.burst.unwrap_or(0))
                 .map_err(|_| BadInput("--burst: at most 4 GiB".into()))?,

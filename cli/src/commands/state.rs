@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use chaos::agent_client::AgentClient;
+use chaos::backend::owner;
 use chaos::certs::{self, Identity};
 use chaos::proto::tls_files;
 use serde::{Deserialize, Serialize};
@@ -48,34 +49,14 @@ impl Owner {
         let pid = std::process::id();
         Self {
             pid,
-            start_time: start_time(pid).unwrap_or(0),
+            start_time: owner::start_time(pid).unwrap_or(0),
         }
     }
 
     /// Whether the process still runs (exists, is not a zombie, and started when recorded).
     pub fn is_alive(&self) -> bool {
-        let Ok(stat) = fs::read_to_string(format!("/proc/{}/stat", self.pid)) else {
-            return false;
-        };
-        let Some(fields) = stat_fields(&stat) else {
-            return false;
-        };
-        let zombie = fields.first().is_some_and(|s| *s == "Z" || *s == "X");
-        let started = fields.get(19).and_then(|s| s.parse::<u64>().ok());
-        !zombie && (self.start_time == 0 || started == Some(self.start_time))
+        owner::process_alive(self.pid, self.start_time)
     }
-}
-
-/// The fields of `/proc/PID/stat` after the command name (which may hold spaces and parens):
-/// index 0 is the state (field 3).
-fn stat_fields(stat: &str) -> Option<Vec<&str>> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    Some(rest.split_whitespace().collect())
-}
-
-fn start_time(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat_fields(&stat)?.get(19)?.parse().ok()
 }
 
 /// One node of a cluster, as `cluster.json` records it.
@@ -87,6 +68,10 @@ pub struct NodeEntry {
     pub ips: Vec<IpAddr>,
     /// Where its agent listens; `None` on backends without an agent (`local`).
     pub agent: Option<SocketAddr>,
+    /// Its interfaces on the cluster network, main first, as its backend reported them (faults
+    /// on an interface default to the first). Absent in files of older versions.
+    #[serde(default)]
+    pub interfaces: Vec<String>,
     /// The node's own directory.
     pub root_dir: String,
 }
@@ -395,6 +380,7 @@ mod tests {
             name: name.into(),
             ips: vec![],
             agent: None,
+            interfaces: vec![],
             root_dir: "/".into(),
         };
         let state = ClusterState::new("local", None, vec![node("n1"), node("n2")]);

@@ -263,6 +263,7 @@ fn describe(cluster: &dyn Cluster, nodes: &[Arc<dyn Node>]) -> ClusterState {
             name: n.name().to_string(),
             ips: n.addresses().to_vec(),
             agent: cluster.agent_address(n.name()),
+            interfaces: n.interfaces().to_vec(),
             root_dir: n.root_dir().to_string(),
         })
         .collect();

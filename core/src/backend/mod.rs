@@ -14,6 +14,7 @@ use std::time::Duration;
 use crate::cluster::Cluster;
 use crate::{Error, Result};
 
+pub mod agent_binary;
 pub mod agent_cluster;
 #[cfg(feature = "docker")]
 pub mod docker;

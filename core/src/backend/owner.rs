@@ -65,7 +65,7 @@ pub fn current_tag() -> String {
     static TAG: OnceLock<String> = OnceLock::new();
     TAG.get_or_init(|| {
         let pid = std::process::id();
-        let start = ProcStat::read(pid).map_or(0, |s| s.start);
+        let start = start_time(pid).unwrap_or(0);
         format!("{}:{pid}:{start}", hostname())
     })
     .clone()
@@ -104,35 +104,31 @@ pub fn verdict(tag: &str) -> (bool, String) {
 /// Whether process `pid` of this host runs (exists and is neither a zombie nor dead) and, when
 /// `start` is not 0, started at `start` clock ticks after boot (so a reused pid does not count).
 pub fn process_alive(pid: u32, start: u64) -> bool {
-    match ProcStat::read(pid) {
-        Some(stat) => !matches!(stat.state, 'Z' | 'X' | 'x') && (start == 0 || stat.start == start),
+    match proc_stat(pid) {
+        Some((state, started)) => !matches!(state, 'Z' | 'X' | 'x') && (start == 0 || started == start),
         None => false,
     }
 }
 
-/// The two fields of `/proc/<pid>/stat` this module needs.
-struct ProcStat {
-    /// Field 3: R, S, D, Z, X, …
-    state: char,
-    /// Field 22: start time in clock ticks since boot.
-    start: u64,
+/// State letter and start time (clock ticks since boot) of process `pid` of this host, from
+/// `/proc/<pid>/stat` as `chaos_faults`' one parser reads it; `None` when it is gone.
+#[cfg(target_os = "linux")]
+fn proc_stat(pid: u32) -> Option<(char, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    chaos_faults::process::ProcStat::parse(&text).map(|s| (s.state, s.start_time))
 }
 
-impl ProcStat {
-    fn read(pid: u32) -> Option<Self> {
-        Self::parse(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
-    }
+/// Without `/proc`, no process can be judged: every owner looks gone.
+#[cfg(not(target_os = "linux"))]
+fn proc_stat(_pid: u32) -> Option<(char, u64)> {
+    None
+}
 
-    /// Parses a stat line. The command name (field 2) is in parentheses and may itself hold
-    /// spaces and parentheses, so the fields are counted from after its *last* `)`.
-    fn parse(stat: &str) -> Option<Self> {
-        let rest = &stat[stat.rfind(')')? + 1..];
-        let mut fields = rest.split_whitespace();
-        let state = fields.next()?.chars().next()?;
-        // `state` was field 3; field 22 is 19 further on.
-        let start = fields.nth(18)?.parse().ok()?;
-        Some(Self { state, start })
-    }
+/// Start time of process `pid` of this host in clock ticks since boot (field 22 of
+/// `/proc/<pid>/stat`), which tells it apart from a later process reusing its pid; `None` when
+/// it is gone.
+pub fn start_time(pid: u32) -> Option<u64> {
+    proc_stat(pid).map(|(_, start)| start)
 }
 
 #[cfg(test)]
@@ -214,16 +210,5 @@ mod tests {
         ] {
             assert_eq!(owner_state(tag), OwnerState::Unknown, "{tag:?}");
         }
-    }
-
-    #[test]
-    fn stat_lines_with_odd_command_names_parse() {
-        let tail = "S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 987654 20 21";
-        for comm in ["(sh)", "(a b) c)", "((x)"] {
-            let stat = ProcStat::parse(&format!("42 {comm} {tail}")).expect(comm);
-            assert_eq!((stat.state, stat.start), ('S', 987654), "{comm}");
-        }
-        assert!(ProcStat::parse("42 no parens").is_none());
-        assert!(ProcStat::parse("42 (short) S 1 2").is_none());
     }
 }

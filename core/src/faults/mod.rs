@@ -40,10 +40,6 @@ pub use shapes::{Cuts, Shape};
 use crate::cluster::Node;
 use crate::{Error, Result};
 
-/// The interface bandwidth limits apply to when a fault names none: the node link of the
-/// `netns` backend.
-pub const DEFAULT_INTERFACE: &str = "eth0";
-
 /// A peer of a network fault: a node of the cluster (by name; the runner uses every address of
 /// it) or an IP network. Written as a string: `"n2"`, `"10.0.0.7"`, `"fd00::/64"`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -239,7 +235,7 @@ pub enum Fault {
     },
     /// Limit the node's outgoing bandwidth on an interface.
     Bandwidth {
-        /// The interface ([`DEFAULT_INTERFACE`] when absent).
+        /// The interface; empty (or absent): the node's main one ([`Node::interfaces`]).
         #[serde(default = "default_interface")]
         interface: String,
         /// Bits per second.
@@ -286,8 +282,24 @@ pub enum Fault {
     },
 }
 
+/// An interface left empty: the node's main interface, as its backend reported it
+/// ([`Node::interfaces`]).
 fn default_interface() -> String {
-    DEFAULT_INTERFACE.to_string()
+    String::new()
+}
+
+/// The interface a fault names, or — when it names none — the main interface `on` reports.
+fn interface_on(interface: &str, on: &str, cluster_nodes: &[Arc<dyn Node>]) -> Result<String> {
+    if !interface.is_empty() {
+        return Ok(interface.to_string());
+    }
+    let node = cluster_nodes.iter().find(|n| n.name() == on);
+    node.and_then(|n| n.interfaces().first().cloned()).ok_or_else(|| {
+        Error::invalid(
+            format!("fault on {on}"),
+            "no interface given, and the node reports none of its own: name one",
+        )
+    })
 }
 
 fn default_kill_signal() -> Signal {
@@ -404,7 +416,7 @@ impl Fault {
                     ));
                 }
                 FaultSpec::Bandwidth(Bandwidth {
-                    interface: interface.clone(),
+                    interface: interface_on(interface, on, cluster_nodes)?,
                     rate_bps: *rate_bps,
                     burst_bytes: *burst_bytes,
                     limit_bytes: 0,

@@ -1,9 +1,9 @@
-//! Finding the `chaos-agent` binary and launching it inside a node's namespace.
+//! Launching `chaos-agent` inside a node's namespace (the binary is found by
+//! [`crate::backend::agent_binary`]).
 
 use std::fs::File;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -13,48 +13,6 @@ use tokio::process::{Child, ChildStdout, Command};
 
 use super::namespace;
 use crate::{Error, Result};
-
-/// Environment variable naming the agent binary explicitly.
-pub const AGENT_BIN_ENV: &str = "CHAOS_AGENT_BIN";
-
-/// The agent binary's file name.
-const AGENT_NAME: &str = "chaos-agent";
-
-fn is_executable(path: &Path) -> bool {
-    path.metadata()
-        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
-/// Finds the `chaos-agent` binary: `$CHAOS_AGENT_BIN`; else next to the running executable or in
-/// its parent directory (tests run from `target/<profile>/deps`, the agent is built into
-/// `target/<profile>`); else on `PATH`. Any backend that launches agents on this host uses it.
-pub fn find_agent_binary() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os(AGENT_BIN_ENV) {
-        let path = PathBuf::from(path);
-        return if is_executable(&path) {
-            Ok(path)
-        } else {
-            Err(Error::backend(
-                "netns",
-                format!("{AGENT_BIN_ENV}={}: not an executable file", path.display()),
-            ))
-        };
-    }
-    let beside_exe = std::env::current_exe().ok().into_iter().flat_map(|exe| {
-        let dir = exe.parent().map(Path::to_path_buf);
-        let parent = dir.as_deref().and_then(Path::parent).map(Path::to_path_buf);
-        [dir, parent].into_iter().flatten()
-    });
-    let on_path = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>());
-    beside_exe.chain(on_path).map(|dir| dir.join(AGENT_NAME)).find(|p| is_executable(p)).ok_or_else(|| {
-        Error::backend(
-            "netns",
-            format!("{AGENT_NAME} binary not found: build it with `cargo build -p chaos-agent` or set {AGENT_BIN_ENV}"),
-        )
-    })
-}
 
 /// How a node's agent is started: the same every time, so a restarted agent lands in the same
 /// node — namespace, cgroup, listen address, TLS and state directories — and appends to the

@@ -52,7 +52,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use rtnetlink::Handle;
 
-pub use agent::{AGENT_BIN_ENV, find_agent_binary};
+pub use crate::backend::agent_binary::{AGENT_BIN_ENV, find_agent_binary};
 pub use gc::collect_garbage;
 
 use crate::backend::provision::{Limits, Machine, MachineRequest, Provisioner};

@@ -1,0 +1,692 @@
+//! Node images without a registry: the statically linked agent (found or built), and the
+//! default node image built locally from it, cached by content hash.
+//!
+//! The default image is `FROM scratch` holding:
+//! - `/chaos/chaos-agent` (the static agent; [`AGENT_PATH`]), the entrypoint;
+//! - `/bin/busybox` (static, from the host's busybox-static) with a symlink per applet in `/bin`
+//!   (so `sh`, `cat`, `sleep`, … work) and `/usr/bin/env`;
+//! - the host's glibc runtime (dynamic loader, libc, libm, libpthread, libdl, librt, libresolv
+//!   where present) at their host paths, so binaries built on or shipped from the runner host
+//!   that link only glibc run unchanged (etcd from Debian does);
+//! - every file of `include` at its host path, with the shared libraries `ldd` lists for it;
+//!   a directory of `include` with everything under it (links kept as links);
+//! - `/tmp` (1777), `/chaos/root`, `/root`, `/etc/passwd` + `/etc/group` with root.
+//!
+//! The image has no `/etc/ld.so.cache`, so a library `ldd` finds outside the loader's default
+//! directories (`/lib/x86_64-linux-gnu`, `/usr/lib/x86_64-linux-gnu`, `/lib`, `/usr/lib`)
+//! puts its directory on the image's `LD_LIBRARY_PATH`.
+//!
+//! Its tag is `chaos-node:<first 16 hex of the SHA-256 of everything above>` ([`IMAGE_REPO`]),
+//! labelled [`super::LABEL_IMAGE`]`=node`; an existing tag is reused without building.
+//!
+//! Nothing is ever pulled (there may be no registry). The image is written by hand in the
+//! `docker save` format and handed to the daemon's load endpoint (bollard's `import_image`)
+//! rather than built from a Dockerfile; see [`node_image`] for why.
+//!
+//! An earlier file never loses to a later one: the agent, then `include` and its libraries, then
+//! the glibc runtime, then busybox and its applets, then `/etc` and the empty directories. So an
+//! included `/bin/ls` is kept and busybox's `ls` applet is not linked over it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write as _;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use bollard::Docker;
+use bollard::query_parameters::ImportImageOptions;
+use futures_util::StreamExt;
+use ring::digest::{Context, SHA256};
+
+use crate::{Error, Result};
+
+mod agent_build;
+mod digest;
+mod elf;
+mod ldd;
+
+pub use agent_build::static_agent;
+use agent_build::*;
+use digest::*;
+pub use elf::is_static_elf;
+use elf::*;
+use ldd::*;
+
+/// Where the agent binary lives inside every node container.
+pub const AGENT_PATH: &str = "/chaos/chaos-agent";
+
+/// Environment variable naming a statically linked agent binary explicitly.
+pub use crate::backend::agent_binary::AGENT_BIN_ENV;
+
+/// Repository part of the node image's reference (`chaos-node:<16 hex>`).
+pub const IMAGE_REPO: &str = "chaos-node";
+
+/// Value of [`super::LABEL_IMAGE`] on the default node image.
+pub const IMAGE_KIND_NODE: &str = "node";
+
+/// The static busybox the image's shell and tools come from (Debian's `busybox-static`).
+pub const BUSYBOX: &str = "/bin/busybox";
+
+/// The working directory of every process in a node container (empty, owned by root).
+pub const NODE_WORKDIR: &str = "/chaos/root";
+
+/// `PATH` in the node image: the usual one, so included binaries and applets are found.
+pub const NODE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The target triple the static agent is built for: the image runs on this host's kernel.
+const AGENT_TARGET: &str = "x86_64-unknown-linux-gnu";
+
+/// Bound on building the static agent (the first build takes 2–3 minutes on 2 cores).
+const AGENT_BUILD_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Bound on handing a built image to the daemon.
+const IMAGE_LOAD_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How many lines of cargo's output a failed build error shows.
+const BUILD_LOG_TAIL: usize = 40;
+
+/// Modification time of every file in the image layer. Fixed, as are owners, so the layer and
+/// hence the image ID are a function of the content alone.
+const LAYER_MTIME: u64 = 0;
+
+/// Creation time written into the image config: the Unix epoch, for the same reason (as
+/// reproducible-image tools like ko and Bazel's rules do). `docker images` shows it as old.
+const IMAGE_CREATED: &str = "1970-01-01T00:00:00Z";
+
+/// Directories the glibc loader searches without `/etc/ld.so.cache` (which the image lacks).
+/// A library `ldd` finds elsewhere gets its directory into the image's `LD_LIBRARY_PATH`.
+const LOADER_SYSTEM_DIRS: [&str; 4] = [
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib",
+    "/usr/lib",
+];
+
+/// The glibc runtime libraries copied into every image, where the host has them.
+const GLIBC_LIBS: [&str; 6] = [
+    "libc.so.6",
+    "libm.so.6",
+    "libpthread.so.0",
+    "libdl.so.2",
+    "librt.so.1",
+    "libresolv.so.2",
+];
+
+/// The x86-64 glibc dynamic loader's fixed path (every dynamic executable names it).
+const GLIBC_LOADER: &str = "/lib64/ld-linux-x86-64.so.2";
+
+/// Where to look for the glibc libraries, first match wins.
+const GLIBC_DIRS: [&str; 4] = [
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib64",
+    "/usr/lib64",
+];
+
+// ---------------------------------------------------------------------------------------------
+// The image's content
+
+/// One entry of the image's file system.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Entry {
+    /// A directory.
+    Dir { mode: u32 },
+    /// A copy of a host file (its content at `source`, hashed when planned).
+    File {
+        source: PathBuf,
+        mode: u32,
+        size: u64,
+        digest: [u8; 32],
+    },
+    /// A small file written from memory (`/etc/passwd`…).
+    Data { mode: u32, bytes: Vec<u8> },
+    /// A symbolic link.
+    Symlink { target: String },
+}
+
+/// Everything the image will hold, by absolute path, and its configuration. The canonical
+/// listing of it is what the tag hashes.
+#[derive(Debug, Clone, Default)]
+struct Plan {
+    /// Image path → entry. Sorted, so parents come before children in the layer.
+    entries: BTreeMap<String, Entry>,
+    /// Directories outside the loader's default search path that libraries live in.
+    library_dirs: BTreeSet<String>,
+    /// Value of [`super::LABEL_IMAGE`].
+    kind: &'static str,
+}
+
+impl Plan {
+    /// An empty plan for an image of `kind`.
+    fn new(kind: &'static str) -> Self {
+        Self {
+            kind,
+            ..Self::default()
+        }
+    }
+
+    /// The image path of host path `path`: absolute, without `.`/`..`, as UTF-8.
+    fn image_path(path: &Path) -> Result<String> {
+        let invalid = |why: &str| Error::invalid(format!("include {}", path.display()), why.to_string());
+        let absolute =
+            std::path::absolute(path).map_err(|e| Error::io(format!("resolving {}", path.display()), e))?;
+        let mut out = String::new();
+        for c in absolute.components() {
+            match c {
+                Component::RootDir | Component::CurDir => {}
+                Component::Normal(name) => {
+                    out.push('/');
+                    out.push_str(name.to_str().ok_or_else(|| invalid("the path is not UTF-8"))?);
+                }
+                Component::ParentDir | Component::Prefix(_) => {
+                    return Err(invalid("write the path without `..`"));
+                }
+            }
+        }
+        if out.is_empty() {
+            return Err(invalid("`/` is not a file"));
+        }
+        Ok(out)
+    }
+
+    /// Adds the directories above `path`, as 0755 unless already present; refuses to put
+    /// anything under a non-directory.
+    fn add_parents(&mut self, path: &str) -> Result<()> {
+        let mut at = 0;
+        while let Some(slash) = path[at + 1..].find('/') {
+            at += 1 + slash;
+            let dir = &path[..at];
+            match self.entries.get(dir) {
+                None => {
+                    self.entries.insert(dir.to_string(), Entry::Dir { mode: 0o755 });
+                }
+                Some(Entry::Dir { .. }) => {}
+                Some(_) => {
+                    return Err(Error::invalid(
+                        format!("node image path {path}"),
+                        format!("{dir} is already a file in the image"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds `entry` at `path` unless something is there already (earlier entries win).
+    /// Returns whether it was added.
+    fn add(&mut self, path: &str, entry: Entry) -> Result<bool> {
+        if self.entries.contains_key(path) {
+            return Ok(false);
+        }
+        self.add_parents(path)?;
+        self.entries.insert(path.to_string(), entry);
+        Ok(true)
+    }
+
+    /// Adds the host file `source` at image path `path` (content of the symlink's target).
+    fn add_host_file(&mut self, path: &str, source: &Path) -> Result<bool> {
+        if self.entries.contains_key(path) {
+            return Ok(false);
+        }
+        let meta =
+            std::fs::metadata(source).map_err(|e| Error::io(format!("reading {}", source.display()), e))?;
+        if !meta.is_file() {
+            return Err(Error::invalid(
+                format!("include {}", source.display()),
+                "not a regular file; include files one by one",
+            ));
+        }
+        let digest = file_digest(source)?;
+        self.add(
+            path,
+            Entry::File {
+                source: source.to_path_buf(),
+                mode: meta.mode() & 0o7777,
+                size: meta.len(),
+                digest,
+            },
+        )
+    }
+
+    /// Adds the host file at its own path, with its shared libraries.
+    fn add_with_libraries(&mut self, file: &Path) -> Result<()> {
+        let path = Self::image_path(file)?;
+        self.add_host_file(&path, file)?;
+        for lib in shared_libraries(file)? {
+            let lib_path = Self::image_path(&lib)?;
+            self.add_host_file(&lib_path, &lib)?;
+            // The loader itself is named by PT_INTERP, not searched; every other library must
+            // be where the loader looks without a cache.
+            if lib_path != GLIBC_LOADER
+                && let Some(dir) = Path::new(&lib_path).parent().and_then(Path::to_str)
+                && !LOADER_SYSTEM_DIRS.contains(&dir)
+            {
+                self.library_dirs.insert(dir.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds one `include`: a file at its own path with its shared libraries, or a directory
+    /// tree at its own path — its files with their libraries, its subdirectories with their
+    /// modes, and its symbolic links as links (not followed, so a tree cannot loop). Sockets,
+    /// FIFOs and devices in a tree are skipped: they are not content.
+    fn add_include(&mut self, include: &Path) -> Result<()> {
+        let io_err = |e| Error::io(format!("include {}", include.display()), e);
+        if std::fs::metadata(include).map_err(io_err)?.is_dir() {
+            self.add_tree(include)
+        } else {
+            self.add_with_libraries(include)
+        }
+    }
+
+    /// Adds the host directory `dir` and everything under it, in name order.
+    fn add_tree(&mut self, dir: &Path) -> Result<()> {
+        let io_err = |e| Error::io(format!("include {}", dir.display()), e);
+        let mode = std::fs::metadata(dir).map_err(io_err)?.mode() & 0o7777;
+        self.add(&Self::image_path(dir)?, Entry::Dir { mode })?;
+        let mut children = std::fs::read_dir(dir)
+            .map_err(io_err)?
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(io_err)?;
+        children.sort_by_key(std::fs::DirEntry::file_name);
+        for child in children {
+            let path = child.path();
+            let kind = child
+                .file_type()
+                .map_err(|e| Error::io(format!("include {}", path.display()), e))?;
+            if kind.is_symlink() {
+                let target = std::fs::read_link(&path)
+                    .map_err(|e| Error::io(format!("include {}", path.display()), e))?;
+                let target = target.to_str().ok_or_else(|| {
+                    Error::invalid(
+                        format!("include {}", path.display()),
+                        "the link target is not UTF-8",
+                    )
+                })?;
+                self.add(
+                    &Self::image_path(&path)?,
+                    Entry::Symlink {
+                        target: target.to_string(),
+                    },
+                )?;
+            } else if kind.is_dir() {
+                self.add_tree(&path)?;
+            } else if kind.is_file() {
+                self.add_with_libraries(&path)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The image's environment.
+    fn env(&self) -> Vec<String> {
+        let mut env = vec![format!("PATH={NODE_PATH}")];
+        if !self.library_dirs.is_empty() {
+            let dirs: Vec<&str> = self.library_dirs.iter().map(String::as_str).collect();
+            env.push(format!("LD_LIBRARY_PATH={}", dirs.join(":")));
+        }
+        env
+    }
+
+    /// The image config's `config` object (what `docker inspect` shows as `Config`).
+    fn container_config(&self) -> serde_json::Value {
+        serde_json::json!({
+            "Env": self.env(),
+            "Entrypoint": [AGENT_PATH],
+            "WorkingDir": NODE_WORKDIR,
+            "Labels": { super::LABEL_IMAGE: self.kind },
+        })
+    }
+
+    /// The canonical listing: a format line, then one line per entry in path order (kind, path,
+    /// mode in octal, content SHA-256 or link target), then the container config. Equal
+    /// listings mean equal images.
+    fn listing(&self) -> String {
+        let mut out = String::from("chaos-node-image v1\n");
+        for (path, entry) in &self.entries {
+            let _ = match entry {
+                Entry::Dir { mode } => writeln!(out, "dir {path} {mode:o}"),
+                Entry::File { mode, digest, .. } => writeln!(out, "file {path} {mode:o} {}", hex(digest)),
+                Entry::Data { mode, bytes } => writeln!(out, "file {path} {mode:o} {}", hex(&sha256(bytes))),
+                Entry::Symlink { target } => writeln!(out, "link {path} {target}"),
+            };
+        }
+        let _ = writeln!(out, "config {}", self.container_config());
+        out
+    }
+
+    /// `<repo>:<first 16 hex of the listing's SHA-256>`.
+    fn tag(&self, repo: &str) -> String {
+        format!("{repo}:{}", &hex(&sha256(self.listing().as_bytes()))[..16])
+    }
+}
+
+/// Plans the default node image: see the module docs for its content. Blocking (reads and
+/// hashes files, runs `ldd` and `busybox --list`).
+fn plan_node_image(agent: &Path, include: &[PathBuf]) -> Result<Plan> {
+    // Fail on a missing include before any other work, naming it.
+    for file in include {
+        if !file.exists() {
+            return Err(Error::invalid(
+                format!("include {}", file.display()),
+                "no such file on this host; install it or leave it out of the node image",
+            ));
+        }
+    }
+    match elf_linkage(agent)? {
+        ElfLinkage::Static => {}
+        _ => {
+            return Err(Error::backend(
+                "docker",
+                format!(
+                    "agent {} is not a statically linked executable and would not run in a \
+                     FROM scratch image; use static_agent() or build one with: {}",
+                    agent.display(),
+                    manual_build_command()
+                ),
+            ));
+        }
+    }
+    let applets = busybox_applets()?;
+
+    let mut plan = Plan::new(IMAGE_KIND_NODE);
+    plan.add_host_file(AGENT_PATH, agent)?;
+    for file in include {
+        plan.add_include(file)?;
+    }
+    if Path::new(GLIBC_LOADER).is_file() {
+        plan.add_host_file(GLIBC_LOADER, Path::new(GLIBC_LOADER))?;
+        if let Some(dir) = GLIBC_DIRS
+            .iter()
+            .find(|d| Path::new(d).join("libc.so.6").is_file())
+        {
+            for lib in GLIBC_LIBS {
+                let source = Path::new(dir).join(lib);
+                if source.is_file() {
+                    plan.add_host_file(&format!("{dir}/{lib}"), &source)?;
+                }
+            }
+        }
+    }
+    plan.add_host_file(BUSYBOX, Path::new(BUSYBOX))?;
+    for applet in &applets {
+        plan.add(
+            &format!("/bin/{applet}"),
+            Entry::Symlink {
+                target: "busybox".into(),
+            },
+        )?;
+    }
+    plan.add(
+        "/usr/bin/env",
+        Entry::Symlink {
+            target: BUSYBOX.into(),
+        },
+    )?;
+    plan.add(
+        "/etc/passwd",
+        Entry::Data {
+            mode: 0o644,
+            bytes: b"root:x:0:0:root:/root:/bin/sh\n".to_vec(),
+        },
+    )?;
+    plan.add(
+        "/etc/group",
+        Entry::Data {
+            mode: 0o644,
+            bytes: b"root:x:0:\n".to_vec(),
+        },
+    )?;
+    plan.add("/root", Entry::Dir { mode: 0o700 })?;
+    plan.add("/tmp", Entry::Dir { mode: 0o1777 })?;
+    plan.add(NODE_WORKDIR, Entry::Dir { mode: 0o755 })?;
+    Ok(plan)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing and loading the image
+
+/// The layer tar of `plan` (paths relative to `/`, owner root, fixed times) and its SHA-256
+/// (the layer's diff ID). Re-reads every host file and checks it still has the planned content,
+/// so the image never differs from what its tag names.
+fn write_layer(plan: &Plan) -> Result<(Vec<u8>, [u8; 32])> {
+    let tar_err = |path: &str, e| Error::io(format!("packing {path} into the node image"), e);
+    let mut layer = tar::Builder::new(Vec::new());
+    for (path, entry) in &plan.entries {
+        let rel = path.trim_start_matches('/');
+        let mut header = tar::Header::new_gnu();
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(LAYER_MTIME);
+        match entry {
+            Entry::Dir { mode } => {
+                header.set_entry_type(tar::EntryType::Directory);
+                header.set_mode(*mode);
+                header.set_size(0);
+                layer
+                    .append_data(&mut header, format!("{rel}/"), std::io::empty())
+                    .map_err(|e| tar_err(path, e))?;
+            }
+            Entry::File {
+                source,
+                mode,
+                size,
+                digest,
+            } => {
+                let bytes = std::fs::read(source)
+                    .map_err(|e| Error::io(format!("reading {}", source.display()), e))?;
+                if bytes.len() as u64 != *size || sha256(&bytes) != *digest {
+                    return Err(Error::backend(
+                        "docker",
+                        format!(
+                            "{} changed while the node image was being built; try again",
+                            source.display()
+                        ),
+                    ));
+                }
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_mode(*mode);
+                header.set_size(*size);
+                layer
+                    .append_data(&mut header, rel, bytes.as_slice())
+                    .map_err(|e| tar_err(path, e))?;
+            }
+            Entry::Data { mode, bytes } => {
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_mode(*mode);
+                header.set_size(bytes.len() as u64);
+                layer
+                    .append_data(&mut header, rel, bytes.as_slice())
+                    .map_err(|e| tar_err(path, e))?;
+            }
+            Entry::Symlink { target } => {
+                header.set_entry_type(tar::EntryType::Symlink);
+                header.set_mode(0o777);
+                header.set_size(0);
+                layer
+                    .append_link(&mut header, rel, target)
+                    .map_err(|e| tar_err(path, e))?;
+            }
+        }
+    }
+    let bytes = layer.into_inner().map_err(|e| tar_err("the layer", e))?;
+    let digest = sha256(&bytes);
+    Ok((bytes, digest))
+}
+
+/// The `docker load` archive of `plan` tagged `tag`: `manifest.json`, the config named by its
+/// own SHA-256 (which becomes the image ID) and the one layer.
+fn write_archive(plan: &Plan, tag: &str) -> Result<Vec<u8>> {
+    let (layer, diff_id) = write_layer(plan)?;
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "created": IMAGE_CREATED,
+        "config": plan.container_config(),
+        "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{}", hex(&diff_id))] },
+        "history": [{ "created": IMAGE_CREATED, "created_by": format!("chaos {tag}") }],
+    });
+    let config = serde_json::to_vec(&config).map_err(|e| Error::backend("docker", e.to_string()))?;
+    let config_name = format!("{}.json", hex(&sha256(&config)));
+    let layer_name = format!("{}/layer.tar", hex(&diff_id));
+    let manifest = serde_json::json!([{
+        "Config": config_name,
+        "RepoTags": [tag],
+        "Layers": [layer_name],
+    }]);
+    let manifest = serde_json::to_vec(&manifest).map_err(|e| Error::backend("docker", e.to_string()))?;
+
+    let tar_err = |e| Error::io("packing the node image archive", e);
+    let mut archive = tar::Builder::new(Vec::with_capacity(layer.len() + 64 * 1024));
+    for (name, bytes) in [
+        (layer_name.as_str(), layer.as_slice()),
+        (config_name.as_str(), config.as_slice()),
+        ("manifest.json", manifest.as_slice()),
+    ] {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_mode(0o644);
+        header.set_mtime(LAYER_MTIME);
+        header.set_size(bytes.len() as u64);
+        archive.append_data(&mut header, name, bytes).map_err(tar_err)?;
+    }
+    archive.into_inner().map_err(tar_err)
+}
+
+/// Whether the daemon has `reference`. Errors other than "no such image" are the daemon's.
+async fn image_exists(docker: &Docker, reference: &str) -> Result<bool> {
+    match docker.inspect_image(reference).await {
+        Ok(_) => Ok(true),
+        Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(false),
+        Err(e) => Err(Error::backend(
+            "docker",
+            format!("inspecting image {reference}: {e} (is the Docker daemon running and reachable?)"),
+        )),
+    }
+}
+
+/// One build per process at a time, so concurrent callers in one process build once.
+static BUILD_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Writes `plan` as image `tag` and loads it into the daemon, bounded by
+/// [`IMAGE_LOAD_TIMEOUT`]. Loading the same plan twice, even from two processes at once, is
+/// harmless: the image ID and layer are content-addressed, so the second load finds both and
+/// only re-points the tag at the same image.
+async fn load_image(docker: &Docker, plan: Plan, tag: String) -> Result<()> {
+    let started = Instant::now();
+    let archive = {
+        let tag_ = tag.clone();
+        tokio::task::spawn_blocking(move || write_archive(&plan, &tag_))
+            .await
+            .map_err(|e| Error::backend("docker", format!("packing image {tag}: {e}")))??
+    };
+    let size = archive.len();
+    let mut messages = Vec::new();
+    let load = async {
+        let options = ImportImageOptions {
+            quiet: true,
+            ..Default::default()
+        };
+        let mut stream = docker.import_image(options, bollard::body_full(archive.into()), None);
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(info) => messages.extend(info.stream.or(info.status)),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(())
+    };
+    let outcome = tokio::time::timeout(IMAGE_LOAD_TIMEOUT, load).await;
+    let said = || {
+        let text = messages.concat();
+        if text.trim().is_empty() {
+            String::new()
+        } else {
+            format!("; the daemon said: {}", text.trim())
+        }
+    };
+    match outcome {
+        Err(_) => {
+            return Err(Error::backend(
+                "docker",
+                format!(
+                    "loading image {tag} did not finish within {IMAGE_LOAD_TIMEOUT:?}{}",
+                    said()
+                ),
+            ));
+        }
+        Ok(Err(e)) => {
+            return Err(Error::backend(
+                "docker",
+                format!("loading image {tag} failed: {e}{}", said()),
+            ));
+        }
+        Ok(Ok(())) => {}
+    }
+    if !image_exists(docker, &tag).await? {
+        return Err(Error::backend(
+            "docker",
+            format!(
+                "loading image {tag} reported success but the daemon does not have it{}",
+                said()
+            ),
+        ));
+    }
+    tracing::info!(image = %tag, bytes = size, elapsed = ?started.elapsed(), "node image loaded");
+    Ok(())
+}
+
+/// Ensures the image of `plan` exists as `<repo>:<hash>`; returns that reference.
+async fn ensure_image(docker: &Docker, plan: Plan, repo: &str) -> Result<String> {
+    let tag = plan.tag(repo);
+    if image_exists(docker, &tag).await? {
+        return Ok(tag);
+    }
+    let _one_build = BUILD_LOCK.lock().await;
+    if image_exists(docker, &tag).await? {
+        return Ok(tag);
+    }
+    load_image(docker, plan, tag.clone()).await?;
+    Ok(tag)
+}
+
+/// Ensures the default node image for `agent` and `include` exists; returns its reference.
+///
+/// `agent` must be a statically linked agent (see [`static_agent`]); each `include` file is
+/// placed at its own path with the shared libraries `ldd` reports for it, each `include`
+/// directory with everything under it. A missing include
+/// file, a dynamic agent or a missing static busybox is an error naming it, before anything is
+/// sent to the daemon. When the daemon already has the image's tag this returns after hashing
+/// the content — hashes are memoized per process and in `~/.cache/chaos/file-digests.json`
+/// (`$XDG_CACHE_HOME` honoured), keyed by device, inode, size and modification and change
+/// times, so a lookup costs a few stats, an `ldd` per included binary and one inspect.
+///
+/// Why `docker load` of a hand-written image rather than a `FROM scratch` Dockerfile build:
+/// the image config is ours, so its creation time is fixed and the image ID is a pure function
+/// of the content. Two processes building the same image at once then produce the very same
+/// image and the second load only re-points the tag; with the classic builder each build would
+/// stamp its own time, and the loser's image would be left dangling (a leak). It is also
+/// faster: one layer unpacked once, no intermediate containers or images, no build cache.
+pub async fn node_image(docker: &Docker, agent: &Path, include: &[PathBuf]) -> Result<String> {
+    let (agent, include) = (agent.to_path_buf(), include.to_vec());
+    let plan = tokio::task::spawn_blocking(move || {
+        let cache = digest_cache_path();
+        if let Some(cache) = &cache {
+            load_digest_cache(cache);
+        }
+        let plan = plan_node_image(&agent, &include);
+        if let Some(cache) = &cache {
+            save_digest_cache(cache);
+        }
+        plan
+    })
+    .await
+    .map_err(|e| Error::backend("docker", format!("planning the node image: {e}")))??;
+    ensure_image(docker, plan, IMAGE_REPO).await
+}
+
+#[cfg(test)]
+mod tests;

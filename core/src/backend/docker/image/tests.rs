@@ -1,0 +1,393 @@
+//! Tests of the node image: ELF reading, agent search, ldd parsing, digests, the image plan.
+
+use super::*;
+
+#[test]
+fn busybox_is_static_and_ls_is_dynamic() {
+    if !Path::new(BUSYBOX).is_file() {
+        eprintln!("skipped: no {BUSYBOX} (apt-get install busybox-static)");
+        return;
+    }
+    assert!(is_static_elf(Path::new(BUSYBOX)).unwrap(), "{BUSYBOX} is static");
+    assert!(
+        !is_static_elf(Path::new("/bin/ls")).unwrap(),
+        "/bin/ls is dynamic"
+    );
+}
+
+#[test]
+fn non_elf_files_are_not_elf64() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("script");
+    std::fs::write(&script, "#!/bin/sh\necho hi\n").unwrap();
+    assert_eq!(elf_linkage(&script).unwrap(), ElfLinkage::NotElf64);
+    let err = is_static_elf(&script).unwrap_err().to_string();
+    assert!(err.contains("script") && err.contains("not an ELF64"), "{err}");
+    assert!(is_static_elf(&dir.path().join("missing")).is_err());
+    // A truncated header is not ELF64 either, and does not panic.
+    std::fs::write(&script, b"\x7fELF\x02\x01").unwrap();
+    assert_eq!(elf_linkage(&script).unwrap(), ElfLinkage::NotElf64);
+}
+
+/// A minimal ELF64 file: the header, then `types` as program headers.
+fn elf(little: bool, types: &[u32], phentsize: u16) -> Vec<u8> {
+    let mut b = vec![0u8; 64];
+    b[..4].copy_from_slice(b"\x7fELF");
+    b[4] = 2;
+    b[5] = if little { 1 } else { 2 };
+    let (phoff, entsize, num) = if little {
+        (
+            64u64.to_le_bytes(),
+            phentsize.to_le_bytes(),
+            (types.len() as u16).to_le_bytes(),
+        )
+    } else {
+        (
+            64u64.to_be_bytes(),
+            phentsize.to_be_bytes(),
+            (types.len() as u16).to_be_bytes(),
+        )
+    };
+    b[0x20..0x28].copy_from_slice(&phoff);
+    b[0x36..0x38].copy_from_slice(&entsize);
+    b[0x38..0x3a].copy_from_slice(&num);
+    for t in types {
+        let mut ph = vec![0u8; 56];
+        ph[..4].copy_from_slice(&if little { t.to_le_bytes() } else { t.to_be_bytes() });
+        b.extend(ph);
+    }
+    b
+}
+
+#[test]
+fn synthetic_elf_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("elf");
+    let check = |bytes: Vec<u8>| {
+        std::fs::write(&file, bytes).unwrap();
+        elf_linkage(&file).unwrap()
+    };
+    assert_eq!(check(elf(true, &[1, 3, 1], 56)), ElfLinkage::Dynamic);
+    assert_eq!(check(elf(true, &[1, 2, 1], 56)), ElfLinkage::Static);
+    assert_eq!(check(elf(false, &[6, 3], 56)), ElfLinkage::Dynamic);
+    assert_eq!(check(elf(true, &[], 0)), ElfLinkage::Static);
+    // A bogus entry size is not trusted; a table past the end of the file is an error.
+    assert_eq!(check(elf(true, &[3], 8)), ElfLinkage::NotElf64);
+    let mut truncated = elf(true, &[1, 3], 56);
+    truncated[0x38] = 200;
+    std::fs::write(&file, truncated).unwrap();
+    assert!(elf_linkage(&file).is_err());
+}
+
+#[test]
+fn ldd_output_is_parsed() {
+    let text = "\tlinux-vdso.so.1 (0x00007ffd1b5f1000)\n\
+                \tlibselinux.so.1 => /lib/x86_64-linux-gnu/libselinux.so.1 (0x00007f56012ad000)\n\
+                \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f56010cb000)\n\
+                \tlinux-gate.so.1 =>  (0x00007f0000000000)\n\
+                \t/lib64/ld-linux-x86-64.so.2 (0x00007f5601314000)\n";
+    assert_eq!(
+        parse_ldd(text).unwrap(),
+        [
+            "/lib/x86_64-linux-gnu/libselinux.so.1",
+            "/lib/x86_64-linux-gnu/libc.so.6",
+            "/lib64/ld-linux-x86-64.so.2"
+        ]
+        .map(PathBuf::from)
+    );
+    assert!(parse_ldd("\tnot a dynamic executable\n").unwrap().is_empty());
+    assert!(parse_ldd("\tstatically linked\n").unwrap().is_empty());
+    assert_eq!(
+        parse_ldd("\tlibfoo.so.1 => not found\n\tlibc.so.6 => /lib/libc.so.6 (0x1)\n").unwrap_err(),
+        ["libfoo.so.1"]
+    );
+}
+
+#[test]
+fn ldd_of_host_binaries() {
+    assert!(
+        shared_libraries(Path::new("/bin/ls"))
+            .unwrap()
+            .iter()
+            .any(|p| p.ends_with("libc.so.6"))
+    );
+    if Path::new(BUSYBOX).is_file() {
+        assert!(shared_libraries(Path::new(BUSYBOX)).unwrap().is_empty());
+    }
+}
+
+fn data(text: &str) -> Entry {
+    Entry::Data {
+        mode: 0o644,
+        bytes: text.as_bytes().to_vec(),
+    }
+}
+
+#[test]
+fn the_tag_hashes_content_not_insertion_order() {
+    let mut a = Plan::new("node");
+    a.add("/etc/a", data("1")).unwrap();
+    a.add(
+        "/bin/sh",
+        Entry::Symlink {
+            target: "busybox".into(),
+        },
+    )
+    .unwrap();
+    let mut b = Plan::new("node");
+    b.add(
+        "/bin/sh",
+        Entry::Symlink {
+            target: "busybox".into(),
+        },
+    )
+    .unwrap();
+    b.add("/etc/a", data("1")).unwrap();
+    assert_eq!(a.listing(), b.listing());
+    assert_eq!(a.tag("r"), b.tag("r"));
+    assert!(
+        a.tag("r").starts_with("r:") && a.tag("r").len() == 2 + 16,
+        "{}",
+        a.tag("r")
+    );
+    // Parents are listed, before their children.
+    let paths: Vec<_> = a.entries.keys().cloned().collect();
+    assert_eq!(paths, ["/bin", "/bin/sh", "/etc", "/etc/a"]);
+
+    // Content, mode, link target, kind and config each change the tag.
+    let mut c = b.clone();
+    c.entries.insert("/etc/a".into(), data("2"));
+    assert_ne!(c.tag("r"), a.tag("r"));
+    let mut c = b.clone();
+    c.entries.insert(
+        "/etc/a".into(),
+        Entry::Data {
+            mode: 0o600,
+            bytes: b"1".to_vec(),
+        },
+    );
+    assert_ne!(c.tag("r"), a.tag("r"));
+    let mut c = b.clone();
+    c.entries.insert(
+        "/bin/sh".into(),
+        Entry::Symlink {
+            target: "dash".into(),
+        },
+    );
+    assert_ne!(c.tag("r"), a.tag("r"));
+    let mut c = b.clone();
+    c.kind = "test";
+    assert_ne!(c.tag("r"), a.tag("r"));
+    let mut c = b.clone();
+    c.library_dirs.insert("/opt/lib".into());
+    assert_ne!(c.tag("r"), a.tag("r"));
+    // And the tag is pinned: this listing format is what existing caches are keyed by.
+    assert_eq!(a.tag("r"), a.clone().tag("r"));
+}
+
+#[test]
+fn earlier_entries_win_and_files_do_not_hold_directories() {
+    let mut plan = Plan::new("node");
+    assert!(plan.add("/bin/ls", data("included")).unwrap());
+    assert!(
+        !plan
+            .add(
+                "/bin/ls",
+                Entry::Symlink {
+                    target: "busybox".into()
+                }
+            )
+            .unwrap()
+    );
+    assert_eq!(plan.entries["/bin/ls"], data("included"));
+    let err = plan.add("/bin/ls/x", data("")).unwrap_err().to_string();
+    assert!(err.contains("/bin/ls"), "{err}");
+}
+
+#[test]
+fn image_paths_are_absolute_and_plain() {
+    assert_eq!(
+        Plan::image_path(Path::new("/usr/./bin/etcd")).unwrap(),
+        "/usr/bin/etcd"
+    );
+    assert!(Plan::image_path(Path::new("/usr/../bin/x")).is_err());
+    assert!(Plan::image_path(Path::new("/")).is_err());
+    let rel = Plan::image_path(Path::new("x")).unwrap();
+    assert!(rel.starts_with('/') && rel.ends_with("/x"), "{rel}");
+}
+
+#[test]
+fn the_layer_is_deterministic_and_checks_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("f");
+    std::fs::write(&file, "one").unwrap();
+    let mut plan = Plan::new("test");
+    plan.add_host_file("/opt/f", &file).unwrap();
+    plan.add("/opt/l", Entry::Symlink { target: "f".into() }).unwrap();
+    plan.add("/tmp", Entry::Dir { mode: 0o1777 }).unwrap();
+    let (first, digest) = write_layer(&plan).unwrap();
+    let (second, _) = write_layer(&plan).unwrap();
+    assert_eq!(first, second);
+    assert_eq!(digest, sha256(&first));
+    let mut archive = tar::Archive::new(first.as_slice());
+    let listed: Vec<(String, u32)> = archive
+        .entries()
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.path().unwrap().display().to_string(),
+                e.header().mode().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("opt/".into(), 0o755),
+            ("opt/f".into(), 0o644),
+            ("opt/l".into(), 0o777),
+            ("tmp/".into(), 0o1777)
+        ]
+    );
+    // The file changed after planning: refused rather than mislabelled.
+    std::fs::write(&file, "two").unwrap();
+    let err = write_layer(&plan).unwrap_err().to_string();
+    assert!(err.contains("changed while"), "{err}");
+}
+
+#[test]
+fn digests_survive_the_process_in_the_cache_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache/chaos/file-digests.json");
+    let file = dir.path().join("content");
+    std::fs::write(&file, "one").unwrap();
+    let digest = file_digest(&file).unwrap();
+    assert_eq!(digest, sha256(b"one"));
+    DIGESTS_CHANGED.store(true, std::sync::atomic::Ordering::Relaxed);
+    save_digest_cache(&cache);
+    let mode = std::fs::metadata(&cache).unwrap().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let stored: DiskDigests = serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
+    assert_eq!(stored.files[&file].1, hex(&digest));
+    assert_eq!(from_hex(&hex(&digest)), Some(digest));
+    assert_eq!(from_hex("zz"), None);
+
+    // A changed file drops out of the cache when it is next written.
+    std::fs::write(&file, "two").unwrap();
+    DIGESTS_CHANGED.store(true, std::sync::atomic::Ordering::Relaxed);
+    save_digest_cache(&cache);
+    let stored: DiskDigests = serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
+    assert!(!stored.files.contains_key(&file));
+    assert_eq!(file_digest(&file).unwrap(), sha256(b"two"));
+}
+
+/// The build step itself, run from inside `cargo test` (whose environment it must scrub),
+/// when the static agent was already built: cargo finds it fresh and returns it.
+#[tokio::test]
+async fn the_static_build_reuses_a_fresh_agent() {
+    let (Some(workspace), Some(cargo)) = (workspace_root(), find_cargo()) else {
+        eprintln!("skipped: no workspace or no cargo here");
+        return;
+    };
+    let built = static_target_dir(&workspace)
+        .join(AGENT_TARGET)
+        .join("release/chaos-agent");
+    if !built.is_file() {
+        eprintln!("skipped: the static agent was not built yet (static_agent() builds it)");
+        return;
+    }
+    let started = Instant::now();
+    let agent = build_agent(&workspace, &cargo).await.unwrap();
+    eprintln!("static agent build, fresh: {:?}", started.elapsed());
+    assert_eq!(agent, built);
+    assert!(is_static_elf(&agent).unwrap());
+}
+
+#[test]
+fn the_agent_is_looked_for_in_every_target_directory() {
+    let candidates = agent_candidates(Path::new("/t"));
+    assert_eq!(
+        candidates,
+        [
+            "/t/x86_64-unknown-linux-gnu/release/chaos-agent",
+            "/t/x86_64-unknown-linux-gnu/debug/chaos-agent",
+            "/t/static-agent/x86_64-unknown-linux-gnu/release/chaos-agent",
+        ]
+        .map(PathBuf::from)
+    );
+    // This test binary runs from <target>/debug/deps: its target directory is found.
+    let exe = std::env::current_exe().unwrap();
+    let dirs = target_dirs(None);
+    assert!(
+        dirs.iter().any(|d| exe.starts_with(d)),
+        "{dirs:?} vs {}",
+        exe.display()
+    );
+    // Dynamic binaries never count, however new.
+    assert!(newest_static([PathBuf::from("/bin/ls")]).is_none());
+    if Path::new(BUSYBOX).is_file() {
+        let found = newest_static([PathBuf::from("/bin/ls"), PathBuf::from(BUSYBOX)]);
+        assert_eq!(found.map(|(p, _)| p), Some(PathBuf::from(BUSYBOX)));
+    }
+}
+
+#[test]
+fn build_logs_keep_their_tail() {
+    assert_eq!(tail("a\nb\nc\n", 2), "b\nc");
+    assert_eq!(tail("a", 5), "a");
+}
+
+/// The daemon, or why not.
+async fn docker() -> Result<Docker, String> {
+    let connect = async {
+        let docker = Docker::connect_with_defaults().map_err(|e| e.to_string())?;
+        let docker = docker.negotiate_version().await.map_err(|e| e.to_string())?;
+        docker.ping().await.map_err(|e| e.to_string())?;
+        Ok(docker)
+    };
+    tokio::time::timeout(Duration::from_secs(3), connect)
+        .await
+        .unwrap_or_else(|_| Err("no answer within 3s".into()))
+}
+
+/// Two loads of one new image at once (as two test binaries may do) both succeed and leave
+/// one image, which this test then removes.
+#[tokio::test]
+async fn concurrent_loads_of_one_image_both_succeed() {
+    let docker = match docker().await {
+        Ok(d) => d,
+        Err(why) => {
+            eprintln!("skipped: no Docker daemon: {why}");
+            return;
+        }
+    };
+    let mut plan = Plan::new("test");
+    // A marker unique to this run, so the image is surely new.
+    let marker = format!("{:?} {}", SystemTime::now(), std::process::id());
+    plan.add("/marker", data(&marker)).unwrap();
+    plan.add("/tmp", Entry::Dir { mode: 0o1777 }).unwrap();
+    let tag = plan.tag("chaos-node-test");
+    let (a, b) = tokio::join!(
+        load_image(&docker, plan.clone(), tag.clone()),
+        load_image(&docker, plan.clone(), tag.clone())
+    );
+    let inspected = docker.inspect_image(&tag).await;
+    let removed = docker
+        .remove_image(&tag, None::<bollard::query_parameters::RemoveImageOptions>, None)
+        .await;
+    a.unwrap();
+    b.unwrap();
+    let inspected = inspected.unwrap();
+    let labels = inspected.config.and_then(|c| c.labels).unwrap_or_default();
+    assert_eq!(
+        labels.get(super::super::LABEL_IMAGE).map(String::as_str),
+        Some("test")
+    );
+    assert_eq!(
+        inspected.created.as_deref().map(|c| c.starts_with("1970-01-01")),
+        Some(true)
+    );
+    removed.unwrap();
+    assert!(!image_exists(&docker, &tag).await.unwrap());
+}
