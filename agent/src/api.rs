@@ -18,6 +18,7 @@ use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use chaos_proto::limits::{MAX_JSON_BODY, MAX_PROC_SPEC};
+use chaos_proto::paths;
 use chaos_proto::{
     ApiError, ErrorKind, HeartbeatReply, KillAllRequest, NodeInfo, OutputSpec, ProcId, ProcSpec, ProcStarted,
     RestartRequest, SignalRequest, StdinSpec, WaitReply,
@@ -148,26 +149,29 @@ pub(crate) fn parse_spec(bytes: &[u8]) -> Result<ProcSpec, ApiError> {
 /// read whole (JSON) are at most [`MAX_JSON_BODY`] bytes.
 pub(crate) fn router(agent: Arc<Agent>) -> Router {
     Router::new()
-        .route("/v1/info", get(info))
-        .route("/v1/heartbeat", post(heartbeat))
-        .route("/v1/shutdown", post(shutdown))
-        .route("/v1/files", get(files::get).put(files::put).delete(files::remove))
-        .route("/v1/files/stat", get(files::stat))
-        .route("/v1/files/list", get(files::list))
-        .route("/v1/procs", get(list_procs).post(start_proc))
-        .route("/v1/procs/exec", get(exec::handler))
-        .route("/v1/procs/{id}/signal", post(signal_proc))
-        .route("/v1/procs/{id}/wait", post(wait_proc))
-        .route("/v1/procs/kill-all", post(kill_all_procs))
-        .route("/v1/procs/{id}/restart", post(restart_proc))
-        .route("/v1/signal", post(faults::signal))
+        .route(paths::INFO, get(info))
+        .route(paths::HEARTBEAT, post(heartbeat))
+        .route(paths::SHUTDOWN, post(shutdown))
         .route(
-            "/v1/faults",
+            paths::FILES,
+            get(files::get).put(files::put).delete(files::remove),
+        )
+        .route(paths::FILES_STAT, get(files::stat))
+        .route(paths::FILES_LIST, get(files::list))
+        .route(paths::PROCS, get(list_procs).post(start_proc))
+        .route(paths::PROCS_EXEC, get(exec::handler))
+        .route(paths::PROC_SIGNAL, post(signal_proc))
+        .route(paths::PROC_WAIT, post(wait_proc))
+        .route(paths::PROCS_KILL_ALL, post(kill_all_procs))
+        .route(paths::PROC_RESTART, post(restart_proc))
+        .route(paths::SIGNAL, post(faults::signal))
+        .route(
+            paths::FAULTS,
             get(faults::list).post(faults::inject).delete(faults::heal_all),
         )
-        .route("/v1/faults/{id}", delete(faults::heal))
-        .route("/v1/probe", get(faults::probe))
-        .route("/v1/dial", get(dial::handler))
+        .route(paths::FAULT, delete(faults::heal))
+        .route(paths::PROBE, get(faults::probe))
+        .route(paths::DIAL, get(dial::handler))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))

@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chaos_proto::exec::{self, ClientControl, ServerEvent};
 use chaos_proto::fault::{FaultInfo, FaultRequest, HealReply, ProbeReport};
+use chaos_proto::paths;
 use chaos_proto::{
     ApiError, DirEntry, ErrorKind, ExitStatus, FileStat, FileWritten, HeartbeatReply, KillAllRequest,
     NodeInfo, NodeSignalRequest, ProcId, ProcInfo, ProcSpec, ProcStarted, RestartRequest, Signal,
@@ -157,7 +158,7 @@ impl AgentClient {
     }
 
     fn url(&self, path: &str, query: &[(&str, &str)]) -> String {
-        let mut url = format!("https://{}{}{}", self.addr, chaos_proto::API_PREFIX, path);
+        let mut url = format!("https://{}{}", self.addr, path);
         if !query.is_empty() {
             url.push('?');
             url.push_str(
@@ -300,13 +301,13 @@ impl AgentClient {
 
     /// `GET /v1/info`.
     pub async fn info(&self) -> Result<NodeInfo> {
-        self.call::<(), _>("info", Method::GET, self.url("/info", &[]), None)
+        self.call::<(), _>("info", Method::GET, self.url(paths::INFO, &[]), None)
             .await
     }
 
     /// `POST /v1/heartbeat`.
     pub async fn heartbeat(&self) -> Result<HeartbeatReply> {
-        self.call::<(), _>("heartbeat", Method::POST, self.url("/heartbeat", &[]), None)
+        self.call::<(), _>("heartbeat", Method::POST, self.url(paths::HEARTBEAT, &[]), None)
             .await
     }
 
@@ -315,7 +316,7 @@ impl AgentClient {
     /// does not mistake that for a crashed runner and tear the node down).
     pub async fn heartbeat_with_grace(&self, grace: Duration) -> Result<HeartbeatReply> {
         let grace_ms = grace.as_millis().to_string();
-        let url = self.url("/heartbeat", &[("grace_ms", &grace_ms)]);
+        let url = self.url(paths::HEARTBEAT, &[("grace_ms", &grace_ms)]);
         self.call::<(), _>("heartbeat", Method::POST, url, None).await
     }
 
@@ -323,14 +324,14 @@ impl AgentClient {
     /// call on, the agent's end counts as asked for ([`AgentClient::shutdown_requested`]).
     pub async fn shutdown(&self) -> Result<()> {
         self.shutdown_requested.store(true, Ordering::SeqCst);
-        self.call::<(), ()>("shutdown", Method::POST, self.url("/shutdown", &[]), None)
+        self.call::<(), ()>("shutdown", Method::POST, self.url(paths::SHUTDOWN, &[]), None)
             .await
     }
 
     /// Streams `data` into `path` on the node with permissions `mode`.
     pub async fn write_file(&self, path: &str, mode: u32, data: ByteReader) -> Result<u64> {
         let mode = format!("{mode:o}");
-        let url = self.url("/files", &[("path", path), ("mode", &mode)]);
+        let url = self.url(paths::FILES, &[("path", path), ("mode", &mode)]);
         let stream = ReaderStream::with_capacity(data, CHUNK).map_ok(Frame::data);
         let req = self.request(Method::PUT, url, BodyExt::boxed_unsync(StreamBody::new(stream)))?;
         let resp = self.send("write file", req, None).await?;
@@ -340,7 +341,11 @@ impl AgentClient {
 
     /// Streams the file at `path` from the node.
     pub async fn read_file(&self, path: &str) -> Result<ByteReader> {
-        let req = self.request(Method::GET, self.url("/files", &[("path", path)]), Self::empty())?;
+        let req = self.request(
+            Method::GET,
+            self.url(paths::FILES, &[("path", path)]),
+            Self::empty(),
+        )?;
         let resp = self.send("read file", req, Some(self.timeouts.request)).await?;
         let frames = BodyStream::new(resp.into_body())
             .try_filter_map(|frame| async move { Ok(frame.into_data().ok()) })
@@ -353,7 +358,7 @@ impl AgentClient {
         self.call::<(), _>(
             "stat",
             Method::GET,
-            self.url("/files/stat", &[("path", path)]),
+            self.url(paths::FILES_STAT, &[("path", path)]),
             None,
         )
         .await
@@ -364,7 +369,7 @@ impl AgentClient {
         self.call::<(), _>(
             "list",
             Method::GET,
-            self.url("/files/list", &[("path", path)]),
+            self.url(paths::FILES_LIST, &[("path", path)]),
             None,
         )
         .await
@@ -373,25 +378,30 @@ impl AgentClient {
     /// Removes `path` (a directory only when `recursive` or empty).
     pub async fn remove(&self, path: &str, recursive: bool) -> Result<()> {
         let recursive = if recursive { "true" } else { "false" };
-        let url = self.url("/files", &[("path", path), ("recursive", recursive)]);
+        let url = self.url(paths::FILES, &[("path", path), ("recursive", recursive)]);
         self.call::<(), ()>("remove", Method::DELETE, url, None).await
     }
 
     /// Processes the agent started, running or exited.
     pub async fn list_procs(&self) -> Result<Vec<ProcInfo>> {
-        self.call::<(), _>("list processes", Method::GET, self.url("/procs", &[]), None)
+        self.call::<(), _>("list processes", Method::GET, self.url(paths::PROCS, &[]), None)
             .await
     }
 
     /// Starts a process whose stdio is not piped (files or null) and returns at once.
     pub async fn start_detached(&self, spec: &ProcSpec) -> Result<ProcStarted> {
-        self.call("start process", Method::POST, self.url("/procs", &[]), Some(spec))
-            .await
+        self.call(
+            "start process",
+            Method::POST,
+            self.url(paths::PROCS, &[]),
+            Some(spec),
+        )
+        .await
     }
 
     /// Sends `signal` to process `id` (or its group).
     pub async fn signal(&self, id: ProcId, signal: Signal, group: bool) -> Result<()> {
-        let url = self.url(&format!("/procs/{id}/signal"), &[]);
+        let url = self.url(&paths::with_id(paths::PROC_SIGNAL, &id.to_string()), &[]);
         self.call(
             "signal",
             Method::POST,
@@ -404,7 +414,10 @@ impl AgentClient {
     /// Waits up to `timeout` for process `id` to exit; `None` if it still runs.
     pub async fn wait_for(&self, id: ProcId, timeout: Duration) -> Result<Option<ExitStatus>> {
         let ms = timeout.as_millis().to_string();
-        let url = self.url(&format!("/procs/{id}/wait"), &[("timeout_ms", &ms)]);
+        let url = self.url(
+            &paths::with_id(paths::PROC_WAIT, &id.to_string()),
+            &[("timeout_ms", &ms)],
+        );
         let bound = timeout + self.timeouts.request;
         let reply: WaitReply = self
             .call_bounded("wait", Method::POST, url, Self::empty(), bound)
@@ -417,7 +430,7 @@ impl AgentClient {
         self.call(
             "inject fault",
             Method::POST,
-            self.url("/faults", &[]),
+            self.url(paths::FAULTS, &[]),
             Some(request),
         )
         .await
@@ -425,7 +438,7 @@ impl AgentClient {
 
     /// `GET /v1/faults`: the faults active on the node.
     pub async fn list_faults(&self) -> Result<Vec<FaultInfo>> {
-        self.call::<(), _>("list faults", Method::GET, self.url("/faults", &[]), None)
+        self.call::<(), _>("list faults", Method::GET, self.url(paths::FAULTS, &[]), None)
             .await
     }
 
@@ -433,26 +446,31 @@ impl AgentClient {
     pub async fn heal_fault(&self, id: &str) -> Result<HealReply> {
         // Ids are plain `[A-Za-z0-9_.-]`; anything else is encoded so it cannot change the path.
         let id: String = form_urlencoded::byte_serialize(id.as_bytes()).collect();
-        let url = self.url(&format!("/faults/{id}"), &[]);
+        let url = self.url(&paths::with_id(paths::FAULT, &id), &[]);
         self.call::<(), _>("heal fault", Method::DELETE, url, None).await
     }
 
     /// `DELETE /v1/faults`: heals every fault; returns the ids healed.
     pub async fn heal_all_faults(&self) -> Result<Vec<String>> {
-        self.call::<(), _>("heal all faults", Method::DELETE, self.url("/faults", &[]), None)
-            .await
+        self.call::<(), _>(
+            "heal all faults",
+            Method::DELETE,
+            self.url(paths::FAULTS, &[]),
+            None,
+        )
+        .await
     }
 
     /// `GET /v1/probe`: the fault kinds and mechanisms the node supports.
     pub async fn probe(&self) -> Result<ProbeReport> {
-        self.call::<(), _>("probe", Method::GET, self.url("/probe", &[]), None)
+        self.call::<(), _>("probe", Method::GET, self.url(paths::PROBE, &[]), None)
             .await
     }
 
     /// `POST /v1/procs/kill-all`: sends `signal` to every process tree the agent started;
     /// returns the ids of those that were still running.
     pub async fn kill_all(&self, signal: Signal) -> Result<Vec<ProcId>> {
-        let url = self.url("/procs/kill-all", &[]);
+        let url = self.url(paths::PROCS_KILL_ALL, &[]);
         self.call(
             "kill all processes",
             Method::POST,
@@ -464,7 +482,7 @@ impl AgentClient {
 
     /// `POST /v1/procs/{id}/restart`: stops process `id` and starts its spec again.
     pub async fn restart(&self, id: ProcId, request: &RestartRequest) -> Result<ProcStarted> {
-        let url = self.url(&format!("/procs/{id}/restart"), &[]);
+        let url = self.url(&paths::with_id(paths::PROC_RESTART, &id.to_string()), &[]);
         // The agent may wait the whole grace period before it answers.
         let after = self.timeouts.request + Duration::from_millis(request.grace_ms);
         self.call_bounded("restart", Method::POST, url, Self::json_body(request), after)
@@ -478,7 +496,7 @@ impl AgentClient {
         self.call(
             "signal processes",
             Method::POST,
-            self.url("/signal", &[]),
+            self.url(paths::SIGNAL, &[]),
             Some(&body),
         )
         .await
@@ -528,7 +546,7 @@ impl AgentClient {
 
     /// Starts a process and streams its stdio over a WebSocket (see [`chaos_proto::exec`]).
     pub async fn exec(self: &Arc<Self>, spec: ProcSpec) -> Result<Process> {
-        let mut ws = self.websocket("exec", "/procs/exec", &[]).await?;
+        let mut ws = self.websocket("exec", paths::PROCS_EXEC, &[]).await?;
         let spec_json = serde_json::to_string(&spec).map_err(|e| self.protocol(e.to_string()))?;
         ws.send(Message::text(spec_json))
             .await
@@ -598,7 +616,7 @@ impl AgentClient {
 
     /// Opens a TCP connection from the node to `addr`, tunnelled over a WebSocket.
     pub async fn dial(&self, addr: &str) -> Result<BoxStream> {
-        let ws = self.websocket("dial", "/dial", &[("addr", addr)]).await?;
+        let ws = self.websocket("dial", paths::DIAL, &[("addr", addr)]).await?;
         let (user, pump) = tokio::io::duplex(CHUNK);
         tokio::spawn(dial_pump(ws, pump));
         Ok(Box::new(user))

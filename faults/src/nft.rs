@@ -226,19 +226,7 @@ pub(crate) fn fault_chains(id: &str) -> (String, String) {
 
 /// Checks that `id` is usable in chain names and comments.
 pub(crate) fn validate_id(id: &str) -> Result<()> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::invalid(
-            "id",
-            format!("{id:?}: use 1-64 characters from [A-Za-z0-9_.-]"),
-        ))
-    }
+    chaos_proto::validate_fault_id(id).map_err(|message| Error::invalid("id", message))
 }
 
 /// The match conditions of every rule of a fault chain, for one hook.

@@ -38,7 +38,8 @@
 //! | `POST` | `/v1/signal` | [`NodeSignalRequest`] | `Vec<u32>`: pids signalled |
 //!
 //! File paths are absolute paths on the node. Query values are URL-encoded. Request sizes, body
-//! read times and table sizes are bounded: see [`limits`].
+//! read times and table sizes are bounded: see [`limits`]. The paths are constants in [`paths`],
+//! which both the agent's routes and the runner's client use.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -48,9 +49,12 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 pub mod fault;
+pub mod fault_id;
 pub mod limits;
 pub mod machine;
+pub mod paths;
 
+pub use fault_id::{MAX_FAULT_ID_LEN, validate_fault_id};
 pub use machine::MachineFault;
 
 /// Version of this protocol; bumped on incompatible changes and reported in [`NodeInfo`].

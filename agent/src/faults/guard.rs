@@ -7,23 +7,11 @@ use chaos_faults::process;
 use chaos_proto::fault::{FaultSpec, FreezeTarget};
 use chaos_proto::{ApiError, ErrorKind};
 
-use super::{MAX_ID_LEN, err, fault_error};
+use super::{err, fault_error};
 
 /// Fault ids: what the injector accepts, checked early for a clear message.
 pub(super) fn validate_id(id: &str) -> Result<(), ApiError> {
-    let ok = !id.is_empty()
-        && id.len() <= MAX_ID_LEN
-        && id
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(err(
-            ErrorKind::InvalidRequest,
-            format!("fault id {id:?}: use 1-64 characters from [A-Za-z0-9_.-]"),
-        ))
-    }
+    chaos_proto::validate_fault_id(id).map_err(|message| err(ErrorKind::InvalidRequest, message))
 }
 
 /// A freeze that would include the agent would leave nobody to heal it (nor to answer the

@@ -63,8 +63,8 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 /// How long the heal before exit keeps retrying failed heals; what is left then stays in the
 /// state file for the next agent (and the process trees are killed anyway).
 const SHUTDOWN_HEAL_BOUND: Duration = Duration::from_secs(2);
-/// Longest fault id (the injector's limit).
-const MAX_ID_LEN: usize = 64;
+/// Longest fault id (the one rule: `chaos_proto::validate_fault_id`).
+const MAX_ID_LEN: usize = chaos_proto::MAX_FAULT_ID_LEN;
 
 fn err(kind: ErrorKind, message: impl Into<String>) -> ApiError {
     ApiError::new(kind, message)

@@ -64,6 +64,38 @@ struct NodeEntry {
     client: Arc<AgentClient>,
 }
 
+/// Releases a provisioned machine when dropped before it was recorded in the cluster: node
+/// creation that fails after provisioning, or is cancelled (the caller dropped `create_nodes`)
+/// at any point after it, leaves no machine behind.
+struct ReleaseGuard<P: Provisioner> {
+    cluster: Option<Arc<Shared<P>>>,
+    node: String,
+}
+
+impl<P: Provisioner> ReleaseGuard<P> {
+    /// The machine is the cluster's now: nothing to release.
+    fn disarm(mut self) {
+        self.cluster = None;
+    }
+}
+
+impl<P: Provisioner> Drop for ReleaseGuard<P> {
+    fn drop(&mut self) {
+        let Some(cluster) = self.cluster.take() else {
+            return;
+        };
+        let node = std::mem::take(&mut self.node);
+        // Without a runtime (the cluster is being dropped), cleanup or Drop tears it down.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(e) = cluster.provisioner.release(&node).await {
+                    tracing::warn!(node = %node, "releasing a node whose creation did not finish: {e}");
+                }
+            });
+        }
+    }
+}
+
 impl<P: Provisioner> AgentCluster<P> {
     /// A cluster on `provisioner`'s machines: mints the cluster CA and the runner's identity.
     /// Creates no node yet.
@@ -180,8 +212,9 @@ impl<P: Provisioner> Shared<P> {
             })
     }
 
-    /// Provisions node `k` and waits until its agent answers; on failure releases its machine.
-    async fn create_node(self: Arc<Self>, k: u32) -> Result<(Arc<dyn Node>, NodeEntry)> {
+    /// Provisions node `k` and waits until its agent answers. The machine is released unless
+    /// the returned guard is disarmed (once the node is recorded).
+    async fn create_node(self: Arc<Self>, k: u32) -> Result<(Arc<dyn Node>, NodeEntry, ReleaseGuard<P>)> {
         let name = format!("n{k}");
         let request = MachineRequest {
             number: k,
@@ -191,18 +224,18 @@ impl<P: Provisioner> Shared<P> {
             ca: &self.ca,
         };
         let machine = self.provisioner.provision(request).await?;
+        let guard = ReleaseGuard {
+            cluster: Some(self.clone()),
+            node: name.clone(),
+        };
         let client = Arc::new(AgentClient::with_timeouts(
             name.clone(),
             machine.agent,
             self.tls.clone(),
             self.provisioner.client_timeouts(),
         ));
-        if let Err(e) = self.wait_ready(&name, &client).await {
-            if let Err(released) = self.provisioner.release(&name).await {
-                tracing::warn!(node = %name, "releasing a node that did not become ready: {released}");
-            }
-            return Err(e);
-        }
+        // On failure, dropping the guard releases the machine.
+        self.wait_ready(&name, &client).await?;
         let keeper = Keeper {
             cluster: Arc::downgrade(&self),
             node: name.clone(),
@@ -222,6 +255,7 @@ impl<P: Provisioner> Shared<P> {
                 machine,
                 client,
             },
+            guard,
         ))
     }
 
@@ -403,12 +437,17 @@ impl<P: Provisioner> Cluster for AgentCluster<P> {
                 shared.clone().create_node(k)
             })
             .await;
-        let nodes: Vec<Arc<dyn Node>> = made.iter().map(|(node, _)| node.clone()).collect();
+        let nodes: Vec<Arc<dyn Node>> = made.iter().map(|(node, _, _)| node.clone()).collect();
         // Even after a failure the made nodes are kept: cleanup releases them.
-        shared
-            .lock()
-            .nodes
-            .extend(made.into_iter().map(|(_, entry)| entry));
+        let mut state = shared.lock();
+        // Cleaned up meanwhile: the guards release what was made.
+        if !state.cleaned {
+            for (_, entry, guard) in made {
+                state.nodes.push(entry);
+                guard.disarm();
+            }
+        }
+        drop(state);
         match first_error {
             Some(e) => Err(e),
             None => Ok(nodes),

@@ -662,16 +662,8 @@ impl Node for LocalNode {
             Some(id) => id.clone(),
             None => format!("local-fault-{}", self.next_fault.fetch_add(1, Ordering::SeqCst)),
         };
-        let valid_id = !id.is_empty()
-            && id.len() <= 64
-            && id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-        if !valid_id {
-            return Err(self.api(
-                ErrorKind::InvalidRequest,
-                format!("fault id {id:?} must be 1 to 64 of A-Z, a-z, 0-9, '_', '.', '-'"),
-            ));
+        if let Err(message) = chaos_proto::validate_fault_id(&id) {
+            return Err(self.api(ErrorKind::InvalidRequest, message));
         }
         if lock(&self.faults).contains_key(&id) {
             return Err(self.api(

@@ -545,8 +545,15 @@ impl Inner {
     fn write_state_file(&self, state: &State) {
         let Some(res) = &state.cluster else { return };
         let Some(path) = &res.state_file else { return };
+        let mut nodes: Vec<(u32, String)> = state
+            .nodes
+            .iter()
+            .map(|n| (n.name[1..].parse().unwrap_or(u32::MAX), n.netns.clone()))
+            .collect();
+        // In node order, whichever node was made first.
+        nodes.sort();
         let record = claim::StateRecord {
-            node_netns: state.nodes.iter().map(|n| n.netns.clone()).collect(),
+            node_netns: nodes.into_iter().map(|(_, netns)| netns).collect(),
             ..self.record.clone()
         };
         if let Err(e) = claim::rewrite(path, &record) {
