@@ -38,19 +38,17 @@ mod gc;
 mod links;
 mod namespace;
 mod node;
+mod setup;
 
-use std::fs::File;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use rtnetlink::Handle;
 
 pub use crate::backend::agent_binary::{AGENT_BIN_ENV, find_agent_binary};
 pub use gc::collect_garbage;
@@ -60,6 +58,7 @@ use crate::backend::{AgentCluster, ClusterOptions};
 use crate::cluster::Cluster;
 use crate::{Error, Result};
 use node::{NodeRes, teardown_nodes};
+use setup::{ClusterRes, claim_index};
 
 /// Port the agents listen on, on their node's address.
 pub const AGENT_PORT: u16 = 7700;
@@ -239,94 +238,6 @@ struct State {
     cluster: Option<ClusterRes>,
 }
 
-/// The cluster-wide resources, released in [`ClusterRes::teardown`] (also on drop).
-struct ClusterRes {
-    index: u32,
-    /// The state file: the claim on the index, created before everything else and removed
-    /// after everything else.
-    state_file: Option<PathBuf>,
-    /// Whether the host link `chaos<index>` is ours to delete.
-    link_created: bool,
-    hub: Option<Handle>,
-    hub_fd: Option<File>,
-    hub_created: bool,
-    cgroup_dir: Option<PathBuf>,
-    /// The temporary directory (recorded in the state file before it was created).
-    temp_dir: Option<PathBuf>,
-}
-
-impl ClusterRes {
-    fn claimed(index: u32, state_file: PathBuf) -> Self {
-        Self {
-            index,
-            state_file: Some(state_file),
-            link_created: false,
-            hub: None,
-            hub_fd: None,
-            hub_created: false,
-            cgroup_dir: None,
-            temp_dir: None,
-        }
-    }
-
-    /// Releases everything, blocking; returns what could not be released. Idempotent.
-    ///
-    /// The state file goes last, and only when everything else went: as long as anything of the
-    /// cluster may exist, the claim naming its owner exists too, so a runner killed during
-    /// teardown (or a teardown that failed) leaves work `chaos gc` finds and finishes. The hub
-    /// namespace goes after the host link, whose peer lives in it.
-    fn teardown(&mut self) -> Vec<String> {
-        let mut errors = Vec::new();
-        self.hub = None;
-        if let Some(dir) = self.cgroup_dir.take()
-            && let Err(e) = cgroup::remove_tree(&dir, Instant::now() + TEARDOWN_BOUND)
-        {
-            errors.push(e.to_string());
-        }
-        if let Some(dir) = self.temp_dir.take() {
-            match std::fs::remove_dir_all(&dir) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                    errors.push(format!("removing {}: {e}", dir.display()));
-                }
-                _ => {}
-            }
-        }
-        // Deleting the host end also deletes its peer in the hub.
-        if std::mem::take(&mut self.link_created)
-            && let Err(e) = links::delete_link_blocking(&host_link_name(self.index))
-        {
-            errors.push(e.to_string());
-        }
-        if std::mem::take(&mut self.hub_created)
-            && let Err(e) = namespace::remove(&hub_netns_name(self.index))
-        {
-            errors.push(e.to_string());
-        }
-        self.hub_fd = None;
-        if let Some(file) = self.state_file.take() {
-            if errors.is_empty() {
-                if let Err(e) = claim::release(&file) {
-                    errors.push(e.to_string());
-                }
-            } else {
-                errors.push(format!(
-                    "{} kept, so that `chaos gc` finishes the job once this runner is gone",
-                    file.display()
-                ));
-            }
-        }
-        errors
-    }
-}
-
-impl Drop for ClusterRes {
-    fn drop(&mut self) {
-        for e in self.teardown() {
-            tracing::warn!("netns cluster #{}: cleanup: {e}", self.index);
-        }
-    }
-}
-
 impl Netns {
     /// Claims an index (its state file), creates the host link, the hub namespace with its
     /// bridge, the cgroup and temporary directories. `cluster` names the cluster in the state
@@ -446,95 +357,6 @@ impl Netns {
     }
 }
 
-/// Claims the first free index whose subnet no host route overlaps — by creating its state file
-/// exclusively, naming this runner (see [`claim`]) — then creates its host veth pair and its hub
-/// namespace. Returns the claim's record, whose temporary directory is not created yet.
-///
-/// The search starts after the index this process claimed last, so a process does not reuse an
-/// index right after releasing it (which would make leftovers of one cluster look like parts of
-/// the next in logs and leak checks).
-///
-/// Indices with leftovers of an earlier cluster (a state file, a cgroup, namespaces named after
-/// them — a crashed runner's, for `chaos gc` to collect) are skipped, never reused; so is an
-/// index whose host link exists without a state file (a runner of an older version, which
-/// claimed by the link alone).
-async fn claim_index(
-    host: &Handle,
-    cgroup_root: &Path,
-    cluster: &str,
-) -> Result<(
-    ClusterRes,
-    claim::StateRecord,
-    File,
-    Option<rtnetlink::sys::Socket>,
-)> {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let start = NEXT.load(Ordering::Relaxed);
-    let namespaces: Vec<String> = std::fs::read_dir(namespace::NETNS_DIR)
-        .map(|dir| {
-            dir.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    for index in (start..MAX_CLUSTERS).chain(0..start) {
-        let hub = hub_netns_name(index);
-        let node_prefix = format!("{hub}-n");
-        let cgroup_dir = cgroup_root.join(index.to_string());
-        if overlaps_host_route(subnet(index))
-            || state_file(index).exists()
-            || cgroup_dir.exists()
-            || namespaces
-                .iter()
-                .any(|n| *n == hub || n.starts_with(&node_prefix))
-        {
-            continue;
-        }
-        let record = claim::StateRecord {
-            index,
-            cluster: cluster.to_string(),
-            owner: crate::backend::owner::current_tag(),
-            runner_pid: std::process::id(),
-            host_link: host_link_name(index),
-            hub_netns: hub.clone(),
-            node_netns: Vec::new(),
-            cgroup_dir,
-            temp_dir: std::env::temp_dir().join(format!("chaos-netns-{index}-{:08x}", rand::random::<u32>())),
-        };
-        let path = state_file(index);
-        match claim::claim(&path, &record) {
-            Ok(true) => {}
-            Ok(false) => continue,
-            Err(e) => return Err(Error::io("netns backend: claiming a cluster index", e)),
-        }
-        // From here on, dropping `res` releases what was made, the claim last.
-        let mut res = ClusterRes::claimed(index, path);
-        let link = host_link_name(index);
-        match links::add_veth(host, &link, &format!("{link}h")).await {
-            Ok(()) => res.link_created = true,
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(Error::io("netns backend: creating the host link", e)),
-        }
-        match namespace::create(&hub, true).await {
-            Ok(ns) => {
-                NEXT.store((index + 1) % MAX_CLUSTERS, Ordering::Relaxed);
-                ns.guard.disarm();
-                res.hub_created = true;
-                return Ok((res, record, ns.fd, ns.netlink));
-            }
-            // A hub without a host link: left by someone else; leave it and move on.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => {
-                return Err(Error::io(format!("netns backend: creating namespace {hub}"), e));
-            }
-        }
-    }
-    Err(backend_error(format!(
-        "all {MAX_CLUSTERS} cluster indices are taken or their subnets overlap host routes; \
-         clean up stale clusters (`chaos gc`; links chaos*, `ip netns list`)"
-    )))
-}
-
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -559,99 +381,6 @@ impl Inner {
         if let Err(e) = claim::rewrite(path, &record) {
             tracing::warn!("netns cluster #{}: writing {}: {e}", self.index, path.display());
         }
-    }
-
-    /// Makes node `k`'s namespace, files and cgroup and starts its agent; on any failure (or
-    /// cancellation) the node's resources are released when `res` drops.
-    async fn create_node(&self, request: &MachineRequest<'_>, hub: Handle) -> Result<(Machine, NodeRes)> {
-        let name = request.name.clone();
-        let k = request.number;
-        let ip = node_address(self.index, k);
-        let mut res = NodeRes {
-            name: name.clone(),
-            netns: node_netns_name(self.index, k),
-            netns_created: false,
-            netns_fd: None,
-            cgroup: None,
-            agent: Arc::default(),
-            spec: None,
-        };
-        let netns = res.netns.clone();
-        let ctx = |what: &str| format!("node {name} ({netns}): {what}");
-
-        // Network: namespace, veth into the hub's bridge, address, loopback.
-        let ns = namespace::create(&res.netns, true)
-            .await
-            .map_err(|e| Error::io(ctx("creating the network namespace"), e))?;
-        ns.guard.disarm();
-        res.netns_created = true;
-        let ns_fd = res.netns_fd.insert(ns.fd).as_raw_fd();
-        let node_nl = links::handle_for(
-            ns.netlink
-                .ok_or_else(|| backend_error("node netlink socket missing"))?,
-        )
-        .map_err(|e| Error::io(ctx("netlink socket"), e))?;
-        let net = async {
-            links::add_bridge_port_veth(&hub, &name, self.bridge_index, NODE_LINK, ns_fd).await?;
-            let eth = links::index_of(&node_nl, NODE_LINK).await?;
-            tokio::try_join!(
-                links::add_address(&node_nl, eth, IpAddr::V4(ip), 24),
-                links::set_up_index(&node_nl, eth),
-                links::set_up_index(&node_nl, links::LOOPBACK_INDEX),
-            )?;
-            Ok::<_, io::Error>(())
-        };
-        net.await
-            .map_err(|e| Error::io(ctx("configuring the network"), e))?;
-        drop(node_nl);
-
-        // Files: root directory, TLS material (keys 0600, never on a command line).
-        let node_dir = self.dir.join(&name);
-        let root_dir = node_dir.join("root");
-        let tls_dir = node_dir.join("tls");
-        std::fs::create_dir_all(&root_dir)
-            .map_err(|e| Error::io(ctx(&format!("creating {}", root_dir.display())), e))?;
-        let identity = request.issue_identity(&[IpAddr::V4(ip)], &[])?;
-        identity.write_node_dir(&tls_dir, request.ca_pem())?;
-
-        // cgroup: the node's directory, the agent in its `agent` child.
-        let cgroup_dir = self.cgroup_dir.join(&name);
-        cgroup::create(&cgroup_dir.join("agent")).map_err(|e| Error::io(ctx("cgroup"), e))?;
-        res.cgroup = Some(cgroup_dir.clone());
-
-        let spec = agent::AgentSpec {
-            node: name.clone(),
-            binary: self.agent_bin.clone(),
-            listen: SocketAddr::new(IpAddr::V4(ip), AGENT_PORT),
-            tls_dir,
-            root_dir: root_dir.clone(),
-            state_dir: node_dir.join("state"),
-            cgroup: cgroup_dir,
-            log: node_dir.join("agent.log"),
-            heartbeat_timeout: request.heartbeat_timeout,
-            ready_timeout: request.ready_timeout,
-        };
-        let netns_file = res
-            .netns_fd
-            .as_ref()
-            .ok_or_else(|| backend_error("namespace fd missing"))?;
-        let spawned = agent::spawn(&spec, netns_file, false)?;
-        res.agent.lock().child = Some(spawned.child);
-        let addr = agent::ready(&spec, spawned.lines).await?;
-        if addr != spec.listen {
-            return Err(backend_error(ctx(&format!(
-                "the agent announced {addr} instead of {}",
-                spec.listen
-            ))));
-        }
-        res.spec = Some(spec);
-        let machine = Machine {
-            agent: addr,
-            ips: vec![IpAddr::V4(ip)],
-            interfaces: vec![NODE_LINK.to_string()],
-            root_dir: root_dir.to_string_lossy().into_owned(),
-        };
-        Ok((machine, res))
     }
 
     /// Takes every node and the cluster-wide resources out of the state, for a teardown.

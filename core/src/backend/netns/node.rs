@@ -1,5 +1,5 @@
-//! One node's resources — namespace, cgroup, its agent process — how they are torn down, and
-//! how the node's agent is restarted in place (for the supervisor).
+//! One node: how its resources — namespace, veth, files, cgroup, its agent process — are made
+//! and torn down, and how its agent is restarted in place (for the supervisor).
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -8,8 +8,117 @@ use std::time::{Duration, Instant};
 
 use tokio::process::Child;
 
-use super::{TEARDOWN_BOUND, agent, backend_error, cgroup, namespace};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+
+use rtnetlink::Handle;
+
+use super::{
+    AGENT_PORT, Inner, NODE_LINK, TEARDOWN_BOUND, agent, backend_error, cgroup, links, namespace,
+    node_address, node_netns_name,
+};
+use crate::backend::provision::{Machine, MachineRequest};
 use crate::{Error, Result};
+
+impl Inner {
+    /// Makes node `k`'s namespace, files and cgroup and starts its agent; on any failure (or
+    /// cancellation) the node's resources are released when `res` drops.
+    pub(super) async fn create_node(
+        &self,
+        request: &MachineRequest<'_>,
+        hub: Handle,
+    ) -> Result<(Machine, NodeRes)> {
+        let name = request.name.clone();
+        let k = request.number;
+        let ip = node_address(self.index, k);
+        let mut res = NodeRes {
+            name: name.clone(),
+            netns: node_netns_name(self.index, k),
+            netns_created: false,
+            netns_fd: None,
+            cgroup: None,
+            agent: Arc::default(),
+            spec: None,
+        };
+        let netns = res.netns.clone();
+        let ctx = |what: &str| format!("node {name} ({netns}): {what}");
+
+        // Network: namespace, veth into the hub's bridge, address, loopback.
+        let ns = namespace::create(&res.netns, true)
+            .await
+            .map_err(|e| Error::io(ctx("creating the network namespace"), e))?;
+        ns.guard.disarm();
+        res.netns_created = true;
+        let ns_fd = res.netns_fd.insert(ns.fd).as_raw_fd();
+        let node_nl = links::handle_for(
+            ns.netlink
+                .ok_or_else(|| backend_error("node netlink socket missing"))?,
+        )
+        .map_err(|e| Error::io(ctx("netlink socket"), e))?;
+        let net = async {
+            links::add_bridge_port_veth(&hub, &name, self.bridge_index, NODE_LINK, ns_fd).await?;
+            let eth = links::index_of(&node_nl, NODE_LINK).await?;
+            tokio::try_join!(
+                links::add_address(&node_nl, eth, IpAddr::V4(ip), 24),
+                links::set_up_index(&node_nl, eth),
+                links::set_up_index(&node_nl, links::LOOPBACK_INDEX),
+            )?;
+            Ok::<_, io::Error>(())
+        };
+        net.await
+            .map_err(|e| Error::io(ctx("configuring the network"), e))?;
+        drop(node_nl);
+
+        // Files: root directory, TLS material (keys 0600, never on a command line).
+        let node_dir = self.dir.join(&name);
+        let root_dir = node_dir.join("root");
+        let tls_dir = node_dir.join("tls");
+        std::fs::create_dir_all(&root_dir)
+            .map_err(|e| Error::io(ctx(&format!("creating {}", root_dir.display())), e))?;
+        let identity = request.issue_identity(&[IpAddr::V4(ip)], &[])?;
+        identity.write_node_dir(&tls_dir, request.ca_pem())?;
+
+        // cgroup: the node's directory, the agent in its `agent` child.
+        let cgroup_dir = self.cgroup_dir.join(&name);
+        cgroup::create(&cgroup_dir.join("agent")).map_err(|e| Error::io(ctx("cgroup"), e))?;
+        res.cgroup = Some(cgroup_dir.clone());
+
+        let spec = agent::AgentSpec {
+            node: name.clone(),
+            binary: self.agent_bin.clone(),
+            listen: SocketAddr::new(IpAddr::V4(ip), AGENT_PORT),
+            tls_dir,
+            root_dir: root_dir.clone(),
+            state_dir: node_dir.join("state"),
+            cgroup: cgroup_dir,
+            log: node_dir.join("agent.log"),
+            heartbeat_timeout: request.heartbeat_timeout,
+            ready_timeout: request.ready_timeout,
+        };
+        let netns_file = res
+            .netns_fd
+            .as_ref()
+            .ok_or_else(|| backend_error("namespace fd missing"))?;
+        let spawned = agent::spawn(&spec, netns_file, false)?;
+        res.agent.lock().child = Some(spawned.child);
+        let addr = agent::ready(&spec, spawned.lines).await?;
+        if addr != spec.listen {
+            return Err(backend_error(ctx(&format!(
+                "the agent announced {addr} instead of {}",
+                spec.listen
+            ))));
+        }
+        res.spec = Some(spec);
+        let machine = Machine {
+            agent: addr,
+            ips: vec![IpAddr::V4(ip)],
+            interfaces: vec![NODE_LINK.to_string()],
+            root_dir: root_dir.to_string_lossy().into_owned(),
+        };
+        Ok((machine, res))
+    }
+}
 
 /// One node's resources, released by [`teardown_nodes`] (also on drop, so a node whose
 /// creation fails or is cancelled half-way leaves nothing behind).
