@@ -87,9 +87,9 @@ impl fmt::Display for Backend {
 /// THE registration list: every backend module of [`crate::backend`], with the condition under
 /// which it is compiled, in the order tests try them. Calls the macro at the given path with
 /// `ARGS ; name, name, …` (each name with its `#[cfg]`), so that [`all`] and
-/// [`backend_tests!`](crate::backend_tests) are generated from the same list. (The conditions are
-/// evaluated where the macro expands: in this crate, or in a test crate built with the same
-/// features.)
+/// [`backend_tests!`](crate::backend_tests) are generated from the same list. (The conditions
+/// are evaluated in this crate only: [`backend_tests!`](crate::backend_tests) ignores them and
+/// asks `registry::available` at run time.)
 #[macro_export]
 macro_rules! registered_backends {
     ($($callback:ident)::+ { $($args:tt)* }) => {
@@ -143,10 +143,12 @@ macro_rules! backend_tests {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __backend_tests_for {
-    ($check:ident ; $( $(#[$condition:meta])* $name:ident, )*) => {
+    ($check:ident ; $( $(#[$_condition:meta])* $name:ident, )*) => {
         mod $check {
             $(
-                $(#[$condition])*
+                // Every registered name gets its test, whatever this crate's features: the
+                // conditions belong to the `chaos` build, which `registry::available` asks
+                // (a backend not compiled in is skipped, saying so).
                 #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     let test = concat!(stringify!($check), "::", stringify!($name));
