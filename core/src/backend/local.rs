@@ -19,6 +19,12 @@
 //!
 //! Tests that need any of this should use an isolating backend such as `netns`.
 //!
+//! (Why this file is long: `local` still implements `Node` itself — process table, restart,
+//! the TTL'd pause registry — instead of running the agent on this host as a provisioner of
+//! `AgentCluster`; that move, with an agent that refuses network faults there, is the planned
+//! way to shrink it to a provisioner of ~150 lines. See `core/tests/provisioner.rs` for such a
+//! provisioner.)
+//!
 //! # Faults on `local`
 //!
 //! Process faults work on processes the node started: pause ([`FreezeTarget::Proc`],
