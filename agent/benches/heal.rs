@@ -2,9 +2,9 @@
 //! the agent's memory.
 //!
 //! `cargo bench -p chaos-agent --bench heal` starts one agent, pauses a process of it with a
-//! 200 ms TTL again and again, and times each heal from the fault's own expiry (`expires_ms`,
+//! 1 s TTL again and again, and times each heal from the fault's own expiry (`expires_ms`,
 //! the agent's clock) to the moment the process is no longer stopped (`/proc/PID/stat` state,
-//! read by this harness every 0.5 ms). It does that on an idle agent and then while 600 clients
+//! read every 0.5 ms by a thread of its own). It does that on an idle agent and then while 600 clients
 //! keep downloading a 16 MiB file (each download passes through the agent's file gate and
 //! tokio's blocking pool, which heals do not use), and reports median and p99 of each, plus the
 //! agent's peak RSS (`VmHWM`) under the flood.
@@ -23,7 +23,8 @@ use common::{Agent, enc, path_str};
 use hyper::Method;
 
 const ROUNDS: usize = 60;
-const TTL_MS: u64 = 200;
+/// Long enough that an inject answer delayed by the flood still arrives before the expiry.
+const TTL_MS: u64 = 1000;
 const CLIENTS: usize = 600;
 
 fn status_kib(pid: u32, field: &str) -> u64 {
@@ -46,7 +47,8 @@ fn now_ms() -> u64 {
 }
 
 /// Milliseconds from each fault's expiry to its process running again.
-async fn heal_latencies(agent: &Agent, id: u64, pid: u32) -> Vec<f64> {
+/// Rounds whose inject answer arrived after the expiry are counted in `missed`.
+async fn heal_latencies(agent: &Agent, id: u64, pid: u32, missed: &mut usize) -> Vec<f64> {
     let mut out = Vec::with_capacity(ROUNDS);
     for _ in 0..ROUNDS {
         let req = FaultRequest {
@@ -55,15 +57,34 @@ async fn heal_latencies(agent: &Agent, id: u64, pid: u32) -> Vec<f64> {
             ttl_ms: TTL_MS,
         };
         let info: FaultInfo = agent.post("/v1/faults", &req).await;
-        assert_eq!(state(pid), Some('T'), "paused");
         let expiry = info.expires_ms;
-        loop {
-            if state(pid) != Some('T') {
-                break;
-            }
-            tokio::time::sleep(Duration::from_micros(500)).await;
+        if state(pid) != Some('T') {
+            // Under the flood the answer can arrive after the TTL: the heal came first and its
+            // latency cannot be seen from here. A pause not in place before its expiry is a bug.
+            assert!(
+                now_ms() >= expiry,
+                "the process is not paused after inject returned"
+            );
+            *missed += 1;
+            continue;
         }
-        out.push(now_ms().saturating_sub(expiry) as f64);
+        // The watcher is an OS thread of its own: a task of this runtime would wait behind the
+        // flood's 600 client tasks, and the figure would be the harness's delay, not the agent's.
+        let resumed = std::thread::spawn(move || {
+            // Above the agent's fault threads (nice -10), so the watcher's own wait for a CPU
+            // does not count as heal latency. Best effort: unprivileged, the figure is an upper
+            // bound.
+            // SAFETY: no pointers; PRIO_PROCESS with a thread id changes only this thread.
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, -15) };
+            while state(pid) == Some('T') {
+                std::thread::sleep(Duration::from_micros(500));
+            }
+            now_ms()
+        });
+        let resumed = tokio::task::spawn_blocking(move || resumed.join().unwrap())
+            .await
+            .unwrap();
+        out.push(resumed.saturating_sub(expiry) as f64);
         // Let the ledger settle before the next round.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -75,10 +96,14 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-fn report(what: &str, mut ms: Vec<f64>) {
+fn report(what: &str, mut ms: Vec<f64>, missed: usize) {
     ms.sort_by(|a, b| a.total_cmp(b));
+    assert!(
+        !ms.is_empty(),
+        "{what}: no heal could be timed ({missed} answers came after the TTL)"
+    );
     println!(
-        "{what:<44} median {:>5.1} ms   p99 {:>6.1} ms   max {:>6.1} ms   ({} heals)",
+        "{what:<44} median {:>5.1} ms   p99 {:>6.1} ms   max {:>6.1} ms   ({} heals, {missed} not timed)",
         percentile(&ms, 0.5),
         percentile(&ms, 0.99),
         ms[ms.len() - 1],
@@ -95,10 +120,9 @@ async fn main() {
     spec.stderr = OutputSpec::Null;
     let sleeper: ProcStarted = agent.post("/v1/procs", &spec).await;
 
-    report(
-        "heal after TTL, idle agent",
-        heal_latencies(&agent, sleeper.id, sleeper.pid).await,
-    );
+    let mut missed = 0;
+    let idle = heal_latencies(&agent, sleeper.id, sleeper.pid, &mut missed).await;
+    report("heal after TTL, idle agent", idle, missed);
 
     let file = agent.root().join("big.bin");
     std::fs::write(&file, vec![7u8; 16 << 20]).unwrap();
@@ -128,9 +152,14 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let started = Instant::now();
     let before = moved.load(Ordering::Relaxed);
-    let flooded = heal_latencies(&agent, sleeper.id, sleeper.pid).await;
+    let mut missed = 0;
+    let flooded = heal_latencies(&agent, sleeper.id, sleeper.pid, &mut missed).await;
     let rate = (moved.load(Ordering::Relaxed) - before) as f64 / started.elapsed().as_secs_f64() / 1e6;
-    report(&format!("heal after TTL, {CLIENTS} clients downloading"), flooded);
+    report(
+        &format!("heal after TTL, {CLIENTS} clients downloading"),
+        flooded,
+        missed,
+    );
     println!(
         "{:<44} {rate:.0} MB/s of downloads during the heals; agent peak RSS {} MiB (now {} MiB, threads {})",
         "",

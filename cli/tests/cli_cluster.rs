@@ -667,6 +667,7 @@ fn docker_up_exec_fault_down_with_a_daemon_over_tcp() {
     let mut up = Up::start_with_env("docker", 3, &dir, &[], &[("DOCKER_HOST", host.as_str())]);
     let cluster = up.cluster();
     assert_eq!(cluster["backend"], "docker");
+    let owner = u32::try_from(up.pid()).unwrap();
     for node in cluster["nodes"].as_array().unwrap() {
         let agent: std::net::SocketAddr = node["agent"].as_str().unwrap().parse().unwrap();
         assert!(
@@ -685,11 +686,8 @@ fn docker_up_exec_fault_down_with_a_daemon_over_tcp() {
     let out = run(&["down", "--state", dir.to_str().unwrap()]);
     assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
     assert!(up.wait_exit(), "chaos up did not exit cleanly");
-    let left = Command::new("docker")
-        .args(["ps", "-aq", "--filter", "label=io.chaos.cluster"])
-        .output()
-        .unwrap();
-    assert!(left.stdout.is_empty(), "containers left: {}", text(&left.stdout));
+    let left = common::containers_owned_by(owner);
+    assert!(left.is_empty(), "containers left: {left:?}");
 }
 
 #[test]

@@ -31,8 +31,11 @@ use common::footprint::{Footprint, stdout_of};
 /// One collection at a time (see the module documentation).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Bound on `chaos up` becoming ready and on `chaos gc` finishing.
-const BOUND: Duration = Duration::from_secs(60);
+/// Bound on `chaos up` becoming ready (the first Docker `up` may build the static agent) and on
+/// `chaos gc` finishing; stretched on a busy machine.
+fn bound() -> Duration {
+    chaos_testkit::scaled(Duration::from_secs(60))
+}
 
 fn netns_available(test: &str) -> bool {
     match registry::available("netns") {
@@ -93,9 +96,9 @@ impl Runner {
             }
         });
         for _ in 0..nodes {
-            match rx.recv_timeout(BOUND) {
+            match rx.recv_timeout(bound()) {
                 Ok(Some(Ok(_))) => {}
-                other => panic!("chaos up did not print its nodes within {BOUND:?}: {other:?}"),
+                other => panic!("chaos up did not print its nodes within {:?}: {other:?}", bound()),
             }
         }
         let cluster: serde_json::Value =
@@ -140,9 +143,9 @@ async fn run_chaos(args: &[&str]) -> (Option<i32>, String) {
         .kill_on_drop(true)
         .spawn()
         .expect("spawning chaos");
-    let out = tokio::time::timeout(BOUND, child.wait_with_output())
+    let out = tokio::time::timeout(bound(), child.wait_with_output())
         .await
-        .unwrap_or_else(|_| panic!("chaos {args:?} did not finish within {BOUND:?}"))
+        .unwrap_or_else(|_| panic!("chaos {args:?} did not finish within {:?}", bound()))
         .expect("collecting chaos output");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     eprintln!(
@@ -476,29 +479,29 @@ async fn a_runner_killed_at_any_instant_is_collected_without_all() {
                 std::thread::sleep(d);
                 true
             }
-            KillPoint::Claimed => poll(&mut child, BOUND, || claim().is_some()),
-            KillPoint::HubMade => poll(&mut child, BOUND, || {
+            KillPoint::Claimed => poll(&mut child, bound(), || claim().is_some()),
+            KillPoint::HubMade => poll(&mut child, bound(), || {
                 claim().is_some_and(|(i, _)| Path::new("/run/netns").join(netns::hub_netns_name(i)).exists())
             }),
-            KillPoint::NodeNamespace => poll(&mut child, BOUND, || {
+            KillPoint::NodeNamespace => poll(&mut child, bound(), || {
                 claim().is_some_and(|(i, _)| {
                     Path::new("/run/netns")
                         .join(netns::node_netns_name(i, 1))
                         .exists()
                 })
             }),
-            KillPoint::AgentRunning => poll(&mut child, BOUND, || {
+            KillPoint::AgentRunning => poll(&mut child, bound(), || {
                 claim().is_some_and(|(_, r)| {
                     let procs = Path::new(r["cgroup_dir"].as_str().unwrap_or("/nonexistent"))
                         .join("n1/agent/cgroup.procs");
                     std::fs::read_to_string(procs).is_ok_and(|p| !p.trim().is_empty())
                 })
             }),
-            KillPoint::Up => poll(&mut child, BOUND, || {
+            KillPoint::Up => poll(&mut child, bound(), || {
                 tmp.path().join("state/cluster.json").exists()
             }),
             KillPoint::TearingDown(d) => {
-                let up = poll(&mut child, BOUND, || {
+                let up = poll(&mut child, bound(), || {
                     tmp.path().join("state/cluster.json").exists()
                 });
                 if up {
@@ -985,7 +988,11 @@ mod docker {
             }
         };
         if !is_static_elf("/bin/busybox") {
-            eprintln!("{test}: skipped: needs a static /bin/busybox (apt-get install busybox-static)");
+            chaos_testkit::skip(
+                test,
+                "docker",
+                &"needs a static /bin/busybox (apt-get install busybox-static)",
+            );
             return;
         }
         let _serial = SERIAL.lock().await;
@@ -1174,7 +1181,7 @@ mod docker {
     async fn a_killed_runners_docker_cluster_is_collected() {
         let test = "a_killed_runners_docker_cluster_is_collected";
         if let Err(why) = chaos::backend::registry::available("docker") {
-            eprintln!("{test}: skipped: {why}");
+            chaos_testkit::skip(test, "docker", &why);
             return;
         }
         let docker = connect().await.unwrap();

@@ -10,11 +10,23 @@ use std::time::{Duration, Instant};
 
 use chaos::backend::registry;
 
+#[path = "../../core/tests/common/mod.rs"]
+mod common;
+
 fn chaos(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_chaos"))
+    chaos_with_pid(args).0
+}
+
+/// Runs `chaos` and also returns its pid: the owner of the clusters it made.
+fn chaos_with_pid(args: &[&str]) -> (Output, u32) {
+    let child = Command::new(env!("CARGO_BIN_EXE_chaos"))
         .args(args)
-        .output()
-        .expect("running chaos")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running chaos");
+    let pid = child.id();
+    (child.wait_with_output().expect("waiting for chaos"), pid)
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -204,12 +216,11 @@ fn raft_one_round_passes_against_real_etcd() {
 /// default image.
 #[test]
 fn raft_one_round_passes_on_docker() {
-    raft_one_round("docker");
-    let left = std::process::Command::new("docker")
-        .args(["ps", "-aq", "--filter", "label=io.chaos.cluster"])
-        .output()
-        .expect("running docker ps");
-    assert!(left.stdout.is_empty(), "containers left: {}", text(&left.stdout));
+    let Some(pid) = raft_one_round("docker") else {
+        return;
+    };
+    let left = common::containers_owned_by(pid);
+    assert!(left.is_empty(), "containers left: {left:?}");
 }
 
 /// raft.toml with its fault cases replaced by the Docker-level ones: the leader's container
@@ -261,7 +272,7 @@ fn container_faults_in_a_scenario_recover_on_docker() {
         "containers.toml",
         &toml::to_string(&scenario).unwrap(),
     );
-    let out = chaos(&[
+    let (out, pid) = chaos_with_pid(&[
         "run",
         file.to_str().unwrap(),
         "--rounds",
@@ -294,11 +305,8 @@ fn container_faults_in_a_scenario_recover_on_docker() {
         starts > 3,
         "expected a restart after the stop, saw {starts} starts"
     );
-    let left = std::process::Command::new("docker")
-        .args(["ps", "-aq", "--filter", "label=io.chaos.cluster"])
-        .output()
-        .expect("running docker ps");
-    assert!(left.stdout.is_empty(), "containers left: {}", text(&left.stdout));
+    let left = common::containers_owned_by(pid);
+    assert!(left.is_empty(), "containers left: {left:?}");
 
     // The same cases are refused, before anything starts, on a backend without containers.
     let out = chaos(&["run", file.to_str().unwrap(), "--backend", "local"]);
@@ -310,13 +318,14 @@ fn container_faults_in_a_scenario_recover_on_docker() {
     );
 }
 
-fn raft_one_round(kind: &str) {
+/// Runs one round and checks it; returns the runner's pid (`None` when skipped).
+fn raft_one_round(kind: &str) -> Option<u32> {
     if let Some(why) = etcd_unavailable(kind) {
         chaos_testkit::skip(&format!("raft_one_round on {kind}"), "etcd", &why);
-        return;
+        return None;
     }
     let out_dir = tempfile::tempdir().unwrap();
-    let out = chaos(&[
+    let (out, pid) = chaos_with_pid(&[
         "run",
         raft_toml().to_str().unwrap(),
         "--rounds",
@@ -379,6 +388,7 @@ fn raft_one_round(kind: &str) {
     let starts = etcd_starts(&run_dir);
     assert!(starts > 3, "expected restarts after kills, saw {starts} starts");
     assert_nothing_left(&run_dir);
+    Some(pid)
 }
 
 /// How many times etcd started on the three nodes of a run, from their system logs.

@@ -61,15 +61,43 @@ pub const CAPABILITIES: &[(&str, &str)] = &[
 ];
 
 /// Whether `capability` is listed in `CHAOS_REQUIRE` (or the list is `all`).
+///
+/// # Panics
+///
+/// When `CHAOS_REQUIRE` names a capability that is not in [`CAPABILITIES`]: a misspelt name
+/// would otherwise require nothing, and the tests it meant would skip silently.
 pub fn required(capability: &str) -> bool {
-    required_in(std::env::var(REQUIRE_ENV).ok().as_deref(), capability)
+    let list = std::env::var(REQUIRE_ENV).ok();
+    if let Err(unknown) = check_list(list.as_deref()) {
+        panic!("{unknown}");
+    }
+    required_in(list.as_deref(), capability)
 }
 
-fn required_in(list: Option<&str>, capability: &str) -> bool {
+fn names(list: Option<&str>) -> impl Iterator<Item = &str> {
     list.unwrap_or("")
         .split(',')
         .map(str::trim)
-        .any(|name| name == "all" || name == capability)
+        .filter(|name| !name.is_empty())
+}
+
+fn required_in(list: Option<&str>, capability: &str) -> bool {
+    names(list).any(|name| name == "all" || name == capability)
+}
+
+/// Refuses a list naming anything but `all` and the [`CAPABILITIES`].
+fn check_list(list: Option<&str>) -> Result<(), String> {
+    let known = |name: &str| name == "all" || CAPABILITIES.iter().any(|(n, _)| *n == name);
+    match names(list).find(|name| !known(name)) {
+        None => Ok(()),
+        Some(unknown) => {
+            let valid: Vec<&str> = CAPABILITIES.iter().map(|(n, _)| *n).collect();
+            Err(format!(
+                "{REQUIRE_ENV} names {unknown:?}, which is not a capability; valid: all, {}",
+                valid.join(", ")
+            ))
+        }
+    }
 }
 
 /// Reports that `test` cannot run because `capability` is missing (`why` says how it was
@@ -134,6 +162,15 @@ mod tests {
         assert!(!required_in(Some(""), "root"));
         assert!(!required_in(None, "root"));
         assert!(!required_in(Some("dockerd"), "docker"));
+    }
+
+    #[test]
+    fn a_misspelt_capability_is_refused() {
+        assert!(check_list(Some("root, docker,etcd")).is_ok());
+        assert!(check_list(Some("all")).is_ok());
+        assert!(check_list(None).is_ok());
+        let err = check_list(Some("root,dokcer")).unwrap_err();
+        assert!(err.contains("\"dokcer\"") && err.contains("docker"), "{err}");
     }
 
     #[test]

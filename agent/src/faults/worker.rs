@@ -96,7 +96,10 @@ impl Worker {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name(format!("chaos-fault-{i}"))
-                .spawn(move || work(&shared))?;
+                .spawn(move || {
+                    raise_priority();
+                    work(&shared)
+                })?;
         }
         Ok(Self { shared })
     }
@@ -166,6 +169,28 @@ impl Drop for Worker {
     fn drop(&mut self) {
         self.shared.lock().closed = true;
         self.shared.ready.notify_all();
+    }
+}
+
+/// Nice value of the fault threads: a heal should not queue behind the agent's own file
+/// transfers or the node's workload for CPU (on a loaded 2-core machine, at equal priority, a
+/// due heal waited up to ~0.5 s for a CPU while the agent served 600 downloads).
+const FAULT_THREAD_NICE: i32 = -10;
+
+/// Gives the calling thread [`FAULT_THREAD_NICE`]. Best effort: without CAP_SYS_NICE (an agent
+/// not run as root) the thread keeps the default priority.
+fn raise_priority() {
+    // SAFETY: gettid and setpriority take no pointers; on Linux PRIO_PROCESS with a thread id
+    // changes only that thread's nice value.
+    let done = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, FAULT_THREAD_NICE)
+    };
+    if done != 0 {
+        tracing::debug!(
+            "fault thread keeps its priority: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 

@@ -254,3 +254,29 @@ async fn pseudo_random_reader_is_deterministic_and_hashes_what_it_produced() {
         direct.finish()
     );
 }
+
+/// The containers (any state) whose owner label names runner `pid` on this host: what a run by
+/// that process left behind. Scoped to the owner, so clusters of tests running beside it do
+/// not count.
+pub fn containers_owned_by(pid: u32) -> Vec<String> {
+    let out = std::process::Command::new("docker")
+        .args([
+            "ps",
+            "-a",
+            "--filter",
+            "label=io.chaos.owner",
+            "--format",
+            "{{.Names}} {{.Label \"io.chaos.owner\"}}",
+        ])
+        .output()
+        .expect("running docker ps");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| {
+            l.split_once(' ')
+                .and_then(|(_, tag)| chaos::backend::owner::OwnerTag::parse(tag))
+                .is_some_and(|t| t.pid == pid)
+        })
+        .map(str::to_string)
+        .collect()
+}

@@ -104,6 +104,11 @@ fn subdirs(dir: &Path) -> Vec<PathBuf> {
 /// Removes `dir` and its descendant cgroups, bottom-up, retrying until `deadline` while
 /// killed tasks are still exiting (rmdir fails with EBUSY until they are gone). A missing
 /// directory is not an error.
+///
+/// A busy directory is killed again before each retry: a process can join after the first kill.
+/// A runner SIGKILLed while spawning an agent leaves a forked child that has not yet moved
+/// itself into `<node>/agent` (it does so just before exec); it joins after gc's kill and would
+/// keep the cgroup busy until its heartbeat timeout.
 pub fn remove_tree(dir: &Path, deadline: Instant) -> io::Result<()> {
     for sub in subdirs(dir) {
         remove_tree(&sub, deadline)?;
@@ -113,6 +118,8 @@ pub fn remove_tree(dir: &Path, deadline: Instant) -> io::Result<()> {
             Ok(()) => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                // Best effort: the retry (or the final error) reports what stays.
+                let _ = kill(dir);
                 std::thread::sleep(Duration::from_millis(2));
             }
             Err(e) => {
