@@ -47,7 +47,12 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+pub use kinds::Fault;
+pub use machine_shim::MachineFault;
+
 pub mod fault;
+pub mod kinds;
+mod machine_shim;
 pub mod limits;
 
 /// Version of this protocol; bumped on incompatible changes and reported in [`NodeInfo`].
