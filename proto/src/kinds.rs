@@ -482,6 +482,16 @@ pub struct Kill {
     pub process: Option<ProcessTarget>,
 }
 
+impl Default for Kill {
+    /// SIGKILL to the default target.
+    fn default() -> Self {
+        Kill {
+            signal: Signal::KILL,
+            process: None,
+        }
+    }
+}
+
 fn sigkill() -> Signal {
     Signal::KILL
 }
@@ -515,6 +525,17 @@ pub struct Restart {
     #[serde(default = "five_seconds")]
     #[cfg_attr(feature = "clap", arg(long, default_value = "5s"))]
     pub grace: Dur,
+}
+
+impl Default for Restart {
+    /// SIGTERM, 5 s of grace, the default process.
+    fn default() -> Self {
+        Restart {
+            process: None,
+            signal: Signal::TERM,
+            grace: five_seconds(),
+        }
+    }
 }
 
 /// `machine`: a fault of the whole machine the cluster provisioned (a container paused,

@@ -15,64 +15,15 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
+use chaos_proto::Fault;
+
 use super::template::{self, Templates};
 
 // ---------------------------------------------------------------------------------------------
 // Scalar types
 // ---------------------------------------------------------------------------------------------
 
-/// A duration written as a human string: `"500ms"`, `"5s"`, `"2m"`, `"1m 30s"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Dur(pub Duration);
-
-impl Dur {
-    /// `n` seconds.
-    pub const fn secs(n: u64) -> Dur {
-        Dur(Duration::from_secs(n))
-    }
-
-    /// `n` milliseconds.
-    pub const fn millis(n: u64) -> Dur {
-        Dur(Duration::from_millis(n))
-    }
-}
-
-impl fmt::Display for Dur {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", humantime::format_duration(self.0))
-    }
-}
-
-impl FromStr for Dur {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        humantime::parse_duration(s.trim())
-            .map(Dur)
-            .map_err(|e| format!("{s:?} is not a duration ({e}); write e.g. \"500ms\", \"5s\" or \"2m\""))
-    }
-}
-
-impl Serialize for Dur {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Dur {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = Dur;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a duration string such as \"500ms\", \"5s\" or \"2m\"")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Dur, E> {
-                v.parse().map_err(E::custom)
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
+pub use chaos_proto::kinds::Dur;
 
 /// A range of durations: `"5s"` (exactly) or `["2s", "8s"]` (uniformly drawn from the seed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -301,98 +252,6 @@ impl fmt::Display for Backend {
             Backend::Netns => "netns",
             Backend::Docker => "docker",
         })
-    }
-}
-
-/// What a fault case does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FaultKind {
-    /// Send a signal (default SIGKILL) to the system's process group on the targets; it is
-    /// started again when the fault heals (unless `restart = false`).
-    Kill,
-    /// Freeze the system's processes on the targets; thaw them at heal.
-    Pause,
-    /// Stop the system gracefully (its `stop_signal`) on the targets, start it again at heal.
-    Restart,
-    /// Cut the targets off from the other nodes (both ways, or `one_way`).
-    Partition,
-    /// Drop `percent` of the packets between the targets and the other nodes.
-    Loss,
-    /// Delay packets between the targets and the other nodes by `delay` (± `jitter`).
-    Delay,
-    /// Limit the targets' egress to `rate_kbit`.
-    Bandwidth,
-    /// `docker pause` the targets' containers: everything on the node freezes, its agent
-    /// included; unpaused at heal. `docker` backend only.
-    #[serde(rename = "container_pause")]
-    ContainerPause,
-    /// `docker stop` the targets' containers (SIGTERM, SIGKILL after 2 s): the whole node
-    /// goes down; at heal the container starts again and so does the system. `docker` only.
-    #[serde(rename = "container_stop")]
-    ContainerStop,
-    /// Disconnect the targets' containers from the cluster network (no packet in or out,
-    /// the runner's included); reconnected with the same address at heal. `docker` only.
-    #[serde(rename = "container_disconnect")]
-    ContainerDisconnect,
-}
-
-impl FaultKind {
-    /// Every kind name.
-    pub const NAMES: &[&str] = &[
-        "kill",
-        "pause",
-        "restart",
-        "partition",
-        "loss",
-        "delay",
-        "bandwidth",
-        "container_pause",
-        "container_stop",
-        "container_disconnect",
-    ];
-
-    /// The name used in files.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FaultKind::Kill => "kill",
-            FaultKind::Pause => "pause",
-            FaultKind::Restart => "restart",
-            FaultKind::Partition => "partition",
-            FaultKind::Loss => "loss",
-            FaultKind::Delay => "delay",
-            FaultKind::Bandwidth => "bandwidth",
-            FaultKind::ContainerPause => "container_pause",
-            FaultKind::ContainerStop => "container_stop",
-            FaultKind::ContainerDisconnect => "container_disconnect",
-        }
-    }
-
-    /// Whether it acts on the system's processes (needs `[setup.start]`).
-    pub fn is_process(self) -> bool {
-        matches!(self, FaultKind::Kill | FaultKind::Pause | FaultKind::Restart)
-    }
-
-    /// Whether it acts on the network through the agent (needs an agent backend).
-    pub fn is_network(self) -> bool {
-        matches!(
-            self,
-            FaultKind::Partition | FaultKind::Loss | FaultKind::Delay | FaultKind::Bandwidth
-        )
-    }
-
-    /// Whether it acts on the node's container (needs the `docker` backend).
-    pub fn is_container(self) -> bool {
-        matches!(
-            self,
-            FaultKind::ContainerPause | FaultKind::ContainerStop | FaultKind::ContainerDisconnect
-        )
-    }
-}
-
-impl fmt::Display for FaultKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -1042,14 +901,13 @@ pub struct CommandOp {
     pub weight: u32,
 }
 
-/// `[[faults]]`: one fault case.
+/// `[[faults]]`: one fault case — when, where and how often, around one [`Fault`] of the fault
+/// model, whose fields sit beside the case's own (`kind = "loss"`, `percent = 20`). Each kind
+/// denies the fields it does not have, so a field of another kind is refused with the valid ones.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct FaultCase {
     /// Unique name, used in events, history and summary.
     pub name: String,
-    /// What it does.
-    pub kind: FaultKind,
     /// Which nodes.
     pub target: Selector,
     /// Relative weight: times per round, or probability with `schedule.picks` (default 1; 0
@@ -1062,28 +920,13 @@ pub struct FaultCase {
     /// Start the next case while this one is still active (after the schedule's pause).
     #[serde(default)]
     pub overlap: bool,
-    /// `kill`: the signal (default SIGKILL).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signal: Option<SignalName>,
-    /// `kill`: start the system again at heal (default true).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub restart: Option<bool>,
-    /// `loss`: percent of packets dropped.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub percent: Option<f64>,
-    /// `delay`: added latency.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub delay: Option<Dur>,
-    /// `delay`: jitter around the delay.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub jitter: Option<Dur>,
-    /// `bandwidth`: egress rate in kbit/s.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_kbit: Option<u64>,
-    /// `partition`: drop only packets arriving at the targets (default false: both ways).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub one_way: Option<bool>,
+    /// What it does: `kind` and that kind's fields.
+    #[serde(flatten)]
+    pub fault: Fault,
 }
+
+/// The fields every fault case has besides its kind's own.
+pub const CASE_FIELDS: &[&str] = &["name", "target", "weight", "duration", "overlap", "kind"];
 
 fn default_duration() -> DurRange {
     DurRange::exactly(Dur::secs(5))
@@ -1655,54 +1498,7 @@ impl Scenario {
                 }
                 _ => {}
             }
-            if case.kind.is_process() && self.setup.start.is_none() {
-                p.add(
-                    &at("kind"),
-                    format!(
-                        "`{}` acts on the system's processes: add [setup.start]",
-                        case.kind
-                    ),
-                );
-            }
-            let params: [(&str, bool, &[FaultKind]); 7] = [
-                ("signal", case.signal.is_some(), &[FaultKind::Kill]),
-                ("restart", case.restart.is_some(), &[FaultKind::Kill]),
-                ("percent", case.percent.is_some(), &[FaultKind::Loss]),
-                ("delay", case.delay.is_some(), &[FaultKind::Delay]),
-                ("jitter", case.jitter.is_some(), &[FaultKind::Delay]),
-                ("rate_kbit", case.rate_kbit.is_some(), &[FaultKind::Bandwidth]),
-                ("one_way", case.one_way.is_some(), &[FaultKind::Partition]),
-            ];
-            for (field, set, kinds) in params {
-                if set && !kinds.contains(&case.kind) {
-                    p.add(
-                        &at(field),
-                        format!(
-                            "`{field}` only applies to kind `{}`, not `{}`",
-                            kinds[0], case.kind
-                        ),
-                    );
-                }
-            }
-            match case.kind {
-                FaultKind::Loss => match case.percent {
-                    None => p.add(&path, "a `loss` case needs `percent` (0 to 100)"),
-                    Some(v) if !(0.0..=100.0).contains(&v) => {
-                        p.add(&at("percent"), format!("{v} is not a percentage from 0 to 100"))
-                    }
-                    _ => {}
-                },
-                FaultKind::Delay => match case.delay {
-                    None => p.add(&path, "a `delay` case needs `delay`, e.g. \"100ms\""),
-                    Some(d) if d.0 > Duration::from_secs(60) => p.add(&at("delay"), "at most 60s"),
-                    _ => {}
-                },
-                FaultKind::Bandwidth => match case.rate_kbit {
-                    None | Some(0) => p.add(&path, "a `bandwidth` case needs `rate_kbit` > 0"),
-                    _ => {}
-                },
-                _ => {}
-            }
+            check_fault(p, &path, &case.fault, self.setup.start.is_some());
         }
 
         // schedule
@@ -1881,6 +1677,80 @@ impl Scenario {
 
 /// Rewrites serde's "unknown variant `x`, expected one of `a`, `b`" into "unknown fault kind `x`;
 /// valid choices: a, b", naming what the field holds.
+/// What the fault model cannot say about a fault in a scenario: process faults act on the
+/// system the scenario starts (so they need `[setup.start]` and take no `process`), and values
+/// the node would refuse are refused before anything starts.
+fn check_fault(p: &mut Problems, path: &[Seg], fault: &Fault, has_start: bool) {
+    use chaos_proto::kinds::Family;
+    let at = |f: &str| [path, &[key(f)]].concat();
+    let kind = fault.kind();
+    if fault.family() == Family::Process {
+        if !has_start {
+            p.add(
+                &at("kind"),
+                format!("`{kind}` acts on the system's processes: add [setup.start]"),
+            );
+        }
+        let given = match fault {
+            Fault::Pause(f) => f.process.is_some(),
+            Fault::Kill(f) => f.process.is_some(),
+            Fault::Restart(f) => f.process.is_some(),
+            _ => false,
+        };
+        if given {
+            p.add(
+                &at("process"),
+                format!(
+                    "a scenario's `{kind}` acts on the system started by [setup.start]; `process` is \
+                     for `chaos fault inject`"
+                ),
+            );
+        }
+    }
+    match fault {
+        Fault::Loss(f) => {
+            if !(0.0..=100.0).contains(&f.percent) {
+                p.add(
+                    &at("percent"),
+                    format!("{} is not a percentage from 0 to 100", f.percent),
+                );
+            }
+            if !(0.0..=100.0).contains(&f.correlation) {
+                p.add(
+                    &at("correlation"),
+                    format!("{} is not a percentage from 0 to 100", f.correlation),
+                );
+            }
+        }
+        Fault::Delay(f) => {
+            if f.delay.0.is_zero() {
+                p.add(&at("delay"), "must be longer than 0s");
+            } else if f.delay.0 > Duration::from_secs(60) || f.jitter.0 > Duration::from_secs(60) {
+                p.add(&at("delay"), "delay and jitter are at most 60s");
+            }
+        }
+        Fault::Packet(f) => {
+            if let Err(e) = f.effects.validate() {
+                p.add(&[path, &[key("effects"), key(e.field)]].concat(), e.reason);
+            } else if f.effects == chaos_proto::fault::PacketEffects::default() {
+                p.add(
+                    &at("effects"),
+                    "no effect: give at least one of delay_us, loss_percent, duplicate_percent, \
+                     corrupt_percent, reorder_percent",
+                );
+            }
+        }
+        Fault::Bandwidth(f) if f.rate_bps == 0 => {
+            p.add(&at("rate_bps"), "must be greater than 0 (e.g. \"500kbit\")")
+        }
+        Fault::Link(f) if f.up.is_none() && f.mtu.is_none() => {
+            p.add(path, "a `link` case needs `up` and/or `mtu`")
+        }
+        Fault::Restart(f) if f.grace.0 > Duration::from_secs(60) => p.add(&at("grace"), "at most 60s"),
+        _ => {}
+    }
+}
+
 fn friendlier(message: &str, field: &str) -> String {
     let Some(rest) = message.strip_prefix("unknown variant `") else {
         return message.to_string();
