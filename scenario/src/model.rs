@@ -1222,8 +1222,21 @@ impl Scenario {
         let mut scenario: Scenario = toml::from_str(text).map_err(|e| {
             let (line, column, field) = match e.span() {
                 Some(span) => {
-                    let (l, c) = locator.line_col(span.start);
-                    (l, c, path_string(&locator.path_at(&span)))
+                    let mut path = locator.path_at(&span);
+                    let mut at = span.start;
+                    // A fault case's kind and fields are read through the fault model (flattened),
+                    // which loses their positions: find the field the message names.
+                    if let Some(sub) = fault_field(&path, e.message()) {
+                        path.push(key(&sub));
+                        match locator.span_of(&path) {
+                            Some(span) => at = span.start,
+                            None => {
+                                path.pop();
+                            }
+                        }
+                    }
+                    let (l, c) = locator.line_col(at);
+                    (l, c, path_string(&path))
                 }
                 None => (0, 0, String::new()),
             };
@@ -1751,7 +1764,41 @@ fn check_fault(p: &mut Problems, path: &[Seg], fault: &Fault, has_start: bool) {
     }
 }
 
+/// The field of a fault case (`faults[2]`) an error message is about: `kind` for an unknown
+/// kind, the field for an unknown one.
+fn fault_field(path: &[Seg], message: &str) -> Option<String> {
+    match path {
+        [Seg::Key(k), Seg::Index(_)] if k == "faults" => {}
+        _ => return None,
+    }
+    if message.starts_with("unknown variant `") {
+        return Some("kind".into());
+    }
+    let rest = message.strip_prefix("unknown field `")?;
+    rest.split_once('`').map(|(field, _)| field.to_string())
+}
+
 fn friendlier(message: &str, field: &str) -> String {
+    if field.starts_with("faults[")
+        && let Some(rest) = message.strip_prefix("unknown field `")
+    {
+        // The kind's own fields are listed by serde; the case's are always allowed.
+        return format!(
+            "unknown field `{}; or the case's own fields: {}",
+            rest.trim_end_matches('.'),
+            CASE_FIELDS.join(", ")
+        );
+    }
+    if let Some(old) = ["container_pause", "container_stop", "container_disconnect"]
+        .into_iter()
+        .find(|old| message.starts_with(&format!("unknown variant `{old}`")))
+    {
+        let action = old.trim_start_matches("container_");
+        return format!(
+            "fault kind `{old}` is now kind = \"machine\" with action = \"{action}\" (the cluster's \
+             machine faults)"
+        );
+    }
     let Some(rest) = message.strip_prefix("unknown variant `") else {
         return message.to_string();
     };
@@ -1839,6 +1886,40 @@ mod tests {
             e.message.contains("local") && e.message.contains("netns") && e.message.contains("docker"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_field_of_another_kind_is_refused_at_its_line_with_the_valid_fields() {
+        let text = "[[faults]]\nname = \"cut\"\nkind = \"partition\"\ntarget = \"one\"\npercent = 20\n";
+        let e = &err(text).0[0];
+        assert_eq!((e.line, e.field.as_str()), (5, "faults[0].percent"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("t.toml:5:11: field `faults[0].percent`: unknown field `percent`, expected `traffic`"),
+            "{e}"
+        );
+        assert!(e.message.contains("name, target, weight"), "{e}");
+        // A missing parameter is refused, not defaulted.
+        let text = "[[faults]]\nname = \"l\"\nkind = \"loss\"\ntarget = \"one\"\n";
+        let e = &err(text).0[0];
+        assert!(e.message.contains("missing field `percent`"), "{e}");
+        // The old container kinds say what they became.
+        let text = "[[faults]]\nname = \"c\"\nkind = \"container_stop\"\ntarget = \"one\"\n";
+        let e = &err(text).0[0];
+        assert_eq!((e.line, e.field.as_str()), (3, "faults[0].kind"), "{e}");
+        assert!(e.message.contains("kind = \"machine\" with action = \"stop\""), "{e}");
+        // Parameters of the fault model parse in place.
+        let text = "[setup.start]\ncommand = \"sleep 9\"\n[[faults]]\nname = \"k\"\nkind = \"kill\"\ntarget = \"one\"\nsignal = \"SIGTERM\"\n[[faults]]\nname = \"b\"\nkind = \"bandwidth\"\ntarget = \"one\"\nrate_bps = \"500kbit\"\n[[faults]]\nname = \"p\"\nkind = \"partition\"\ntarget = \"one\"\ntraffic = { direction = \"in\" }\n";
+        let s = Scenario::parse(text, "t.toml").unwrap();
+        assert!(matches!(&s.faults[0].fault, Fault::Kill(k) if k.signal == chaos_proto::Signal::TERM));
+        assert!(matches!(&s.faults[1].fault, Fault::Bandwidth(b) if b.rate_bps == 500_000));
+        assert!(
+            matches!(&s.faults[2].fault, Fault::Partition(p) if p.traffic.direction == chaos_proto::fault::Direction::In)
+        );
+        // A scenario's process faults act on its system, not on a process named in the file.
+        let text = "[setup.start]\ncommand = \"sleep 9\"\n[[faults]]\nname = \"k\"\nkind = \"kill\"\ntarget = \"one\"\nprocess = \"all\"\n";
+        let e = &err(text).0[0];
+        assert_eq!((e.line, e.field.as_str()), (7, "faults[0].process"), "{e}");
     }
 
     #[test]

@@ -451,6 +451,39 @@ target = "majority"
         assert_eq!(p.workload_seed, PINNED_7_WORKLOAD);
     }
 
+    /// A plan loaded with `--plan` is refused, naming the step and the field, when a parameter
+    /// is bad or missing — never run with a default in its place.
+    #[test]
+    fn plans_with_bad_or_missing_parameters_are_refused_naming_step_and_field() {
+        let plan = Plan::generate(&scenario(), 7);
+        let json: serde_json::Value = serde_json::from_str(&plan.to_json()).unwrap();
+        assert_eq!(Plan::from_json(&plan.to_json()).unwrap(), plan);
+        let with_fault = |fault: serde_json::Value| {
+            let mut json = json.clone();
+            json["steps"][1]["fault"] = fault;
+            Plan::from_json(&json.to_string()).unwrap_err()
+        };
+        let case = plan.steps[1].case.clone();
+        // A signal that does not parse (it used to become SIGKILL).
+        let err = with_fault(serde_json::json!({"kind": "kill", "signal": "SIGNOPE"}));
+        assert!(
+            err.starts_with(&format!("step 2 (`{case}`): fault: unknown signal \"SIGNOPE\"")),
+            "{err}"
+        );
+        // A loss without its percentage (it used to be 0 %).
+        let err = with_fault(serde_json::json!({"kind": "loss"}));
+        assert_eq!(err, format!("step 2 (`{case}`): fault: missing field `percent`"));
+        // A bandwidth without its rate (it used to be 1 kbit/s).
+        let err = with_fault(serde_json::json!({"kind": "bandwidth"}));
+        assert_eq!(err, format!("step 2 (`{case}`): fault: missing field `rate_bps`"));
+        // A step without a fault at all.
+        let mut no_fault = json.clone();
+        no_fault["steps"][0].as_object_mut().unwrap().remove("fault");
+        let err = Plan::from_json(&no_fault.to_string()).unwrap_err();
+        assert!(err.starts_with("step 1 ("), "{err}");
+        assert!(err.contains("missing field `fault`"), "{err}");
+    }
+
     #[test]
     fn picks_draw_by_weight() {
         let mut s = scenario();
