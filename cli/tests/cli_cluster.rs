@@ -455,7 +455,16 @@ fn pause_and_kill_a_detached_process(dir: &Path, root: &str) {
     let target = format!("proc:{proc_id}");
 
     let out = run(&[
-        "fault", "inject", "--state", state, "n1", "pause", "--process", &target, "--ttl", "30s",
+        "fault",
+        "inject",
+        "--state",
+        state,
+        "n1",
+        "pause",
+        "--process",
+        &target,
+        "--ttl",
+        "30s",
     ]);
     assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
     let fault = text(&out.stdout).trim().to_string();
@@ -467,7 +476,14 @@ fn pause_and_kill_a_detached_process(dir: &Path, root: &str) {
     assert!(grows(), "the process does not resume after heal");
 
     let out = run(&[
-        "fault", "inject", "--state", state, "n1", "kill", "--process", &target,
+        "fault",
+        "inject",
+        "--state",
+        state,
+        "n1",
+        "kill",
+        "--process",
+        &target,
     ]);
     assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
     let deadline = Instant::now() + BOUND;

@@ -682,7 +682,9 @@ impl Fault {
                 format!("{}% ~{}%{}", f.percent, f.correlation, dir(&f.traffic))
             }
             Fault::Loss(f) => format!("{}%{}", f.percent, dir(&f.traffic)),
-            Fault::Delay(f) if !f.jitter.0.is_zero() => format!("{}±{}{}", f.delay, f.jitter, dir(&f.traffic)),
+            Fault::Delay(f) if !f.jitter.0.is_zero() => {
+                format!("{}±{}{}", f.delay, f.jitter, dir(&f.traffic))
+            }
             Fault::Delay(f) => format!("{}{}", f.delay, dir(&f.traffic)),
             Fault::Packet(f) => {
                 let e = &f.effects;
@@ -745,7 +747,10 @@ mod tests {
     fn a_field_of_another_kind_is_refused_with_the_valid_ones() {
         let err = serde_json::from_str::<Fault>(r#"{"kind":"partition","percent":3}"#).unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("unknown field `percent`") && text.contains("traffic"), "{text}");
+        assert!(
+            text.contains("unknown field `percent`") && text.contains("traffic"),
+            "{text}"
+        );
         let err = serde_json::from_str::<Fault>(r#"{"kind":"loss"}"#).unwrap_err();
         assert!(err.to_string().contains("missing field `percent`"), "{err}");
         let err = serde_json::from_str::<Fault>(r#"{"kind":"kill","signal":"SIGNOPE"}"#).unwrap_err();
@@ -764,10 +769,14 @@ mod tests {
         );
         let json = serde_json::to_string(&kill).unwrap();
         assert_eq!(json, r#"{"kind":"kill","signal":"SIGKILL"}"#);
-        let delay: Fault =
-            serde_json::from_str(r#"{"kind":"delay","delay":"100ms","traffic":{"peers":["n2","10.0.0.0/24"]}}"#)
-                .unwrap();
-        assert_eq!(serde_json::from_str::<Fault>(&serde_json::to_string(&delay).unwrap()).unwrap(), delay);
+        let delay: Fault = serde_json::from_str(
+            r#"{"kind":"delay","delay":"100ms","traffic":{"peers":["n2","10.0.0.0/24"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            serde_json::from_str::<Fault>(&serde_json::to_string(&delay).unwrap()).unwrap(),
+            delay
+        );
         assert_eq!(delay.describe(), "100ms");
         let bw: Fault = serde_json::from_str(r#"{"kind":"bandwidth","rate_bps":"500kbit"}"#).unwrap();
         assert_eq!(bw.describe(), "500kbit/s");

@@ -52,8 +52,8 @@ pub use machine_shim::MachineFault;
 
 pub mod fault;
 pub mod kinds;
-mod machine_shim;
 pub mod limits;
+mod machine_shim;
 
 /// Version of this protocol; bumped on incompatible changes and reported in [`NodeInfo`].
 pub const PROTOCOL_VERSION: u32 = 1;

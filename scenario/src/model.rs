@@ -1894,8 +1894,9 @@ mod tests {
         let e = &err(text).0[0];
         assert_eq!((e.line, e.field.as_str()), (5, "faults[0].percent"), "{e}");
         assert!(
-            e.to_string()
-                .starts_with("t.toml:5:11: field `faults[0].percent`: unknown field `percent`, expected `traffic`"),
+            e.to_string().starts_with(
+                "t.toml:5:11: field `faults[0].percent`: unknown field `percent`, expected `traffic`"
+            ),
             "{e}"
         );
         assert!(e.message.contains("name, target, weight"), "{e}");
@@ -1907,7 +1908,10 @@ mod tests {
         let text = "[[faults]]\nname = \"c\"\nkind = \"container_stop\"\ntarget = \"one\"\n";
         let e = &err(text).0[0];
         assert_eq!((e.line, e.field.as_str()), (3, "faults[0].kind"), "{e}");
-        assert!(e.message.contains("kind = \"machine\" with action = \"stop\""), "{e}");
+        assert!(
+            e.message.contains("kind = \"machine\" with action = \"stop\""),
+            "{e}"
+        );
         // Parameters of the fault model parse in place.
         let text = "[setup.start]\ncommand = \"sleep 9\"\n[[faults]]\nname = \"k\"\nkind = \"kill\"\ntarget = \"one\"\nsignal = \"SIGTERM\"\n[[faults]]\nname = \"b\"\nkind = \"bandwidth\"\ntarget = \"one\"\nrate_bps = \"500kbit\"\n[[faults]]\nname = \"p\"\nkind = \"partition\"\ntarget = \"one\"\ntraffic = { direction = \"in\" }\n";
         let s = Scenario::parse(text, "t.toml").unwrap();

@@ -204,7 +204,7 @@ impl Run {
     /// Asks the nemeses whether this cluster can carry out every fault case that may run (the
     /// nodes' probe reports, the cluster's machine faults), so that a run does not stop half-way
     /// on a fault its backend cannot do.
-    async fn check_capabilities(&mut self) -> Result<(), Abort> {
+    pub(super) async fn check_capabilities(&mut self) -> Result<(), Abort> {
         let mut asked = std::collections::HashSet::new();
         for case in self.scenario.faults.iter().filter(|c| c.weight > 0) {
             if !asked.insert(serde_json::to_string(&case.fault).unwrap_or_default()) {
