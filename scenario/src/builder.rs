@@ -262,10 +262,8 @@ impl Check {
 
 impl Invariant {
     fn blank(name: impl Into<String>) -> Invariant {
-        Invariant {
+        Invariant::of(Check {
             name: name.into(),
-            at: vec![When::Heal, When::End],
-            pause_workload: false,
             on: OnNodes::All,
             command: None,
             http: None,
@@ -275,34 +273,32 @@ impl Invariant {
             agree: None,
             timeout: None,
             interval: None,
-        }
+        })
     }
 
     /// A shell command on every node that must exit 0, after every heal and at the end.
     pub fn command(name: impl Into<String>, shell: impl Into<String>) -> Invariant {
-        Invariant {
-            command: Some(CommandLine::Shell(shell.into())),
-            ..Invariant::blank(name)
-        }
+        let mut inv = Invariant::blank(name);
+        inv.check.command = Some(CommandLine::Shell(shell.into()));
+        inv
     }
 
     /// An HTTP request on every node that must succeed, after every heal and at the end.
     pub fn http(name: impl Into<String>, request: HttpRequest) -> Invariant {
-        Invariant {
-            http: Some(request),
-            ..Invariant::blank(name)
-        }
+        let mut inv = Invariant::blank(name);
+        inv.check.http = Some(request);
+        inv
     }
 
     /// Output must match `re`.
     pub fn regex(mut self, re: impl Into<String>) -> Invariant {
-        self.regex = Some(re.into());
+        self.check.regex = Some(re.into());
         self
     }
 
     /// The first capture of `re` must be the same on every node.
     pub fn agree(mut self, re: impl Into<String>) -> Invariant {
-        self.agree = Some(re.into());
+        self.check.agree = Some(re.into());
         self
     }
 
@@ -314,7 +310,7 @@ impl Invariant {
 
     /// The recovery bound, seconds.
     pub fn timeout_secs(mut self, s: u64) -> Invariant {
-        self.timeout = Some(Dur::secs(s));
+        self.check.timeout = Some(Dur::secs(s));
         self
     }
 }

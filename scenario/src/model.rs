@@ -727,12 +727,9 @@ pub struct Check {
     pub interval: Option<Dur>,
 }
 
-/// `[[invariants]]`: a check plus when it runs.
+/// `[[invariants]]`: a [`Check`] (its fields sit beside these) plus when it runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Invariant {
-    /// Name shown in progress, events and the summary.
-    pub name: String,
     /// When it runs (default `["heal", "end"]`).
     #[serde(default = "default_when")]
     pub at: Vec<When>,
@@ -740,54 +737,50 @@ pub struct Invariant {
     /// comparing hashes across members).
     #[serde(default)]
     pub pause_workload: bool,
-    /// Where to run it (default `all`).
-    #[serde(default)]
-    pub on: OnNodes,
-    /// See [`Check::command`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub command: Option<CommandLine>,
-    /// See [`Check::http`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub http: Option<HttpRequest>,
-    /// See [`Check::log`].
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub log: bool,
-    /// See [`Check::regex`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub regex: Option<String>,
-    /// See [`Check::not_regex`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub not_regex: Option<String>,
-    /// See [`Check::agree`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub agree: Option<String>,
-    /// The recovery bound: how long it may take to pass after a heal (default 30s).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<Dur>,
-    /// Pause between attempts (default 500ms).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub interval: Option<Dur>,
+    /// What it runs and how it is judged. Its `timeout` is the recovery bound: how long it may
+    /// take to pass after a heal (default 30s).
+    #[serde(flatten)]
+    pub check: Check,
+    /// Fields that neither an invariant nor a check has. Serde cannot deny unknown fields beside
+    /// a flattened table, so they are kept here and refused by validation, at their line.
+    #[serde(flatten, default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unknown: BTreeMap<String, toml::Value>,
 }
+
+/// The fields of an invariant, for errors.
+const INVARIANT_FIELDS: &[&str] = &[
+    "name",
+    "at",
+    "pause_workload",
+    "on",
+    "command",
+    "http",
+    "log",
+    "regex",
+    "not_regex",
+    "agree",
+    "timeout",
+    "interval",
+];
 
 fn default_when() -> Vec<When> {
     vec![When::Heal, When::End]
 }
 
 impl Invariant {
-    /// The check part.
-    pub fn check(&self) -> Check {
-        Check {
-            name: self.name.clone(),
-            on: self.on.clone(),
-            command: self.command.clone(),
-            http: self.http.clone(),
-            log: self.log,
-            regex: self.regex.clone(),
-            not_regex: self.not_regex.clone(),
-            agree: self.agree.clone(),
-            timeout: self.timeout,
-            interval: self.interval,
+    /// `check`, after every heal and at the end.
+    pub fn of(check: Check) -> Invariant {
+        Invariant {
+            at: default_when(),
+            pause_workload: false,
+            check,
+            unknown: BTreeMap::new(),
         }
+    }
+
+    /// Its name (the check's).
+    pub fn name(&self) -> &str {
+        &self.check.name
     }
 }
 
@@ -1541,15 +1534,28 @@ impl Scenario {
         let mut seen = std::collections::HashSet::new();
         for (i, inv) in self.invariants.iter().enumerate() {
             let path = [key("invariants"), Seg::Index(i)];
-            if inv.name.trim().is_empty() {
+            for field in inv.unknown.keys() {
+                p.add(
+                    &[&path[..], &[key(field)]].concat(),
+                    format!(
+                        "unknown field `{field}`, expected one of {}",
+                        INVARIANT_FIELDS
+                            .iter()
+                            .map(|f| format!("`{f}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                );
+            }
+            if inv.name().trim().is_empty() {
                 p.add(
                     &[&path[..], &[key("name")]].concat(),
                     "empty: give the invariant a name",
                 );
-            } else if !seen.insert(inv.name.clone()) {
+            } else if !seen.insert(inv.name().to_string()) {
                 p.add(
                     &[&path[..], &[key("name")]].concat(),
-                    format!("another invariant is also named `{}`", inv.name),
+                    format!("another invariant is also named `{}`", inv.name()),
                 );
             }
             if inv.at.is_empty() {
@@ -1558,7 +1564,7 @@ impl Scenario {
                     "empty: say when it runs (start, heal, end)",
                 );
             }
-            self.check_check(p, &path, &inv.check(), &names, &mut tmpl);
+            self.check_check(p, &path, &inv.check, &names, &mut tmpl);
         }
 
         // history
@@ -1924,6 +1930,22 @@ mod tests {
         let text = "[setup.start]\ncommand = \"sleep 9\"\n[[faults]]\nname = \"k\"\nkind = \"kill\"\ntarget = \"one\"\nprocess = \"all\"\n";
         let e = &err(text).0[0];
         assert_eq!((e.line, e.field.as_str()), (7, "faults[0].process"), "{e}");
+    }
+
+    #[test]
+    fn invariants_are_checks_with_a_time_and_refuse_unknown_fields_at_their_line() {
+        let text = "[[invariants]]\nname = \"up\"\ncommand = \"true\"\nat = [\"end\"]\ntimeout = \"5s\"\n";
+        let s = Scenario::parse(text, "t.toml").unwrap();
+        let inv = &s.invariants[0];
+        assert_eq!((inv.name(), inv.at.as_slice()), ("up", &[When::End][..]));
+        assert_eq!(inv.check.timeout, Some(Dur::secs(5)));
+        let text = "[[invariants]]\nname = \"up\"\ncommand = \"true\"\ntimeuot = \"5s\"\n";
+        let e = &err(text).0[0];
+        assert_eq!((e.line, e.field.as_str()), (4, "invariants[0].timeuot"), "{e}");
+        assert!(
+            e.message.contains("unknown field `timeuot`") && e.message.contains("`timeout`"),
+            "{e}"
+        );
     }
 
     #[test]

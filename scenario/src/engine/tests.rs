@@ -301,21 +301,15 @@ async fn steps_are_injected_on_their_targets_and_healed_after_their_duration() {
             Call::Heal { kind: "loss" },
         ]
     );
+    // The timeline is kept from the group's start (the recorder's clock started before it):
+    // step 2 starts after step 1's pause, each heals after its duration, and the next group
+    // waits for the previous one's pause.
     let at = |i: usize| calls[i].0;
-    assert!(
-        at(1) - at(0) >= Duration::from_millis(40),
-        "overlap after the pause: {calls:?}"
-    );
-    assert!(
-        at(2) - at(1) >= Duration::from_millis(40),
-        "kill healed after its duration: {calls:?}"
-    );
-    assert!(
-        at(3) - at(0) >= Duration::from_millis(120),
-        "loss healed after its duration: {calls:?}"
-    );
-    // The next group waits for the previous one's pause.
-    assert!(at(4) - at(3) >= Duration::from_millis(10), "{calls:?}");
+    let ms = Duration::from_millis;
+    assert!(at(1) >= ms(40), "overlap after the pause: {calls:?}");
+    assert!(at(2) >= ms(40 + 40), "kill healed after its duration: {calls:?}");
+    assert!(at(3) >= ms(120), "loss healed after its duration: {calls:?}");
+    assert!(at(4) >= ms(120 + 10), "{calls:?}");
     assert_eq!(statuses(&run), vec![StepStatus::Passed; 3]);
     assert_eq!(run.steps[1].nodes, ["n2", "n3"]);
     assert!(

@@ -24,7 +24,7 @@ impl Run {
         let live_results = futures_util::future::join_all(live.iter().map(|inv| {
             let system = system.clone();
             let cancel = cancel.clone();
-            async move { system.run_check(&inv.check(), &cancel).await }
+            async move { system.run_check(&inv.check, &cancel).await }
         }))
         .await;
         results.extend(live_results);
@@ -34,7 +34,7 @@ impl Run {
                 Some(w) => Some(w.quiesce().await),
                 None => None,
             };
-            results.push(system.run_check(&inv.check(), &cancel).await);
+            results.push(system.run_check(&inv.check, &cancel).await);
             drop(guard);
         }
         self.interrupted()?;
