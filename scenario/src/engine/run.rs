@@ -71,7 +71,24 @@ pub(super) enum Abort {
     Setup(String),
 }
 
-/// A run in progress: its inputs, what it has built, and what it has seen so far.
+/// What a run has found so far: each step's outcome, the checks' results, and why it failed.
+#[derive(Default)]
+pub(super) struct Verdict {
+    pub(super) steps: Vec<StepSummary>,
+    pub(super) start_checks: Vec<CheckResult>,
+    pub(super) end_checks: Vec<CheckResult>,
+    /// Nodes whose data directories are archived.
+    pub(super) failed_nodes: BTreeSet<String>,
+    /// The first invariant or checker that failed.
+    pub(super) violation: Option<String>,
+    /// A fault that could not be injected or healed: the run tested less than it says.
+    pub(super) env_error: Option<String>,
+    pub(super) history: Option<HistorySummary>,
+    /// The HTML report.
+    pub(super) report: Option<PathBuf>,
+}
+
+/// A run in progress: its inputs, what it has built, and what it has found so far.
 pub(super) struct Run {
     pub(super) scenario: Arc<Scenario>,
     pub(super) plan: Plan,
@@ -95,15 +112,8 @@ pub(super) struct Run {
     pub(super) workload: Option<Workload>,
     /// The faults in place.
     pub(super) active: Vec<InPlace>,
-    pub(super) steps: Vec<StepSummary>,
-    pub(super) start_checks: Vec<CheckResult>,
-    pub(super) end_checks: Vec<CheckResult>,
-    pub(super) failed_nodes: BTreeSet<String>,
-    pub(super) violation: Option<String>,
-    /// A fault that could not be injected or healed: the run tested less than it says.
-    pub(super) env_error: Option<String>,
-    pub(super) history: Option<HistorySummary>,
-    pub(super) report: Option<PathBuf>,
+    /// What the run has found so far.
+    pub(super) verdict: Verdict,
 }
 
 impl Run {
@@ -153,14 +163,10 @@ impl Run {
             recorder: None,
             workload: None,
             active: Vec::new(),
-            steps,
-            start_checks: Vec::new(),
-            end_checks: Vec::new(),
-            failed_nodes: BTreeSet::new(),
-            violation: None,
-            env_error: None,
-            history: None,
-            report: None,
+            verdict: Verdict {
+                steps,
+                ..Verdict::default()
+            },
         }
     }
 
@@ -222,12 +228,12 @@ impl Run {
         if status != RunStatus::Error {
             self.judge_history();
         }
-        if let Some(v) = &self.violation
+        if let Some(v) = &self.verdict.violation
             && status != RunStatus::Interrupted
         {
             status = RunStatus::Failed;
             reason = Some(v.clone());
-        } else if let Some(e) = &self.env_error
+        } else if let Some(e) = &self.verdict.env_error
             && status == RunStatus::Passed
         {
             status = RunStatus::Error;
@@ -251,16 +257,16 @@ impl Run {
             run_dir: self.dir.path.clone(),
             summary,
             replay: self.replay.clone(),
-            report: self.report.clone(),
+            report: self.verdict.report.clone(),
         }
     }
 
     pub(super) fn summary(&self, status: RunStatus, reason: Option<String>) -> Summary {
         let mut totals = Totals {
-            steps: self.steps.len(),
+            steps: self.verdict.steps.len(),
             ..Totals::default()
         };
-        for s in &self.steps {
+        for s in &self.verdict.steps {
             match s.status {
                 StepStatus::Passed => totals.passed += 1,
                 StepStatus::Failed => totals.failed += 1,
@@ -286,10 +292,10 @@ impl Run {
             started_at: self.started_at.clone(),
             elapsed_ms: self.dir.elapsed_ms(),
             replay: self.replay.clone(),
-            start_checks: self.start_checks.clone(),
-            steps: self.steps.clone(),
-            end_checks: self.end_checks.clone(),
-            history: self.history.clone(),
+            start_checks: self.verdict.start_checks.clone(),
+            steps: self.verdict.steps.clone(),
+            end_checks: self.verdict.end_checks.clone(),
+            history: self.verdict.history.clone(),
             totals,
         }
     }
@@ -320,7 +326,7 @@ impl Run {
         self.setup().await?;
         self.interrupted()?;
         self.checks_at(When::Start).await?;
-        if self.violation.is_some() {
+        if self.verdict.violation.is_some() {
             return Ok(());
         }
         self.start_workload()?;
@@ -330,7 +336,7 @@ impl Run {
             self.status_line("stopping the workload (final reads)");
             w.stop(true).await;
         }
-        if self.violation.is_none() {
+        if self.verdict.violation.is_none() {
             self.checks_at(When::End).await?;
         }
         Ok(())

@@ -27,7 +27,7 @@ impl Run {
             if let Some(limit) = limit
                 && started.elapsed() >= limit
             {
-                for s in &mut self.steps[i..] {
+                for s in &mut self.verdict.steps[i..] {
                     s.status = StepStatus::Skipped;
                     s.reason = Some(format!("the schedule's time limit ({limit:?}) was reached"));
                 }
@@ -35,7 +35,7 @@ impl Run {
                 break;
             }
             self.run_group(&steps, &group).await?;
-            if self.violation.is_some() || self.env_error.is_some() {
+            if self.verdict.violation.is_some() || self.verdict.env_error.is_some() {
                 break;
             }
             let pause = Duration::from_millis(steps[end].pause_ms);
@@ -67,7 +67,7 @@ impl Run {
         let healed: Vec<usize> = group
             .iter()
             .copied()
-            .filter(|&k| self.steps[k].status == StepStatus::Passed)
+            .filter(|&k| self.verdict.steps[k].status == StepStatus::Passed)
             .collect();
         if healed.is_empty() {
             return Ok(());
@@ -82,13 +82,16 @@ impl Run {
         let recovery_ms = heal_done.elapsed().as_millis() as u64;
         let passed = results.iter().all(|r| r.passed);
         if passed && let Some(since_us) = heal_done_us {
-            let mut faulted: Vec<String> = healed.iter().flat_map(|&k| self.steps[k].nodes.clone()).collect();
+            let mut faulted: Vec<String> = healed
+                .iter()
+                .flat_map(|&k| self.verdict.steps[k].nodes.clone())
+                .collect();
             faulted.sort();
             faulted.dedup();
             self.await_workload_recovery(&faulted, since_us, &names).await?;
         }
         for &k in &healed {
-            let s = &mut self.steps[k];
+            let s = &mut self.verdict.steps[k];
             s.invariants = results.clone();
             s.recovery_ms = passed.then_some(recovery_ms);
             s.elapsed_ms = s.injected_ms.map(|i| self.dir.elapsed_ms().saturating_sub(i));
@@ -101,7 +104,7 @@ impl Run {
             }
         }
         for &k in &healed {
-            let s = &self.steps[k];
+            let s = &self.verdict.steps[k];
             let line = match s.status {
                 StepStatus::Passed => format!("recovered in {}", crate::plan::secs(recovery_ms)),
                 _ => format!("FAILED: {}", s.reason.clone().unwrap_or_default()),
@@ -109,7 +112,7 @@ impl Run {
             self.say(format!(
                 "step {:>3}/{} {:<24} {:<20} {:<12} {line}",
                 s.number,
-                self.steps.len(),
+                self.verdict.steps.len(),
                 s.case,
                 s.kind,
                 s.nodes.join(",")
@@ -204,8 +207,8 @@ impl Run {
     }
 
     pub(super) fn skip(&mut self, index: usize, reason: String) {
-        let total = self.steps.len();
-        let s = &mut self.steps[index];
+        let total = self.verdict.steps.len();
+        let s = &mut self.verdict.steps[index];
         s.status = StepStatus::Skipped;
         s.reason = Some(reason.clone());
         let s = s.clone();
@@ -230,7 +233,7 @@ impl Run {
             step.round,
             self.plan.rounds,
             step.number,
-            self.steps.len(),
+            self.verdict.steps.len(),
             step.case,
             step.kind(),
             step.target
@@ -262,7 +265,7 @@ impl Run {
         match injected {
             Err(Refusal::Skip(why)) => self.skip(index, why),
             Err(Refusal::Failed(e)) => {
-                let s = &mut self.steps[index];
+                let s = &mut self.verdict.steps[index];
                 s.nodes = names.clone();
                 s.injected_ms = Some(at_ms);
                 s.status = StepStatus::Error;
@@ -271,20 +274,20 @@ impl Run {
                     "fault_error",
                     json!({"step": step.number, "case": step.case, "nodes": names, "error": e}),
                 );
-                self.env_error.get_or_insert(format!(
+                self.verdict.env_error.get_or_insert(format!(
                     "step {} ({}) could not be injected: {e}",
                     step.number, step.case
                 ));
                 self.say(format!(
                     "step {:>3}/{} {:<24} ERROR injecting: {e}",
                     step.number,
-                    self.steps.len(),
+                    self.verdict.steps.len(),
                     step.case
                 ));
             }
             Ok(active) => {
                 let detail = active.detail();
-                let s = &mut self.steps[index];
+                let s = &mut self.verdict.steps[index];
                 s.nodes = names.clone();
                 s.injected_ms = Some(at_ms);
                 s.status = StepStatus::Passed;
@@ -328,7 +331,7 @@ impl Run {
         let detail = active.detail();
         let error = active.heal().await.err();
         let fault_ms = injected.elapsed().as_millis() as u64;
-        self.steps[index].fault_ms = Some(fault_ms);
+        self.verdict.steps[index].fault_ms = Some(fault_ms);
         if let Some(r) = &self.recorder {
             r.fault(FaultEvent {
                 event: FaultPhase::Healed,
@@ -345,10 +348,10 @@ impl Run {
                    "detail": detail, "error": error}),
         );
         if let Some(e) = error {
-            let s = &mut self.steps[index];
+            let s = &mut self.verdict.steps[index];
             s.status = StepStatus::Error;
             s.reason = Some(format!("healing: {e}"));
-            self.env_error.get_or_insert(format!(
+            self.verdict.env_error.get_or_insert(format!(
                 "step {} ({}) could not be healed: {e}",
                 step.number, step.case
             ));

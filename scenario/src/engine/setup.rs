@@ -181,7 +181,9 @@ impl Run {
             self.interrupted()?;
             self.dir.event("ready_check", json!(result));
             if !result.passed {
-                self.failed_nodes.extend(result.failed_nodes.iter().cloned());
+                self.verdict
+                    .failed_nodes
+                    .extend(result.failed_nodes.iter().cloned());
                 return Err(Abort::Setup(format!(
                     "the system did not become ready: check `{}`: {}",
                     check.name, result.detail
@@ -363,7 +365,7 @@ impl Run {
                     .unwrap_or_else(|| "collected".into());
                 copy_from_node(node.as_ref(), &path, &dest.join(name), &mut budget).await;
             }
-            if self.failed_nodes.contains(node.name())
+            if self.verdict.failed_nodes.contains(node.name())
                 && let Some(data) = self
                     .scenario
                     .setup

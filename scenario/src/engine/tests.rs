@@ -246,7 +246,7 @@ fn run(steps: Vec<Step>, edit: impl FnOnce(&mut Scenario)) -> (Run, Calls, tempf
 }
 
 fn statuses(run: &Run) -> Vec<StepStatus> {
-    run.steps.iter().map(|s| s.status).collect()
+    run.verdict.steps.iter().map(|s| s.status).collect()
 }
 
 #[test]
@@ -311,13 +311,14 @@ async fn steps_are_injected_on_their_targets_and_healed_after_their_duration() {
     assert!(at(3) >= ms(120), "loss healed after its duration: {calls:?}");
     assert!(at(4) >= ms(120 + 10), "{calls:?}");
     assert_eq!(statuses(&run), vec![StepStatus::Passed; 3]);
-    assert_eq!(run.steps[1].nodes, ["n2", "n3"]);
+    assert_eq!(run.verdict.steps[1].nodes, ["n2", "n3"]);
     assert!(
-        run.steps
+        run.verdict
+            .steps
             .iter()
             .all(|s| s.fault_ms.is_some() && s.recovery_ms.is_some())
     );
-    assert!(run.active.is_empty() && run.env_error.is_none());
+    assert!(run.active.is_empty() && run.verdict.env_error.is_none());
 }
 
 #[tokio::test]
@@ -333,14 +334,23 @@ async fn steps_with_nobody_to_act_on_are_skipped_and_the_schedule_goes_on() {
         statuses(&run),
         vec![StepStatus::Skipped, StepStatus::Skipped, StepStatus::Passed]
     );
-    assert_eq!(run.steps[0].reason.as_deref(), Some("nobody on the other side"));
-    assert!(run.steps[1].reason.as_deref().unwrap().contains("picked no node"));
+    assert_eq!(
+        run.verdict.steps[0].reason.as_deref(),
+        Some("nobody on the other side")
+    );
+    assert!(
+        run.verdict.steps[1]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("picked no node")
+    );
     assert_eq!(
         calls.lock().unwrap().len(),
         2,
         "only the kill was injected and healed"
     );
-    assert!(run.env_error.is_none());
+    assert!(run.verdict.env_error.is_none());
 }
 
 #[tokio::test]
@@ -353,11 +363,12 @@ async fn a_fault_that_cannot_be_injected_stops_the_schedule() {
     run.schedule().await.map_err(|_| "aborted").unwrap();
     assert_eq!(statuses(&run), vec![StepStatus::Error, StepStatus::NotRun]);
     assert_eq!(
-        run.steps[0].reason.as_deref(),
+        run.verdict.steps[0].reason.as_deref(),
         Some("injecting: no such interface")
     );
     assert!(
-        run.env_error
+        run.verdict
+            .env_error
             .as_deref()
             .unwrap()
             .contains("step 1 (link) could not be injected")
@@ -374,7 +385,10 @@ async fn a_fault_that_cannot_be_healed_is_an_error_and_stops_the_schedule() {
     let (mut run, calls, _out) = run(steps, |_| {});
     run.schedule().await.map_err(|_| "aborted").unwrap();
     assert_eq!(statuses(&run), vec![StepStatus::Error, StepStatus::NotRun]);
-    assert_eq!(run.steps[0].reason.as_deref(), Some("healing: the delay stuck"));
+    assert_eq!(
+        run.verdict.steps[0].reason.as_deref(),
+        Some("healing: the delay stuck")
+    );
     assert_eq!(calls.lock().unwrap().len(), 2);
     assert!(run.active.is_empty());
 }
@@ -394,7 +408,13 @@ async fn the_time_limit_skips_the_rest_with_the_reason() {
         statuses(&run),
         vec![StepStatus::Passed, StepStatus::Skipped, StepStatus::Skipped]
     );
-    assert!(run.steps[2].reason.as_deref().unwrap().contains("time limit"));
+    assert!(
+        run.verdict.steps[2]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("time limit")
+    );
 }
 
 #[tokio::test]

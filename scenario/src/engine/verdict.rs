@@ -42,9 +42,10 @@ impl Run {
             self.dir
                 .event("invariant", json!({"at": at, "during": label, "result": r}));
             if !r.passed {
-                self.failed_nodes.extend(r.failed_nodes.iter().cloned());
-                if self.violation.is_none() {
-                    self.violation = Some(format!("invariant `{}` violated {label}: {}", r.name, r.detail));
+                self.verdict.failed_nodes.extend(r.failed_nodes.iter().cloned());
+                if self.verdict.violation.is_none() {
+                    self.verdict.violation =
+                        Some(format!("invariant `{}` violated {label}: {}", r.name, r.detail));
                 }
             }
         }
@@ -68,8 +69,8 @@ impl Run {
             ));
         }
         match at {
-            When::Start => self.start_checks = results,
-            _ => self.end_checks = results,
+            When::Start => self.verdict.start_checks = results,
+            _ => self.verdict.end_checks = results,
         }
         Ok(())
     }
@@ -87,7 +88,8 @@ impl Run {
         let history = match History::read_file(&path) {
             Ok(h) => h,
             Err(e) => {
-                self.violation
+                self.verdict
+                    .violation
                     .get_or_insert(format!("the recorded history is unreadable: {e}"));
                 return;
             }
@@ -96,7 +98,9 @@ impl Run {
         let report = match chaos_check::check_history(&history, &checkers) {
             Ok(r) => r,
             Err(e) => {
-                self.violation.get_or_insert(format!("checking the history: {e}"));
+                self.verdict
+                    .violation
+                    .get_or_insert(format!("checking the history: {e}"));
                 return;
             }
         };
@@ -116,7 +120,9 @@ impl Run {
                 .map(|v| format!("{}: {}", v.checker, v.explanation))
                 .collect::<Vec<_>>()
                 .join("; ");
-            self.violation.get_or_insert(format!("history checkers: {why}"));
+            self.verdict
+                .violation
+                .get_or_insert(format!("history checkers: {why}"));
         }
         for v in report.verdict.leaves() {
             self.say(format!(
@@ -135,11 +141,11 @@ impl Run {
         };
         self.dir
             .event("history_checked", json!({"verdict": verdict, "checkers": leaves}));
-        self.history = Some(HistorySummary {
+        self.verdict.history = Some(HistorySummary {
             verdict,
             checkers: leaves,
             report: report_path.as_ref().map(|p| p.display().to_string()),
         });
-        self.report = report_path;
+        self.verdict.report = report_path;
     }
 }
