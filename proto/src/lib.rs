@@ -54,6 +54,7 @@ pub mod fault;
 pub mod kinds;
 pub mod limits;
 mod machine_shim;
+mod units;
 
 /// Version of this protocol; bumped on incompatible changes and reported in [`NodeInfo`].
 pub const PROTOCOL_VERSION: u32 = 1;

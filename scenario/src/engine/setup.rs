@@ -19,7 +19,7 @@ use crate::checks::System;
 use crate::nemesis::machine::MachineNemesis;
 use crate::nemesis::network::{AgentNemesis, PartitionNemesis};
 use crate::nemesis::process::ProcessNemesis;
-use crate::nemesis::{self};
+use crate::nemesis::{self, Probes};
 use crate::sut::Suts;
 use crate::template::{NodeVars, Templates, Vars, ship_destination};
 use crate::workload::{Recorder, Workload};
@@ -93,11 +93,13 @@ impl Run {
         self.system = Some(system.clone());
         let suts = Arc::new(Suts::new(system.clone(), self.dir.clone()));
         self.suts = Some(suts.clone());
+        let probes = Probes::new(nodes.clone());
         self.nemeses = vec![
-            Box::new(AgentNemesis::new(nodes.clone())),
-            Box::new(PartitionNemesis::new(nodes.clone())),
+            Box::new(AgentNemesis::new(nodes.clone(), probes.clone())),
+            Box::new(PartitionNemesis::new(nodes.clone(), probes.clone())),
             Box::new(ProcessNemesis::new(
                 nodes.clone(),
+                probes,
                 suts.clone(),
                 scenario.timeout_multiplier,
             )),

@@ -14,10 +14,13 @@ pub mod machine;
 pub mod network;
 pub mod process;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chaos::cluster::Node;
 use chaos_proto::Fault;
+use chaos_proto::fault::ProbeReport;
 
 /// Why a nemesis did not inject.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +64,36 @@ pub trait Active: Send + Sync {
     /// Heals it (and, for faults that took the system down, starts the system again). Called
     /// once; `Err` says what could not be healed.
     async fn heal(self: Box<Self>) -> Result<(), String>;
+}
+
+/// What each node's agent says it can break (`GET /v1/probe`), asked once per run and shared by
+/// the nemeses that need it.
+pub struct Probes {
+    nodes: Vec<Arc<dyn Node>>,
+    reports: tokio::sync::OnceCell<Vec<Result<ProbeReport, String>>>,
+}
+
+impl Probes {
+    /// Not asked yet.
+    pub fn new(nodes: Vec<Arc<dyn Node>>) -> Arc<Probes> {
+        Arc::new(Probes {
+            nodes,
+            reports: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    /// Each node's name and report (or why it gave none), asking the nodes concurrently the
+    /// first time.
+    pub async fn reports(&self) -> impl Iterator<Item = (&str, &Result<ProbeReport, String>)> {
+        let reports = self
+            .reports
+            .get_or_init(|| async {
+                let asked = futures_util::future::join_all(self.nodes.iter().map(|n| n.probe())).await;
+                asked.into_iter().map(|r| r.map_err(|e| e.to_string())).collect()
+            })
+            .await;
+        self.nodes.iter().map(|n| n.name()).zip(reports.iter())
+    }
 }
 
 /// The nemesis of `fault` among `nemeses`.

@@ -11,18 +11,17 @@ use chaos_proto::Fault;
 use chaos_proto::fault::Direction;
 use chaos_proto::kinds::{Family, Peer};
 
-use super::{Active, Nemesis, Refusal, heal_handles, mechanism_name};
+use super::{Active, Nemesis, Probes, Refusal, heal_handles, mechanism_name};
 
 /// Whether the nodes' agents can carry out `fault`, from their probe reports.
-async fn agents_support(nodes: &[Arc<dyn Node>], fault: &Fault) -> Result<(), String> {
+async fn agents_support(probes: &Probes, fault: &Fault) -> Result<(), String> {
     let Some(kind) = fault.agent_kind() else {
         return Ok(());
     };
-    for node in nodes {
-        let report = node.probe().await.map_err(|e| {
+    for (node, report) in probes.reports().await {
+        let report = report.as_ref().map_err(|e| {
             format!(
-                "node {} cannot say whether it can carry out {} faults: {e}",
-                node.name(),
+                "node {node} cannot say whether it can carry out {} faults: {e}",
                 fault.kind()
             )
         })?;
@@ -32,8 +31,7 @@ async fn agents_support(nodes: &[Arc<dyn Node>], fault: &Fault) -> Result<(), St
                 .and_then(|k| k.missing.clone())
                 .unwrap_or_else(|| "not supported".into());
             return Err(format!(
-                "node {} cannot carry out {} faults: {why}",
-                node.name(),
+                "node {node} cannot carry out {} faults: {why}",
                 fault.kind()
             ));
         }
@@ -70,12 +68,13 @@ fn between_nodes(fault: &Fault, nodes: &[Arc<dyn Node>], target: usize) -> Fault
 /// Network faults each target's agent installs on its own: loss, delay, packet, bandwidth, link.
 pub struct AgentNemesis {
     nodes: Vec<Arc<dyn Node>>,
+    probes: Arc<Probes>,
 }
 
 impl AgentNemesis {
-    /// A nemesis over the cluster's `nodes`.
-    pub fn new(nodes: Vec<Arc<dyn Node>>) -> Self {
-        Self { nodes }
+    /// A nemesis over the cluster's `nodes`, whose agents' `probes` say what they can do.
+    pub fn new(nodes: Vec<Arc<dyn Node>>, probes: Arc<Probes>) -> Self {
+        Self { nodes, probes }
     }
 }
 
@@ -134,7 +133,7 @@ impl Nemesis for AgentNemesis {
     }
 
     async fn supports(&self, fault: &Fault) -> Result<(), String> {
-        agents_support(&self.nodes, fault).await
+        agents_support(&self.probes, fault).await
     }
 
     async fn inject(
@@ -155,12 +154,13 @@ impl Nemesis for AgentNemesis {
 /// given, each target drops exactly that traffic.
 pub struct PartitionNemesis {
     nodes: Vec<Arc<dyn Node>>,
+    probes: Arc<Probes>,
 }
 
 impl PartitionNemesis {
-    /// A nemesis over the cluster's `nodes`.
-    pub fn new(nodes: Vec<Arc<dyn Node>>) -> Self {
-        Self { nodes }
+    /// A nemesis over the cluster's `nodes`, whose agents' `probes` say what they can do.
+    pub fn new(nodes: Vec<Arc<dyn Node>>, probes: Arc<Probes>) -> Self {
+        Self { nodes, probes }
     }
 }
 
@@ -192,7 +192,7 @@ impl Nemesis for PartitionNemesis {
     }
 
     async fn supports(&self, fault: &Fault) -> Result<(), String> {
-        agents_support(&self.nodes, fault).await
+        agents_support(&self.probes, fault).await
     }
 
     async fn inject(

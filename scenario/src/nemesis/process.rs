@@ -10,7 +10,7 @@ use chaos_proto::Fault;
 use chaos_proto::kinds::{Family, Kill, Pause, ProcessTarget};
 
 use super::network::inject_each;
-use super::{Active, Nemesis, Refusal};
+use super::{Active, Nemesis, Probes, Refusal};
 use crate::sut::Suts;
 
 /// How long a killed system may take to be reaped.
@@ -19,6 +19,7 @@ const REAP: Duration = Duration::from_secs(10);
 /// Kill, pause and restart of the system `[setup.start]` runs on each node.
 pub(crate) struct ProcessNemesis {
     nodes: Vec<Arc<dyn Node>>,
+    probes: Arc<Probes>,
     suts: Arc<Suts>,
     /// Scales the grace of a restart like every other timeout of the scenario.
     multiplier: f64,
@@ -26,9 +27,10 @@ pub(crate) struct ProcessNemesis {
 
 impl ProcessNemesis {
     /// A nemesis over the cluster's `nodes` and the system on them.
-    pub fn new(nodes: Vec<Arc<dyn Node>>, suts: Arc<Suts>, multiplier: f64) -> Self {
+    pub fn new(nodes: Vec<Arc<dyn Node>>, probes: Arc<Probes>, suts: Arc<Suts>, multiplier: f64) -> Self {
         Self {
             nodes,
+            probes,
             suts,
             multiplier,
         }
@@ -83,16 +85,16 @@ impl Nemesis for ProcessNemesis {
             // Every node signals and restarts the processes it started.
             return Ok(());
         };
-        for node in &self.nodes {
+        for (node, report) in self.probes.reports().await {
             // A node that cannot report (no agent) answers when asked to pause.
-            if let Ok(report) = node.probe().await
+            if let Ok(report) = report
                 && !report.supports(kind)
             {
                 let why = report
                     .kind(kind)
                     .and_then(|k| k.missing.clone())
                     .unwrap_or_default();
-                return Err(format!("node {} cannot pause processes: {why}", node.name()));
+                return Err(format!("node {node} cannot pause processes: {why}"));
             }
         }
         Ok(())
