@@ -39,18 +39,10 @@ async fn agents_support(probes: &Probes, fault: &Fault) -> Result<(), String> {
     Ok(())
 }
 
-/// The names of every node but `target`.
-fn others(nodes: &[Arc<dyn Node>], target: usize) -> Vec<Peer> {
-    (0..nodes.len())
-        .filter(|&j| j != target)
-        .map(|j| Peer::Node(nodes[j].name().to_string()))
-        .collect()
-}
-
-/// `fault` with no peers given made to affect the cluster's other nodes: in a scenario a
-/// network fault is between the targets and the rest of the cluster, never the runner's own
-/// traffic (the workload's clients).
-fn between_nodes(fault: &Fault, nodes: &[Arc<dyn Node>], target: usize) -> Fault {
+/// `fault` with no peers given made to affect the cluster's other nodes (`names`, of which
+/// `target` is the faulted one): in a scenario a network fault is between the targets and the
+/// rest of the cluster, never the runner's own traffic (the workload's clients).
+fn between_nodes(fault: &Fault, names: &[&str], target: usize) -> Fault {
     let mut fault = fault.clone();
     let traffic = match &mut fault {
         Fault::Loss(f) => &mut f.traffic,
@@ -60,7 +52,10 @@ fn between_nodes(fault: &Fault, nodes: &[Arc<dyn Node>], target: usize) -> Fault
         _ => return fault,
     };
     if traffic.peers.is_empty() {
-        traffic.peers = others(nodes, target);
+        traffic.peers = (0..names.len())
+            .filter(|&j| j != target)
+            .map(|j| Peer::Node(names[j].to_string()))
+            .collect();
     }
     fault
 }
@@ -142,10 +137,8 @@ impl Nemesis for AgentNemesis {
         targets: &[usize],
         ttl: Duration,
     ) -> Result<Box<dyn Active>, Refusal> {
-        inject_each(&self.nodes, targets, ttl, |i| {
-            between_nodes(fault, &self.nodes, i)
-        })
-        .await
+        let names: Vec<&str> = self.nodes.iter().map(|n| n.name()).collect();
+        inject_each(&self.nodes, targets, ttl, |i| between_nodes(fault, &names, i)).await
     }
 }
 
@@ -253,5 +246,34 @@ impl Nemesis for PartitionNemesis {
             handle,
             detail: format!("{} {} {}", left.join(" "), arrow.0, right.join(" ")),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chaos_proto::kinds::{Loss, Traffic};
+
+    use super::*;
+
+    #[test]
+    fn a_scenario_network_fault_without_peers_is_between_the_target_and_the_other_nodes() {
+        let loss = Fault::Loss(Loss {
+            traffic: Traffic::all(),
+            percent: 10.0,
+            correlation: 0.0,
+        });
+        let Fault::Loss(l) = between_nodes(&loss, &["n1", "n2", "n3"], 1) else {
+            panic!()
+        };
+        assert_eq!(
+            l.traffic.peers,
+            [Peer::Node("n1".into()), Peer::Node("n3".into())]
+        );
+        // Peers given are kept as they are.
+        let mut given = loss.clone();
+        if let Fault::Loss(l) = &mut given {
+            l.traffic.peers = vec!["10.0.0.0/8".parse().unwrap()];
+        }
+        assert_eq!(between_nodes(&given, &["n1", "n2"], 0), given);
     }
 }
