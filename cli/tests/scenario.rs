@@ -312,7 +312,14 @@ fn container_faults_in_a_scenario_recover_on_docker() {
 
     // The same cases are refused, before the schedule, on a cluster that offers no machine
     // faults.
-    let out = chaos(&["run", file.to_str().unwrap(), "--backend", "local"]);
+    let out = chaos(&[
+        "run",
+        file.to_str().unwrap(),
+        "--backend",
+        "local",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(
