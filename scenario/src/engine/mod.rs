@@ -301,7 +301,7 @@ impl Runner {
 }
 
 /// Checks what can be checked before anything starts. What the cluster can break is asked of
-/// the cluster itself once it exists (see [`setup`]).
+/// the cluster itself once it exists (see `setup.rs`).
 fn check_environment(scenario: &Scenario) -> Result<(), RunError> {
     let kind = scenario.cluster.backend.kind();
     backend::availability(kind).map_err(|why| RunError::Invalid(format!("backend {kind}: {why}")))?;

@@ -6,8 +6,8 @@
 //!
 //! One implementation per family: [`network::AgentNemesis`] (loss, delay, packet, bandwidth,
 //! link, through each node's agent), [`network::PartitionNemesis`] (partitions over the cluster),
-//! [`process::ProcessNemesis`] (kill, pause, restart of the system under test) and
-//! [`machine::MachineNemesis`] (a node's whole machine, through its cluster). A new fault kind
+//! `process::ProcessNemesis` (kill, pause, restart of the system under test) and
+//! `machine::MachineNemesis` (a node's whole machine, through its cluster). A new fault kind
 //! joins its family's nemesis; a new family is one more implementation here.
 
 pub mod machine;
