@@ -456,3 +456,28 @@ fn run_with_machine_weight() -> (Run, Calls, tempfile::TempDir) {
         }
     })
 }
+
+#[tokio::test]
+async fn process_faults_skip_nodes_where_the_system_is_not_running() {
+    use crate::nemesis::Probes;
+    use crate::nemesis::process::ProcessNemesis;
+    use crate::sut::Suts;
+
+    let (run, _calls, _out) = run(Vec::new(), |_| {});
+    let system = run.system.clone().unwrap();
+    let suts = Arc::new(Suts::new(system.clone(), run.dir.clone()));
+    let nemesis = ProcessNemesis::new(system.nodes.clone(), Probes::new(system.nodes.clone()), suts, 1.0);
+    let kill = Fault::Kill(chaos_proto::kinds::Kill::default());
+    assert!(nemesis.handles(&kill));
+    // In-memory nodes cannot report probes: kill needs none, and they are asked at injection.
+    nemesis.supports(&kill).await.unwrap();
+    let refusal = nemesis
+        .inject(&kill, &[0, 2], Duration::from_secs(1))
+        .await
+        .err()
+        .expect("nothing runs on in-memory nodes");
+    assert_eq!(
+        refusal,
+        Refusal::Skip("the system is not running on n1, n3".into())
+    );
+}
