@@ -452,9 +452,19 @@ fn pause_and_kill_a_detached_process(dir: &Path, root: &str) {
         line_count(&ticks) > before
     };
     assert!(grows(), "the detached process does not write");
+    let target = format!("proc:{proc_id}");
 
     let out = run(&[
-        "fault", "inject", "--state", state, "n1", "pause", "--proc", proc_id, "--ttl", "30s",
+        "fault",
+        "inject",
+        "--state",
+        state,
+        "n1",
+        "pause",
+        "--process",
+        &target,
+        "--ttl",
+        "30s",
     ]);
     assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
     let fault = text(&out.stdout).trim().to_string();
@@ -466,7 +476,14 @@ fn pause_and_kill_a_detached_process(dir: &Path, root: &str) {
     assert!(grows(), "the process does not resume after heal");
 
     let out = run(&[
-        "fault", "inject", "--state", state, "n1", "kill", "--proc", proc_id,
+        "fault",
+        "inject",
+        "--state",
+        state,
+        "n1",
+        "kill",
+        "--process",
+        &target,
     ]);
     assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
     let deadline = Instant::now() + BOUND;

@@ -83,7 +83,7 @@ fn validate_names_file_line_field_and_valid_choices() {
         (
             "kind.toml",
             "[setup.start]\ncommand = \"sleep 9\"\n\n[[faults]]\nname = \"k\"\nkind = \"kil\"\ntarget = \"one\"\n",
-            "kind.toml:6:8: field `faults[0].kind`: unknown fault kind `kil`; valid choices: kill, pause, restart, partition, loss, delay, bandwidth, container_pause, container_stop, container_disconnect",
+            "kind.toml:6:8: field `faults[0].kind`: unknown fault kind `kil`; valid choices: partition, loss, delay, packet, bandwidth, link, pause, kill, restart, machine",
         ),
         (
             "selector.toml",
@@ -141,7 +141,8 @@ fn validate_names_file_line_field_and_valid_choices() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     let out = chaos(&["plan", bad.to_str().unwrap(), "--seed", "1"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
-    // An environment that cannot run the scenario: network faults on the local backend.
+    // A cluster that cannot carry out the scenario's faults: network faults on the local
+    // backend, whose nodes say they have no fault support — refused before anything starts.
     let raft = raft_toml();
     let out = chaos(&[
         "run",
@@ -152,10 +153,12 @@ fn validate_names_file_line_field_and_valid_choices() {
         dir.path().to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
     assert!(
-        text(&out.stderr).contains("run with --backend netns"),
-        "{}",
-        text(&out.stderr)
+        stdout.contains("ERROR: fault case `")
+            && stdout.contains("cannot run on this local cluster")
+            && stdout.contains("(netns)"),
+        "{stdout}"
     );
     let out = chaos(&["run", raft.to_str().unwrap(), "--backend", "ec2"]);
     assert_eq!(out.status.code(), Some(2));
@@ -239,19 +242,22 @@ fn container_faults_in_a_scenario_recover_on_docker() {
         r#"
         [[faults]]
         name = "freeze-leader-container"
-        kind = "container_pause"
+        kind = "machine"
+        action = "pause"
         target = "leader"
         duration = "2s"
 
         [[faults]]
         name = "stop-follower-container"
-        kind = "container_stop"
+        kind = "machine"
+        action = "stop"
         target = "follower"
         duration = "2s"
 
         [[faults]]
         name = "unplug-leader"
-        kind = "container_disconnect"
+        kind = "machine"
+        action = "disconnect"
         target = "leader"
         duration = "2s"
         "#,
@@ -294,10 +300,14 @@ fn container_faults_in_a_scenario_recover_on_docker() {
     let passed: Vec<&str> = steps
         .iter()
         .filter(|s| s["status"] == "passed")
-        .map(|s| s["kind"].as_str().unwrap())
+        .map(|s| s["case"].as_str().unwrap())
         .collect();
-    for kind in ["container_pause", "container_stop", "container_disconnect"] {
-        assert!(passed.contains(&kind), "{kind} did not pass: {summary:#}");
+    for case in [
+        "freeze-leader-container",
+        "stop-follower-container",
+        "unplug-leader",
+    ] {
+        assert!(passed.contains(&case), "{case} did not pass: {summary:#}");
     }
     // The stopped follower's etcd was started again once its container was back.
     let starts = etcd_starts(&run_dir);
@@ -308,13 +318,21 @@ fn container_faults_in_a_scenario_recover_on_docker() {
     let left = common::containers_owned_by(pid);
     assert!(left.is_empty(), "containers left: {left:?}");
 
-    // The same cases are refused, before anything starts, on a backend without containers.
-    let out = chaos(&["run", file.to_str().unwrap(), "--backend", "local"]);
+    // The same cases are refused, before the schedule, on a cluster that offers no machine
+    // faults.
+    let out = chaos(&[
+        "run",
+        file.to_str().unwrap(),
+        "--backend",
+        "local",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
-    let stderr = text(&out.stderr);
+    let stdout = text(&out.stdout);
     assert!(
-        stderr.contains("freeze-leader-container") && stderr.contains("--backend docker"),
-        "{stderr}"
+        stdout.contains("freeze-leader-container") && stdout.contains("offers no machine pause fault"),
+        "{stdout}"
     );
 }
 

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use chaos::backend::ClusterOptions;
 use chaos::backend::netns::{self, NetnsCluster};
-use chaos::faults::{self, Fault, Peer, Traffic};
+use chaos::faults::{self, Fault, Partition, Peer, Traffic};
 use chaos::{Cluster, NodeExt};
 
 mod common;
@@ -104,9 +104,9 @@ async fn run() {
         .node_netns(nodes[0].name())
         .expect("node namespace");
     let peer = nodes[1].addresses()[0].to_string();
-    let fault = Fault::Partition {
+    let fault = Fault::Partition(Partition {
         traffic: Traffic::with([Peer::Node(nodes[1].name().to_string())]),
-    };
+    });
     let ttl = Duration::from_secs(60);
     let (mut ours, mut shelled) = (Vec::new(), Vec::new());
     for _ in 0..PARTITION_RUNS {

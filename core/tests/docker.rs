@@ -443,9 +443,9 @@ async fn a_users_local_image_runs_the_agent_copied_in() {
         let cut = chaos::faults::inject(
             &nodes,
             &nodes[0],
-            &chaos::faults::Fault::Partition {
+            &chaos::faults::Fault::Partition(chaos::faults::Partition {
                 traffic: chaos::faults::Traffic::nodes(["n2"]),
-            },
+            }),
             Duration::from_secs(60),
         )
         .await

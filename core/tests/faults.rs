@@ -20,7 +20,10 @@ use std::time::Duration;
 #[cfg(feature = "docker")]
 use chaos::backend::docker::{DockerCluster, DockerOptions};
 use chaos::backend::{Backend, ClusterOptions, registry};
-use chaos::faults::{self, Effect, Fault, Peer, ProcessTarget, Shape, Traffic};
+use chaos::faults::{
+    self, Bandwidth, Delay, Dur, Effect, Fault, Kill, Loss, Partition, Pause, Peer, ProcessTarget, Restart,
+    Shape, Traffic,
+};
 use chaos::proto::fault::{Direction, Distribution, Mechanism};
 use chaos::proto::{ErrorKind, OutputSpec};
 use chaos::{Cluster, Node, NodeExt, ProcSpec, Process, Signal};
@@ -400,9 +403,9 @@ async fn partition_between_two_of_three_nodes_then_full_isolation_keeps_the_agen
         let isolated = faults::inject(
             &nodes,
             &nodes[2],
-            &Fault::Partition {
+            &Fault::Partition(Partition {
                 traffic: Traffic::all(),
-            },
+            }),
             TTL,
         )
         .await
@@ -434,9 +437,9 @@ async fn one_way_partition_passes_udp_one_way_and_heals_itself_at_its_ttl() {
         let (n1, n2) = (nodes[0].as_ref(), nodes[1].as_ref());
         // n2 drops what arrives from n1: n1 -> n2 is cut, n2 -> n1 is not.
         let ttl = Duration::from_secs(3);
-        let fault = Fault::Partition {
+        let fault = Fault::Partition(Partition {
             traffic: Traffic::nodes(["n1"]).direction(Direction::In),
-        };
+        });
         let handle = faults::inject(&nodes, &nodes[1], &fault, ttl)
             .await
             .expect("one-way partition");
@@ -469,11 +472,11 @@ async fn loss_delay_and_bandwidth_measure_as_asked() {
         let (n1, n2) = (nodes[0].as_ref(), nodes[1].as_ref());
 
         // 30 % loss of what n2 receives from n1, over 2000 datagrams.
-        let loss = Fault::Loss {
+        let loss = Fault::Loss(Loss {
             traffic: Traffic::nodes(["n1"]).direction(Direction::In),
             percent: 30.0,
             correlation: 0.0,
-        };
+        });
         let handle = faults::inject(&nodes, &nodes[1], &loss, TTL).await.expect("loss");
         let sent = 2000;
         let got = udp_delivered(n1, n2, 7821, sent).await;
@@ -484,12 +487,12 @@ async fn loss_delay_and_bandwidth_measure_as_asked() {
 
         // 100 ms on what n1 sends to n2: the round trip takes 100 ms more.
         let probe = n1.probe().await.expect("probing n1");
-        let delay = Fault::Delay {
+        let delay = Fault::Delay(Delay {
             traffic: Traffic::nodes(["n2"]).direction(Direction::Out),
-            delay: Duration::from_millis(100),
-            jitter: Duration::ZERO,
+            delay: Dur(Duration::from_millis(100)),
+            jitter: Dur(Duration::ZERO),
             distribution: Distribution::Uniform,
-        };
+        });
         let handle = faults::inject(&nodes, &nodes[0], &delay, TTL)
             .await
             .expect("delay");
@@ -521,11 +524,13 @@ async fn loss_delay_and_bandwidth_measure_as_asked() {
 
         // 8 Mbit/s out of n1: a TCP transfer to n2 runs at that rate.
         let rate_bps = 8_000_000u64;
-        let bandwidth = Fault::Bandwidth {
+        let bandwidth = Fault::Bandwidth(Bandwidth {
             interface: String::new(),
             rate_bps,
             burst_bytes: 0,
-        };
+            limit_bytes: 0,
+            exempt_tcp_ports: Vec::new(),
+        });
         let handle = faults::inject(&nodes, &nodes[0], &bandwidth, TTL)
             .await
             .expect("bandwidth");
@@ -644,9 +649,9 @@ async fn unsupported_faults_name_what_is_missing() {
     let err = faults::inject(
         &local_nodes,
         &local_nodes[0],
-        &Fault::Partition {
+        &Fault::Partition(Partition {
             traffic: Traffic::nodes(["n2"]),
-        },
+        }),
         TTL,
     )
     .await
@@ -677,9 +682,9 @@ async fn unsupported_faults_name_what_is_missing() {
             let err = faults::inject(
                 &nodes,
                 &nodes[0],
-                &Fault::Pause {
-                    process: ProcessTarget::Cgroup(cgroup.0.display().to_string()),
-                },
+                &Fault::Pause(Pause {
+                    process: Some(ProcessTarget::Cgroup(cgroup.0.display().to_string())),
+                }),
                 TTL,
             )
             .await
@@ -781,9 +786,9 @@ async fn pause_resume_ttl_and_kill_of_a_process_tree(cluster: Arc<dyn Cluster>) 
         let process = node.start(spec).await.unwrap();
         assert!(grows(node.as_ref(), &file, QUICK).await, "the writer writes");
 
-        let pause = Fault::Pause {
-            process: ProcessTarget::Proc(process.id),
-        };
+        let pause = Fault::Pause(Pause {
+            process: Some(ProcessTarget::Proc(process.id)),
+        });
         let handle = faults::inject(&nodes, node, &pause, TTL).await.expect("pause");
         eprintln!("{}: pause via {:?}", cluster.backend(), handle.mechanism());
         let quiet = Duration::from_millis(500);
@@ -822,10 +827,10 @@ async fn pause_resume_ttl_and_kill_of_a_process_tree(cluster: Arc<dyn Cluster>) 
         assert!(!short.heal().await.unwrap());
 
         // Node-level crash: every process tree gets SIGKILL.
-        let kill = Fault::Kill {
+        let kill = Fault::Kill(Kill {
             signal: Signal::KILL,
-            process: ProcessTarget::All,
-        };
+            process: Some(ProcessTarget::All),
+        });
         let killed = faults::inject(&nodes, node, &kill, TTL).await.expect("kill");
         assert_eq!(
             killed.record().effect,
@@ -860,9 +865,9 @@ async fn peers_by_network_and_unknown_names() {
         let err = faults::inject(
             &nodes,
             &nodes[0],
-            &Fault::Partition {
+            &Fault::Partition(Partition {
                 traffic: Traffic::nodes(["n7"]),
-            },
+            }),
             TTL,
         )
         .await
@@ -874,9 +879,9 @@ async fn peers_by_network_and_unknown_names() {
         let handle = faults::inject(
             &nodes,
             &nodes[0],
-            &Fault::Partition {
+            &Fault::Partition(Partition {
                 traffic: Traffic::with([peer]).direction(Direction::In),
-            },
+            }),
             TTL,
         )
         .await
@@ -901,11 +906,11 @@ async fn restart_and_kill_by_name(cluster: Arc<dyn Cluster>) {
         let mut spec = ProcSpec::new("sleep", ["300"]);
         spec.stdout = OutputSpec::Null;
         let first = node.start(spec).await.unwrap();
-        let restart = Fault::Restart {
-            process: first.id,
+        let restart = Fault::Restart(Restart {
+            process: Some(first.id),
             signal: Signal::TERM,
-            grace: Duration::from_secs(2),
-        };
+            grace: Dur(Duration::from_secs(2)),
+        });
         let handle = faults::inject(&nodes, node, &restart, TTL)
             .await
             .expect("restart");
@@ -933,10 +938,10 @@ async fn restart_and_kill_by_name(cluster: Arc<dyn Cluster>) {
         let mut spec = ProcSpec::new(copy.as_str(), ["300"]);
         spec.stdout = OutputSpec::Null;
         let named = node.start(spec).await.unwrap();
-        let kill = Fault::Kill {
+        let kill = Fault::Kill(Kill {
             signal: Signal::KILL,
-            process: ProcessTarget::Name(name.clone()),
-        };
+            process: Some(ProcessTarget::Name(name.clone())),
+        });
         match faults::inject(&nodes, node, &kill, TTL).await {
             Ok(handle) => {
                 assert_eq!(

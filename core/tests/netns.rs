@@ -497,7 +497,7 @@ fn faults_in_kernel(cluster: &NetnsCluster, frozen_cgroup: &Path) -> Vec<String>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_agents_are_restarted_in_their_nodes_and_heal_their_faults() {
     use chaos::backend::supervisor::AgentEvent;
-    use chaos::faults::{self, Fault, ProcessTarget, Traffic};
+    use chaos::faults::{self, Bandwidth, Delay, Dur, Fault, Partition, Pause, ProcessTarget, Traffic};
     use chaos::proto::fault::{Distribution, Mechanism};
 
     let test = "killed_agents_are_restarted_in_their_nodes_and_heal_their_faults";
@@ -533,30 +533,32 @@ async fn killed_agents_are_restarted_in_their_nodes_and_heal_their_faults() {
     // (a 100 ms poll), starting an agent and its startup heal on a loaded 2-core machine.
     let ttl = Duration::from_secs(5);
     let injected = Instant::now();
-    let pause = Fault::Pause {
-        process: ProcessTarget::Proc(counter.id),
-    };
+    let pause = Fault::Pause(Pause {
+        process: Some(ProcessTarget::Proc(counter.id)),
+    });
     let pause = faults::inject(&nodes, n1, &pause, ttl).await.expect("pause");
-    let partition = Fault::Partition {
+    let partition = Fault::Partition(Partition {
         traffic: Traffic::nodes(["n2"]),
-    };
+    });
     let partition = faults::inject(&nodes, n1, &partition, ttl)
         .await
         .expect("partition");
-    let bandwidth = Fault::Bandwidth {
+    let bandwidth = Fault::Bandwidth(Bandwidth {
         interface: "eth0".into(),
         rate_bps: 1_000_000,
         burst_bytes: 0,
-    };
+        limit_bytes: 0,
+        exempt_tcp_ports: Vec::new(),
+    });
     faults::inject(&nodes, n2, &bandwidth, ttl)
         .await
         .expect("bandwidth");
-    let delay = Fault::Delay {
+    let delay = Fault::Delay(Delay {
         traffic: Traffic::nodes(["n1"]),
-        delay: Duration::from_millis(200),
-        jitter: Duration::ZERO,
+        delay: Dur(Duration::from_millis(200)),
+        jitter: Dur(Duration::ZERO),
         distribution: Distribution::Uniform,
-    };
+    });
     let delay = faults::inject(&nodes, n3, &delay, ttl).await.expect("delay");
     eprintln!(
         "pause via {:?}, partition via {:?}, delay via {:?}",

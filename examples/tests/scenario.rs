@@ -7,8 +7,9 @@
 use std::path::Path;
 
 use chaos::Signal;
+use chaos::faults::{Fault, Kill, Pause};
 use chaos_scenario::model::{
-    Backend, Check, FaultCase, FaultKind, HttpRequest, Invariant, LeaderProbe, Selector, When, WorkloadSpec,
+    Backend, Check, FaultCase, HttpRequest, Invariant, LeaderProbe, Selector, When, WorkloadSpec,
 };
 use chaos_scenario::{Plan, Runner, Scenario, strategy};
 use proptest::prelude::*;
@@ -67,11 +68,24 @@ fn etcd_on_local(port_base: u16) -> Scenario {
         ))
         .workload(WorkloadSpec::kv(client).load(30.0, 3))
         .fault(
-            FaultCase::new("kill-leader", FaultKind::Kill, Selector::Leader)
-                .signal(Signal::KILL)
-                .duration_ms(1000, 2000),
+            FaultCase::new(
+                "kill-leader",
+                Fault::Kill(Kill {
+                    signal: Signal::KILL,
+                    process: None,
+                }),
+                Selector::Leader,
+            )
+            .duration_ms(1000, 2000),
         )
-        .fault(FaultCase::new("pause-follower", FaultKind::Pause, Selector::Follower).duration_ms(1000, 2000))
+        .fault(
+            FaultCase::new(
+                "pause-follower",
+                Fault::Pause(Pause::default()),
+                Selector::Follower,
+            )
+            .duration_ms(1000, 2000),
+        )
         .invariant(
             Invariant::http("healthy", HttpRequest::get(client, "/health"))
                 .regex(r#""health":"true""#)

@@ -125,6 +125,7 @@ impl From<IpNet> for String {
 /// Which packets a network fault affects, relative to this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Direction {
     /// Packets arriving from the peers (matched on source address, input hook).
     In,
@@ -149,6 +150,7 @@ impl Direction {
 /// A transport protocol to restrict a fault to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Protocol {
     /// TCP.
     Tcp,
@@ -224,6 +226,7 @@ impl NetScope {
 /// How delay jitter is distributed around the mean.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Distribution {
     /// Uniform in `[delay - jitter, delay + jitter]`.
     #[default]
@@ -234,30 +237,40 @@ pub enum Distribution {
 
 /// Per-packet effects of a "packet" fault (the netem feature set). Percentages are 0..=100.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
 pub struct PacketEffects {
     /// Added latency, microseconds.
     #[serde(default)]
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 0))]
     pub delay_us: u64,
     /// Jitter around `delay_us`, microseconds.
     #[serde(default)]
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 0))]
     pub jitter_us: u64,
     /// Shape of the jitter.
     #[serde(default)]
+    #[cfg_attr(feature = "clap", arg(long, value_enum, default_value_t = Distribution::Uniform))]
     pub distribution: Distribution,
     /// Percent of packets dropped.
     #[serde(default)]
+    #[cfg_attr(feature = "clap", arg(long, value_parser = crate::kinds::parse_percent, default_value_t = 0.0))]
     pub loss_percent: f64,
     /// Correlation (0..=100) of successive loss decisions (burstiness); mean loss is kept.
     #[serde(default)]
+    #[cfg_attr(feature = "clap", arg(long, value_parser = crate::kinds::parse_percent, default_value_t = 0.0))]
     pub loss_correlation: f64,
     /// Percent of packets sent twice.
     #[serde(default)]
+    #[cfg_attr(feature = "clap", arg(long, value_parser = crate::kinds::parse_percent, default_value_t = 0.0))]
     pub duplicate_percent: f64,
     /// Percent of packets with one bit flipped (receivers drop them on checksum).
     #[serde(default)]
+    #[cfg_attr(feature = "clap", arg(long, value_parser = crate::kinds::parse_percent, default_value_t = 0.0))]
     pub corrupt_percent: f64,
     /// Percent of packets sent immediately while the others wait `delay_us` (needs a delay).
     #[serde(default)]
+    #[cfg_attr(feature = "clap", arg(long, value_parser = crate::kinds::parse_percent, default_value_t = 0.0))]
     pub reorder_percent: f64,
 }
 
@@ -291,34 +304,70 @@ impl PacketEffects {
     }
 }
 
-/// A bandwidth limit on an interface's egress.
+/// `bandwidth`: a limit on an interface's egress. The fault model's struct and the wire's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
 pub struct Bandwidth {
-    /// Interface name, e.g. `"eth0"`.
+    /// Interface name, e.g. `"eth0"`; empty (or absent) means the node's cluster interface,
+    /// which the runner fills in before the agent sees it.
+    #[serde(default)]
+    #[cfg_attr(feature = "clap", arg(long, default_value = ""))]
     pub interface: String,
-    /// Rate, bits per second.
+    /// Rate, bits per second (a number, or tc-style text: `"500kbit"`, `"8mbit"`). Required.
+    #[serde(deserialize_with = "rate_bps")]
+    #[cfg_attr(feature = "clap", arg(long = "rate", value_parser = crate::kinds::parse_rate, value_name = "RATE"))]
     pub rate_bps: u64,
     /// Bucket size, bytes (at least the interface MTU; 0 picks max(rate/250 s, 2×MTU)).
     #[serde(default)]
+    #[cfg_attr(feature = "clap", arg(long = "burst", value_parser = crate::kinds::parse_size, default_value_t = 0, value_name = "SIZE"))]
     pub burst_bytes: u32,
     /// Queue size, bytes (0 picks 100 ms worth of rate, at least 3×burst).
     #[serde(default)]
+    #[cfg_attr(feature = "clap", arg(long = "limit", value_parser = crate::kinds::parse_size, default_value_t = 0, value_name = "SIZE"))]
     pub limit_bytes: u32,
     /// Local TCP ports never shaped (merged with the injector's exempt list).
     #[serde(default)]
+    #[cfg_attr(feature = "clap", arg(long = "exempt-tcp-ports", value_delimiter = ','))]
     pub exempt_tcp_ports: Vec<u16>,
 }
 
-/// A change to a network interface.
+/// A rate as bits per second, or as tc-style text.
+fn rate_bps<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<u64, D::Error> {
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = u64;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a rate in bits per second, or text like \"500kbit\" or \"8mbit\"")
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<u64, E> {
+            Ok(v)
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<u64, E> {
+            u64::try_from(v).map_err(|_| E::custom(format!("{v} is not a rate")))
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<u64, E> {
+            crate::kinds::parse_rate(v).map_err(E::custom)
+        }
+    }
+    d.deserialize_any(V)
+}
+
+/// `link`: a change to a network interface. The fault model's struct and the wire's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
 pub struct LinkChange {
-    /// Interface name.
+    /// Interface name. Required.
+    #[cfg_attr(feature = "clap", arg(long))]
     pub interface: String,
     /// `Some(false)` takes the link down, `Some(true)` brings it up.
     #[serde(default)]
+    #[cfg_attr(feature = "clap", arg(long))]
     pub up: Option<bool>,
     /// New MTU.
     #[serde(default)]
+    #[cfg_attr(feature = "clap", arg(long))]
     pub mtu: Option<u32>,
 }
 

@@ -48,11 +48,15 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+pub use kinds::Fault;
+
 pub mod fault;
 pub mod fault_id;
+pub mod kinds;
 pub mod limits;
 pub mod machine;
 pub mod paths;
+mod units;
 
 pub use fault_id::{MAX_FAULT_ID_LEN, validate_fault_id};
 pub use machine::MachineFault;

@@ -1,14 +1,15 @@
 //! Building scenarios in Rust instead of TOML: the same types, the same validation.
 //!
 //! ```
-//! use chaos_scenario::model::{Backend, FaultCase, FaultKind, Invariant, Selector};
+//! use chaos_scenario::model::{Backend, FaultCase, Invariant, Selector};
+//! use chaos_proto::kinds::{Fault, Kill};
 //! use chaos_scenario::Scenario;
 //!
 //! let scenario = Scenario::builder("sleepers")
 //!     .backend(Backend::named("local").unwrap())
 //!     .nodes(3)
 //!     .start(["sleep", "600"])
-//!     .fault(FaultCase::new("kill-one", FaultKind::Kill, Selector::One).duration_ms(200, 500))
+//!     .fault(FaultCase::new("kill-one", Fault::Kill(Kill::default()), Selector::One).duration_ms(200, 500))
 //!     .invariant(Invariant::command("alive", "pgrep -f 'sleep 600'"))
 //!     .build()
 //!     .unwrap();
@@ -17,9 +18,13 @@
 
 use std::collections::BTreeMap;
 
+use chaos_proto::kinds::Fault;
+#[cfg(test)]
+use chaos_proto::kinds::Kill;
+
 use super::model::{
-    Backend, Check, CommandLine, Dur, DurRange, FaultCase, FaultKind, HttpRequest, Invariant, LeaderProbe,
-    OnNodes, Scenario, ScenarioErrors, Selector, SignalName, StartSpec, When, WorkloadSpec, WorkloadType,
+    Backend, Check, CommandLine, Dur, DurRange, FaultCase, HttpRequest, Invariant, LeaderProbe, OnNodes,
+    Scenario, ScenarioErrors, Selector, StartSpec, When, WorkloadSpec, WorkloadType,
 };
 
 /// Builds a [`Scenario`]; [`ScenarioBuilder::build`] validates it like a file.
@@ -175,47 +180,22 @@ impl ScenarioBuilder {
 }
 
 impl FaultCase {
-    /// A case with weight 1, a 5 s duration and no parameters.
-    pub fn new(name: impl Into<String>, kind: FaultKind, target: Selector) -> FaultCase {
+    /// A case of `fault` with weight 1 and a 5 s duration, e.g.
+    /// `FaultCase::new("kill-one", Fault::Kill(Kill::default()), Selector::One)`.
+    pub fn new(name: impl Into<String>, fault: Fault, target: Selector) -> FaultCase {
         FaultCase {
             name: name.into(),
-            kind,
             target,
             weight: 1,
             duration: DurRange::exactly(Dur::secs(5)),
             overlap: false,
-            signal: None,
-            restart: None,
-            percent: None,
-            delay: None,
-            jitter: None,
-            rate_kbit: None,
-            one_way: None,
+            fault,
         }
     }
 
     /// Duration drawn from `min..=max` milliseconds.
     pub fn duration_ms(mut self, min: u64, max: u64) -> FaultCase {
         self.duration = DurRange::between(Dur::millis(min), Dur::millis(max));
-        self
-    }
-
-    /// The signal of a `kill`.
-    pub fn signal(mut self, signal: chaos_proto::Signal) -> FaultCase {
-        self.signal = Some(SignalName(signal));
-        self
-    }
-
-    /// The percentage of a `loss`.
-    pub fn percent(mut self, p: f64) -> FaultCase {
-        self.percent = Some(p);
-        self
-    }
-
-    /// The delay (and jitter) of a `delay`, milliseconds.
-    pub fn delay_ms(mut self, delay: u64, jitter: u64) -> FaultCase {
-        self.delay = Some(Dur::millis(delay));
-        self.jitter = (jitter > 0).then_some(Dur::millis(jitter));
         self
     }
 
@@ -282,10 +262,8 @@ impl Check {
 
 impl Invariant {
     fn blank(name: impl Into<String>) -> Invariant {
-        Invariant {
+        Invariant::of(Check {
             name: name.into(),
-            at: vec![When::Heal, When::End],
-            pause_workload: false,
             on: OnNodes::All,
             command: None,
             http: None,
@@ -295,34 +273,32 @@ impl Invariant {
             agree: None,
             timeout: None,
             interval: None,
-        }
+        })
     }
 
     /// A shell command on every node that must exit 0, after every heal and at the end.
     pub fn command(name: impl Into<String>, shell: impl Into<String>) -> Invariant {
-        Invariant {
-            command: Some(CommandLine::Shell(shell.into())),
-            ..Invariant::blank(name)
-        }
+        let mut inv = Invariant::blank(name);
+        inv.check.command = Some(CommandLine::Shell(shell.into()));
+        inv
     }
 
     /// An HTTP request on every node that must succeed, after every heal and at the end.
     pub fn http(name: impl Into<String>, request: HttpRequest) -> Invariant {
-        Invariant {
-            http: Some(request),
-            ..Invariant::blank(name)
-        }
+        let mut inv = Invariant::blank(name);
+        inv.check.http = Some(request);
+        inv
     }
 
     /// Output must match `re`.
     pub fn regex(mut self, re: impl Into<String>) -> Invariant {
-        self.regex = Some(re.into());
+        self.check.regex = Some(re.into());
         self
     }
 
     /// The first capture of `re` must be the same on every node.
     pub fn agree(mut self, re: impl Into<String>) -> Invariant {
-        self.agree = Some(re.into());
+        self.check.agree = Some(re.into());
         self
     }
 
@@ -334,7 +310,7 @@ impl Invariant {
 
     /// The recovery bound, seconds.
     pub fn timeout_secs(mut self, s: u64) -> Invariant {
-        self.timeout = Some(Dur::secs(s));
+        self.check.timeout = Some(Dur::secs(s));
         self
     }
 }
@@ -384,7 +360,11 @@ mod tests {
     #[test]
     fn built_scenarios_are_validated() {
         let err = Scenario::builder("b")
-            .fault(FaultCase::new("k", FaultKind::Kill, Selector::Leader))
+            .fault(FaultCase::new(
+                "k",
+                Fault::Kill(Kill::default()),
+                Selector::Leader,
+            ))
             .build()
             .unwrap_err()
             .to_string();
@@ -392,7 +372,7 @@ mod tests {
         assert!(err.contains("add [setup.start]"), "{err}");
         let ok = Scenario::builder("b")
             .start(["sleep", "9"])
-            .fault(FaultCase::new("k", FaultKind::Kill, Selector::One).duration_ms(100, 200))
+            .fault(FaultCase::new("k", Fault::Kill(Kill::default()), Selector::One).duration_ms(100, 200))
             .build()
             .unwrap();
         assert_eq!(ok.cluster.nodes, 3);

@@ -27,10 +27,12 @@ pub mod checks;
 pub mod engine;
 pub mod http;
 pub mod model;
+pub mod nemesis;
 pub mod plan;
 pub mod rundir;
 #[cfg(any(test, feature = "proptest"))]
 pub mod strategy;
+mod sut;
 pub mod template;
 pub mod workload;
 

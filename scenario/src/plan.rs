@@ -16,7 +16,9 @@ use rand::seq::SliceRandom;
 use rand::{Rng, RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::model::{DurRange, FaultCase, FaultKind, Scenario, Selector, SignalName};
+use chaos_proto::Fault;
+
+use super::model::{DurRange, Scenario, Selector};
 
 /// The whole schedule of a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,8 +46,6 @@ pub struct Step {
     pub round: u32,
     /// The case's name.
     pub case: String,
-    /// What it does.
-    pub kind: FaultKind,
     /// Which nodes.
     pub target: PlannedTarget,
     /// How long the fault stays, in milliseconds.
@@ -55,69 +55,15 @@ pub struct Step {
     /// The next step starts `pause_ms` after this one was injected, while it is still active.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub overlap: bool,
-    /// The case's parameters.
-    pub params: FaultParams,
+    /// What it does: the case's fault, every parameter written out (a plan loaded with
+    /// `--plan` is checked like a scenario: nothing is filled in).
+    pub fault: Fault,
 }
 
-/// Kind-specific parameters of a step.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-pub struct FaultParams {
-    /// `kill`: the signal.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signal: Option<String>,
-    /// `kill`: start again at heal.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub restart: Option<bool>,
-    /// `loss`: percent dropped.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub percent: Option<f64>,
-    /// `delay`: milliseconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub delay_ms: Option<u64>,
-    /// `delay`: jitter, milliseconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub jitter_ms: Option<u64>,
-    /// `bandwidth`: kbit/s.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_kbit: Option<u64>,
-    /// `partition`: inbound only.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub one_way: Option<bool>,
-}
-
-impl FaultParams {
-    /// The parameters of `case`.
-    pub fn of(case: &FaultCase) -> FaultParams {
-        FaultParams {
-            signal: case.signal.map(|s: SignalName| s.to_string()),
-            restart: case.restart,
-            percent: case.percent,
-            delay_ms: case.delay.map(|d| d.0.as_millis() as u64),
-            jitter_ms: case.jitter.map(|d| d.0.as_millis() as u64),
-            rate_kbit: case.rate_kbit,
-            one_way: case.one_way,
-        }
-    }
-
-    fn describe(&self, kind: FaultKind) -> String {
-        match kind {
-            FaultKind::Kill => {
-                let sig = self.signal.clone().unwrap_or_else(|| "SIGKILL".into());
-                if self.restart == Some(false) {
-                    format!("{sig}, no restart")
-                } else {
-                    sig
-                }
-            }
-            FaultKind::Loss => format!("{}%", self.percent.unwrap_or(0.0)),
-            FaultKind::Delay => match self.jitter_ms {
-                Some(j) if j > 0 => format!("{}ms±{j}ms", self.delay_ms.unwrap_or(0)),
-                _ => format!("{}ms", self.delay_ms.unwrap_or(0)),
-            },
-            FaultKind::Bandwidth => format!("{}kbit/s", self.rate_kbit.unwrap_or(0)),
-            FaultKind::Partition if self.one_way == Some(true) => "one-way".into(),
-            _ => String::new(),
-        }
+impl Step {
+    /// The fault's kind.
+    pub fn kind(&self) -> &'static str {
+        self.fault.kind()
     }
 }
 
@@ -235,12 +181,11 @@ impl Plan {
                     number: steps.len() + 1,
                     round,
                     case: case.name.clone(),
-                    kind: case.kind,
                     target,
                     duration_ms,
                     pause_ms,
                     overlap: case.overlap,
-                    params: FaultParams::of(case),
+                    fault: case.fault.clone(),
                 });
             }
         }
@@ -270,10 +215,13 @@ impl Plan {
                 .iter()
                 .find(|c| c.name == step.case)
                 .ok_or_else(|| format!("step {}: no case named `{}`", step.number, step.case))?;
-            if case.kind != step.kind {
+            if case.fault.kind() != step.kind() {
                 return Err(format!(
-                    "step {}: kind {} but the case is {}",
-                    step.number, step.kind, case.kind
+                    "step {} (`{}`): fault.kind: {} but the case is {}",
+                    step.number,
+                    step.case,
+                    step.kind(),
+                    case.fault.kind()
                 ));
             }
             let within =
@@ -325,6 +273,41 @@ impl Plan {
         Ok(())
     }
 
+    /// Reads a plan written by [`Plan::to_json`] (or by hand): every step is checked on its own,
+    /// so a missing or bad parameter is refused naming the step and the field — never filled in.
+    pub fn from_json(text: &str) -> Result<Plan, String> {
+        let mut value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| format!("not a plan: {e}"))?;
+        let steps = match value.get_mut("steps").map(serde_json::Value::take) {
+            Some(serde_json::Value::Array(steps)) => steps,
+            Some(_) => return Err("steps: not a list of steps".into()),
+            None => return Err("missing field `steps`".into()),
+        };
+        let mut parsed = Vec::with_capacity(steps.len());
+        for (i, step) in steps.into_iter().enumerate() {
+            let case = step
+                .get("case")
+                .and_then(|c| c.as_str())
+                .map(|c| format!(" (`{c}`)"))
+                .unwrap_or_default();
+            let number = step
+                .get("number")
+                .and_then(|n| n.as_u64())
+                .unwrap_or(i as u64 + 1);
+            // The fault first, so its error names the field inside it.
+            if let Some(fault) = step.get("fault") {
+                serde_json::from_value::<Fault>(fault.clone())
+                    .map_err(|e| format!("step {number}{case}: fault: {e}"))?;
+            }
+            parsed
+                .push(serde_json::from_value::<Step>(step).map_err(|e| format!("step {number}{case}: {e}"))?);
+        }
+        value["steps"] = serde_json::Value::Array(Vec::new());
+        let mut plan: Plan = serde_json::from_value(value).map_err(|e| format!("not a plan: {e}"))?;
+        plan.steps = parsed;
+        Ok(plan)
+    }
+
     /// The plan as pretty JSON (deterministic: fields in declaration order).
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).unwrap_or_default() + "\n"
@@ -347,11 +330,11 @@ impl Plan {
                 round = s.round;
                 let _ = writeln!(out, "round {} of {}", round, self.rounds);
             }
-            let params = s.params.describe(s.kind);
+            let params = s.fault.describe();
             let what = if params.is_empty() {
-                s.kind.to_string()
+                s.kind().to_string()
             } else {
-                format!("{} {params}", s.kind)
+                format!("{} {params}", s.kind())
             };
             let then = if s.overlap {
                 "overlaps next after"
@@ -466,6 +449,39 @@ target = "majority"
             .collect();
         assert_eq!(first, PINNED_7);
         assert_eq!(p.workload_seed, PINNED_7_WORKLOAD);
+    }
+
+    /// A plan loaded with `--plan` is refused, naming the step and the field, when a parameter
+    /// is bad or missing — never run with a default in its place.
+    #[test]
+    fn plans_with_bad_or_missing_parameters_are_refused_naming_step_and_field() {
+        let plan = Plan::generate(&scenario(), 7);
+        let json: serde_json::Value = serde_json::from_str(&plan.to_json()).unwrap();
+        assert_eq!(Plan::from_json(&plan.to_json()).unwrap(), plan);
+        let with_fault = |fault: serde_json::Value| {
+            let mut json = json.clone();
+            json["steps"][1]["fault"] = fault;
+            Plan::from_json(&json.to_string()).unwrap_err()
+        };
+        let case = plan.steps[1].case.clone();
+        // A signal that does not parse (it used to become SIGKILL).
+        let err = with_fault(serde_json::json!({"kind": "kill", "signal": "SIGNOPE"}));
+        assert!(
+            err.starts_with(&format!("step 2 (`{case}`): fault: unknown signal \"SIGNOPE\"")),
+            "{err}"
+        );
+        // A loss without its percentage (it used to be 0 %).
+        let err = with_fault(serde_json::json!({"kind": "loss"}));
+        assert_eq!(err, format!("step 2 (`{case}`): fault: missing field `percent`"));
+        // A bandwidth without its rate (it used to be 1 kbit/s).
+        let err = with_fault(serde_json::json!({"kind": "bandwidth"}));
+        assert_eq!(err, format!("step 2 (`{case}`): fault: missing field `rate_bps`"));
+        // A step without a fault at all.
+        let mut no_fault = json.clone();
+        no_fault["steps"][0].as_object_mut().unwrap().remove("fault");
+        let err = Plan::from_json(&no_fault.to_string()).unwrap_err();
+        assert!(err.starts_with("step 1 ("), "{err}");
+        assert!(err.contains("missing field `fault`"), "{err}");
     }
 
     #[test]

@@ -32,7 +32,7 @@ use rand::SeedableRng;
 use rand::rngs::Xoshiro256PlusPlus;
 
 use super::model::{DurRange, Scenario};
-use super::plan::{FaultParams, Plan, Step, plan_target};
+use super::plan::{Plan, Step, plan_target};
 
 fn ms_range(r: DurRange) -> RangeInclusive<u64> {
     r.min.0.as_millis() as u64..=r.max.0.as_millis() as u64
@@ -73,12 +73,11 @@ pub fn plans(scenario: &Scenario, steps: RangeInclusive<usize>) -> impl Strategy
                     number: i + 1,
                     round: 1,
                     case: c.name.clone(),
-                    kind: c.kind,
                     target: plan_target(&mut rng, &c.target, &nodes),
                     duration_ms,
                     pause_ms,
                     overlap: c.overlap,
-                    params: FaultParams::of(c),
+                    fault: c.fault.clone(),
                 }
             })
             .collect();

@@ -4,7 +4,7 @@
 //! and SIGQUIT received here are forwarded to the command's process group.
 //!
 //! With `--detach` the command runs in the background and its node process id is printed, for
-//! process faults (`chaos fault inject … pause --proc ID`).
+//! process faults (`chaos fault inject … pause --process proc:ID`).
 //!
 //! On the `local` backend there is no agent: the command replaces this process, in the node's
 //! root directory, so stdio, signals and the exit code are the command's own.
@@ -43,7 +43,7 @@ pub struct ExecArgs {
     #[arg(long, value_name = "PATH")]
     pub cwd: Option<String>,
     /// Start the command in the background and print its node process id and pid (for
-    /// `chaos fault inject … pause|kill|restart --proc ID`); stdin is /dev/null, output goes to
+    /// `chaos fault inject … pause|kill --process proc:ID`, `restart --proc ID`); stdin is /dev/null, output goes to
     /// --log or is discarded. The node kills it when the cluster stops.
     #[arg(short = 'd', long)]
     pub detach: bool,

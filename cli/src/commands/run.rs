@@ -52,8 +52,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| BadInput(format!("--plan {}: {e}", path.display())))?;
-            let plan: chaos_scenario::Plan = serde_json::from_str(&text)
-                .map_err(|e| BadInput(format!("--plan {}: not a plan: {e}", path.display())))?;
+            let plan = chaos_scenario::Plan::from_json(&text)
+                .map_err(|e| BadInput(format!("--plan {}: {e}", path.display())))?;
             Some(plan)
         }
         None => None,

@@ -22,16 +22,19 @@ mod shapes;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub use chaos_proto::MachineFault;
+pub use chaos_proto::fault::{Bandwidth, LinkChange};
 use chaos_proto::fault::{
-    Bandwidth, Direction, Distribution, FaultInfo, FaultRequest, FaultSpec, FreezeTarget, IpNet, LinkChange,
-    Mechanism, NetScope, PacketEffects, Protocol,
+    Direction, FaultInfo, FaultRequest, FaultSpec, FreezeTarget, IpNet, Mechanism, NetScope, PacketEffects,
 };
-use chaos_proto::{ProcId, ProcStarted, RestartRequest, Signal, SignalTarget};
+pub use chaos_proto::kinds::{
+    Delay, Dur, Fault, Kill, Loss, Machine, Packet, Partition, Pause, Peer, ProcessTarget, Restart, Traffic,
+};
+use chaos_proto::{ProcId, ProcStarted, RestartRequest, SignalTarget};
 use futures_util::future::join_all;
 use serde::{Deserialize, Serialize};
 
@@ -40,255 +43,8 @@ pub use shapes::{Cuts, Shape};
 use crate::cluster::Node;
 use crate::{Error, Result};
 
-/// A peer of a network fault: a node of the cluster (by name; the runner uses every address of
-/// it) or an IP network. Written as a string: `"n2"`, `"10.0.0.7"`, `"fd00::/64"`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub enum Peer {
-    /// A node, by name.
-    Node(String),
-    /// An address or network.
-    Net(IpNet),
-}
-
-impl FromStr for Peer {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        let s = s.trim();
-        if let Ok(net) = s.parse::<IpNet>() {
-            return Ok(Peer::Net(net));
-        }
-        let looks_like_net = s.contains('/') || s.contains(':');
-        let name_chars = s
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-        if s.is_empty() || looks_like_net || !name_chars {
-            return Err(Error::invalid(
-                "fault peer",
-                format!(
-                    "{s:?} is neither a node name (like n2) nor an IP address or network (like 10.0.0.0/24)"
-                ),
-            ));
-        }
-        Ok(Peer::Node(s.to_string()))
-    }
-}
-
-impl TryFrom<String> for Peer {
-    type Error = Error;
-    fn try_from(s: String) -> Result<Self> {
-        s.parse()
-    }
-}
-
-impl From<Peer> for String {
-    fn from(p: Peer) -> String {
-        p.to_string()
-    }
-}
-
-impl fmt::Display for Peer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Peer::Node(name) => f.write_str(name),
-            // Single hosts print without their prefix, as users write them.
-            Peer::Net(net) if *net == IpNet::host(net.addr) => write!(f, "{}", net.addr),
-            Peer::Net(net) => write!(f, "{net}"),
-        }
-    }
-}
-
-/// Which packets a network fault affects, relative to the node it is injected on.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct Traffic {
-    /// Peers (node names or networks); empty means every peer. The runner's control traffic to
-    /// the node's agent is never affected.
-    #[serde(default)]
-    pub peers: Vec<Peer>,
-    /// `in` (from the peers), `out` (to the peers) or `both`.
-    #[serde(default)]
-    pub direction: Direction,
-    /// Only this protocol; all when absent.
-    #[serde(default)]
-    pub protocol: Option<Protocol>,
-    /// Only packets whose source or destination port is one of these (TCP and UDP).
-    #[serde(default)]
-    pub ports: Vec<u16>,
-}
-
-impl Traffic {
-    /// Everything, both ways, to and from every peer.
-    pub fn all() -> Self {
-        Self::default()
-    }
-
-    /// Everything to and from `peers` (node names or networks), both ways.
-    pub fn with(peers: impl IntoIterator<Item = Peer>) -> Self {
-        Self {
-            peers: peers.into_iter().collect(),
-            ..Self::default()
-        }
-    }
-
-    /// Everything to and from the named nodes, both ways.
-    pub fn nodes<S: Into<String>>(names: impl IntoIterator<Item = S>) -> Self {
-        Self::with(names.into_iter().map(|n| Peer::Node(n.into())))
-    }
-
-    /// Sets the direction.
-    pub fn direction(mut self, direction: Direction) -> Self {
-        self.direction = direction;
-        self
-    }
-
-    /// Restricts to one protocol.
-    pub fn protocol(mut self, protocol: Protocol) -> Self {
-        self.protocol = Some(protocol);
-        self
-    }
-
-    /// Restricts to packets from or to these ports.
-    pub fn ports(mut self, ports: impl IntoIterator<Item = u16>) -> Self {
-        self.ports = ports.into_iter().collect();
-        self
-    }
-}
-
-/// Processes a process fault acts on.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ProcessTarget {
-    /// A process started through the node ([`crate::Process::id`]) and all its descendants.
-    Proc(ProcId),
-    /// Every process started through the node that still runs (a node-level crash or freeze).
-    All,
-    /// The process with this OS pid and its descendants. Agent nodes only: on `local` the
-    /// process table is the host's.
-    Pid(u32),
-    /// Every process of this process group (kill only).
-    Group(u32),
-    /// Every process whose command name (`/proc/<pid>/comm`) is this (kill only).
-    Name(String),
-    /// Every process of this cgroup directory (pause only), frozen with the cgroup freezer.
-    Cgroup(String),
-}
-
-impl fmt::Display for ProcessTarget {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ProcessTarget::Proc(id) => write!(f, "process {id}"),
-            ProcessTarget::All => f.write_str("every process"),
-            ProcessTarget::Pid(pid) => write!(f, "pid {pid}"),
-            ProcessTarget::Group(pgid) => write!(f, "process group {pgid}"),
-            ProcessTarget::Name(name) => write!(f, "processes named {name:?}"),
-            ProcessTarget::Cgroup(path) => write!(f, "cgroup {path}"),
-        }
-    }
-}
-
-/// A fault, as a plain value: what to break on one node. Serialized with a `kind` tag, e.g.
-/// `{"kind":"loss","peers":["n2"],"percent":30.0}` or
-/// `{"kind":"delay","peers":["n3"],"delay":"100ms","jitter":"10ms"}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Fault {
-    /// Drop every matching packet.
-    Partition {
-        /// Which packets.
-        #[serde(flatten)]
-        traffic: Traffic,
-    },
-    /// Drop a percentage of matching packets (in the kernel; in userspace when correlated).
-    Loss {
-        /// Which packets.
-        #[serde(flatten)]
-        traffic: Traffic,
-        /// 0..=100.
-        percent: f64,
-        /// 0..=100: how much each loss decision follows the previous one (bursts).
-        #[serde(default)]
-        correlation: f64,
-    },
-    /// Delay matching packets.
-    Delay {
-        /// Which packets.
-        #[serde(flatten)]
-        traffic: Traffic,
-        /// Mean added latency.
-        #[serde(with = "duration_text")]
-        delay: Duration,
-        /// Spread around the mean.
-        #[serde(default, with = "duration_text")]
-        jitter: Duration,
-        /// Shape of the spread.
-        #[serde(default)]
-        distribution: Distribution,
-    },
-    /// Any combination of delay, jitter, loss, duplication, corruption and reordering.
-    Packet {
-        /// Which packets.
-        #[serde(flatten)]
-        traffic: Traffic,
-        /// What happens to them.
-        effects: PacketEffects,
-    },
-    /// Limit the node's outgoing bandwidth on an interface.
-    Bandwidth {
-        /// The interface; empty (or absent): the node's main one ([`Node::interfaces`]).
-        #[serde(default = "default_interface")]
-        interface: String,
-        /// Bits per second.
-        rate_bps: u64,
-        /// Bucket size in bytes (0: the node picks).
-        #[serde(default)]
-        burst_bytes: u32,
-    },
-    /// Take an interface down or change its MTU.
-    Link {
-        /// The interface.
-        interface: String,
-        /// `false` takes it down.
-        #[serde(default)]
-        up: Option<bool>,
-        /// New MTU.
-        #[serde(default)]
-        mtu: Option<u32>,
-    },
-    /// Freeze processes (cgroup freezer, else SIGSTOP of the tree) until healed.
-    Pause {
-        /// Which processes: [`ProcessTarget::Proc`], `All`, `Pid` or `Cgroup`.
-        process: ProcessTarget,
-    },
-    /// Send a signal, once (SIGKILL when absent). Nothing to heal.
-    Kill {
-        /// The signal.
-        #[serde(default = "default_kill_signal")]
-        signal: Signal,
-        /// Which processes: any [`ProcessTarget`] but `Cgroup`.
-        process: ProcessTarget,
-    },
-    /// Stop a process started through the node (signal, grace, then SIGKILL) and start it again
-    /// with the same spec, once. Nothing to heal.
-    Restart {
-        /// The process.
-        process: ProcId,
-        /// The signal asking it to stop (SIGTERM when absent).
-        #[serde(default = "default_restart_signal")]
-        signal: Signal,
-        /// How long it may take to exit before SIGKILL (5 s when absent).
-        #[serde(default = "default_grace", with = "duration_text")]
-        grace: Duration,
-    },
-}
-
-/// An interface left empty: the node's main interface, as its backend reported it
-/// ([`Node::interfaces`]).
-fn default_interface() -> String {
-    String::new()
-}
-
-/// The interface a fault names, or — when it names none — the main interface `on` reports.
+/// The interface a fault names, or — when it names none — the main interface `on` reports
+/// ([`Node::interfaces`]), never an assumed name.
 fn interface_on(interface: &str, on: &str, cluster_nodes: &[Arc<dyn Node>]) -> Result<String> {
     if !interface.is_empty() {
         return Ok(interface.to_string());
@@ -302,179 +58,147 @@ fn interface_on(interface: &str, on: &str, cluster_nodes: &[Arc<dyn Node>]) -> R
     })
 }
 
-fn default_kill_signal() -> Signal {
-    Signal::KILL
-}
-
-fn default_restart_signal() -> Signal {
-    Signal::TERM
-}
-
-fn default_grace() -> Duration {
-    Duration::from_secs(5)
-}
-
-impl Fault {
-    /// The fault's kind, as in its serialized `kind` tag.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Fault::Partition { .. } => "partition",
-            Fault::Loss { .. } => "loss",
-            Fault::Delay { .. } => "delay",
-            Fault::Packet { .. } => "packet",
-            Fault::Bandwidth { .. } => "bandwidth",
-            Fault::Link { .. } => "link",
-            Fault::Pause { .. } => "pause",
-            Fault::Kill { .. } => "kill",
-            Fault::Restart { .. } => "restart",
-        }
-    }
-
-    /// True for faults that last until healed (or until their TTL); false for those that act
-    /// once (kill, restart).
-    pub fn is_lasting(&self) -> bool {
-        !matches!(self, Fault::Kill { .. } | Fault::Restart { .. })
-    }
-
-    /// Translates a lasting fault into the node's [`FaultSpec`], resolving peer names against
-    /// `cluster_nodes`; `on` names the node it is meant for (for errors). Checks every value
-    /// before any node is asked. `None` for faults that act once.
-    pub fn to_spec(&self, on: &str, cluster_nodes: &[Arc<dyn Node>]) -> Result<Option<FaultSpec>> {
-        let what = || format!("{} fault on {on}", self.kind());
-        let invalid = |e: chaos_proto::fault::InvalidFault| Error::invalid(what(), e.to_string());
-        let scope = |traffic: &Traffic| -> Result<NetScope> {
-            let scope = resolve(traffic, cluster_nodes).map_err(|m| Error::invalid(what(), m))?;
-            scope.validate().map_err(invalid)?;
-            Ok(scope)
-        };
-        let spec = match self {
-            Fault::Partition { traffic } => FaultSpec::Partition {
-                scope: scope(traffic)?,
-            },
-            Fault::Loss {
-                traffic,
-                percent,
-                correlation,
-            } => {
-                let effects = PacketEffects {
-                    loss_percent: *percent,
-                    loss_correlation: *correlation,
-                    ..PacketEffects::default()
-                };
-                effects.validate().map_err(invalid)?;
-                // Uncorrelated loss is a kernel rule; correlation needs the userspace shaper.
-                if *correlation == 0.0 {
-                    FaultSpec::Loss {
-                        scope: scope(traffic)?,
-                        percent: *percent,
-                    }
-                } else {
-                    FaultSpec::Packet {
-                        scope: scope(traffic)?,
-                        effects,
-                    }
+/// Translates a lasting agent fault into the node's [`FaultSpec`], resolving peer names against
+/// `cluster_nodes`; `on` names the node it is meant for (for errors). Checks every value before
+/// any node is asked. `None` for faults that act once (kill, restart); machine faults are the
+/// cluster's (`Cluster::inject_machine_fault`), not a node's, and are refused here.
+pub fn to_spec(fault: &Fault, on: &str, cluster_nodes: &[Arc<dyn Node>]) -> Result<Option<FaultSpec>> {
+    let what = || format!("{} fault on {on}", fault.kind());
+    let invalid = |e: chaos_proto::fault::InvalidFault| Error::invalid(what(), e.to_string());
+    let scope = |traffic: &Traffic| -> Result<NetScope> {
+        let scope = resolve(traffic, cluster_nodes).map_err(|m| Error::invalid(what(), m))?;
+        scope.validate().map_err(invalid)?;
+        Ok(scope)
+    };
+    let spec = match fault {
+        Fault::Partition(f) => FaultSpec::Partition {
+            scope: scope(&f.traffic)?,
+        },
+        Fault::Loss(f) => {
+            let effects = PacketEffects {
+                loss_percent: f.percent,
+                loss_correlation: f.correlation,
+                ..PacketEffects::default()
+            };
+            effects.validate().map_err(invalid)?;
+            // Uncorrelated loss is a kernel rule; correlation needs the userspace shaper.
+            if f.correlation == 0.0 {
+                FaultSpec::Loss {
+                    scope: scope(&f.traffic)?,
+                    percent: f.percent,
                 }
-            }
-            Fault::Delay {
-                traffic,
-                delay,
-                jitter,
-                distribution,
-            } => {
-                let micros = |d: &Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-                let effects = PacketEffects {
-                    delay_us: micros(delay),
-                    jitter_us: micros(jitter),
-                    distribution: *distribution,
-                    ..PacketEffects::default()
-                };
-                if delay.is_zero() {
-                    return Err(Error::invalid(what(), "delay must be greater than zero"));
-                }
-                effects.validate().map_err(invalid)?;
+            } else {
                 FaultSpec::Packet {
-                    scope: scope(traffic)?,
+                    scope: scope(&f.traffic)?,
                     effects,
                 }
             }
-            Fault::Packet { traffic, effects } => {
-                effects.validate().map_err(invalid)?;
-                FaultSpec::Packet {
-                    scope: scope(traffic)?,
-                    effects: effects.clone(),
-                }
+        }
+        Fault::Delay(f) => {
+            let micros = |d: &Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+            let effects = PacketEffects {
+                delay_us: micros(&f.delay.0),
+                jitter_us: micros(&f.jitter.0),
+                distribution: f.distribution,
+                ..PacketEffects::default()
+            };
+            if f.delay.0.is_zero() {
+                return Err(Error::invalid(what(), "delay must be greater than zero"));
             }
-            Fault::Bandwidth {
-                interface,
-                rate_bps,
-                burst_bytes,
-            } => {
-                if *rate_bps == 0 {
-                    return Err(Error::invalid(
-                        what(),
-                        "rate_bps must be greater than zero (use a partition to stop all traffic)",
-                    ));
-                }
-                FaultSpec::Bandwidth(Bandwidth {
-                    interface: interface_on(interface, on, cluster_nodes)?,
-                    rate_bps: *rate_bps,
-                    burst_bytes: *burst_bytes,
-                    limit_bytes: 0,
-                    exempt_tcp_ports: Vec::new(),
-                })
+            effects.validate().map_err(invalid)?;
+            FaultSpec::Packet {
+                scope: scope(&f.traffic)?,
+                effects,
             }
-            Fault::Link { interface, up, mtu } => {
-                if up.is_none() && mtu.is_none() {
-                    return Err(Error::invalid(
-                        what(),
-                        "nothing to change: give `up` and/or `mtu`",
-                    ));
-                }
-                FaultSpec::Link(LinkChange {
-                    interface: interface.clone(),
-                    up: *up,
-                    mtu: *mtu,
-                })
+        }
+        Fault::Packet(f) => {
+            f.effects.validate().map_err(invalid)?;
+            if f.effects == PacketEffects::default() {
+                return Err(Error::invalid(
+                    what(),
+                    "no effect: give at least one of delay_us, loss_percent, duplicate_percent, \
+                         corrupt_percent, reorder_percent",
+                ));
             }
-            Fault::Pause { process } => FaultSpec::Freeze(match process {
-                ProcessTarget::Proc(id) => FreezeTarget::Proc { id: *id },
-                ProcessTarget::All => FreezeTarget::AllProcs,
-                ProcessTarget::Pid(pid) => FreezeTarget::ProcessTree {
-                    pid: i32::try_from(*pid)
-                        .map_err(|_| Error::invalid(what(), format!("{pid} is not a process id")))?,
-                },
-                ProcessTarget::Cgroup(path) => FreezeTarget::Cgroup { path: path.clone() },
-                ProcessTarget::Group(_) | ProcessTarget::Name(_) => {
-                    return Err(Error::invalid(
-                        what(),
-                        format!(
-                            "cannot pause {process}: pause a process started through the node \
-                             (proc), all of them (all), a pid's tree (pid) or a cgroup (cgroup)"
-                        ),
-                    ));
-                }
-            }),
-            Fault::Kill { process, .. } => {
-                if let ProcessTarget::Cgroup(_) = process {
-                    return Err(Error::invalid(
-                        what(),
-                        "kill takes proc, all, pid, group or name; a cgroup is only paused",
-                    ));
-                }
-                return Ok(None);
+            FaultSpec::Packet {
+                scope: scope(&f.traffic)?,
+                effects: f.effects.clone(),
             }
-            Fault::Restart { grace, .. } => {
-                if grace.as_millis() > u128::from(RestartRequest::MAX_GRACE_MS) {
-                    return Err(Error::invalid(
-                        what(),
-                        format!("grace {grace:?} is longer than the node allows (60 s)"),
-                    ));
-                }
-                return Ok(None);
+        }
+        Fault::Bandwidth(b) => {
+            if b.rate_bps == 0 {
+                return Err(Error::invalid(
+                    what(),
+                    "rate_bps must be greater than zero (use a partition to stop all traffic)",
+                ));
             }
-        };
-        Ok(Some(spec))
-    }
+            let mut b = b.clone();
+            b.interface = interface_on(&b.interface, on, cluster_nodes)?;
+            FaultSpec::Bandwidth(b)
+        }
+        Fault::Link(l) => {
+            if l.up.is_none() && l.mtu.is_none() {
+                return Err(Error::invalid(
+                    what(),
+                    "nothing to change: give `up` and/or `mtu`",
+                ));
+            }
+            FaultSpec::Link(l.clone())
+        }
+        Fault::Pause(p) => FaultSpec::Freeze(match p.process.as_ref().unwrap_or(&ProcessTarget::All) {
+            ProcessTarget::Proc(id) => FreezeTarget::Proc { id: *id },
+            ProcessTarget::All => FreezeTarget::AllProcs,
+            ProcessTarget::Pid(pid) => FreezeTarget::ProcessTree {
+                pid: i32::try_from(*pid)
+                    .map_err(|_| Error::invalid(what(), format!("{pid} is not a process id")))?,
+            },
+            ProcessTarget::Cgroup(path) => FreezeTarget::Cgroup { path: path.clone() },
+            process @ (ProcessTarget::Group(_) | ProcessTarget::Name(_)) => {
+                return Err(Error::invalid(
+                    what(),
+                    format!(
+                        "cannot pause {process}: pause a process started through the node \
+                             (proc:ID), all of them (all), a pid's tree (pid:PID) or a cgroup (cgroup:PATH)"
+                    ),
+                ));
+            }
+        }),
+        Fault::Kill(k) => {
+            if let Some(ProcessTarget::Cgroup(_)) = k.process {
+                return Err(Error::invalid(
+                    what(),
+                    "kill takes proc, all, pid, group or name; a cgroup is only paused",
+                ));
+            }
+            return Ok(None);
+        }
+        Fault::Restart(r) => {
+            if r.process.is_none() {
+                return Err(Error::invalid(
+                    what(),
+                    "process: which process to restart (the id the node gave it)",
+                ));
+            }
+            if r.grace.0.as_millis() > u128::from(RestartRequest::MAX_GRACE_MS) {
+                return Err(Error::invalid(
+                    what(),
+                    format!("grace {} is longer than the node allows (60 s)", r.grace),
+                ));
+            }
+            return Ok(None);
+        }
+        Fault::Machine(m) => {
+            return Err(Error::invalid(
+                what(),
+                format!(
+                    "machine {} is carried out by the cluster that provisioned the node, not by \
+                         its agent: inject it through the cluster",
+                    m.action
+                ),
+            ));
+        }
+    };
+    Ok(Some(spec))
 }
 
 /// Resolves `traffic` into a node-level scope: node names become their addresses.
@@ -659,7 +383,7 @@ pub async fn inject_as(
 ) -> Result<FaultHandle> {
     let on = node.name().to_string();
     let what = format!("{} fault on {on}", fault.kind());
-    let spec = fault.to_spec(&on, cluster_nodes)?;
+    let spec = to_spec(fault, &on, cluster_nodes)?;
     let record = |mechanism, injected_ms, expires_ms, effect| FaultRecord {
         node: on.clone(),
         id: id.to_string(),
@@ -688,25 +412,27 @@ pub async fn inject_as(
                 )
             }
         }
-        (None, Fault::Kill { signal, process }) => {
+        (None, Fault::Kill(kill)) => {
             let at = now_ms();
-            let effect = match process {
+            let signal = kill.signal;
+            let process = kill.process.clone().unwrap_or(ProcessTarget::All);
+            let effect = match &process {
                 ProcessTarget::Proc(id) => {
-                    node.signal_proc(*id, *signal, true).await?;
+                    node.signal_proc(*id, signal, true).await?;
                     Effect::SignalledProcs { procs: vec![*id] }
                 }
                 ProcessTarget::All => Effect::SignalledProcs {
-                    procs: node.kill_all(*signal).await?,
+                    procs: node.kill_all(signal).await?,
                 },
                 ProcessTarget::Pid(pid) => Effect::Signalled {
-                    pids: node.signal_target(*signal, SignalTarget::Pid(*pid)).await?,
+                    pids: node.signal_target(signal, SignalTarget::Pid(*pid)).await?,
                 },
                 ProcessTarget::Group(pgid) => Effect::Signalled {
-                    pids: node.signal_target(*signal, SignalTarget::Group(*pgid)).await?,
+                    pids: node.signal_target(signal, SignalTarget::Group(*pgid)).await?,
                 },
                 ProcessTarget::Name(name) => Effect::Signalled {
                     pids: node
-                        .signal_target(*signal, SignalTarget::Name(name.clone()))
+                        .signal_target(signal, SignalTarget::Name(name.clone()))
                         .await?,
                 },
                 ProcessTarget::Cgroup(_) => unreachable!("refused by to_spec"),
@@ -714,20 +440,14 @@ pub async fn inject_as(
             tracing::info!(node = %on, %signal, target = %process, "processes signalled");
             record(Mechanism::Signal, at, at, effect)
         }
-        (
-            None,
-            Fault::Restart {
-                process,
-                signal,
-                grace,
-            },
-        ) => {
+        (None, Fault::Restart(restart)) => {
             let at = now_ms();
             let request = RestartRequest {
-                signal: *signal,
-                grace_ms: u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
+                signal: restart.signal,
+                grace_ms: u64::try_from(restart.grace.0.as_millis()).unwrap_or(u64::MAX),
             };
-            let started = node.restart_proc(*process, request).await?;
+            let process = restart.process.expect("refused by to_spec");
+            let started = node.restart_proc(process, request).await?;
             tracing::info!(node = %on, old = process, new = started.id, "process restarted");
             record(Mechanism::Signal, at, at, Effect::Restarted { started })
         }
@@ -850,9 +570,9 @@ pub async fn partition_cuts(nodes: &[Arc<dyn Node>], cuts: &Cuts, ttl: Duration)
         if from.is_empty() {
             continue;
         }
-        let fault = Fault::Partition {
+        let fault = Fault::Partition(Partition {
             traffic: Traffic::nodes(from).direction(Direction::In),
-        };
+        });
         let id = id.clone();
         installs.push(async move { inject_as(nodes, node, &fault, ttl, &id).await });
     }
@@ -877,25 +597,6 @@ pub async fn partition_cuts(nodes: &[Arc<dyn Node>], cuts: &Cuts, ttl: Duration)
         cuts: cuts.clone(),
         faults,
     })
-}
-
-/// Durations as human-readable text (`"100ms"`, `"1m 30s"`), so that logged faults read well
-/// and replay exactly.
-mod duration_text {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_duration(*d))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(|e| {
-            serde::de::Error::custom(format!("{text:?} is not a duration like 100ms or 1m30s: {e}"))
-        })
-    }
 }
 
 #[cfg(test)]

@@ -3,6 +3,8 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
+use chaos_proto::fault::{Distribution, Protocol};
+
 use super::*;
 use crate::backend::ClusterOptions;
 use crate::backend::local::LocalCluster;
@@ -24,73 +26,70 @@ fn peers_parse_as_nodes_or_networks() {
     assert_eq!("fd00::/64".parse::<Peer>().unwrap().to_string(), "fd00::/64");
     assert_eq!("10.0.0.7".parse::<Peer>().unwrap().to_string(), "10.0.0.7");
     for bad in ["", "10.0.0.0/40", "n 2", "fd00::zz"] {
-        let err = bad.parse::<Peer>().unwrap_err().to_string();
-        assert!(err.contains("fault peer"), "{bad:?}: {err}");
+        let err = bad.parse::<Peer>().unwrap_err();
+        assert!(err.contains("neither a node name"), "{bad:?}: {err}");
     }
 }
 
 #[test]
 fn faults_serialize_as_tagged_readable_values() {
-    let fault = Fault::Delay {
+    let fault = Fault::Delay(Delay {
         traffic: Traffic::nodes(["n3"]).protocol(Protocol::Udp),
-        delay: Duration::from_millis(100),
-        jitter: Duration::from_millis(10),
+        delay: Dur::millis(100),
+        jitter: Dur::millis(10),
         distribution: Distribution::Normal,
-    };
+    });
     let json = serde_json::to_value(&fault).unwrap();
     assert_eq!(json["kind"], "delay");
-    assert_eq!(json["peers"][0], "n3");
+    assert_eq!(json["traffic"]["peers"][0], "n3");
     assert_eq!(json["delay"], "100ms");
-    assert_eq!(json["protocol"], "udp");
+    assert_eq!(json["traffic"]["protocol"], "udp");
     assert_eq!(serde_json::from_value::<Fault>(json).unwrap(), fault);
 
     let parsed: Fault =
-        serde_json::from_str(r#"{"kind":"loss","peers":["n2","10.1.0.0/16"],"percent":30}"#).unwrap();
-    let Fault::Loss {
-        traffic,
-        percent,
-        correlation,
-    } = &parsed
-    else {
+        serde_json::from_str(r#"{"kind":"loss","traffic":{"peers":["n2","10.1.0.0/16"]},"percent":30}"#)
+            .unwrap();
+    let Fault::Loss(loss) = &parsed else {
         panic!("{parsed:?}");
     };
-    assert_eq!(traffic.direction, Direction::Both);
-    assert_eq!(traffic.peers.len(), 2);
-    assert_eq!((*percent, *correlation), (30.0, 0.0));
+    assert_eq!(loss.traffic.direction, Direction::Both);
+    assert_eq!(loss.traffic.peers.len(), 2);
+    assert_eq!((loss.percent, loss.correlation), (30.0, 0.0));
 
-    let kill: Fault = serde_json::from_str(r#"{"kind":"kill","process":{"proc":3}}"#).unwrap();
+    let kill: Fault = serde_json::from_str(r#"{"kind":"kill","process":"proc:3"}"#).unwrap();
     assert_eq!(
         kill,
-        Fault::Kill {
-            signal: Signal::KILL,
-            process: ProcessTarget::Proc(3)
-        }
+        Fault::Kill(Kill {
+            signal: chaos_proto::Signal::KILL,
+            process: Some(ProcessTarget::Proc(3))
+        })
     );
     assert!(!kill.is_lasting());
     let pause: Fault = serde_json::from_str(r#"{"kind":"pause","process":"all"}"#).unwrap();
     assert_eq!(
         pause,
-        Fault::Pause {
-            process: ProcessTarget::All
-        }
+        Fault::Pause(Pause {
+            process: Some(ProcessTarget::All)
+        })
     );
     let bw: Fault = serde_json::from_str(r#"{"kind":"bandwidth","rate_bps":8000000}"#).unwrap();
-    assert!(matches!(bw, Fault::Bandwidth { ref interface, .. } if interface.is_empty()));
+    assert!(matches!(bw, Fault::Bandwidth(ref b) if b.interface.is_empty()));
 
     let err = serde_json::from_str::<Fault>(r#"{"kind":"delay","delay":"soon"}"#).unwrap_err();
     assert!(err.to_string().contains("not a duration"), "{err}");
-    let err = serde_json::from_str::<Fault>(r#"{"kind":"partition","peers":["a b"]}"#).unwrap_err();
+    let err =
+        serde_json::from_str::<Fault>(r#"{"kind":"partition","traffic":{"peers":["a b"]}}"#).unwrap_err();
     assert!(err.to_string().contains("neither a node name"), "{err}");
 }
 
 #[tokio::test]
 async fn node_names_resolve_to_addresses_and_unknown_names_list_the_known_ones() {
     let (cluster, nodes) = local_nodes(3).await;
-    let fault = Fault::Partition {
+    let fault = Fault::Partition(Partition {
         traffic: Traffic::with(["n2".parse().unwrap(), "10.9.0.0/16".parse().unwrap()])
             .direction(Direction::In),
-    };
-    let spec = fault.to_spec("n1", &nodes).unwrap().unwrap();
+    });
+    let spec = to_spec(&fault, "n1", &nodes).unwrap().unwrap();
     let FaultSpec::Partition { scope } = spec else {
         panic!("{spec:?}");
     };
@@ -98,10 +97,10 @@ async fn node_names_resolve_to_addresses_and_unknown_names_list_the_known_ones()
     assert_eq!(peers, ["10.9.0.0/16", "127.0.0.1/32"]);
     assert_eq!(scope.direction, Direction::In);
 
-    let unknown = Fault::Partition {
+    let unknown = Fault::Partition(Partition {
         traffic: Traffic::nodes(["n9"]),
-    };
-    let err = unknown.to_spec("n1", &nodes).unwrap_err().to_string();
+    });
+    let err = to_spec(&unknown, "n1", &nodes).unwrap_err().to_string();
     assert!(err.contains("\"n9\""), "{err}");
     assert!(err.contains("n1, n2, n3"), "{err}");
     assert!(err.contains("partition fault on n1"), "{err}");
@@ -111,33 +110,33 @@ async fn node_names_resolve_to_addresses_and_unknown_names_list_the_known_ones()
 #[tokio::test]
 async fn specs_follow_the_fault_and_bad_values_are_refused_before_any_node_is_asked() {
     let (cluster, nodes) = local_nodes(2).await;
-    let spec = |f: Fault| f.to_spec("n1", &nodes);
+    let spec = |f: Fault| to_spec(&f, "n1", &nodes);
 
-    let plain = spec(Fault::Loss {
+    let plain = spec(Fault::Loss(Loss {
         traffic: Traffic::all(),
         percent: 30.0,
         correlation: 0.0,
-    })
+    }))
     .unwrap()
     .unwrap();
     assert!(matches!(plain, FaultSpec::Loss { percent, .. } if percent == 30.0));
-    let bursty = spec(Fault::Loss {
+    let bursty = spec(Fault::Loss(Loss {
         traffic: Traffic::all(),
         percent: 30.0,
         correlation: 50.0,
-    })
+    }))
     .unwrap()
     .unwrap();
     assert!(
         matches!(&bursty, FaultSpec::Packet { effects, .. } if effects.loss_correlation == 50.0),
         "{bursty:?}"
     );
-    let delay = spec(Fault::Delay {
+    let delay = spec(Fault::Delay(Delay {
         traffic: Traffic::nodes(["n2"]),
-        delay: Duration::from_millis(100),
-        jitter: Duration::from_millis(5),
+        delay: Dur(Duration::from_millis(100)),
+        jitter: Dur(Duration::from_millis(5)),
         distribution: Distribution::Uniform,
-    })
+    }))
     .unwrap()
     .unwrap();
     assert!(
@@ -145,64 +144,66 @@ async fn specs_follow_the_fault_and_bad_values_are_refused_before_any_node_is_as
         "{delay:?}"
     );
     assert_eq!(
-        spec(Fault::Pause {
-            process: ProcessTarget::Proc(4)
-        })
+        spec(Fault::Pause(Pause {
+            process: Some(ProcessTarget::Proc(4)),
+        }))
         .unwrap(),
         Some(FaultSpec::Freeze(FreezeTarget::Proc { id: 4 }))
     );
     assert_eq!(
-        spec(Fault::Kill {
-            signal: Signal::TERM,
-            process: ProcessTarget::Name("etcd".into())
-        })
+        spec(Fault::Kill(Kill {
+            signal: chaos_proto::Signal::TERM,
+            process: Some(ProcessTarget::Name("etcd".into())),
+        }))
         .unwrap(),
         None
     );
 
     let refused = [
         (
-            Fault::Loss {
+            Fault::Loss(Loss {
                 traffic: Traffic::all(),
                 percent: 130.0,
                 correlation: 0.0,
-            },
+            }),
             "loss_percent",
         ),
         (
-            Fault::Partition {
+            Fault::Partition(Partition {
                 traffic: Traffic::all().protocol(Protocol::Icmp).ports([80]),
-            },
+            }),
             "ICMP has no ports",
         ),
         (
-            Fault::Delay {
+            Fault::Delay(Delay {
                 traffic: Traffic::all(),
-                delay: Duration::ZERO,
-                jitter: Duration::ZERO,
+                delay: Dur(Duration::ZERO),
+                jitter: Dur(Duration::ZERO),
                 distribution: Distribution::Uniform,
-            },
+            }),
             "delay must be greater than zero",
         ),
         (
-            Fault::Bandwidth {
+            Fault::Bandwidth(Bandwidth {
                 interface: "eth0".into(),
                 rate_bps: 0,
                 burst_bytes: 0,
-            },
+                limit_bytes: 0,
+                exempt_tcp_ports: Vec::new(),
+            }),
             "rate_bps",
         ),
         (
-            Fault::Pause {
-                process: ProcessTarget::Name("etcd".into()),
-            },
+            Fault::Pause(Pause {
+                process: Some(ProcessTarget::Name("etcd".into())),
+            }),
             "cannot pause",
         ),
         (
-            Fault::Kill {
-                signal: Signal::KILL,
-                process: ProcessTarget::Cgroup("/sys/fs/cgroup/x".into()),
-            },
+            Fault::Kill(Kill {
+                signal: chaos_proto::Signal::KILL,
+                process: Some(ProcessTarget::Cgroup("/sys/fs/cgroup/x".into())),
+            }),
             "only paused",
         ),
     ];
@@ -215,9 +216,9 @@ async fn specs_follow_the_fault_and_bad_values_are_refused_before_any_node_is_as
     let err = inject(
         &nodes,
         &nodes[0],
-        &Fault::Pause {
-            process: ProcessTarget::All,
-        },
+        &Fault::Pause(Pause {
+            process: Some(ProcessTarget::All),
+        }),
         Duration::ZERO,
     )
     .await

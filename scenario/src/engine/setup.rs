@@ -1,0 +1,417 @@
+//! Setup and teardown: the cluster, the nemeses and what they can do, shipped and templated
+//! files, setup commands, the system and its readiness; at the end every fault healed, teardown
+//! commands, the system stopped, logs collected, the cluster cleaned up.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chaos::backend::ClusterOptions;
+use chaos::cluster::Node;
+use chaos::ext::NodeExt;
+use chaos::faults;
+use chaos_check::Header;
+use serde_json::json;
+
+use super::run::{Abort, Run};
+use super::{COMMAND_BOUND, DATA_ARCHIVE_LIMIT, Progress, find_on_runner};
+use crate::checks::System;
+use crate::nemesis::machine::MachineNemesis;
+use crate::nemesis::network::{AgentNemesis, PartitionNemesis};
+use crate::nemesis::process::ProcessNemesis;
+use crate::nemesis::{self, Probes};
+use crate::sut::Suts;
+use crate::template::{NodeVars, Templates, Vars, ship_destination};
+use crate::workload::{Recorder, Workload};
+
+impl Run {
+    pub(super) async fn setup(&mut self) -> Result<(), Abort> {
+        let scenario = self.scenario.clone();
+        let n = scenario.cluster.nodes;
+        self.status_line(&format!("creating {n} {} nodes", scenario.cluster.backend));
+        let options = ClusterOptions {
+            name: format!("scn-{}", scenario.name),
+            ..ClusterOptions::default()
+        };
+        let backend = scenario.cluster.backend.entry();
+        let cluster = tokio::select! {
+            c = backend.create(options) => c.map_err(|e| Abort::Setup(format!("creating the cluster: {e}")))?,
+            _ = self.cancel.cancelled() => return Err(Abort::Interrupted),
+        };
+        self.cluster = Some(cluster.clone());
+        self.agent_events = cluster
+            .agent_events()
+            .map(|events| self.record_agent_events(events));
+        let nodes = tokio::select! {
+            created = cluster.create_nodes(n) => created.map_err(|e| Abort::Setup(format!("creating {n} nodes: {e}")))?,
+            _ = self.cancel.cancelled() => return Err(Abort::Interrupted),
+        };
+        let node_vars: Vec<NodeVars> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, node)| NodeVars {
+                name: node.name().to_string(),
+                ip: node
+                    .addresses()
+                    .first()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default(),
+                index: i + 1,
+                root: node.root_dir().to_string(),
+            })
+            .collect();
+        self.dir.event(
+            "nodes_created",
+            json!({"nodes": node_vars.iter().map(|n| json!({"name": n.name, "ip": n.ip, "root": n.root})).collect::<Vec<_>>()}),
+        );
+        let templates = Templates::new();
+        let base = Vars {
+            scenario: scenario.name.clone(),
+            seed: self.seed,
+            run_id: self.dir.run_id.clone(),
+            values: scenario.values.clone(),
+            nodes: node_vars.clone(),
+            node: None,
+            bin: Default::default(),
+            extra: Default::default(),
+        };
+        let vars = (0..nodes.len())
+            .map(|i| base.for_node(i, &scenario, &templates))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Abort::Setup(format!("templates: {e}")))?;
+        let log_paths = nodes
+            .iter()
+            .map(|n| format!("{}/logs/system.log", n.root_dir()))
+            .collect();
+        let system = Arc::new(System {
+            scenario: scenario.clone(),
+            nodes: nodes.clone(),
+            vars,
+            templates,
+            log_paths,
+        });
+        self.system = Some(system.clone());
+        let suts = Arc::new(Suts::new(system.clone(), self.dir.clone()));
+        self.suts = Some(suts.clone());
+        let probes = Probes::new(nodes.clone());
+        self.nemeses = vec![
+            Box::new(AgentNemesis::new(nodes.clone(), probes.clone())),
+            Box::new(PartitionNemesis::new(nodes.clone(), probes.clone())),
+            Box::new(ProcessNemesis::new(
+                nodes.clone(),
+                probes,
+                suts.clone(),
+                scenario.timeout_multiplier,
+            )),
+            Box::new(MachineNemesis::new(cluster.clone(), nodes.clone(), suts.clone())),
+        ];
+        self.check_capabilities().await?;
+
+        // Files shipped from the runner.
+        for ship in &scenario.setup.ship {
+            self.interrupted()?;
+            let source = find_on_runner(&ship.from).map_err(Abort::Setup)?;
+            self.status_line(&format!("shipping {}", source.display()));
+            let bytes = tokio::fs::read(&source)
+                .await
+                .map_err(|e| Abort::Setup(format!("reading {}: {e}", source.display())))?;
+            let mode = ship.mode.unwrap_or(0o755);
+            let shown = source.display().to_string();
+            let sends = (0..nodes.len()).map(|i| {
+                let bytes = bytes.clone();
+                let system = system.clone();
+                let shown = shown.clone();
+                async move {
+                    let dest = ship_destination(ship, &system.vars[i], &system.templates)?;
+                    system.nodes[i]
+                        .send_bytes(&dest, bytes, mode)
+                        .await
+                        .map_err(|e| format!("shipping {shown} to {dest}: {e}"))?;
+                    Ok::<String, String>(dest)
+                }
+            });
+            let results = futures_util::future::join_all(sends).await;
+            for r in results {
+                let dest = r.map_err(Abort::Setup)?;
+                self.dir.event(
+                    "shipped",
+                    json!({"from": source.display().to_string(), "to": dest}),
+                );
+            }
+        }
+        // Templated files.
+        for file in &scenario.setup.files {
+            for (i, node) in nodes.iter().enumerate() {
+                let to = system.render(i, &file.to).map_err(Abort::Setup)?;
+                let content = system.render(i, &file.content).map_err(Abort::Setup)?;
+                node.send_bytes(&to, content.into_bytes(), file.mode.unwrap_or(0o644))
+                    .await
+                    .map_err(|e| Abort::Setup(format!("writing {to}: {e}")))?;
+            }
+        }
+        // Setup commands.
+        for cmd in &scenario.setup.commands {
+            for (i, node) in nodes.iter().enumerate() {
+                self.interrupted()?;
+                let spec = system.command_spec(i, cmd).map_err(Abort::Setup)?;
+                let shown = cmd.argv().join(" ");
+                let out = node
+                    .run_timeout(spec, None, scenario.scaled(COMMAND_BOUND))
+                    .await
+                    .map_err(|e| Abort::Setup(format!("setup command `{shown}` on {}: {e}", node.name())))?;
+                if !out.status.success() {
+                    return Err(Abort::Setup(format!(
+                        "setup command `{shown}` on {}: {}: {}",
+                        node.name(),
+                        out.status,
+                        out.stderr_str().trim()
+                    )));
+                }
+            }
+        }
+        // The system itself.
+        if scenario.setup.start.is_some() {
+            self.status_line("starting the system");
+            for i in 0..nodes.len() {
+                suts.start(i).await.map_err(Abort::Setup)?;
+            }
+        }
+        for check in &scenario.setup.ready {
+            self.interrupted()?;
+            self.status_line(&format!("waiting for `{}`", check.name));
+            let result = system.run_check(check, &self.cancel).await;
+            self.interrupted()?;
+            self.dir.event("ready_check", json!(result));
+            if !result.passed {
+                self.verdict
+                    .failed_nodes
+                    .extend(result.failed_nodes.iter().cloned());
+                return Err(Abort::Setup(format!(
+                    "the system did not become ready: check `{}`: {}",
+                    check.name, result.detail
+                )));
+            }
+        }
+        self.say(format!(
+            "{} nodes ready: {}",
+            nodes.len(),
+            system
+                .vars
+                .iter()
+                .filter_map(|v| v.node.as_ref().map(|n| format!("{} {}", n.name, n.ip)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        Ok(())
+    }
+
+    /// Asks the nemeses whether this cluster can carry out every fault case that may run (the
+    /// nodes' probe reports, the cluster's machine faults), so that a run does not stop half-way
+    /// on a fault its backend cannot do.
+    pub(super) async fn check_capabilities(&mut self) -> Result<(), Abort> {
+        let mut asked = std::collections::HashSet::new();
+        for case in self.scenario.faults.iter().filter(|c| c.weight > 0) {
+            if !asked.insert(serde_json::to_string(&case.fault).unwrap_or_default()) {
+                continue;
+            }
+            let Some(nemesis) = nemesis::find(&self.nemeses, &case.fault) else {
+                return Err(Abort::Setup(format!(
+                    "fault case `{}`: no nemesis carries out {} faults",
+                    case.name,
+                    case.fault.kind()
+                )));
+            };
+            if let Err(why) = nemesis.supports(&case.fault).await {
+                return Err(Abort::Setup(format!(
+                    "fault case `{}` ({}) cannot run on this {} cluster: {why} (or set its weight to 0)",
+                    case.name,
+                    case.fault.kind(),
+                    self.scenario.cluster.backend
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn start_workload(&mut self) -> Result<(), Abort> {
+        let system = self.system();
+        let header = Header {
+            run: Some(format!("{} {}", self.scenario.name, self.dir.run_id)),
+            started_at: Some(self.started_at.clone()),
+            nodes: system.nodes.iter().map(|n| n.name().to_string()).collect(),
+            max_error_fraction: self.scenario.history.max_error_fraction,
+            max_recovery_us: self
+                .scenario
+                .history
+                .max_recovery
+                .map(|d| self.scenario.scaled(d.0).as_micros() as u64),
+            ..Header::new()
+        };
+        let recorder = Recorder::create(&self.dir.path.join("history.jsonl"), &header)
+            .map_err(|e| Abort::Setup(format!("creating history.jsonl: {e}")))?;
+        self.recorder = Some(recorder.clone());
+        if let Ok(mut st) = self.status.lock() {
+            st.recorder = Some(recorder.clone());
+        }
+        if let Some(spec) = &self.scenario.workload {
+            self.workload = Some(Workload::start(system, spec, self.plan.workload_seed, recorder));
+            self.dir.event(
+                "workload_started",
+                json!({"type": spec.kind, "rate": spec.rate, "concurrency": spec.concurrency, "seed": self.plan.workload_seed}),
+            );
+        }
+        Ok(())
+    }
+
+    pub(super) async fn teardown(&mut self) {
+        self.status_line("tearing down");
+        if let Some(w) = self.workload.take() {
+            // Interrupted or stopped early: no final reads, the system may be down.
+            w.stop(false).await;
+        }
+        self.heal_remaining().await;
+        let Some(system) = self.system.clone() else {
+            self.cleanup_cluster().await;
+            return;
+        };
+        // Every fault on every node, whoever installed it (the local backend has none to list).
+        if let Err(e) = faults::heal_all(&system.nodes).await {
+            tracing::debug!("healing all faults: {e}");
+        }
+        for cmd in &self.scenario.teardown.commands {
+            for i in 0..system.nodes.len() {
+                let Ok(spec) = system.command_spec(i, cmd) else {
+                    continue;
+                };
+                match system.nodes[i].run_timeout(spec, None, COMMAND_BOUND).await {
+                    Ok(out) if out.status.success() => {}
+                    Ok(out) => {
+                        tracing::warn!("teardown command on {}: {}", system.nodes[i].name(), out.status)
+                    }
+                    Err(e) => tracing::warn!("teardown command on {}: {e}", system.nodes[i].name()),
+                }
+            }
+        }
+        if let Some(suts) = self.suts.clone() {
+            for i in 0..system.nodes.len() {
+                suts.stop(i, None, None).await;
+            }
+        }
+        self.collect(&system).await;
+        self.cleanup_cluster().await;
+    }
+
+    async fn cleanup_cluster(&mut self) {
+        if let Some(cluster) = self.cluster.take()
+            && let Err(e) = cluster.cleanup().await
+        {
+            tracing::error!("cleaning up the cluster: {e}");
+            self.dir.event("cleanup_error", json!({"error": e.to_string()}));
+        }
+        if let Some(task) = self.agent_events.take() {
+            // The cleanup stopped the supervisor; what it sent before is written by now or
+            // within moments (the channel closes once the cluster is dropped).
+            let abort = task.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(1), task).await.is_err() {
+                abort.abort();
+            }
+        }
+    }
+
+    /// Writes each agent event to `events.jsonl` (and reports it to the observer as a line)
+    /// as it happens.
+    pub(super) fn record_agent_events(
+        &self,
+        mut events: tokio::sync::broadcast::Receiver<chaos::backend::supervisor::AgentEvent>,
+    ) -> tokio::task::JoinHandle<()> {
+        use tokio::sync::broadcast::error::RecvError;
+        let dir = self.dir.clone();
+        let observer = self.options.observer.clone();
+        tokio::spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(event) => {
+                        dir.event(event.name(), json!(event));
+                        if let Some(observer) = &observer {
+                            observer.progress(Progress::Line(event.to_string()));
+                        }
+                    }
+                    Err(RecvError::Lagged(missed)) => {
+                        dir.event("agent_events_lost", json!({"missed": missed}));
+                    }
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        })
+    }
+
+    /// Copies every node's system log, the `teardown.collect` paths, and the data directory of
+    /// failed nodes into `nodes/<name>/`.
+    async fn collect(&self, system: &System) {
+        self.status_line("collecting logs");
+        for (i, node) in system.nodes.iter().enumerate() {
+            let dest = self.dir.path.join("nodes").join(node.name());
+            let mut budget = DATA_ARCHIVE_LIMIT;
+            copy_from_node(
+                node.as_ref(),
+                &system.log_paths[i],
+                &dest.join("system.log"),
+                &mut budget,
+            )
+            .await;
+            for c in &self.scenario.teardown.collect {
+                let Ok(path) = system.render(i, c) else { continue };
+                let name = Path::new(&path)
+                    .file_name()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "collected".into());
+                copy_from_node(node.as_ref(), &path, &dest.join(name), &mut budget).await;
+            }
+            if self.verdict.failed_nodes.contains(node.name())
+                && let Some(data) = self
+                    .scenario
+                    .setup
+                    .start
+                    .as_ref()
+                    .and_then(|s| s.data_dir.as_ref())
+                && let Ok(path) = system.render(i, data)
+            {
+                let mut budget = DATA_ARCHIVE_LIMIT;
+                copy_from_node(node.as_ref(), &path, &dest.join("data"), &mut budget).await;
+                self.dir
+                    .event("data_archived", json!({"node": node.name(), "from": path}));
+            }
+        }
+    }
+}
+
+/// Copies a file or directory tree from a node, within `budget` bytes. Missing paths are skipped.
+async fn copy_from_node(node: &dyn Node, path: &str, dest: &Path, budget: &mut u64) {
+    let Ok(stat) = node.stat(path).await else { return };
+    match stat.file_type {
+        chaos_proto::FileType::Dir => {
+            let Ok(entries) = node.list_dir(path).await else {
+                return;
+            };
+            let _ = std::fs::create_dir_all(dest);
+            for e in entries {
+                let child = format!("{}/{}", path.trim_end_matches('/'), e.name);
+                Box::pin(copy_from_node(node, &child, &dest.join(&e.name), budget)).await;
+            }
+        }
+        chaos_proto::FileType::File => {
+            if stat.size > *budget {
+                tracing::warn!("not copying {path} from {}: over the archive limit", node.name());
+                return;
+            }
+            if let Ok(bytes) = node.read_bytes(path).await {
+                *budget = budget.saturating_sub(bytes.len() as u64);
+                if let Some(parent) = dest.parent() {
+                    let _ = std::fs::create_dir_all(parent);
+                }
+                let _ = std::fs::write(dest, bytes);
+            }
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,613 @@
+//! Scenario files: the TOML types, parsing, and validation.
+//!
+//! Every table denies unknown fields. Errors name the file, the line and column (from TOML spans),
+//! the field's path (`faults[2].kind`) and, for closed sets (fault kinds, target selectors,
+//! backends, checkers), the valid choices. `docs/scenarios.md` documents each field with an
+//! example.
+//!
+//! This module holds the tables and loading; `values` the scalar values and closed sets,
+//! `errors` the errors and how they are located, `validate` what serde cannot check, section by
+//! section. A fault case's fault is the fault model's [`Fault`] (`chaos_proto::kinds`), flattened
+//! into the case.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use chaos_proto::Fault;
+
+mod errors;
+#[cfg(test)]
+mod tests;
+mod validate;
+mod values;
+
+use errors::{Locator, Problems, fault_field, friendlier, key, path_string};
+pub use errors::{ScenarioError, ScenarioErrors};
+pub use values::*;
+
+// ---------------------------------------------------------------------------------------------
+// Tables
+// ---------------------------------------------------------------------------------------------
+
+fn default_multiplier() -> f64 {
+    1.0
+}
+fn default_nodes() -> usize {
+    3
+}
+fn default_true() -> bool {
+    true
+}
+fn default_one_u32() -> u32 {
+    1
+}
+
+/// A whole scenario file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Name of the scenario (run directories are grouped by it); default: the file's stem.
+    #[serde(default)]
+    pub name: String,
+    /// One line saying what it tests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Multiplies every timeout (readiness, checks, recovery, workload ops) for slow machines.
+    #[serde(default = "default_multiplier")]
+    pub timeout_multiplier: f64,
+    /// User values, available to templates as `values.NAME`.
+    #[serde(default)]
+    pub values: BTreeMap<String, toml::Value>,
+    /// The nodes.
+    #[serde(default)]
+    pub cluster: ClusterSpec,
+    /// What to put on the nodes and how to start the system.
+    #[serde(default)]
+    pub setup: Setup,
+    /// How to find the leader (needed by the `leader`/`follower(s)` selectors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<LeaderProbe>,
+    /// Client load during the faults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<WorkloadSpec>,
+    /// The fault cases.
+    #[serde(default)]
+    pub faults: Vec<FaultCase>,
+    /// How the cases are ordered and paced.
+    #[serde(default)]
+    pub schedule: Schedule,
+    /// Checks that must hold.
+    #[serde(default)]
+    pub invariants: Vec<Invariant>,
+    /// Checkers run on the recorded history at the end.
+    #[serde(default)]
+    pub history: HistorySpec,
+    /// What to do before the system is stopped.
+    #[serde(default)]
+    pub teardown: Teardown,
+}
+
+/// `[cluster]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSpec {
+    /// Backend (default `netns`); `chaos run --backend` overrides it.
+    #[serde(default)]
+    pub backend: Backend,
+    /// Number of nodes, named `n1` … `nN` (default 3).
+    #[serde(default = "default_nodes")]
+    pub nodes: usize,
+}
+
+impl Default for ClusterSpec {
+    fn default() -> Self {
+        ClusterSpec {
+            backend: Backend::default(),
+            nodes: default_nodes(),
+        }
+    }
+}
+
+/// `[setup]`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Setup {
+    /// Binaries or files copied from the runner to every node.
+    #[serde(default)]
+    pub ship: Vec<Ship>,
+    /// Files written on every node from templates.
+    #[serde(default)]
+    pub files: Vec<FileSpec>,
+    /// Commands run to completion on every node before the system starts.
+    #[serde(default)]
+    pub commands: Vec<CommandLine>,
+    /// The system under test: one process per node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<StartSpec>,
+    /// Checks that must pass before faults begin.
+    #[serde(default)]
+    pub ready: Vec<Check>,
+}
+
+/// `[[setup.ship]]`: a file copied from the runner.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ship {
+    /// A program name looked up on the runner's `PATH`, or a path on the runner.
+    pub from: String,
+    /// Destination on the node (template); default `{{ node.root }}/bin/<file name>`. Templates
+    /// see it as `bin.<file name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// Permissions (default 0o755).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+}
+
+/// `[[setup.files]]`: a file written from a template.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSpec {
+    /// Destination on the node (template).
+    pub to: String,
+    /// Contents (template).
+    pub content: String,
+    /// Permissions (default 0o644).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+}
+
+/// `[setup.start]`: how the system under test starts on each node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartSpec {
+    /// Program and arguments (templates).
+    pub command: CommandLine,
+    /// Extra environment variables (values are templates).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory (template); default the node's root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// The node's data directory (template): archived into the run directory when the node fails
+    /// a check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<String>,
+    /// Signal of a graceful stop (default SIGTERM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<SignalName>,
+    /// How long a graceful stop may take before SIGKILL (default 10s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_timeout: Option<Dur>,
+}
+
+/// An HTTP request made from a node (through its TCP proxy).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpRequest {
+    /// `HOST:PORT` to connect to, as seen from the node (template), e.g. `"127.0.0.1:2379"`.
+    pub addr: String,
+    /// Method (default GET).
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// Path and query (template).
+    #[serde(default = "default_path")]
+    pub path: String,
+    /// Request body (template).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// Expected status (default: any 2xx).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+}
+
+fn default_method() -> String {
+    "GET".into()
+}
+fn default_path() -> String {
+    "/".into()
+}
+
+/// A check: run something on nodes and judge its output. Used by `[[setup.ready]]` and
+/// `[[invariants]]`. Exactly one of `command`, `http` or `log` says what to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Check {
+    /// Name shown in progress, events and the summary.
+    #[serde(default)]
+    pub name: String,
+    /// Where to run it (default `all`).
+    #[serde(default)]
+    pub on: OnNodes,
+    /// A command on the node: passes when it exits 0 (and the regexes agree).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<CommandLine>,
+    /// An HTTP request from the node: passes on the expected status (and the regexes agree).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpRequest>,
+    /// `true`: the regexes judge the system's log on the node (stdout and stderr).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub log: bool,
+    /// The output must match this regex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    /// The output must not match this regex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_regex: Option<String>,
+    /// A regex with one capture group: the captured text must be the same on every node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agree: Option<String>,
+    /// How long it may take to pass (retried every `interval`); default 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Dur>,
+    /// Pause between attempts (default 500ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Dur>,
+}
+
+/// `[[invariants]]`: a [`Check`] (its fields sit beside these) plus when it runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Invariant {
+    /// When it runs (default `["heal", "end"]`).
+    #[serde(default = "default_when")]
+    pub at: Vec<When>,
+    /// Hold the workload while the check runs (for checks that need a quiet system, such as
+    /// comparing hashes across members).
+    #[serde(default)]
+    pub pause_workload: bool,
+    /// What it runs and how it is judged. Its `timeout` is the recovery bound: how long it may
+    /// take to pass after a heal (default 30s).
+    #[serde(flatten)]
+    pub check: Check,
+    /// Fields that neither an invariant nor a check has. Serde cannot deny unknown fields beside
+    /// a flattened table, so they are kept here and refused by validation, at their line.
+    #[serde(flatten, default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unknown: BTreeMap<String, toml::Value>,
+}
+
+/// The fields of an invariant, for errors.
+const INVARIANT_FIELDS: &[&str] = &[
+    "name",
+    "at",
+    "pause_workload",
+    "on",
+    "command",
+    "http",
+    "log",
+    "regex",
+    "not_regex",
+    "agree",
+    "timeout",
+    "interval",
+];
+
+fn default_when() -> Vec<When> {
+    vec![When::Heal, When::End]
+}
+
+impl Invariant {
+    /// `check`, after every heal and at the end.
+    pub fn of(check: Check) -> Invariant {
+        Invariant {
+            at: default_when(),
+            pause_workload: false,
+            check,
+            unknown: BTreeMap::new(),
+        }
+    }
+
+    /// Its name (the check's).
+    pub fn name(&self) -> &str {
+        &self.check.name
+    }
+}
+
+/// `[leader]`: a probe run on every node whose output names the leader.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaderProbe {
+    /// A command on each node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<CommandLine>,
+    /// An HTTP request from each node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpRequest>,
+    /// Regex whose first capture group is the leader's identity as this node sees it.
+    pub leader: String,
+    /// Regex whose first capture group is this node's own identity in the same output. The
+    /// leader is the node whose own identity equals the leader it reports. Without it, the
+    /// captured leader must be a node name, IP address or index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub self_id: Option<String>,
+    /// How long to keep asking until a leader is found (default 15s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Dur>,
+}
+
+/// `[workload]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadSpec {
+    /// `kv` or `command`.
+    #[serde(rename = "type")]
+    pub kind: WorkloadType,
+    /// Target rate over all clients, operations per second (default 50).
+    #[serde(default = "default_rate")]
+    pub rate: f64,
+    /// Number of concurrent clients (default 4). Client `i` talks to node `i mod n`.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Bound on one operation; past it the outcome is `unknown` (default 2s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Dur>,
+    /// Number of keys (`k0` … `kN-1`) the operations pick from (default 8).
+    #[serde(default = "default_keys")]
+    pub keys: usize,
+    /// `kv`: `HOST:PORT` of the node's etcd client URL, as seen from the node (template).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<String>,
+    /// `kv`: key prefix (default `/chaos/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// `kv`: relative weights of read / write / cas / delete (default 50/30/15/5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mix: Option<Mix>,
+    /// `kv`: read every key once at the end, so a lost acknowledged write shows (default true).
+    #[serde(default = "default_true")]
+    pub final_reads: bool,
+    /// `command`: the operations, drawn by weight.
+    #[serde(default)]
+    pub ops: Vec<CommandOp>,
+}
+
+fn default_rate() -> f64 {
+    50.0
+}
+fn default_concurrency() -> usize {
+    4
+}
+fn default_keys() -> usize {
+    8
+}
+
+/// `[workload.mix]`: weights of the key-value operations.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mix {
+    /// Linearizable range reads.
+    #[serde(default)]
+    pub read: u32,
+    /// Puts of a unique value.
+    #[serde(default)]
+    pub write: u32,
+    /// Compare-and-set transactions from the value this client last saw.
+    #[serde(default)]
+    pub cas: u32,
+    /// Deletes.
+    #[serde(default)]
+    pub delete: u32,
+}
+
+impl Default for Mix {
+    fn default() -> Self {
+        Mix {
+            read: 50,
+            write: 30,
+            cas: 15,
+            delete: 5,
+        }
+    }
+}
+
+/// `[[workload.ops]]`: one kind of command operation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandOp {
+    /// What the history records it as.
+    pub kind: CommandOpKind,
+    /// The command (template; sees `client`, `seq`, `key`, `value`, `node`).
+    pub command: CommandLine,
+    /// Relative weight (default 1).
+    #[serde(default = "default_one_u32")]
+    pub weight: u32,
+}
+
+/// `[[faults]]`: one fault case — when, where and how often, around one [`Fault`] of the fault
+/// model, whose fields sit beside the case's own (`kind = "loss"`, `percent = 20`). Each kind
+/// denies the fields it does not have, so a field of another kind is refused with the valid ones.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FaultCase {
+    /// Unique name, used in events, history and summary.
+    pub name: String,
+    /// Which nodes.
+    pub target: Selector,
+    /// Relative weight: times per round, or probability with `schedule.picks` (default 1; 0
+    /// disables the case).
+    #[serde(default = "default_one_u32")]
+    pub weight: u32,
+    /// How long the fault stays before it is healed (default 5s).
+    #[serde(default = "default_duration")]
+    pub duration: DurRange,
+    /// Start the next case while this one is still active (after the schedule's pause).
+    #[serde(default)]
+    pub overlap: bool,
+    /// What it does: `kind` and that kind's fields.
+    #[serde(flatten)]
+    pub fault: Fault,
+}
+
+/// The fields every fault case has besides its kind's own.
+pub const CASE_FIELDS: &[&str] = &["name", "target", "weight", "duration", "overlap", "kind"];
+
+fn default_duration() -> DurRange {
+    DurRange::exactly(Dur::secs(5))
+}
+
+/// `[schedule]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Schedule {
+    /// Rounds (default 1); `chaos run --rounds` overrides it.
+    #[serde(default = "default_one_u32")]
+    pub rounds: u32,
+    /// Shuffle the cases of each round (default true).
+    #[serde(default = "default_true")]
+    pub shuffle: bool,
+    /// Draw this many cases per round by weight instead of running each `weight` times.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub picks: Option<u32>,
+    /// Pause between cases, after recovery (default 1s).
+    #[serde(default = "default_pause")]
+    pub pause: DurRange,
+    /// Stop starting new cases after this long (the rest are recorded as skipped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_limit: Option<Dur>,
+}
+
+fn default_pause() -> DurRange {
+    DurRange::exactly(Dur::secs(1))
+}
+
+impl Default for Schedule {
+    fn default() -> Self {
+        Schedule {
+            rounds: 1,
+            shuffle: true,
+            picks: None,
+            pause: default_pause(),
+            time_limit: None,
+        }
+    }
+}
+
+/// `[history]`: checkers run on the recorded history at the end.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistorySpec {
+    /// Checker names (default: every checker that applies to the history).
+    #[serde(default)]
+    pub checkers: Vec<String>,
+    /// Availability bound: largest fraction of failed or unknown operations during a case
+    /// (default 0.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_error_fraction: Option<f64>,
+    /// Recovery bound: longest time from a heal to the first ok operation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_recovery: Option<Dur>,
+}
+
+/// `[teardown]`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Teardown {
+    /// Commands run on every node before the system is stopped (failures are logged only).
+    #[serde(default)]
+    pub commands: Vec<CommandLine>,
+    /// Extra files or directories (templates) copied from every node into the run directory.
+    #[serde(default)]
+    pub collect: Vec<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading and validation
+// ---------------------------------------------------------------------------------------------
+
+impl Scenario {
+    /// Reads, parses and validates a scenario file. The name defaults to the file's stem.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Scenario, ScenarioErrors> {
+        let path = path.as_ref();
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ScenarioErrors::one(&file, format!("cannot read the scenario file: {e}")))?;
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "scenario".into());
+        Scenario::parse_named(&text, &file, &stem)
+    }
+
+    /// Parses and validates scenario text; `source` names it in errors and is the default name.
+    pub fn parse(text: &str, source: &str) -> Result<Scenario, ScenarioErrors> {
+        let stem = Path::new(source)
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "scenario".into());
+        Scenario::parse_named(text, source, &stem)
+    }
+
+    fn parse_named(text: &str, source: &str, default_name: &str) -> Result<Scenario, ScenarioErrors> {
+        let locator = Locator::new(text);
+        let mut scenario: Scenario = toml::from_str(text).map_err(|e| {
+            let (line, column, field) = match e.span() {
+                Some(span) => {
+                    let mut path = locator.path_at(&span);
+                    let mut at = span.start;
+                    // A fault case's kind and fields are read through the fault model (flattened),
+                    // which loses their positions: find the field the message names.
+                    if let Some(sub) = fault_field(&path, e.message()) {
+                        path.push(key(&sub));
+                        match locator.span_of(&path) {
+                            Some(span) => at = span.start,
+                            None => {
+                                path.pop();
+                            }
+                        }
+                    }
+                    let (l, c) = locator.line_col(at);
+                    (l, c, path_string(&path))
+                }
+                None => (0, 0, String::new()),
+            };
+            ScenarioErrors(vec![ScenarioError {
+                file: source.to_string(),
+                line,
+                column,
+                message: friendlier(e.message().trim(), &field),
+                field,
+            }])
+        })?;
+        if scenario.name.is_empty() {
+            scenario.name = default_name.to_string();
+        }
+        let mut problems = Problems {
+            file: source,
+            locator: &locator,
+            list: Vec::new(),
+        };
+        scenario.check(&mut problems);
+        if problems.list.is_empty() {
+            Ok(scenario)
+        } else {
+            Err(ScenarioErrors(problems.list))
+        }
+    }
+
+    /// Validates a scenario built in code (no file positions in the errors).
+    pub fn validate(&self) -> Result<(), ScenarioErrors> {
+        let locator = Locator { text: "", doc: None };
+        let mut problems = Problems {
+            file: &self.name,
+            locator: &locator,
+            list: Vec::new(),
+        };
+        self.check(&mut problems);
+        if problems.list.is_empty() {
+            Ok(())
+        } else {
+            Err(ScenarioErrors(problems.list))
+        }
+    }
+
+    /// The names of the nodes: `n1` … `nN`.
+    pub fn node_names(&self) -> Vec<String> {
+        (1..=self.cluster.nodes).map(|i| format!("n{i}")).collect()
+    }
+
+    /// Scales a timeout by `timeout_multiplier`.
+    pub fn scaled(&self, d: Duration) -> Duration {
+        d.mul_f64(self.timeout_multiplier)
+    }
+}

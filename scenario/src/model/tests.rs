@@ -1,0 +1,145 @@
+//! Parsing and validation of scenario files, with the errors a user reads.
+
+use super::*;
+use chaos_proto::Fault;
+
+fn err(text: &str) -> ScenarioErrors {
+    Scenario::parse(text, "t.toml").expect_err("should be invalid")
+}
+
+#[test]
+fn minimal_scenario_parses_with_defaults() {
+    let s = Scenario::parse("", "demo.toml").unwrap();
+    assert_eq!(s.name, "demo");
+    assert_eq!(s.cluster.nodes, 3);
+    assert_eq!(s.cluster.backend.name(), "netns");
+    assert_eq!(s.schedule.rounds, 1);
+}
+
+#[test]
+fn unknown_field_names_file_line_and_choices() {
+    let e = err("[cluster]\nnodes = 3\nbackendd = \"netns\"\n");
+    let e = &e.0[0];
+    assert_eq!((e.file.as_str(), e.line, e.column), ("t.toml", 3, 1));
+    assert!(e.message.contains("unknown field `backendd`"), "{e}");
+    assert!(e.message.contains("backend"), "{e}");
+}
+
+#[test]
+fn unknown_kind_selector_backend_list_choices() {
+    let text = "[[faults]]\nname = \"a\"\nkind = \"kil\"\ntarget = \"one\"\n";
+    let e = &err(text).0[0];
+    assert_eq!(e.line, 3, "{e}");
+    assert_eq!(e.field, "faults[0].kind");
+    assert!(
+        e.message.contains("kill") && e.message.contains("partition"),
+        "{e}"
+    );
+
+    let text = "[[faults]]\nname = \"a\"\nkind = \"kill\"\ntarget = \"leeder\"\n";
+    let e = &err(text).0[0];
+    assert_eq!(e.line, 4, "{e}");
+    assert_eq!(e.field, "faults[0].target");
+    assert!(
+        e.message.contains("leeder") && e.message.contains("followers"),
+        "{e}"
+    );
+
+    let e = &err("[cluster]\nbackend = \"dockr\"\n").0[0];
+    assert_eq!(e.line, 2, "{e}");
+    assert!(
+        e.message.contains("local") && e.message.contains("netns") && e.message.contains("docker"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_field_of_another_kind_is_refused_at_its_line_with_the_valid_fields() {
+    let text = "[[faults]]\nname = \"cut\"\nkind = \"partition\"\ntarget = \"one\"\npercent = 20\n";
+    let e = &err(text).0[0];
+    assert_eq!((e.line, e.field.as_str()), (5, "faults[0].percent"), "{e}");
+    assert!(
+        e.to_string().starts_with(
+            "t.toml:5:11: field `faults[0].percent`: unknown field `percent`, expected `traffic`"
+        ),
+        "{e}"
+    );
+    assert!(e.message.contains("name, target, weight"), "{e}");
+    // A missing parameter is refused, not defaulted.
+    let text = "[[faults]]\nname = \"l\"\nkind = \"loss\"\ntarget = \"one\"\n";
+    let e = &err(text).0[0];
+    assert!(e.message.contains("missing field `percent`"), "{e}");
+    // The old container kinds say what they became.
+    let text = "[[faults]]\nname = \"c\"\nkind = \"container_stop\"\ntarget = \"one\"\n";
+    let e = &err(text).0[0];
+    assert_eq!((e.line, e.field.as_str()), (3, "faults[0].kind"), "{e}");
+    assert!(
+        e.message.contains("kind = \"machine\" with action = \"stop\""),
+        "{e}"
+    );
+    // Parameters of the fault model parse in place.
+    let text = "[setup.start]\ncommand = \"sleep 9\"\n[[faults]]\nname = \"k\"\nkind = \"kill\"\ntarget = \"one\"\nsignal = \"SIGTERM\"\n[[faults]]\nname = \"b\"\nkind = \"bandwidth\"\ntarget = \"one\"\nrate_bps = \"500kbit\"\n[[faults]]\nname = \"p\"\nkind = \"partition\"\ntarget = \"one\"\ntraffic = { direction = \"in\" }\n";
+    let s = Scenario::parse(text, "t.toml").unwrap();
+    assert!(matches!(&s.faults[0].fault, Fault::Kill(k) if k.signal == chaos_proto::Signal::TERM));
+    assert!(matches!(&s.faults[1].fault, Fault::Bandwidth(b) if b.rate_bps == 500_000));
+    assert!(
+        matches!(&s.faults[2].fault, Fault::Partition(p) if p.traffic.direction == chaos_proto::fault::Direction::In)
+    );
+    // A scenario's process faults act on its system, not on a process named in the file.
+    let text = "[setup.start]\ncommand = \"sleep 9\"\n[[faults]]\nname = \"k\"\nkind = \"kill\"\ntarget = \"one\"\nprocess = \"all\"\n";
+    let e = &err(text).0[0];
+    assert_eq!((e.line, e.field.as_str()), (7, "faults[0].process"), "{e}");
+}
+
+#[test]
+fn invariants_are_checks_with_a_time_and_refuse_unknown_fields_at_their_line() {
+    let text = "[[invariants]]\nname = \"up\"\ncommand = \"true\"\nat = [\"end\"]\ntimeout = \"5s\"\n";
+    let s = Scenario::parse(text, "t.toml").unwrap();
+    let inv = &s.invariants[0];
+    assert_eq!((inv.name(), inv.at.as_slice()), ("up", &[When::End][..]));
+    assert_eq!(inv.check.timeout, Some(Dur::secs(5)));
+    let text = "[[invariants]]\nname = \"up\"\ncommand = \"true\"\ntimeuot = \"5s\"\n";
+    let e = &err(text).0[0];
+    assert_eq!((e.line, e.field.as_str()), (4, "invariants[0].timeuot"), "{e}");
+    assert!(
+        e.message.contains("unknown field `timeuot`") && e.message.contains("`timeout`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn semantic_errors_are_located() {
+    let text = "\n[cluster]\nnodes = 3\n\n[[faults]]\nname = \"x\"\nkind = \"loss\"\ntarget = [\"n1\", \"n9\"]\npercent = 300\n";
+    let errs = err(text);
+    let fields: Vec<_> = errs.0.iter().map(|e| (e.field.as_str(), e.line)).collect();
+    assert!(fields.contains(&("faults[0].target", 8)), "{errs}");
+    assert!(fields.contains(&("faults[0].percent", 9)), "{errs}");
+    assert!(
+        errs.to_string()
+            .contains("no node `n9`; the nodes are n1, n2, n3"),
+        "{errs}"
+    );
+}
+
+#[test]
+fn leader_selector_needs_probe_and_templates_are_checked() {
+    let text = "[setup.start]\ncommand = [\"sleep\", \"{{ node.nmae }}\"]\n[[faults]]\nname = \"k\"\nkind = \"kill\"\ntarget = \"leader\"\n";
+    let errs = err(text);
+    let s = errs.to_string();
+    assert!(s.contains("needs a [leader] probe"), "{s}");
+    assert!(
+        s.contains("setup.start.command") && s.contains("bad template"),
+        "{s}"
+    );
+}
+
+#[test]
+fn durations_and_ranges() {
+    let text =
+        "[[faults]]\nname = \"p\"\nkind = \"partition\"\ntarget = \"one\"\nduration = [\"2s\", \"1s\"]\n";
+    let e = &err(text).0[0];
+    assert_eq!(e.field, "faults[0].duration");
+    let e = &err("[schedule]\npause = \"5 parsecs\"\n").0[0];
+    assert!(e.message.contains("not a duration"), "{e}");
+    assert_eq!(e.line, 2);
+}
