@@ -5,6 +5,7 @@
 
 mod certs;
 mod check;
+mod control;
 mod down;
 mod exec;
 mod fault;

@@ -660,6 +660,83 @@ fn forward_tcp_to_unix(socket: PathBuf) -> u16 {
 /// a remote one would be (a loopback port forwarded to the local socket): node files are
 /// copied in, agents are reached at ports published on the daemon's host, and `chaos exec` and
 /// `chaos fault` find them there from the state directory alone.
+/// The Docker state (`running`, `paused`, …) of node `node`'s container in the cluster of runner
+/// `owner`.
+fn container_state(node: &str, owner: u32) -> String {
+    let out = Command::new("docker")
+        .args([
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label=io.chaos.node={node}"),
+            "--format",
+            "{{.State}} {{.Label \"io.chaos.owner\"}}",
+        ])
+        .output()
+        .unwrap();
+    text(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .find(|(_, tag)| chaos::backend::owner::OwnerTag::parse(tag).is_some_and(|t| t.pid == owner))
+        .map(|(state, _)| state.to_string())
+        .unwrap_or_else(|| panic!("no container of {node} owned by {owner}"))
+}
+
+/// Machine faults are the cluster's, held by `chaos up`: `chaos fault` injects, lists and heals
+/// them through its control socket, and one whose TTL passes heals with no one asking.
+fn machine_faults_through_chaos_up(dir: &Path, owner: u32) {
+    let state = dir.to_str().unwrap();
+    let out = run(&[
+        "fault", "inject", "--state", state, "n2", "machine", "--action", "pause",
+    ]);
+    assert_eq!(
+        code(&out),
+        Some(2),
+        "a machine fault needs a TTL: {}",
+        text(&out.stderr)
+    );
+
+    let inject = |ttl: &str| {
+        let out = run(&[
+            "fault", "inject", "--state", state, "n2", "machine", "--action", "pause", "--ttl", ttl,
+        ]);
+        assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+        text(&out.stdout).trim().to_string()
+    };
+    let id = inject("60s");
+    assert!(id.starts_with("machine-"), "{id:?}");
+    assert_eq!(container_state("n2", owner), "paused");
+    let out = run(&["fault", "list", "--state", state]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("n2 ") && l.contains(&id) && l.contains("docker pause")),
+        "{table}"
+    );
+    let out = run(&["fault", "heal", "--state", state, &id]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), id);
+    assert_eq!(container_state("n2", owner), "running");
+
+    // A short TTL: healed by `chaos up` itself.
+    let id = inject("1s");
+    let deadline = std::time::Instant::now() + chaos_testkit::scaled(Duration::from_secs(20));
+    while container_state("n2", owner) == "paused" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{id} still paused after its TTL"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = run(&["fault", "list", "--state", state, "--json"]);
+    assert!(!text(&out.stdout).contains(&id), "{}", text(&out.stdout));
+    // The node's agent answers again.
+    let out = exec(dir, "n2", &["true"]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+}
+
 #[test]
 fn docker_up_exec_fault_down_with_a_daemon_over_tcp() {
     let test = "docker_up_exec_fault_down_with_a_daemon_over_tcp";
@@ -699,10 +776,12 @@ fn docker_up_exec_fault_down_with_a_daemon_over_tcp() {
     let out = exec(&dir, "n1", &["busybox", "ping", "-c1", "-W2", "n3"]);
     assert_eq!(code(&out), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
     faults_inject_list_heal(&dir, &up.nodes);
+    machine_faults_through_chaos_up(&dir, owner);
 
     let out = run(&["down", "--state", dir.to_str().unwrap()]);
     assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
     assert!(up.wait_exit(), "chaos up did not exit cleanly");
+    assert!(!dir.join("control.sock").exists(), "control socket left behind");
     let left = common::containers_owned_by(owner);
     assert!(left.is_empty(), "containers left: {left:?}");
 }

@@ -163,7 +163,7 @@ fn validate_names_file_line_field_and_valid_choices() {
     let out = chaos(&["run", raft.to_str().unwrap(), "--backend", "ec2"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        text(&out.stderr).contains("valid backends: local, netns, docker"),
+        text(&out.stderr).contains("unknown backend `ec2`; valid choices: local, netns, docker"),
         "{}",
         text(&out.stderr)
     );

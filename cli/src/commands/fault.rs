@@ -5,6 +5,10 @@
 //! `inject NODE KIND [options]`: each kind's options are generated from its struct in the fault
 //! model (`chaos_proto::kinds`, feature `clap`), the same struct scenarios and plans use; an
 //! option of another kind is refused by the parser.
+//!
+//! Machine faults (`inject NODE machine --action pause|stop|disconnect`) are the cluster's, not a
+//! node's: they go to the `chaos up` process that holds the cluster, through its control socket
+//! ([`super::control`]), and are listed and healed with the agents' faults (ids `machine-<n>`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,6 +21,7 @@ use chaos::proto::fault::{FaultSpec, Mechanism};
 use clap::{Args, Subcommand};
 
 use super::BadInput;
+use super::control;
 use super::state::{ClusterState, StateDir};
 
 /// `chaos fault …`.
@@ -126,14 +131,6 @@ fn select(
 
 async fn inject(args: InjectArgs) -> anyhow::Result<()> {
     let fault = args.fault;
-    if let Fault::Machine(m) = &fault {
-        return Err(BadInput(format!(
-            "machine {} faults are carried out by the cluster that provisioned the node, which \
-             `chaos fault` does not reach yet; use them in a scenario",
-            m.action
-        ))
-        .into());
-    }
     let ttl = match (args.ttl, fault.is_lasting()) {
         (Some(ttl), _) => ttl,
         (None, false) => Duration::from_secs(1),
@@ -148,6 +145,9 @@ async fn inject(args: InjectArgs) -> anyhow::Result<()> {
     let dir = StateDir::new(&args.state);
     let state = dir.load_running()?;
     state.node(&args.node)?;
+    if let Fault::Machine(m) = &fault {
+        return inject_machine(&dir, &args.node, args.id.as_deref(), args.json, m.action, ttl).await;
+    }
     let nodes = agent_nodes(&dir, &state)?;
     let node = nodes
         .iter()
@@ -184,6 +184,54 @@ async fn inject(args: InjectArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A machine fault is the cluster's, held by `chaos up`: asked through its control socket.
+async fn inject_machine(
+    dir: &StateDir,
+    node: &str,
+    id: Option<&str>,
+    json: bool,
+    fault: chaos::MachineFault,
+    ttl: Duration,
+) -> anyhow::Result<()> {
+    if id.is_some() {
+        return Err(BadInput("--id: machine faults are numbered by the cluster (machine-<n>)".into()).into());
+    }
+    let request = control::Request::Inject {
+        node: node.to_string(),
+        fault,
+        ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+    };
+    let control::Reply::Injected(record) = control::ask(dir.path(), &request).await? else {
+        anyhow::bail!("`chaos up` answered an injection with something else");
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&record)?);
+        return Ok(());
+    }
+    println!("{}", record.id);
+    eprintln!(
+        "machine {} on {} ({} {}), heals itself in {}",
+        record.machine,
+        record.node,
+        record.backend,
+        record.machine,
+        remaining(record.expires_ms)
+    );
+    Ok(())
+}
+
+/// The machine faults `chaos up` holds; none when it serves no control socket (a `chaos up` of
+/// an older version).
+async fn machine_faults(dir: &StateDir) -> anyhow::Result<Vec<control::MachineRecord>> {
+    if !control::available(dir.path()) {
+        return Ok(Vec::new());
+    }
+    match control::ask(dir.path(), &control::Request::List).await? {
+        control::Reply::Faults(faults) => Ok(faults),
+        _ => anyhow::bail!("`chaos up` answered a listing with something else"),
+    }
+}
+
 /// Prints one line per node that could not be asked and fails naming them, once everything the
 /// other nodes said has been printed: one dead node must not hide the rest of the cluster.
 fn unreachable_nodes(what: &str, failed: &[(String, chaos::Error)], asked: usize) -> anyhow::Result<()> {
@@ -206,6 +254,26 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
     let state = dir.load_running()?;
     let nodes = agent_nodes(&dir, &state)?;
     let nodes = select(&nodes, &state, args.node.as_deref())?;
+    let machine: Vec<control::MachineRecord> = machine_faults(&dir)
+        .await?
+        .into_iter()
+        .filter(|m| args.node.as_deref().is_none_or(|n| m.node == n))
+        .collect();
+    // A paused, stopped or unplugged machine's agent cannot answer until the fault heals:
+    // it is not asked (which would only wait out the bound), and the note says why.
+    let (held, nodes): (Vec<_>, Vec<_>) = nodes
+        .into_iter()
+        .partition(|n| machine.iter().any(|m| m.node == n.name()));
+    for node in &held {
+        let m = machine.iter().find(|m| m.node == node.name()).expect("partitioned by it");
+        eprintln!(
+            "{}: agent not asked: its machine has fault {} ({}), heals in {}",
+            m.node,
+            m.id,
+            m.machine,
+            remaining(m.expires_ms)
+        );
+    }
     let mut faults = std::collections::BTreeMap::new();
     let mut failed = Vec::new();
     for (node, reply) in faults::list_each(&nodes).await {
@@ -217,7 +285,18 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
         }
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&faults)?);
+        // Node → its faults: the agent's records, then the machine faults (`"kind": "machine"`).
+        let mut json = serde_json::to_value(&faults)?;
+        for m in &machine {
+            let mut entry = serde_json::to_value(m)?;
+            entry["kind"] = "machine".into();
+            if let Some(list) = json[m.node.as_str()].as_array_mut() {
+                list.push(entry);
+            } else {
+                json[m.node.as_str()] = serde_json::Value::Array(vec![entry]);
+            }
+        }
+        println!("{}", serde_json::to_string_pretty(&json)?);
         return unreachable_nodes("listing faults", &failed, nodes.len());
     }
     let mut rows = vec![[
@@ -239,6 +318,16 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
                 describe(&info.spec),
             ]);
         }
+    }
+    for m in &machine {
+        rows.push([
+            m.node.clone(),
+            m.id.clone(),
+            "machine".into(),
+            format!("{} {}", m.backend, m.machine),
+            remaining(m.expires_ms),
+            format!("the whole machine: {}", m.machine),
+        ]);
     }
     if rows.len() == 1 {
         if faults.is_empty() {
@@ -267,12 +356,29 @@ async fn heal(args: HealArgs) -> anyhow::Result<()> {
     };
     let dir = StateDir::new(&args.state);
     let state = dir.load_running()?;
+    if let Some(node) = node {
+        state.node(node)?;
+    }
+    if let Some(id) = id.filter(|id| control::is_machine_id(id)) {
+        return heal_machine(&dir, id).await;
+    }
     let nodes = agent_nodes(&dir, &state)?;
     let nodes = select(&nodes, &state, node)?;
     let mut failed = Vec::new();
     match id {
         None => {
             let mut count = 0;
+            if control::available(dir.path()) {
+                let request = control::Request::HealAll {
+                    node: node.map(str::to_string),
+                };
+                if let control::Reply::HealedAll(healed) = control::ask(dir.path(), &request).await? {
+                    for m in healed {
+                        println!("{} {}", m.node, m.id);
+                        count += 1;
+                    }
+                }
+            }
             for (node, reply) in faults::heal_all_each(&nodes).await {
                 match reply {
                     Ok(ids) => {
@@ -311,6 +417,19 @@ async fn heal(args: HealArgs) -> anyhow::Result<()> {
         }
     }
     unreachable_nodes("healing", &failed, nodes.len())
+}
+
+/// Heals machine fault `id` through `chaos up`'s control socket.
+async fn heal_machine(dir: &StateDir, id: &str) -> anyhow::Result<()> {
+    let request = control::Request::Heal { id: id.to_string() };
+    match control::ask(dir.path(), &request).await? {
+        control::Reply::Healed(true) => println!("{id}"),
+        control::Reply::Healed(false) => {
+            eprintln!("fault {id} was not active (healed already, expired, or never injected)");
+        }
+        _ => anyhow::bail!("`chaos up` answered a heal with something else"),
+    }
+    Ok(())
 }
 
 /// Prints rows as left-aligned columns.

@@ -15,6 +15,7 @@ use clap::Args;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use super::BadInput;
+use super::control;
 use super::state::{ClusterState, NodeEntry, Occupant, Owner, StateDir};
 
 /// `chaos up`.
@@ -245,8 +246,15 @@ async fn serve(
             agent_backends.join(", ")
         );
     }
+    // `chaos fault` reaches the cluster's machine faults through this socket.
+    let socket = dir.path().join(control::SOCKET);
+    let control = control::serve(&socket, running.clone())?;
     let name = stop.recv().await;
     eprintln!("chaos up: {name} received");
+    control.abort();
+    if let Err(e) = std::fs::remove_file(&socket) {
+        eprintln!("chaos up: removing {}: {e}", socket.display());
+    }
     Ok(())
 }
 
