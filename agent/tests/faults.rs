@@ -2,6 +2,8 @@
 //! throwaway network namespace (reached from the host over a veth pair), process faults on
 //! processes the agent started, crash recovery through `--state-dir`, TTL expiry, and the
 //! heal-before-exit guarantees.
+//!
+//! (One file, past the usual size: every test shares the namespace-and-agent fixture below.)
 
 mod common;
 mod fault_agent;

@@ -4,6 +4,8 @@
 //! The netns tests skip (saying why) when the backend cannot run here; the local-backend tests
 //! always run. Other tests create clusters at the same time, so leak checks look only at the
 //! resources of the cluster under test.
+//!
+//! (One file, past the usual size: the tests share the `Up` fixture and the exec/fault helpers.)
 
 #![cfg(target_os = "linux")]
 

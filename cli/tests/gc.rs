@@ -9,6 +9,9 @@
 //!
 //! The Docker test builds its tiny image from a static busybox (no registry is needed). The
 //! end-to-end test with a killed Docker runner lives with the docker backend's tests.
+//!
+//! (One file, past the usual size: every test shares the runner, kill-point and footprint
+//! helpers below and the one lock.)
 
 #![cfg(target_os = "linux")]
 

@@ -1,6 +1,9 @@
 //! `chaos validate`, `chaos plan` and `chaos run`, run as a user would: located errors with the
 //! valid choices, byte-identical plans per seed, a real 3-member etcd cluster through one round
 //! of faults, a violated invariant with its replay line, and Ctrl-C leaving nothing behind.
+//!
+//! (One file, past the usual size: the tests share the scenario texts and run-directory checks
+//! below, and cargo builds one binary per file.)
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;

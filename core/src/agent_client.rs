@@ -4,6 +4,10 @@
 //!
 //! Plain requests share a pool of keep-alive connections. Process streams and TCP tunnels each
 //! get their own WebSocket connection; TLS session resumption keeps those handshakes cheap.
+//!
+//! (Past the usual size on purpose: the client and its `Node` implementation are one job — each
+//! `Node` method is the client call it wraps — and splitting them would put every endpoint in
+//! two files.)
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

@@ -5,6 +5,8 @@
 //! Perl script (`IO::Socket::INET`, `Time::HiRes`) that every node runs from its root directory:
 //! TCP listeners and connect probes, a paced UDP sender and counting receiver, a TCP source and
 //! a sink that times the bytes it receives.
+//!
+//! (One file, past the usual size: every test shares the traffic probe and its helpers.)
 
 #![cfg(target_os = "linux")]
 

@@ -273,6 +273,17 @@ pub fn cgroup_mount_of(path: &Path, v2: bool) -> Result<Option<PathBuf>> {
     Ok(mount_of(&parse_mountinfo(&text), path, v2))
 }
 
+/// The first cgroup2 mount point in this mount namespace (`/sys/fs/cgroup` on pure-v2 hosts,
+/// `/sys/fs/cgroup/unified` on hybrid ones); `None` when cgroup2 is not mounted.
+pub fn cgroup2_mount() -> Result<Option<PathBuf>> {
+    let text = fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| Error::io("read", "/proc/self/mountinfo", e))?;
+    Ok(parse_mountinfo(&text)
+        .into_iter()
+        .find(|m| is_cgroup_mount(m, true))
+        .map(|m| m.point))
+}
+
 fn mount_of(mounts: &[MountLine], path: &Path, v2: bool) -> Option<PathBuf> {
     // A later mount on a prefix of `path` (say a fresh sysfs on /sys) hides earlier mounts
     // below it: only mounts after the last such one count.

@@ -371,6 +371,25 @@ pub struct LinkChange {
     pub mtu: Option<u32>,
 }
 
+/// `eth0 down mtu 1400`: the interface (when named) and what changes.
+impl fmt::Display for LinkChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts: Vec<String> = Vec::new();
+        if !self.interface.is_empty() {
+            parts.push(self.interface.clone());
+        }
+        match self.up {
+            Some(true) => parts.push("up".into()),
+            Some(false) => parts.push("down".into()),
+            None => {}
+        }
+        if let Some(mtu) = self.mtu {
+            parts.push(format!("mtu {mtu}"));
+        }
+        f.write_str(&parts.join(" "))
+    }
+}
+
 /// What a freeze applies to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -573,21 +573,7 @@ impl Fault {
                 parts.join(" ")
             }
             Fault::Bandwidth(b) => format!("{}kbit/s", b.rate_bps / 1000),
-            Fault::Link(l) => {
-                let mut parts = Vec::new();
-                if !l.interface.is_empty() {
-                    parts.push(l.interface.clone());
-                }
-                match l.up {
-                    Some(true) => parts.push("up".into()),
-                    Some(false) => parts.push("down".into()),
-                    None => {}
-                }
-                if let Some(mtu) = l.mtu {
-                    parts.push(format!("mtu {mtu}"));
-                }
-                parts.join(" ")
-            }
+            Fault::Link(l) => l.to_string(),
             Fault::Pause(p) => p.process.as_ref().map(|t| t.to_string()).unwrap_or_default(),
             Fault::Kill(k) => match &k.process {
                 Some(t) => format!("{} {t}", k.signal),

@@ -4,6 +4,9 @@
 //! agent (`chaos-agent`). It holds only plain serde types and constants, so both sides — and any
 //! third-party client — can depend on it without pulling in a server, a TLS stack or Linux code.
 //!
+//! (This file is long on purpose: its documentation is the API reference — the endpoint table
+//! and every body — and the types sit beside the words that define them.)
+//!
 //! # Transport
 //!
 //! HTTP/1.1 over TLS 1.3 with mutual authentication: the agent presents its own per-node server

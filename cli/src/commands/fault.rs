@@ -539,18 +539,7 @@ fn describe(spec: &FaultSpec) -> String {
             format!("{}, {}", parts.join(", "), scope(s))
         }
         FaultSpec::Bandwidth(b) => format!("{} bit/s on {}", b.rate_bps, b.interface),
-        FaultSpec::Link(l) => {
-            let mut parts = vec![l.interface.clone()];
-            match l.up {
-                Some(true) => parts.push("up".into()),
-                Some(false) => parts.push("down".into()),
-                None => {}
-            }
-            if let Some(mtu) = l.mtu {
-                parts.push(format!("mtu {mtu}"));
-            }
-            parts.join(" ")
-        }
+        FaultSpec::Link(l) => l.to_string(),
         FaultSpec::Freeze(target) => match target {
             FreezeTarget::Cgroup { path } => format!("cgroup {path}"),
             FreezeTarget::ProcessTree { pid } => format!("pid {pid} and descendants"),

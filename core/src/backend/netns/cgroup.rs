@@ -9,44 +9,12 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// The cgroup2 mount point (`/sys/fs/cgroup` on pure-v2 hosts, `/sys/fs/cgroup/unified` on
-/// hybrid ones), if there is one.
+/// hybrid ones), if there is one; read once from mountinfo by `chaos-faults`.
 pub fn cgroup2_mount() -> Option<&'static Path> {
     static MOUNT: OnceLock<Option<PathBuf>> = OnceLock::new();
     MOUNT
-        .get_or_init(|| {
-            let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-            mountinfo.lines().find_map(|line| {
-                // `id parent maj:min root mount-point options [optional...] - fstype source ...`
-                let (left, right) = line.split_once(" - ")?;
-                if right.split(' ').next()? != "cgroup2" {
-                    return None;
-                }
-                left.split(' ')
-                    .nth(4)
-                    .map(|p| PathBuf::from(unescape_mountinfo(p)))
-            })
-        })
+        .get_or_init(|| chaos_faults::cgroup::cgroup2_mount().ok().flatten())
         .as_deref()
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for a space, …).
-fn unescape_mountinfo(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && let Some(digits) = bytes.get(i + 1..i + 4)
-            && let Ok(v) = u8::from_str_radix(std::str::from_utf8(digits).unwrap_or("x"), 8)
-        {
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Creates `dir` and its parents.
@@ -129,17 +97,5 @@ pub fn remove_tree(dir: &Path, deadline: Instant) -> io::Result<()> {
                 ));
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mountinfo_escapes_are_decoded() {
-        assert_eq!(unescape_mountinfo(r"/sys/fs/a\040b"), "/sys/fs/a b");
-        assert_eq!(unescape_mountinfo("/plain"), "/plain");
-        assert_eq!(unescape_mountinfo(r"/trailing\04"), r"/trailing\04");
     }
 }
