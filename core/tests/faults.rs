@@ -659,7 +659,9 @@ async fn unsupported_faults_name_what_is_missing() {
     assert_eq!(err.kind(), Some(ErrorKind::Unsupported), "{err}");
     let message = err.to_string();
     assert!(
-        message.contains("local backend cannot inject partition faults"),
+        message.contains("partition faults are refused")
+            && message.contains("--no-network-faults")
+            && message.contains("local backend"),
         "{message}"
     );
     assert!(message.contains("netns"), "{message}");
