@@ -443,14 +443,17 @@ async fn cleanup_leaves_no_process_or_directory_behind(cluster: Arc<dyn Cluster>
 
 // ---- local only ----------------------------------------------------------------------------
 
-fn local_cluster(name: &str) -> Arc<LocalCluster> {
-    Arc::new(
-        LocalCluster::new(ClusterOptions {
-            name: name.into(),
-            ..ClusterOptions::default()
-        })
-        .unwrap(),
-    )
+/// A local cluster; `None`, skipping the test, when `local` cannot run here (no agent built).
+fn local_cluster(name: &str) -> Option<Arc<LocalCluster>> {
+    if let Err(why) = chaos::backend::registry::available("local") {
+        chaos_testkit::skip(name, "agent", &why);
+        return None;
+    }
+    let options = ClusterOptions {
+        name: name.into(),
+        ..ClusterOptions::default()
+    };
+    Some(Arc::new(LocalCluster::new(options).unwrap()))
 }
 
 /// Starts a process tree (a leader and a child) on `node`; returns both pids.
@@ -466,7 +469,9 @@ async fn start_tree(node: &dyn Node) -> [u32; 2] {
 
 #[tokio::test]
 async fn local_nodes_are_named_in_order_and_own_their_root_dirs() {
-    let cluster = local_cluster("naming");
+    let Some(cluster) = local_cluster("naming") else {
+        return;
+    };
     let dir = cluster.dir().unwrap();
     let mut nodes = cluster.create_nodes(2).await.unwrap();
     nodes.extend(cluster.create_nodes(3).await.unwrap());
@@ -507,7 +512,9 @@ async fn local_nodes_are_named_in_order_and_own_their_root_dirs() {
 
 #[tokio::test]
 async fn local_paths_must_be_absolute() {
-    let cluster = local_cluster("paths");
+    let Some(cluster) = local_cluster("paths") else {
+        return;
+    };
     let node = one_node(&*cluster).await;
     let err = node
         .send_bytes("relative/file", b"x".to_vec(), 0o644)
@@ -520,7 +527,9 @@ async fn local_paths_must_be_absolute() {
 
 #[tokio::test]
 async fn local_drop_without_cleanup_kills_processes_and_removes_the_directory() {
-    let cluster = local_cluster("drop");
+    let Some(cluster) = local_cluster("drop") else {
+        return;
+    };
     let dir = cluster.dir().unwrap();
     let nodes = cluster.create_nodes(2).await.unwrap();
     let mut pids = Vec::new();
@@ -541,9 +550,12 @@ async fn local_drop_without_cleanup_kills_processes_and_removes_the_directory() 
 
 #[tokio::test]
 async fn local_panicking_test_leaks_nothing() {
+    // Checked here: the task must not end before it sends.
+    let Some(cluster) = local_cluster("panic") else {
+        return;
+    };
     let (tx, rx) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(async move {
-        let cluster = local_cluster("panic");
         let node = one_node(&*cluster).await;
         let pids = start_tree(&*node).await;
         tx.send((pids, cluster.dir().unwrap())).unwrap();

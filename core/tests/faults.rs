@@ -641,6 +641,10 @@ async fn shapes_on_five_nodes_match_real_reachability() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsupported_faults_name_what_is_missing() {
     let test = "faults_unsupported";
+    if let Err(why) = chaos::backend::registry::available("local") {
+        chaos_testkit::skip(test, "agent", &why);
+        return;
+    }
     // The local backend cannot isolate one node's traffic and says so.
     let local = chaos::backend::new_cluster("local", ClusterOptions::default())
         .await
