@@ -19,7 +19,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use super::BadInput;
-use super::state::{NodeEntry, StateDir};
+use super::state::StateDir;
 
 /// Exit code when the command does not exist on the node, as in shells.
 const COMMAND_NOT_FOUND: u8 = 127;

@@ -313,7 +313,8 @@ impl Provisioner for Local {
         Ok(Machine {
             agent: listen,
             ips: vec![ip],
-            interfaces: vec!["lo".into()],
+            // The host's loopback is everyone's, not the node's own.
+            interfaces: Vec::new(),
             root_dir,
         })
     }
