@@ -571,3 +571,41 @@ async fn local_panicking_test_leaks_nothing() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_agent_killed_is_restarted_and_network_faults_are_refused() {
+    let Some(cluster) = local_cluster("restart") else {
+        return;
+    };
+    let node = one_node(&*cluster).await;
+    // The node's processes are the agent's children: their parent is the agent.
+    let out = node.run("sh", ["-c", "echo $PPID"]).await.unwrap();
+    let agent: i32 = out.stdout_str().trim().parse().unwrap();
+    assert!(alive_here(agent as u32), "agent pid {agent}");
+    let mut events = cluster.agent_events().unwrap();
+    // SAFETY: kill(2) on a pid this test just read; it touches no memory.
+    assert_eq!(unsafe { libc::kill(agent, libc::SIGKILL) }, 0);
+    let restarted = async {
+        loop {
+            if let chaos::backend::supervisor::AgentEvent::AgentRestarted { node, .. } =
+                events.recv().await.unwrap()
+            {
+                break node;
+            }
+        }
+    };
+    let restarted = tokio::time::timeout(chaos_testkit::scaled(Duration::from_secs(15)), restarted)
+        .await
+        .expect("the killed agent is restarted");
+    assert_eq!(restarted, "n1");
+    assert_eq!(
+        node.run("true", Vec::<String>::new()).await.unwrap().status.code,
+        Some(0)
+    );
+
+    // Every node is 127.0.0.1: the agent refuses network faults and says why; the probe agrees.
+    let report = node.probe().await.unwrap();
+    assert!(report.supports(chaos::proto::fault::FaultKind::Freeze));
+    assert!(!report.supports(chaos::proto::fault::FaultKind::Partition));
+    cluster.cleanup().await.unwrap();
+}

@@ -30,7 +30,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -94,16 +94,24 @@ pub struct Local {
 /// One node's agent process and how to start it again.
 struct Agent {
     child: Child,
-    /// Where it listens; a restarted agent listens there too.
-    listen: SocketAddr,
+    launch: Launch,
+}
+
+/// How a node's agent is started: the same every time, so a restarted agent listens where its
+/// predecessor did and heals what it left in the same state directory.
+#[derive(Debug, Clone)]
+struct Launch {
+    /// The node's root directory (also the agent's working directory).
     root: PathBuf,
-    /// Its TLS and state directories and its log.
+    /// The agent's TLS and state directories and its log.
     files: PathBuf,
+    /// Where it listens (port 0 for the first start: the kernel picks).
+    listen: SocketAddr,
     heartbeat_timeout: Duration,
     ready_timeout: Duration,
 }
 
-impl Agent {
+impl Launch {
     fn log(&self) -> PathBuf {
         self.files.join("agent.log")
     }
@@ -146,14 +154,8 @@ impl Local {
     }
 
     /// Starts `node`'s agent (appending to its log on a restart) and waits for its ready line.
-    async fn spawn(
-        &self,
-        node: &str,
-        agent: &AgentFiles<'_>,
-        bound: Duration,
-        restart: bool,
-    ) -> Result<(Child, SocketAddr)> {
-        let log_path = agent.files.join("agent.log");
+    async fn spawn(&self, node: &str, agent: &Launch, restart: bool) -> Result<(Child, SocketAddr)> {
+        let log_path = agent.log();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(restart)
@@ -167,13 +169,13 @@ impl Local {
             .arg("--tls-dir")
             .arg(agent.files.join("tls"))
             .arg("--root-dir")
-            .arg(agent.root)
+            .arg(&agent.root)
             .arg("--state-dir")
             .arg(agent.files.join("state"))
             .arg("--heartbeat-timeout")
             .arg(format!("{}ms", agent.heartbeat_timeout.as_millis()))
             .arg("--no-network-faults")
-            .current_dir(agent.root)
+            .current_dir(&agent.root)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
@@ -195,7 +197,7 @@ impl Local {
                 format!("node {node}: the agent's stdout was not captured"),
             ));
         };
-        match agent_binary::wait_ready_line(BufReader::new(stdout).lines(), bound).await {
+        match agent_binary::wait_ready_line(BufReader::new(stdout).lines(), agent.ready_timeout).await {
             Ok(addr) => Ok((child, addr)),
             Err(message) => Err(Error::backend(
                 NAME,
@@ -240,7 +242,7 @@ fn kill_stragglers(agents: &mut [Agent]) {
     for agent in agents {
         if matches!(agent.child.try_wait(), Ok(None)) {
             tracing::warn!(
-                log = %agent.log().display(),
+                log = %agent.launch.log().display(),
                 "local agent did not shut down within {SHUTDOWN_GRACE:?}; killed (what it started may survive)"
             );
             let _ = agent.child.start_kill();
@@ -252,14 +254,6 @@ fn remove_dir(dir: tempfile::TempDir) -> Result<()> {
     let path = dir.path().to_path_buf();
     dir.close()
         .map_err(|e| Error::io(format!("local backend: removing {}", path.display()), e))
-}
-
-/// Where a node's agent keeps its files and listens.
-struct AgentFiles<'a> {
-    root: &'a Path,
-    files: &'a Path,
-    listen: SocketAddr,
-    heartbeat_timeout: Duration,
 }
 
 #[async_trait]
@@ -289,27 +283,20 @@ impl Provisioner for Local {
         request
             .issue_identity(&[ip], &[])?
             .write_node_dir(&files.join("tls"), request.ca_pem())?;
-        let heartbeat_timeout = request.heartbeat_timeout;
-        let spec = AgentFiles {
-            root: &root,
-            files: &files,
-            listen: SocketAddr::new(ip, 0),
-            heartbeat_timeout,
-        };
-        let (child, listen) = self.spawn(&node, &spec, request.ready_timeout, false).await?;
         let root_dir = root
             .to_str()
             .ok_or_else(|| Error::backend(NAME, format!("temporary directory {root:?} is not UTF-8")))?
             .to_string();
-        let agent = Agent {
-            child,
-            listen,
+        let mut launch = Launch {
             root,
             files,
-            heartbeat_timeout,
+            listen: SocketAddr::new(ip, 0),
+            heartbeat_timeout: request.heartbeat_timeout,
             ready_timeout: request.ready_timeout,
         };
-        lock(&self.agents).insert(node, agent);
+        let (child, listen) = self.spawn(&node, &launch, false).await?;
+        launch.listen = listen;
+        lock(&self.agents).insert(node, Agent { child, launch });
         Ok(Machine {
             agent: listen,
             ips: vec![ip],
@@ -367,36 +354,16 @@ impl Provisioner for Local {
     }
 
     async fn restart_agent(&self, node: &str) -> Result<()> {
-        let (listen, root, files, heartbeat_timeout, ready_timeout) = {
-            let agents = lock(&self.agents);
-            let agent = agents
-                .get(node)
-                .ok_or_else(|| Error::backend(NAME, format!("node {node}: released, not restarted")))?;
-            let a = agent;
-            (
-                a.listen,
-                a.root.clone(),
-                a.files.clone(),
-                a.heartbeat_timeout,
-                a.ready_timeout,
-            )
-        };
-        let spec = AgentFiles {
-            root: &root,
-            files: &files,
-            listen,
-            heartbeat_timeout,
-        };
-        let (child, _) = self.spawn(node, &spec, ready_timeout, true).await?;
+        let released = || Error::backend(NAME, format!("node {node}: released, not restarted"));
+        let launch = lock(&self.agents)
+            .get(node)
+            .map(|a| a.launch.clone())
+            .ok_or_else(released)?;
+        let (child, _) = self.spawn(node, &launch, true).await?;
         match lock(&self.agents).get_mut(node) {
             Some(agent) => agent.child = child,
             // Released meanwhile: `child` is killed on drop.
-            None => {
-                return Err(Error::backend(
-                    NAME,
-                    format!("node {node}: released, not restarted"),
-                ));
-            }
+            None => return Err(released()),
         }
         Ok(())
     }
@@ -405,8 +372,8 @@ impl Provisioner for Local {
         match lock(&self.agents).get(node) {
             Some(agent) => format!(
                 "agent log {}: {}",
-                agent.log().display(),
-                agent_binary::log_tail(&agent.log())
+                agent.launch.log().display(),
+                agent_binary::log_tail(&agent.launch.log())
             ),
             None => String::new(),
         }
