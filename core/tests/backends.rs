@@ -582,6 +582,8 @@ async fn local_agent_killed_is_restarted_and_network_faults_are_refused() {
     let out = node.run("sh", ["-c", "echo $PPID"]).await.unwrap();
     let agent: i32 = out.stdout_str().trim().parse().unwrap();
     assert!(alive_here(agent as u32), "agent pid {agent}");
+    // What the killed agent started outlives it (no agent knows it any more) until cleanup.
+    let orphan = start_tree(&*node).await;
     let mut events = cluster.agent_events().unwrap();
     // SAFETY: kill(2) on a pid this test just read; it touches no memory.
     assert_eq!(unsafe { libc::kill(agent, libc::SIGKILL) }, 0);
@@ -607,5 +609,12 @@ async fn local_agent_killed_is_restarted_and_network_faults_are_refused() {
     let report = node.probe().await.unwrap();
     assert!(report.supports(chaos::proto::fault::FaultKind::Freeze));
     assert!(!report.supports(chaos::proto::fault::FaultKind::Partition));
+    assert!(orphan.iter().all(|&p| alive_here(p)));
     cluster.cleanup().await.unwrap();
+    for pid in orphan {
+        assert!(
+            gone_within(QUICK, async || alive_here(pid)).await,
+            "pid {pid} of the killed agent survived cleanup"
+        );
+    }
 }

@@ -24,7 +24,9 @@
 //! [`crate::Cluster::cleanup`] asks each agent to shut down (it heals its faults and kills every
 //! process tree it started), then removes the cluster's temporary directory. Dropping the cluster
 //! does the same synchronously: SIGTERM (the agent's own graceful shutdown), a short wait, then
-//! SIGKILL. If the runner itself is killed, its agents lose its heartbeat and, after
+//! SIGKILL. Either way it then kills whatever still carries the cluster's [`CLUSTER_ENV`] mark —
+//! the processes of an agent that was SIGKILLed and restarted, which no agent knows any more.
+//! If the runner itself is killed, its agents lose its heartbeat and, after
 //! [`super::ClusterOptions::heartbeat_timeout`], kill what they started and exit; only the
 //! temporary directory is left (`chaos gc` has nothing to collect here).
 
@@ -83,11 +85,19 @@ impl AgentCluster<Local> {
     }
 }
 
+/// Environment variable every local agent carries — and so, by inheritance, every process it
+/// starts: the cluster's directory. Teardown kills whatever still carries it: the processes of
+/// an agent that was killed (SIGKILL) and restarted, which no agent knows any more (netns kills
+/// a node's cgroup for the same reason). A process started with a cleared environment escapes.
+pub const CLUSTER_ENV: &str = "CHAOS_LOCAL_CLUSTER";
+
 /// The local provisioner: agent processes on this host. See the [module documentation](self).
 pub struct Local {
     binary: PathBuf,
     /// The cluster's temporary directory; `None` once torn down.
     dir: Mutex<Option<tempfile::TempDir>>,
+    /// Its path, the value of [`CLUSTER_ENV`].
+    path: PathBuf,
     agents: Mutex<HashMap<String, Agent>>,
 }
 
@@ -143,6 +153,7 @@ impl Local {
             .map_err(|e| Error::io("local backend: creating the cluster's temporary directory", e))?;
         Ok(Self {
             binary,
+            path: dir.path().to_path_buf(),
             dir: Mutex::new(Some(dir)),
             agents: Mutex::new(HashMap::new()),
         })
@@ -175,6 +186,7 @@ impl Local {
             .arg("--heartbeat-timeout")
             .arg(format!("{}ms", agent.heartbeat_timeout.as_millis()))
             .arg("--no-network-faults")
+            .env(CLUSTER_ENV, &self.path)
             .current_dir(&agent.root)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -250,7 +262,37 @@ fn kill_stragglers(agents: &mut [Agent]) {
     }
 }
 
+/// SIGKILLs every process of this user that carries `CLUSTER_ENV=<dir>` (see [`CLUSTER_ENV`]).
+/// Blocking: reads `/proc`.
+#[cfg(target_os = "linux")]
+fn kill_marked(dir: &std::path::Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let mut marker = format!("{CLUSTER_ENV}=").into_bytes();
+    marker.extend_from_slice(dir.as_os_str().as_bytes());
+    let me = std::process::id() as i32;
+    let Ok(processes) = chaos_faults::process::processes() else {
+        return;
+    };
+    for (pid, _) in processes {
+        // Gone, a kernel thread, or another user's (unreadable): not the cluster's.
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if pid != me && environ.split(|b| *b == 0).any(|var| var == marker.as_slice()) {
+            tracing::info!(pid, "local: killing a process its (killed) agent left behind");
+            // SAFETY: kill(2) takes two integers and touches no memory of ours; `pid` is a
+            // positive pid read from /proc, never 0 or -1.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn kill_marked(_dir: &std::path::Path) {}
+
+/// Kills what is left of the cluster's processes, then removes its directory. Blocking.
 fn remove_dir(dir: tempfile::TempDir) -> Result<()> {
+    kill_marked(dir.path());
     let path = dir.path().to_path_buf();
     dir.close()
         .map_err(|e| Error::io(format!("local backend: removing {}", path.display()), e))
