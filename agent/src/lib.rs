@@ -13,7 +13,8 @@
 //!
 //! Process faults reach only the node's processes: with a cgroup directory, those in its
 //! subtree; without, the agent's descendants (it is a child subreaper and reaps the orphans it
-//! adopts). Anything else is refused, naming the pid. Fault work runs on threads of the agent's
+//! adopts). Anything else is refused, naming the pid. Network faults can be switched off
+//! ([`AgentConfig::network_faults`]) for a node that shares its network stack with others. Fault work runs on threads of the agent's
 //! own, never behind file operations on tokio's blocking pool; a heal is verified, and a fault
 //! whose heal failed stays listed with the error and is retried until it is healed.
 //!
@@ -65,6 +66,12 @@ pub struct AgentConfig {
     /// `<root_dir>/.chaos-agent`. On start the agent heals whatever a previous agent recorded
     /// there.
     pub state_dir: Option<PathBuf>,
+    /// Whether network faults (every kind but a freeze) may be installed. False for an agent
+    /// whose node shares its network stack with other nodes (the `local` backend: every node is
+    /// 127.0.0.1), where no rule could confine a fault to one node: the probe then reports those
+    /// kinds unsupported and injecting one is refused with
+    /// [`chaos_proto::ErrorKind::Unsupported`], saying why.
+    pub network_faults: bool,
 }
 
 impl AgentConfig {
@@ -79,7 +86,7 @@ impl AgentConfig {
 impl AgentConfig {
     /// A configuration with the defaults of the CLI: root directory = current directory, no
     /// cgroup, 30 s heartbeat timeout, exit on heartbeat loss, state in
-    /// `<root_dir>/.chaos-agent`.
+    /// `<root_dir>/.chaos-agent`, network faults allowed.
     pub fn new(listen: SocketAddr, tls_dir: impl Into<PathBuf>) -> Self {
         Self {
             listen,
@@ -89,6 +96,7 @@ impl AgentConfig {
             heartbeat_timeout: Duration::from_secs(30),
             on_heartbeat_loss: HeartbeatLossAction::Exit,
             state_dir: None,
+            network_faults: true,
         }
     }
 }

@@ -45,6 +45,11 @@ struct Cli {
     /// directory [default: <root-dir>/.chaos-agent].
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// Refuse every network fault (partition, loss, packet, bandwidth, link), for a node that
+    /// shares its network stack with other nodes (the `local` backend), where a rule could not
+    /// be confined to this node. Process faults still work.
+    #[arg(long)]
+    no_network_faults: bool,
 }
 
 fn parse_timeout(text: &str) -> Result<Duration, String> {
@@ -80,6 +85,7 @@ fn run(cli: Cli) -> anyhow::Result<Stopped> {
     config.heartbeat_timeout = cli.heartbeat_timeout;
     config.on_heartbeat_loss = cli.on_heartbeat_loss;
     config.state_dir = cli.state_dir;
+    config.network_faults = !cli.no_network_faults;
 
     // Two workers are plenty for one runner and keep the idle footprint small.
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -103,12 +103,14 @@ pub(crate) async fn serve(
     // Heals what a previous agent left (blocking netlink and cgroup work) before serving.
     let state_dir = config.effective_state_dir();
     let has_cgroup = config.cgroup.is_some();
-    let faults = tokio::task::spawn_blocking(move || Faults::open(&state_dir, addr, has_cgroup))
-        .await
-        .map_err(|e| AgentError::Faults {
-            path: config.effective_state_dir(),
-            message: format!("opening the fault state failed: {e}"),
-        })??;
+    let network_faults = config.network_faults;
+    let faults =
+        tokio::task::spawn_blocking(move || Faults::open(&state_dir, addr, has_cgroup, network_faults))
+            .await
+            .map_err(|e| AgentError::Faults {
+                path: config.effective_state_dir(),
+                message: format!("opening the fault state failed: {e}"),
+            })??;
     let agent = Arc::new(Agent::new(
         config.root_dir.clone(),
         config.cgroup.clone(),

@@ -944,10 +944,13 @@ fn local_up_exec_down() {
     let cluster = up.cluster();
     let root = cluster["nodes"][1]["root_dir"].as_str().unwrap().to_string();
     assert!(Path::new(&root).is_dir());
-    // No agent: no TLS material.
-    assert_eq!(state_files(&dir), ["cluster.json", "up.pid"]);
+    // Local nodes are agents on this host: the TLS material to reach them is there.
+    assert_eq!(
+        state_files(&dir),
+        ["ca.pem", "cluster.json", "runner.key", "runner.pem", "up.pid"]
+    );
 
-    // The command runs here, in the node's root directory, with its own exit code and stdio.
+    // The command runs in the node's root directory, with its own exit code and stdio.
     let out = exec_with_stdin(&dir, "n2", &["sh", "-c", "pwd; cat; exit 4"], b"in\n");
     assert_eq!(code(&out), Some(4), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), format!("{root}\nin\n"));
@@ -956,28 +959,60 @@ fn local_up_exec_down() {
     assert!(text(&out.stderr).contains("n1, n2"), "{}", text(&out.stderr));
     let out = exec(&dir, "n1", &["no-such-command-here"]);
     assert_eq!(code(&out), Some(127), "{}", text(&out.stderr));
-    // Faults and probes need an agent.
-    for args in [
-        vec![
-            "fault",
-            "inject",
-            "--state",
-            dir.to_str().unwrap(),
-            "n1",
-            "partition",
-            "--ttl",
-            "5s",
-        ],
-        vec!["probe", "--state", dir.to_str().unwrap(), "n1"],
-    ] {
-        let out = run(&args);
-        assert_eq!(code(&out), Some(2), "{args:?}");
-        assert!(
-            text(&out.stderr).contains("agent backend"),
-            "{}",
-            text(&out.stderr)
-        );
-    }
+    // Network faults are refused (every node is 127.0.0.1), saying why; the probe says the same.
+    let out = run(&[
+        "fault",
+        "inject",
+        "--state",
+        dir.to_str().unwrap(),
+        "n1",
+        "partition",
+        "--ttl",
+        "5s",
+    ]);
+    assert_ne!(code(&out), Some(0));
+    assert!(
+        text(&out.stderr).contains("--no-network-faults"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(&["probe", "--state", dir.to_str().unwrap(), "n1", "--json"]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("probe --json prints JSON");
+    let kinds = json["kinds"].as_array().unwrap();
+    let supported: Vec<&str> = kinds
+        .iter()
+        .filter(|k| !k["mechanism"].is_null())
+        .map(|k| k["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(supported, ["freeze"], "{json}");
+    // Process faults work, on the node's own processes.
+    let out = run(&[
+        "exec",
+        "--state",
+        dir.to_str().unwrap(),
+        "--detach",
+        "n1",
+        "--",
+        "sleep",
+        "100",
+    ]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    let id = text(&out.stdout).split_whitespace().next().unwrap().to_string();
+    let target = format!("proc:{id}");
+    let out = run(&[
+        "fault",
+        "inject",
+        "--state",
+        dir.to_str().unwrap(),
+        "n1",
+        "pause",
+        "--process",
+        &target,
+        "--ttl",
+        "30s",
+    ]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
 
     let out = run(&["down", "--state", dir.to_str().unwrap()]);
     assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));

@@ -145,7 +145,7 @@ fn validate_names_file_line_field_and_valid_choices() {
     let out = chaos(&["plan", bad.to_str().unwrap(), "--seed", "1"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     // A cluster that cannot carry out the scenario's faults: network faults on the local
-    // backend, whose nodes say they have no fault support — refused before anything starts.
+    // backend, whose agents refuse them (--no-network-faults) — refused before anything starts.
     let raft = raft_toml();
     let out = chaos(&[
         "run",
@@ -160,7 +160,8 @@ fn validate_names_file_line_field_and_valid_choices() {
     assert!(
         stdout.contains("ERROR: fault case `")
             && stdout.contains("cannot run on this local cluster")
-            && stdout.contains("(netns)"),
+            && stdout.contains("--no-network-faults")
+            && stdout.contains("netns"),
         "{stdout}"
     );
     let out = chaos(&["run", raft.to_str().unwrap(), "--backend", "ec2"]);

@@ -161,6 +161,20 @@ impl AgentClient {
         self.shutdown_requested.load(Ordering::SeqCst)
     }
 
+    /// After [`AgentClient::shutdown`], every request but another shutdown is refused with
+    /// [`ErrorKind::Conflict`]: the node was stopped on purpose, which says more than the
+    /// `Unreachable` its dead agent would give.
+    fn refuse_if_stopped(&self) -> Result<()> {
+        if !self.shutdown_requested() {
+            return Ok(());
+        }
+        Err(Error::api(
+            &self.node,
+            ErrorKind::Conflict,
+            "the node was stopped (its agent was asked to shut down): nothing more runs on it",
+        ))
+    }
+
     fn url(&self, path: &str, query: &[(&str, &str)]) -> String {
         let mut url = format!("https://{}{}", self.addr, path);
         if !query.is_empty() {
@@ -205,6 +219,9 @@ impl AgentClient {
         req: Request<ReqBody>,
         bound: Option<Duration>,
     ) -> Result<Response<Incoming>> {
+        if req.uri().path() != paths::SHUTDOWN {
+            self.refuse_if_stopped()?;
+        }
         let fut = self.http.request(req);
         let resp = match bound {
             Some(after) => tokio::time::timeout(after, fut)
@@ -508,6 +525,7 @@ impl AgentClient {
 
     /// Opens a WebSocket to `path_and_query` over a fresh mTLS connection.
     async fn websocket(&self, what: &str, path: &str, query: &[(&str, &str)]) -> Result<Ws> {
+        self.refuse_if_stopped()?;
         let after = self.timeouts.connect;
         let url = self.url(path, query).replacen("https://", "wss://", 1);
         let fut = async {

@@ -4,8 +4,8 @@
 //! These traits are deliberately small — a new backend implements only what differs between
 //! backends. Everything built from these primitives (run-and-collect-output, timeouts, byte
 //! helpers) lives once in [`crate::ext`], never per backend. Backends that run the node agent
-//! (netns, Docker, EC2, bare metal) implement [`Node`] once, by forwarding to
-//! [`crate::agent_client`]; only `local` implements it directly.
+//! (every registered backend: local, netns, Docker) implement [`Node`] once, by forwarding to
+//! [`crate::agent_client`] ([`crate::backend::AgentCluster`]).
 
 use std::fmt;
 use std::net::IpAddr;

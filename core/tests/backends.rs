@@ -443,14 +443,17 @@ async fn cleanup_leaves_no_process_or_directory_behind(cluster: Arc<dyn Cluster>
 
 // ---- local only ----------------------------------------------------------------------------
 
-fn local_cluster(name: &str) -> Arc<LocalCluster> {
-    Arc::new(
-        LocalCluster::new(ClusterOptions {
-            name: name.into(),
-            ..ClusterOptions::default()
-        })
-        .unwrap(),
-    )
+/// A local cluster; `None`, skipping the test, when `local` cannot run here (no agent built).
+fn local_cluster(name: &str) -> Option<Arc<LocalCluster>> {
+    if let Err(why) = chaos::backend::registry::available("local") {
+        chaos_testkit::skip(name, "agent", &why);
+        return None;
+    }
+    let options = ClusterOptions {
+        name: name.into(),
+        ..ClusterOptions::default()
+    };
+    Some(Arc::new(LocalCluster::new(options).unwrap()))
 }
 
 /// Starts a process tree (a leader and a child) on `node`; returns both pids.
@@ -466,7 +469,9 @@ async fn start_tree(node: &dyn Node) -> [u32; 2] {
 
 #[tokio::test]
 async fn local_nodes_are_named_in_order_and_own_their_root_dirs() {
-    let cluster = local_cluster("naming");
+    let Some(cluster) = local_cluster("naming") else {
+        return;
+    };
     let dir = cluster.dir().unwrap();
     let mut nodes = cluster.create_nodes(2).await.unwrap();
     nodes.extend(cluster.create_nodes(3).await.unwrap());
@@ -507,7 +512,9 @@ async fn local_nodes_are_named_in_order_and_own_their_root_dirs() {
 
 #[tokio::test]
 async fn local_paths_must_be_absolute() {
-    let cluster = local_cluster("paths");
+    let Some(cluster) = local_cluster("paths") else {
+        return;
+    };
     let node = one_node(&*cluster).await;
     let err = node
         .send_bytes("relative/file", b"x".to_vec(), 0o644)
@@ -520,7 +527,9 @@ async fn local_paths_must_be_absolute() {
 
 #[tokio::test]
 async fn local_drop_without_cleanup_kills_processes_and_removes_the_directory() {
-    let cluster = local_cluster("drop");
+    let Some(cluster) = local_cluster("drop") else {
+        return;
+    };
     let dir = cluster.dir().unwrap();
     let nodes = cluster.create_nodes(2).await.unwrap();
     let mut pids = Vec::new();
@@ -541,9 +550,12 @@ async fn local_drop_without_cleanup_kills_processes_and_removes_the_directory() 
 
 #[tokio::test]
 async fn local_panicking_test_leaks_nothing() {
+    // Checked here: the task must not end before it sends.
+    let Some(cluster) = local_cluster("panic") else {
+        return;
+    };
     let (tx, rx) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(async move {
-        let cluster = local_cluster("panic");
         let node = one_node(&*cluster).await;
         let pids = start_tree(&*node).await;
         tx.send((pids, cluster.dir().unwrap())).unwrap();
@@ -556,6 +568,53 @@ async fn local_panicking_test_leaks_nothing() {
         assert!(
             gone_within(QUICK, async || alive_here(pid)).await,
             "pid {pid} survived the panic"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_agent_killed_is_restarted_and_network_faults_are_refused() {
+    let Some(cluster) = local_cluster("restart") else {
+        return;
+    };
+    let node = one_node(&*cluster).await;
+    // The node's processes are the agent's children: their parent is the agent.
+    let out = node.run("sh", ["-c", "echo $PPID"]).await.unwrap();
+    let agent: i32 = out.stdout_str().trim().parse().unwrap();
+    assert!(alive_here(agent as u32), "agent pid {agent}");
+    // What the killed agent started outlives it (no agent knows it any more) until cleanup.
+    let orphan = start_tree(&*node).await;
+    let mut events = cluster.agent_events().unwrap();
+    // SAFETY: kill(2) on a pid this test just read; it touches no memory.
+    assert_eq!(unsafe { libc::kill(agent, libc::SIGKILL) }, 0);
+    let restarted = async {
+        loop {
+            if let chaos::backend::supervisor::AgentEvent::AgentRestarted { node, .. } =
+                events.recv().await.unwrap()
+            {
+                break node;
+            }
+        }
+    };
+    let restarted = tokio::time::timeout(chaos_testkit::scaled(Duration::from_secs(15)), restarted)
+        .await
+        .expect("the killed agent is restarted");
+    assert_eq!(restarted, "n1");
+    assert_eq!(
+        node.run("true", Vec::<String>::new()).await.unwrap().status.code,
+        Some(0)
+    );
+
+    // Every node is 127.0.0.1: the agent refuses network faults and says why; the probe agrees.
+    let report = node.probe().await.unwrap();
+    assert!(report.supports(chaos::proto::fault::FaultKind::Freeze));
+    assert!(!report.supports(chaos::proto::fault::FaultKind::Partition));
+    assert!(orphan.iter().all(|&p| alive_here(p)));
+    cluster.cleanup().await.unwrap();
+    for pid in orphan {
+        assert!(
+            gone_within(QUICK, async || alive_here(pid)).await,
+            "pid {pid} of the killed agent survived cleanup"
         );
     }
 }

@@ -1,5 +1,5 @@
 //! Start a TCP echo server on a node's loopback and talk to it from the runner through the node
-//! (`Node::dial`): directly on `local`, tunnelled through the agent elsewhere.
+//! (`Node::dial`), tunnelled through the node's agent.
 //!
 //! ```sh
 //! cargo run -p chaos-examples --example proxy -- --backend netns

@@ -105,8 +105,8 @@ const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Starts a TCP echo server (`busybox nc`) on a new node, listening on the node's loopback, waits
 /// until it accepts connections, then dials it from the runner with [`Node::dial`] and checks
-/// that 256 KiB sent come back unchanged. On `local` the dial goes straight to this host's
-/// loopback; on agent backends it is tunnelled through the node's agent.
+/// that 256 KiB sent come back unchanged. The dial is tunnelled through the node's agent (on
+/// `local`, to this host's loopback).
 ///
 /// Needs `busybox` on the node (Debian: `apt-get install busybox-static`).
 pub async fn tcp_through_proxy(cluster: &dyn Cluster) -> anyhow::Result<EchoReport> {

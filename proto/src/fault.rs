@@ -477,6 +477,12 @@ impl FaultKind {
         FaultKind::Link,
         FaultKind::Freeze,
     ];
+
+    /// Whether the kind acts on the node's network (everything but [`FaultKind::Freeze`]): what an
+    /// agent started with `--no-network-faults` refuses.
+    pub fn is_network(self) -> bool {
+        !matches!(self, FaultKind::Freeze)
+    }
 }
 
 impl fmt::Display for FaultKind {

@@ -173,15 +173,42 @@ pub(crate) struct Faults {
     control_ips: Mutex<BTreeSet<IpAddr>>,
     /// Whether started processes get cgroups (then `proc` freezes use the cgroup freezer).
     has_cgroup: bool,
+    /// False with `--no-network-faults`: network kinds are refused (see [`refuse_network`]).
+    network_faults: bool,
     state_file: PathBuf,
+}
+
+/// Why an agent started with `--no-network-faults` refuses network faults, as the probe and the
+/// refusal say it.
+pub(crate) const NO_NETWORK_FAULTS: &str = "this agent runs with --no-network-faults: its node shares \
+     the host's network stack with other nodes (on the local backend every node is 127.0.0.1), so \
+     no rule could confine a network fault to this node; use a backend whose nodes have networks \
+     of their own (netns, docker)";
+
+/// Refuses a network fault on an agent started with `--no-network-faults`.
+fn refuse_network(spec: &FaultSpec, network_faults: bool) -> Result<(), ApiError> {
+    let kind = spec.kind();
+    if network_faults || !kind.is_network() {
+        return Ok(());
+    }
+    Err(err(
+        ErrorKind::Unsupported,
+        format!("{kind} faults are refused: {NO_NETWORK_FAULTS}"),
+    ))
 }
 
 impl Faults {
     /// Locks `state_dir` (when it exists), opens the injector's state file in it, heals
     /// whatever a previous agent left there (logging each object) and starts the fault worker.
     /// What cannot be healed (or verified) now stays recorded and is retried in the background.
-    /// `listen` is the bound control address. Blocking; call it inside the agent's runtime.
-    pub(crate) fn open(state_dir: &Path, listen: SocketAddr, has_cgroup: bool) -> Result<Self, AgentError> {
+    /// `listen` is the bound control address; `network_faults` false refuses network kinds.
+    /// Blocking; call it inside the agent's runtime.
+    pub(crate) fn open(
+        state_dir: &Path,
+        listen: SocketAddr,
+        has_cgroup: bool,
+        network_faults: bool,
+    ) -> Result<Self, AgentError> {
         let state = StateDir::open(state_dir).map_err(|message| AgentError::BadDir {
             what: "--state-dir",
             path: state_dir.to_path_buf(),
@@ -228,6 +255,7 @@ impl Faults {
             listen,
             control_ips: Mutex::new(control_ips),
             has_cgroup,
+            network_faults,
             state_file,
         })
     }
@@ -340,6 +368,7 @@ impl Faults {
         if let Some(id) = &req.id {
             guard::validate_id(id)?;
         }
+        refuse_network(&req.spec, self.network_faults)?;
         self.check_link(&req.spec)?;
         let parts = self.resolve(&req.spec, procs)?;
         let node = procs.node().clone();
@@ -485,13 +514,18 @@ impl Faults {
     /// What this node supports.
     pub(crate) async fn probe(&self, procs: &ProcTable) -> Result<ProbeReport, ApiError> {
         let has_cgroup = self.has_cgroup;
+        let network_faults = self.network_faults;
         let children = procs.child_gate();
         self.shared
             .worker
             .run(Lane::Other, move || {
                 // The probe runs and waits for programs of its own.
                 let _held = children.hold();
-                Ok(probe::probe_report(&chaos_faults::probe(), has_cgroup))
+                Ok(probe::probe_report(
+                    &chaos_faults::probe(),
+                    has_cgroup,
+                    network_faults,
+                ))
             })
             .await
     }

@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use chaos_faults::{Capabilities, Capability, IptablesBackend};
 use chaos_proto::fault::{FaultKind, Feature, KindSupport, Mechanism, ProbeReport};
 
-/// Converts the probe's findings into the wire report.
-pub(crate) fn probe_report(c: &Capabilities, has_cgroup: bool) -> ProbeReport {
+/// Converts the probe's findings into the wire report; without `network_faults` every network
+/// kind is unsupported, saying why.
+pub(crate) fn probe_report(c: &Capabilities, has_cgroup: bool, network_faults: bool) -> ProbeReport {
     let feature = |cap: &Capability| Feature {
         available: cap.available,
         detail: cap.detail.clone(),
@@ -69,6 +70,9 @@ pub(crate) fn probe_report(c: &Capabilities, has_cgroup: bool) -> ProbeReport {
         .into_iter()
         .map(|kind| {
             let (mechanism, missing) = match kind {
+                kind if kind.is_network() && !network_faults => {
+                    (None, Some(super::NO_NETWORK_FAULTS.to_string()))
+                }
                 FaultKind::Partition => need(&[nft], Mechanism::NftablesNetlink),
                 FaultKind::Loss => need(&[nft, ("nft_numgen", &c.nft_numgen)], Mechanism::NftablesNetlink),
                 FaultKind::Packet => need(
@@ -127,7 +131,7 @@ mod tests {
             iptables: IptablesBackend::Nft,
             external_binaries: vec![],
         };
-        let r = probe_report(&c, true);
+        let r = probe_report(&c, true, true);
         assert!(r.supports(FaultKind::Partition));
         // nftables kinds expire in the kernel; a freeze does not (nor an unsupported kind).
         assert!(r.kind(FaultKind::Partition).unwrap().kernel_expiry);
@@ -148,8 +152,25 @@ mod tests {
             Some(Mechanism::CgroupV2Freeze)
         );
         assert_eq!(
-            probe_report(&c, false).kind(FaultKind::Freeze).unwrap().mechanism,
+            probe_report(&c, false, true)
+                .kind(FaultKind::Freeze)
+                .unwrap()
+                .mechanism,
             Some(Mechanism::SigStopTree)
+        );
+        // Without network faults (local), only the freeze is left, and the others say why.
+        let local = probe_report(&c, false, false);
+        for kind in FaultKind::ALL {
+            assert_eq!(local.supports(kind), kind == FaultKind::Freeze, "{kind}");
+        }
+        let partition = local.kind(FaultKind::Partition).unwrap();
+        assert!(
+            partition
+                .missing
+                .as_deref()
+                .unwrap()
+                .contains("--no-network-faults"),
+            "{partition:?}"
         );
         assert!(r.missing().any(|(name, _)| name == "netem"));
         assert!(r.has("agent_cgroup") && r.has("iptables"));

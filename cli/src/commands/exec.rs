@@ -5,9 +5,6 @@
 //!
 //! With `--detach` the command runs in the background and its node process id is printed, for
 //! process faults (`chaos fault inject … pause --process proc:ID`).
-//!
-//! On the `local` backend there is no agent: the command replaces this process, in the node's
-//! root directory, so stdio, signals and the exit code are the command's own.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -22,7 +19,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use super::BadInput;
-use super::state::{NodeEntry, StateDir};
+use super::state::StateDir;
 
 /// Exit code when the command does not exist on the node, as in shells.
 const COMMAND_NOT_FOUND: u8 = 127;
@@ -78,15 +75,6 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<u8> {
         .command
         .split_first()
         .ok_or_else(|| BadInput("no command given: chaos exec --state DIR NODE -- CMD ARGS...".into()))?;
-    if node.agent.is_none() {
-        if args.detach {
-            return Err(BadInput(
-                "--detach needs an agent backend (netns); on local, start it with `… &` instead".into(),
-            )
-            .into());
-        }
-        return exec_here(node, command, rest, &args);
-    }
     let client = dir.client(node)?;
     let mut spec = ProcSpec::new(command.clone(), rest.iter().cloned());
     spec.env = args.env.iter().cloned().collect();
@@ -273,27 +261,6 @@ impl ForwardedSignals {
             None => std::future::pending().await,
         }
     }
-}
-
-/// Replaces this process with the command, in the node's root directory (local backend).
-fn exec_here(node: &NodeEntry, command: &str, args: &[String], opts: &ExecArgs) -> anyhow::Result<u8> {
-    use std::os::unix::process::CommandExt;
-    let cwd = opts.cwd.as_deref().unwrap_or(&node.root_dir);
-    if !std::path::Path::new(cwd).is_dir() {
-        return Err(BadInput(format!("--cwd {cwd}: not a directory on node {}", node.name)).into());
-    }
-    let mut cmd = std::process::Command::new(command);
-    cmd.args(args).envs(opts.env.iter().cloned()).current_dir(cwd);
-    if opts.no_stdin {
-        cmd.stdin(std::process::Stdio::null());
-    }
-    // `exec` only returns on failure.
-    let err = cmd.exec();
-    if err.kind() == std::io::ErrorKind::NotFound {
-        eprintln!("chaos exec: node {}: command not found: {command}", node.name);
-        return Ok(COMMAND_NOT_FOUND);
-    }
-    Err(anyhow::anyhow!("node {}: running {command}: {err}", node.name))
 }
 
 #[cfg(test)]

@@ -11,6 +11,8 @@ Finds what runners that ran on this host and are gone (killed, crashed) left beh
   docker: containers (forced, with their volumes) and networks labelled io.chaos.cluster whose
           io.chaos.owner runner is gone, the host directory of their nodes' TLS files
           ($TMPDIR/chaos-docker-*), and dangling io.chaos.image images
+  local:  nothing: its agents lose the runner's heartbeat, kill what they started and exit by
+          themselves; only the temporary directory ($TMPDIR/chaos-local-*) is left
 Clusters of live runners, and Docker clusters of runners on other hosts, are kept. Namespaces or
 links without a state file may be a cluster being created right now: only --all removes them.
 Nothing without chaos's names or labels is touched; a Docker daemon that cannot be reached is

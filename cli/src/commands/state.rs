@@ -66,7 +66,8 @@ pub struct NodeEntry {
     pub name: String,
     /// Addresses at which the other nodes reach it.
     pub ips: Vec<IpAddr>,
-    /// Where its agent listens; `None` on backends without an agent (`local`).
+    /// Where its agent listens; `None` for a cluster without agents (none of the registered
+    /// backends; files of older versions for `local`).
     pub agent: Option<SocketAddr>,
     /// Its interfaces on the cluster network, main first, as its backend reported them (faults
     /// on an interface default to the first). Absent in files of older versions.
@@ -290,7 +291,8 @@ impl StateDir {
     pub fn client(&self, node: &NodeEntry) -> anyhow::Result<Arc<AgentClient>> {
         let addr = node.agent.ok_or_else(|| {
             BadInput(format!(
-                "node {} has no agent (local backend): this needs an agent backend such as netns",
+                "node {} has no agent address in cluster.json (a cluster without agents): restart it \
+                 with this version of `chaos up`",
                 node.name
             ))
         })?;

@@ -21,9 +21,8 @@ use super::state::{ClusterState, NodeEntry, Occupant, Owner, StateDir};
 /// `chaos up`.
 #[derive(Debug, Args)]
 pub struct UpArgs {
-    /// Backend to run the nodes on, from the backend registry: netns (isolated nodes with
-    /// agents), docker (containers with agents) or local (processes on this host; `chaos exec`
-    /// runs there directly, faults and probe need an agent backend).
+    /// Backend to run the nodes on, from the backend registry: netns (isolated nodes), docker
+    /// (containers) or local (agent processes on this host, no isolation, no network faults).
     #[arg(long, default_value = "netns", value_parser = parse_backend)]
     pub backend: &'static Backend,
     /// Number of nodes, named n1..nN.
@@ -233,19 +232,6 @@ async fn serve(
         dir.cluster_file().display(),
         dir.path().display()
     );
-    if running.agent_access().is_none() {
-        let agent_backends: Vec<&str> = registry::all()
-            .iter()
-            .filter(|b| b.isolated_network)
-            .map(|b| b.name)
-            .collect();
-        eprintln!(
-            "chaos up: {} backend: `chaos exec` runs commands on this host in the node's root \
-             directory (not stopped by `chaos down`); fault and probe need an agent backend ({})",
-            args.backend,
-            agent_backends.join(", ")
-        );
-    }
     // `chaos fault` reaches the cluster's machine faults through this socket.
     let socket = dir.path().join(control::SOCKET);
     let control = control::serve(&socket, running.clone())?;

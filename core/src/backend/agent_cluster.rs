@@ -39,7 +39,9 @@ pub struct AgentCluster<P: Provisioner> {
 }
 
 struct Shared<P: Provisioner> {
-    provisioner: P,
+    /// Shared with the supervisor's waits for an agent's end ([`Keeper::agent_exited`]), which
+    /// must not keep the cluster itself alive: a dropped cluster is torn down at once.
+    provisioner: Arc<P>,
     options: ClusterOptions,
     ca: ClusterCa,
     runner: certs::Identity,
@@ -105,7 +107,7 @@ impl<P: Provisioner> AgentCluster<P> {
         let tls = certs::client_config(ca.cert_pem(), &runner)?;
         Ok(Self {
             shared: Arc::new(Shared {
-                provisioner,
+                provisioner: Arc::new(provisioner),
                 options,
                 ca,
                 runner,
@@ -374,10 +376,12 @@ impl<P: Provisioner> AgentKeeper for Keeper<P> {
     }
 
     async fn agent_exited(&self) -> String {
-        match self.cluster.upgrade() {
-            Some(cluster) => cluster.provisioner.agent_exited(&self.node).await,
-            None => "its cluster is gone".to_string(),
-        }
+        // Only the provisioner is held while waiting (for the agent's whole life), never the
+        // cluster: dropping the cluster must tear it down at once, not when an agent ends.
+        let Some(provisioner) = self.cluster.upgrade().map(|c| c.provisioner.clone()) else {
+            return "its cluster is gone".to_string();
+        };
+        provisioner.agent_exited(&self.node).await
     }
 
     fn down_on_purpose(&self) -> bool {

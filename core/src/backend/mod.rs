@@ -4,7 +4,8 @@
 //! * [`provision`]: the one small trait an agent-based backend implements ([`Provisioner`]).
 //! * [`agent_cluster`]: the one generic [`crate::Cluster`] over a provisioner ([`AgentCluster`]):
 //!   CA and identities, numbering, ready wait, supervision, machine faults, shutdown, `Drop`.
-//! * [`netns`], [`docker`]: provisioners; [`local`]: processes on this host, without an agent.
+//! * [`local`], [`netns`], [`docker`]: provisioners (agents on this host, in network namespaces,
+//!   in containers).
 //! * [`supervisor`], [`owner`], [`gc`]: agent supervision, runner identity in leftovers, and
 //!   what `chaos gc` reports.
 

@@ -10,10 +10,15 @@ use crate::backend::ClusterOptions;
 use crate::backend::local::LocalCluster;
 use crate::cluster::Cluster;
 
-async fn local_nodes(n: usize) -> (LocalCluster, Vec<Arc<dyn Node>>) {
+/// `n` local nodes (agents on this host); `None`, skipping `test`, when the agent is not built.
+async fn local_nodes(test: &str, n: usize) -> Option<(LocalCluster, Vec<Arc<dyn Node>>)> {
+    if let Err(e) = crate::backend::agent_binary::find_agent_binary() {
+        chaos_testkit::skip(test, "agent", &e.to_string());
+        return None;
+    }
     let cluster = LocalCluster::new(ClusterOptions::default()).unwrap();
     let nodes = cluster.create_nodes(n).await.unwrap();
-    (cluster, nodes)
+    Some((cluster, nodes))
 }
 
 #[test]
@@ -84,7 +89,9 @@ fn faults_serialize_as_tagged_readable_values() {
 
 #[tokio::test]
 async fn node_names_resolve_to_addresses_and_unknown_names_list_the_known_ones() {
-    let (cluster, nodes) = local_nodes(3).await;
+    let Some((cluster, nodes)) = local_nodes("node_names_resolve_to_addresses", 3).await else {
+        return;
+    };
     let fault = Fault::Partition(Partition {
         traffic: Traffic::with(["n2".parse().unwrap(), "10.9.0.0/16".parse().unwrap()])
             .direction(Direction::In),
@@ -109,7 +116,9 @@ async fn node_names_resolve_to_addresses_and_unknown_names_list_the_known_ones()
 
 #[tokio::test]
 async fn specs_follow_the_fault_and_bad_values_are_refused_before_any_node_is_asked() {
-    let (cluster, nodes) = local_nodes(2).await;
+    let Some((cluster, nodes)) = local_nodes("specs_follow_the_fault", 2).await else {
+        return;
+    };
     let spec = |f: Fault| to_spec(&f, "n1", &nodes);
 
     let plain = spec(Fault::Loss(Loss {

@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
 use super::namespace;
+use crate::backend::agent_binary;
 use crate::{Error, Result};
 
 /// How a node's agent is started: the same every time, so a restarted agent lands in the same
@@ -130,56 +131,18 @@ pub fn spawn(spec: &AgentSpec, netns: &File, restart: bool) -> Result<Spawned> {
 
 /// Waits for a spawned agent's ready line; returns the address it announced. On failure the
 /// error carries the end of its log, and the caller (which holds the `Child`) kills the agent.
-pub async fn ready(spec: &AgentSpec, mut lines: Lines<BufReader<ChildStdout>>) -> Result<SocketAddr> {
-    let node = &spec.node;
-    let wait = async {
-        loop {
-            match lines.next_line().await {
-                Ok(Some(line)) => {
-                    if let Some(rest) = line.strip_prefix(chaos_proto::READY_LINE_PREFIX) {
-                        return rest.trim().parse::<SocketAddr>().map_err(|e| {
-                            format!("agent announced an unparsable address {:?}: {e}", rest.trim())
-                        });
-                    }
-                }
-                Ok(None) => return Err("agent exited before it was ready".to_string()),
-                Err(e) => return Err(format!("reading the agent's stdout: {e}")),
-            }
-        }
-    };
-    let outcome = match tokio::time::timeout(spec.ready_timeout, wait).await {
-        Ok(Ok(addr)) => Ok(addr),
-        Ok(Err(message)) => Err(message),
-        Err(_) => Err(format!(
-            "agent did not print its ready line within {:?}",
-            spec.ready_timeout
-        )),
-    };
-    match outcome {
-        Ok(addr) => {
-            // Keep draining stdout so the agent never blocks on (or dies of) a full pipe.
-            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-            Ok(addr)
-        }
-        Err(message) => Err(Error::backend(
-            "netns",
-            format!(
-                "node {node}: {message}; agent log {}: {}",
-                spec.log.display(),
-                log_tail(&spec.log)
-            ),
-        )),
-    }
-}
-
-/// The last few lines of a log, joined on one line.
-pub(super) fn log_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let tail = lines[lines.len().saturating_sub(5)..].join(" | ");
-    if tail.is_empty() {
-        "(empty)".to_string()
-    } else {
-        tail
-    }
+pub async fn ready(spec: &AgentSpec, lines: Lines<BufReader<ChildStdout>>) -> Result<SocketAddr> {
+    agent_binary::wait_ready_line(lines, spec.ready_timeout)
+        .await
+        .map_err(|message| {
+            Error::backend(
+                "netns",
+                format!(
+                    "node {}: {message}; agent log {}: {}",
+                    spec.node,
+                    spec.log.display(),
+                    agent_binary::log_tail(&spec.log)
+                ),
+            )
+        })
 }

@@ -517,7 +517,11 @@ impl Provisioner for Netns {
 
     async fn diagnose(&self, node: &str) -> String {
         let log = self.agent_log(node);
-        format!("agent log {}: {}", log.display(), agent::log_tail(&log))
+        format!(
+            "agent log {}: {}",
+            log.display(),
+            crate::backend::agent_binary::log_tail(&log)
+        )
     }
 
     fn describe(&self) -> Vec<(&'static str, String)> {
