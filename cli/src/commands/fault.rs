@@ -265,7 +265,10 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
         .into_iter()
         .partition(|n| machine.iter().any(|m| m.node == n.name()));
     for node in &held {
-        let m = machine.iter().find(|m| m.node == node.name()).expect("partitioned by it");
+        let m = machine
+            .iter()
+            .find(|m| m.node == node.name())
+            .expect("partitioned by it");
         eprintln!(
             "{}: agent not asked: its machine has fault {} ({}), heals in {}",
             m.node,
