@@ -50,15 +50,39 @@ pub use report::{ReportFiles, write_report};
 pub use set::SetChecker;
 pub use unique_ids::UniqueIdsChecker;
 
-/// The names `chaos check --checker NAME` accepts.
-pub const CHECKER_NAMES: &[&str] = &[
-    "linearizability",
-    "list-append",
-    "set",
-    "counter",
-    "unique-ids",
-    "availability",
-];
+/// One checker as the crate offers it: its name, whether a history has anything for it, and how
+/// to make it. Adding a checker is its module plus one line in [`checkers!`]'s invocation below.
+struct Entry {
+    name: &'static str,
+    applies: fn(&History) -> bool,
+    make: fn(&CheckOptions) -> Box<dyn Checker>,
+}
+
+fn has(history: &History, pred: fn(OpKind) -> bool) -> bool {
+    history.ops.iter().any(|o| pred(o.kind))
+}
+
+/// Defines [`CHECKER_NAMES`] and the table behind [`checker_with_options`] and
+/// [`default_checker_names`] from one list, so a checker is named once.
+macro_rules! checkers {
+    ($($name:literal => applies $applies:expr, make $make:expr;)*) => {
+        /// The names `chaos check --checker NAME` accepts, in the order they run.
+        pub const CHECKER_NAMES: &[&str] = &[$($name),*];
+        const CHECKERS: &[Entry] = &[$(Entry { name: $name, applies: $applies, make: $make }),*];
+    };
+}
+
+checkers! {
+    "linearizability" => applies |h| has(h, OpKind::is_register), make |o| Box::new(Linearizability {
+        minimize: o.minimize,
+        ..Linearizability::default()
+    });
+    "list-append" => applies |h| has(h, |k| k == OpKind::Txn), make |o| Box::new(ListAppend::new(o.consistency_model));
+    "set" => applies |h| has(h, |k| matches!(k, OpKind::Add | OpKind::ReadSet)), make |_| Box::new(SetChecker);
+    "counter" => applies |h| has(h, |k| matches!(k, OpKind::Incr | OpKind::ReadCounter)), make |_| Box::new(CounterChecker);
+    "unique-ids" => applies |h| has(h, |k| k == OpKind::Generate), make |_| Box::new(UniqueIdsChecker);
+    "availability" => applies |h| !h.faults.is_empty(), make |_| Box::new(AvailabilityChecker::default());
+}
 
 /// Errors of the check entry points.
 #[derive(Debug, thiserror::Error)]
@@ -107,49 +131,24 @@ pub fn checker_by_name(name: &str) -> Result<Box<dyn Checker>, CheckError> {
 
 /// The checker called `name` (one of [`CHECKER_NAMES`]), with these settings.
 pub fn checker_with_options(name: &str, options: &CheckOptions) -> Result<Box<dyn Checker>, CheckError> {
-    Ok(match name {
-        "linearizability" => Box::new(Linearizability {
-            minimize: options.minimize,
-            ..Linearizability::default()
-        }),
-        "list-append" => Box::new(ListAppend::new(options.consistency_model)),
-        "set" => Box::new(SetChecker),
-        "counter" => Box::new(CounterChecker),
-        "unique-ids" => Box::new(UniqueIdsChecker),
-        "availability" => Box::new(AvailabilityChecker::default()),
-        _ => {
-            return Err(CheckError::UnknownChecker {
-                name: name.to_string(),
-            });
-        }
-    })
+    CHECKERS
+        .iter()
+        .find(|e| e.name == name)
+        .map(|e| (e.make)(options))
+        .ok_or_else(|| CheckError::UnknownChecker {
+            name: name.to_string(),
+        })
 }
 
 /// The checkers that have something to check in this history: linearizability if it has register
 /// operations, list-append if it has transactions, set / counter / unique-ids if it has theirs,
 /// availability if it has fault events.
 pub fn default_checker_names(history: &History) -> Vec<&'static str> {
-    let has = |pred: fn(OpKind) -> bool| history.ops.iter().any(|o| pred(o.kind));
-    let mut names = Vec::new();
-    if has(OpKind::is_register) {
-        names.push("linearizability");
-    }
-    if has(|k| k == OpKind::Txn) {
-        names.push("list-append");
-    }
-    if has(|k| matches!(k, OpKind::Add | OpKind::ReadSet)) {
-        names.push("set");
-    }
-    if has(|k| matches!(k, OpKind::Incr | OpKind::ReadCounter)) {
-        names.push("counter");
-    }
-    if has(|k| k == OpKind::Generate) {
-        names.push("unique-ids");
-    }
-    if !history.faults.is_empty() {
-        names.push("availability");
-    }
-    names
+    CHECKERS
+        .iter()
+        .filter(|e| (e.applies)(history))
+        .map(|e| e.name)
+        .collect()
 }
 
 /// Runs the named checkers (all that apply, see [`default_checker_names`], when `checkers` is
