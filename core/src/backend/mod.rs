@@ -18,6 +18,7 @@ pub mod agent_binary;
 pub mod agent_cluster;
 #[cfg(feature = "docker")]
 pub mod docker;
+pub(crate) mod elf;
 pub mod gc;
 pub mod local;
 #[cfg(target_os = "linux")]
