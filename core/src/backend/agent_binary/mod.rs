@@ -17,7 +17,7 @@
 //!    static one) alike. The sources are those of this very library: cargo checks out path and
 //!    git dependencies whole, so `<this crate>/../agent` is the agent of the same commit; a
 //!    registry download has only this crate, so the agent is `cargo install`ed from the
-//!    registry at exactly this version. See [`build`] for the commands and why cargo's own
+//!    registry at exactly this version. See `build.rs` here for the commands and why cargo's own
 //!    locks make parallel tests build once.
 //!
 //! Linkage matters only for `docker` ([`Linkage::Static`]); a dynamically linked agent found
