@@ -206,8 +206,9 @@ pub(crate) fn static_candidates(target: &Path) -> [PathBuf; 2] {
 /// prints `chaos-agent <version>`). Each path is asked once per process; `Err` says both
 /// versions and the fix.
 pub fn version_matches(path: &Path) -> Result<(), String> {
-    static ASKED: Mutex<Option<HashMap<(PathBuf, Option<SystemTime>), Result<(), String>>>> =
-        Mutex::new(None);
+    /// The answers so far, by path and modification time (a rebuilt agent is asked again).
+    type Answers = HashMap<(PathBuf, Option<SystemTime>), Result<(), String>>;
+    static ASKED: Mutex<Option<Answers>> = Mutex::new(None);
     let key = (path.to_path_buf(), mtime(path));
     if let Some(known) = ASKED
         .lock()
