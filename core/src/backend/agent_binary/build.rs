@@ -40,16 +40,33 @@ const BUILD_LOG_TAIL: usize = 40;
 const STATIC_RUSTFLAGS: &str = "-C target-feature=+crt-static";
 
 /// The agent cache of this library's version: `$XDG_CACHE_HOME/chaos/agent-<version>`, else
-/// `$HOME/.cache/chaos/agent-<version>`, else under the temporary directory. Its `target/` is
-/// cargo's target directory for the build, `bin/` the install root's binaries; deleting the
-/// whole directory is always safe (the next use builds again).
+/// `$HOME/.cache/chaos/agent-<version>`, else under the temporary directory. Built from a source
+/// tree, the name also carries a hash of the tree's path (`agent-<version>-<hash>`): two
+/// checkouts of one version (branches, worktrees) may hold different agents, and must not use
+/// each other's. Its `target/` is cargo's target directory for the build, `bin/` the install
+/// root's binaries; deleting it is always safe (the next use builds again).
 pub fn cache_dir() -> PathBuf {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .filter(|p| p.is_absolute())
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .unwrap_or_else(std::env::temp_dir);
-    base.join("chaos").join(format!("agent-{AGENT_VERSION}"))
+    let name = match sources_root() {
+        Some(root) => format!(
+            "agent-{AGENT_VERSION}-{:08x}",
+            fnv1a(root.as_os_str().as_encoded_bytes())
+        ),
+        None => format!("agent-{AGENT_VERSION}"),
+    };
+    base.join("chaos").join(name)
+}
+
+/// 32-bit FNV-1a: a short name for a path that stays the same across toolchains (unlike std's
+/// hasher), so a cache survives a compiler update.
+fn fnv1a(bytes: &[u8]) -> u32 {
+    bytes
+        .iter()
+        .fold(0x811c_9dc5, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193))
 }
 
 /// Where the agent of [`cache_dir`] is once built.
