@@ -1,5 +1,26 @@
 //! # chaos — the runner library
 //!
+//! ```
+//! use chaos::backend::{ClusterOptions, new_cluster};
+//! use chaos::NodeExt;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> chaos::Result<()> {
+//! // "local" runs nodes as processes of this host, with no privileges; the same code runs on
+//! // "netns" (root) and "docker", whose node agent chaos builds once by itself.
+//! let cluster = new_cluster("local", ClusterOptions::default()).await?;
+//! let nodes = cluster.create_nodes(3).await?;
+//! for node in &nodes {
+//!     let path = format!("{}/hello", node.root_dir());
+//!     node.send_bytes(&path, b"Hello, world!".to_vec(), 0o644).await?;
+//!     let out = node.run("cat", [path.as_str()]).await?;
+//!     assert_eq!(out.stdout, b"Hello, world!");
+//! }
+//! cluster.cleanup().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! Tests written imperatively in Rust create a [`Cluster`] of [`Node`]s on a backend (`local`
 //! processes, `netns` network namespaces, …), run processes and move files on them, and inject
 //! faults. The same test code runs on every backend.

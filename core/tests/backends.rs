@@ -444,7 +444,7 @@ async fn cleanup_leaves_no_process_or_directory_behind(cluster: Arc<dyn Cluster>
 // ---- local only ----------------------------------------------------------------------------
 
 /// A local cluster; `None`, skipping the test, when `local` cannot run here (no agent built).
-fn local_cluster(name: &str) -> Option<Arc<LocalCluster>> {
+async fn local_cluster(name: &str) -> Option<Arc<LocalCluster>> {
     if let Err(why) = chaos::backend::registry::available("local") {
         chaos_testkit::skip(name, "agent", &why);
         return None;
@@ -453,7 +453,7 @@ fn local_cluster(name: &str) -> Option<Arc<LocalCluster>> {
         name: name.into(),
         ..ClusterOptions::default()
     };
-    Some(Arc::new(LocalCluster::new(options).unwrap()))
+    Some(Arc::new(LocalCluster::new(options).await.unwrap()))
 }
 
 /// Starts a process tree (a leader and a child) on `node`; returns both pids.
@@ -469,7 +469,7 @@ async fn start_tree(node: &dyn Node) -> [u32; 2] {
 
 #[tokio::test]
 async fn local_nodes_are_named_in_order_and_own_their_root_dirs() {
-    let Some(cluster) = local_cluster("naming") else {
+    let Some(cluster) = local_cluster("naming").await else {
         return;
     };
     let dir = cluster.dir().unwrap();
@@ -512,7 +512,7 @@ async fn local_nodes_are_named_in_order_and_own_their_root_dirs() {
 
 #[tokio::test]
 async fn local_paths_must_be_absolute() {
-    let Some(cluster) = local_cluster("paths") else {
+    let Some(cluster) = local_cluster("paths").await else {
         return;
     };
     let node = one_node(&*cluster).await;
@@ -527,7 +527,7 @@ async fn local_paths_must_be_absolute() {
 
 #[tokio::test]
 async fn local_drop_without_cleanup_kills_processes_and_removes_the_directory() {
-    let Some(cluster) = local_cluster("drop") else {
+    let Some(cluster) = local_cluster("drop").await else {
         return;
     };
     let dir = cluster.dir().unwrap();
@@ -551,7 +551,7 @@ async fn local_drop_without_cleanup_kills_processes_and_removes_the_directory() 
 #[tokio::test]
 async fn local_panicking_test_leaks_nothing() {
     // Checked here: the task must not end before it sends.
-    let Some(cluster) = local_cluster("panic") else {
+    let Some(cluster) = local_cluster("panic").await else {
         return;
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -574,7 +574,7 @@ async fn local_panicking_test_leaks_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_agent_killed_is_restarted_and_network_faults_are_refused() {
-    let Some(cluster) = local_cluster("restart") else {
+    let Some(cluster) = local_cluster("restart").await else {
         return;
     };
     let node = one_node(&*cluster).await;

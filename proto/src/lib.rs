@@ -697,19 +697,19 @@ impl FromStr for Signal {
 
 /// The process exec WebSocket (`GET /v1/procs/exec`).
 ///
-/// 1. The client sends one text frame: a JSON [`ProcSpec`](crate::ProcSpec), within
+/// 1. The client sends one text frame: a JSON [`ProcSpec`], within
 ///    [`WS_FIRST_MESSAGE_TIMEOUT_MS`](crate::limits::WS_FIRST_MESSAGE_TIMEOUT_MS) of the
 ///    upgrade and at most [`MAX_PROC_SPEC`](crate::limits::MAX_PROC_SPEC) bytes. No client
 ///    message may exceed [`MAX_WS_MESSAGE`](crate::limits::MAX_WS_MESSAGE).
-/// 2. The server answers with a text frame [`ServerEvent::Started`] or [`ServerEvent::Error`]
+/// 2. The server answers with a text frame [`ServerEvent::Started`](exec::ServerEvent::Started) or [`ServerEvent::Error`](exec::ServerEvent::Error)
 ///    (then closes).
 /// 3. Then, until the process exits:
 ///    - client → server binary frames are raw stdin bytes (only with `stdin: pipe`);
-///    - client → server text frames are [`ClientControl`] messages;
-///    - server → client binary frames are `[tag, bytes...]` where `tag` is [`STDOUT`] or
-///      [`STDERR`] — the payload is the raw output, never re-encoded.
+///    - client → server text frames are [`ClientControl`](exec::ClientControl) messages;
+///    - server → client binary frames are `[tag, bytes...]` where `tag` is [`STDOUT`](exec::STDOUT) or
+///      [`STDERR`](exec::STDERR) — the payload is the raw output, never re-encoded.
 /// 4. When the process has exited and its output pipes are drained, the server sends
-///    [`ServerEvent::Exited`] and closes.
+///    [`ServerEvent::Exited`](exec::ServerEvent::Exited) and closes.
 ///
 /// If the client goes away first, the process keeps running (its piped output is discarded);
 /// it can still be waited for, signalled and listed by id, and the agent kills it on shutdown.

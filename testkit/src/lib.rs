@@ -58,6 +58,10 @@ pub const CAPABILITIES: &[(&str, &str)] = &[
         "agent",
         "the chaos-agent binary built next to the test executables",
     ),
+    (
+        "external",
+        "minutes to build examples/external cold (cargo, the crates.io dependencies at hand)",
+    ),
 ];
 
 /// Whether `capability` is listed in `CHAOS_REQUIRE` (or the list is `all`).

@@ -261,6 +261,24 @@ impl<P: Provisioner> Shared<P> {
         ))
     }
 
+    /// Refuses an agent of another version than this library (one started by hand on a machine,
+    /// say): told apart once, when the node is made, rather than as an odd failure of a later
+    /// call. The agents this library starts itself were checked before they ran
+    /// ([`crate::backend::agent_binary`]).
+    async fn check_agent_version(&self, node: &str, client: &AgentClient) -> Result<()> {
+        use crate::backend::agent_binary::AGENT_VERSION;
+        let info = client.info().await?;
+        let protocol = chaos_proto::PROTOCOL_VERSION;
+        if info.agent_version == AGENT_VERSION && info.protocol_version == protocol {
+            return Ok(());
+        }
+        Err(self.backend_error(format!(
+            "node {node}: its agent is chaos-agent {} (protocol {}), but the chaos library is {AGENT_VERSION} \
+             (protocol {protocol}); run a chaos-agent {AGENT_VERSION} there",
+            info.agent_version, info.protocol_version
+        )))
+    }
+
     /// Waits until `node`'s agent answers a heartbeat over mutual TLS (which also starts its
     /// heartbeat clock), within the node-ready bound. Gives up early when the provisioner says
     /// the agent ended; the error carries the provisioner's diagnosis.
@@ -271,7 +289,7 @@ impl<P: Provisioner> Shared<P> {
         let mut checks = 0u32;
         loop {
             let last = match client.heartbeat().await {
-                Ok(_) => return Ok(()),
+                Ok(_) => return self.check_agent_version(node, client).await,
                 Err(e) => e,
             };
             checks += 1;

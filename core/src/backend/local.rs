@@ -41,7 +41,8 @@ use async_trait::async_trait;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use super::agent_binary::{self, find_agent_binary};
+use super::agent_binary::{self, Linkage};
+use super::agent_launch;
 use super::{AgentCluster, ClusterOptions, Limits, Machine, MachineRequest, Provisioner};
 use crate::cluster::Cluster;
 use crate::{Error, Result};
@@ -56,8 +57,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 pub const BACKEND: crate::backend::Backend = crate::backend::Backend {
     name: NAME,
     summary: "chaos-agent processes on this host (127.0.0.1), no isolation, no network faults",
-    availability: || find_agent_binary().map(|_| ()).map_err(|e| e.to_string()),
-    create: |options| Box::pin(async move { Ok(Arc::new(LocalCluster::new(options)?) as Arc<dyn Cluster>) }),
+    availability: agent_binary::obtainable,
+    create: |options| Box::pin(async move { Ok(Arc::new(LocalCluster::new(options).await?) as Arc<dyn Cluster>) }),
     collect_garbage: None,
     limits: Limits {
         max_nodes: 1000,
@@ -71,10 +72,12 @@ pub const BACKEND: crate::backend::Backend = crate::backend::Backend {
 pub type LocalCluster = AgentCluster<Local>;
 
 impl AgentCluster<Local> {
-    /// Creates an empty local cluster with its temporary directory; fails when the agent binary
-    /// cannot be found ([`find_agent_binary`]).
-    pub fn new(options: ClusterOptions) -> Result<Self> {
-        let local = Local::new(&options.name)?;
+    /// Creates an empty local cluster with its temporary directory; the agent binary is found
+    /// or built once ([`agent_binary::agent_binary`]), and creation fails saying how to get one
+    /// when neither works.
+    pub async fn new(options: ClusterOptions) -> Result<Self> {
+        let binary = agent_binary::agent_binary(Linkage::Any).await?;
+        let local = Local::new(&options.name, binary)?;
         AgentCluster::with_provisioner(local, options)
     }
 
@@ -133,8 +136,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Local {
     /// A provisioner with its temporary directory (named after the cluster `label`).
-    pub fn new(label: &str) -> Result<Self> {
-        let binary = find_agent_binary()?;
+    pub fn new(label: &str, binary: PathBuf) -> Result<Self> {
         // The label ends up in a path: keep only characters that cannot escape or confuse it.
         let label: String = label
             .chars()
@@ -209,14 +211,14 @@ impl Local {
                 format!("node {node}: the agent's stdout was not captured"),
             ));
         };
-        match agent_binary::wait_ready_line(BufReader::new(stdout).lines(), agent.ready_timeout).await {
+        match agent_launch::wait_ready_line(BufReader::new(stdout).lines(), agent.ready_timeout).await {
             Ok(addr) => Ok((child, addr)),
             Err(message) => Err(Error::backend(
                 NAME,
                 format!(
                     "node {node}: {message}; agent log {}: {}",
                     log_path.display(),
-                    agent_binary::log_tail(&log_path)
+                    agent_launch::log_tail(&log_path)
                 ),
             )),
         }
@@ -415,7 +417,7 @@ impl Provisioner for Local {
             Some(agent) => format!(
                 "agent log {}: {}",
                 agent.launch.log().display(),
-                agent_binary::log_tail(&agent.launch.log())
+                agent_launch::log_tail(&agent.launch.log())
             ),
             None => String::new(),
         }

@@ -16,9 +16,11 @@ use crate::cluster::Cluster;
 use crate::{Error, Result};
 
 pub mod agent_binary;
+pub(crate) mod agent_launch;
 pub mod agent_cluster;
 #[cfg(feature = "docker")]
 pub mod docker;
+pub(crate) mod elf;
 pub mod gc;
 pub mod local;
 #[cfg(target_os = "linux")]

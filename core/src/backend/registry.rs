@@ -31,7 +31,8 @@ pub struct Backend {
     pub name: &'static str,
     /// One line saying what a node is on this backend.
     pub summary: &'static str,
-    /// Whether it can run here: `Err` holds one line naming what is missing.
+    /// Whether it can run here: `Err` holds one line naming what is missing and what to do,
+    /// without the backend's name, which every caller's message adds once.
     pub availability: fn() -> Result<(), String>,
     /// Creates an empty cluster.
     pub create: Create,
@@ -54,7 +55,8 @@ impl Backend {
         (self.create)(options).await
     }
 
-    /// Whether it can run here: `Err` holds one line naming what is missing.
+    /// Whether it can run here: `Err` holds one line naming what is missing and what to do,
+    /// without the backend's name, which every caller's message adds once.
     pub fn availability(&self) -> Result<(), String> {
         (self.availability)()
     }
@@ -122,7 +124,9 @@ pub fn all() -> &'static [Backend] {
 /// that says why not, for a test to skip with.
 pub fn available(name: &str) -> Result<&'static Backend, String> {
     let backend = find(name).map_err(|_| format!("the {name} backend is not compiled into this build"))?;
-    backend.availability()?;
+    backend
+        .availability()
+        .map_err(|why| format!("{name} backend: {why}"))?;
     Ok(backend)
 }
 

@@ -8,11 +8,11 @@
 //! node (same namespace, cgroup, listen address, TLS and state directory) is what makes faults
 //! expire even when their agent was killed.
 //!
-//! One task per node ([`Supervisor::watch`]) does both jobs:
+//! One task per node (`Supervisor::watch`) does both jobs:
 //! - it heartbeats the agent every interval (the agent's watchdog needs them), and
-//! - it waits for the agent to end: through the backend's [`AgentKeeper::agent_exited`] (netns:
+//! - it waits for the agent to end: through the backend's `AgentKeeper::agent_exited` (netns:
 //!   the runner's `Child`; docker: the container's exit), or after a failed heartbeat through
-//!   [`AgentKeeper::exit_status`].
+//!   `AgentKeeper::exit_status`.
 //!
 //! A dead agent is restarted at once, unless the cluster is being cleaned up, the agent was
 //! asked to shut down ([`AgentClient::shutdown_requested`]), or the backend keeps it down on
@@ -24,9 +24,9 @@
 //! Every decision is logged (`tracing`) and sent as an [`AgentEvent`] to subscribers
 //! ([`crate::Cluster::agent_events`]); the scenario engine writes them to `events.jsonl`.
 //!
-//! A backend adds supervision by implementing the small [`AgentKeeper`] hook for one node — how
+//! A backend adds supervision by implementing the small `AgentKeeper` hook for one node — how
 //! to see the agent end, whether it is down on purpose, how to start it again — and calling
-//! [`Supervisor::watch`] once the node's agent answered its first heartbeat.
+//! `Supervisor::watch` once the node's agent answered its first heartbeat.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use crate::Result;
 use crate::agent_client::AgentClient;
 
-/// How often [`AgentKeeper::agent_exited`]'s default implementation looks.
+/// How often `AgentKeeper::agent_exited`'s default implementation looks.
 const EXIT_POLL: Duration = Duration::from_millis(100);
 
 /// Events kept for a subscriber that falls behind.

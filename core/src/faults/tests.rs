@@ -16,7 +16,7 @@ async fn local_nodes(test: &str, n: usize) -> Option<(LocalCluster, Vec<Arc<dyn 
         chaos_testkit::skip(test, "agent", &e.to_string());
         return None;
     }
-    let cluster = LocalCluster::new(ClusterOptions::default()).unwrap();
+    let cluster = LocalCluster::new(ClusterOptions::default()).await.unwrap();
     let nodes = cluster.create_nodes(n).await.unwrap();
     Some((cluster, nodes))
 }

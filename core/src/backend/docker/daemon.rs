@@ -110,7 +110,8 @@ pub async fn connect() -> Result<Docker> {
     Ok(docker)
 }
 
-/// Whether the docker backend can run here: `Err` holds one line saying what is missing.
+/// Whether the docker backend can run here: `Err` holds one line saying what is missing and what
+/// to do, without the backend's name (the caller's error adds it once).
 ///
 /// Asks the daemon for a ping, on a thread of its own so it works inside and outside a runtime.
 pub fn availability() -> Result<(), String> {
@@ -118,11 +119,14 @@ pub fn availability() -> Result<(), String> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| format!("docker backend: starting a runtime: {e}"))?;
-        runtime.block_on(connect()).map(drop).map_err(|e| e.to_string())
+            .map_err(|e| format!("starting a runtime: {e}"))?;
+        runtime.block_on(connect()).map(drop).map_err(|e| match e {
+            Error::Backend { message, .. } => message,
+            other => other.to_string(),
+        })
     });
     ping.join()
-        .unwrap_or_else(|_| Err("docker backend: the availability check panicked".into()))
+        .unwrap_or_else(|_| Err("the availability check panicked".into()))
 }
 
 /// Where the runner dials published agent ports: the host part of `DOCKER_HOST=tcp://HOST:PORT`

@@ -60,7 +60,8 @@ struct Resource {
     files: Option<String>,
 }
 
-/// Collects Docker garbage; see the [module documentation](self).
+/// `chaos gc` for Docker: containers, then networks and their node files, labelled with a
+/// cluster whose owner is no longer alive (or any, with `--all`), then dangling node images.
 pub async fn collect_garbage(options: &GcOptions) -> GcReport {
     let mut report = GcReport::default();
     let docker = match connect().await {

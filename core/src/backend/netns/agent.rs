@@ -132,7 +132,7 @@ pub fn spawn(spec: &AgentSpec, netns: &File, restart: bool) -> Result<Spawned> {
 /// Waits for a spawned agent's ready line; returns the address it announced. On failure the
 /// error carries the end of its log, and the caller (which holds the `Child`) kills the agent.
 pub async fn ready(spec: &AgentSpec, lines: Lines<BufReader<ChildStdout>>) -> Result<SocketAddr> {
-    agent_binary::wait_ready_line(lines, spec.ready_timeout)
+    agent_launch::wait_ready_line(lines, spec.ready_timeout)
         .await
         .map_err(|message| {
             Error::backend(
@@ -141,7 +141,7 @@ pub async fn ready(spec: &AgentSpec, lines: Lines<BufReader<ChildStdout>>) -> Re
                     "node {}: {message}; agent log {}: {}",
                     spec.node,
                     spec.log.display(),
-                    agent_binary::log_tail(&spec.log)
+                    agent_launch::log_tail(&spec.log)
                 ),
             )
         })

@@ -51,6 +51,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use crate::backend::agent_binary::{AGENT_BIN_ENV, find_agent_binary};
+use crate::backend::agent_binary::{Linkage, agent_binary};
 pub use gc::collect_garbage;
 
 use crate::backend::provision::{Limits, Machine, MachineRequest, Provisioner};
@@ -147,24 +148,25 @@ pub fn state_file(index: u32) -> PathBuf {
     Path::new(STATE_DIR).join(format!("{index}.json"))
 }
 
-/// Whether the netns backend can run here: `Err` holds one line saying what is missing.
+/// Whether the netns backend can run here: `Err` holds one line saying what is missing and what
+/// to do, without the backend's name (the caller's error adds it once).
 pub fn availability() -> Result<(), String> {
     if !has_capabilities() {
         return Err(
-            "netns backend needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN): run as root or use --backend local"
+            "needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN): run as root (e.g. `sudo -E cargo test`) \
+                    or use the local backend"
                 .into(),
         );
     }
     namespace::can_unshare().map_err(|e| {
-        format!("netns backend cannot create network namespaces here (unshare(CLONE_NEWNET): {e}): use --backend local")
+        format!("cannot create network namespaces here (unshare(CLONE_NEWNET): {e}); use the local backend")
     })?;
     if cgroup::cgroup2_mount().is_none() {
         return Err(
-            "netns backend needs a cgroup2 mount (none in /proc/self/mountinfo): mount one or use --backend local".into(),
+            "needs a cgroup2 mount (none in /proc/self/mountinfo): mount one or use the local backend".into(),
         );
     }
-    find_agent_binary().map_err(|e| e.to_string())?;
-    Ok(())
+    crate::backend::agent_binary::obtainable()
 }
 
 /// CAP_NET_ADMIN (12) and CAP_SYS_ADMIN (21) in the effective set.
@@ -243,9 +245,8 @@ impl Netns {
     /// bridge, the cgroup and temporary directories. `cluster` names the cluster in the state
     /// file and messages.
     pub async fn create(cluster: &str) -> Result<Self> {
-        availability()
-            .map_err(|m| backend_error(m.strip_prefix("netns backend ").unwrap_or(&m).to_string()))?;
-        let agent_bin = find_agent_binary()?;
+        availability().map_err(backend_error)?;
+        let agent_bin = agent_binary(Linkage::Any).await?;
         let cgroup_root = cgroup::cgroup2_mount()
             .ok_or_else(|| backend_error("no cgroup2 mount"))?
             .join("chaos");
@@ -520,7 +521,7 @@ impl Provisioner for Netns {
         format!(
             "agent log {}: {}",
             log.display(),
-            crate::backend::agent_binary::log_tail(&log)
+            crate::backend::agent_launch::log_tail(&log)
         )
     }
 

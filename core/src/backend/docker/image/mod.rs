@@ -33,7 +33,7 @@ use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use bollard::query_parameters::ImportImageOptions;
@@ -42,17 +42,19 @@ use ring::digest::{Context, SHA256};
 
 use crate::{Error, Result};
 
-mod agent_build;
 mod digest;
-mod elf;
 mod ldd;
 
-pub use agent_build::static_agent;
-use agent_build::*;
+pub use crate::backend::elf::is_static_elf;
+use crate::backend::elf::*;
 use digest::*;
-pub use elf::is_static_elf;
-use elf::*;
 use ldd::*;
+
+/// The statically linked agent at this library's version, found or built once into the agent
+/// cache ([`crate::backend::agent_binary`]): a node image runs it `FROM scratch`.
+pub async fn static_agent() -> Result<PathBuf> {
+    crate::backend::agent_binary::agent_binary(crate::backend::agent_binary::Linkage::Static).await
+}
 
 /// Where the agent binary lives inside every node container.
 pub const AGENT_PATH: &str = "/chaos/chaos-agent";
@@ -75,17 +77,8 @@ pub const NODE_WORKDIR: &str = "/chaos/root";
 /// `PATH` in the node image: the usual one, so included binaries and applets are found.
 pub const NODE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// The target triple the static agent is built for: the image runs on this host's kernel.
-const AGENT_TARGET: &str = "x86_64-unknown-linux-gnu";
-
-/// Bound on building the static agent (the first build takes 2–3 minutes on 2 cores).
-const AGENT_BUILD_TIMEOUT: Duration = Duration::from_secs(600);
-
 /// Bound on handing a built image to the daemon.
 const IMAGE_LOAD_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// How many lines of cargo's output a failed build error shows.
-const BUILD_LOG_TAIL: usize = 40;
 
 /// Modification time of every file in the image layer. Fixed, as are owners, so the layer and
 /// hence the image ID are a function of the content alone.
@@ -383,9 +376,9 @@ fn plan_node_image(agent: &Path, include: &[PathBuf]) -> Result<Plan> {
                 "docker",
                 format!(
                     "agent {} is not a statically linked executable and would not run in a \
-                     FROM scratch image; use static_agent() or build one with: {}",
+                     FROM scratch image; use static_agent(), or {}",
                     agent.display(),
-                    manual_build_command()
+                    crate::backend::agent_binary::manual_command()
                 ),
             ));
         }

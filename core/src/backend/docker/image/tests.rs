@@ -1,5 +1,7 @@
 //! Tests of the node image: ELF reading, agent search, ldd parsing, digests, the image plan.
 
+use std::time::SystemTime;
+
 use super::*;
 
 #[test]
@@ -280,62 +282,6 @@ fn digests_survive_the_process_in_the_cache_file() {
     let stored: DiskDigests = serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
     assert!(!stored.files.contains_key(&file));
     assert_eq!(file_digest(&file).unwrap(), sha256(b"two"));
-}
-
-/// The build step itself, run from inside `cargo test` (whose environment it must scrub),
-/// when the static agent was already built: cargo finds it fresh and returns it.
-#[tokio::test]
-async fn the_static_build_reuses_a_fresh_agent() {
-    let (Some(workspace), Some(cargo)) = (workspace_root(), find_cargo()) else {
-        eprintln!("skipped: no workspace or no cargo here");
-        return;
-    };
-    let built = static_target_dir(&workspace)
-        .join(AGENT_TARGET)
-        .join("release/chaos-agent");
-    if !built.is_file() {
-        eprintln!("skipped: the static agent was not built yet (static_agent() builds it)");
-        return;
-    }
-    let started = Instant::now();
-    let agent = build_agent(&workspace, &cargo).await.unwrap();
-    eprintln!("static agent build, fresh: {:?}", started.elapsed());
-    assert_eq!(agent, built);
-    assert!(is_static_elf(&agent).unwrap());
-}
-
-#[test]
-fn the_agent_is_looked_for_in_every_target_directory() {
-    let candidates = agent_candidates(Path::new("/t"));
-    assert_eq!(
-        candidates,
-        [
-            "/t/x86_64-unknown-linux-gnu/release/chaos-agent",
-            "/t/x86_64-unknown-linux-gnu/debug/chaos-agent",
-            "/t/static-agent/x86_64-unknown-linux-gnu/release/chaos-agent",
-        ]
-        .map(PathBuf::from)
-    );
-    // This test binary runs from <target>/debug/deps: its target directory is found.
-    let exe = std::env::current_exe().unwrap();
-    let dirs = target_dirs(None);
-    assert!(
-        dirs.iter().any(|d| exe.starts_with(d)),
-        "{dirs:?} vs {}",
-        exe.display()
-    );
-    // Dynamic binaries never count, however new.
-    assert!(newest_static([PathBuf::from("/bin/ls")]).is_none());
-    if Path::new(BUSYBOX).is_file() {
-        let found = newest_static([PathBuf::from("/bin/ls"), PathBuf::from(BUSYBOX)]);
-        assert_eq!(found.map(|(p, _)| p), Some(PathBuf::from(BUSYBOX)));
-    }
-}
-
-#[test]
-fn build_logs_keep_their_tail() {
-    assert_eq!(tail("a\nb\nc\n", 2), "b\nc");
-    assert_eq!(tail("a", 5), "a");
 }
 
 /// The daemon, or why not.

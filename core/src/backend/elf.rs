@@ -1,7 +1,10 @@
-//! ELF64 headers: whether a binary is statically linked, without running it.
+//! ELF64 headers: whether a binary is statically linked, without running it (the agent search
+//! needs it for every backend; the docker image also checks busybox and included files).
 
-#[allow(unused_imports)]
-use super::*;
+use std::io::Read;
+use std::path::Path;
+
+use crate::{Error, Result};
 
 /// Whether `path` is a statically linked ELF64 executable: it has no `PT_INTERP` program
 /// header, so it needs no dynamic loader (`static-pie` included). `Ok(false)` for a dynamically
@@ -20,7 +23,7 @@ pub fn is_static_elf(path: &Path) -> Result<bool> {
 
 /// What the ELF reader tells about a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum ElfLinkage {
+pub(crate) enum ElfLinkage {
     /// ELF64 without `PT_INTERP`.
     Static,
     /// ELF64 with `PT_INTERP`: needs the dynamic loader it names.
@@ -31,7 +34,7 @@ pub(super) enum ElfLinkage {
 
 /// Reads the ELF64 header and program headers of `path` (a few hundred bytes) and reports
 /// whether there is a `PT_INTERP` entry.
-pub(super) fn elf_linkage(path: &Path) -> Result<ElfLinkage> {
+pub(crate) fn elf_linkage(path: &Path) -> Result<ElfLinkage> {
     let io_err = |e| Error::io(format!("reading {}", path.display()), e);
     let mut file = std::fs::File::open(path).map_err(io_err)?;
     // Program headers sit right after the 64-byte header in every linker's output, so the
@@ -59,7 +62,7 @@ pub(super) fn elf_linkage(path: &Path) -> Result<ElfLinkage> {
 
 /// The fields of an ELF64 file header the linkage check needs.
 #[derive(Debug)]
-pub(super) struct Elf64Header {
+pub(crate) struct Elf64Header {
     /// Byte order: true for little-endian (`ELFDATA2LSB`).
     little: bool,
     /// File offset of the program header table.
@@ -78,7 +81,7 @@ impl Elf64Header {
 
     /// Parses the first 64 bytes; `None` unless they are an ELF64 header with a sane
     /// program header size.
-    pub(super) fn parse(bytes: &[u8]) -> Option<Self> {
+    pub(crate) fn parse(bytes: &[u8]) -> Option<Self> {
         if bytes.len() < 64 || bytes[..4] != *b"\x7fELF" || bytes[4] != 2 {
             return None;
         }
@@ -114,7 +117,7 @@ impl Elf64Header {
     }
 
     /// Scans the program header `table` for `PT_INTERP`.
-    pub(super) fn linkage(&self, table: &[u8]) -> ElfLinkage {
+    pub(crate) fn linkage(&self, table: &[u8]) -> ElfLinkage {
         if self.phnum == 0 {
             return ElfLinkage::Static;
         }
