@@ -58,7 +58,9 @@ pub const BACKEND: crate::backend::Backend = crate::backend::Backend {
     name: NAME,
     summary: "chaos-agent processes on this host (127.0.0.1), no isolation, no network faults",
     availability: agent_binary::obtainable,
-    create: |options| Box::pin(async move { Ok(Arc::new(LocalCluster::new(options).await?) as Arc<dyn Cluster>) }),
+    create: |options| {
+        Box::pin(async move { Ok(Arc::new(LocalCluster::new(options).await?) as Arc<dyn Cluster>) })
+    },
     collect_garbage: None,
     limits: Limits {
         max_nodes: 1000,

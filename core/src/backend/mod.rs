@@ -16,8 +16,8 @@ use crate::cluster::Cluster;
 use crate::{Error, Result};
 
 pub mod agent_binary;
-pub(crate) mod agent_launch;
 pub mod agent_cluster;
+pub(crate) mod agent_launch;
 #[cfg(feature = "docker")]
 pub mod docker;
 pub(crate) mod elf;

@@ -12,7 +12,7 @@ use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
 use super::namespace;
-use crate::backend::agent_binary;
+use crate::backend::agent_launch;
 use crate::{Error, Result};
 
 /// How a node's agent is started: the same every time, so a restarted agent lands in the same
