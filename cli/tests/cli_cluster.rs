@@ -281,7 +281,14 @@ fn netns_up_exec_down() {
     assert_eq!(names, ["n1", "n2", "n3"]);
     assert_eq!(
         state_files(&dir),
-        ["ca.pem", "cluster.json", "runner.key", "runner.pem", "up.pid"]
+        [
+            "ca.pem",
+            "cluster.json",
+            "control.sock",
+            "runner.key",
+            "runner.pem",
+            "up.pid"
+        ]
     );
     let key_mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(dir.join("runner.key")).unwrap().permissions(),
@@ -947,7 +954,14 @@ fn local_up_exec_down() {
     // Local nodes are agents on this host: the TLS material to reach them is there.
     assert_eq!(
         state_files(&dir),
-        ["ca.pem", "cluster.json", "runner.key", "runner.pem", "up.pid"]
+        [
+            "ca.pem",
+            "cluster.json",
+            "control.sock",
+            "runner.key",
+            "runner.pem",
+            "up.pid"
+        ]
     );
 
     // The command runs in the node's root directory, with its own exit code and stdio.

@@ -239,9 +239,18 @@ async fn one_connection(stream: UnixStream, served: &Served) -> anyhow::Result<(
     Ok(())
 }
 
-/// Sends `request` to the `chaos up` of `state_dir` and returns its reply; an error reply
-/// becomes an error.
+/// Bound on a listing: `chaos up` answers it from memory, so a longer wait means it is stopped
+/// or stuck, and the agents' own answers should not wait for it.
+pub const LIST_BOUND: Duration = Duration::from_secs(5);
+
+/// Sends `request` to the `chaos up` of `state_dir` and returns its reply, within the bound of
+/// a request that may act on a machine; an error reply becomes an error.
 pub async fn ask(state_dir: &Path, request: &Request) -> anyhow::Result<Reply> {
+    ask_within(state_dir, request, REQUEST_BOUND).await
+}
+
+/// [`ask`] within `bound`.
+pub async fn ask_within(state_dir: &Path, request: &Request, bound: Duration) -> anyhow::Result<Reply> {
     let path = state_dir.join(SOCKET);
     let exchange = async {
         let mut stream = UnixStream::connect(&path).await.with_context(|| {
@@ -259,15 +268,13 @@ pub async fn ask(state_dir: &Path, request: &Request) -> anyhow::Result<Reply> {
         serde_json::from_str::<Reply>(&reply)
             .with_context(|| format!("reading the reply of `chaos up` at {}", path.display()))
     };
-    let reply = tokio::time::timeout(REQUEST_BOUND, exchange)
-        .await
-        .map_err(|_| {
-            anyhow::anyhow!(
-                "`chaos up` at {} did not answer within {}",
-                path.display(),
-                humantime::format_duration(REQUEST_BOUND)
-            )
-        })??;
+    let reply = tokio::time::timeout(bound, exchange).await.map_err(|_| {
+        anyhow::anyhow!(
+            "`chaos up` at {} did not answer within {} (is it stopped?)",
+            path.display(),
+            humantime::format_duration(bound)
+        )
+    })??;
     match reply {
         Reply::Error(message) => anyhow::bail!("{message}"),
         reply => Ok(reply),

@@ -226,7 +226,7 @@ async fn machine_faults(dir: &StateDir) -> anyhow::Result<Vec<control::MachineRe
     if !control::available(dir.path()) {
         return Ok(Vec::new());
     }
-    match control::ask(dir.path(), &control::Request::List).await? {
+    match control::ask_within(dir.path(), &control::Request::List, control::LIST_BOUND).await? {
         control::Reply::Faults(faults) => Ok(faults),
         _ => anyhow::bail!("`chaos up` answered a listing with something else"),
     }
@@ -254,11 +254,19 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
     let state = dir.load_running()?;
     let nodes = agent_nodes(&dir, &state)?;
     let nodes = select(&nodes, &state, args.node.as_deref())?;
-    let machine: Vec<control::MachineRecord> = machine_faults(&dir)
-        .await?
-        .into_iter()
-        .filter(|m| args.node.as_deref().is_none_or(|n| m.node == n))
-        .collect();
+    // A `chaos up` that does not answer hides only its machine faults, not the agents' faults.
+    let (machine, machine_error) = match machine_faults(&dir).await {
+        Ok(all) => (
+            all.into_iter()
+                .filter(|m| args.node.as_deref().is_none_or(|n| m.node == n))
+                .collect(),
+            None,
+        ),
+        Err(e) => {
+            eprintln!("machine faults: {e:#}");
+            (Vec::new(), Some(e))
+        }
+    };
     // A paused, stopped or unplugged machine's agent cannot answer until the fault heals:
     // it is not asked (which would only wait out the bound), and the note says why.
     let (held, nodes): (Vec<_>, Vec<_>) = nodes
@@ -300,7 +308,8 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
             }
         }
         println!("{}", serde_json::to_string_pretty(&json)?);
-        return unreachable_nodes("listing faults", &failed, nodes.len());
+        unreachable_nodes("listing faults", &failed, nodes.len())?;
+        return machine_error.map_or(Ok(()), Err);
     }
     let mut rows = vec![[
         "NODE".to_string(),
@@ -343,7 +352,8 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
     } else {
         print_table(&rows);
     }
-    unreachable_nodes("listing faults", &failed, nodes.len())
+    unreachable_nodes("listing faults", &failed, nodes.len())?;
+    machine_error.map_or(Ok(()), Err)
 }
 
 async fn heal(args: HealArgs) -> anyhow::Result<()> {
@@ -368,18 +378,33 @@ async fn heal(args: HealArgs) -> anyhow::Result<()> {
     let nodes = agent_nodes(&dir, &state)?;
     let nodes = select(&nodes, &state, node)?;
     let mut failed = Vec::new();
+    let mut machine_error: Option<anyhow::Error> = None;
     match id {
         None => {
             let mut count = 0;
-            if control::available(dir.path()) {
+            // Asked first within the short listing bound, so a stopped `chaos up` costs seconds,
+            // and only when there is something to heal does the heal get the long bound.
+            let held = match machine_faults(&dir).await {
+                Ok(all) => all.iter().any(|m| node.is_none_or(|n| m.node == n)),
+                Err(e) => {
+                    machine_error = Some(e);
+                    false
+                }
+            };
+            if held {
                 let request = control::Request::HealAll {
                     node: node.map(str::to_string),
                 };
-                if let control::Reply::HealedAll(healed) = control::ask(dir.path(), &request).await? {
-                    for m in healed {
-                        println!("{} {}", m.node, m.id);
-                        count += 1;
+                match control::ask(dir.path(), &request).await {
+                    Ok(control::Reply::HealedAll(healed)) => {
+                        for m in healed {
+                            println!("{} {}", m.node, m.id);
+                            count += 1;
+                        }
                     }
+                    Ok(_) => eprintln!("machine faults: `chaos up` answered with something else"),
+                    // The agents' faults are still healed below; the error is reported at the end.
+                    Err(e) => machine_error = Some(e),
                 }
             }
             for (node, reply) in faults::heal_all_each(&nodes).await {
@@ -419,7 +444,11 @@ async fn heal(args: HealArgs) -> anyhow::Result<()> {
             }
         }
     }
-    unreachable_nodes("healing", &failed, nodes.len())
+    if let Some(e) = &machine_error {
+        eprintln!("machine faults: {e:#}");
+    }
+    unreachable_nodes("healing", &failed, nodes.len())?;
+    machine_error.map_or(Ok(()), Err)
 }
 
 /// Heals machine fault `id` through `chaos up`'s control socket.

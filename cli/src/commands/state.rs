@@ -275,6 +275,7 @@ impl StateDir {
             tls_files::CA_CERT,
             tls_files::RUNNER_CERT,
             tls_files::RUNNER_KEY,
+            super::control::SOCKET,
             PID_FILE,
         ] {
             match fs::remove_file(self.dir.join(name)) {

@@ -215,6 +215,10 @@ async fn serve(
             return Ok(());
         }
     };
+    // `chaos fault` reaches the cluster's machine faults through this socket; it exists before
+    // the state files say the cluster is up.
+    let socket = dir.path().join(control::SOCKET);
+    let control = control::serve(&socket, running.clone())?;
     let state = describe(&**running, &nodes);
     if let Some((ca_pem, runner)) = running.agent_access() {
         dir.write_tls(ca_pem, runner)?;
@@ -232,9 +236,6 @@ async fn serve(
         dir.cluster_file().display(),
         dir.path().display()
     );
-    // `chaos fault` reaches the cluster's machine faults through this socket.
-    let socket = dir.path().join(control::SOCKET);
-    let control = control::serve(&socket, running.clone())?;
     let name = stop.recv().await;
     eprintln!("chaos up: {name} received");
     control.abort();
