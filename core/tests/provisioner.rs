@@ -220,6 +220,7 @@ fn options(name: &str) -> ClusterOptions {
         name: name.into(),
         heartbeat_timeout: Duration::from_secs(3),
         node_ready_timeout: chaos_testkit::scaled(Duration::from_secs(5)),
+        ..ClusterOptions::default()
     }
 }
 

@@ -24,6 +24,10 @@ pub struct RunArgs {
     /// Override the scenario's backend (local, netns, docker).
     #[arg(long)]
     pub backend: Option<String>,
+    /// The backend's own settings file, for backends that need one (e.g. an inventory of
+    /// machines); see the backend's documentation.
+    #[arg(long, value_name = "FILE", visible_alias = "inventory")]
+    pub backend_config: Option<PathBuf>,
     /// Override the scenario's number of rounds (e.g. 1 for a short run).
     #[arg(long, conflicts_with = "plan")]
     pub rounds: Option<u32>,
@@ -68,6 +72,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let options = RunOptions {
         seed: Some(seed),
         backend,
+        backend_config: args.backend_config.clone(),
         rounds: args.rounds,
         out_dir: args.out.clone(),
         scenario_file: Some(args.file.clone()),

@@ -36,6 +36,10 @@ pub struct UpArgs {
     /// kills everything it started and exits (e.g. 15s, 500ms).
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     pub heartbeat_timeout: Duration,
+    /// The backend's own settings file, for backends that need one (e.g. an inventory of
+    /// machines); see the backend's documentation.
+    #[arg(long, value_name = "FILE", visible_alias = "inventory")]
+    pub backend_config: Option<PathBuf>,
 }
 
 fn parse_backend(s: &str) -> Result<&'static Backend, String> {
@@ -104,6 +108,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let options = ClusterOptions {
         name: format!("up-{}", std::process::id()),
         heartbeat_timeout: args.heartbeat_timeout,
+        backend_config: args.backend_config.clone(),
         ..ClusterOptions::default()
     };
     let running = tokio::select! {

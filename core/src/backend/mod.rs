@@ -9,6 +9,7 @@
 //! * [`supervisor`], [`owner`], [`gc`]: agent supervision, runner identity in leftovers, and
 //!   what `chaos gc` reports.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,6 +53,10 @@ pub struct ClusterOptions {
     pub heartbeat_timeout: Duration,
     /// Bound on creating one node (including its agent becoming ready).
     pub node_ready_timeout: Duration,
+    /// The backend's own settings file, for backends that need one (e.g. the inventory of
+    /// machines of a bare-metal backend, the launch settings of a cloud backend). Backends that
+    /// need none ignore it; each documents its format and its default.
+    pub backend_config: Option<PathBuf>,
 }
 
 impl Default for ClusterOptions {
@@ -60,6 +65,7 @@ impl Default for ClusterOptions {
             name: "chaos".to_string(),
             heartbeat_timeout: Duration::from_secs(15),
             node_ready_timeout: Duration::from_secs(20),
+            backend_config: None,
         }
     }
 }

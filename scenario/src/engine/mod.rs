@@ -95,6 +95,8 @@ pub struct RunOptions {
     pub seed: Option<u64>,
     /// Overrides `cluster.backend`.
     pub backend: Option<Backend>,
+    /// The backend's own settings file (`chaos::backend::ClusterOptions::backend_config`).
+    pub backend_config: Option<PathBuf>,
     /// Overrides `schedule.rounds`.
     pub rounds: Option<u32>,
     /// Where run directories go (default `runs`).
@@ -113,6 +115,7 @@ impl std::fmt::Debug for RunOptions {
         f.debug_struct("RunOptions")
             .field("seed", &self.seed)
             .field("backend", &self.backend)
+            .field("backend_config", &self.backend_config)
             .field("rounds", &self.rounds)
             .field("out_dir", &self.out_dir)
             .field("scenario_file", &self.scenario_file)
@@ -126,6 +129,7 @@ impl Default for RunOptions {
         RunOptions {
             seed: None,
             backend: None,
+            backend_config: None,
             rounds: None,
             out_dir: PathBuf::from("runs"),
             scenario_file: None,
@@ -213,6 +217,12 @@ impl Runner {
     /// Overrides the backend.
     pub fn backend(mut self, backend: Backend) -> Runner {
         self.options.backend = Some(backend);
+        self
+    }
+
+    /// Sets the backend's own settings file (`chaos::backend::ClusterOptions::backend_config`).
+    pub fn backend_config(mut self, path: impl Into<PathBuf>) -> Runner {
+        self.options.backend_config = Some(path.into());
         self
     }
 
@@ -342,6 +352,9 @@ fn replay_plan_command(scenario: &Scenario, options: &RunOptions, plan: &Path) -
     if let Some(b) = options.backend {
         cmd.push_str(&format!(" --backend {b}"));
     }
+    if let Some(config) = &options.backend_config {
+        cmd.push_str(&format!(" --backend-config {}", config.display()));
+    }
     if options.out_dir != Path::new("runs") {
         cmd.push_str(&format!(" --out {}", options.out_dir.display()));
     }
@@ -357,6 +370,9 @@ fn replay_command(scenario: &Scenario, options: &RunOptions, seed: u64) -> Strin
     let mut cmd = format!("chaos run {file} --seed {seed}");
     if let Some(b) = options.backend {
         cmd.push_str(&format!(" --backend {b}"));
+    }
+    if let Some(config) = &options.backend_config {
+        cmd.push_str(&format!(" --backend-config {}", config.display()));
     }
     if let Some(r) = options.rounds {
         cmd.push_str(&format!(" --rounds {r}"));

@@ -31,6 +31,7 @@ impl Run {
         self.status_line(&format!("creating {n} {} nodes", scenario.cluster.backend));
         let options = ClusterOptions {
             name: format!("scn-{}", scenario.name),
+            backend_config: self.options.backend_config.clone(),
             ..ClusterOptions::default()
         };
         let backend = scenario.cluster.backend.entry();
