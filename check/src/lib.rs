@@ -48,6 +48,7 @@ pub use history::{
 pub use linearizability::{Budget, Linearizability, Minimize};
 pub use report::{ReportFiles, write_report};
 pub use set::SetChecker;
+pub use svg::esc as escape_markup;
 pub use unique_ids::UniqueIdsChecker;
 
 /// One checker as the crate offers it: its name, whether a history has anything for it, and how

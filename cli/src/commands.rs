@@ -3,6 +3,7 @@
 //! To add a subcommand, add a variant to [`Command`] (its doc comment is its `--help` line) and
 //! a match arm in [`run`] calling a function in its own module.
 
+mod campaign;
 mod certs;
 mod check;
 mod control;
@@ -60,7 +61,8 @@ pub enum Command {
     Validate(validate::ValidateArgs),
     /// Print the fault schedule a scenario and seed give, without running anything.
     Plan(plan::PlanArgs),
-    /// Run a scenario: cluster, system, workload, seeded faults, recovery checks, verdict.
+    /// Run a scenario: cluster, system, workload, seeded faults, recovery checks, verdict
+    /// (or a campaign of many seeds: --seeds A..B / --count N, --parallel K).
     Run(run::RunArgs),
     /// Re-run the checkers (linearizability, lost writes, availability…) on a stored history.
     Check(check::CheckArgs),

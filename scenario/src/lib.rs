@@ -7,6 +7,7 @@
 //! * [`builder`]: the same scenarios built in Rust ([`Scenario::builder`]).
 //! * [`template`]: the Jinja templates used in commands, files and checks.
 //! * [`engine`]: runs a plan against real processes and gives a verdict ([`Runner`]).
+//! * [`campaign`]: one scenario under many seeds, several at a time, with one verdict.
 //! * [`checks`]: readiness checks, invariants and the leader probe.
 //! * [`workload`]: clients that load the system and record every operation.
 //! * [`rundir`]: the run directory, its event log and `summary.json`.
@@ -23,6 +24,7 @@
 //! ```
 
 pub mod builder;
+pub mod campaign;
 pub mod checks;
 pub mod engine;
 pub mod http;
