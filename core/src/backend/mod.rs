@@ -96,9 +96,15 @@ pub(crate) fn reserve_nodes(
     Ok(first)
 }
 
-/// Runs `create(k)` for nodes `first..first + count` concurrently, each bounded by `bound` (a
-/// timeout names the node). Returns what was made, in node order, and the first error — a
-/// backend keeps what was made even then, so that its cleanup releases it.
+/// Most nodes of one `create_nodes` call made at once: enough to keep a machine busy while agents
+/// start, few enough that a thousand nodes do not all wait on the same two cores and each
+/// node's bound (which starts when its turn comes) stays meaningful.
+pub const CREATE_CONCURRENCY: usize = 32;
+
+/// Runs `create(k)` for nodes `first..first + count`, at most [`CREATE_CONCURRENCY`] at once,
+/// each bounded by `bound` from its start (a timeout names the node). Returns what was made, in
+/// node order, and the first error — a backend keeps what was made even then, so that its
+/// cleanup releases it. After an error no further node is started.
 pub(crate) async fn create_concurrently<T, F, Fut>(
     backend: &'static str,
     first: u32,
@@ -112,19 +118,24 @@ where
     T: Send + 'static,
 {
     let mut tasks = tokio::task::JoinSet::new();
-    for k in first..first + count as u32 {
-        let creating = create(k);
-        tasks.spawn(async move {
-            let name = format!("n{k}");
-            (
-                k,
-                crate::ext::with_timeout(&name, "creating the node", bound, creating).await,
-            )
-        });
-    }
+    let mut pending = first..first + count as u32;
     let mut made = Vec::with_capacity(count);
     let mut first_error = None;
-    while let Some(joined) = tasks.join_next().await {
+    loop {
+        while tasks.len() < CREATE_CONCURRENCY && first_error.is_none() {
+            let Some(k) = pending.next() else { break };
+            let creating = create(k);
+            tasks.spawn(async move {
+                let name = format!("n{k}");
+                (
+                    k,
+                    crate::ext::with_timeout(&name, "creating the node", bound, creating).await,
+                )
+            });
+        }
+        let Some(joined) = tasks.join_next().await else {
+            break;
+        };
         match joined {
             Ok((k, Ok(node))) => made.push((k, node)),
             Ok((_, Err(e))) => {

@@ -325,6 +325,7 @@ impl Run {
         &self,
         mut events: tokio::sync::broadcast::Receiver<chaos::backend::supervisor::AgentEvent>,
     ) -> tokio::task::JoinHandle<()> {
+        use chaos::backend::supervisor::AgentEvent;
         use tokio::sync::broadcast::error::RecvError;
         let dir = self.dir.clone();
         let observer = self.options.observer.clone();
@@ -334,7 +335,13 @@ impl Run {
                     Ok(event) => {
                         dir.event(event.name(), json!(event));
                         if let Some(observer) = &observer {
-                            observer.progress(Progress::Line(event.to_string()));
+                            // Creation progress is a status, not a line of its own.
+                            observer.progress(match event {
+                                AgentEvent::NodesReady { ready, total, .. } => {
+                                    Progress::Doing(format!("creating nodes: {ready}/{total} ready"))
+                                }
+                                event => Progress::Line(event.to_string()),
+                            });
                         }
                     }
                     Err(RecvError::Lagged(missed)) => {
