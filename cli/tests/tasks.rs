@@ -114,3 +114,83 @@ fn a_bad_task_file_names_the_line_and_field() {
         "{stderr}"
     );
 }
+
+/// Network faults from the scenario's fault cases while tasks run on `netns` nodes: planned from
+/// the seed, injected, healed; the tasks still pass. On `local` the same file is refused before
+/// any task runs (its agents cannot confine a network fault to one node).
+#[test]
+fn faults_from_scenario_cases_run_while_tasks_run() {
+    let file_text = |backend: &str| {
+        format!(
+            r#"
+name = "with-faults"
+[cluster]
+backend = "{backend}"
+nodes = 3
+[tasks]
+list = ["a", "b", "c", "d", "e", "f"]
+command = "sleep 0.5"
+[schedule]
+rounds = 2
+pause = "50ms"
+[[faults]]
+name = "cut-one"
+kind = "partition"
+target = "one"
+duration = "300ms"
+[[faults]]
+name = "lossy"
+kind = "loss"
+target = "all"
+percent = 20
+duration = "200ms"
+"#
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("local.toml");
+    std::fs::write(&local, file_text("local")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_chaos"))
+        .args(["tasks", local.to_str().unwrap(), "--seed", "7", "--out"])
+        .arg(dir.path().join("runs"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{stdout}");
+    assert!(stdout.contains("ERROR: fault case `cut-one`"), "{stdout}");
+
+    if let Err(why) = chaos::backend::registry::available("netns") {
+        chaos_testkit::skip("faults_from_scenario_cases_run_while_tasks_run", "netns", &why);
+        return;
+    }
+    let netns = dir.path().join("netns.toml");
+    std::fs::write(&netns, file_text("netns")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_chaos"))
+        .args(["tasks", netns.to_str().unwrap(), "--seed", "7", "--out"])
+        .arg(dir.path().join("runs"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("seed 7"), "{stdout}");
+    let run_dir = PathBuf::from(
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("run directory: "))
+            .unwrap(),
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["seed"], 7);
+    assert_eq!(summary["success_count"], 6);
+    let faults = summary["faults"].as_array().expect("faults recorded");
+    assert!(!faults.is_empty(), "{summary:#}");
+    assert_eq!(faults[0]["status"], "healed", "{summary:#}");
+    assert!(faults.iter().all(|f| f["status"] != "error"), "{summary:#}");
+    assert!(run_dir.join("plan.txt").is_file());
+}

@@ -21,6 +21,9 @@ pub struct TasksArgs {
     /// The backend's own settings file, for backends that need one.
     #[arg(long, value_name = "FILE", visible_alias = "inventory")]
     pub backend_config: Option<PathBuf>,
+    /// The seed the file's fault cases are planned from (drawn and printed when absent).
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Where run directories go: OUT/<name>/<timestamp>-tasks/.
     #[arg(long, default_value = "runs")]
     pub out: PathBuf,
@@ -72,12 +75,17 @@ pub async fn run(args: TasksArgs) -> anyhow::Result<u8> {
         .map(str::parse::<Backend>)
         .transpose()
         .map_err(|e| BadInput(format!("--backend: {e}")))?;
+    let seed = (!file.faults.is_empty()).then(|| args.seed.unwrap_or_else(chaos_scenario::draw_seed));
+    if let Some(seed) = seed {
+        println!("seed {seed}");
+    }
     let cancel = CancellationToken::new();
     let interrupts = tokio::spawn(super::run::watch_interrupts(cancel.clone()));
     let outcome = TaskRunner::new(file)
         .backend(backend)
         .backend_config(args.backend_config.clone())
         .out_dir(&args.out)
+        .seed(seed)
         .observer(Arc::new(Lines))
         .cancel(cancel)
         .run()
@@ -97,6 +105,13 @@ pub async fn run(args: TasksArgs) -> anyhow::Result<u8> {
             s.not_run_count,
             s.elapsed_ms as f64 / 1000.0
         ),
+    }
+    if !s.faults.is_empty() {
+        let healed = s.faults.iter().filter(|f| f.status == "healed").count();
+        println!(
+            "{} faults while the tasks ran ({healed} injected and healed)",
+            s.faults.len()
+        );
     }
     for t in s.tasks.iter().filter(|t| t.status == TaskStatus::Failed) {
         println!("failed: {} (on {}; log: tasks/{}/)", t.name, t.node, t.index);

@@ -27,10 +27,14 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::model::{Backend, CommandLine};
+use crate::plan::Plan;
 use crate::template::Templates;
 
+mod faults;
 mod model;
 mod report;
+
+pub use faults::FaultRecord;
 
 pub use model::{ListFrom, MAX_TASKS, TaskFile, TaskFileError, TaskSpec};
 
@@ -118,8 +122,14 @@ pub struct TaskSummary {
     pub failure_count: usize,
     /// Tasks never run.
     pub not_run_count: usize,
+    /// The seed the fault plan was drawn from (with fault cases).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
     /// Every task, in list order.
     pub tasks: Vec<TaskResult>,
+    /// The faults injected while the tasks ran.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub faults: Vec<FaultRecord>,
 }
 
 /// A finished task run.
@@ -177,6 +187,7 @@ pub struct TaskRunner {
     out_dir: PathBuf,
     observer: Option<Arc<dyn TaskObserver>>,
     cancel: CancellationToken,
+    seed: Option<u64>,
 }
 
 impl std::fmt::Debug for TaskRunner {
@@ -228,7 +239,14 @@ impl TaskRunner {
             out_dir: PathBuf::from("runs"),
             observer: None,
             cancel: CancellationToken::new(),
+            seed: None,
         }
+    }
+
+    /// The seed the fault cases are planned from (drawn when absent).
+    pub fn seed(mut self, seed: Option<u64>) -> TaskRunner {
+        self.seed = seed;
+        self
     }
 
     /// Overrides `cluster.backend`.
@@ -300,21 +318,42 @@ impl TaskRunner {
             flaky_count: 0,
             failure_count: 0,
             not_run_count: 0,
+            seed: None,
             tasks: Vec::new(),
+            faults: Vec::new(),
         };
-        let made = tokio::select! {
+        let plan = match file.fault_scenario() {
+            Ok(Some(scenario)) => {
+                let seed = self.seed.unwrap_or_else(crate::draw_seed);
+                summary.seed = Some(seed);
+                let plan = Plan::generate(&scenario, seed);
+                let _ = std::fs::write(dir.join("plan.txt"), plan.to_text());
+                Some((scenario, plan))
+            }
+            Ok(None) => None,
+            Err(errors) => {
+                summary.reason = Some(errors.to_string());
+                None
+            }
+        };
+        let made = if let Some(reason) = &summary.reason {
+            Err(reason.clone())
+        } else {
+            tokio::select! {
             made = make_cluster(&file, options) => made,
             _ = self.cancel.cancelled() => Err("interrupted while creating the cluster".into()),
+            }
         };
         match made {
             Ok((cluster, nodes)) => {
-                let result = self.run_on(&file, &nodes, &dir).await;
+                let result = self.run_on(&file, &nodes, &dir, plan).await;
                 self.doing("cleaning up the cluster");
                 if let Err(e) = cluster.cleanup().await {
                     tracing::warn!(target: "chaos_scenario", "tasks {}: cleanup: {e}", file.name);
                 }
                 match result {
-                    Ok(tasks) => {
+                    Ok((tasks, faults)) => {
+                        summary.faults = faults;
                         let count = |s: TaskStatus| tasks.iter().filter(|t| t.status == s).count();
                         summary.task_count = tasks.len();
                         summary.flaky_count = count(TaskStatus::Flaky);
@@ -355,8 +394,17 @@ impl TaskRunner {
         file: &TaskFile,
         nodes: &[Arc<dyn Node>],
         dir: &Path,
-    ) -> Result<Vec<TaskResult>, String> {
+        plan: Option<(crate::Scenario, Plan)>,
+    ) -> Result<(Vec<TaskResult>, Vec<FaultRecord>), String> {
         let spec = &file.tasks;
+        let nemeses = match &plan {
+            Some((scenario, _)) => {
+                let nemeses = faults::nemeses(nodes);
+                faults::check(scenario, &nemeses).await?;
+                Some(nemeses)
+            }
+            None => None,
+        };
         let list = match &spec.list_from {
             None => spec.list.clone(),
             Some(from) => {
@@ -374,6 +422,16 @@ impl TaskRunner {
         let results: Arc<Mutex<Vec<Option<TaskResult>>>> = Arc::new(Mutex::new(vec![None; total]));
         let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         self.doing(&format!("running {total} tasks on {} nodes", nodes.len()));
+        let tasks_done = CancellationToken::new();
+        let nemesis = match (plan, nemeses) {
+            (Some((_, plan)), Some(nemeses)) => Some(tokio::spawn(faults::run(
+                plan,
+                nodes.to_vec(),
+                nemeses,
+                tasks_done.clone(),
+            ))),
+            _ => None,
+        };
         let mut workers = tokio::task::JoinSet::new();
         for node in nodes {
             for _ in 0..spec.per_node {
@@ -394,6 +452,11 @@ impl TaskRunner {
             _ = async { while workers.join_next().await.is_some() {} } => {}
             _ = self.cancel.cancelled() => workers.abort_all(),
         }
+        tasks_done.cancel();
+        let fault_records = match nemesis {
+            Some(handle) => handle.await.unwrap_or_default(),
+            None => Vec::new(),
+        };
         let pending: Vec<(usize, String)> = queue
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -403,11 +466,12 @@ impl TaskRunner {
         for (index, name) in pending {
             results[index] = Some(not_run(index, name));
         }
-        Ok(results
+        let results = results
             .into_iter()
             .enumerate()
             .map(|(index, r)| r.unwrap_or_else(|| not_run(index, String::new())))
-            .collect())
+            .collect();
+        Ok((results, fault_records))
     }
 }
 

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{ClusterSpec, CommandLine, Dur};
+use crate::model::{ClusterSpec, CommandLine, Dur, FaultCase, Schedule};
 
 /// A whole task file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -19,6 +19,13 @@ pub struct TaskFile {
     pub cluster: ClusterSpec,
     /// The tasks.
     pub tasks: TaskSpec,
+    /// Fault cases injected while the tasks run: the scenario's `[[faults]]`, same fields
+    /// (network families only: there is no system under test to kill or pause).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub faults: Vec<FaultCase>,
+    /// How the fault cases are ordered and paced: the scenario's `[schedule]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Schedule>,
 }
 
 /// `[tasks]`.
@@ -119,7 +126,27 @@ impl TaskFile {
             parsed.name = stem.to_string();
         }
         parsed.check(file)?;
+        if let Err(errors) = parsed.fault_scenario() {
+            return Err(TaskFileError(format!("{file}: {errors}")));
+        }
         Ok(parsed)
+    }
+
+    /// The fault cases and schedule as a scenario without a system, for planning them from a
+    /// seed and checking them exactly as a scenario's; `None` without fault cases.
+    pub fn fault_scenario(&self) -> Result<Option<crate::Scenario>, crate::ScenarioErrors> {
+        if self.faults.is_empty() {
+            return Ok(None);
+        }
+        let header = format!("name = {}\n", toml::Value::String(self.name.clone()));
+        let mut scenario = crate::Scenario::parse(&header, "tasks")?;
+        scenario.cluster = self.cluster.clone();
+        scenario.faults = self.faults.clone();
+        if let Some(schedule) = &self.schedule {
+            scenario.schedule = schedule.clone();
+        }
+        scenario.validate()?;
+        Ok(Some(scenario))
     }
 
     fn check(&self, file: &str) -> Result<(), TaskFileError> {
