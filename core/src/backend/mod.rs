@@ -149,3 +149,54 @@ where
     made.sort_by_key(|(k, _)| *k);
     (made.into_iter().map(|(_, node)| node).collect(), first_error)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// Never more than `CREATE_CONCURRENCY` creations at once, every node made in order, and no
+    /// node started after a failure.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn creation_is_bounded_and_stops_after_a_failure() {
+        let (now, most, started) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        let create = |fail_at: Option<u32>| {
+            let (now, most, started) = (now.clone(), most.clone(), started.clone());
+            move |k: u32| {
+                let (now, most, started) = (now.clone(), most.clone(), started.clone());
+                async move {
+                    started.fetch_add(1, Ordering::SeqCst);
+                    let in_flight = now.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(in_flight, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    now.fetch_sub(1, Ordering::SeqCst);
+                    if Some(k) == fail_at {
+                        return Err(Error::backend("test", format!("node n{k} failed")));
+                    }
+                    Ok(k)
+                }
+            }
+        };
+        let (made, error) = create_concurrently("test", 1, 200, Duration::from_secs(5), create(None)).await;
+        assert!(error.is_none());
+        assert_eq!(made, (1..=200).collect::<Vec<u32>>());
+        assert_eq!(most.load(Ordering::SeqCst), CREATE_CONCURRENCY);
+
+        started.store(0, Ordering::SeqCst);
+        let (made, error) =
+            create_concurrently("test", 1, 200, Duration::from_secs(5), create(Some(5))).await;
+        assert!(error.unwrap().to_string().contains("node n5 failed"));
+        let started = started.load(Ordering::SeqCst);
+        assert!(
+            started < 200,
+            "creation stopped after the failure ({started} started)"
+        );
+        assert_eq!(made.len(), started - 1, "what was made is kept for cleanup");
+    }
+}
