@@ -117,3 +117,39 @@ impl CampaignObserver for CampaignBar {
         });
     }
 }
+
+/// Draws node creation progress (`AgentEvent::NodesReady`) as a bar on stderr, and other lines
+/// above it.
+#[derive(Default)]
+pub struct NodesBar {
+    bar: Mutex<Option<ProgressBar>>,
+}
+
+impl NodesBar {
+    /// `ready` of `total` nodes answer heartbeats; the bar goes away when all do.
+    pub fn ready(&self, ready: u32, total: u32) {
+        let mut slot = self.bar.lock().unwrap_or_else(|p| p.into_inner());
+        let bar = slot.get_or_insert_with(|| {
+            let bar = ProgressBar::with_draw_target(Some(u64::from(total)), ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template("[{elapsed_precise}] {bar:30} {pos}/{len} nodes ready")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar
+        });
+        bar.set_length(u64::from(total));
+        bar.set_position(u64::from(ready));
+        if ready >= total {
+            bar.finish_and_clear();
+            *slot = None;
+        }
+    }
+
+    /// Prints `line` on stderr, above the bar when one is drawn.
+    pub fn line(&self, line: &str) {
+        match &*self.bar.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(bar) => bar.suspend(|| eprintln!("{line}")),
+            None => eprintln!("{line}"),
+        }
+    }
+}
