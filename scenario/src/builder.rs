@@ -342,6 +342,8 @@ impl WorkloadSpec {
             mix: None,
             final_reads: true,
             ops: Vec::new(),
+            exit_codes: None,
+            adapter: None,
         }
     }
 

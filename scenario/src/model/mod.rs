@@ -331,7 +331,7 @@ pub struct LeaderProbe {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkloadSpec {
-    /// `kv` or `command`.
+    /// `kv`, `command` or `adapter`.
     #[serde(rename = "type")]
     pub kind: WorkloadType,
     /// Target rate over all clients, operations per second (default 50).
@@ -355,12 +355,69 @@ pub struct WorkloadSpec {
     /// `kv`: relative weights of read / write / cas / delete (default 50/30/15/5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mix: Option<Mix>,
-    /// `kv`: read every key once at the end, so a lost acknowledged write shows (default true).
+    /// Read every key once at the end with each read kind the workload has, so a lost
+    /// acknowledged write shows (default true).
     #[serde(default = "default_true")]
     pub final_reads: bool,
-    /// `command`: the operations, drawn by weight.
+    /// `command` and `adapter`: the operations, drawn by weight.
     #[serde(default)]
     pub ops: Vec<CommandOp>,
+    /// `command`: which exit codes mean `fail` and `unknown` (exit 0 is `ok`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_codes: Option<ExitCodes>,
+    /// `adapter`: the adapter process each client starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<AdapterSpec>,
+}
+
+/// `[workload.exit_codes]`: how a `command` operation's exit code maps to its outcome. Exit 0 is
+/// `ok`; a code listed in `fail` is `fail` (it definitely did not take effect); one in `unknown`
+/// is `unknown`; any other code, `other` (default `unknown`: a client that exits non-zero after
+/// a timeout cannot say whether its write happened). A process killed by a signal or timed out
+/// is always `unknown`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExitCodes {
+    /// Codes meaning `fail`.
+    #[serde(default)]
+    pub fail: Vec<i32>,
+    /// Codes meaning `unknown`.
+    #[serde(default)]
+    pub unknown: Vec<i32>,
+    /// The outcome of any other non-zero code (default `unknown`).
+    #[serde(default)]
+    pub other: NotOk,
+}
+
+impl ExitCodes {
+    /// The outcome of exit code `code` (`None`: killed by a signal).
+    pub fn outcome(&self, code: Option<i32>) -> chaos_check::Outcome {
+        use chaos_check::Outcome;
+        match code {
+            Some(0) => Outcome::Ok,
+            None => Outcome::Unknown,
+            Some(c) if self.fail.contains(&c) => Outcome::Fail,
+            Some(c) if self.unknown.contains(&c) => Outcome::Unknown,
+            Some(_) => match self.other {
+                NotOk::Fail => Outcome::Fail,
+                NotOk::Unknown => Outcome::Unknown,
+            },
+        }
+    }
+}
+
+/// `[workload.adapter]`: the long-lived process behind each client of an `adapter` workload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdapterSpec {
+    /// Program and arguments (templates, rendered for the client's node; they see `client`).
+    pub command: CommandLine,
+    /// Where it runs (default `node`).
+    #[serde(default)]
+    pub on: AdapterPlace,
+    /// Extra environment variables (values are templates).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
 }
 
 fn default_rate() -> f64 {
@@ -408,8 +465,10 @@ impl Default for Mix {
 pub struct CommandOp {
     /// What the history records it as.
     pub kind: CommandOpKind,
-    /// The command (template; sees `client`, `seq`, `key`, `value`, `node`).
-    pub command: CommandLine,
+    /// `command` workload: the command (template; sees `client`, `seq`, `key`, `value`,
+    /// `node`). An `adapter` workload has none: its adapter performs the kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<CommandLine>,
     /// Relative weight (default 1).
     #[serde(default = "default_one_u32")]
     pub weight: u32,

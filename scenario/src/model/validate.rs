@@ -180,24 +180,78 @@ impl Scenario {
                     if !w.ops.is_empty() {
                         p.add(
                             &[key("workload"), key("ops")],
-                            "`ops` belongs to the command workload",
+                            "`ops` belongs to the command and adapter workloads",
                         );
                     }
+                    for (field, set) in [("adapter", w.adapter.is_some()), ("exit_codes", w.exit_codes.is_some())] {
+                        if set {
+                            p.add(
+                                &[key("workload"), key(field)],
+                                format!("`{field}` does not belong to the kv workload"),
+                            );
+                        }
+                    }
                 }
-                WorkloadType::Command => {
+                WorkloadType::Command | WorkloadType::Adapter => {
+                    let name = if w.kind == WorkloadType::Command { "command" } else { "adapter" };
                     if w.ops.is_empty() {
-                        p.add(&path, "the command workload needs at least one [[workload.ops]]");
+                        p.add(&path, format!("the {name} workload needs at least one [[workload.ops]]"));
                     }
                     if w.ops.iter().all(|o| o.weight == 0) && !w.ops.is_empty() {
                         p.add(&[key("workload"), key("ops")], "every weight is 0");
                     }
                     for (i, op) in w.ops.iter().enumerate() {
-                        for t in op.command.templates() {
-                            tm.call(
-                                p,
-                                &[key("workload"), key("ops"), Seg::Index(i), key("command")],
-                                t,
-                                true,
+                        let at = [key("workload"), key("ops"), Seg::Index(i), key("command")];
+                        match (&op.command, w.kind) {
+                            (Some(c), WorkloadType::Command) => {
+                                for t in c.templates() {
+                                    tm.call(p, &at, t, true);
+                                }
+                            }
+                            (None, WorkloadType::Command) => p.add(
+                                &[key("workload"), key("ops"), Seg::Index(i)],
+                                "a command workload's operation needs `command`",
+                            ),
+                            (Some(_), _) => p.add(
+                                &at,
+                                "an adapter workload's operations have no `command`: the adapter performs them ([workload.adapter])",
+                            ),
+                            (None, _) => {}
+                        }
+                    }
+                    match (&w.adapter, w.kind) {
+                        (Some(a), WorkloadType::Adapter) => {
+                            for t in a.command.templates() {
+                                tm.call(p, &[key("workload"), key("adapter"), key("command")], t, true);
+                            }
+                            for (k, v) in &a.env {
+                                tm.call(p, &[key("workload"), key("adapter"), key("env"), key(k)], v, true);
+                            }
+                        }
+                        (None, WorkloadType::Adapter) => p.add(
+                            &path,
+                            "the adapter workload needs [workload.adapter] with the adapter's `command`",
+                        ),
+                        (Some(_), _) => p.add(
+                            &[key("workload"), key("adapter")],
+                            "`adapter` belongs to the adapter workload (type = \"adapter\")",
+                        ),
+                        (None, _) => {}
+                    }
+                    if let Some(codes) = &w.exit_codes {
+                        if w.kind != WorkloadType::Command {
+                            p.add(
+                                &[key("workload"), key("exit_codes")],
+                                "`exit_codes` belongs to the command workload",
+                            );
+                        }
+                        if codes.fail.contains(&0) || codes.unknown.contains(&0) {
+                            p.add(&[key("workload"), key("exit_codes")], "exit code 0 is always `ok`");
+                        }
+                        if let Some(c) = codes.fail.iter().find(|c| codes.unknown.contains(c)) {
+                            p.add(
+                                &[key("workload"), key("exit_codes")],
+                                format!("exit code {c} is listed both as `fail` and as `unknown`"),
                             );
                         }
                     }

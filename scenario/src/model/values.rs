@@ -459,6 +459,30 @@ pub enum WorkloadType {
     Kv,
     /// A templated command per operation.
     Command,
+    /// A long-lived adapter process per client speaking JSON lines (`docs/adapters.md`).
+    Adapter,
+}
+
+/// Where a client's adapter process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdapterPlace {
+    /// On the client's node, through its agent (it reaches node-local addresses).
+    #[default]
+    Node,
+    /// On the runner, as a child process of `chaos run`.
+    Runner,
+}
+
+/// An outcome a command's exit code maps to, besides `ok` (exit 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotOk {
+    /// It definitely did not take effect.
+    Fail,
+    /// It may or may not have taken effect.
+    #[default]
+    Unknown,
 }
 
 /// History operation kinds a `command` workload may record.

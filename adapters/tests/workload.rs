@@ -1,0 +1,155 @@
+//! The adapter workload end to end, on the local backend (real agents, real processes): every
+//! outcome an adapter can give, a crashed, a silent and a chatty adapter, garbage answers, final
+//! reads — and a deliberately buggy store whose lost acknowledged writes fail the run by name.
+
+use std::path::Path;
+
+use chaos_check::{History, Op, OpKind, Outcome};
+use chaos_scenario::{RunOutcome, Runner, Scenario};
+
+const ECHO: &str = env!("CARGO_BIN_EXE_chaos-adapter-echo");
+
+fn run(text: &str, out: &Path) -> RunOutcome {
+    let scenario = Scenario::parse(text, "adapter-test.toml").unwrap_or_else(|e| panic!("{e}"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(Runner::new(scenario).seed(3).out_dir(out).run())
+        .unwrap_or_else(|e| panic!("run: {e}"))
+}
+
+fn ops(run_dir: &Path) -> Vec<Op> {
+    let text = std::fs::read_to_string(run_dir.join("history.jsonl")).unwrap();
+    let history = History::parse(&text, "history.jsonl").unwrap_or_else(|e| panic!("{e}"));
+    history.ops
+}
+
+fn on_key<'a>(ops: &'a [Op], key: &str) -> Vec<&'a Op> {
+    ops.iter().filter(|o| o.key.as_deref() == Some(key)).collect()
+}
+
+/// A port nothing listens on now (the OS picks it; the store binds it right after).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn every_outcome_crash_silence_and_garbage_through_the_protocol() {
+    let dir = tempfile::tempdir().unwrap();
+    // One node, one client at a time per adapter; the test keys k1 … k6 misbehave (see
+    // chaos_adapters::echo::test_key), k0 is a plain register.
+    let text = format!(
+        r#"
+[cluster]
+backend = "local"
+nodes = 1
+[setup.start]
+command = ["sh", "-c", "sleep 600; : {{{{ run_id }}}}"]
+[workload]
+type = "adapter"
+rate = 80
+concurrency = 2
+keys = 7
+timeout = "400ms"
+[workload.adapter]
+command = ["{ECHO}", "--test-keys"]
+on = "runner"
+[[workload.ops]]
+kind = "write"
+[[workload.ops]]
+kind = "read"
+[[faults]]
+name = "pause"
+kind = "pause"
+target = "one"
+duration = "3s"
+[history]
+checkers = ["availability"]
+max_error_fraction = 1.0
+"#
+    );
+    let outcome = run(&text, dir.path());
+    let ops = ops(&outcome.run_dir);
+    let has = |key: &str, outcome: Outcome, needle: &str| {
+        let found = on_key(&ops, key)
+            .iter()
+            .any(|o| o.outcome == outcome && o.error.as_deref().unwrap_or("").contains(needle));
+        assert!(found, "{key}: no {outcome:?} op with {needle:?}: {:#?}", on_key(&ops, key));
+    };
+    has("k1", Outcome::Fail, "refused, as asked");
+    has("k2", Outcome::Unknown, "no idea, as asked");
+    has("k3", Outcome::Unknown, "exited");
+    has("k4", Outcome::Unknown, "did not answer within");
+    has("k6", Outcome::Unknown, "not a response");
+    // A chatty adapter's non-JSON lines are skipped: its answers still count.
+    assert!(on_key(&ops, "k5").iter().any(|o| o.outcome == Outcome::Ok), "k5");
+    // Every op on k0 succeeds, reads return what the client's own store holds.
+    assert!(on_key(&ops, "k0").iter().all(|o| o.outcome == Outcome::Ok), "k0");
+    // After an unknown operation the client goes on under a new id (client + concurrency).
+    assert!(ops.iter().any(|o| o.client >= 2 && o.client < u32::MAX as u64), "no new client ids");
+    // Final reads: every key read once more at the end, by the final-reads client.
+    let finals: Vec<&Op> = ops.iter().filter(|o| o.client >= u32::MAX as u64).collect();
+    assert!(finals.iter().any(|o| o.kind == OpKind::Read && o.key.as_deref() == Some("k0")), "{finals:#?}");
+    assert!(outcome.summary.totals.ok > 20, "{:?}", outcome.summary.totals);
+}
+
+#[test]
+fn a_store_that_drops_acknowledged_writes_fails_the_run_naming_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    // The store is the system under test (one node); each client's adapter runs on the node
+    // and forwards to it. The store acknowledges every 7th add and drops it.
+    let text = format!(
+        r#"
+[cluster]
+backend = "local"
+nodes = 1
+[setup.start]
+command = ["{ECHO}", "--serve", "127.0.0.1:{port}", "--lose-every", "7"]
+[[setup.ready]]
+name = "store listens"
+command = ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/{port}"]
+timeout = "10s"
+[workload]
+type = "adapter"
+rate = 100
+concurrency = 3
+keys = 2
+[workload.adapter]
+command = ["{ECHO}", "--connect", "127.0.0.1:{port}"]
+[[workload.ops]]
+kind = "add"
+weight = 3
+[[workload.ops]]
+kind = "read_set"
+[[faults]]
+name = "pause"
+kind = "pause"
+target = "one"
+duration = "1s"
+[history]
+checkers = ["set"]
+"#
+    );
+    let outcome = run(&text, dir.path());
+    assert!(!outcome.passed(), "{:?}", outcome.summary);
+    let reason = outcome.summary.reason.clone().unwrap_or_default();
+    assert!(reason.contains("set"), "{reason}");
+    let verdicts = std::fs::read_to_string(outcome.run_dir.join("summary.json")).unwrap();
+    let summary: serde_json::Value = serde_json::from_str(&verdicts).unwrap();
+    let set = summary["history"]["checkers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["checker"] == "set")
+        .cloned()
+        .unwrap();
+    assert_eq!(set["valid"], "invalid", "{set:#}");
+    // The lost elements are named: each is a value some acknowledged add wrote.
+    let ops = ops(&outcome.run_dir);
+    let text = set.to_string();
+    let lost: Vec<&Op> = ops
+        .iter()
+        .filter(|o| o.kind == OpKind::Add && o.outcome == Outcome::Ok)
+        .filter(|o| text.contains(&o.value.as_ref().unwrap().to_string()))
+        .collect();
+    assert!(!lost.is_empty(), "no lost add named in {set:#}");
+}
