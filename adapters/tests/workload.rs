@@ -1,4 +1,4 @@
-//! The adapter workload end to end, on the local backend (real agents, real processes): every
+//! The adapter (and command) workloads end to end, on the local backend (real agents, real processes): every
 //! outcome an adapter can give, a crashed, a silent and a chatty adapter, garbage answers, final
 //! reads — and a deliberately buggy store whose lost acknowledged writes fail the run by name.
 
@@ -152,4 +152,182 @@ checkers = ["set"]
         .filter(|o| text.contains(&o.value.as_ref().unwrap().to_string()))
         .collect();
     assert!(!lost.is_empty(), "no lost add named in {set:#}");
+}
+
+/// The Redis adapter against a real `redis-server` (the system under test, one node): registers
+/// and sets under pauses of the server, judged linearizable and lossless.
+#[test]
+fn the_redis_adapter_passes_against_a_real_redis() {
+    let test = "the_redis_adapter_passes_against_a_real_redis";
+    if let Err(why) = which("redis-server") {
+        chaos_testkit::skip(test, "redis", &why);
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let redis = env!("CARGO_BIN_EXE_chaos-adapter-redis");
+    let text = format!(
+        r#"
+[cluster]
+backend = "local"
+nodes = 1
+[setup.start]
+command = ["redis-server", "--port", "{port}", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", "{{{{ node.root }}}}"]
+[[setup.ready]]
+name = "redis answers"
+command = ["redis-cli", "-p", "{port}", "ping"]
+regex = "PONG"
+timeout = "10s"
+[workload]
+type = "adapter"
+rate = 200
+concurrency = 4
+keys = 3
+timeout = "1s"
+[workload.adapter]
+command = ["{redis}", "--addr", "127.0.0.1:{port}", "--timeout-ms", "500"]
+[[workload.ops]]
+kind = "write"
+[[workload.ops]]
+kind = "read"
+[[workload.ops]]
+kind = "add"
+[[workload.ops]]
+kind = "read_set"
+[[faults]]
+name = "pause-redis"
+kind = "pause"
+target = "one"
+duration = "1s"
+[history]
+checkers = ["linearizability", "set"]
+"#
+    );
+    let outcome = run(&text, dir.path());
+    assert!(outcome.passed(), "{:?}", outcome.summary);
+    let ops = ops(&outcome.run_dir);
+    // The pause made some operations time out: writes unknown, reads failed.
+    assert!(ops.iter().any(|o| o.outcome == Outcome::Unknown), "no unknown op");
+    assert!(ops.iter().filter(|o| o.outcome == Outcome::Ok).count() > 100);
+    assert!(ops.iter().any(|o| o.kind == OpKind::ReadSet && o.outcome == Outcome::Ok && !o.values.as_ref().unwrap().is_empty()));
+}
+
+fn which(program: &str) -> Result<std::path::PathBuf, String> {
+    std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).map(|d| d.join(program)).find(|f| f.is_file()))
+        .ok_or_else(|| format!("`{program}` is not on PATH (apt-get install redis-server)"))
+}
+
+/// The `command` workload beside the adapter one: exit codes map to outcomes through
+/// `[workload.exit_codes]`, errors show the rendered command, and every key is read at the end.
+#[test]
+fn command_exit_codes_map_to_outcomes_and_final_reads_cover_every_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    std::fs::create_dir(&store).unwrap();
+    let store = store.display();
+    // Values end in the operation's sequence number: …3 exits 75 (unknown), …7 exits 1 (fail),
+    // …9 exits 4 (other: fail here).
+    let text = format!(
+        r#"
+[cluster]
+backend = "local"
+nodes = 1
+[setup.start]
+command = ["sh", "-c", "sleep 600; : {{{{ run_id }}}}"]
+[workload]
+type = "command"
+rate = 60
+concurrency = 2
+keys = 3
+[workload.exit_codes]
+fail = [1]
+unknown = [75]
+other = "fail"
+[[workload.ops]]
+kind = "add"
+weight = 2
+command = "case {{{{ value }}}} in *3) exit 75;; *7) exit 1;; *9) exit 4;; esac; echo {{{{ value }}}} >> {store}/{{{{ key }}}}"
+[[workload.ops]]
+kind = "read_set"
+command = "cat {store}/{{{{ key }}}} 2>/dev/null || true"
+[[faults]]
+name = "pause"
+kind = "pause"
+target = "one"
+duration = "2s"
+[history]
+checkers = ["set"]
+"#
+    );
+    let outcome = run(&text, dir.path());
+    assert!(outcome.passed(), "{:?}", outcome.summary);
+    let ops = ops(&outcome.run_dir);
+    let adds = |outcome: Outcome, code: &str| {
+        ops.iter()
+            .filter(|o| o.kind == OpKind::Add && o.outcome == outcome)
+            .filter(|o| o.error.as_deref().unwrap_or("").contains(code))
+            .count()
+    };
+    assert!(adds(Outcome::Unknown, "exit code 75") > 0, "75 → unknown");
+    assert!(adds(Outcome::Fail, "exit code 1:") > 0, "1 → fail");
+    assert!(adds(Outcome::Fail, "exit code 4") > 0, "other → fail");
+    // The error shows the command as run, not its template.
+    let error = ops.iter().find_map(|o| o.error.clone()).unwrap();
+    assert!(error.contains("case ") && !error.contains("{{"), "{error}");
+    // Final reads: one read_set of every key by the final-reads client.
+    for key in ["k0", "k1", "k2"] {
+        assert!(
+            ops.iter().any(|o| o.client == u32::MAX as u64 && o.kind == OpKind::ReadSet && o.key.as_deref() == Some(key)),
+            "no final read of {key}"
+        );
+    }
+}
+
+/// The Python example of `docs/adapters.md` works as written, its store a directory shared by
+/// all its processes.
+#[test]
+fn the_python_example_adapter_passes() {
+    let test = "the_python_example_adapter_passes";
+    if let Err(why) = which("python3") {
+        chaos_testkit::skip(test, "python", &why);
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/adapters/toy_adapter.py");
+    let text = format!(
+        r#"
+[cluster]
+backend = "local"
+nodes = 1
+[setup.start]
+command = ["sh", "-c", "sleep 600; : {{{{ run_id }}}}"]
+[workload]
+type = "adapter"
+rate = 100
+concurrency = 3
+keys = 2
+[workload.adapter]
+command = ["python3", "{example}"]
+env = {{ TOY_STORE = "{{{{ node.root }}}}" }}
+[[workload.ops]]
+kind = "add"
+[[workload.ops]]
+kind = "read_set"
+[[workload.ops]]
+kind = "write"
+[[workload.ops]]
+kind = "read"
+[[faults]]
+name = "pause"
+kind = "pause"
+target = "one"
+duration = "1s"
+[history]
+checkers = ["set", "linearizability"]
+"#
+    );
+    let outcome = run(&text, dir.path());
+    assert!(outcome.passed(), "{:?}", outcome.summary);
+    assert!(outcome.summary.totals.ok > 50, "{:?}", outcome.summary.totals);
 }

@@ -47,6 +47,14 @@ pub struct System {
     pub log_paths: Vec<String>,
 }
 
+/// A rendered command as errors show it: program and arguments as run (not their templates).
+pub(crate) fn shown(spec: &chaos_proto::ProcSpec) -> String {
+    std::iter::once(spec.command.as_str())
+        .chain(spec.args.iter().map(String::as_str))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// What to observe.
 #[derive(Clone, Copy)]
 enum Source<'a> {
@@ -120,7 +128,7 @@ impl System {
         match source {
             Source::Command(cmd) => {
                 let spec = self.command_spec(i, cmd)?;
-                let shown = cmd.argv().join(" ");
+                let shown = crate::checks::shown(&spec);
                 let out = node
                     .run_timeout(spec, None, bound)
                     .await

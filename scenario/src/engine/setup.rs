@@ -155,7 +155,7 @@ impl Run {
             for (i, node) in nodes.iter().enumerate() {
                 self.interrupted()?;
                 let spec = system.command_spec(i, cmd).map_err(Abort::Setup)?;
-                let shown = cmd.argv().join(" ");
+                let shown = crate::checks::shown(&spec);
                 let out = node
                     .run_timeout(spec, None, scenario.scaled(COMMAND_BOUND))
                     .await
