@@ -130,6 +130,30 @@ pub struct Setup {
     /// Checks that must pass before faults begin.
     #[serde(default)]
     pub ready: Vec<Check>,
+    /// One-time steps run on one node once the system is ready (creating a table, a topic, a
+    /// stream), in order, each retried until it succeeds or its timeout expires.
+    #[serde(default)]
+    pub once: Vec<OnceStep>,
+}
+
+/// `[[setup.once]]`: a command run once, on one node, after the readiness checks passed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnceStep {
+    /// Name shown in progress, events and errors (default: the command).
+    #[serde(default)]
+    pub name: String,
+    /// Program and arguments (templates, rendered for the node).
+    pub command: CommandLine,
+    /// The node it runs on (default the first, `n1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// How long it may keep failing before the run gives up (default 30s, scaled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Dur>,
+    /// Pause between attempts (default 1s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Dur>,
 }
 
 /// `[[setup.ship]]`: a file copied from the runner.

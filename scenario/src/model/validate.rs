@@ -117,6 +117,20 @@ impl Scenario {
             let path = [key("setup"), key("ready"), Seg::Index(i)];
             self.check_check(p, &path, check, &names, tm);
         }
+        for (i, step) in self.setup.once.iter().enumerate() {
+            let path = [key("setup"), key("once"), Seg::Index(i)];
+            for t in step.command.templates() {
+                tm.call(p, &[&path[..], &[key("command")]].concat(), t, false);
+            }
+            if let Some(node) = &step.node
+                && !names.contains(node)
+            {
+                p.add(
+                    &[&path[..], &[key("node")]].concat(),
+                    format!("no node `{node}`; the nodes are {}", names.join(", ")),
+                );
+            }
+        }
 
         // leader
         if let Some(probe) = &self.leader {
