@@ -244,6 +244,7 @@ impl Check {
             agree: None,
             timeout: None,
             interval: None,
+            give_up_after: None,
         }
     }
 
@@ -273,6 +274,7 @@ impl Invariant {
             agree: None,
             timeout: None,
             interval: None,
+            give_up_after: None,
         })
     }
 

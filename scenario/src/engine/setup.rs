@@ -187,7 +187,9 @@ impl Run {
         for check in &scenario.setup.ready {
             self.interrupted()?;
             self.status_line(&format!("waiting for `{}`", check.name));
-            let result = system.run_check(check, &self.cancel).await;
+            let result = system
+                .run_check_noting(check, &self.cancel, &|line| self.say(line))
+                .await;
             self.interrupted()?;
             self.dir.event("ready_check", json!(result));
             if !result.passed {

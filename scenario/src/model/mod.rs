@@ -270,6 +270,10 @@ pub struct Check {
     /// Pause between attempts (default 500ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<Dur>,
+    /// Stop trying, before the timeout, once this many attempts in a row failed identically
+    /// (default: keep trying until the timeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub give_up_after: Option<u32>,
 }
 
 /// `[[invariants]]`: a [`Check`] (its fields sit beside these) plus when it runs.
@@ -306,6 +310,7 @@ const INVARIANT_FIELDS: &[&str] = &[
     "agree",
     "timeout",
     "interval",
+    "give_up_after",
 ];
 
 fn default_when() -> Vec<When> {

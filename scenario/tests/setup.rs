@@ -1,8 +1,11 @@
-//! `[[setup.once]]` on the local backend: a one-time step runs on its node after readiness,
-//! retried until it succeeds; one that never succeeds stops the run within its bound, naming the
-//! rendered command, the node and the attempts.
+//! Setup on the local backend: a `[[setup.once]]` step runs on its node after readiness, retried
+//! until it succeeds; one that never succeeds stops the run within its bound, naming the rendered
+//! command, the node and the attempts. A readiness check that fails identically says so early,
+//! and gives up early when told.
 
-use chaos_scenario::{RunStatus, Runner, Scenario};
+use std::sync::{Arc, Mutex};
+
+use chaos_scenario::{Progress, RunObserver, RunOptions, RunStatus, Runner, Scenario};
 
 fn scenario(once: &str) -> Scenario {
     let text = format!(
@@ -80,4 +83,54 @@ interval = "200ms"
         "{reason}"
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(60));
+}
+
+/// Keeps the progress lines of a run.
+struct Lines(Mutex<Vec<String>>);
+
+impl RunObserver for Lines {
+    fn progress(&self, progress: Progress) {
+        if let Progress::Line(line) = progress {
+            self.0.lock().unwrap().push(line);
+        }
+    }
+}
+
+#[test]
+fn a_readiness_check_failing_identically_says_so_early_and_gives_up_when_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = scenario(
+        r#"
+[[setup.ready]]
+name = "port open"
+command = ["sh", "-c", "echo connection refused on {{ node.name }}; exit 7"]
+on = ["n1"]
+timeout = "120s"
+interval = "100ms"
+give_up_after = 5
+"#,
+    );
+    let lines = Arc::new(Lines(Mutex::new(Vec::new())));
+    let options = RunOptions {
+        seed: Some(1),
+        out_dir: dir.path().to_path_buf(),
+        observer: Some(lines.clone()),
+        ..RunOptions::default()
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let started = std::time::Instant::now();
+    let outcome = rt.block_on(Runner::new(s).options(options).run()).unwrap();
+    assert_eq!(outcome.status, RunStatus::Error, "{:?}", outcome.summary);
+    // It gave up after 5 identical failures, long before its 120 s timeout.
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+    let reason = outcome.summary.reason.unwrap_or_default();
+    assert!(reason.contains("failed the same way 5 times in a row"), "{reason}");
+    // The rendered command is shown, not its template.
+    assert!(reason.contains("echo connection refused on n1; exit 7"), "{reason}");
+    // And it said so after the third, while still trying.
+    let lines = lines.0.lock().unwrap();
+    assert!(
+        lines.iter().any(|l| l.contains("has failed the same way 3 times in a row; it may never pass")),
+        "{lines:#?}"
+    );
 }
