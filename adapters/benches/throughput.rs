@@ -70,9 +70,16 @@ fn report(label: &str, run_dir: &Path) {
         return;
     };
     let span = Duration::from_micros(last - first).as_secs_f64().max(1e-6);
-    let mut lat: Vec<u64> = ok.iter().filter_map(|o| Some(o.complete_us? - o.invoke_us)).collect();
+    let mut lat: Vec<u64> = ok
+        .iter()
+        .filter_map(|o| Some(o.complete_us? - o.invoke_us))
+        .collect();
     lat.sort_unstable();
-    let pct = |p: f64| lat.get(((lat.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(0);
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * p) as usize)
+            .copied()
+            .unwrap_or(0)
+    };
     let mean = lat.iter().sum::<u64>() as f64 / lat.len().max(1) as f64;
     println!(
         "{label:<28} {:>7} ops ({:>6} ok) {:>9.0} ops/s   latency µs: mean {:>7.0}  p50 {:>6}  p99 {:>6}",
@@ -87,7 +94,11 @@ fn report(label: &str, run_dir: &Path) {
 
 /// A `redis-server` on a free port for the Redis path, if one is installed.
 fn redis() -> Option<(Child, u16)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
     let child = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no"])
         .stdout(Stdio::null())

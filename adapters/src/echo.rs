@@ -50,7 +50,9 @@ impl EchoStore {
         let key = req.key.clone().unwrap_or_default();
         let value = req.value.clone();
         match req.kind {
-            OpKind::Read => AdapterResponse::ok(id, Some(self.registers.get(&key).cloned().unwrap_or(Value::Null))),
+            OpKind::Read => {
+                AdapterResponse::ok(id, Some(self.registers.get(&key).cloned().unwrap_or(Value::Null)))
+            }
             OpKind::Write => {
                 if !self.lose() {
                     self.registers.insert(key, value.unwrap_or(Value::Null));
@@ -80,7 +82,10 @@ impl EchoStore {
             }
             OpKind::Add => {
                 if !self.lose() {
-                    self.sets.entry(key).or_default().push(value.unwrap_or(Value::Null));
+                    self.sets
+                        .entry(key)
+                        .or_default()
+                        .push(value.unwrap_or(Value::Null));
                 }
                 AdapterResponse::ok(id, None)
             }
@@ -95,7 +100,9 @@ impl EchoStore {
                 }
                 AdapterResponse::ok(id, None)
             }
-            OpKind::ReadCounter => AdapterResponse::ok(id, Some(Value::from(*self.counters.get(&key).unwrap_or(&0)))),
+            OpKind::ReadCounter => {
+                AdapterResponse::ok(id, Some(Value::from(*self.counters.get(&key).unwrap_or(&0))))
+            }
             OpKind::Generate => {
                 self.next_id += 1;
                 AdapterResponse::ok(id, Some(Value::from(self.next_id)))
@@ -115,7 +122,10 @@ impl EchoStore {
         let mut done = Vec::with_capacity(ops.len());
         for op in ops {
             let parts = op.as_array().cloned().unwrap_or_default();
-            match (parts.first().and_then(Value::as_str), parts.get(1).and_then(Value::as_str)) {
+            match (
+                parts.first().and_then(Value::as_str),
+                parts.get(1).and_then(Value::as_str),
+            ) {
                 (Some("append"), Some(key)) => {
                     let element = parts.get(2).cloned().unwrap_or(Value::Null);
                     self.lists.entry(key.to_string()).or_default().push(element);
@@ -168,7 +178,11 @@ fn append(register: &mut Value, element: Value) {
         (Value::Array(list), e) => list.push(e),
         (r, e) => {
             let old = std::mem::take(r);
-            *r = if old.is_null() { Value::Array(vec![e]) } else { Value::Array(vec![old, e]) };
+            *r = if old.is_null() {
+                Value::Array(vec![e])
+            } else {
+                Value::Array(vec![old, e])
+            };
         }
     }
 }
@@ -192,26 +206,46 @@ mod tests {
     fn every_kind_behaves() {
         let mut s = EchoStore::default();
         s.apply(req(1, OpKind::Write, "a", Some(1.into())));
-        assert_eq!(s.apply(req(2, OpKind::Read, "a", None)).unwrap().value, Some(1.into()));
+        assert_eq!(
+            s.apply(req(2, OpKind::Read, "a", None)).unwrap().value,
+            Some(1.into())
+        );
         let mut cas = req(3, OpKind::Cas, "a", Some(2.into()));
         cas.expected = Some(9.into());
         assert_eq!(s.apply(cas.clone()).unwrap().outcome, Outcome::Fail);
         cas.expected = Some(1.into());
         assert_eq!(s.apply(cas).unwrap().outcome, Outcome::Ok);
         s.apply(req(4, OpKind::Add, "s", Some(7.into())));
-        assert_eq!(s.apply(req(5, OpKind::ReadSet, "s", None)).unwrap().value, Some(serde_json::json!([7])));
+        assert_eq!(
+            s.apply(req(5, OpKind::ReadSet, "s", None)).unwrap().value,
+            Some(serde_json::json!([7]))
+        );
         s.apply(req(6, OpKind::Incr, "c", None));
         s.apply(req(7, OpKind::Incr, "c", Some(2.into())));
-        assert_eq!(s.apply(req(8, OpKind::ReadCounter, "c", None)).unwrap().value, Some(3.into()));
+        assert_eq!(
+            s.apply(req(8, OpKind::ReadCounter, "c", None)).unwrap().value,
+            Some(3.into())
+        );
         let a = s.apply(req(9, OpKind::Generate, "", None)).unwrap().value;
         let b = s.apply(req(10, OpKind::Generate, "", None)).unwrap().value;
         assert_ne!(a, b);
         let txn = s
-            .apply(req(11, OpKind::Txn, "", Some(serde_json::json!([["append", "x", 1], ["r", "x", null]]))))
+            .apply(req(
+                11,
+                OpKind::Txn,
+                "",
+                Some(serde_json::json!([["append", "x", 1], ["r", "x", null]])),
+            ))
             .unwrap();
-        assert_eq!(txn.value, Some(serde_json::json!([["append", "x", 1], ["r", "x", [1]]])));
+        assert_eq!(
+            txn.value,
+            Some(serde_json::json!([["append", "x", 1], ["r", "x", [1]]]))
+        );
         s.apply(req(12, OpKind::Delete, "a", None));
-        assert_eq!(s.apply(req(13, OpKind::Read, "a", None)).unwrap().value, Some(Value::Null));
+        assert_eq!(
+            s.apply(req(13, OpKind::Read, "a", None)).unwrap().value,
+            Some(Value::Null)
+        );
     }
 
     #[test]
@@ -221,8 +255,14 @@ mod tests {
             ..EchoStore::default()
         };
         for i in 0..4 {
-            assert_eq!(s.apply(req(i, OpKind::Add, "s", Some(i.into()))).unwrap().outcome, Outcome::Ok);
+            assert_eq!(
+                s.apply(req(i, OpKind::Add, "s", Some(i.into()))).unwrap().outcome,
+                Outcome::Ok
+            );
         }
-        assert_eq!(s.apply(req(9, OpKind::ReadSet, "s", None)).unwrap().value, Some(serde_json::json!([0, 2])));
+        assert_eq!(
+            s.apply(req(9, OpKind::ReadSet, "s", None)).unwrap().value,
+            Some(serde_json::json!([0, 2]))
+        );
     }
 }

@@ -14,7 +14,6 @@
 pub mod echo;
 pub mod resp;
 
-
 use std::io::{BufRead, Write};
 
 use chaos_check::{AdapterRequest, AdapterResponse};

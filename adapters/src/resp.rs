@@ -54,10 +54,14 @@ pub fn read_reply(r: &mut impl BufRead) -> std::io::Result<Reply> {
     let mut line = Vec::new();
     r.read_until(b'\n', &mut line)?;
     if line.len() < 3 || !line.ends_with(b"\r\n") {
-        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed mid-reply"));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "connection closed mid-reply",
+        ));
     }
     let text = String::from_utf8_lossy(&line[1..line.len() - 2]).into_owned();
-    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad {what}: {text}"));
+    let bad =
+        |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad {what}: {text}"));
     match line[0] {
         b'+' => Ok(Reply::Simple(text)),
         b'-' => Ok(Reply::Error(text)),
@@ -77,7 +81,10 @@ pub fn read_reply(r: &mut impl BufRead) -> std::io::Result<Reply> {
             if n < 0 {
                 return Ok(Reply::Array(None));
             }
-            (0..n).map(|_| read_reply(r)).collect::<Result<_, _>>().map(|v| Reply::Array(Some(v)))
+            (0..n)
+                .map(|_| read_reply(r))
+                .collect::<Result<_, _>>()
+                .map(|v| Reply::Array(Some(v)))
         }
         _ => Err(bad("reply type")),
     }
@@ -180,7 +187,9 @@ impl RedisAdapter {
                 Reply::Bulk(b) => Ok(Some(b.map(|b| parse(&b)).unwrap_or(Value::Null))),
                 other => Err(unexpected(other)),
             },
-            OpKind::Write => self.one(&[b"SET", &k("r"), json(&req.value).as_bytes()]).map(|_| None),
+            OpKind::Write => self
+                .one(&[b"SET", &k("r"), json(&req.value).as_bytes()])
+                .map(|_| None),
             OpKind::Delete => self.one(&[b"DEL", &k("r")]).map(|_| None),
             OpKind::Cas => {
                 let expected = match &req.expected {
@@ -196,12 +205,16 @@ impl RedisAdapter {
                     json(&req.value).as_bytes(),
                 ])? {
                     Reply::Int(1) => Ok(None),
-                    Reply::Int(_) => Err(Failure::NotDone("the register did not hold the expected value".into())),
+                    Reply::Int(_) => Err(Failure::NotDone(
+                        "the register did not hold the expected value".into(),
+                    )),
                     other => Err(unexpected(other)),
                 }
             }
             OpKind::Append => Err(Failure::NotDone("this adapter does not offer `append`".into())),
-            OpKind::Add => self.one(&[b"SADD", &k("s"), json(&req.value).as_bytes()]).map(|_| None),
+            OpKind::Add => self
+                .one(&[b"SADD", &k("s"), json(&req.value).as_bytes()])
+                .map(|_| None),
             OpKind::ReadSet => match self.one(&[b"SMEMBERS", &k("s")])? {
                 Reply::Array(Some(items)) => Ok(Some(Value::Array(
                     items
@@ -215,7 +228,12 @@ impl RedisAdapter {
                 other => Err(unexpected(other)),
             },
             OpKind::Incr => {
-                let by = req.value.as_ref().and_then(Value::as_i64).unwrap_or(1).to_string();
+                let by = req
+                    .value
+                    .as_ref()
+                    .and_then(Value::as_i64)
+                    .unwrap_or(1)
+                    .to_string();
                 self.one(&[b"INCRBY", &k("c"), by.as_bytes()]).map(|_| None)
             }
             OpKind::ReadCounter => match self.one(&[b"GET", &k("c")])? {
@@ -246,7 +264,11 @@ impl RedisAdapter {
                 Some("append") => commands.push(vec![
                     b"RPUSH".to_vec(),
                     list,
-                    parts.get(2).map(Value::to_string).unwrap_or_default().into_bytes(),
+                    parts
+                        .get(2)
+                        .map(Value::to_string)
+                        .unwrap_or_default()
+                        .into_bytes(),
                 ]),
                 Some("r") => commands.push(vec![b"LRANGE".to_vec(), list, b"0".to_vec(), b"-1".to_vec()]),
                 _ => return Err(Failure::NotDone(format!("not a micro-operation: {op}"))),
@@ -255,7 +277,10 @@ impl RedisAdapter {
         commands.push(vec![b"EXEC".to_vec()]);
         let replies = self.send(&commands)?;
         let Some(Reply::Array(Some(results))) = replies.last().cloned() else {
-            return Err(Failure::NotDone(format!("the transaction was not executed: {:?}", replies.last())));
+            return Err(Failure::NotDone(format!(
+                "the transaction was not executed: {:?}",
+                replies.last()
+            )));
         };
         let mut done = Vec::with_capacity(ops.len());
         for (op, result) in ops.into_iter().zip(results) {

@@ -28,7 +28,11 @@ fn on_key<'a>(ops: &'a [Op], key: &str) -> Vec<&'a Op> {
 
 /// A port nothing listens on now (the OS picks it; the store binds it right after).
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[test]
@@ -72,7 +76,11 @@ max_error_fraction = 1.0
         let found = on_key(&ops, key)
             .iter()
             .any(|o| o.outcome == outcome && o.error.as_deref().unwrap_or("").contains(needle));
-        assert!(found, "{key}: no {outcome:?} op with {needle:?}: {:#?}", on_key(&ops, key));
+        assert!(
+            found,
+            "{key}: no {outcome:?} op with {needle:?}: {:#?}",
+            on_key(&ops, key)
+        );
     };
     has("k1", Outcome::Fail, "refused, as asked");
     has("k2", Outcome::Unknown, "no idea, as asked");
@@ -84,10 +92,18 @@ max_error_fraction = 1.0
     // Every op on k0 succeeds, reads return what the client's own store holds.
     assert!(on_key(&ops, "k0").iter().all(|o| o.outcome == Outcome::Ok), "k0");
     // After an unknown operation the client goes on under a new id (client + concurrency).
-    assert!(ops.iter().any(|o| o.client >= 2 && o.client < u32::MAX as u64), "no new client ids");
+    assert!(
+        ops.iter().any(|o| o.client >= 2 && o.client < u32::MAX as u64),
+        "no new client ids"
+    );
     // Final reads: every key read once more at the end, by the final-reads client.
     let finals: Vec<&Op> = ops.iter().filter(|o| o.client >= u32::MAX as u64).collect();
-    assert!(finals.iter().any(|o| o.kind == OpKind::Read && o.key.as_deref() == Some("k0")), "{finals:#?}");
+    assert!(
+        finals
+            .iter()
+            .any(|o| o.kind == OpKind::Read && o.key.as_deref() == Some("k0")),
+        "{finals:#?}"
+    );
     assert!(outcome.summary.totals.ok > 20, "{:?}", outcome.summary.totals);
 }
 
@@ -209,12 +225,18 @@ checkers = ["linearizability", "set"]
     // The pause made some operations time out: writes unknown, reads failed.
     assert!(ops.iter().any(|o| o.outcome == Outcome::Unknown), "no unknown op");
     assert!(ops.iter().filter(|o| o.outcome == Outcome::Ok).count() > 100);
-    assert!(ops.iter().any(|o| o.kind == OpKind::ReadSet && o.outcome == Outcome::Ok && !o.values.as_ref().unwrap().is_empty()));
+    assert!(ops.iter().any(|o| o.kind == OpKind::ReadSet
+        && o.outcome == Outcome::Ok
+        && !o.values.as_ref().unwrap().is_empty()));
 }
 
 fn which(program: &str) -> Result<std::path::PathBuf, String> {
     std::env::var_os("PATH")
-        .and_then(|p| std::env::split_paths(&p).map(|d| d.join(program)).find(|f| f.is_file()))
+        .and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(program))
+                .find(|f| f.is_file())
+        })
         .ok_or_else(|| format!("`{program}` is not on PATH (apt-get install redis-server)"))
 }
 
@@ -278,7 +300,9 @@ checkers = ["set"]
     // Final reads: one read_set of every key by the final-reads client.
     for key in ["k0", "k1", "k2"] {
         assert!(
-            ops.iter().any(|o| o.client == u32::MAX as u64 && o.kind == OpKind::ReadSet && o.key.as_deref() == Some(key)),
+            ops.iter().any(|o| o.client == u32::MAX as u64
+                && o.kind == OpKind::ReadSet
+                && o.key.as_deref() == Some(key)),
             "no final read of {key}"
         );
     }

@@ -35,10 +35,18 @@ pub struct AdapterRequest {
     pub key: Option<String>,
     /// What to write, add, increment by; for `txn` the micro-operations
     /// (`[["append","k1",5],["r","k2",null]]`). Absent for reads.
-    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub value: Option<Value>,
     /// For `cas`: the value the register must hold (`null` = absent).
-    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub expected: Option<Value>,
 }
 
@@ -53,7 +61,11 @@ pub struct AdapterResponse {
     /// What was read or generated: the register's value (`null` = absent), the set's elements
     /// (an array), the counter (an integer), the id; for an `ok` `txn` the micro-operations with
     /// their reads filled in. Absent for writes.
-    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub value: Option<Value>,
     /// What went wrong, for `fail` and `unknown`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -107,10 +119,15 @@ mod tests {
                 expected: None,
             };
             let text = serde_json::to_string(&req).unwrap();
-            assert_eq!(serde_json::from_str::<AdapterRequest>(&text).unwrap(), req, "{text}");
+            assert_eq!(
+                serde_json::from_str::<AdapterRequest>(&text).unwrap(),
+                req,
+                "{text}"
+            );
         }
         let txn: AdapterRequest =
-            serde_json::from_str(r#"{"id":2,"kind":"txn","value":[["append","x",1],["r","y",null]]}"#).unwrap();
+            serde_json::from_str(r#"{"id":2,"kind":"txn","value":[["append","x",1],["r","y",null]]}"#)
+                .unwrap();
         assert_eq!(txn.kind, OpKind::Txn);
         assert!(txn.key.is_none());
     }

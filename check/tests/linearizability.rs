@@ -487,9 +487,16 @@ fn a_read_of_a_value_written_to_another_key_is_named_as_such() {
         v.explanation
     );
     // A value nobody wrote anywhere says so; a stale read of a value that was written says nothing.
-    let h = history(vec![write(1, 0, "k0", 1, (0, 10)), read(2, 1, "k0", Some(7), (20, 30))]);
+    let h = history(vec![
+        write(1, 0, "k0", 1, (0, 10)),
+        read(2, 1, "k0", Some(7), (20, 30)),
+    ]);
     let v = Linearizability::default().check(&h);
-    assert!(v.explanation.contains("no operation wrote it to any key"), "{}", v.explanation);
+    assert!(
+        v.explanation.contains("no operation wrote it to any key"),
+        "{}",
+        v.explanation
+    );
     let h = history(vec![
         write(1, 0, "k0", 1, (0, 10)),
         write(2, 0, "k0", 2, (20, 30)),

@@ -48,7 +48,9 @@ command = "n=$(cat {{ node.root }}/tries 2>/dev/null || echo 0); echo $((n+1)) >
 "#,
     );
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let outcome = rt.block_on(Runner::new(s).seed(1).out_dir(dir.path()).run()).unwrap();
+    let outcome = rt
+        .block_on(Runner::new(s).seed(1).out_dir(dir.path()).run())
+        .unwrap();
     assert!(outcome.passed(), "{:?}", outcome.summary);
     let done = events(&outcome.run_dir)
         .into_iter()
@@ -72,7 +74,9 @@ interval = "200ms"
     );
     let rt = tokio::runtime::Runtime::new().unwrap();
     let started = std::time::Instant::now();
-    let outcome = rt.block_on(Runner::new(s).seed(1).out_dir(dir.path()).run()).unwrap();
+    let outcome = rt
+        .block_on(Runner::new(s).seed(1).out_dir(dir.path()).run())
+        .unwrap();
     assert_eq!(outcome.status, RunStatus::Error, "{:?}", outcome.summary);
     let reason = outcome.summary.reason.unwrap_or_default();
     assert!(
@@ -124,13 +128,21 @@ give_up_after = 5
     // It gave up after 5 identical failures, long before its 120 s timeout.
     assert!(started.elapsed() < std::time::Duration::from_secs(60));
     let reason = outcome.summary.reason.unwrap_or_default();
-    assert!(reason.contains("failed the same way 5 times in a row"), "{reason}");
+    assert!(
+        reason.contains("failed the same way 5 times in a row"),
+        "{reason}"
+    );
     // The rendered command is shown, not its template.
-    assert!(reason.contains("echo connection refused on n1; exit 7"), "{reason}");
+    assert!(
+        reason.contains("echo connection refused on n1; exit 7"),
+        "{reason}"
+    );
     // And it said so after the third, while still trying.
     let lines = lines.0.lock().unwrap();
     assert!(
-        lines.iter().any(|l| l.contains("has failed the same way 3 times in a row; it may never pass")),
+        lines
+            .iter()
+            .any(|l| l.contains("has failed the same way 3 times in a row; it may never pass")),
         "{lines:#?}"
     );
 }

@@ -20,7 +20,8 @@ use std::time::Duration;
 use chaos_adapters::echo::{EchoStore, test_key};
 use chaos_check::{AdapterRequest, AdapterResponse};
 
-const USAGE: &str = "usage: chaos-adapter-echo [--serve HOST:PORT | --connect HOST:PORT] [--lose-every N] [--test-keys]";
+const USAGE: &str =
+    "usage: chaos-adapter-echo [--serve HOST:PORT | --connect HOST:PORT] [--lose-every N] [--test-keys]";
 
 fn main() {
     let mut store = EchoStore::default();

@@ -237,14 +237,23 @@ fn describe_op(op: &Op) -> String {
 fn never_written(history: &History, key: &str, core: &[u64]) -> String {
     use crate::history::{OpKind, Outcome};
     let on_key = |o: &&Op| o.key.as_deref() == Some(key);
-    if history.ops.iter().filter(on_key).any(|o| o.kind == OpKind::Append) {
+    if history
+        .ops
+        .iter()
+        .filter(on_key)
+        .any(|o| o.kind == OpKind::Append)
+    {
         return String::new();
     }
     let written = |o: &Op| {
         o.outcome != Outcome::Fail && matches!(o.kind, OpKind::Write | OpKind::Cas) && o.value.is_some()
     };
     let mut found = Vec::new();
-    for op in history.ops.iter().filter(|o| core.contains(&o.id) && o.kind == OpKind::Read) {
+    for op in history
+        .ops
+        .iter()
+        .filter(|o| core.contains(&o.id) && o.kind == OpKind::Read)
+    {
         let Some(value) = op.value.as_ref().filter(|v| !v.is_null()) else {
             continue;
         };
@@ -268,7 +277,10 @@ fn never_written(history: &History, key: &str, core: &[u64]) -> String {
             ),
             None => " (no operation wrote it to any key)".to_string(),
         };
-        found.push(format!("read #{} of {key:?} returned {value}, a value never written to {key:?}{origin}", op.id));
+        found.push(format!(
+            "read #{} of {key:?} returned {value}, a value never written to {key:?}{origin}",
+            op.id
+        ));
     }
     if found.is_empty() {
         String::new()

@@ -228,7 +228,11 @@ impl Run {
         let node = system.nodes[i].clone();
         let spec = system.command_spec(i, &step.command).map_err(Abort::Setup)?;
         let shown = crate::checks::shown(&spec);
-        let name = if step.name.is_empty() { shown.clone() } else { step.name.clone() };
+        let name = if step.name.is_empty() {
+            shown.clone()
+        } else {
+            step.name.clone()
+        };
         let timeout = scenario.scaled(step.timeout.unwrap_or(ONCE_TIMEOUT).0);
         let interval = step.interval.unwrap_or(ONCE_INTERVAL).0;
         self.status_line(&format!("one-time step `{name}` on {}", node.name()));
@@ -237,8 +241,13 @@ impl Run {
         loop {
             self.interrupted()?;
             attempts += 1;
-            let left = timeout.saturating_sub(started.elapsed()).max(Duration::from_secs(1));
-            let last = match node.run_timeout(spec.clone(), None, left.min(COMMAND_BOUND)).await {
+            let left = timeout
+                .saturating_sub(started.elapsed())
+                .max(Duration::from_secs(1));
+            let last = match node
+                .run_timeout(spec.clone(), None, left.min(COMMAND_BOUND))
+                .await
+            {
                 Ok(out) if out.status.success() => {
                     self.dir.event(
                         "once_done",
@@ -247,7 +256,12 @@ impl Run {
                     );
                     return Ok(());
                 }
-                Ok(out) => format!("{}: {}{}", out.status, out.stdout_str().trim(), out.stderr_str().trim()),
+                Ok(out) => format!(
+                    "{}: {}{}",
+                    out.status,
+                    out.stdout_str().trim(),
+                    out.stderr_str().trim()
+                ),
                 Err(e) => e.to_string(),
             };
             if started.elapsed() + interval >= timeout {

@@ -197,7 +197,10 @@ impl Scenario {
                             "`ops` belongs to the command and adapter workloads",
                         );
                     }
-                    for (field, set) in [("adapter", w.adapter.is_some()), ("exit_codes", w.exit_codes.is_some())] {
+                    for (field, set) in [
+                        ("adapter", w.adapter.is_some()),
+                        ("exit_codes", w.exit_codes.is_some()),
+                    ] {
                         if set {
                             p.add(
                                 &[key("workload"), key(field)],
@@ -207,9 +210,16 @@ impl Scenario {
                     }
                 }
                 WorkloadType::Command | WorkloadType::Adapter => {
-                    let name = if w.kind == WorkloadType::Command { "command" } else { "adapter" };
+                    let name = if w.kind == WorkloadType::Command {
+                        "command"
+                    } else {
+                        "adapter"
+                    };
                     if w.ops.is_empty() {
-                        p.add(&path, format!("the {name} workload needs at least one [[workload.ops]]"));
+                        p.add(
+                            &path,
+                            format!("the {name} workload needs at least one [[workload.ops]]"),
+                        );
                     }
                     if w.ops.iter().all(|o| o.weight == 0) && !w.ops.is_empty() {
                         p.add(&[key("workload"), key("ops")], "every weight is 0");
@@ -260,7 +270,10 @@ impl Scenario {
                             );
                         }
                         if codes.fail.contains(&0) || codes.unknown.contains(&0) {
-                            p.add(&[key("workload"), key("exit_codes")], "exit code 0 is always `ok`");
+                            p.add(
+                                &[key("workload"), key("exit_codes")],
+                                "exit code 0 is always `ok`",
+                            );
                         }
                         if let Some(c) = codes.fail.iter().find(|c| codes.unknown.contains(c)) {
                             p.add(

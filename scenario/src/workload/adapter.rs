@@ -34,6 +34,12 @@ const STDERR_TAIL: usize = 5;
 /// Most non-JSON lines skipped while waiting for one answer before the adapter is judged broken.
 const MAX_SKIPPED_LINES: usize = 1000;
 
+/// An adapter's stdin.
+type Writer = Pin<Box<dyn AsyncWrite + Send>>;
+
+/// An adapter's stdout or stderr.
+type Reader = Pin<Box<dyn AsyncRead + Send>>;
+
 /// How a running adapter is stopped.
 enum Handle {
     /// Started through the node's agent.
@@ -44,8 +50,8 @@ enum Handle {
 
 /// One running adapter process.
 struct Adapter {
-    stdin: Pin<Box<dyn AsyncWrite + Send>>,
-    stdout: BufReader<Pin<Box<dyn AsyncRead + Send>>>,
+    stdin: Writer,
+    stdout: BufReader<Reader>,
     handle: Handle,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
     /// `` `argv` on n1 `` for messages.
@@ -54,12 +60,27 @@ struct Adapter {
 
 impl Adapter {
     /// Starts client `client`'s adapter for node `node_index`.
-    async fn start(ctx: &ClientCtx, spec: &AdapterSpec, node_index: usize, client: u64) -> Result<Adapter, String> {
+    async fn start(
+        ctx: &ClientCtx,
+        spec: &AdapterSpec,
+        node_index: usize,
+        client: u64,
+    ) -> Result<Adapter, String> {
         let system = &ctx.system;
         let node = &system.nodes[node_index];
         let vars = system.vars[node_index].with_op(client, 0, "", &Value::Null);
-        let render = |t: &str| system.templates.render(t, &vars).map_err(|e| format!("bad template: {e}"));
-        let argv = spec.command.argv().iter().map(|a| render(a)).collect::<Result<Vec<_>, _>>()?;
+        let render = |t: &str| {
+            system
+                .templates
+                .render(t, &vars)
+                .map_err(|e| format!("bad template: {e}"))
+        };
+        let argv = spec
+            .command
+            .argv()
+            .iter()
+            .map(|a| render(a))
+            .collect::<Result<Vec<_>, _>>()?;
         let env = spec
             .env
             .iter()
@@ -71,12 +92,7 @@ impl Adapter {
         };
         let shown = format!("adapter `{}` {place}", argv.join(" "));
         let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
-        let (stdin, stdout, stderr, handle): (
-            Pin<Box<dyn AsyncWrite + Send>>,
-            Pin<Box<dyn AsyncRead + Send>>,
-            Pin<Box<dyn AsyncRead + Send>>,
-            Handle,
-        ) = match spec.on {
+        let (stdin, stdout, stderr, handle): (Writer, Reader, Reader, Handle) = match spec.on {
             AdapterPlace::Node => {
                 let mut proc_spec = ProcSpec::new(argv[0].clone(), argv[1..].to_vec());
                 proc_spec.cwd = Some(node.root_dir().to_string());
@@ -109,7 +125,9 @@ impl Adapter {
                     .spawn()
                     .map_err(|e| format!("starting the {shown}: {e}"))?;
                 match (child.stdin.take(), child.stdout.take(), child.stderr.take()) {
-                    (Some(i), Some(o), Some(e)) => (Box::pin(i), Box::pin(o), Box::pin(e), Handle::Runner(child)),
+                    (Some(i), Some(o), Some(e)) => {
+                        (Box::pin(i), Box::pin(o), Box::pin(e), Handle::Runner(child))
+                    }
                     _ => return Err(format!("the {shown} started without piped stdio")),
                 }
             }
@@ -139,7 +157,10 @@ impl Adapter {
 
     /// The last lines of its stderr, for messages (empty when there are none).
     fn stderr_tail(&self) -> String {
-        let tail = self.stderr_tail.lock().map(|t| t.iter().cloned().collect::<Vec<_>>());
+        let tail = self
+            .stderr_tail
+            .lock()
+            .map(|t| t.iter().cloned().collect::<Vec<_>>());
         match tail {
             Ok(lines) if !lines.is_empty() => format!("; its stderr ends with: {}", lines.join(" | ")),
             _ => String::new(),
@@ -156,7 +177,10 @@ impl Adapter {
                 .write_all(line.as_bytes())
                 .await
                 .map_err(|e| format!("writing to it: {e}"))?;
-            self.stdin.flush().await.map_err(|e| format!("writing to it: {e}"))?;
+            self.stdin
+                .flush()
+                .await
+                .map_err(|e| format!("writing to it: {e}"))?;
             let mut skipped = 0;
             loop {
                 let mut answer = String::new();
@@ -198,7 +222,11 @@ impl Adapter {
     /// Closes its stdin (an adapter ends at EOF), gives it a moment, then kills its process group.
     async fn stop(mut self, graceful: bool) {
         let _ = self.stdin.shutdown().await;
-        let grace = if graceful { Duration::from_millis(500) } else { Duration::ZERO };
+        let grace = if graceful {
+            Duration::from_millis(500)
+        } else {
+            Duration::ZERO
+        };
         match &mut self.handle {
             Handle::Node(control) => {
                 if tokio::time::timeout(grace, control.wait()).await.is_err() {
@@ -233,9 +261,13 @@ fn misfit(kind: OpKind, response: &AdapterResponse) -> Option<String> {
     let value = response.value.as_ref();
     let need = match kind {
         OpKind::Read | OpKind::Generate if value.is_none() => "a `value` (null when the key is absent)",
-        OpKind::ReadSet if !value.is_some_and(Value::is_array) => "a `value` that is an array of the elements",
+        OpKind::ReadSet if !value.is_some_and(Value::is_array) => {
+            "a `value` that is an array of the elements"
+        }
         OpKind::ReadCounter if !value.is_some_and(|v| v.is_i64() || v.is_u64()) => "an integer `value`",
-        OpKind::Txn if !value.is_some_and(Value::is_array) => "a `value` that is the micro-operations with their reads",
+        OpKind::Txn if !value.is_some_and(Value::is_array) => {
+            "a `value` that is the micro-operations with their reads"
+        }
         _ => return None,
     };
     Some(format!("an ok `{}` answer needs {need}", kind.as_str()))
@@ -250,7 +282,13 @@ struct Slot {
 impl Slot {
     /// Performs `request` under client id `client`; on a protocol failure the adapter is stopped
     /// (the caller moves to a new client id).
-    async fn perform(&mut self, ctx: &ClientCtx, spec: &AdapterSpec, client: u64, request: &AdapterRequest) -> Done {
+    async fn perform(
+        &mut self,
+        ctx: &ClientCtx,
+        spec: &AdapterSpec,
+        client: u64,
+        request: &AdapterRequest,
+    ) -> Done {
         if self.adapter.is_none() {
             match Adapter::start(ctx, spec, self.node_index, client).await {
                 Ok(a) => self.adapter = Some(a),
@@ -308,7 +346,17 @@ pub(crate) async fn run_client(ctx: Arc<ClientCtx>, client: u64, mut rng: Xoshir
         let invoke = ctx.recorder.now_us();
         let done = slot.perform(&ctx, &spec, logical, &request).await;
         let unknown = done.outcome == Outcome::Unknown;
-        record(&ctx, id, logical, kind, invoke, slot.node_index, &key, value, done);
+        record(
+            &ctx,
+            id,
+            logical,
+            kind,
+            invoke,
+            slot.node_index,
+            &key,
+            value,
+            done,
+        );
         if unknown {
             logical += ctx.spec.concurrency as u64;
             if let Some(a) = slot.adapter.take() {
@@ -365,7 +413,17 @@ pub(crate) async fn final_reads(ctx: &ClientCtx) {
                 let invoke = ctx.recorder.now_us();
                 let done = slot.perform(ctx, &spec, client, &request).await;
                 let outcome = done.outcome;
-                record(ctx, id, client, kind, invoke, slot.node_index, &key, Value::Null, done);
+                record(
+                    ctx,
+                    id,
+                    client,
+                    kind,
+                    invoke,
+                    slot.node_index,
+                    &key,
+                    Value::Null,
+                    done,
+                );
                 if outcome == Outcome::Unknown {
                     client += 1;
                 }
@@ -392,20 +450,37 @@ mod tests {
         assert!(misfit(OpKind::Write, &ok(None)).is_none());
         assert!(misfit(OpKind::Read, &ok(Some(Value::Null))).is_none());
         assert!(misfit(OpKind::Read, &ok(None)).unwrap().contains("`read`"));
-        assert!(misfit(OpKind::ReadSet, &ok(Some(Value::from(3)))).unwrap().contains("array"));
-        assert!(misfit(OpKind::ReadCounter, &ok(Some(Value::from("3")))).unwrap().contains("integer"));
+        assert!(
+            misfit(OpKind::ReadSet, &ok(Some(Value::from(3))))
+                .unwrap()
+                .contains("array")
+        );
+        assert!(
+            misfit(OpKind::ReadCounter, &ok(Some(Value::from("3"))))
+                .unwrap()
+                .contains("integer")
+        );
         assert!(misfit(OpKind::Read, &AdapterResponse::fail(1, "no")).is_none());
     }
 
     #[test]
     fn requests_carry_what_their_kind_needs() {
         let w = request(1, OpKind::Write, "k1", &Value::from(5));
-        assert_eq!(serde_json::to_string(&w).unwrap(), r#"{"id":1,"kind":"write","key":"k1","value":5}"#);
+        assert_eq!(
+            serde_json::to_string(&w).unwrap(),
+            r#"{"id":1,"kind":"write","key":"k1","value":5}"#
+        );
         let r = request(2, OpKind::Read, "k1", &Value::from(5));
-        assert_eq!(serde_json::to_string(&r).unwrap(), r#"{"id":2,"kind":"read","key":"k1"}"#);
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"id":2,"kind":"read","key":"k1"}"#
+        );
         let i = request(3, OpKind::Incr, "k1", &Value::from(5));
         assert_eq!(i.value, Some(Value::from(1)));
         let g = request(4, OpKind::Generate, "k1", &Value::Null);
-        assert_eq!(serde_json::to_string(&g).unwrap(), r#"{"id":4,"kind":"generate"}"#);
+        assert_eq!(
+            serde_json::to_string(&g).unwrap(),
+            r#"{"id":4,"kind":"generate"}"#
+        );
     }
 }

@@ -17,7 +17,7 @@ use rand::rngs::Xoshiro256PlusPlus;
 use serde_json::Value;
 
 use super::{ClientCtx, Done, FINAL_READS_CLIENT, pace, record, ticker, weighted};
-use crate::model::{CommandLine, CommandOpKind, ExitCodes};
+use crate::model::{CommandLine, CommandOpKind};
 use chaos::ext::NodeExt;
 
 fn parse_value(text: &str) -> Value {
@@ -64,7 +64,7 @@ async fn perform(
     };
     let mut spec = chaos_proto::ProcSpec::new(argv[0].clone(), argv[1..].to_vec());
     spec.cwd = Some(node.root_dir().to_string());
-    let codes = ctx.spec.exit_codes.clone().unwrap_or_else(ExitCodes::default);
+    let codes = ctx.spec.exit_codes.clone().unwrap_or_default();
     match node.run_timeout(spec, None, ctx.op_timeout).await {
         Ok(out) if out.status.success() => Done {
             outcome: Outcome::Ok,
@@ -137,7 +137,17 @@ pub(crate) async fn final_reads(ctx: &ClientCtx) {
                 let args = (FINAL_READS_CLIENT, id, key.as_str(), &Value::Null);
                 let done = perform(ctx, node_index, command, kind, args).await;
                 let ok = done.outcome == Outcome::Ok;
-                record(ctx, id, FINAL_READS_CLIENT, kind, invoke, node_index, &key, Value::Null, done);
+                record(
+                    ctx,
+                    id,
+                    FINAL_READS_CLIENT,
+                    kind,
+                    invoke,
+                    node_index,
+                    &key,
+                    Value::Null,
+                    done,
+                );
                 if ok {
                     break;
                 }
@@ -149,13 +159,17 @@ pub(crate) async fn final_reads(ctx: &ClientCtx) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::ExitCodes;
 
     #[test]
     fn outputs_parse_as_json_or_text() {
         assert_eq!(parse_value(" 42\n"), Value::from(42));
         assert_eq!(parse_value("abc"), Value::from("abc"));
         assert_eq!(parse_value(""), Value::Null);
-        assert_eq!(parse_output(OpKind::ReadSet, "1\n\nx\n"), serde_json::json!([1, "x"]));
+        assert_eq!(
+            parse_output(OpKind::ReadSet, "1\n\nx\n"),
+            serde_json::json!([1, "x"])
+        );
     }
 
     #[test]

@@ -336,10 +336,14 @@ pub(crate) fn record(
 
 /// The read kinds among a workload's operations, each once, in a fixed order.
 pub(crate) fn read_kinds(spec: &WorkloadSpec) -> Vec<CommandOpKind> {
-    [CommandOpKind::Read, CommandOpKind::ReadSet, CommandOpKind::ReadCounter]
-        .into_iter()
-        .filter(|k| spec.ops.iter().any(|o| o.kind == *k))
-        .collect()
+    [
+        CommandOpKind::Read,
+        CommandOpKind::ReadSet,
+        CommandOpKind::ReadCounter,
+    ]
+    .into_iter()
+    .filter(|k| spec.ops.iter().any(|o| o.kind == *k))
+    .collect()
 }
 
 /// Sleeps until the next tick of a client's pacing, or returns false when the workload stops.
