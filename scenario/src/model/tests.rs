@@ -143,3 +143,44 @@ fn durations_and_ranges() {
     assert!(e.message.contains("not a duration"), "{e}");
     assert_eq!(e.line, 2);
 }
+
+#[test]
+fn adapter_and_command_workloads_refuse_each_others_fields() {
+    let e = err("[workload]\ntype = \"adapter\"\n[[workload.ops]]\nkind = \"read\"\n").to_string();
+    assert!(e.contains("needs [workload.adapter]"), "{e}");
+    let e = err(
+        "[workload]\ntype = \"adapter\"\n[workload.adapter]\ncommand = \"a\"\n[[workload.ops]]\nkind = \"read\"\ncommand = \"cat x\"\n",
+    )
+    .to_string();
+    assert!(
+        e.contains("workload.ops[0].command") && e.contains("have no `command`"),
+        "{e}"
+    );
+    let e = err("[workload]\ntype = \"command\"\n[[workload.ops]]\nkind = \"read\"\n").to_string();
+    assert!(e.contains("needs `command`"), "{e}");
+    let e = err(
+        "[workload]\ntype = \"command\"\n[workload.exit_codes]\nfail = [0, 2]\nunknown = [2]\n[[workload.ops]]\nkind = \"read\"\ncommand = \"cat x\"\n",
+    )
+    .to_string();
+    assert!(
+        e.contains("exit code 0 is always `ok`") && e.contains("exit code 2 is listed both"),
+        "{e}"
+    );
+    let e = err("[workload]\ntype = \"adapter\"\n[workload.adapter]\ncommand = \"{{ nope }}\"\n[[workload.ops]]\nkind = \"read\"\n")
+        .to_string();
+    assert!(
+        e.contains("workload.adapter.command") && e.contains("bad template"),
+        "{e}"
+    );
+    let e = err("[[setup.once]]\ncommand = \"true\"\nnode = \"n9\"\n").to_string();
+    assert!(
+        e.contains("setup.once[0].node") && e.contains("no node `n9`"),
+        "{e}"
+    );
+    let ok = Scenario::parse(
+        "[workload]\ntype = \"adapter\"\n[workload.adapter]\ncommand = [\"a\", \"{{ client }}\"]\non = \"runner\"\n[[workload.ops]]\nkind = \"generate\"\n",
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(ok.workload.unwrap().adapter.unwrap().on, AdapterPlace::Runner);
+}
