@@ -355,3 +355,36 @@ checkers = ["set", "linearizability"]
     assert!(outcome.passed(), "{:?}", outcome.summary);
     assert!(outcome.summary.totals.ok > 50, "{:?}", outcome.summary.totals);
 }
+
+/// The scenario `docs/guide.md` builds, taken from its TOML blocks, runs as the guide says: it
+/// fails with the lost adds named, and passes once the store stops dropping writes. (Run on the
+/// local backend here, with a free port and this build's echo binary.)
+#[test]
+fn the_guides_toy_store_fails_as_the_guide_says_and_passes_when_fixed() {
+    let guide = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/guide.md")).unwrap();
+    let mut text = String::new();
+    let mut rest = guide.as_str();
+    while let Some(start) = rest.find("```toml\n") {
+        let body = &rest[start + 8..];
+        let end = body.find("```").unwrap();
+        text.push_str(&body[..end]);
+        text.push('\n');
+        rest = &body[end..][3..];
+    }
+    let port = free_port().to_string();
+    let text = text
+        .replace("backend = \"netns\"", "backend = \"local\"")
+        .replace("port = 7400", &format!("port = {port}"))
+        .replace("target/x86_64-unknown-linux-gnu/release/chaos-adapter-echo", ECHO);
+    assert!(text.contains("--lose-every"), "{text}");
+    let dir = tempfile::tempdir().unwrap();
+    let failing = run(&text, dir.path());
+    assert!(!failing.passed());
+    let reason = failing.summary.reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("set:") && reason.contains("acknowledged adds are missing"),
+        "{reason}"
+    );
+    let fixed = run(&text.replace(", \"--lose-every\", \"7\"", ""), dir.path());
+    assert!(fixed.passed(), "{:?}", fixed.summary);
+}
