@@ -1,7 +1,7 @@
-//! Setup on the local backend: a `[[setup.once]]` step runs on its node after readiness, retried
+//! Setup and feedback on the local backend: a `[[setup.once]]` step runs on its node after readiness, retried
 //! until it succeeds; one that never succeeds stops the run within its bound, naming the rendered
 //! command, the node and the attempts. A readiness check that fails identically says so early,
-//! and gives up early when told.
+//! and gives up early when told. A fault on the leader after which the same node leads is flagged.
 
 use std::sync::{Arc, Mutex};
 
@@ -144,5 +144,46 @@ give_up_after = 5
             .iter()
             .any(|l| l.contains("has failed the same way 3 times in a row; it may never pass")),
         "{lines:#?}"
+    );
+}
+
+#[test]
+fn a_leader_fault_after_which_the_same_leader_leads_is_flagged() {
+    let dir = tempfile::tempdir().unwrap();
+    // A probe that always names n1: pausing the leader changes nothing it can see.
+    let text = r#"
+[cluster]
+backend = "local"
+nodes = 3
+[setup.start]
+command = ["sh", "-c", "sleep 600; : {{ run_id }}"]
+[leader]
+command = "echo leader=n1"
+leader = "leader=(\\w+)"
+[[faults]]
+name = "pause-leader"
+kind = "pause"
+target = "leader"
+duration = "500ms"
+"#;
+    let s = Scenario::parse(text, "leader.toml").unwrap_or_else(|e| panic!("{e}"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let outcome = rt
+        .block_on(Runner::new(s).seed(1).out_dir(dir.path()).run())
+        .unwrap();
+    // A warning, not a failure.
+    assert!(outcome.passed(), "{:?}", outcome.summary);
+    let step = &outcome.summary.steps[0];
+    assert_eq!(step.warnings.len(), 1, "{step:?}");
+    assert!(
+        step.warnings[0].contains("the leader n1 was still the leader after")
+            && step.warnings[0].contains("of pause"),
+        "{:?}",
+        step.warnings
+    );
+    assert!(
+        events(&outcome.run_dir)
+            .iter()
+            .any(|e| e["event"] == "step_warning")
     );
 }
