@@ -12,6 +12,7 @@
 //! `serde_json`, so they build statically and can be shipped to any node.
 
 pub mod echo;
+pub mod pg;
 pub mod resp;
 
 use std::io::{BufRead, Write};

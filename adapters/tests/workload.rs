@@ -388,3 +388,130 @@ fn the_guides_toy_store_fails_as_the_guide_says_and_passes_when_fixed() {
     let fixed = run(&text.replace(", \"--lose-every\", \"7\"", ""), dir.path());
     assert!(fixed.passed(), "{:?}", fixed.summary);
 }
+
+/// The PostgreSQL adapter against a real PostgreSQL 15 (one node, fsync off): registers, sets
+/// and counters under pauses of the server, judged linearizable and lossless.
+#[test]
+fn the_postgres_adapter_passes_against_a_real_postgres() {
+    let test = "the_postgres_adapter_passes_against_a_real_postgres";
+    let bin = Path::new("/usr/lib/postgresql/15/bin");
+    if !bin.join("postgres").is_file() {
+        chaos_testkit::skip(
+            test,
+            "postgres",
+            &"/usr/lib/postgresql/15/bin/postgres is missing (apt-get install postgresql)",
+        );
+        return;
+    }
+    if effective_uid() != 0 {
+        chaos_testkit::skip(
+            test,
+            "root",
+            &"PostgreSQL runs as the postgres user, which needs root to switch to",
+        );
+        return;
+    }
+    // The data directory belongs to postgres; its parents must let postgres through.
+    let dir = tempfile::tempdir().unwrap();
+    let pg = dir.path().join("pg");
+    std::fs::create_dir(&pg).unwrap();
+    let run_as = |args: &[&str]| {
+        let out = std::process::Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::process::Command::new("chmod")
+        .args(["755", dir.path().to_str().unwrap()])
+        .status()
+        .unwrap();
+    std::process::Command::new("chown")
+        .args(["postgres", pg.to_str().unwrap()])
+        .status()
+        .unwrap();
+    let data = pg.join("data");
+    let data = data.to_str().unwrap();
+    run_as(&[
+        bin.join("initdb").to_str().unwrap(),
+        "-D",
+        data,
+        "--auth=trust",
+        "-U",
+        "postgres",
+        "-N",
+    ]);
+    let port = free_port();
+    let adapter = env!("CARGO_BIN_EXE_chaos-adapter-postgres");
+    let postgres = bin.join("postgres");
+    let text = format!(
+        r#"
+[cluster]
+backend = "local"
+nodes = 1
+[setup.start]
+command = ["runuser", "-u", "postgres", "--", "{postgres}", "-D", "{data}", "-p", "{port}", "-k", "{data}", "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"]
+[[setup.ready]]
+name = "postgres accepts connections"
+log = true
+regex = "ready to accept connections"
+timeout = "30s"
+[workload]
+type = "adapter"
+rate = 150
+concurrency = 4
+keys = 3
+timeout = "2s"
+[workload.adapter]
+command = ["{adapter}", "--addr", "127.0.0.1:{port}", "--timeout-ms", "1000"]
+[[workload.ops]]
+kind = "write"
+[[workload.ops]]
+kind = "read"
+[[workload.ops]]
+kind = "add"
+[[workload.ops]]
+kind = "read_set"
+[[workload.ops]]
+kind = "incr"
+[[workload.ops]]
+kind = "read_counter"
+[[faults]]
+name = "pause-postgres"
+kind = "pause"
+target = "one"
+duration = "1500ms"
+[history]
+checkers = ["linearizability", "set", "counter"]
+"#,
+        postgres = postgres.display()
+    );
+    let outcome = run(&text, dir.path());
+    assert!(outcome.passed(), "{:?}", outcome.summary);
+    let ops = ops(&outcome.run_dir);
+    assert!(ops.iter().filter(|o| o.outcome == Outcome::Ok).count() > 100);
+    assert!(ops.iter().any(|o| o.kind == OpKind::ReadCounter
+        && o.outcome == Outcome::Ok
+        && o.value.as_ref().unwrap().as_i64().unwrap() > 0));
+    assert!(ops.iter().any(|o| o.kind == OpKind::ReadSet
+        && o.outcome == Outcome::Ok
+        && !o.values.as_ref().unwrap().is_empty()));
+}
+
+/// The effective user id, from /proc (no libc dependency here).
+fn effective_uid() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
+        })
+        .and_then(|u| u.parse().ok())
+        .unwrap_or(u32::MAX)
+}
