@@ -92,6 +92,7 @@ impl ScenarioBuilder {
         S: Into<String>,
     {
         self.scenario.setup.start = Some(StartSpec {
+            name: String::new(),
             command: argv(command),
             env: BTreeMap::new(),
             cwd: None,
@@ -189,6 +190,7 @@ impl FaultCase {
             weight: 1,
             duration: DurRange::exactly(Dur::secs(5)),
             overlap: false,
+            service: None,
             fault,
         }
     }

@@ -2,6 +2,7 @@
 //! until it succeeds; one that never succeeds stops the run within its bound, naming the rendered
 //! command, the node and the attempts. A readiness check that fails identically says so early,
 //! and gives up early when told. A fault on the leader after which the same node leads is flagged.
+//! `[[setup.services]]` start beside the system, log apart, and are paused and killed apart.
 
 use std::sync::{Arc, Mutex};
 
@@ -186,4 +187,101 @@ duration = "500ms"
             .iter()
             .any(|e| e["event"] == "step_warning")
     );
+}
+
+/// Nanosecond timestamps a ticker wrote, one a line.
+fn ticks(path: &std::path::Path) -> Vec<u64> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// The longest pause between two ticks, in milliseconds.
+fn longest_gap_ms(ticks: &[u64]) -> u64 {
+    ticks
+        .windows(2)
+        .map(|w| (w[1].saturating_sub(w[0])) / 1_000_000)
+        .max()
+        .unwrap_or(0)
+}
+
+#[test]
+fn services_are_started_logged_and_faulted_separately() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("ticks");
+    std::fs::create_dir(&shared).unwrap();
+    let ticker = |name: &str| {
+        format!(
+            "trap 'exit 0' TERM; while :; do date +%s%N >> {}/{name}; echo {name} tick; sleep 0.05; done",
+            shared.display()
+        )
+    };
+    let text = format!(
+        r#"
+[cluster]
+backend = "local"
+nodes = 1
+[setup.start]
+command = ["sh", "-c", "{main}"]
+[[setup.services]]
+name = "sidecar"
+command = ["sh", "-c", "{sidecar}"]
+stop_timeout = "2s"
+[schedule]
+shuffle = false
+pause = "300ms"
+[[faults]]
+name = "pause-sidecar"
+kind = "pause"
+target = "one"
+service = "sidecar"
+duration = "1500ms"
+[[faults]]
+name = "kill-main"
+kind = "kill"
+target = "one"
+duration = "500ms"
+"#,
+        main = ticker("main"),
+        sidecar = ticker("sidecar")
+    );
+    let s = Scenario::parse(&text, "services.toml").unwrap_or_else(|e| panic!("{e}"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let outcome = rt
+        .block_on(Runner::new(s).seed(1).out_dir(dir.path()).run())
+        .unwrap();
+    assert!(outcome.passed(), "{:?}", outcome.summary);
+    // The pause froze the sidecar only.
+    let (main, sidecar) = (ticks(&shared.join("main")), ticks(&shared.join("sidecar")));
+    assert!(
+        longest_gap_ms(&sidecar) >= 1200,
+        "sidecar gap {}",
+        longest_gap_ms(&sidecar)
+    );
+    // The main ticker never stalled that long: its longest gap is the kill's (~0.5 s).
+    assert!(
+        main.len() > 20 && longest_gap_ms(&main) < 1200,
+        "main stalled for {} ms",
+        longest_gap_ms(&main)
+    );
+    let events = events(&outcome.run_dir);
+    // The kill took the main process down and started it again, not the sidecar.
+    let started = |service: &str| {
+        events
+            .iter()
+            .filter(|e| e["event"] == "system_started" && e["service"] == service)
+            .count()
+    };
+    assert_eq!(started("system"), 2, "setup and after the kill");
+    assert_eq!(started("sidecar"), 1, "setup only");
+    // Each service has its own log, collected into the run directory.
+    let log = std::fs::read_to_string(outcome.run_dir.join("nodes/n1/sidecar.log")).unwrap();
+    assert!(
+        log.contains("sidecar tick") && !log.contains("main tick"),
+        "{log}"
+    );
+    let log = std::fs::read_to_string(outcome.run_dir.join("nodes/n1/system.log")).unwrap();
+    assert!(log.contains("main tick") && !log.contains("sidecar tick"));
 }

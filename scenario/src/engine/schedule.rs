@@ -247,7 +247,11 @@ impl Run {
         }
         let ttl = Duration::from_millis(step.duration_ms) + self.scenario.scaled(TTL_MARGIN);
         let injected = match nemesis::find(&self.nemeses, &step.fault) {
-            Some(nemesis) => nemesis.inject(&step.fault, &targets, ttl).await,
+            Some(nemesis) => {
+                nemesis
+                    .inject(&step.fault, &targets, step.service.as_deref(), ttl)
+                    .await
+            }
             None => Err(Refusal::Failed(format!(
                 "no nemesis carries out {} faults",
                 step.kind()

@@ -178,7 +178,7 @@ impl Run {
             }
         }
         // The system itself.
-        if scenario.setup.start.is_some() {
+        if !scenario.services().is_empty() {
             self.status_line("starting the system");
             for i in 0..nodes.len() {
                 suts.start(i).await.map_err(Abort::Setup)?;
@@ -432,6 +432,11 @@ impl Run {
                 &mut budget,
             )
             .await;
+            for service in &self.scenario.setup.services {
+                let log = format!("{}/logs/{}.log", node.root_dir(), service.name);
+                let local = dest.join(format!("{}.log", service.name));
+                copy_from_node(node.as_ref(), &log, &local, &mut budget).await;
+            }
             for c in &self.scenario.teardown.collect {
                 let Ok(path) = system.render(i, c) else { continue };
                 let name = Path::new(&path)

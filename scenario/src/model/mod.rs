@@ -124,9 +124,13 @@ pub struct Setup {
     /// Commands run to completion on every node before the system starts.
     #[serde(default)]
     pub commands: Vec<CommandLine>,
-    /// The system under test: one process per node.
+    /// The system under test: its main process on each node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start: Option<StartSpec>,
+    /// More named processes per node (a sidecar, a manager), each with its own command, stop
+    /// signal and log, started after `start` in order; process faults may target one by name.
+    #[serde(default)]
+    pub services: Vec<StartSpec>,
     /// Checks that must pass before faults begin.
     #[serde(default)]
     pub ready: Vec<Check>,
@@ -184,10 +188,15 @@ pub struct FileSpec {
     pub mode: Option<u32>,
 }
 
-/// `[setup.start]`: how the system under test starts on each node.
+/// `[setup.start]`: how the system under test starts on each node; also each
+/// `[[setup.services]]` entry, which needs a `name`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StartSpec {
+    /// `[[setup.services]]`: the service's name (its log is `logs/NAME.log`; fault cases target
+    /// it with `service = "NAME"`). `[setup.start]` is the service `system`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
     /// Program and arguments (templates).
     pub command: CommandLine,
     /// Extra environment variables (values are templates).
@@ -522,13 +531,19 @@ pub struct FaultCase {
     /// Start the next case while this one is still active (after the schedule's pause).
     #[serde(default)]
     pub overlap: bool,
+    /// Process faults: the `[[setup.services]]` process they act on (default: the system
+    /// `[setup.start]` starts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
     /// What it does: `kind` and that kind's fields.
     #[serde(flatten)]
     pub fault: Fault,
 }
 
 /// The fields every fault case has besides its kind's own.
-pub const CASE_FIELDS: &[&str] = &["name", "target", "weight", "duration", "overlap", "kind"];
+pub const CASE_FIELDS: &[&str] = &[
+    "name", "target", "weight", "duration", "overlap", "service", "kind",
+];
 
 fn default_duration() -> DurRange {
     DurRange::exactly(Dur::secs(5))
@@ -692,6 +707,17 @@ impl Scenario {
     /// The names of the nodes: `n1` … `nN`.
     pub fn node_names(&self) -> Vec<String> {
         (1..=self.cluster.nodes).map(|i| format!("n{i}")).collect()
+    }
+
+    /// The processes started on every node, in order: `[setup.start]` (named `system`), then
+    /// `[[setup.services]]`.
+    pub fn services(&self) -> Vec<(&str, &StartSpec)> {
+        self.setup
+            .start
+            .iter()
+            .map(|s| ("system", s))
+            .chain(self.setup.services.iter().map(|s| (s.name.as_str(), s)))
+            .collect()
     }
 
     /// Scales a timeout by `timeout_multiplier`.

@@ -184,3 +184,38 @@ fn adapter_and_command_workloads_refuse_each_others_fields() {
     .unwrap();
     assert_eq!(ok.workload.unwrap().adapter.unwrap().on, AdapterPlace::Runner);
 }
+
+#[test]
+fn services_need_unique_names_and_faults_name_existing_ones() {
+    let e =
+        err("[[setup.services]]\ncommand = \"a\"\n[[setup.services]]\nname = \"system\"\ncommand = \"b\"\n")
+            .to_string();
+    assert!(
+        e.contains("setup.services[0].name") && e.contains("needs a `name`"),
+        "{e}"
+    );
+    assert!(
+        e.contains("setup.services[1].name") && e.contains("is taken"),
+        "{e}"
+    );
+    let e = err(
+        "[setup.start]\ncommand = \"a\"\n[[setup.services]]\nname = \"side\"\ncommand = \"b\"\n\
+         [[faults]]\nname = \"k\"\nkind = \"kill\"\ntarget = \"one\"\nservice = \"sid\"\n\
+         [[faults]]\nname = \"l\"\nkind = \"loss\"\npercent = 5\ntarget = \"one\"\nservice = \"side\"\n",
+    )
+    .to_string();
+    assert!(
+        e.contains("no service `sid`; the services are system, side"),
+        "{e}"
+    );
+    assert!(
+        e.contains("faults[1].service") && e.contains("belongs to process faults"),
+        "{e}"
+    );
+    // Services alone are enough for process faults.
+    Scenario::parse(
+        "[[setup.services]]\nname = \"db\"\ncommand = \"a\"\n[[faults]]\nname = \"k\"\nkind = \"kill\"\ntarget = \"one\"\nservice = \"db\"\n",
+        "t.toml",
+    )
+    .unwrap();
+}

@@ -113,6 +113,40 @@ impl Scenario {
                 }
             }
         }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, service) in self.setup.services.iter().enumerate() {
+            let path = [key("setup"), key("services"), Seg::Index(i)];
+            let name = &service.name;
+            let valid_name = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !valid_name {
+                p.add(
+                    &[&path[..], &[key("name")]].concat(),
+                    "a service needs a `name` of letters, digits, `-` and `_` (its log is logs/NAME.log)",
+                );
+            } else if name == "system" || !seen.insert(name.clone()) {
+                p.add(
+                    &[&path[..], &[key("name")]].concat(),
+                    format!("service name `{name}` is taken (`system` is [setup.start]; names are unique)"),
+                );
+            }
+            for t in service.command.templates() {
+                tm.call(p, &[&path[..], &[key("command")]].concat(), t, false);
+            }
+            for (k, v) in &service.env {
+                tm.call(p, &[&path[..], &[key("env"), key(k)]].concat(), v, false);
+            }
+        }
+        if let Some(start) = &self.setup.start
+            && !start.name.is_empty()
+        {
+            p.add(
+                &[key("setup"), key("start"), key("name")],
+                "[setup.start] is the service `system`; names belong to [[setup.services]]",
+            );
+        }
         for (i, check) in self.setup.ready.iter().enumerate() {
             let path = [key("setup"), key("ready"), Seg::Index(i)];
             self.check_check(p, &path, check, &names, tm);
@@ -322,6 +356,24 @@ impl Scenario {
             if case.duration.max.0.is_zero() {
                 p.add(&at("duration"), "must be longer than 0s");
             }
+            if let Some(service) = &case.service {
+                let services = self.services();
+                if case.fault.family() != chaos_proto::kinds::Family::Process {
+                    p.add(
+                        &at("service"),
+                        format!(
+                            "`service` belongs to process faults (kill, pause, restart), not `{}`",
+                            case.fault.kind()
+                        ),
+                    );
+                } else if !services.iter().any(|(s, _)| s == service) {
+                    let known: Vec<&str> = services.iter().map(|(s, _)| *s).collect();
+                    p.add(
+                        &at("service"),
+                        format!("no service `{service}`; the services are {}", known.join(", ")),
+                    );
+                }
+            }
             match &case.target {
                 Selector::Nodes(list) => {
                     for name in list {
@@ -344,7 +396,7 @@ impl Scenario {
                 }
                 _ => {}
             }
-            check_fault(p, &path, &case.fault, self.setup.start.is_some());
+            check_fault(p, &path, &case.fault, !self.services().is_empty());
         }
     }
 
@@ -544,7 +596,7 @@ fn check_fault(p: &mut Problems, path: &[Seg], fault: &Fault, has_start: bool) {
         if !has_start {
             p.add(
                 &at("kind"),
-                format!("`{kind}` acts on the system's processes: add [setup.start]"),
+                format!("`{kind}` acts on the system's processes: add [setup.start] (or [[setup.services]])"),
             );
         }
         let given = match fault {
