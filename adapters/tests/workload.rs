@@ -205,6 +205,8 @@ command = ["{redis}", "--addr", "127.0.0.1:{port}", "--timeout-ms", "500"]
 [[workload.ops]]
 kind = "write"
 [[workload.ops]]
+kind = "cas"
+[[workload.ops]]
 kind = "read"
 [[workload.ops]]
 kind = "add"
@@ -225,6 +227,11 @@ checkers = ["linearizability", "set"]
     // The pause made some operations time out: writes unknown, reads failed.
     assert!(ops.iter().any(|o| o.outcome == Outcome::Unknown), "no unknown op");
     assert!(ops.iter().filter(|o| o.outcome == Outcome::Ok).count() > 100);
+    assert!(
+        ops.iter()
+            .any(|o| o.kind == OpKind::Cas && o.outcome == Outcome::Ok),
+        "no cas succeeded"
+    );
     assert!(ops.iter().any(|o| o.kind == OpKind::ReadSet
         && o.outcome == Outcome::Ok
         && !o.values.as_ref().unwrap().is_empty()));
@@ -472,6 +479,8 @@ command = ["{adapter}", "--addr", "127.0.0.1:{port}", "--timeout-ms", "1000"]
 [[workload.ops]]
 kind = "write"
 [[workload.ops]]
+kind = "cas"
+[[workload.ops]]
 kind = "read"
 [[workload.ops]]
 kind = "add"
@@ -495,6 +504,11 @@ checkers = ["linearizability", "set", "counter"]
     assert!(outcome.passed(), "{:?}", outcome.summary);
     let ops = ops(&outcome.run_dir);
     assert!(ops.iter().filter(|o| o.outcome == Outcome::Ok).count() > 100);
+    assert!(
+        ops.iter()
+            .any(|o| o.kind == OpKind::Cas && o.outcome == Outcome::Ok),
+        "no cas succeeded"
+    );
     assert!(ops.iter().any(|o| o.kind == OpKind::ReadCounter
         && o.outcome == Outcome::Ok
         && o.value.as_ref().unwrap().as_i64().unwrap() > 0));

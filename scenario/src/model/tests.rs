@@ -156,6 +156,12 @@ fn adapter_and_command_workloads_refuse_each_others_fields() {
         e.contains("workload.ops[0].command") && e.contains("have no `command`"),
         "{e}"
     );
+    let e = err("[workload]\ntype = \"command\"\n[[workload.ops]]\nkind = \"cas\"\ncommand = \"x\"\n")
+        .to_string();
+    assert!(
+        e.contains("workload.ops[0].kind") && e.contains("`cas` needs an adapter workload"),
+        "{e}"
+    );
     let e = err("[workload]\ntype = \"command\"\n[[workload.ops]]\nkind = \"read\"\n").to_string();
     assert!(e.contains("needs `command`"), "{e}");
     let e = err(

@@ -259,6 +259,12 @@ impl Scenario {
                         p.add(&[key("workload"), key("ops")], "every weight is 0");
                     }
                     for (i, op) in w.ops.iter().enumerate() {
+                        if op.kind == CommandOpKind::Cas && w.kind == WorkloadType::Command {
+                            p.add(
+                                &[key("workload"), key("ops"), Seg::Index(i), key("kind")],
+                                "`cas` needs an adapter workload: a command has no value to compare with",
+                            );
+                        }
                         let at = [key("workload"), key("ops"), Seg::Index(i), key("command")];
                         match (&op.command, w.kind) {
                             (Some(c), WorkloadType::Command) => {

@@ -495,6 +495,9 @@ pub enum CommandOpKind {
     Write,
     /// A register delete.
     Delete,
+    /// `adapter` workloads only: compare-and-set the register from the value this client last
+    /// read or wrote there (absent if none) to a new unique value.
+    Cas,
     /// Add `{{ value }}` to the set `{{ key }}`.
     Add,
     /// Read the set `{{ key }}`: one element per non-empty stdout line.
@@ -515,6 +518,7 @@ impl CommandOpKind {
             CommandOpKind::Read => OpKind::Read,
             CommandOpKind::Write => OpKind::Write,
             CommandOpKind::Delete => OpKind::Delete,
+            CommandOpKind::Cas => OpKind::Cas,
             CommandOpKind::Add => OpKind::Add,
             CommandOpKind::ReadSet => OpKind::ReadSet,
             CommandOpKind::Incr => OpKind::Incr,

@@ -12,7 +12,7 @@
 //! skipped (and logged). An adapter that cannot be started fails the operation (`fail`: nothing
 //! was sent).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -331,6 +331,8 @@ pub(crate) async fn run_client(ctx: Arc<ClientCtx>, client: u64, mut rng: Xoshir
     let weights: Vec<u32> = ctx.spec.ops.iter().map(|o| o.weight).collect();
     let mut seq = 0u64;
     let mut logical = client;
+    // What this client last read or wrote per register: the `expected` of its next `cas`.
+    let mut last_seen: HashMap<String, Value> = HashMap::new();
     let mut ticker = ticker(ctx.period(), client, ctx.spec.concurrency as u64);
     while pace(&mut ticker, &ctx.stop).await {
         let _gate = ctx.gate.read().await;
@@ -342,21 +344,29 @@ pub(crate) async fn run_client(ctx: Arc<ClientCtx>, client: u64, mut rng: Xoshir
         seq += 1;
         let value = Value::from(client * 1_000_000_000 + seq);
         let id = ctx.recorder.next_id();
-        let request = request(id, kind, &key, &value);
+        let mut request = request(id, kind, &key, &value);
+        if kind == OpKind::Cas {
+            request.expected = Some(last_seen.get(&key).cloned().unwrap_or(Value::Null));
+        }
         let invoke = ctx.recorder.now_us();
         let done = slot.perform(&ctx, &spec, logical, &request).await;
         let unknown = done.outcome == Outcome::Unknown;
-        record(
-            &ctx,
-            id,
-            logical,
-            kind,
-            invoke,
-            slot.node_index,
-            &key,
-            value,
-            done,
-        );
+        if done.outcome == Outcome::Ok {
+            match (kind, &done.result) {
+                (OpKind::Read, Some(v)) => {
+                    last_seen.insert(key.clone(), v.clone());
+                }
+                (OpKind::Write | OpKind::Cas, _) => {
+                    last_seen.insert(key.clone(), value.clone());
+                }
+                (OpKind::Delete, _) => {
+                    last_seen.remove(&key);
+                }
+                _ => {}
+            }
+        }
+        let sent = (value, request.expected.clone());
+        record(&ctx, id, logical, kind, invoke, slot.node_index, &key, sent, done);
         if unknown {
             logical += ctx.spec.concurrency as u64;
             if let Some(a) = slot.adapter.take() {
@@ -372,7 +382,7 @@ pub(crate) async fn run_client(ctx: Arc<ClientCtx>, client: u64, mut rng: Xoshir
 /// The request of one generated operation: writes carry `value`, `incr` 1, reads nothing.
 fn request(id: u64, kind: OpKind, key: &str, value: &Value) -> AdapterRequest {
     let (key, value) = match kind {
-        OpKind::Write | OpKind::Add | OpKind::Append => (Some(key), Some(value.clone())),
+        OpKind::Write | OpKind::Add | OpKind::Append | OpKind::Cas => (Some(key), Some(value.clone())),
         OpKind::Incr => (Some(key), Some(Value::from(1))),
         OpKind::Generate | OpKind::Txn => (None, None),
         _ => (Some(key), None),
@@ -421,7 +431,7 @@ pub(crate) async fn final_reads(ctx: &ClientCtx) {
                     invoke,
                     slot.node_index,
                     &key,
-                    Value::Null,
+                    (Value::Null, None),
                     done,
                 );
                 if outcome == Outcome::Unknown {

@@ -110,7 +110,17 @@ pub(crate) async fn run_client(ctx: Arc<ClientCtx>, client: u64, mut rng: Xoshir
         let invoke = ctx.recorder.now_us();
         let done = perform(&ctx, node_index, command, kind, (logical, seq, &key, &value)).await;
         let unknown = done.outcome == Outcome::Unknown;
-        record(&ctx, id, logical, kind, invoke, node_index, &key, value, done);
+        record(
+            &ctx,
+            id,
+            logical,
+            kind,
+            invoke,
+            node_index,
+            &key,
+            (value, None),
+            done,
+        );
         if unknown {
             logical += ctx.spec.concurrency as u64;
         }
@@ -145,7 +155,7 @@ pub(crate) async fn final_reads(ctx: &ClientCtx) {
                     invoke,
                     node_index,
                     &key,
-                    Value::Null,
+                    (Value::Null, None),
                     done,
                 );
                 if ok {

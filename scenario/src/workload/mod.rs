@@ -300,8 +300,8 @@ impl Done {
     }
 }
 
-/// Records one operation of a `command` or `adapter` client: `written` is what a write, add or
-/// `txn` sent, `done` what came back.
+/// Records one operation of a `command` or `adapter` client: `written` is what a write, add,
+/// `cas` or `txn` sent (`expected`, what a `cas` compared with), `done` what came back.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn record(
     ctx: &ClientCtx,
@@ -311,7 +311,7 @@ pub(crate) fn record(
     invoke: u64,
     node_index: usize,
     key: &str,
-    written: serde_json::Value,
+    (written, expected): (serde_json::Value, Option<serde_json::Value>),
     done: Done,
 ) {
     let mut op = Op::new(id, client, kind, invoke, done.outcome)
@@ -324,6 +324,9 @@ pub(crate) fn record(
     let ok = done.outcome == Outcome::Ok;
     op = match (kind, done.result) {
         (OpKind::Write | OpKind::Add | OpKind::Append, _) => op.value(written),
+        (OpKind::Cas, _) => op
+            .value(written)
+            .expected(expected.unwrap_or(serde_json::Value::Null)),
         (OpKind::Incr, _) => op.value(1),
         (OpKind::ReadSet, Some(serde_json::Value::Array(values))) if ok => op.values(values),
         (OpKind::Txn, Some(result)) if ok => op.value(result),
