@@ -20,6 +20,7 @@
 //! assert_eq!(report.verdict.valid, chaos_check::Validity::Valid);
 //! ```
 
+mod adapter;
 mod anomaly_report;
 mod availability;
 mod checker;
@@ -35,6 +36,7 @@ mod unique_ids;
 
 use std::path::{Path, PathBuf};
 
+pub use adapter::{AdapterRequest, AdapterResponse};
 pub use availability::{
     AvailabilityChecker, AvailabilityOptions, AvailabilityReport, CaseResult, FaultWindow, OpCounts, analyze,
 };

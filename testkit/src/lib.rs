@@ -52,6 +52,12 @@ pub const CAPABILITIES: &[(&str, &str)] = &[
         "a reachable Docker daemon and busybox-static for the node image",
     ),
     ("etcd", "Debian's etcd-server and etcd-client"),
+    ("redis", "Debian's redis-server (redis-server and redis-cli)"),
+    ("python", "python3, for the Python adapter example"),
+    (
+        "postgres",
+        "Debian's postgresql (version 15, /usr/lib/postgresql/15/bin)",
+    ),
     ("chromium", "a headless Chromium to check the HTML report"),
     ("perl", "perl, for the UDP traffic probe of the fault tests"),
     (
