@@ -96,6 +96,7 @@ async fn run() {
 
     cluster_end_to_end(&hypervisor, &aws, &config).await;
     gc_after_a_killed_runner(&hypervisor, &ec2, &config, dir.path()).await;
+    raft_scenario_runs(&config, dir.path()).await;
 
     let errors = hypervisor.errors.lock().unwrap().clone();
     assert!(errors.is_empty(), "the hypervisor stand-in failed: {errors:#?}");
@@ -458,6 +459,63 @@ async fn gc_after_a_killed_runner(hypervisor: &Hypervisor, ec2: &sdk::Client, co
             "the hypervisor did not stop the terminated instances"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `chaos run scenarios/raft.toml --backend ec2 --rounds 1`: etcd on three instances through
+/// kills, pauses, partitions and packet faults, checked for recovery, agreement and no lost
+/// write.
+async fn raft_scenario_runs(config: &Path, dir: &Path) {
+    if let Err(e) = which("etcd").and(which("etcdctl")) {
+        skip("ec2_backend_against_moto (raft scenario)", "etcd", &e);
+        return;
+    }
+    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/raft.toml");
+    let out_dir = dir.join("runs");
+    let started = Instant::now();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_chaos"))
+        .args([
+            "run",
+            "--backend",
+            "ec2",
+            "--rounds",
+            "1",
+            "--seed",
+            "7",
+            "--backend-config",
+        ])
+        .arg(config)
+        .arg("--out")
+        .arg(&out_dir)
+        .arg(&scenario)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let bound = scaled(Duration::from_secs(300));
+    let out = tokio::time::timeout(bound, out)
+        .await
+        .unwrap_or_else(|_| panic!("chaos run raft.toml --backend ec2 did not end within {bound:?}"))
+        .unwrap();
+    eprintln!("raft on ec2 (moto): {:?}", started.elapsed());
+    assert!(
+        out.status.success(),
+        "chaos run raft.toml --backend ec2: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn which(program: &str) -> Result<(), String> {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if found {
+        Ok(())
+    } else {
+        Err(format!("{program} is not on PATH"))
     }
 }
 

@@ -663,7 +663,8 @@ impl Provisioner for Ec2 {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
             match runtime {
                 Ok(runtime) => {
-                    if let Ok(Err(e)) = runtime.block_on(tokio::time::timeout(bound, inner.teardown())) {
+                    let teardown = async { tokio::time::timeout(bound, inner.teardown()).await };
+                    if let Ok(Err(e)) = runtime.block_on(teardown) {
                         tracing::warn!("ec2 cluster {}: teardown: {e}", inner.cluster_id);
                     }
                 }

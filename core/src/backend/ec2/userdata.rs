@@ -81,7 +81,7 @@ until fetch "$BUNDLE_URL" "$DIR/bundle.pem"; do
 done
 rm -f "$DIR/manifest"
 # The bundle holds three PEM blocks: the cluster CA, this node's certificate, its key.
-awk -v d="$DIR/tls" '/^-----BEGIN/ {{ n++ }} {{ f = (n == 1 ? d "/ca.pem" : n == 2 ? d "/node.pem" : d "/node.key"); print > f }}' "$DIR/bundle.pem"
+awk -v d="$DIR/tls" '/^-+BEGIN / {{ n++ }} {{ f = (n == 1 ? d "/ca.pem" : n == 2 ? d "/node.pem" : d "/node.key"); print > f }}' "$DIR/bundle.pem"
 rm -f "$DIR/bundle.pem"
 chmod 0644 "$DIR/tls/ca.pem" "$DIR/tls/node.pem"
 # Heartbeat loss powers the instance off, which terminates it (shutdown behaviour: terminate).
