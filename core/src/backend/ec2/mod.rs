@@ -3,7 +3,7 @@
 //!
 //! # How a node comes up
 //!
-//! 1. Nodes created together are cut into batches ([`launch`]); each batch is one RunInstances
+//! 1. Nodes created together are cut into batches (`launch.rs`); each batch is one RunInstances
 //!    call (MinCount = MaxCount) with the tags `Name`, `io.chaos.cluster`, `io.chaos.owner`,
 //!    `io.chaos.expires` on instances and volumes, `InstanceInitiatedShutdownBehavior =
 //!    terminate`, IMDSv2 required, and a user data script ([`userdata`]) that holds **no
