@@ -63,6 +63,10 @@ pub const CAPABILITIES: &[(&str, &str)] = &[
         "moto_server (PyPI moto[server]), the AWS API emulator the ec2 backend is tested against",
     ),
     (
+        "ec2",
+        "the ec2 backend compiled in (cargo feature ec2) with an AWS configuration",
+    ),
+    (
         "cfn-lint",
         "cfn-lint (PyPI), which checks infra/'s CloudFormation template",
     ),
