@@ -11,6 +11,7 @@
 
 #![cfg(target_os = "linux")]
 
+mod capacity;
 mod harness;
 
 use std::net::Ipv4Addr;
@@ -89,12 +90,14 @@ async fn run() {
     let aws = Aws::connect(&Ec2Settings::default(), None).await.unwrap();
     let ec2 = aws.ec2().clone();
     let stack = format!("chaos-test-{}", std::process::id());
-    let settings = infra(&aws, &stack, net).await;
+    let (settings, subnets) = infra(&aws, &stack, net).await;
     let config = dir.path().join("ec2.toml");
     std::fs::write(&config, &settings).unwrap();
     let hypervisor = Hypervisor::start(netns.clone(), ec2.clone());
 
     cluster_end_to_end(&hypervisor, &aws, &config).await;
+    let moto_addr = moto.endpoint.trim_start_matches("http://").parse().unwrap();
+    capacity_falls_back_to_the_next_subnet(&aws, &settings, &subnets, host, moto_addr, dir.path()).await;
     gc_after_a_killed_runner(&hypervisor, &ec2, &config, dir.path()).await;
     raft_scenario_runs(&config, dir.path()).await;
 
@@ -106,8 +109,8 @@ async fn run() {
 
 /// What `infra/` would make, made in moto: a VPC on the test's /24 with two subnets (upper
 /// half) in two zones, a security group and a bucket, all tagged with the stack's name.
-/// Returns the settings file's text.
-async fn infra(aws: &Aws, stack: &str, net: Ipv4Addr) -> String {
+/// Returns the settings file's text and the subnets.
+async fn infra(aws: &Aws, stack: &str, net: Ipv4Addr) -> (String, Vec<String>) {
     let ec2 = aws.ec2();
     let [a, b, c, _] = net.octets();
     let vpc = ec2
@@ -137,6 +140,7 @@ async fn infra(aws: &Aws, stack: &str, net: Ipv4Addr) -> String {
         .send()
         .await
         .unwrap();
+    let subnets = resources.clone();
     resources.push(group.group_id().unwrap().to_string());
     ec2.create_tags()
         .set_resources(Some(resources))
@@ -157,11 +161,12 @@ async fn infra(aws: &Aws, stack: &str, net: Ipv4Addr) -> String {
         .find_map(|i| i.image_id())
         .expect("moto offers AMIs")
         .to_string();
-    format!(
+    let settings = format!(
         "stack = \"{stack}\"\nami = \"{ami}\"\nbatch_size = 2\ninterface = \"eth0\"\nagent_port = {AGENT_PORT}\n\
          boot_timeout = \"{}s\"\nexpiry = \"10m\"\nwait_terminated = true\n",
         scaled(Duration::from_secs(120)).as_secs()
-    )
+    );
+    (settings, subnets)
 }
 
 async fn cluster_end_to_end(hypervisor: &Hypervisor, aws: &Aws, config: &Path) {
@@ -323,6 +328,75 @@ async fn cluster_end_to_end(hypervisor: &Hypervisor, aws: &Aws, config: &Path) {
     for instance in &instances {
         let instance_id = instance.instance_id().unwrap();
         assert_eq!(hypervisor.state(instance_id).await, "terminated", "{instance_id}");
+    }
+}
+
+/// RunInstances into the first subnet fails with `InsufficientInstanceCapacity` (a fault layer
+/// in front of moto's EC2 API): the batch goes to the second subnet.
+async fn capacity_falls_back_to_the_next_subnet(
+    aws: &Aws,
+    settings: &str,
+    subnets: &[String],
+    host: Ipv4Addr,
+    moto: std::net::SocketAddr,
+    dir: &Path,
+) {
+    let fault = capacity::CapacityFault::start(host, moto, subnets[0].clone()).await;
+    let config = dir.join("ec2-capacity.toml");
+    let listed: Vec<String> = subnets.iter().map(|s| format!("\"{s}\"")).collect();
+    std::fs::write(&config, format!("{settings}subnets = [{}]\n", listed.join(", "))).unwrap();
+    set_env("AWS_ENDPOINT_URL_EC2", Some(&fault.endpoint));
+    let options = ClusterOptions {
+        name: "ec2-capacity".to_string(),
+        heartbeat_timeout: HEARTBEAT,
+        node_ready_timeout: scaled(Duration::from_secs(30)),
+        backend_config: Some(config),
+    };
+    let cluster = Ec2::cluster(options)
+        .await
+        .expect("creating the ec2 cluster behind the fault layer");
+    set_env("AWS_ENDPOINT_URL_EC2", None);
+    let nodes = cluster
+        .create_nodes(2)
+        .await
+        .expect("2 nodes despite no capacity in the first subnet");
+    let refused = fault.refused.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(refused >= 1, "the fault layer refused nothing");
+    let calls = cluster.provisioner().api_calls();
+    // One refused RunInstances (the SDK's own retries inside it), then one that launched both.
+    assert_eq!(calls.get("RunInstances"), Some(&2), "{calls:?}");
+    for node in &nodes {
+        let out = node.run("true", Vec::<String>::new()).await.unwrap();
+        assert!(out.status.success());
+        let id = cluster.provisioner().instance_id(node.name()).unwrap();
+        let described = aws
+            .ec2()
+            .describe_instances()
+            .instance_ids(&id)
+            .send()
+            .await
+            .unwrap();
+        let subnet = described
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .find_map(|i| i.subnet_id().map(str::to_string));
+        assert_eq!(
+            subnet.as_deref(),
+            Some(subnets[1].as_str()),
+            "{id} launched in the second subnet"
+        );
+    }
+    cluster.cleanup().await.expect("cleaning up the capacity cluster");
+}
+
+fn set_env(name: &str, value: Option<&str>) {
+    // SAFETY: as in `point_sdk_at`: one test, one thread, nothing reads the environment now.
+    unsafe {
+        match value {
+            Some(value) => std::env::set_var(name, value),
+            None => std::env::remove_var(name),
+        }
     }
 }
 
