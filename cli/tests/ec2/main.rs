@@ -365,6 +365,16 @@ async fn capacity_falls_back_to_the_next_subnet(
     let calls = cluster.provisioner().api_calls();
     // One refused RunInstances (the SDK's own retries inside it), then one that launched both.
     assert_eq!(calls.get("RunInstances"), Some(&2), "{calls:?}");
+    // The live runner pushes the expiry forward (here at once rather than at a third of it).
+    let first = cluster.provisioner().instance_id(nodes[0].name()).unwrap();
+    let before = expires_tag(aws, &first).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    cluster.provisioner().refresh_expiry().await.unwrap();
+    let after = expires_tag(aws, &first).await;
+    assert!(
+        after > before,
+        "io.chaos.expires not pushed forward: {before} → {after}"
+    );
     for node in &nodes {
         let out = node.run("true", Vec::<String>::new()).await.unwrap();
         assert!(out.status.success());
@@ -388,6 +398,25 @@ async fn capacity_falls_back_to_the_next_subnet(
         );
     }
     cluster.cleanup().await.expect("cleaning up the capacity cluster");
+}
+
+/// The `io.chaos.expires` tag of `instance` (RFC 3339 seconds, so it orders as text).
+async fn expires_tag(aws: &Aws, instance: &str) -> String {
+    let out = aws
+        .ec2()
+        .describe_instances()
+        .instance_ids(instance)
+        .send()
+        .await
+        .unwrap();
+    out.reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .flat_map(|i| i.tags())
+        .find(|t| t.key() == Some(tags::EXPIRES))
+        .and_then(|t| t.value())
+        .expect("an expiry tag")
+        .to_string()
 }
 
 fn set_env(name: &str, value: Option<&str>) {

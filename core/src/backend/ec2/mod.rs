@@ -200,6 +200,12 @@ impl Ec2 {
         self.inner.aws.calls()
     }
 
+    /// Pushes `io.chaos.expires` of every instance of the cluster `expiry` ahead now (the
+    /// runner does it by itself at a third of the expiry).
+    pub async fn refresh_expiry(&self) -> Result<()> {
+        self.inner.refresh_expiry().await
+    }
+
     /// The instance of `node`, if it has one.
     pub fn instance_id(&self, node: &str) -> Option<String> {
         self.inner.node(node).map(|r| r.instance_id)
