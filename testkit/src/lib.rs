@@ -65,6 +65,18 @@ pub const CAPABILITIES: &[(&str, &str)] = &[
         "the chaos-agent binary built next to the test executables",
     ),
     (
+        "moto",
+        "moto_server (PyPI moto[server]), the AWS API emulator the ec2 backend is tested against",
+    ),
+    (
+        "ec2",
+        "the ec2 backend compiled in (cargo feature ec2) with an AWS configuration",
+    ),
+    (
+        "cfn-lint",
+        "cfn-lint (PyPI), which checks infra/'s CloudFormation template",
+    ),
+    (
         "external",
         "minutes to build examples/external cold (cargo, the crates.io dependencies at hand)",
     ),

@@ -5,7 +5,7 @@
 //! * [`agent_cluster`]: the one generic [`crate::Cluster`] over a provisioner ([`AgentCluster`]):
 //!   CA and identities, numbering, ready wait, supervision, machine faults, shutdown, `Drop`.
 //! * [`local`], [`netns`], [`docker`]: provisioners (agents on this host, in network namespaces,
-//!   in containers).
+//!   in containers); `ec2` (feature `ec2`): EC2 instances.
 //! * [`supervisor`], [`owner`], [`gc`]: agent supervision, runner identity in leftovers, and
 //!   what `chaos gc` reports.
 
@@ -21,6 +21,8 @@ pub mod agent_cluster;
 pub(crate) mod agent_launch;
 #[cfg(feature = "docker")]
 pub mod docker;
+#[cfg(feature = "ec2")]
+pub mod ec2;
 pub(crate) mod elf;
 pub mod gc;
 pub mod local;
