@@ -30,6 +30,7 @@ use tokio::sync::Notify;
 use crate::faults::{self, Faults};
 use crate::files::FileGate;
 use crate::heartbeat::Heartbeat;
+use crate::lease::{self, Leases};
 use crate::procs::ProcTable;
 use crate::{body, dial, exec, files};
 
@@ -43,8 +44,12 @@ pub(crate) struct Agent {
     pub(crate) heartbeat: Heartbeat,
     /// Admits the blocking work of file requests.
     pub(crate) files: FileGate,
-    /// Notified by `POST /v1/shutdown`.
+    /// Notified by `POST /v1/shutdown` (unless persistent).
     pub(crate) shutdown: Notify,
+    /// The lease in force ([`chaos_proto::lease`]).
+    pub(crate) leases: Leases,
+    /// `--on-heartbeat-loss wait`: `POST /v1/shutdown` ends the run instead of the agent.
+    pub(crate) persistent: bool,
 }
 
 impl Agent {
@@ -53,8 +58,11 @@ impl Agent {
         cgroup: Option<PathBuf>,
         faults: Faults,
         heartbeat_timeout: Duration,
+        persistent: bool,
     ) -> Self {
         Self {
+            leases: Leases::new(&root_dir, heartbeat_timeout),
+            persistent,
             procs: ProcTable::new(root_dir, cgroup),
             faults,
             heartbeat: Heartbeat::new(heartbeat_timeout),
@@ -172,6 +180,10 @@ pub(crate) fn router(agent: Arc<Agent>) -> Router {
         .route(paths::FAULT, delete(faults::heal))
         .route(paths::PROBE, get(faults::probe))
         .route(paths::DIAL, get(dial::handler))
+        .route(
+            paths::LEASE,
+            get(lease::show).post(lease::acquire).delete(lease::release),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
@@ -263,6 +275,12 @@ async fn heartbeat(
 }
 
 async fn shutdown(State(agent): AppState) -> StatusCode {
+    if agent.persistent {
+        // A service outlives its runners: the run ends, the agent keeps serving.
+        tracing::info!("shutdown requested over the API: ending the run (persistent agent)");
+        lease::end_run(&agent, "shutdown requested").await;
+        return StatusCode::NO_CONTENT;
+    }
     tracing::info!("shutdown requested over the API");
     agent.shutdown.notify_one();
     StatusCode::NO_CONTENT

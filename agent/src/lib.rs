@@ -40,6 +40,7 @@ mod exec;
 mod faults;
 mod files;
 mod heartbeat;
+mod lease;
 mod procs;
 mod server;
 mod tls;
@@ -114,6 +115,11 @@ pub enum HeartbeatLossAction {
     PowerOff,
     /// Log and keep serving.
     None,
+    /// The persistent mode of an agent run as a service (the `hosts` backend): end the run —
+    /// heal, kill, remove the run directory, release the lease ([`chaos_proto::lease`]) — and
+    /// wait for the next runner. `POST /v1/shutdown` then ends the run too instead of the agent
+    /// (SIGTERM still stops it).
+    Wait,
 }
 
 impl FromStr for HeartbeatLossAction {
@@ -124,8 +130,9 @@ impl FromStr for HeartbeatLossAction {
             "exit" => Ok(Self::Exit),
             "poweroff" => Ok(Self::PowerOff),
             "none" => Ok(Self::None),
+            "wait" => Ok(Self::Wait),
             other => Err(format!(
-                "unknown heartbeat-loss action {other:?}: use exit, poweroff or none"
+                "unknown heartbeat-loss action {other:?}: use exit, poweroff, none or wait"
             )),
         }
     }

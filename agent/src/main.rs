@@ -37,7 +37,9 @@ struct Cli {
     #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_timeout)]
     heartbeat_timeout: Duration,
     /// After heartbeat loss: `exit` (code 3), `poweroff` (sync and power the machine off; only
-    /// for dedicated, disposable machines) or `none` (keep serving).
+    /// for dedicated, disposable machines), `none` (keep serving) or `wait` (a service: end the
+    /// run — heal, kill, remove its directory, release the lease — and wait for the next runner;
+    /// `POST /v1/shutdown` then ends the run, not the agent).
     #[arg(long, value_name = "ACTION", default_value = "exit")]
     on_heartbeat_loss: HeartbeatLossAction,
     /// Directory of the fault state file: every installed fault is recorded there first, and an

@@ -18,6 +18,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chaos_proto::exec::{self, ClientControl, ServerEvent};
 use chaos_proto::fault::{FaultInfo, FaultRequest, HealReply, ProbeReport};
+use chaos_proto::lease::{Lease, LeaseRequest};
 use chaos_proto::paths;
 use chaos_proto::{
     ApiError, DirEntry, ErrorKind, ExitStatus, FileStat, FileWritten, HeartbeatReply, KillAllRequest,
@@ -347,6 +348,26 @@ impl AgentClient {
         self.shutdown_requested.store(true, Ordering::SeqCst);
         self.call::<(), ()>("shutdown", Method::POST, self.url(paths::SHUTDOWN, &[]), None)
             .await
+    }
+
+    /// `POST /v1/lease`: takes the lease of a persistent agent ([`chaos_proto::lease`]); a
+    /// [`ErrorKind::Conflict`] names the runner holding it.
+    pub async fn take_lease(&self, request: &LeaseRequest) -> Result<Lease> {
+        self.call("take lease", Method::POST, self.url(paths::LEASE, &[]), Some(request))
+            .await
+    }
+
+    /// `GET /v1/lease`: the lease in force, if any.
+    pub async fn lease(&self) -> Result<Option<Lease>> {
+        self.call::<(), _>("show lease", Method::GET, self.url(paths::LEASE, &[]), None)
+            .await
+    }
+
+    /// `DELETE /v1/lease?run=ID`: ends run `run` (heals, kills, removes its directory, releases
+    /// the lease); a no-op when it holds no lease.
+    pub async fn release_lease(&self, run: &str) -> Result<()> {
+        let url = self.url(paths::LEASE, &[("run", run)]);
+        self.call::<(), ()>("release lease", Method::DELETE, url, None).await
     }
 
     /// Streams `data` into `path` on the node with permissions `mode`.

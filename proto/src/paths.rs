@@ -33,6 +33,9 @@ pub const FAULTS: &str = "/v1/faults";
 pub const FAULT: &str = "/v1/faults/{id}";
 /// `GET`: what fault kinds and mechanisms the node supports.
 pub const PROBE: &str = "/v1/probe";
+/// `POST`: take the lease; `GET`: the lease in force; `DELETE ?run=ID`: end the run
+/// ([`crate::lease`]).
+pub const LEASE: &str = "/v1/lease";
 /// `GET ?addr=HOST:PORT`: WebSocket of a TCP connection from the node ([`crate::dial`]).
 pub const DIAL: &str = "/v1/dial";
 
@@ -65,6 +68,7 @@ mod tests {
             FAULT,
             PROBE,
             DIAL,
+            LEASE,
         ] {
             assert!(path.starts_with(crate::API_PREFIX), "{path}");
         }

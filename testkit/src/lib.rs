@@ -52,6 +52,10 @@ pub const CAPABILITIES: &[(&str, &str)] = &[
         "a reachable Docker daemon and busybox-static for the node image",
     ),
     ("etcd", "Debian's etcd-server and etcd-client"),
+    (
+        "hosts",
+        "the hosts backend's simulated lab: what netns needs (its agents run in namespaces)",
+    ),
     ("chromium", "a headless Chromium to check the HTML report"),
     ("perl", "perl, for the UDP traffic probe of the fault tests"),
     (
