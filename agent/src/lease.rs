@@ -104,6 +104,7 @@ async fn end_locked(agent: &Agent, current: &mut Option<Lease>, why: &str) {
         Err(e) => tracing::warn!(dir = %lease.run_dir, "{why}: removing the run directory: {e}"),
     }
     agent.heartbeat.set_timeout(agent.leases.configured_timeout);
+    agent.procs.set_default_cwd(agent.leases.root.clone());
     tracing::info!(run = %lease.run, runner = %lease.runner, "{why}: run ended, lease released");
 }
 
@@ -170,6 +171,7 @@ pub(crate) async fn acquire(
         run_dir: dir.to_string_lossy().into_owned(),
     };
     agent.heartbeat.set_timeout(timeout);
+    agent.procs.set_default_cwd(dir);
     tracing::info!(run = %lease.run, runner = %lease.runner, dir = %lease.run_dir, "lease granted");
     *current = Some(lease.clone());
     Ok(Json(lease))
