@@ -56,6 +56,10 @@ pub const CAPABILITIES: &[(&str, &str)] = &[
         "hosts",
         "the hosts backend's simulated lab: what netns needs (its agents run in namespaces)",
     ),
+    (
+        "systemd",
+        "systemd-analyze (Debian's systemd), to verify the agent's generated unit",
+    ),
     ("chromium", "a headless Chromium to check the HTML report"),
     ("perl", "perl, for the UDP traffic probe of the fault tests"),
     (
