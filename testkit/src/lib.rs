@@ -60,6 +60,10 @@ pub const CAPABILITIES: &[(&str, &str)] = &[
         "systemd",
         "systemd-analyze (Debian's systemd), to verify the agent's generated unit",
     ),
+    (
+        "sshd",
+        "Debian's openssh-server and openssh-client, for `chaos hosts push` against an sshd",
+    ),
     ("chromium", "a headless Chromium to check the HTML report"),
     ("perl", "perl, for the UDP traffic probe of the fault tests"),
     (
