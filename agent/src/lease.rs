@@ -117,7 +117,8 @@ pub(crate) async fn end_run(agent: &Agent, why: &str) {
 fn check(req: &LeaseRequest) -> Result<Duration, ApiError> {
     let invalid = |m: String| ApiError::new(ErrorKind::InvalidRequest, m);
     lease::validate_run_id(&req.run).map_err(invalid)?;
-    if req.runner.is_empty() || req.runner.len() > MAX_RUNNER_LEN || req.runner.chars().any(char::is_control) {
+    if req.runner.is_empty() || req.runner.len() > MAX_RUNNER_LEN || req.runner.chars().any(char::is_control)
+    {
         return Err(invalid(format!(
             "runner {:?}: give 1-{MAX_RUNNER_LEN} printable characters saying who you are",
             req.runner

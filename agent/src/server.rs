@@ -62,7 +62,9 @@ async fn watchdog(agent: &Agent, action: HeartbeatLossAction) -> HeartbeatLossAc
         let timeout = agent.heartbeat.timeout();
         match action {
             HeartbeatLossAction::Wait => {
-                tracing::warn!("no heartbeat for {timeout:?}: ending the run and waiting for the next runner");
+                tracing::warn!(
+                    "no heartbeat for {timeout:?}: ending the run and waiting for the next runner"
+                );
                 lease::end_run(agent, "heartbeat loss").await;
                 agent.heartbeat.next_beat().await;
                 tracing::info!("heartbeats resumed");

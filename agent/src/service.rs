@@ -193,10 +193,12 @@ fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<(
 }
 
 fn systemctl(args: &[&str]) -> anyhow::Result<()> {
-    let status = Command::new("systemctl")
-        .args(args)
-        .status()
-        .with_context(|| format!("running systemctl {} (is systemd running here? use --no-systemctl)", args.join(" ")))?;
+    let status = Command::new("systemctl").args(args).status().with_context(|| {
+        format!(
+            "running systemctl {} (is systemd running here? use --no-systemctl)",
+            args.join(" ")
+        )
+    })?;
     if !status.success() {
         bail!("systemctl {} failed ({status})", args.join(" "));
     }

@@ -26,7 +26,11 @@ fn text(out: &Output) -> String {
 fn install_writes_a_unit_that_systemd_verifies_and_uninstall_removes_it() {
     let test = "install_writes_a_unit_that_systemd_verifies";
     if Command::new("systemd-analyze").arg("--version").output().is_err() {
-        skip(test, "systemd", &"systemd-analyze is not installed (Debian package systemd)");
+        skip(
+            test,
+            "systemd",
+            &"systemd-analyze is not installed (Debian package systemd)",
+        );
         return;
     }
     let prefix = tempfile::tempdir().unwrap();
@@ -54,7 +58,11 @@ fn install_writes_a_unit_that_systemd_verifies_and_uninstall_removes_it() {
     let key = tls.join(chaos::proto::tls_files::NODE_KEY);
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
     let out = agent(&install);
-    assert!(!out.status.success() && text(&out).contains("chmod 600"), "{}", text(&out));
+    assert!(
+        !out.status.success() && text(&out).contains("chmod 600"),
+        "{}",
+        text(&out)
+    );
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
 
     let out = agent(&install);
@@ -73,7 +81,10 @@ fn install_writes_a_unit_that_systemd_verifies_and_uninstall_removes_it() {
         assert!(unit.contains(line), "{line:?} missing from\n{unit}");
     }
     let binary = root.join("usr/local/bin/chaos-agent");
-    assert_eq!(std::fs::metadata(&binary).unwrap().permissions().mode() & 0o777, 0o755);
+    assert_eq!(
+        std::fs::metadata(&binary).unwrap().permissions().mode() & 0o777,
+        0o755
+    );
     assert!(root.join("var/lib/chaos-agent").is_dir());
 
     // verify needs the system's own units (sysinit.target, …) under the root.
@@ -92,10 +103,24 @@ fn install_writes_a_unit_that_systemd_verifies_and_uninstall_removes_it() {
         .env("SYSTEMD_LOG_LEVEL", "info")
         .output()
         .unwrap();
-    assert!(verify.status.success(), "systemd-analyze verify: {}", text(&verify));
-    assert!(text(&verify).trim().is_empty(), "systemd-analyze verify warns: {}", text(&verify));
+    assert!(
+        verify.status.success(),
+        "systemd-analyze verify: {}",
+        text(&verify)
+    );
+    assert!(
+        text(&verify).trim().is_empty(),
+        "systemd-analyze verify warns: {}",
+        text(&verify)
+    );
 
-    let out = agent(&["uninstall", "--prefix", prefix_arg, "--purge-root-dir", "/var/lib/chaos-agent"]);
+    let out = agent(&[
+        "uninstall",
+        "--prefix",
+        prefix_arg,
+        "--purge-root-dir",
+        "/var/lib/chaos-agent",
+    ]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(!unit_path.exists() && !binary.exists());
     assert!(!root.join("var/lib/chaos-agent").exists());

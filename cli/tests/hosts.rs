@@ -22,11 +22,17 @@ async fn raft_runs_on_an_inventory_of_hosts_and_leaves_them_clean() {
         let found = std::env::var_os("PATH")
             .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()));
         if !found {
-            skip(test, "etcd", &format!("`{bin}` is not on PATH (apt-get install etcd-server etcd-client)"));
+            skip(
+                test,
+                "etcd",
+                &format!("`{bin}` is not on PATH (apt-get install etcd-server etcd-client)"),
+            );
             return;
         }
     }
-    let lab = Lab::start("raft-hosts", 3, Duration::from_secs(30)).await.unwrap();
+    let lab = Lab::start("raft-hosts", 3, Duration::from_secs(30))
+        .await
+        .unwrap();
     let out_dir = tempfile::tempdir().unwrap();
     let raft = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/raft.toml");
     let inventory = lab.inventory().to_path_buf();
@@ -52,7 +58,11 @@ async fn raft_runs_on_an_inventory_of_hosts_and_leaves_them_clean() {
         let left: Vec<_> = std::fs::read_dir(&runs)
             .map(|d| d.flatten().map(|e| e.path()).collect())
             .unwrap_or_default();
-        assert!(left.is_empty(), "host {}: run directories left: {left:?}", host.name);
+        assert!(
+            left.is_empty(),
+            "host {}: run directories left: {left:?}",
+            host.name
+        );
     }
     lab.cleanup().await.unwrap();
 }
@@ -83,7 +93,10 @@ async fn wait_listening(addr: std::net::SocketAddr, bound: Duration, what: &str)
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
             return;
         }
-        assert!(std::time::Instant::now() < deadline, "{what} did not listen at {addr} within {bound:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} did not listen at {addr} within {bound:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -98,7 +111,11 @@ async fn push_over_ssh_installs_a_working_agent() {
         return;
     }
     if !Path::new("/usr/sbin/sshd").exists() || Command::new("ssh").arg("-V").output().is_err() {
-        skip(test, "sshd", &"sshd or ssh is missing (apt-get install openssh-server openssh-client)");
+        skip(
+            test,
+            "sshd",
+            &"sshd or ssh is missing (apt-get install openssh-server openssh-client)",
+        );
         return;
     }
     let bound = chaos_testkit::scaled(Duration::from_secs(20));
@@ -154,7 +171,10 @@ async fn push_over_ssh_installs_a_working_agent() {
             path: d.join("sshd.log").display().to_string(),
             append: true,
         },
-        ..chaos::ProcSpec::new("unshare", ["--mount", "--propagation", "private", "sh", "-c", &sshd])
+        ..chaos::ProcSpec::new(
+            "unshare",
+            ["--mount", "--propagation", "private", "sh", "-c", &sshd],
+        )
     })
     .await
     .unwrap();
@@ -180,7 +200,12 @@ async fn push_over_ssh_installs_a_working_agent() {
         .arg(&remote_root)
         .args(["--ssh-port", &ssh_port.to_string(), "--identity"])
         .arg(d.join("client_key"))
-        .args(["--ssh-option", "StrictHostKeyChecking=no", "--ssh-option", "UserKnownHostsFile=/dev/null"])
+        .args([
+            "--ssh-option",
+            "StrictHostKeyChecking=no",
+            "--ssh-option",
+            "UserKnownHostsFile=/dev/null",
+        ])
         .output()
         .unwrap();
     let log = std::fs::read_to_string(d.join("sshd.log")).unwrap_or_default();
@@ -192,21 +217,38 @@ async fn push_over_ssh_installs_a_working_agent() {
     );
     let tls = remote_root.join("etc/chaos/tls");
     use std::os::unix::fs::PermissionsExt;
-    let key_mode = std::fs::metadata(tls.join("node.key")).unwrap().permissions().mode() & 0o777;
+    let key_mode = std::fs::metadata(tls.join("node.key"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(key_mode, 0o600, "the key arrives private");
     let unit = std::fs::read_to_string(remote_root.join("etc/systemd/system/chaos-agent.service")).unwrap();
     assert!(unit.contains(&format!("--listen {ip}:7443")), "{unit}");
     let after = push_dirs();
-    assert!(after.is_subset(&before), "remote temporary directories left: {:?}", after.difference(&before));
+    assert!(
+        after.is_subset(&before),
+        "remote temporary directories left: {:?}",
+        after.difference(&before)
+    );
 
     // The pushed agent works: start it as its unit says (paths below the root) and use it.
     let root = remote_root.join("var/lib/chaos-agent");
     let agent_log = d.join("agent.log");
     node.start(chaos::ProcSpec {
-        stdout: chaos::proto::OutputSpec::File { path: agent_log.display().to_string(), append: true },
-        stderr: chaos::proto::OutputSpec::File { path: agent_log.display().to_string(), append: true },
+        stdout: chaos::proto::OutputSpec::File {
+            path: agent_log.display().to_string(),
+            append: true,
+        },
+        stderr: chaos::proto::OutputSpec::File {
+            path: agent_log.display().to_string(),
+            append: true,
+        },
         ..chaos::ProcSpec::new(
-            remote_root.join("usr/local/bin/chaos-agent").display().to_string(),
+            remote_root
+                .join("usr/local/bin/chaos-agent")
+                .display()
+                .to_string(),
             [
                 "--listen".to_string(),
                 format!("{ip}:7443"),
@@ -223,7 +265,11 @@ async fn push_over_ssh_installs_a_working_agent() {
     .unwrap();
     wait_listening(std::net::SocketAddr::new(ip, 7443), bound, "the pushed agent").await;
     let inventory = d.join("inventory.toml");
-    std::fs::write(&inventory, format!("tls_dir = \"ca\"\n[[hosts]]\nagent = \"{ip}:7443\"\n")).unwrap();
+    std::fs::write(
+        &inventory,
+        format!("tls_dir = \"ca\"\n[[hosts]]\nagent = \"{ip}:7443\"\n"),
+    )
+    .unwrap();
     let cluster = chaos::backend::new_cluster(
         "hosts",
         chaos::backend::ClusterOptions {
@@ -236,7 +282,11 @@ async fn push_over_ssh_installs_a_working_agent() {
     .unwrap();
     let nodes = cluster.create_nodes(1).await.unwrap();
     let out = nodes[0].run("sh", ["-c", "pwd"]).await.unwrap();
-    assert!(out.stdout_str().starts_with(&root.display().to_string()), "{}", out.stdout_str());
+    assert!(
+        out.stdout_str().starts_with(&root.display().to_string()),
+        "{}",
+        out.stdout_str()
+    );
     cluster.cleanup().await.unwrap();
     netns.cleanup().await.unwrap();
 }

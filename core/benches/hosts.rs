@@ -12,7 +12,6 @@
 
 use std::time::{Duration, Instant};
 
-use chaos::Cluster;
 use chaos::backend::hosts::lab::{self, Lab};
 use chaos::backend::new_cluster;
 
@@ -50,7 +49,12 @@ async fn run() {
         "≤ 50 ms",
         ready.median() <= Duration::from_millis(50),
     );
-    row("run ended: heal + kill + run dir removed + lease released", &ended, "-", true);
+    row(
+        "run ended: heal + kill + run dir removed + lease released",
+        &ended,
+        "-",
+        true,
+    );
 }
 
 fn main() {

@@ -353,8 +353,13 @@ impl AgentClient {
     /// `POST /v1/lease`: takes the lease of a persistent agent ([`chaos_proto::lease`]); a
     /// [`ErrorKind::Conflict`] names the runner holding it.
     pub async fn take_lease(&self, request: &LeaseRequest) -> Result<Lease> {
-        self.call("take lease", Method::POST, self.url(paths::LEASE, &[]), Some(request))
-            .await
+        self.call(
+            "take lease",
+            Method::POST,
+            self.url(paths::LEASE, &[]),
+            Some(request),
+        )
+        .await
     }
 
     /// `GET /v1/lease`: the lease in force, if any.
@@ -367,7 +372,8 @@ impl AgentClient {
     /// the lease); a no-op when it holds no lease.
     pub async fn release_lease(&self, run: &str) -> Result<()> {
         let url = self.url(paths::LEASE, &[("run", run)]);
-        self.call::<(), ()>("release lease", Method::DELETE, url, None).await
+        self.call::<(), ()>("release lease", Method::DELETE, url, None)
+            .await
     }
 
     /// Streams `data` into `path` on the node with permissions `mode`.

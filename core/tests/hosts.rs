@@ -35,7 +35,11 @@ async fn lab(test: &str, hosts: usize) -> Option<Lab> {
         skip(test, "hosts", &why);
         return None;
     }
-    Some(Lab::start(test, hosts, Duration::from_secs(30)).await.expect("starting the lab"))
+    Some(
+        Lab::start(test, hosts, Duration::from_secs(30))
+            .await
+            .expect("starting the lab"),
+    )
 }
 
 /// A client of a lab host's agent with the lab's runner identity.
@@ -120,13 +124,23 @@ async fn a_killed_runner_leaves_clean_serving_hosts_and_the_next_runner_works_at
             break;
         }
     }
-    assert_eq!((pids.len(), dirs.len()), (2, 2), "{test}: the child runner did not get going");
+    assert_eq!(
+        (pids.len(), dirs.len()),
+        (2, 2),
+        "{test}: the child runner did not get going"
+    );
     for (i, dir) in dirs.iter().enumerate() {
         assert!(Path::new(dir).join("marker").exists(), "{dir}");
-        assert!(dir.starts_with(&*lab.hosts()[i].root_dir.to_string_lossy()), "{dir}");
+        assert!(
+            dir.starts_with(&*lab.hosts()[i].root_dir.to_string_lossy()),
+            "{dir}"
+        );
     }
     let clients: Vec<AgentClient> = (0..2).map(|i| client(&lab, i)).collect();
-    assert!(!clients[0].list_faults().await.unwrap().is_empty(), "the partition is installed");
+    assert!(
+        !clients[0].list_faults().await.unwrap().is_empty(),
+        "the partition is installed"
+    );
 
     child.kill().unwrap();
     child.wait().unwrap();
@@ -134,27 +148,46 @@ async fn a_killed_runner_leaves_clean_serving_hosts_and_the_next_runner_works_at
     // Heartbeat timeout 2 s: each agent ends the run by itself.
     let bound = scaled(Duration::from_secs(15));
     for pid in &pids {
-        assert!(gone_within(bound, async || alive_here(*pid)).await, "pid {pid} survived the runner");
+        assert!(
+            gone_within(bound, async || alive_here(*pid)).await,
+            "pid {pid} survived the runner"
+        );
     }
     for (i, client) in clients.iter().enumerate() {
         let lease_gone = gone_within(bound, async || client.lease().await.unwrap().is_some()).await;
         assert!(lease_gone, "host {i}: the dead runner's lease was not released");
-        assert!(client.list_faults().await.unwrap().is_empty(), "host {i}: faults not healed");
-        assert!(!Path::new(&dirs[i]).exists(), "host {i}: run dir {} not removed", dirs[i]);
+        assert!(
+            client.list_faults().await.unwrap().is_empty(),
+            "host {i}: faults not healed"
+        );
+        assert!(
+            !Path::new(&dirs[i]).exists(),
+            "host {i}: run dir {} not removed",
+            dirs[i]
+        );
     }
 
     // The next runner works at once, on the same agents (they kept serving).
-    let cluster = new_cluster("hosts", lab.cluster_options("next-runner")).await.unwrap();
+    let cluster = new_cluster("hosts", lab.cluster_options("next-runner"))
+        .await
+        .unwrap();
     let nodes: Vec<Arc<dyn Node>> = cluster.create_nodes(2).await.unwrap();
     let ping = nodes[0]
         .run("ping", ["-c1", "-W2", &nodes[1].addresses()[0].to_string()])
         .await
         .unwrap();
-    assert!(ping.status.success(), "the partition is healed: {}", ping.stdout_str());
+    assert!(
+        ping.status.success(),
+        "the partition is healed: {}",
+        ping.stdout_str()
+    );
     let dir = nodes[0].root_dir().to_string();
     cluster.cleanup().await.unwrap();
     assert!(!Path::new(&dir).exists(), "cleanup removes the run dir {dir}");
-    assert!(clients[0].lease().await.unwrap().is_none(), "cleanup releases the lease");
+    assert!(
+        clients[0].lease().await.unwrap().is_none(),
+        "cleanup releases the lease"
+    );
     lab.cleanup().await.unwrap();
 }
 
@@ -165,10 +198,18 @@ async fn a_second_runner_is_refused_naming_the_holder_unless_it_takes_over() {
     };
     let first = new_cluster("hosts", lab.cluster_options("first")).await.unwrap();
     let held = first.create_nodes(1).await.unwrap();
-    let sleeper = held[0].start(chaos::ProcSpec::new("sleep", ["600"])).await.unwrap();
+    let sleeper = held[0]
+        .start(chaos::ProcSpec::new("sleep", ["600"]))
+        .await
+        .unwrap();
 
     let second = new_cluster("hosts", lab.cluster_options("second")).await.unwrap();
-    let e = second.create_nodes(1).await.err().expect("the host is held").to_string();
+    let e = second
+        .create_nodes(1)
+        .await
+        .err()
+        .expect("the host is held")
+        .to_string();
     assert!(
         e.contains("host n1 is in use by runner ") && e.contains(" since ") && e.contains("takeover"),
         "{e}"
@@ -177,7 +218,12 @@ async fn a_second_runner_is_refused_naming_the_holder_unless_it_takes_over() {
 
     // More nodes than hosts: refused before any host is asked.
     let greedy = new_cluster("hosts", lab.cluster_options("greedy")).await.unwrap();
-    let e = greedy.create_nodes(2).await.err().expect("one host only").to_string();
+    let e = greedy
+        .create_nodes(2)
+        .await
+        .err()
+        .expect("one host only")
+        .to_string();
     assert!(e.contains("at most 1"), "{e}");
     greedy.cleanup().await.unwrap();
 
@@ -193,7 +239,14 @@ async fn a_second_runner_is_refused_naming_the_holder_unless_it_takes_over() {
         gone_within(scaled(Duration::from_secs(5)), async || alive_here(sleeper.pid)).await,
         "the first run's process survived the takeover"
     );
-    assert!(nodes[0].run("true", Vec::<String>::new()).await.unwrap().status.success());
+    assert!(
+        nodes[0]
+            .run("true", Vec::<String>::new())
+            .await
+            .unwrap()
+            .status
+            .success()
+    );
     third.cleanup().await.unwrap();
     first.cleanup().await.unwrap();
     lab.cleanup().await.unwrap();
@@ -201,7 +254,11 @@ async fn a_second_runner_is_refused_naming_the_holder_unless_it_takes_over() {
 
 #[tokio::test]
 async fn a_missing_inventory_is_a_clear_error() {
-    let e = new_cluster("hosts", ClusterOptions::default()).await.err().unwrap().to_string();
+    let e = new_cluster("hosts", ClusterOptions::default())
+        .await
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("--inventory"), "{e}");
     let missing = ClusterOptions {
         backend_config: Some("/nonexistent/inventory.toml".into()),

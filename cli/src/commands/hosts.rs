@@ -140,10 +140,12 @@ impl PushArgs {
 }
 
 fn run_tool(mut cmd: Command, what: &str) -> anyhow::Result<String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("{what}: running {:?} (is openssh-client installed?)", cmd.get_program()))?;
+    let out = cmd.stdin(Stdio::null()).output().with_context(|| {
+        format!(
+            "{what}: running {:?} (is openssh-client installed?)",
+            cmd.get_program()
+        )
+    })?;
     if !out.status.success() {
         bail!(
             "{what} failed ({}): {}",
@@ -221,10 +223,22 @@ fn push_one(args: &PushArgs, ca: &ClusterCa, agent: &Path, target: &str) -> anyh
         .collect();
     files.push(agent.to_path_buf());
     let copied = args.scp(target, &files, &remote_tmp);
-    let listen = format!("{}:{}", if ip.is_ipv6() { format!("[{ip}]") } else { ip.to_string() }, args.port);
+    let listen = format!(
+        "{}:{}",
+        if ip.is_ipv6() {
+            format!("[{ip}]")
+        } else {
+            ip.to_string()
+        },
+        args.port
+    );
     let root = args.remote_root.as_deref().map(|r| r.display().to_string());
     let tls_on_host = match &root {
-        Some(root) => format!("{}/{}", root.trim_end_matches('/'), args.tls_dir.display().to_string().trim_start_matches('/')),
+        Some(root) => format!(
+            "{}/{}",
+            root.trim_end_matches('/'),
+            args.tls_dir.display().to_string().trim_start_matches('/')
+        ),
         None => args.tls_dir.display().to_string(),
     };
     let agent_file = agent

@@ -238,12 +238,9 @@ pub async fn test_bed(name: &str, check: &str) -> Result<(ClusterOptions, Option
     match name {
         #[cfg(target_os = "linux")]
         "hosts" => {
-            let lab = super::hosts::lab::Lab::start(
-                check,
-                TEST_LAB_HOSTS,
-                std::time::Duration::from_secs(30),
-            )
-            .await?;
+            let lab =
+                super::hosts::lab::Lab::start(check, TEST_LAB_HOSTS, std::time::Duration::from_secs(30))
+                    .await?;
             let options = lab.cluster_options(check);
             Ok((options, Some(TestBed::HostsLab(lab))))
         }

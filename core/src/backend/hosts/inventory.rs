@@ -79,19 +79,18 @@ struct RawHost {
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let col = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
     (line, col)
 }
 
 impl Inventory {
     /// Reads and checks the inventory at `path`.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::io(
-                format!("reading the hosts inventory {}", path.display()),
-                e,
-            )
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::io(format!("reading the hosts inventory {}", path.display()), e))?;
         Self::parse(path, &text)
     }
 
@@ -127,17 +126,23 @@ impl Inventory {
             let host = spanned.get_ref();
             let name = match &host.name {
                 Some(name) => {
-                    check_name(name.get_ref()).map_err(|m| at(name.span().start, format!("field `name`: {m}")))?;
+                    check_name(name.get_ref())
+                        .map_err(|m| at(name.span().start, format!("field `name`: {m}")))?;
                     name.get_ref().clone()
                 }
                 None => format!("n{}", i + 1),
             };
-            let name_at = host.name.as_ref().map_or(spanned.span().start, |n| n.span().start);
+            let name_at = host
+                .name
+                .as_ref()
+                .map_or(spanned.span().start, |n| n.span().start);
             if let Some(first) = seen.insert(name.clone(), name_at) {
                 let (line, _) = line_col(text, first);
                 return Err(at(
                     name_at,
-                    format!("field `name`: host {name:?} is listed twice (first at line {line}); names must be unique"),
+                    format!(
+                        "field `name`: host {name:?} is listed twice (first at line {line}); names must be unique"
+                    ),
                 ));
             }
             let agent: SocketAddr = host.agent.get_ref().parse().map_err(|_| {
@@ -154,7 +159,10 @@ impl Inventory {
                 Some(a) => a.get_ref().parse().map_err(|_| {
                     at(
                         a.span().start,
-                        format!("field `address` of host {name}: {:?} is not an IP address", a.get_ref()),
+                        format!(
+                            "field `address` of host {name}: {:?} is not an IP address",
+                            a.get_ref()
+                        ),
                     )
                 })?,
                 None => agent.ip(),
@@ -240,11 +248,17 @@ agent = "192.0.2.11:7443"
     fn errors_name_file_line_and_field() {
         let bad_agent = "tls_dir = \"/ca\"\n[[hosts]]\nagent = \"rack1:7443\"\n";
         let e = parse(bad_agent).unwrap_err().to_string();
-        assert!(e.contains("/lab/inv.toml:3:") && e.contains("field `agent`") && e.contains("IP:PORT"), "{e}");
+        assert!(
+            e.contains("/lab/inv.toml:3:") && e.contains("field `agent`") && e.contains("IP:PORT"),
+            "{e}"
+        );
 
         let dup = "tls_dir = \"/ca\"\n[[hosts]]\nname = \"a\"\nagent = \"192.0.2.1:1\"\n[[hosts]]\nname = \"a\"\nagent = \"192.0.2.2:1\"\n";
         let e = parse(dup).unwrap_err().to_string();
-        assert!(e.contains(":6:") && e.contains("listed twice") && e.contains("line 3"), "{e}");
+        assert!(
+            e.contains(":6:") && e.contains("listed twice") && e.contains("line 3"),
+            "{e}"
+        );
 
         let unknown = "tls_dir = \"/ca\"\n[[hosts]]\nagent = \"192.0.2.1:1\"\nport = 3\n";
         let e = parse(unknown).unwrap_err().to_string();

@@ -106,13 +106,18 @@ impl Lab {
         let mut hosts = Vec::with_capacity(count);
         for (i, node) in nodes.iter().enumerate() {
             let name = format!("n{}", i + 1);
-            let ip: IpAddr = *node
-                .addresses()
-                .first()
-                .ok_or_else(|| Error::backend("hosts", format!("lab: netns node {} has no address", node.name())))?;
+            let ip: IpAddr = *node.addresses().first().ok_or_else(|| {
+                Error::backend("hosts", format!("lab: netns node {} has no address", node.name()))
+            })?;
             let home = dir.join("hosts").join(&name);
-            let (tls, root, state, log) = (home.join("tls"), home.join("root"), home.join("state"), home.join("agent.log"));
-            ca.issue_node(&name, &[ip], &[])?.write_node_dir(&tls, ca.cert_pem())?;
+            let (tls, root, state, log) = (
+                home.join("tls"),
+                home.join("root"),
+                home.join("state"),
+                home.join("agent.log"),
+            );
+            ca.issue_node(&name, &[ip], &[])?
+                .write_node_dir(&tls, ca.cert_pem())?;
             std::fs::create_dir_all(&root).map_err(io(format!("creating {}", root.display())))?;
             let agent = SocketAddr::new(ip, LAB_AGENT_PORT);
             let spec = ProcSpec {

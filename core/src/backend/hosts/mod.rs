@@ -121,7 +121,13 @@ struct State {
 fn run_id(cluster: &str) -> String {
     let name: String = cluster
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
         .take(32)
         .collect();
     let ms = SystemTime::now()
@@ -174,17 +180,26 @@ impl Hosts {
     }
 
     fn host(&self, node: &str) -> Result<&Host> {
-        self.inventory.hosts.iter().find(|h| h.name == node).ok_or_else(|| {
-            Error::backend(
-                NAME,
-                format!(
-                    "node {node}: the inventory {} lists {} hosts ({}); add hosts or ask for fewer nodes",
-                    self.inventory.path.display(),
-                    self.inventory.hosts.len(),
-                    self.inventory.hosts.iter().map(|h| h.name.as_str()).collect::<Vec<_>>().join(", ")
-                ),
-            )
-        })
+        self.inventory
+            .hosts
+            .iter()
+            .find(|h| h.name == node)
+            .ok_or_else(|| {
+                Error::backend(
+                    NAME,
+                    format!(
+                        "node {node}: the inventory {} lists {} hosts ({}); add hosts or ask for fewer nodes",
+                        self.inventory.path.display(),
+                        self.inventory.hosts.len(),
+                        self.inventory
+                            .hosts
+                            .iter()
+                            .map(|h| h.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
+            })
     }
 
     /// Takes (or renews) `node`'s lease; returns the run directory.
@@ -201,7 +216,11 @@ impl Hosts {
                 NAME,
                 format!(
                     "host {node} is {} (set `takeover = true` in the inventory {} to end that run)",
-                    error.message.split("; ask for a takeover").next().unwrap_or(&error.message),
+                    error
+                        .message
+                        .split("; ask for a takeover")
+                        .next()
+                        .unwrap_or(&error.message),
                     self.inventory.path.display()
                 ),
             )),
@@ -278,7 +297,10 @@ impl Provisioner for Hosts {
     async fn provision(&self, request: MachineRequest<'_>) -> Result<Machine> {
         let host = self.host(&request.name)?.clone();
         if self.lock().torn_down {
-            return Err(Error::backend(NAME, format!("node {}: the cluster was torn down", host.name)));
+            return Err(Error::backend(
+                NAME,
+                format!("node {}: the cluster was torn down", host.name),
+            ));
         }
         let client = Arc::new(AgentClient::new(host.name.clone(), host.agent, self.tls.clone()));
         let run_dir = self.lease(&host.name, &client, request.heartbeat_timeout).await?;
@@ -295,7 +317,10 @@ impl Provisioner for Hosts {
         };
         if late {
             let _ = client.release_lease(&self.run).await;
-            return Err(Error::backend(NAME, format!("node {}: the cluster was torn down", host.name)));
+            return Err(Error::backend(
+                NAME,
+                format!("node {}: the cluster was torn down", host.name),
+            ));
         }
         Ok(Machine {
             agent: host.agent,
@@ -358,7 +383,9 @@ impl Provisioner for Hosts {
         match tokio::time::timeout(STATUS_BOUND, client.lease()).await {
             Ok(Ok(Some(lease))) if lease.run == self.run => None,
             Ok(Ok(Some(lease))) => Some(format!("its host was taken over by runner {}", lease.runner)),
-            Ok(Ok(None)) => Some("its run ended (the agent holds no lease: restarted, or it lost our heartbeats)".into()),
+            Ok(Ok(None)) => {
+                Some("its run ended (the agent holds no lease: restarted, or it lost our heartbeats)".into())
+            }
             // Unreachable or slow: nothing known; heartbeats go on telling.
             _ => None,
         }
