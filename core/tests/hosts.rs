@@ -204,12 +204,10 @@ async fn a_second_runner_is_refused_naming_the_holder_unless_it_takes_over() {
         .unwrap();
 
     let second = new_cluster("hosts", lab.cluster_options("second")).await.unwrap();
-    let e = second
-        .create_nodes(1)
-        .await
-        .err()
-        .expect("the host is held")
-        .to_string();
+    let Err(e) = second.create_nodes(1).await else {
+        panic!("the host is held: a second runner must be refused");
+    };
+    let e = e.to_string();
     assert!(
         e.contains("host n1 is in use by runner ") && e.contains(" since ") && e.contains("takeover"),
         "{e}"
@@ -218,12 +216,10 @@ async fn a_second_runner_is_refused_naming_the_holder_unless_it_takes_over() {
 
     // More nodes than hosts: refused before any host is asked.
     let greedy = new_cluster("hosts", lab.cluster_options("greedy")).await.unwrap();
-    let e = greedy
-        .create_nodes(2)
-        .await
-        .err()
-        .expect("one host only")
-        .to_string();
+    let Err(e) = greedy.create_nodes(2).await else {
+        panic!("one host only: two nodes must be refused");
+    };
+    let e = e.to_string();
     assert!(e.contains("at most 1"), "{e}");
     greedy.cleanup().await.unwrap();
 
