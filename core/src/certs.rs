@@ -100,7 +100,7 @@ fn default_window() -> (OffsetDateTime, OffsetDateTime) {
     window(VALIDITY)
 }
 
-/// From [`SKEW`] ago to `validity` from now.
+/// A validity window from an hour ago (tolerated clock skew) to `validity` from now.
 pub fn window(validity: Duration) -> (OffsetDateTime, OffsetDateTime) {
     let now = OffsetDateTime::now_utc();
     (now - SKEW, now + validity)

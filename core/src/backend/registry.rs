@@ -227,7 +227,7 @@ pub fn test_bed_availability(name: &str) -> Result<(), String> {
 }
 
 /// The options of a test's cluster on backend `name` (named after the test's `check`), and the
-/// test bed they point at: for `hosts`, a simulated lab of [`TEST_LAB_HOSTS`] hosts whose
+/// test bed they point at: for `hosts`, a simulated lab of three hosts whose
 /// inventory goes into [`ClusterOptions::backend_config`]; for the other backends, none. This
 /// is the one place that knows which backend needs a test bed.
 pub async fn test_bed(name: &str, check: &str) -> Result<(ClusterOptions, Option<TestBed>)> {
