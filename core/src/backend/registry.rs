@@ -211,8 +211,8 @@ impl TestBed {
     }
 }
 
-/// Hosts in the test bed of `hosts` (the most any shared check asks for).
-const TEST_LAB_HOSTS: usize = 3;
+/// Hosts in the test bed of `hosts` (the most any shared check asks for: the examples take 5).
+const TEST_LAB_HOSTS: usize = 5;
 
 /// Whether the test bed of backend `name` can be made here (see [`test_bed`]): `Err` holds one
 /// line naming what is missing. Backends without a test bed need nothing.
@@ -227,7 +227,7 @@ pub fn test_bed_availability(name: &str) -> Result<(), String> {
 }
 
 /// The options of a test's cluster on backend `name` (named after the test's `check`), and the
-/// test bed they point at: for `hosts`, a simulated lab of three hosts whose
+/// test bed they point at: for `hosts`, a simulated lab of five hosts whose
 /// inventory goes into [`ClusterOptions::backend_config`]; for the other backends, none. This
 /// is the one place that knows which backend needs a test bed.
 pub async fn test_bed(name: &str, check: &str) -> Result<(ClusterOptions, Option<TestBed>)> {

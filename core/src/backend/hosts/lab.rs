@@ -26,6 +26,9 @@ use crate::{Error, Result};
 /// [`crate::backend::netns::AGENT_PORT`]).
 pub const LAB_AGENT_PORT: u16 = 7443;
 
+/// Heartbeat timeout of the netns agents that carry the lab (not of the hosts' agents).
+const LAB_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// One simulated host.
 #[derive(Debug, Clone)]
 pub struct LabHost {
@@ -69,6 +72,9 @@ impl Lab {
             .map_err(|e| Error::io("hosts lab: creating a temporary directory", e))?;
         let options = ClusterOptions {
             name: format!("{name}-lab"),
+            // The lab's own agents must outlast faults a test puts on its hosts (a 100 % loss
+            // cuts their heartbeats too); a crashed test's lab still goes within a minute.
+            heartbeat_timeout: LAB_HEARTBEAT_TIMEOUT,
             ..ClusterOptions::default()
         };
         let cluster = crate::backend::new_cluster("netns", options).await?;
