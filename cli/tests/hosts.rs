@@ -1,6 +1,8 @@
-//! `chaos run scenarios/raft.toml --backend hosts --inventory FILE`: a real 3-member etcd
-//! cluster through one round of faults on a simulated lab of hosts (network namespaces, each
-//! running a persistent agent started as a service would be), leaving every host clean.
+//! The `hosts` backend through the CLI, on a simulated lab of hosts (network namespaces, each
+//! running a persistent agent started as a service would be): `chaos run scenarios/raft.toml
+//! --backend hosts --inventory FILE` (a real 3-member etcd cluster through one round of faults,
+//! leaving every host clean), `chaos up`/`exec`/`down` on an inventory, and `chaos hosts push`
+//! against an sshd in a namespace installing a working agent.
 
 #![cfg(target_os = "linux")]
 
@@ -289,4 +291,79 @@ async fn push_over_ssh_installs_a_working_agent() {
     );
     cluster.cleanup().await.unwrap();
     netns.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_exec_down_on_an_inventory_of_hosts() {
+    use std::io::BufRead;
+
+    let test = "up_exec_down_on_an_inventory_of_hosts";
+    if let Err(why) = chaos::backend::hosts::lab::availability() {
+        skip(test, "hosts", &why);
+        return;
+    }
+    let lab = Lab::start("up-hosts", 2, Duration::from_secs(30)).await.unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let chaos = env!("CARGO_BIN_EXE_chaos");
+    let mut up = Command::new(chaos)
+        .args(["up", "--backend", "hosts", "--nodes", "2", "--inventory"])
+        .arg(lab.inventory())
+        .arg("--state")
+        .arg(state.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = up.stdout.take().unwrap();
+    let lines = tokio::task::spawn_blocking(move || {
+        let mut reader = std::io::BufReader::new(stdout);
+        let mut lines = Vec::new();
+        for _ in 0..2 {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            lines.push(line);
+        }
+        (lines, reader)
+    });
+    let (lines, _reader) = tokio::time::timeout(chaos_testkit::scaled(Duration::from_secs(30)), lines)
+        .await
+        .expect("chaos up printed its nodes in time")
+        .unwrap();
+    assert!(
+        lines[0].starts_with("n1 ") && lines[1].starts_with("n2 "),
+        "{lines:?}"
+    );
+
+    let state_arg = state.path().to_str().unwrap().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(chaos)
+            .args(["exec", "--state", &state_arg, "n2", "--", "pwd"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let pwd = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let runs = lab.hosts()[1].root_dir.join("runs");
+    assert!(
+        out.status.success() && pwd.starts_with(&*runs.to_string_lossy()),
+        "{pwd}"
+    );
+
+    let state_arg = state.path().to_str().unwrap().to_string();
+    let down = tokio::task::spawn_blocking(move || {
+        Command::new(chaos)
+            .args(["down", "--state", &state_arg])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
+    let _ = up.wait();
+    assert!(
+        !Path::new(&pwd).exists(),
+        "chaos down ends the run: {pwd} removed"
+    );
+    lab.cleanup().await.unwrap();
 }
