@@ -24,8 +24,15 @@
 //! time, and request bodies, WebSocket messages and process specs are bounded in size and time
 //! (see [`chaos_proto::limits`]).
 //!
+//! Run as a service for machines that outlive runners (the `hosts` backend,
+//! [`HeartbeatLossAction::Wait`]), the agent serves one runner at a time under a lease
+//! ([`chaos_proto::lease`]): each run gets a directory of its own, and when the run ends —
+//! released, shut down, taken over, or its runner's heartbeats stopped — the agent heals, kills
+//! what the run started, removes the directory and waits for the next runner.
+//!
 //! The binary (`chaos-agent`) is a thin CLI over [`serve`]; launchers start it and wait for the
-//! [`chaos_proto::READY_LINE_PREFIX`] line on its stdout.
+//! [`chaos_proto::READY_LINE_PREFIX`] line on its stdout. `chaos-agent install` writes its
+//! systemd unit.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
