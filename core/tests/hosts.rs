@@ -243,7 +243,13 @@ async fn a_second_runner_is_refused_naming_the_holder_unless_it_takes_over() {
             .status
             .success()
     );
-    third.cleanup().await.unwrap();
+    // Dropped without cleanup (a panicking test): the run still ends at once, not only when
+    // its heartbeats are missed.
+    let dir = nodes[0].root_dir().to_string();
+    drop(nodes);
+    drop(third);
+    assert!(client(&lab, 0).lease().await.unwrap().is_none(), "drop releases the lease");
+    assert!(!Path::new(&dir).exists(), "drop removes the run dir {dir}");
     first.cleanup().await.unwrap();
     lab.cleanup().await.unwrap();
 }
