@@ -254,6 +254,8 @@ async fn info() -> Json<NodeInfo> {
 #[derive(Debug, Deserialize)]
 struct HeartbeatQuery {
     grace_ms: Option<u64>,
+    /// The run the runner serves ([`chaos_proto::lease`]): refused unless it holds the lease.
+    run: Option<String>,
 }
 
 async fn heartbeat(
@@ -268,22 +270,35 @@ async fn heartbeat(
             chaos_proto::MAX_HEARTBEAT_GRACE_MS
         )));
     }
+    if let Some(run) = &q.run {
+        lease::check_holder(&agent, run).await?;
+    }
     agent.heartbeat.beat(Duration::from_millis(grace_ms));
     Ok(Json(HeartbeatReply {
         timeout_ms: agent.heartbeat.timeout().as_millis() as u64,
     }))
 }
 
-async fn shutdown(State(agent): AppState) -> StatusCode {
+#[derive(Debug, Deserialize)]
+struct ShutdownQuery {
+    /// On a persistent agent: end only this run (a no-op when another run holds the lease).
+    run: Option<String>,
+}
+
+async fn shutdown(
+    State(agent): AppState,
+    q: Result<Query<ShutdownQuery>, QueryRejection>,
+) -> Result<StatusCode, Failure> {
+    let Query(q) = q?;
     if agent.persistent {
         // A service outlives its runners: the run ends, the agent keeps serving.
         tracing::info!("shutdown requested over the API: ending the run (persistent agent)");
-        lease::end_run(&agent, "shutdown requested").await;
-        return StatusCode::NO_CONTENT;
+        lease::end_run_of(&agent, q.run.as_deref(), "shutdown requested").await;
+        return Ok(StatusCode::NO_CONTENT);
     }
     tracing::info!("shutdown requested over the API");
     agent.shutdown.notify_one();
-    StatusCode::NO_CONTENT
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn list_procs(State(agent): AppState) -> Response {

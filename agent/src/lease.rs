@@ -110,8 +110,35 @@ async fn end_locked(agent: &Agent, current: &mut Option<Lease>, why: &str) {
 
 /// Ends the current run (see [`end_locked`]).
 pub(crate) async fn end_run(agent: &Agent, why: &str) {
+    end_run_of(agent, None, why).await;
+}
+
+/// Ends run `run` if it holds the lease (`None`: whatever run does, or none).
+pub(crate) async fn end_run_of(agent: &Agent, run: Option<&str>, why: &str) {
     let mut current = agent.leases.current.lock().await;
+    let other = matches!((run, current.as_ref()), (Some(run), Some(held)) if held.run != run);
+    if other {
+        tracing::info!(run = ?run, "{why}: that run does not hold the lease; nothing ended");
+        return;
+    }
     end_locked(agent, &mut current, why).await;
+}
+
+/// Whether `run` holds the lease: a heartbeat naming a run counts only for it, so a runner
+/// whose run ended (taken over, or the agent lost its heartbeats) learns it and keeps no other
+/// run's lease alive.
+pub(crate) async fn check_holder(agent: &Agent, run: &str) -> Result<(), ApiError> {
+    match agent.leases.current.lock().await.as_ref() {
+        Some(held) if held.run == run => Ok(()),
+        Some(held) => Err(ApiError::new(
+            ErrorKind::Conflict,
+            format!("run {run} ended: {}", in_use(held)),
+        )),
+        None => Err(ApiError::new(
+            ErrorKind::Conflict,
+            format!("run {run} ended: no runner holds this agent's lease; take it again"),
+        )),
+    }
 }
 
 fn check(req: &LeaseRequest) -> Result<Duration, ApiError> {

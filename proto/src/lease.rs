@@ -10,8 +10,12 @@
 //! [`LeaseRequest::heartbeat_timeout_ms`]: an agent started with `--on-heartbeat-loss wait`
 //! that stops hearing from its runner ends the run, so a crashed runner never locks a machine.
 //!
-//! **Ending a run** (`DELETE /v1/lease?run=ID`, `POST /v1/shutdown` on a persistent agent,
-//! heartbeat loss, takeover) heals every fault, kills every process tree the agent started,
+//! The runner names its run in heartbeats (`POST /v1/heartbeat?run=ID`): such a heartbeat is
+//! refused with [`crate::ErrorKind::Conflict`] once that run no longer holds the lease, so a
+//! runner whose run ended learns it, and a taken-over runner keeps no other run alive.
+//!
+//! **Ending a run** (`DELETE /v1/lease?run=ID`, `POST /v1/shutdown?run=ID` on a persistent
+//! agent, heartbeat loss, takeover) heals every fault, kills every process tree the agent started,
 //! removes the run directory and releases the lease; the agent keeps serving.
 //!
 //! | method | path | request | reply |

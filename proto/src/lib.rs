@@ -18,8 +18,8 @@
 //! | method | path | request | reply |
 //! |---|---|---|---|
 //! | `GET` | `/v1/info` | – | [`NodeInfo`] |
-//! | `POST` | `/v1/heartbeat?grace_ms=G` | – | [`HeartbeatReply`] |
-//! | `POST` | `/v1/shutdown` | – | `204`; the agent kills its process trees and exits (a persistent agent ends the run instead, see [`lease`]) |
+//! | `POST` | `/v1/heartbeat?grace_ms=G&run=ID` | – | [`HeartbeatReply`]; with `run`, `409` unless that run holds the [`lease`] |
+//! | `POST` | `/v1/shutdown?run=ID` | – | `204`; the agent kills its process trees and exits (a persistent agent ends the run instead, see [`lease`]) |
 //! | `PUT` | `/v1/files?path=P&mode=M` | file bytes (streamed) | [`FileWritten`] |
 //! | `GET` | `/v1/files?path=P` | – | file bytes (streamed) |
 //! | `DELETE` | `/v1/files?path=P&recursive=B` | – | `204` |

@@ -3,9 +3,11 @@
 
 /// `GET`: [`crate::NodeInfo`].
 pub const INFO: &str = "/v1/info";
-/// `POST ?grace_ms=G`: [`crate::HeartbeatReply`].
+/// `POST ?grace_ms=G&run=ID`: [`crate::HeartbeatReply`]; with `run`, `409` unless that run
+/// holds the lease ([`crate::lease`]).
 pub const HEARTBEAT: &str = "/v1/heartbeat";
-/// `POST`: the agent kills its process trees and exits.
+/// `POST ?run=ID`: the agent kills its process trees and exits (a persistent agent ends run
+/// `ID`, or the current run, instead).
 pub const SHUTDOWN: &str = "/v1/shutdown";
 /// `PUT`/`GET`/`DELETE ?path=P…`: file contents.
 pub const FILES: &str = "/v1/files";

@@ -242,12 +242,15 @@ impl<P: Provisioner> Shared<P> {
             cluster: Some(self.clone()),
             node: name.clone(),
         };
-        let client = Arc::new(AgentClient::with_timeouts(
-            name.clone(),
-            machine.agent,
-            self.tls.clone(),
-            self.provisioner.client_timeouts(),
-        ));
+        let client = Arc::new(
+            AgentClient::with_timeouts(
+                name.clone(),
+                machine.agent,
+                self.tls.clone(),
+                self.provisioner.client_timeouts(),
+            )
+            .for_run(self.provisioner.run_id()),
+        );
         // On failure, dropping the guard releases the machine.
         self.wait_ready(&name, &client).await?;
         let keeper = Keeper {

@@ -88,6 +88,12 @@ pub trait Provisioner: Send + Sync + 'static {
         format!("n{number}")
     }
 
+    /// The run this cluster's agents serve under a lease (`hosts`), named in heartbeats and
+    /// shutdown so they count only for it; `None` for agents the cluster starts itself.
+    fn run_id(&self) -> Option<String> {
+        None
+    }
+
     /// Bounds of the runner's client of each agent (e.g. a short connect for agents that may be
     /// paused).
     fn client_timeouts(&self) -> Timeouts {

@@ -287,6 +287,10 @@ impl Provisioner for Hosts {
         }
     }
 
+    fn run_id(&self) -> Option<String> {
+        Some(self.run.clone())
+    }
+
     fn node_name(&self, number: u32) -> String {
         self.inventory
             .hosts
