@@ -245,18 +245,36 @@ async fn a_second_runner_is_refused_naming_the_holder_unless_it_takes_over() {
     );
     // The runner taken over neither keeps the new run alive nor ends it: its heartbeats name
     // its own run (refused now), and so does its cleanup.
-    let held = client(&lab, 0).lease().await.unwrap().expect("the third run holds the lease");
+    let held = client(&lab, 0)
+        .lease()
+        .await
+        .unwrap()
+        .expect("the third run holds the lease");
     first.cleanup().await.unwrap();
-    let still = client(&lab, 0).lease().await.unwrap().expect("the first runner's cleanup ended nothing");
+    let still = client(&lab, 0)
+        .lease()
+        .await
+        .unwrap()
+        .expect("the first runner's cleanup ended nothing");
     assert_eq!(still.run, held.run);
-    assert!(nodes[0].run("true", Vec::<String>::new()).await.unwrap().status.success());
+    assert!(
+        nodes[0]
+            .run("true", Vec::<String>::new())
+            .await
+            .unwrap()
+            .status
+            .success()
+    );
 
     // Dropped without cleanup (a panicking test): the run still ends at once, not only when
     // its heartbeats are missed.
     let dir = nodes[0].root_dir().to_string();
     drop(nodes);
     drop(third);
-    assert!(client(&lab, 0).lease().await.unwrap().is_none(), "drop releases the lease");
+    assert!(
+        client(&lab, 0).lease().await.unwrap().is_none(),
+        "drop releases the lease"
+    );
     assert!(!Path::new(&dir).exists(), "drop removes the run dir {dir}");
     lab.cleanup().await.unwrap();
 }
