@@ -20,6 +20,7 @@
 //! assert_eq!(report.verdict.valid, chaos_check::Validity::Valid);
 //! ```
 
+mod adapter;
 mod anomaly_report;
 mod availability;
 mod checker;
@@ -35,6 +36,7 @@ mod unique_ids;
 
 use std::path::{Path, PathBuf};
 
+pub use adapter::{AdapterRequest, AdapterResponse};
 pub use availability::{
     AvailabilityChecker, AvailabilityOptions, AvailabilityReport, CaseResult, FaultWindow, OpCounts, analyze,
 };
@@ -48,6 +50,7 @@ pub use history::{
 pub use linearizability::{Budget, Linearizability, Minimize};
 pub use report::{ReportFiles, write_report};
 pub use set::SetChecker;
+pub use svg::esc as escape_markup;
 pub use unique_ids::UniqueIdsChecker;
 
 /// One checker as the crate offers it: its name, whether a history has anything for it, and how

@@ -21,8 +21,9 @@ const FAULT_PALETTE: &[&str] = &[
     "#e57373", "#64b5f6", "#ffb74d", "#81c784", "#ba68c8", "#4db6ac", "#f06292", "#a1887f",
 ];
 
-/// Escapes text for XML/HTML content and attribute values.
-pub(crate) fn esc(text: &str) -> String {
+/// Escapes text for XML/HTML content and attribute values (control characters but newline and
+/// tab are dropped: XML 1.0 cannot carry them).
+pub fn esc(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {

@@ -468,3 +468,41 @@ fn minimizing_is_bounded_and_never_changes_the_verdict() {
         );
     }
 }
+
+/// A read of a value that was never written to its key is reported as exactly that — with the
+/// key it was written to — before the list of operations no order agrees with.
+#[test]
+fn a_read_of_a_value_written_to_another_key_is_named_as_such() {
+    let h = history(vec![
+        write(1, 0, "k0", 1, (0, 10)),
+        write(2, 1, "k2", 2000000040, (5, 15)),
+        read(3, 2, "k0", Some(2000000040), (20, 30)),
+    ]);
+    let v = Linearizability::default().check(&h);
+    assert_eq!(v.valid, Validity::Invalid);
+    assert!(
+        v.explanation
+            .contains("read #3 of \"k0\" returned 2000000040, a value never written to \"k0\" (it was written to \"k2\" by #2)"),
+        "{}",
+        v.explanation
+    );
+    // A value nobody wrote anywhere says so; a stale read of a value that was written says nothing.
+    let h = history(vec![
+        write(1, 0, "k0", 1, (0, 10)),
+        read(2, 1, "k0", Some(7), (20, 30)),
+    ]);
+    let v = Linearizability::default().check(&h);
+    assert!(
+        v.explanation.contains("no operation wrote it to any key"),
+        "{}",
+        v.explanation
+    );
+    let h = history(vec![
+        write(1, 0, "k0", 1, (0, 10)),
+        write(2, 0, "k0", 2, (20, 30)),
+        read(3, 1, "k0", Some(1), (40, 50)),
+    ]);
+    let v = Linearizability::default().check(&h);
+    assert_eq!(v.valid, Validity::Invalid);
+    assert!(!v.explanation.contains("never written"), "{}", v.explanation);
+}

@@ -3,6 +3,7 @@
 //! To add a subcommand, add a variant to [`Command`] (its doc comment is its `--help` line) and
 //! a match arm in [`run`] calling a function in its own module.
 
+mod campaign;
 mod certs;
 mod check;
 mod control;
@@ -15,6 +16,7 @@ mod plan;
 mod probe;
 mod run;
 mod state;
+mod tasks;
 mod up;
 mod validate;
 
@@ -61,8 +63,12 @@ pub enum Command {
     Validate(validate::ValidateArgs),
     /// Print the fault schedule a scenario and seed give, without running anything.
     Plan(plan::PlanArgs),
-    /// Run a scenario: cluster, system, workload, seeded faults, recovery checks, verdict.
+    /// Run a scenario: cluster, system, workload, seeded faults, recovery checks, verdict
+    /// (or a campaign of many seeds: --seeds A..B / --count N, --parallel K).
     Run(run::RunArgs),
+    /// Fan a task list out over a cluster's nodes (kubetest-style): retries, artifacts, JSON
+    /// summary and JUnit (docs/tasks.md).
+    Tasks(tasks::TasksArgs),
     /// Re-run the checkers (linearizability, lost writes, availability…) on a stored history.
     Check(check::CheckArgs),
     /// Remove what crashed runs left behind: namespaces, links, cgroups, containers, networks.
@@ -86,6 +92,7 @@ pub async fn run(command: Command) -> anyhow::Result<u8> {
         Command::Validate(args) => validate::run(args),
         Command::Plan(args) => plan::run(args),
         Command::Run(args) => run::run(args).await,
+        Command::Tasks(args) => tasks::run(args).await,
         Command::Check(args) => check::run(args),
         Command::Gc(args) => gc::run(args).await,
         Command::Hosts(cmd) => done(hosts::run(cmd)),

@@ -304,7 +304,7 @@ fn netns_up_exec_down() {
     let out = exec(&dir, n2, &["ip", "-4", "-o", "addr", "show", "dev", "eth0"]);
     assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
     assert!(
-        text(&out.stdout).contains(&format!("inet {ip2}/24")),
+        text(&out.stdout).contains(&format!("inet {ip2}/22")),
         "{}",
         text(&out.stdout)
     );

@@ -116,7 +116,7 @@ async fn nodes_reach_each_other_and_the_runner_reaches_them() {
     // Each node sees only its own address, on eth0, in its own namespace.
     let out = n1.run("ip", ["-4", "-o", "addr", "show"]).await.unwrap();
     let text = out.stdout_str();
-    assert!(text.contains(&format!("eth0    inet {ip1}/24")), "{text}");
+    assert!(text.contains(&format!("eth0    inet {ip1}/22")), "{text}");
     assert!(!text.contains(&ip2), "{text}");
     let ns = n1.run("ip", ["netns", "identify"]).await.unwrap().stdout_str();
     assert_eq!(ns.trim(), cluster.provisioner().node_netns("n1").unwrap());
@@ -300,7 +300,7 @@ async fn fifty_nodes_are_created_used_and_cleaned_up() {
                 .await
                 .unwrap();
             assert!(out.status.success(), "{}: {}", node.name(), out.stderr_str());
-            let want = format!("inet {}/24", node.addresses()[0]);
+            let want = format!("inet {}/22", node.addresses()[0]);
             assert!(
                 out.stdout_str().contains(&want),
                 "{}: {}",
@@ -335,7 +335,7 @@ async fn node_count_is_bounded_by_the_subnet() {
         .create_nodes(netns::MAX_NODES as usize + 1)
         .await
         .expect_err("too many nodes");
-    assert!(err.to_string().contains("at most 253"), "{err}");
+    assert!(err.to_string().contains("at most 1021"), "{err}");
     cluster.cleanup().await.unwrap();
 }
 

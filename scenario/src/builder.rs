@@ -92,6 +92,7 @@ impl ScenarioBuilder {
         S: Into<String>,
     {
         self.scenario.setup.start = Some(StartSpec {
+            name: String::new(),
             command: argv(command),
             env: BTreeMap::new(),
             cwd: None,
@@ -189,6 +190,7 @@ impl FaultCase {
             weight: 1,
             duration: DurRange::exactly(Dur::secs(5)),
             overlap: false,
+            service: None,
             fault,
         }
     }
@@ -244,6 +246,7 @@ impl Check {
             agree: None,
             timeout: None,
             interval: None,
+            give_up_after: None,
         }
     }
 
@@ -273,6 +276,7 @@ impl Invariant {
             agree: None,
             timeout: None,
             interval: None,
+            give_up_after: None,
         })
     }
 
@@ -342,6 +346,8 @@ impl WorkloadSpec {
             mix: None,
             final_reads: true,
             ops: Vec::new(),
+            exit_codes: None,
+            adapter: None,
         }
     }
 

@@ -24,6 +24,9 @@ use chaos::ext::NodeExt;
 /// Bound of one attempt of a check on one node.
 const ATTEMPT_BOUND: Duration = Duration::from_secs(10);
 
+/// Identical failures in a row after which a check's runner says it may never pass.
+pub const SAME_FAILURES: u32 = 3;
+
 /// Default check timeout.
 pub const DEFAULT_CHECK_TIMEOUT: Dur = Dur::secs(30);
 
@@ -45,6 +48,14 @@ pub struct System {
     pub templates: Templates,
     /// Path of the system's log on each node.
     pub log_paths: Vec<String>,
+}
+
+/// A rendered command as errors show it: program and arguments as run (not their templates).
+pub(crate) fn shown(spec: &chaos_proto::ProcSpec) -> String {
+    std::iter::once(spec.command.as_str())
+        .chain(spec.args.iter().map(String::as_str))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// What to observe.
@@ -120,7 +131,7 @@ impl System {
         match source {
             Source::Command(cmd) => {
                 let spec = self.command_spec(i, cmd)?;
-                let shown = cmd.argv().join(" ");
+                let shown = crate::checks::shown(&spec);
                 let out = node
                     .run_timeout(spec, None, bound)
                     .await
@@ -227,6 +238,20 @@ impl System {
 
     /// Runs `check` until it passes or its timeout expires (or `cancel` fires).
     pub async fn run_check(&self, check: &Check, cancel: &CancellationToken) -> CheckResult {
+        self.run_check_noting(check, cancel, &|_| {}).await
+    }
+
+    /// [`System::run_check`], calling `note` once with a line saying so when the check has failed
+    /// the same way [`SAME_FAILURES`] times in a row — a failure that may never change (a typo in
+    /// a command, a port nobody listens on), said early rather than at the timeout. It keeps
+    /// trying until its timeout unless the check's `give_up_after` says after how many identical
+    /// failures to stop.
+    pub async fn run_check_noting(
+        &self,
+        check: &Check,
+        cancel: &CancellationToken,
+        note: &(dyn Fn(String) + Send + Sync),
+    ) -> CheckResult {
         let timeout = self
             .scenario
             .scaled(check.timeout.unwrap_or(DEFAULT_CHECK_TIMEOUT).0);
@@ -239,8 +264,10 @@ impl System {
         let started = Instant::now();
         let deadline = started + timeout;
         let mut attempts = 0;
-        let mut last;
+        let mut last: String;
         let mut failed_nodes;
+        let mut same = 0u32;
+        let mut previous = String::new();
         loop {
             attempts += 1;
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -274,9 +301,33 @@ impl System {
                     };
                 }
                 Err((detail, nodes)) => {
+                    same = if detail == previous { same + 1 } else { 1 };
+                    previous.clone_from(&detail);
                     last = detail;
                     failed_nodes = nodes;
                 }
+            }
+            if same == SAME_FAILURES {
+                let line = format!(
+                    "check `{}` has failed the same way {same} times in a row; it may never pass \
+                     (still trying until its timeout of {timeout:?}): {last}",
+                    check.name
+                );
+                tracing::warn!("{line}");
+                note(line);
+            }
+            if check.give_up_after.is_some_and(|n| same >= n) {
+                return CheckResult {
+                    name: check.name.clone(),
+                    passed: false,
+                    attempts,
+                    elapsed_ms: started.elapsed().as_millis() as u64,
+                    detail: format!(
+                        "failed the same way {same} times in a row (give_up_after = {same}), after {:?}: {last}",
+                        started.elapsed()
+                    ),
+                    failed_nodes,
+                };
             }
             if Instant::now() + interval >= deadline || cancel.is_cancelled() {
                 break;
@@ -480,6 +531,7 @@ mod tests {
             agree: agree.map(str::to_string),
             timeout: None,
             interval: None,
+            give_up_after: None,
         }
     }
 

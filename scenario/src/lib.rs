@@ -7,6 +7,8 @@
 //! * [`builder`]: the same scenarios built in Rust ([`Scenario::builder`]).
 //! * [`template`]: the Jinja templates used in commands, files and checks.
 //! * [`engine`]: runs a plan against real processes and gives a verdict ([`Runner`]).
+//! * [`campaign`]: one scenario under many seeds, several at a time, with one verdict.
+//! * [`tasks`]: kubetest-style fan-out of a task list over a cluster's nodes.
 //! * [`checks`]: readiness checks, invariants and the leader probe.
 //! * [`workload`]: clients that load the system and record every operation.
 //! * [`rundir`]: the run directory, its event log and `summary.json`.
@@ -23,6 +25,7 @@
 //! ```
 
 pub mod builder;
+pub mod campaign;
 pub mod checks;
 pub mod engine;
 pub mod http;
@@ -33,6 +36,7 @@ pub mod rundir;
 #[cfg(any(test, feature = "proptest"))]
 pub mod strategy;
 mod sut;
+pub mod tasks;
 pub mod template;
 pub mod workload;
 

@@ -58,6 +58,9 @@ pub struct Step {
     /// What it does: the case's fault, every parameter written out (a plan loaded with
     /// `--plan` is checked like a scenario: nothing is filled in).
     pub fault: Fault,
+    /// The `[[setup.services]]` process a process fault acts on (none: `[setup.start]`'s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
 }
 
 impl Step {
@@ -186,6 +189,7 @@ impl Plan {
                     pause_ms,
                     overlap: case.overlap,
                     fault: case.fault.clone(),
+                    service: case.service.clone(),
                 });
             }
         }

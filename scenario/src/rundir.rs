@@ -190,6 +190,10 @@ pub struct StepSummary {
     /// The recovery checks.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub invariants: Vec<CheckResult>,
+    /// Signs that the fault may not have done what it was meant to (the leader it targeted was
+    /// still the leader when it was healed). They do not fail the run.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Checker verdicts on the history.

@@ -78,6 +78,7 @@ pub fn plans(scenario: &Scenario, steps: RangeInclusive<usize>) -> impl Strategy
                     pause_ms,
                     overlap: c.overlap,
                     fault: c.fault.clone(),
+                    service: c.service.clone(),
                 }
             })
             .collect();

@@ -170,6 +170,11 @@ impl Templates {
 
     /// Renders `source` with `vars`. Text without `{{` or `{%` is returned as is.
     pub fn render(&self, source: &str, vars: &Vars) -> Result<String, String> {
+        self.render_with(source, vars)
+    }
+
+    /// Renders `source` with any serializable context (e.g. a task's variables).
+    pub fn render_with<T: serde::Serialize>(&self, source: &str, vars: &T) -> Result<String, String> {
         if !source.contains("{{") && !source.contains("{%") {
             return Ok(source.to_string());
         }

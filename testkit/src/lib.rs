@@ -64,11 +64,29 @@ pub const CAPABILITIES: &[(&str, &str)] = &[
         "sshd",
         "Debian's openssh-server and openssh-client, for `chaos hosts push` against an sshd",
     ),
+    ("redis", "Debian's redis-server (redis-server and redis-cli)"),
+    ("python", "python3, for the Python adapter example"),
+    (
+        "postgres",
+        "Debian's postgresql (version 15, /usr/lib/postgresql/15/bin)",
+    ),
     ("chromium", "a headless Chromium to check the HTML report"),
     ("perl", "perl, for the UDP traffic probe of the fault tests"),
     (
         "agent",
         "the chaos-agent binary built next to the test executables",
+    ),
+    (
+        "moto",
+        "moto_server (PyPI moto[server]), the AWS API emulator the ec2 backend is tested against",
+    ),
+    (
+        "ec2",
+        "the ec2 backend compiled in (cargo feature ec2) with an AWS configuration",
+    ),
+    (
+        "cfn-lint",
+        "cfn-lint (PyPI), which checks infra/'s CloudFormation template",
     ),
     (
         "external",

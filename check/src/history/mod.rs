@@ -223,7 +223,7 @@ pub struct Op {
 
 /// Deserializes a field that is present (even as `null`) into `Some`, so that a missing field
 /// (`None`, via `default`) and an explicit `null` (`Some(Value::Null)`) stay distinct.
-fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
+pub(crate) fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
     Value::deserialize(deserializer).map(Some)
 }
 

@@ -230,6 +230,65 @@ fn describe_op(op: &Op) -> String {
     format!("{} [{timing}]", op.describe())
 }
 
+/// The finding behind the simplest violations, said plainly: reads among `core` (ops of `key`)
+/// that returned a value no operation ever tried to write to `key` — with where that value was
+/// written, when it was written to another key. Empty when there are none (or `key` has
+/// appends, whose reads are concatenations).
+fn never_written(history: &History, key: &str, core: &[u64]) -> String {
+    use crate::history::{OpKind, Outcome};
+    let on_key = |o: &&Op| o.key.as_deref() == Some(key);
+    if history
+        .ops
+        .iter()
+        .filter(on_key)
+        .any(|o| o.kind == OpKind::Append)
+    {
+        return String::new();
+    }
+    let written = |o: &Op| {
+        o.outcome != Outcome::Fail && matches!(o.kind, OpKind::Write | OpKind::Cas) && o.value.is_some()
+    };
+    let mut found = Vec::new();
+    for op in history
+        .ops
+        .iter()
+        .filter(|o| core.contains(&o.id) && o.kind == OpKind::Read)
+    {
+        let Some(value) = op.value.as_ref().filter(|v| !v.is_null()) else {
+            continue;
+        };
+        if history
+            .ops
+            .iter()
+            .filter(on_key)
+            .any(|w| written(w) && w.value.as_ref() == Some(value))
+        {
+            continue;
+        }
+        let elsewhere = history
+            .ops
+            .iter()
+            .find(|w| written(w) && w.value.as_ref() == Some(value) && w.key.as_deref() != Some(key));
+        let origin = match elsewhere {
+            Some(w) => format!(
+                " (it was written to {:?} by #{})",
+                w.key.as_deref().unwrap_or(""),
+                w.id
+            ),
+            None => " (no operation wrote it to any key)".to_string(),
+        };
+        found.push(format!(
+            "read #{} of {key:?} returned {value}, a value never written to {key:?}{origin}",
+            op.id
+        ));
+    }
+    if found.is_empty() {
+        String::new()
+    } else {
+        format!("{}. ", found.join("; "))
+    }
+}
+
 impl Checker for Linearizability {
     fn name(&self) -> &str {
         "linearizability"
@@ -326,8 +385,9 @@ impl Checker for Linearizability {
                  of the key is listed, not a minimal set."
                     .to_string(),
             };
+            let stray = never_written(history, &r.key, &v.core);
             let explanation = format!(
-                "{} of {} keys are not linearizable. Key {:?}: no order of these {} operations agrees \
+                "{} of {} keys are not linearizable. {stray}Key {:?}: no order of these {} operations agrees \
                  with their real-time order and a register's semantics{allowing}: {}.{context}{shrunk}",
                 invalid.len(),
                 results.len(),

@@ -13,6 +13,9 @@ Finds what runners that ran on this host and are gone (killed, crashed) left beh
           ($TMPDIR/chaos-docker-*), and dangling io.chaos.image images
   local:  nothing: its agents lose the runner's heartbeat, kill what they started and exit by
           themselves; only the temporary directory ($TMPDIR/chaos-local-*) is left
+  ec2:    only with --backend ec2 (it calls AWS): instances tagged io.chaos.cluster whose
+          io.chaos.expires passed or whose io.chaos.owner runner of this host is gone, terminated,
+          and their clusters' leftover bundle objects
 Clusters of live runners, and Docker clusters of runners on other hosts, are kept. Namespaces or
 links without a state file may be a cluster being created right now: only --all removes them.
 Nothing without chaos's names or labels is touched; a Docker daemon that cannot be reached is
@@ -37,6 +40,15 @@ pub struct GcArgs {
     /// images a remaining container uses. Dangling chaos images are always removed.
     #[arg(long)]
     pub images: bool,
+    /// Collect on this backend only (`ec2` is collected only when named here).
+    #[arg(long, value_name = "NAME")]
+    pub backend: Option<String>,
+    /// The region a cloud backend looks in (ec2: else its settings' or the standard AWS chain's).
+    #[arg(long, value_name = "REGION")]
+    pub region: Option<String>,
+    /// The backend's settings file (ec2: bucket, stack, key prefix; see docs/ec2.md).
+    #[arg(long, value_name = "FILE")]
+    pub backend_config: Option<std::path::PathBuf>,
 }
 
 /// Runs `chaos gc` and returns the exit code.
@@ -45,7 +57,13 @@ pub async fn run(args: GcArgs) -> anyhow::Result<u8> {
         dry_run: args.dry_run,
         all: args.all,
         images: args.images,
+        backend: args.backend,
+        region: args.region,
+        backend_config: args.backend_config,
     };
+    if let Some(name) = &options.backend {
+        chaos::backend::registry::find(name).map_err(|e| anyhow::anyhow!("--backend: {e}"))?;
+    }
     let report = gc::collect_garbage(&options).await;
     let verb = if options.dry_run {
         "would remove"

@@ -1,5 +1,5 @@
 //! `chaos run FILE [--seed N] [--backend B] [--rounds N] [--out DIR]`: run a scenario against real
-//! processes and judge it.
+//! processes and judge it; with `--seeds`/`--count`, a campaign of many seeds (`campaign.rs`).
 
 use std::path::PathBuf;
 
@@ -31,14 +31,38 @@ pub struct RunArgs {
     /// Override the scenario's number of rounds (e.g. 1 for a short run).
     #[arg(long, conflicts_with = "plan")]
     pub rounds: Option<u32>,
-    /// Where run directories go: OUT/<scenario>/<timestamp>-seed<N>/.
+    /// Where run directories go: OUT/<scenario>/<timestamp>-seed<N>/ (and a campaign's
+    /// OUT/<scenario>/campaign-<timestamp>/).
     #[arg(long, default_value = "runs")]
     pub out: PathBuf,
+    /// A campaign over these seeds: A..B (B excluded), A..=B, or a list 1,5,9. Each seed is a
+    /// run of its own (its own cluster and run directory).
+    #[arg(long, conflicts_with_all = ["seed", "plan", "count"])]
+    pub seeds: Option<String>,
+    /// A campaign of N seeds drawn from one master seed (printed; --seed sets it).
+    #[arg(long, conflicts_with = "plan")]
+    pub count: Option<usize>,
+    /// Campaign runs at a time, each its own cluster.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub parallel: u16,
+    /// Stop the campaign at the first failing seed (running seeds are interrupted and cleaned up).
+    #[arg(long)]
+    pub fail_fast: bool,
 }
 
 /// Runs the scenario. Exit code 0 when every invariant held, 1 when one was violated (the replay
 /// command is printed), 2 for an invalid scenario or environment, 130 when interrupted.
 pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
+    if args.seeds.is_some() || args.count.is_some() {
+        return super::campaign::run(args).await;
+    }
+    if args.parallel > 1 || args.fail_fast {
+        return Err(BadInput(
+            "--parallel and --fail-fast apply to campaigns: give --seeds A..B, --seeds 1,5,9 or --count N"
+                .into(),
+        )
+        .into());
+    }
     let scenario = match Scenario::from_file(&args.file) {
         Ok(s) => s,
         Err(errors) => {
@@ -131,7 +155,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
 /// First Ctrl-C (or SIGTERM): cancel the run, which heals every fault, stops the system and
 /// cleans up. A second one exits at once (the nodes' agents still clean up after themselves when
 /// their heartbeats stop, and every fault expires by its TTL).
-async fn watch_interrupts(cancel: CancellationToken) {
+pub(super) async fn watch_interrupts(cancel: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
     else {

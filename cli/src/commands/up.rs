@@ -124,11 +124,16 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     // worth a line: the user sees the cluster heal itself.
     let reporter = running.agent_events().map(|mut events| {
         tokio::spawn(async move {
+            use chaos::backend::supervisor::AgentEvent;
             use tokio::sync::broadcast::error::RecvError;
+            let bar = crate::progress::NodesBar::default();
             loop {
                 match events.recv().await {
-                    Ok(event) => eprintln!("chaos up: {event}"),
-                    Err(RecvError::Lagged(missed)) => eprintln!("chaos up: {missed} agent events not shown"),
+                    Ok(AgentEvent::NodesReady { ready, total, .. }) => bar.ready(ready, total),
+                    Ok(event) => bar.line(&format!("chaos up: {event}")),
+                    Err(RecvError::Lagged(missed)) => {
+                        bar.line(&format!("chaos up: {missed} agent events not shown"))
+                    }
                     Err(RecvError::Closed) => return,
                 }
             }

@@ -452,6 +452,11 @@ impl<P: Provisioner> Cluster for AgentCluster<P> {
             return Ok(Vec::new());
         }
         let shared = &self.shared;
+        let existing = shared.lock().next_node.saturating_sub(1);
+        let adding = u32::try_from(count).unwrap_or(u32::MAX);
+        if existing.saturating_add(adding) <= shared.provisioner.limits().max_nodes {
+            shared.provisioner.check_capacity(existing, adding)?;
+        }
         let first = {
             let mut state = shared.lock();
             if state.cleaned {
@@ -469,9 +474,17 @@ impl<P: Provisioner> Cluster for AgentCluster<P> {
             )?
         };
         let bound = shared.options.node_ready_timeout + shared.provisioner.limits().provision_time;
+        let ready = Arc::new(std::sync::atomic::AtomicU32::new(0));
         let (made, first_error) =
             super::create_concurrently(shared.provisioner.name(), first, count, bound, |k| {
-                shared.clone().create_node(k)
+                let shared = shared.clone();
+                let ready = ready.clone();
+                async move {
+                    let made = shared.clone().create_node(k).await?;
+                    let now = ready.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                    shared.supervisor.node_ready(&format!("n{k}"), now, adding);
+                    Ok(made)
+                }
             })
             .await;
         let nodes: Vec<Arc<dyn Node>> = made.iter().map(|(node, _, _)| node.clone()).collect();

@@ -31,6 +31,13 @@ pub struct GcOptions {
     pub all: bool,
     /// Also remove the node images chaos built (they are a cache, rebuilt on demand).
     pub images: bool,
+    /// Only this backend's collector (`None`: every backend that needs no remote account; a
+    /// cloud backend such as `ec2` collects only when named).
+    pub backend: Option<String>,
+    /// The region a cloud backend looks in (else its settings' or the standard chain's).
+    pub region: Option<String>,
+    /// The backend's own settings file ([`super::ClusterOptions::backend_config`]).
+    pub backend_config: Option<std::path::PathBuf>,
 }
 
 /// What a collection did.

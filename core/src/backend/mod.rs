@@ -5,7 +5,8 @@
 //! * [`agent_cluster`]: the one generic [`crate::Cluster`] over a provisioner ([`AgentCluster`]):
 //!   CA and identities, numbering, ready wait, supervision, machine faults, shutdown, `Drop`.
 //! * [`local`], [`netns`], [`docker`], [`hosts`]: provisioners (agents on this host, in network
-//!   namespaces, in containers; machines of an inventory that run the agent as a service).
+//!   namespaces, in containers; machines of an inventory that run the agent as a service);
+//!   `ec2` (feature `ec2`): EC2 instances.
 //! * [`supervisor`], [`owner`], [`gc`]: agent supervision, runner identity in leftovers, and
 //!   what `chaos gc` reports.
 
@@ -21,6 +22,8 @@ pub mod agent_cluster;
 pub(crate) mod agent_launch;
 #[cfg(feature = "docker")]
 pub mod docker;
+#[cfg(feature = "ec2")]
+pub mod ec2;
 pub(crate) mod elf;
 pub mod gc;
 pub mod hosts;
@@ -97,9 +100,15 @@ pub(crate) fn reserve_nodes(
     Ok(first)
 }
 
-/// Runs `create(k)` for nodes `first..first + count` concurrently, each bounded by `bound` (a
-/// timeout names the node). Returns what was made, in node order, and the first error — a
-/// backend keeps what was made even then, so that its cleanup releases it.
+/// Most nodes of one `create_nodes` call made at once: enough to keep a machine busy while agents
+/// start, few enough that a thousand nodes do not all wait on the same two cores and each
+/// node's bound (which starts when its turn comes) stays meaningful.
+pub const CREATE_CONCURRENCY: usize = 32;
+
+/// Runs `create(k)` for nodes `first..first + count`, at most [`CREATE_CONCURRENCY`] at once,
+/// each bounded by `bound` from its start (a timeout names the node). Returns what was made, in
+/// node order, and the first error — a backend keeps what was made even then, so that its
+/// cleanup releases it. After an error no further node is started.
 pub(crate) async fn create_concurrently<T, F, Fut>(
     backend: &'static str,
     first: u32,
@@ -113,19 +122,24 @@ where
     T: Send + 'static,
 {
     let mut tasks = tokio::task::JoinSet::new();
-    for k in first..first + count as u32 {
-        let creating = create(k);
-        tasks.spawn(async move {
-            let name = format!("n{k}");
-            (
-                k,
-                crate::ext::with_timeout(&name, "creating the node", bound, creating).await,
-            )
-        });
-    }
+    let mut pending = first..first + count as u32;
     let mut made = Vec::with_capacity(count);
     let mut first_error = None;
-    while let Some(joined) = tasks.join_next().await {
+    loop {
+        while tasks.len() < CREATE_CONCURRENCY && first_error.is_none() {
+            let Some(k) = pending.next() else { break };
+            let creating = create(k);
+            tasks.spawn(async move {
+                let name = format!("n{k}");
+                (
+                    k,
+                    crate::ext::with_timeout(&name, "creating the node", bound, creating).await,
+                )
+            });
+        }
+        let Some(joined) = tasks.join_next().await else {
+            break;
+        };
         match joined {
             Ok((k, Ok(node))) => made.push((k, node)),
             Ok((_, Err(e))) => {
@@ -138,4 +152,55 @@ where
     }
     made.sort_by_key(|(k, _)| *k);
     (made.into_iter().map(|(_, node)| node).collect(), first_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// Never more than `CREATE_CONCURRENCY` creations at once, every node made in order, and no
+    /// node started after a failure.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn creation_is_bounded_and_stops_after_a_failure() {
+        let (now, most, started) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        let create = |fail_at: Option<u32>| {
+            let (now, most, started) = (now.clone(), most.clone(), started.clone());
+            move |k: u32| {
+                let (now, most, started) = (now.clone(), most.clone(), started.clone());
+                async move {
+                    started.fetch_add(1, Ordering::SeqCst);
+                    let in_flight = now.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(in_flight, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    now.fetch_sub(1, Ordering::SeqCst);
+                    if Some(k) == fail_at {
+                        return Err(Error::backend("test", format!("node n{k} failed")));
+                    }
+                    Ok(k)
+                }
+            }
+        };
+        let (made, error) = create_concurrently("test", 1, 200, Duration::from_secs(5), create(None)).await;
+        assert!(error.is_none());
+        assert_eq!(made, (1..=200).collect::<Vec<u32>>());
+        assert_eq!(most.load(Ordering::SeqCst), CREATE_CONCURRENCY);
+
+        started.store(0, Ordering::SeqCst);
+        let (made, error) =
+            create_concurrently("test", 1, 200, Duration::from_secs(5), create(Some(5))).await;
+        assert!(error.unwrap().to_string().contains("node n5 failed"));
+        let started = started.load(Ordering::SeqCst);
+        assert!(
+            started < 200,
+            "creation stopped after the failure ({started} started)"
+        );
+        assert_eq!(made.len(), started - 1, "what was made is kept for cleanup");
+    }
 }

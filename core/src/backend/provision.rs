@@ -100,6 +100,15 @@ pub trait Provisioner: Send + Sync + 'static {
         Timeouts::default()
     }
 
+    /// Checks, before any of them is made, that `adding` more machines fit this host beside the
+    /// `existing` ones (file descriptors, kernel tables…): `Err` names the cap, what it is, what
+    /// the cluster would need and how to raise it. The default finds nothing to check. A
+    /// provisioner may raise a soft limit of its own process here rather than fail.
+    fn check_capacity(&self, existing: u32, adding: u32) -> Result<()> {
+        let _ = (existing, adding);
+        Ok(())
+    }
+
     /// Makes one machine and starts the node's agent on it, with the identity
     /// [`MachineRequest::issue_identity`] issues; returns once the agent was started (the cluster
     /// then waits until it answers a heartbeat). On error, releases what it made.

@@ -100,6 +100,7 @@ macro_rules! registered_backends {
             local,
             #[cfg(target_os = "linux")] netns,
             #[cfg(feature = "docker")] docker,
+            #[cfg(feature = "ec2")] ec2,
             hosts,
         }
     };
@@ -275,6 +276,7 @@ pub fn find(name: &str) -> Result<&'static Backend, UnknownBackend> {
 pub async fn collect_garbage(options: &GcOptions) -> GcReport {
     let collections = all()
         .iter()
+        .filter(|b| options.backend.as_deref().is_none_or(|name| name == b.name))
         .filter_map(|b| b.collect_garbage)
         .map(|collect| collect(options.clone()));
     let mut report = GcReport::default();

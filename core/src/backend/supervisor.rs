@@ -83,6 +83,17 @@ pub enum AgentEvent {
         /// Why it was given up.
         reason: String,
     },
+    /// Creation progress of one `create_nodes` call: `ready` of its `total` nodes answer
+    /// heartbeats, `node` the latest. Sent about fifty times per call at most (and for the last
+    /// node), so a thousand nodes do not flood subscribers.
+    NodesReady {
+        /// The node that became ready last.
+        node: String,
+        /// Nodes of the call ready so far.
+        ready: u32,
+        /// Nodes the call creates.
+        total: u32,
+    },
 }
 
 impl AgentEvent {
@@ -93,6 +104,7 @@ impl AgentEvent {
             AgentEvent::AgentRestarted { .. } => "agent_restarted",
             AgentEvent::AgentRestartFailed { .. } => "agent_restart_failed",
             AgentEvent::NodeFailed { .. } => "node_failed",
+            AgentEvent::NodesReady { .. } => "nodes_ready",
         }
     }
 
@@ -102,7 +114,8 @@ impl AgentEvent {
             AgentEvent::AgentDied { node, .. }
             | AgentEvent::AgentRestarted { node, .. }
             | AgentEvent::AgentRestartFailed { node, .. }
-            | AgentEvent::NodeFailed { node, .. } => node,
+            | AgentEvent::NodeFailed { node, .. }
+            | AgentEvent::NodesReady { node, .. } => node,
         }
     }
 }
@@ -123,6 +136,7 @@ impl std::fmt::Display for AgentEvent {
                 write!(f, "node {node}: agent restart {attempt} failed: {error}")
             }
             AgentEvent::NodeFailed { node, reason } => write!(f, "node {node} failed: {reason}"),
+            AgentEvent::NodesReady { ready, total, .. } => write!(f, "{ready}/{total} nodes ready"),
         }
     }
 }
@@ -219,6 +233,20 @@ impl Supervisor {
         }
     }
 
+    /// Reports creation progress ([`AgentEvent::NodesReady`]), thinned to about fifty events
+    /// per call.
+    pub(crate) fn node_ready(&self, node: &str, ready: u32, total: u32) {
+        let step = (total / 50).max(1);
+        if ready == total || ready % step == 0 {
+            tracing::debug!("{ready}/{total} nodes ready");
+            let _ = self.events.send(AgentEvent::NodesReady {
+                node: node.to_string(),
+                ready,
+                total,
+            });
+        }
+    }
+
     /// Events from now on.
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<AgentEvent> {
         self.events.subscribe()
@@ -298,6 +326,7 @@ impl Watched {
             }
             AgentEvent::AgentRestarted { .. } => tracing::info!(node = %self.node, "{event}"),
             AgentEvent::NodeFailed { .. } => tracing::error!(node = %self.node, "{event}"),
+            AgentEvent::NodesReady { .. } => tracing::debug!("{event}"),
         }
         // No subscriber is fine.
         let _ = self.events.send(event);

@@ -361,7 +361,8 @@ fn replay_plan_command(scenario: &Scenario, options: &RunOptions, plan: &Path) -
     cmd
 }
 
-fn replay_command(scenario: &Scenario, options: &RunOptions, seed: u64) -> String {
+/// The command that replays `seed` with these options (backend, its settings file, rounds, output).
+pub(crate) fn replay_command(scenario: &Scenario, options: &RunOptions, seed: u64) -> String {
     let file = options
         .scenario_file
         .as_ref()

@@ -142,6 +142,7 @@ impl Run {
                 recovery_ms: None,
                 elapsed_ms: None,
                 invariants: Vec::new(),
+                warnings: Vec::new(),
             })
             .collect();
         let cancel = options.cancel.clone();

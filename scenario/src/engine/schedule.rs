@@ -247,7 +247,11 @@ impl Run {
         }
         let ttl = Duration::from_millis(step.duration_ms) + self.scenario.scaled(TTL_MARGIN);
         let injected = match nemesis::find(&self.nemeses, &step.fault) {
-            Some(nemesis) => nemesis.inject(&step.fault, &targets, ttl).await,
+            Some(nemesis) => {
+                nemesis
+                    .inject(&step.fault, &targets, step.service.as_deref(), ttl)
+                    .await
+            }
             None => Err(Refusal::Failed(format!(
                 "no nemesis carries out {} faults",
                 step.kind()
@@ -323,6 +327,8 @@ impl Run {
         let InPlace { active, injected, .. } = self.active.remove(pos);
         let step = self.plan.steps[index].clone();
         let system = self.system();
+        self.check_leader_moved(&step, active.nodes(), injected.elapsed())
+            .await;
         let names: Vec<String> = active
             .nodes()
             .iter()
@@ -358,6 +364,45 @@ impl Run {
         }
     }
 
+    /// Before a fault on the leader is healed: is the node it took down still the leader, as a
+    /// majority of the nodes see it? Then the fault changed nothing the probe can see (an election
+    /// timeout longer than the fault, a probe that reports a stale leader): a warning on the step,
+    /// in the run's events and progress. Only for kinds meant to depose a leader (partition,
+    /// kill, pause, machine faults), and only when a leader is found within a short bound.
+    async fn check_leader_moved(&mut self, step: &Step, nodes: &[usize], lasted: Duration) {
+        let deposing = matches!(step.kind(), "partition" | "kill" | "pause" | "machine");
+        if step.target != crate::plan::PlannedTarget::Leader || !deposing || nodes.len() != 1 {
+            return;
+        }
+        let system = self.system();
+        let bound = self.scenario.scaled(LEADER_RECHECK);
+        let Ok(leader) = system.find_leader(bound).await else {
+            return;
+        };
+        if leader != nodes[0] {
+            return;
+        }
+        let name = system.nodes[leader].name().to_string();
+        let warning = format!(
+            "the leader {name} was still the leader after {:.1}s of {}: the fault may have changed \
+             nothing (is the election timeout longer than the fault, or does the probe report a \
+             stale leader?)",
+            lasted.as_secs_f64(),
+            step.kind()
+        );
+        self.dir.event(
+            "step_warning",
+            json!({"step": step.number, "case": step.case, "warning": warning}),
+        );
+        self.say(format!(
+            "step {:>3}/{} {:<24} warning: {warning}",
+            step.number,
+            self.verdict.steps.len(),
+            step.case
+        ));
+        self.verdict.steps[step.number - 1].warnings.push(warning);
+    }
+
     /// Heals every fault still in place.
     pub(super) async fn heal_remaining(&mut self) {
         let remaining: Vec<usize> = self.active.iter().map(|a| a.index).collect();
@@ -366,6 +411,9 @@ impl Run {
         }
     }
 }
+
+/// Bound of the leader probe made before a fault on the leader is healed.
+const LEADER_RECHECK: Duration = Duration::from_secs(3);
 
 /// The step's case as the history names it: `03-kill-one`.
 fn history_case(step: &Step) -> String {

@@ -16,6 +16,7 @@ use serde_json::json;
 use super::run::{Abort, Run};
 use super::{COMMAND_BOUND, DATA_ARCHIVE_LIMIT, Progress, find_on_runner};
 use crate::checks::System;
+use crate::model::{Dur, OnceStep};
 use crate::nemesis::machine::MachineNemesis;
 use crate::nemesis::network::{AgentNemesis, PartitionNemesis};
 use crate::nemesis::process::ProcessNemesis;
@@ -23,6 +24,12 @@ use crate::nemesis::{self, Probes};
 use crate::sut::Suts;
 use crate::template::{NodeVars, Templates, Vars, ship_destination};
 use crate::workload::{Recorder, Workload};
+
+/// Default bound of a `[[setup.once]]` step.
+const ONCE_TIMEOUT: Dur = Dur::secs(30);
+
+/// Default pause between a `[[setup.once]]` step's attempts.
+const ONCE_INTERVAL: Dur = Dur::secs(1);
 
 impl Run {
     pub(super) async fn setup(&mut self) -> Result<(), Abort> {
@@ -155,7 +162,7 @@ impl Run {
             for (i, node) in nodes.iter().enumerate() {
                 self.interrupted()?;
                 let spec = system.command_spec(i, cmd).map_err(Abort::Setup)?;
-                let shown = cmd.argv().join(" ");
+                let shown = crate::checks::shown(&spec);
                 let out = node
                     .run_timeout(spec, None, scenario.scaled(COMMAND_BOUND))
                     .await
@@ -171,7 +178,7 @@ impl Run {
             }
         }
         // The system itself.
-        if scenario.setup.start.is_some() {
+        if !scenario.services().is_empty() {
             self.status_line("starting the system");
             for i in 0..nodes.len() {
                 suts.start(i).await.map_err(Abort::Setup)?;
@@ -180,7 +187,9 @@ impl Run {
         for check in &scenario.setup.ready {
             self.interrupted()?;
             self.status_line(&format!("waiting for `{}`", check.name));
-            let result = system.run_check(check, &self.cancel).await;
+            let result = system
+                .run_check_noting(check, &self.cancel, &|line| self.say(line))
+                .await;
             self.interrupted()?;
             self.dir.event("ready_check", json!(result));
             if !result.passed {
@@ -193,6 +202,9 @@ impl Run {
                 )));
             }
         }
+        for step in &scenario.setup.once {
+            self.run_once(&system, step).await?;
+        }
         self.say(format!(
             "{} nodes ready: {}",
             nodes.len(),
@@ -204,6 +216,66 @@ impl Run {
                 .join(", ")
         ));
         Ok(())
+    }
+
+    /// Runs a `[[setup.once]]` step on its node until it exits 0, at most its timeout.
+    async fn run_once(&mut self, system: &System, step: &OnceStep) -> Result<(), Abort> {
+        let scenario = &self.scenario;
+        let i = match &step.node {
+            Some(name) => system.nodes.iter().position(|n| n.name() == name).unwrap_or(0),
+            None => 0,
+        };
+        let node = system.nodes[i].clone();
+        let spec = system.command_spec(i, &step.command).map_err(Abort::Setup)?;
+        let shown = crate::checks::shown(&spec);
+        let name = if step.name.is_empty() {
+            shown.clone()
+        } else {
+            step.name.clone()
+        };
+        let timeout = scenario.scaled(step.timeout.unwrap_or(ONCE_TIMEOUT).0);
+        let interval = step.interval.unwrap_or(ONCE_INTERVAL).0;
+        self.status_line(&format!("one-time step `{name}` on {}", node.name()));
+        let started = std::time::Instant::now();
+        let mut attempts = 0u32;
+        loop {
+            self.interrupted()?;
+            attempts += 1;
+            let left = timeout
+                .saturating_sub(started.elapsed())
+                .max(Duration::from_secs(1));
+            let last = match node
+                .run_timeout(spec.clone(), None, left.min(COMMAND_BOUND))
+                .await
+            {
+                Ok(out) if out.status.success() => {
+                    self.dir.event(
+                        "once_done",
+                        json!({"name": name, "node": node.name(), "attempts": attempts,
+                               "elapsed_ms": started.elapsed().as_millis() as u64}),
+                    );
+                    return Ok(());
+                }
+                Ok(out) => format!(
+                    "{}: {}{}",
+                    out.status,
+                    out.stdout_str().trim(),
+                    out.stderr_str().trim()
+                ),
+                Err(e) => e.to_string(),
+            };
+            if started.elapsed() + interval >= timeout {
+                self.dir.event(
+                    "once_failed",
+                    json!({"name": name, "node": node.name(), "attempts": attempts, "last": last}),
+                );
+                return Err(Abort::Setup(format!(
+                    "one-time step `{name}` (`{shown}` on {}) did not succeed within {timeout:?} ({attempts} attempts); last attempt: {last}",
+                    node.name()
+                )));
+            }
+            tokio::time::sleep(interval).await;
+        }
     }
 
     /// Asks the nemeses whether this cluster can carry out every fault case that may run (the
@@ -325,6 +397,7 @@ impl Run {
         &self,
         mut events: tokio::sync::broadcast::Receiver<chaos::backend::supervisor::AgentEvent>,
     ) -> tokio::task::JoinHandle<()> {
+        use chaos::backend::supervisor::AgentEvent;
         use tokio::sync::broadcast::error::RecvError;
         let dir = self.dir.clone();
         let observer = self.options.observer.clone();
@@ -334,7 +407,13 @@ impl Run {
                     Ok(event) => {
                         dir.event(event.name(), json!(event));
                         if let Some(observer) = &observer {
-                            observer.progress(Progress::Line(event.to_string()));
+                            // Creation progress is a status, not a line of its own.
+                            observer.progress(match event {
+                                AgentEvent::NodesReady { ready, total, .. } => {
+                                    Progress::Doing(format!("creating nodes: {ready}/{total} ready"))
+                                }
+                                event => Progress::Line(event.to_string()),
+                            });
                         }
                     }
                     Err(RecvError::Lagged(missed)) => {
@@ -360,6 +439,11 @@ impl Run {
                 &mut budget,
             )
             .await;
+            for service in &self.scenario.setup.services {
+                let log = format!("{}/logs/{}.log", node.root_dir(), service.name);
+                let local = dest.join(format!("{}.log", service.name));
+                copy_from_node(node.as_ref(), &log, &local, &mut budget).await;
+            }
             for c in &self.scenario.teardown.collect {
                 let Ok(path) = system.render(i, c) else { continue };
                 let name = Path::new(&path)

@@ -126,6 +126,7 @@ impl Nemesis for Recorder {
         &self,
         fault: &Fault,
         targets: &[usize],
+        _service: Option<&str>,
         _: Duration,
     ) -> Result<Box<dyn Active>, Refusal> {
         let kind = fault.kind();
@@ -200,6 +201,7 @@ fn step(number: usize, case: &str, nodes: &[&str], duration_ms: u64, pause_ms: u
         pause_ms,
         overlap,
         fault,
+        service: None,
     }
 }
 
@@ -472,7 +474,7 @@ async fn process_faults_skip_nodes_where_the_system_is_not_running() {
     // In-memory nodes cannot report probes: kill needs none, and they are asked at injection.
     nemesis.supports(&kill).await.unwrap();
     let refusal = nemesis
-        .inject(&kill, &[0, 2], Duration::from_secs(1))
+        .inject(&kill, &[0, 2], None, Duration::from_secs(1))
         .await
         .err()
         .expect("nothing runs on in-memory nodes");

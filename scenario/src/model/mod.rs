@@ -124,12 +124,40 @@ pub struct Setup {
     /// Commands run to completion on every node before the system starts.
     #[serde(default)]
     pub commands: Vec<CommandLine>,
-    /// The system under test: one process per node.
+    /// The system under test: its main process on each node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start: Option<StartSpec>,
+    /// More named processes per node (a sidecar, a manager), each with its own command, stop
+    /// signal and log, started after `start` in order; process faults may target one by name.
+    #[serde(default)]
+    pub services: Vec<StartSpec>,
     /// Checks that must pass before faults begin.
     #[serde(default)]
     pub ready: Vec<Check>,
+    /// One-time steps run on one node once the system is ready (creating a table, a topic, a
+    /// stream), in order, each retried until it succeeds or its timeout expires.
+    #[serde(default)]
+    pub once: Vec<OnceStep>,
+}
+
+/// `[[setup.once]]`: a command run once, on one node, after the readiness checks passed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnceStep {
+    /// Name shown in progress, events and errors (default: the command).
+    #[serde(default)]
+    pub name: String,
+    /// Program and arguments (templates, rendered for the node).
+    pub command: CommandLine,
+    /// The node it runs on (default the first, `n1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// How long it may keep failing before the run gives up (default 30s, scaled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Dur>,
+    /// Pause between attempts (default 1s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Dur>,
 }
 
 /// `[[setup.ship]]`: a file copied from the runner.
@@ -160,10 +188,15 @@ pub struct FileSpec {
     pub mode: Option<u32>,
 }
 
-/// `[setup.start]`: how the system under test starts on each node.
+/// `[setup.start]`: how the system under test starts on each node; also each
+/// `[[setup.services]]` entry, which needs a `name`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StartSpec {
+    /// `[[setup.services]]`: the service's name (its log is `logs/NAME.log`; fault cases target
+    /// it with `service = "NAME"`). `[setup.start]` is the service `system`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
     /// Program and arguments (templates).
     pub command: CommandLine,
     /// Extra environment variables (values are templates).
@@ -246,6 +279,10 @@ pub struct Check {
     /// Pause between attempts (default 500ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<Dur>,
+    /// Stop trying, before the timeout, once this many attempts in a row failed identically
+    /// (default: keep trying until the timeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub give_up_after: Option<u32>,
 }
 
 /// `[[invariants]]`: a [`Check`] (its fields sit beside these) plus when it runs.
@@ -282,6 +319,7 @@ const INVARIANT_FIELDS: &[&str] = &[
     "agree",
     "timeout",
     "interval",
+    "give_up_after",
 ];
 
 fn default_when() -> Vec<When> {
@@ -331,7 +369,7 @@ pub struct LeaderProbe {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkloadSpec {
-    /// `kv` or `command`.
+    /// `kv`, `command` or `adapter`.
     #[serde(rename = "type")]
     pub kind: WorkloadType,
     /// Target rate over all clients, operations per second (default 50).
@@ -355,12 +393,69 @@ pub struct WorkloadSpec {
     /// `kv`: relative weights of read / write / cas / delete (default 50/30/15/5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mix: Option<Mix>,
-    /// `kv`: read every key once at the end, so a lost acknowledged write shows (default true).
+    /// Read every key once at the end with each read kind the workload has, so a lost
+    /// acknowledged write shows (default true).
     #[serde(default = "default_true")]
     pub final_reads: bool,
-    /// `command`: the operations, drawn by weight.
+    /// `command` and `adapter`: the operations, drawn by weight.
     #[serde(default)]
     pub ops: Vec<CommandOp>,
+    /// `command`: which exit codes mean `fail` and `unknown` (exit 0 is `ok`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_codes: Option<ExitCodes>,
+    /// `adapter`: the adapter process each client starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<AdapterSpec>,
+}
+
+/// `[workload.exit_codes]`: how a `command` operation's exit code maps to its outcome. Exit 0 is
+/// `ok`; a code listed in `fail` is `fail` (it definitely did not take effect); one in `unknown`
+/// is `unknown`; any other code, `other` (default `unknown`: a client that exits non-zero after
+/// a timeout cannot say whether its write happened). A process killed by a signal or timed out
+/// is always `unknown`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExitCodes {
+    /// Codes meaning `fail`.
+    #[serde(default)]
+    pub fail: Vec<i32>,
+    /// Codes meaning `unknown`.
+    #[serde(default)]
+    pub unknown: Vec<i32>,
+    /// The outcome of any other non-zero code (default `unknown`).
+    #[serde(default)]
+    pub other: NotOk,
+}
+
+impl ExitCodes {
+    /// The outcome of exit code `code` (`None`: killed by a signal).
+    pub fn outcome(&self, code: Option<i32>) -> chaos_check::Outcome {
+        use chaos_check::Outcome;
+        match code {
+            Some(0) => Outcome::Ok,
+            None => Outcome::Unknown,
+            Some(c) if self.fail.contains(&c) => Outcome::Fail,
+            Some(c) if self.unknown.contains(&c) => Outcome::Unknown,
+            Some(_) => match self.other {
+                NotOk::Fail => Outcome::Fail,
+                NotOk::Unknown => Outcome::Unknown,
+            },
+        }
+    }
+}
+
+/// `[workload.adapter]`: the long-lived process behind each client of an `adapter` workload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdapterSpec {
+    /// Program and arguments (templates, rendered for the client's node; they see `client`).
+    pub command: CommandLine,
+    /// Where it runs (default `node`).
+    #[serde(default)]
+    pub on: AdapterPlace,
+    /// Extra environment variables (values are templates).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
 }
 
 fn default_rate() -> f64 {
@@ -408,8 +503,10 @@ impl Default for Mix {
 pub struct CommandOp {
     /// What the history records it as.
     pub kind: CommandOpKind,
-    /// The command (template; sees `client`, `seq`, `key`, `value`, `node`).
-    pub command: CommandLine,
+    /// `command` workload: the command (template; sees `client`, `seq`, `key`, `value`,
+    /// `node`). An `adapter` workload has none: its adapter performs the kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<CommandLine>,
     /// Relative weight (default 1).
     #[serde(default = "default_one_u32")]
     pub weight: u32,
@@ -434,13 +531,19 @@ pub struct FaultCase {
     /// Start the next case while this one is still active (after the schedule's pause).
     #[serde(default)]
     pub overlap: bool,
+    /// Process faults: the `[[setup.services]]` process they act on (default: the system
+    /// `[setup.start]` starts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
     /// What it does: `kind` and that kind's fields.
     #[serde(flatten)]
     pub fault: Fault,
 }
 
 /// The fields every fault case has besides its kind's own.
-pub const CASE_FIELDS: &[&str] = &["name", "target", "weight", "duration", "overlap", "kind"];
+pub const CASE_FIELDS: &[&str] = &[
+    "name", "target", "weight", "duration", "overlap", "service", "kind",
+];
 
 fn default_duration() -> DurRange {
     DurRange::exactly(Dur::secs(5))
@@ -604,6 +707,17 @@ impl Scenario {
     /// The names of the nodes: `n1` … `nN`.
     pub fn node_names(&self) -> Vec<String> {
         (1..=self.cluster.nodes).map(|i| format!("n{i}")).collect()
+    }
+
+    /// The processes started on every node, in order: `[setup.start]` (named `system`), then
+    /// `[[setup.services]]`.
+    pub fn services(&self) -> Vec<(&str, &StartSpec)> {
+        self.setup
+            .start
+            .iter()
+            .map(|s| ("system", s))
+            .chain(self.setup.services.iter().map(|s| (s.name.as_str(), s)))
+            .collect()
     }
 
     /// Scales a timeout by `timeout_multiplier`.

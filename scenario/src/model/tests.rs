@@ -143,3 +143,85 @@ fn durations_and_ranges() {
     assert!(e.message.contains("not a duration"), "{e}");
     assert_eq!(e.line, 2);
 }
+
+#[test]
+fn adapter_and_command_workloads_refuse_each_others_fields() {
+    let e = err("[workload]\ntype = \"adapter\"\n[[workload.ops]]\nkind = \"read\"\n").to_string();
+    assert!(e.contains("needs [workload.adapter]"), "{e}");
+    let e = err(
+        "[workload]\ntype = \"adapter\"\n[workload.adapter]\ncommand = \"a\"\n[[workload.ops]]\nkind = \"read\"\ncommand = \"cat x\"\n",
+    )
+    .to_string();
+    assert!(
+        e.contains("workload.ops[0].command") && e.contains("have no `command`"),
+        "{e}"
+    );
+    let e = err("[workload]\ntype = \"command\"\n[[workload.ops]]\nkind = \"cas\"\ncommand = \"x\"\n")
+        .to_string();
+    assert!(
+        e.contains("workload.ops[0].kind") && e.contains("`cas` needs an adapter workload"),
+        "{e}"
+    );
+    let e = err("[workload]\ntype = \"command\"\n[[workload.ops]]\nkind = \"read\"\n").to_string();
+    assert!(e.contains("needs `command`"), "{e}");
+    let e = err(
+        "[workload]\ntype = \"command\"\n[workload.exit_codes]\nfail = [0, 2]\nunknown = [2]\n[[workload.ops]]\nkind = \"read\"\ncommand = \"cat x\"\n",
+    )
+    .to_string();
+    assert!(
+        e.contains("exit code 0 is always `ok`") && e.contains("exit code 2 is listed both"),
+        "{e}"
+    );
+    let e = err("[workload]\ntype = \"adapter\"\n[workload.adapter]\ncommand = \"{{ nope }}\"\n[[workload.ops]]\nkind = \"read\"\n")
+        .to_string();
+    assert!(
+        e.contains("workload.adapter.command") && e.contains("bad template"),
+        "{e}"
+    );
+    let e = err("[[setup.once]]\ncommand = \"true\"\nnode = \"n9\"\n").to_string();
+    assert!(
+        e.contains("setup.once[0].node") && e.contains("no node `n9`"),
+        "{e}"
+    );
+    let ok = Scenario::parse(
+        "[workload]\ntype = \"adapter\"\n[workload.adapter]\ncommand = [\"a\", \"{{ client }}\"]\non = \"runner\"\n[[workload.ops]]\nkind = \"generate\"\n",
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(ok.workload.unwrap().adapter.unwrap().on, AdapterPlace::Runner);
+}
+
+#[test]
+fn services_need_unique_names_and_faults_name_existing_ones() {
+    let e =
+        err("[[setup.services]]\ncommand = \"a\"\n[[setup.services]]\nname = \"system\"\ncommand = \"b\"\n")
+            .to_string();
+    assert!(
+        e.contains("setup.services[0].name") && e.contains("needs a `name`"),
+        "{e}"
+    );
+    assert!(
+        e.contains("setup.services[1].name") && e.contains("is taken"),
+        "{e}"
+    );
+    let e = err(
+        "[setup.start]\ncommand = \"a\"\n[[setup.services]]\nname = \"side\"\ncommand = \"b\"\n\
+         [[faults]]\nname = \"k\"\nkind = \"kill\"\ntarget = \"one\"\nservice = \"sid\"\n\
+         [[faults]]\nname = \"l\"\nkind = \"loss\"\npercent = 5\ntarget = \"one\"\nservice = \"side\"\n",
+    )
+    .to_string();
+    assert!(
+        e.contains("no service `sid`; the services are system, side"),
+        "{e}"
+    );
+    assert!(
+        e.contains("faults[1].service") && e.contains("belongs to process faults"),
+        "{e}"
+    );
+    // Services alone are enough for process faults.
+    Scenario::parse(
+        "[[setup.services]]\nname = \"db\"\ncommand = \"a\"\n[[faults]]\nname = \"k\"\nkind = \"kill\"\ntarget = \"one\"\nservice = \"db\"\n",
+        "t.toml",
+    )
+    .unwrap();
+}

@@ -113,9 +113,57 @@ impl Scenario {
                 }
             }
         }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, service) in self.setup.services.iter().enumerate() {
+            let path = [key("setup"), key("services"), Seg::Index(i)];
+            let name = &service.name;
+            let valid_name = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !valid_name {
+                p.add(
+                    &[&path[..], &[key("name")]].concat(),
+                    "a service needs a `name` of letters, digits, `-` and `_` (its log is logs/NAME.log)",
+                );
+            } else if name == "system" || !seen.insert(name.clone()) {
+                p.add(
+                    &[&path[..], &[key("name")]].concat(),
+                    format!("service name `{name}` is taken (`system` is [setup.start]; names are unique)"),
+                );
+            }
+            for t in service.command.templates() {
+                tm.call(p, &[&path[..], &[key("command")]].concat(), t, false);
+            }
+            for (k, v) in &service.env {
+                tm.call(p, &[&path[..], &[key("env"), key(k)]].concat(), v, false);
+            }
+        }
+        if let Some(start) = &self.setup.start
+            && !start.name.is_empty()
+        {
+            p.add(
+                &[key("setup"), key("start"), key("name")],
+                "[setup.start] is the service `system`; names belong to [[setup.services]]",
+            );
+        }
         for (i, check) in self.setup.ready.iter().enumerate() {
             let path = [key("setup"), key("ready"), Seg::Index(i)];
             self.check_check(p, &path, check, &names, tm);
+        }
+        for (i, step) in self.setup.once.iter().enumerate() {
+            let path = [key("setup"), key("once"), Seg::Index(i)];
+            for t in step.command.templates() {
+                tm.call(p, &[&path[..], &[key("command")]].concat(), t, false);
+            }
+            if let Some(node) = &step.node
+                && !names.contains(node)
+            {
+                p.add(
+                    &[&path[..], &[key("node")]].concat(),
+                    format!("no node `{node}`; the nodes are {}", names.join(", ")),
+                );
+            }
         }
 
         // leader
@@ -180,24 +228,97 @@ impl Scenario {
                     if !w.ops.is_empty() {
                         p.add(
                             &[key("workload"), key("ops")],
-                            "`ops` belongs to the command workload",
+                            "`ops` belongs to the command and adapter workloads",
                         );
                     }
+                    for (field, set) in [
+                        ("adapter", w.adapter.is_some()),
+                        ("exit_codes", w.exit_codes.is_some()),
+                    ] {
+                        if set {
+                            p.add(
+                                &[key("workload"), key(field)],
+                                format!("`{field}` does not belong to the kv workload"),
+                            );
+                        }
+                    }
                 }
-                WorkloadType::Command => {
+                WorkloadType::Command | WorkloadType::Adapter => {
+                    let name = if w.kind == WorkloadType::Command {
+                        "command"
+                    } else {
+                        "adapter"
+                    };
                     if w.ops.is_empty() {
-                        p.add(&path, "the command workload needs at least one [[workload.ops]]");
+                        p.add(
+                            &path,
+                            format!("the {name} workload needs at least one [[workload.ops]]"),
+                        );
                     }
                     if w.ops.iter().all(|o| o.weight == 0) && !w.ops.is_empty() {
                         p.add(&[key("workload"), key("ops")], "every weight is 0");
                     }
                     for (i, op) in w.ops.iter().enumerate() {
-                        for t in op.command.templates() {
-                            tm.call(
-                                p,
-                                &[key("workload"), key("ops"), Seg::Index(i), key("command")],
-                                t,
-                                true,
+                        if op.kind == CommandOpKind::Cas && w.kind == WorkloadType::Command {
+                            p.add(
+                                &[key("workload"), key("ops"), Seg::Index(i), key("kind")],
+                                "`cas` needs an adapter workload: a command has no value to compare with",
+                            );
+                        }
+                        let at = [key("workload"), key("ops"), Seg::Index(i), key("command")];
+                        match (&op.command, w.kind) {
+                            (Some(c), WorkloadType::Command) => {
+                                for t in c.templates() {
+                                    tm.call(p, &at, t, true);
+                                }
+                            }
+                            (None, WorkloadType::Command) => p.add(
+                                &[key("workload"), key("ops"), Seg::Index(i)],
+                                "a command workload's operation needs `command`",
+                            ),
+                            (Some(_), _) => p.add(
+                                &at,
+                                "an adapter workload's operations have no `command`: the adapter performs them ([workload.adapter])",
+                            ),
+                            (None, _) => {}
+                        }
+                    }
+                    match (&w.adapter, w.kind) {
+                        (Some(a), WorkloadType::Adapter) => {
+                            for t in a.command.templates() {
+                                tm.call(p, &[key("workload"), key("adapter"), key("command")], t, true);
+                            }
+                            for (k, v) in &a.env {
+                                tm.call(p, &[key("workload"), key("adapter"), key("env"), key(k)], v, true);
+                            }
+                        }
+                        (None, WorkloadType::Adapter) => p.add(
+                            &path,
+                            "the adapter workload needs [workload.adapter] with the adapter's `command`",
+                        ),
+                        (Some(_), _) => p.add(
+                            &[key("workload"), key("adapter")],
+                            "`adapter` belongs to the adapter workload (type = \"adapter\")",
+                        ),
+                        (None, _) => {}
+                    }
+                    if let Some(codes) = &w.exit_codes {
+                        if w.kind != WorkloadType::Command {
+                            p.add(
+                                &[key("workload"), key("exit_codes")],
+                                "`exit_codes` belongs to the command workload",
+                            );
+                        }
+                        if codes.fail.contains(&0) || codes.unknown.contains(&0) {
+                            p.add(
+                                &[key("workload"), key("exit_codes")],
+                                "exit code 0 is always `ok`",
+                            );
+                        }
+                        if let Some(c) = codes.fail.iter().find(|c| codes.unknown.contains(c)) {
+                            p.add(
+                                &[key("workload"), key("exit_codes")],
+                                format!("exit code {c} is listed both as `fail` and as `unknown`"),
                             );
                         }
                     }
@@ -241,6 +362,24 @@ impl Scenario {
             if case.duration.max.0.is_zero() {
                 p.add(&at("duration"), "must be longer than 0s");
             }
+            if let Some(service) = &case.service {
+                let services = self.services();
+                if case.fault.family() != chaos_proto::kinds::Family::Process {
+                    p.add(
+                        &at("service"),
+                        format!(
+                            "`service` belongs to process faults (kill, pause, restart), not `{}`",
+                            case.fault.kind()
+                        ),
+                    );
+                } else if !services.iter().any(|(s, _)| s == service) {
+                    let known: Vec<&str> = services.iter().map(|(s, _)| *s).collect();
+                    p.add(
+                        &at("service"),
+                        format!("no service `{service}`; the services are {}", known.join(", ")),
+                    );
+                }
+            }
             match &case.target {
                 Selector::Nodes(list) => {
                     for name in list {
@@ -263,7 +402,7 @@ impl Scenario {
                 }
                 _ => {}
             }
-            check_fault(p, &path, &case.fault, self.setup.start.is_some());
+            check_fault(p, &path, &case.fault, !self.services().is_empty());
         }
     }
 
@@ -463,7 +602,7 @@ fn check_fault(p: &mut Problems, path: &[Seg], fault: &Fault, has_start: bool) {
         if !has_start {
             p.add(
                 &at("kind"),
-                format!("`{kind}` acts on the system's processes: add [setup.start]"),
+                format!("`{kind}` acts on the system's processes: add [setup.start] (or [[setup.services]])"),
             );
         }
         let given = match fault {

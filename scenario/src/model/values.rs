@@ -459,6 +459,30 @@ pub enum WorkloadType {
     Kv,
     /// A templated command per operation.
     Command,
+    /// A long-lived adapter process per client speaking JSON lines (`docs/adapters.md`).
+    Adapter,
+}
+
+/// Where a client's adapter process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdapterPlace {
+    /// On the client's node, through its agent (it reaches node-local addresses).
+    #[default]
+    Node,
+    /// On the runner, as a child process of `chaos run`.
+    Runner,
+}
+
+/// An outcome a command's exit code maps to, besides `ok` (exit 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotOk {
+    /// It definitely did not take effect.
+    Fail,
+    /// It may or may not have taken effect.
+    #[default]
+    Unknown,
 }
 
 /// History operation kinds a `command` workload may record.
@@ -471,6 +495,9 @@ pub enum CommandOpKind {
     Write,
     /// A register delete.
     Delete,
+    /// `adapter` workloads only: compare-and-set the register from the value this client last
+    /// read or wrote there (absent if none) to a new unique value.
+    Cas,
     /// Add `{{ value }}` to the set `{{ key }}`.
     Add,
     /// Read the set `{{ key }}`: one element per non-empty stdout line.
@@ -491,6 +518,7 @@ impl CommandOpKind {
             CommandOpKind::Read => OpKind::Read,
             CommandOpKind::Write => OpKind::Write,
             CommandOpKind::Delete => OpKind::Delete,
+            CommandOpKind::Cas => OpKind::Cas,
             CommandOpKind::Add => OpKind::Add,
             CommandOpKind::ReadSet => OpKind::ReadSet,
             CommandOpKind::Incr => OpKind::Incr,

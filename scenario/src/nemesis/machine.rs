@@ -55,7 +55,7 @@ impl Active for Machines {
             }
         }
         if self.restart
-            && let Err(e) = Down::restart(&self.suts, &self.nodes).await
+            && let Err(e) = Down::restart(&self.suts, &self.nodes, None).await
         {
             error.get_or_insert(e);
         }
@@ -95,6 +95,7 @@ impl Nemesis for MachineNemesis {
         &self,
         fault: &Fault,
         targets: &[usize],
+        _service: Option<&str>,
         ttl: Duration,
     ) -> Result<Box<dyn Active>, Refusal> {
         let Fault::Machine(m) = fault else {
@@ -115,7 +116,7 @@ impl Nemesis for MachineNemesis {
                 }
             }
             if m.action == MachineFault::Stop {
-                self.suts.take_down(i, REAP).await;
+                self.suts.take_down(i, None, REAP).await;
             }
         }
         Ok(Box::new(Machines {

@@ -43,11 +43,14 @@ pub trait Nemesis: Send + Sync {
     async fn supports(&self, fault: &Fault) -> Result<(), String>;
 
     /// Injects `fault` on the nodes `targets` (indices into the cluster's nodes) for at most
-    /// `ttl`, after which the nodes (or the cluster) heal it by themselves.
+    /// `ttl`, after which the nodes (or the cluster) heal it by themselves. `service` names the
+    /// `[[setup.services]]` process a process fault acts on (none: the system `[setup.start]`
+    /// starts); other families never get one (validation refuses it).
     async fn inject(
         &self,
         fault: &Fault,
         targets: &[usize],
+        service: Option<&str>,
         ttl: Duration,
     ) -> Result<Box<dyn Active>, Refusal>;
 }

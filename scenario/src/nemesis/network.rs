@@ -135,6 +135,7 @@ impl Nemesis for AgentNemesis {
         &self,
         fault: &Fault,
         targets: &[usize],
+        _service: Option<&str>,
         ttl: Duration,
     ) -> Result<Box<dyn Active>, Refusal> {
         let names: Vec<&str> = self.nodes.iter().map(|n| n.name()).collect();
@@ -192,6 +193,7 @@ impl Nemesis for PartitionNemesis {
         &self,
         fault: &Fault,
         targets: &[usize],
+        _service: Option<&str>,
         ttl: Duration,
     ) -> Result<Box<dyn Active>, Refusal> {
         let Fault::Partition(partition) = fault else {

@@ -37,21 +37,26 @@ impl ProcessNemesis {
     }
 }
 
-/// The system taken down on `nodes`; started again at heal.
+/// The system (or one service of it) taken down on `nodes`; started again at heal.
 pub(crate) struct Down {
     pub nodes: Vec<usize>,
+    /// The service taken down (`None`: every service, as with a stopped machine).
+    pub svc: Option<usize>,
     pub suts: Arc<Suts>,
     pub detail: String,
 }
 
 impl Down {
-    /// Starts the system again on every node it went down on; the first error.
-    pub async fn restart(suts: &Suts, nodes: &[usize]) -> Result<(), String> {
+    /// Starts what went down again on every node; the first error.
+    pub async fn restart(suts: &Suts, nodes: &[usize], svc: Option<usize>) -> Result<(), String> {
         let mut error = None;
         for &i in nodes {
-            if suts.running(i).is_none()
-                && let Err(e) = suts.start(i).await
-            {
+            let started = match svc {
+                Some(s) if suts.running(i, s).is_none() => suts.start_service(i, s).await,
+                Some(_) => Ok(()),
+                None => suts.start(i).await,
+            };
+            if let Err(e) = started {
                 error.get_or_insert(e);
             }
         }
@@ -70,7 +75,7 @@ impl Active for Down {
     }
 
     async fn heal(self: Box<Self>) -> Result<(), String> {
-        Down::restart(&self.suts, &self.nodes).await
+        Down::restart(&self.suts, &self.nodes, self.svc).await
     }
 }
 
@@ -104,18 +109,27 @@ impl Nemesis for ProcessNemesis {
         &self,
         fault: &Fault,
         targets: &[usize],
+        service: Option<&str>,
         ttl: Duration,
     ) -> Result<Box<dyn Active>, Refusal> {
-        let (running, down): (Vec<usize>, Vec<usize>) =
-            targets.iter().partition(|&&i| self.suts.running(i).is_some());
+        let Some(svc) = self.suts.service_index(service) else {
+            return Err(Refusal::Failed(match service {
+                Some(name) => format!("no service `{name}` in [[setup.services]]"),
+                None => "no [setup.start] or [[setup.services]] process to act on".to_string(),
+            }));
+        };
+        let (running, down): (Vec<usize>, Vec<usize>) = targets
+            .iter()
+            .partition(|&&i| self.suts.running(i, svc).is_some());
         if running.is_empty() {
             let names: Vec<&str> = down.iter().map(|&i| self.nodes[i].name()).collect();
+            let what = crate::sut::shown_service(service.unwrap_or("system"));
             return Err(Refusal::Skip(format!(
-                "the system is not running on {}",
+                "{what} is not running on {}",
                 names.join(", ")
             )));
         }
-        let proc_of = |i: usize| self.suts.running(i).map(ProcessTarget::Proc);
+        let proc_of = |i: usize| self.suts.running(i, svc).map(ProcessTarget::Proc);
         match fault {
             Fault::Pause(_) => {
                 inject_each(&self.nodes, &running, ttl, |i| {
@@ -133,17 +147,18 @@ impl Nemesis for ProcessNemesis {
                     if let Err(e) = chaos::faults::inject(&self.nodes, &self.nodes[i], &fault, ttl).await {
                         error.get_or_insert(format!("{}: {e}", self.nodes[i].name()));
                     }
-                    self.suts.take_down(i, REAP).await;
+                    self.suts.take_down(i, Some(svc), REAP).await;
                 }
                 if let Some(e) = error {
                     // A kill that failed half-way may have taken processes down: bring them back.
-                    if let Err(again) = Down::restart(&self.suts, &running).await {
+                    if let Err(again) = Down::restart(&self.suts, &running, Some(svc)).await {
                         tracing::warn!("{again}");
                     }
                     return Err(Refusal::Failed(e));
                 }
                 Ok(Box::new(Down {
                     nodes: running,
+                    svc: Some(svc),
                     suts: self.suts.clone(),
                     detail: kill.signal.to_string(),
                 }))
@@ -151,10 +166,13 @@ impl Nemesis for ProcessNemesis {
             Fault::Restart(restart) => {
                 let grace = restart.grace.0.mul_f64(self.multiplier);
                 for &i in &running {
-                    self.suts.stop(i, Some(restart.signal), Some(grace)).await;
+                    self.suts
+                        .stop_service(i, svc, Some(restart.signal), Some(grace))
+                        .await;
                 }
                 Ok(Box::new(Down {
                     nodes: running,
+                    svc: Some(svc),
                     suts: self.suts.clone(),
                     detail: format!("stopped ({})", restart.signal),
                 }))

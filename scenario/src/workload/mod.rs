@@ -4,14 +4,19 @@
 //!
 //! * [`kv`]: the built-in key-value workload over etcd's v3 HTTP/JSON gateway.
 //! * [`command`]: a templated command per operation.
+//! * [`adapter`]: a long-lived adapter process per client, speaking JSON lines
+//!   (`docs/adapters.md`).
 //!
 //! Clients pace themselves to the target rate, pick keys, values and operation kinds from their
 //! own random stream derived from the plan's workload seed, and hold a read lock of the
 //! workload's gate during each operation, so [`Workload::quiesce`] can wait for operations in
 //! flight and hold new ones while a check needs a quiet system.
 
+pub mod adapter;
 pub mod command;
 pub mod kv;
+
+pub use kv::FINAL_READS_CLIENT;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -19,7 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use chaos_check::{FaultEvent, Header, HistoryWriter, Op, Outcome, Record};
+use chaos_check::{FaultEvent, Header, HistoryWriter, Op, OpKind, Outcome, Record};
 use rand::SeedableRng;
 use rand::rngs::Xoshiro256PlusPlus;
 use tokio::sync::{OwnedRwLockWriteGuard, RwLock};
@@ -27,7 +32,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::checks::System;
-use super::model::{Dur, WorkloadSpec, WorkloadType};
+use super::model::{CommandOpKind, Dur, WorkloadSpec, WorkloadType};
 
 /// Default bound on one operation.
 pub const DEFAULT_OP_TIMEOUT: Dur = Dur::secs(2);
@@ -231,6 +236,7 @@ impl Workload {
                 match spec.kind {
                     WorkloadType::Kv => tokio::spawn(kv::run_client(ctx, client, rng)),
                     WorkloadType::Command => tokio::spawn(command::run_client(ctx, client, rng)),
+                    WorkloadType::Adapter => tokio::spawn(adapter::run_client(ctx, client, rng)),
                 }
             })
             .collect();
@@ -243,7 +249,7 @@ impl Workload {
     }
 
     /// Stops the clients, waits for them (bounded by an operation's timeout), then, with
-    /// `final_reads`, runs the final reads of the kv workload.
+    /// `final_reads`, reads every key once more with each read kind the workload has.
     pub async fn stop(self, final_reads: bool) {
         self.ctx.stop.cancel();
         let bound = self.ctx.op_timeout + Duration::from_secs(5);
@@ -253,10 +259,94 @@ impl Workload {
                 abort.abort();
             }
         }
-        if final_reads && self.ctx.spec.kind == WorkloadType::Kv && self.ctx.spec.final_reads {
-            kv::final_reads(&self.ctx).await;
+        if final_reads && self.ctx.spec.final_reads {
+            match self.ctx.spec.kind {
+                WorkloadType::Kv => kv::final_reads(&self.ctx).await,
+                WorkloadType::Command => command::final_reads(&self.ctx).await,
+                WorkloadType::Adapter => adapter::final_reads(&self.ctx).await,
+            }
         }
     }
+}
+
+/// What one operation of a `command` or `adapter` client returned.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Done {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// What a read, `generate` or `txn` returned (`read_set`: an array of the elements).
+    pub result: Option<serde_json::Value>,
+    /// What went wrong.
+    pub error: Option<String>,
+}
+
+impl Done {
+    /// Definitely not done.
+    pub fn fail(error: impl Into<String>) -> Done {
+        Done {
+            outcome: Outcome::Fail,
+            result: None,
+            error: Some(error.into()),
+        }
+    }
+
+    /// Maybe done.
+    pub fn unknown(error: impl Into<String>) -> Done {
+        Done {
+            outcome: Outcome::Unknown,
+            result: None,
+            error: Some(error.into()),
+        }
+    }
+}
+
+/// Records one operation of a `command` or `adapter` client: `written` is what a write, add,
+/// `cas` or `txn` sent (`expected`, what a `cas` compared with), `done` what came back.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn record(
+    ctx: &ClientCtx,
+    id: u64,
+    client: u64,
+    kind: OpKind,
+    invoke: u64,
+    node_index: usize,
+    key: &str,
+    (written, expected): (serde_json::Value, Option<serde_json::Value>),
+    done: Done,
+) {
+    let mut op = Op::new(id, client, kind, invoke, done.outcome)
+        .complete(ctx.recorder.now_us())
+        .node(ctx.system.nodes[node_index].name());
+    if !matches!(kind, OpKind::Generate | OpKind::Txn) {
+        op = op.key(key);
+    }
+    op.error = done.error;
+    let ok = done.outcome == Outcome::Ok;
+    op = match (kind, done.result) {
+        (OpKind::Write | OpKind::Add | OpKind::Append, _) => op.value(written),
+        (OpKind::Cas, _) => op
+            .value(written)
+            .expected(expected.unwrap_or(serde_json::Value::Null)),
+        (OpKind::Incr, _) => op.value(1),
+        (OpKind::ReadSet, Some(serde_json::Value::Array(values))) if ok => op.values(values),
+        (OpKind::Txn, Some(result)) if ok => op.value(result),
+        (OpKind::Txn, _) => op.value(written),
+        (OpKind::Read | OpKind::ReadCounter | OpKind::Generate, Some(v)) if ok => op.value(v),
+        _ => op,
+    };
+    ctx.recorder.op(op);
+}
+
+/// The read kinds among a workload's operations, each once, in a fixed order.
+pub(crate) fn read_kinds(spec: &WorkloadSpec) -> Vec<CommandOpKind> {
+    [
+        CommandOpKind::Read,
+        CommandOpKind::ReadSet,
+        CommandOpKind::ReadCounter,
+    ]
+    .into_iter()
+    .filter(|k| spec.ops.iter().any(|o| o.kind == *k))
+    .collect()
 }
 
 /// Sleeps until the next tick of a client's pacing, or returns false when the workload stops.

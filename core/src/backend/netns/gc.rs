@@ -269,12 +269,17 @@ fn host_links(report: &mut GcReport) -> Vec<String> {
     }
 }
 
+/// Cluster indices chaos versions with one /24 per cluster used (up to 4,000): gc still collects
+/// what such a runner left.
+const LEGACY_MAX_CLUSTERS: u32 = 4000;
+
 /// An index written the way the backend writes it: decimal digits, no sign, no leading zero,
-/// below [`super::MAX_CLUSTERS`] — so the names gc acts on are exactly the backend's.
+/// below [`super::MAX_CLUSTERS`] (or an older version's bound) — so the names gc acts on are
+/// exactly the backend's.
 pub(super) fn parse_index(s: &str) -> Option<u32> {
     let index: u32 = s.parse().ok()?;
-    (s.bytes().all(|b| b.is_ascii_digit()) && index.to_string() == s && index < super::MAX_CLUSTERS)
-        .then_some(index)
+    let bound = super::MAX_CLUSTERS.max(LEGACY_MAX_CLUSTERS);
+    (s.bytes().all(|b| b.is_ascii_digit()) && index.to_string() == s && index < bound).then_some(index)
 }
 
 /// `chaos-<i>` → `(i, None)`, `chaos-<i>-n<k>` → `(i, Some(k))`.

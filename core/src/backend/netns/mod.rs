@@ -5,10 +5,21 @@
 //!
 //! ```text
 //!  host netns                 hub netns chaos-<i>             node netns chaos-<i>-n<k>
-//!  chaos<i> 10.(200+i/256).(i%256).1 ── chaos<i>h ─┐
-//!                             br0 ─────────────────┤
-//!                                        n<k> ─────┴──────── eth0 .(k+1)   agent on :7700
+//!  chaos<i> <subnet>.1 ────── chaos<i>h ─┐
+//!                             br0 ────────┤
+//!                               n<k> ─────┴──────── eth0 <subnet>+(k+1)   agent on :7700
 //! ```
+//!
+//! # Address plan
+//!
+//! Cluster `i` owns the /22 `10.200.0.0 + 1024·i` inside 10.200.0.0/12 (so 1,024 clusters,
+//! clear of the docker backend's 10.216/12): the host is `.1` of it and node `k` is
+//! `subnet + k + 1`, for up to [`MAX_NODES`] = 1,021 nodes — which also fits the kernel's 1,024
+//! ports per bridge (the uplink takes one). An index whose /22 overlaps any host route (another
+//! cluster's, including a /24 of an older chaos) is skipped. What else bounds a large cluster —
+//! file descriptors, the kernel's neighbour table, pids — is checked before the first node of a
+//! batch is made ([`Provisioner::check_capacity`], `capacity.rs`); `docs/scale.md` names each
+//! cap and its fix.
 //!
 //! The bridge lives in a namespace of its own (the *hub*), not on the host: Docker sets the
 //! host's iptables `FORWARD` policy to `DROP`, and with `br_netfilter` bridged frames traverse
@@ -32,6 +43,7 @@
 //! TLS and state directories, its log appended to — and heals what its predecessor left.
 
 mod agent;
+mod capacity;
 mod cgroup;
 mod claim;
 mod gc;
@@ -64,11 +76,16 @@ use setup::{ClusterRes, claim_index};
 /// Port the agents listen on, on their node's address.
 pub const AGENT_PORT: u16 = 7700;
 
-/// Number of cluster indices (and so of clusters that can exist at once on a host).
-pub const MAX_CLUSTERS: u32 = 4000;
+/// Number of cluster indices (and so of clusters that can exist at once on a host): the /22s in
+/// 10.200.0.0/12.
+pub const MAX_CLUSTERS: u32 = 1024;
 
-/// Most nodes a cluster can hold: its /24 minus the network, broadcast and host addresses.
-pub const MAX_NODES: u32 = 253;
+/// Length of a cluster's network prefix (a /22: 1,024 addresses).
+pub const PREFIX_LEN: u8 = 22;
+
+/// Most nodes a cluster can hold: its /22 minus the network, broadcast and host addresses (the
+/// bridge's 1,024-port limit, with the uplink, would allow 1,023).
+pub const MAX_NODES: u32 = (1 << (32 - PREFIX_LEN)) - 3;
 
 /// Directory of the state files.
 pub const STATE_DIR: &str = namespace::STATE_DIR;
@@ -111,21 +128,19 @@ const LIMITS: Limits = Limits {
     provision_time: Duration::ZERO,
 };
 
-/// The /24 of cluster `index`: `10.(200 + index / 256).(index % 256).0`.
+/// The network (a /[`PREFIX_LEN`]) of cluster `index`: `10.200.0.0 + 1024·index`.
 pub fn subnet(index: u32) -> Ipv4Addr {
-    Ipv4Addr::new(10, (200 + index / 256) as u8, (index % 256) as u8, 0)
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 200, 0, 0)) + (index << (32 - PREFIX_LEN)))
 }
 
-/// The host's address in cluster `index` (`.1`).
+/// The host's address in cluster `index` (the subnet's first).
 pub fn host_address(index: u32) -> Ipv4Addr {
-    let [a, b, c, _] = subnet(index).octets();
-    Ipv4Addr::new(a, b, c, 1)
+    Ipv4Addr::from(u32::from(subnet(index)) + 1)
 }
 
-/// Address of node `k` (1-based) of cluster `index` (`.k+1`).
+/// Address of node `k` (1-based) of cluster `index` (`subnet + k + 1`).
 pub fn node_address(index: u32, k: u32) -> Ipv4Addr {
-    let [a, b, c, _] = subnet(index).octets();
-    Ipv4Addr::new(a, b, c, (k + 1) as u8)
+    Ipv4Addr::from(u32::from(subnet(index)) + k + 1)
 }
 
 /// The host-side link of cluster `index`, whose creation claims the index.
@@ -181,7 +196,7 @@ fn has_capabilities() -> bool {
     caps & needed == needed
 }
 
-/// Whether any IPv4 route of the host (other than a default route) overlaps `net`/24.
+/// Whether any IPv4 route of the host (other than a default route) overlaps `net`/[`PREFIX_LEN`].
 pub(crate) fn overlaps_host_route(net: Ipv4Addr) -> bool {
     let routes = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
     let ours = u32::from(net);
@@ -197,7 +212,7 @@ pub(crate) fn overlaps_host_route(net: Ipv4Addr) -> bool {
             fields.get(7).and_then(|s| parse(s)),
         ) {
             (Some(dest), Some(mask)) if mask != 0 => {
-                let common = mask & 0xffff_ff00;
+                let common = mask & (u32::MAX << (32 - PREFIX_LEN));
                 dest & common == ours & common
             }
             _ => false,
@@ -263,7 +278,7 @@ impl Netns {
         let net = async {
             links::move_to_netns(&host, &uplink, hub_fd.as_raw_fd()).await?;
             let host_index = links::index_of(&host, &host_link).await?;
-            links::add_address(&host, host_index, IpAddr::V4(host_address(index)), 24).await?;
+            links::add_address(&host, host_index, IpAddr::V4(host_address(index)), PREFIX_LEN).await?;
             links::set_up(&host, &host_link, None).await?;
             let bridge = links::add_bridge(&hub, BRIDGE).await?;
             links::set_up(&hub, &uplink, Some(bridge)).await?;
@@ -308,7 +323,7 @@ impl Netns {
         self.inner.index
     }
 
-    /// The cluster's /24.
+    /// The cluster's network (a /[`PREFIX_LEN`]).
     pub fn subnet(&self) -> Ipv4Addr {
         subnet(self.inner.index)
     }
@@ -430,6 +445,15 @@ impl Provisioner for Netns {
         LIMITS
     }
 
+    fn check_capacity(&self, existing: u32, adding: u32) -> Result<()> {
+        capacity::check(existing, adding).map_err(|why| {
+            backend_error(format!(
+                "cluster {}: cannot add {adding} nodes here: {why}",
+                self.inner.name
+            ))
+        })
+    }
+
     async fn provision(&self, request: MachineRequest<'_>) -> Result<Machine> {
         let inner = &self.inner;
         let hub = {
@@ -504,6 +528,28 @@ impl Provisioner for Netns {
         }
     }
 
+    /// Looks the node up once, then polls its agent slot: with the default (which asks
+    /// [`Provisioner::agent_status`], a search of the node list, every 100 ms per node) a
+    /// thousand-node cluster spent most of the runner's CPU comparing node names.
+    async fn agent_exited(&self, node: &str) -> String {
+        let slot = self
+            .inner
+            .lock()
+            .nodes
+            .iter()
+            .find(|n| n.name == node)
+            .map(|n| n.agent.clone());
+        let Some(slot) = slot else {
+            return "its node is gone".to_string();
+        };
+        loop {
+            if let Some(how) = slot.exit_status() {
+                return how;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     async fn agent_status(&self, node: &str) -> Option<String> {
         match self.inner.node_agent(node) {
             Ok((slot, _, _)) => slot.exit_status(),
@@ -528,7 +574,7 @@ impl Provisioner for Netns {
     fn describe(&self) -> Vec<(&'static str, String)> {
         vec![
             ("index", self.inner.index.to_string()),
-            ("subnet", format!("{}/24", self.subnet())),
+            ("subnet", format!("{}/{PREFIX_LEN}", self.subnet())),
             ("state file", self.state_file().display().to_string()),
             ("directory", self.inner.dir.display().to_string()),
         ]
@@ -542,11 +588,17 @@ mod tests {
     #[test]
     fn addresses_follow_the_index() {
         assert_eq!(subnet(0), Ipv4Addr::new(10, 200, 0, 0));
-        assert_eq!(subnet(257), Ipv4Addr::new(10, 201, 1, 0));
-        assert_eq!(subnet(MAX_CLUSTERS - 1), Ipv4Addr::new(10, 215, 159, 0));
-        assert_eq!(host_address(3), Ipv4Addr::new(10, 200, 3, 1));
-        assert_eq!(node_address(3, 1), Ipv4Addr::new(10, 200, 3, 2));
-        assert_eq!(node_address(3, MAX_NODES), Ipv4Addr::new(10, 200, 3, 254));
+        assert_eq!(subnet(65), Ipv4Addr::new(10, 201, 4, 0));
+        assert_eq!(subnet(MAX_CLUSTERS - 1), Ipv4Addr::new(10, 215, 252, 0));
+        assert_eq!(host_address(3), Ipv4Addr::new(10, 200, 12, 1));
+        assert_eq!(node_address(3, 1), Ipv4Addr::new(10, 200, 12, 2));
+        assert_eq!(node_address(3, 255), Ipv4Addr::new(10, 200, 13, 0));
+        assert_eq!(node_address(3, MAX_NODES), Ipv4Addr::new(10, 200, 15, 254));
+        assert_eq!(MAX_NODES, 1021);
+        // The last cluster stays below docker's 10.216/12.
+        assert!(
+            u32::from(node_address(MAX_CLUSTERS - 1, MAX_NODES)) < u32::from(Ipv4Addr::new(10, 216, 0, 0))
+        );
         assert_eq!(node_netns_name(3, 7), "chaos-3-n7");
         assert!(
             host_link_name(MAX_CLUSTERS - 1).len() < 15,

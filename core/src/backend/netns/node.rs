@@ -60,7 +60,7 @@ impl Inner {
             links::add_bridge_port_veth(&hub, &name, self.bridge_index, NODE_LINK, ns_fd).await?;
             let eth = links::index_of(&node_nl, NODE_LINK).await?;
             tokio::try_join!(
-                links::add_address(&node_nl, eth, IpAddr::V4(ip), 24),
+                links::add_address(&node_nl, eth, IpAddr::V4(ip), super::PREFIX_LEN),
                 links::set_up_index(&node_nl, eth),
                 links::set_up_index(&node_nl, links::LOOPBACK_INDEX),
             )?;

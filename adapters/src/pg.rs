@@ -1,0 +1,380 @@
+//! A minimal PostgreSQL client (frontend/backend protocol 3, simple queries, trust or cleartext
+//! password authentication, blocking) and the PostgreSQL adapter's mapping of the history kinds
+//! onto SQL in autocommit — small enough to read, so the adapter needs no client crate and builds
+//! statically.
+//!
+//! | kind | SQL (tables created on connect if missing) |
+//! |---|---|
+//! | `read` / `write` / `delete` | `chaos_kv(k text primary key, v text)`: `SELECT` / upsert / `DELETE` (values as JSON text) |
+//! | `cas` | `UPDATE … WHERE v = expected` (absent: `INSERT … ON CONFLICT DO NOTHING`); 0 rows is `fail` |
+//! | `add` / `read_set` | `chaos_set(k text, v text)`: `INSERT` / `SELECT` |
+//! | `incr` / `read_counter` | `chaos_counter(k text primary key, n bigint)`: upsert adding / `SELECT` (absent = 0) |
+//! | `generate` | `nextval('chaos_ids')` |
+//!
+//! `append` and `txn` are not offered (`fail`). Outcomes: a connection that cannot be made or an
+//! error reply (the statement rolled back) is `fail`; a connection lost or timed out after the
+//! statement was sent is `unknown` for anything that writes (and `fail` for reads).
+
+use std::io::{BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use chaos_check::{AdapterRequest, AdapterResponse, OpKind};
+use serde_json::Value;
+
+/// What one simple query returned.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct QueryResult {
+    /// Rows, each a list of columns (`None` = SQL NULL), as text.
+    pub rows: Vec<Vec<Option<String>>>,
+    /// The command tag of the last statement, e.g. `UPDATE 1`.
+    pub tag: String,
+    /// The server's error (`SQLSTATE: message`), if the query failed.
+    pub error: Option<String>,
+}
+
+/// A connection speaking protocol 3.
+pub struct PgConnection {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+fn io_error(what: impl Into<String>) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, what.into())
+}
+
+impl PgConnection {
+    /// Connects and authenticates as `user` to `database` (trust, or cleartext `password`).
+    pub fn connect(
+        addr: &str,
+        user: &str,
+        database: &str,
+        password: Option<&str>,
+        timeout: Duration,
+    ) -> std::io::Result<PgConnection> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        stream.set_nodelay(true)?;
+        let mut conn = PgConnection {
+            reader: BufReader::new(stream.try_clone()?),
+            writer: stream,
+        };
+        let mut body = 196608i32.to_be_bytes().to_vec();
+        for s in ["user", user, "database", database] {
+            body.extend_from_slice(s.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        let mut msg = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+        msg.extend(body);
+        conn.writer.write_all(&msg)?;
+        loop {
+            let (tag, payload) = conn.message()?;
+            match tag {
+                b'R' => match payload
+                    .get(..4)
+                    .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+                {
+                    Some(0) => {}
+                    Some(3) => {
+                        let Some(password) = password else {
+                            return Err(io_error("the server asks for a password; give --password"));
+                        };
+                        let mut p = password.as_bytes().to_vec();
+                        p.push(0);
+                        conn.send(b'p', &p)?;
+                    }
+                    other => {
+                        return Err(io_error(format!(
+                            "authentication method {other:?} is not supported (trust or password only)"
+                        )));
+                    }
+                },
+                b'E' => return Err(io_error(error_text(&payload))),
+                b'Z' => return Ok(conn),
+                _ => {}
+            }
+        }
+    }
+
+    fn send(&mut self, tag: u8, body: &[u8]) -> std::io::Result<()> {
+        let mut msg = vec![tag];
+        msg.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        msg.extend_from_slice(body);
+        self.writer.write_all(&msg)
+    }
+
+    fn message(&mut self) -> std::io::Result<(u8, Vec<u8>)> {
+        let mut head = [0u8; 5];
+        self.reader.read_exact(&mut head)?;
+        let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]);
+        if !(4..=(64 << 20)).contains(&len) {
+            return Err(io_error(format!("bad message length {len}")));
+        }
+        let mut payload = vec![0; len as usize - 4];
+        self.reader.read_exact(&mut payload)?;
+        Ok((head[0], payload))
+    }
+
+    /// Runs `sql` (one or more statements) as a simple query.
+    pub fn query(&mut self, sql: &str) -> std::io::Result<QueryResult> {
+        let mut body = sql.as_bytes().to_vec();
+        body.push(0);
+        self.send(b'Q', &body)?;
+        let mut result = QueryResult::default();
+        loop {
+            let (tag, payload) = self.message()?;
+            match tag {
+                b'D' => result.rows.push(data_row(&payload)?),
+                b'C' => result.tag = cstring(&payload),
+                b'E' => result.error = Some(error_text(&payload)),
+                b'Z' => return Ok(result),
+                _ => {} // RowDescription, notices, parameter status
+            }
+        }
+    }
+}
+
+fn cstring(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+/// `SQLSTATE: message` from an ErrorResponse.
+fn error_text(payload: &[u8]) -> String {
+    let (mut code, mut message) = (String::new(), String::new());
+    let mut rest = payload;
+    while let Some((&field, tail)) = rest.split_first() {
+        if field == 0 {
+            break;
+        }
+        let value = cstring(tail);
+        rest = &tail[(value.len() + 1).min(tail.len())..];
+        match field {
+            b'C' => code = value,
+            b'M' => message = value,
+            _ => {}
+        }
+    }
+    format!("{code}: {message}")
+}
+
+fn data_row(payload: &[u8]) -> std::io::Result<Vec<Option<String>>> {
+    let bad = || io_error("truncated data row");
+    let n = u16::from_be_bytes([
+        *payload.first().ok_or_else(bad)?,
+        *payload.get(1).ok_or_else(bad)?,
+    ]);
+    let mut at = 2;
+    let mut row = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let len_bytes = payload.get(at..at + 4).ok_or_else(bad)?;
+        let len = i32::from_be_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]]);
+        at += 4;
+        if len < 0 {
+            row.push(None);
+        } else {
+            let v = payload.get(at..at + len as usize).ok_or_else(bad)?;
+            row.push(Some(String::from_utf8_lossy(v).into_owned()));
+            at += len as usize;
+        }
+    }
+    Ok(row)
+}
+
+/// A SQL string literal (standard_conforming_strings, PostgreSQL's default since 9.1).
+fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS chaos_kv (k text PRIMARY KEY, v text); \
+    CREATE TABLE IF NOT EXISTS chaos_set (k text, v text); \
+    CREATE TABLE IF NOT EXISTS chaos_counter (k text PRIMARY KEY, n bigint); \
+    CREATE SEQUENCE IF NOT EXISTS chaos_ids";
+
+/// Why an operation did not complete, and whether it may have taken effect.
+enum Failure {
+    NotDone(String),
+    Maybe(String),
+}
+
+/// The PostgreSQL adapter: where to connect, and the connection (made on demand).
+pub struct PgAdapter {
+    /// `HOST:PORT`.
+    pub addr: String,
+    /// Role to log in as.
+    pub user: String,
+    /// Database.
+    pub database: String,
+    /// Cleartext password, if the server asks for one.
+    pub password: Option<String>,
+    /// Bound on each reply.
+    pub timeout: Duration,
+    conn: Option<PgConnection>,
+}
+
+impl PgAdapter {
+    /// An adapter for the server at `addr`.
+    pub fn new(
+        addr: String,
+        user: String,
+        database: String,
+        password: Option<String>,
+        timeout: Duration,
+    ) -> PgAdapter {
+        PgAdapter {
+            addr,
+            user,
+            database,
+            password,
+            timeout,
+            conn: None,
+        }
+    }
+
+    fn run(&mut self, sql: &str) -> Result<QueryResult, Failure> {
+        if self.conn.is_none() {
+            let mut conn = PgConnection::connect(
+                &self.addr,
+                &self.user,
+                &self.database,
+                self.password.as_deref(),
+                self.timeout,
+            )
+            .map_err(|e| Failure::NotDone(format!("connecting to {}: {e}", self.addr)))?;
+            // Concurrent first connections may race creating the schema; the loser's error is
+            // harmless (the winner created it).
+            let _ = conn.query(SCHEMA);
+            self.conn = Some(conn);
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(Failure::NotDone("no connection".into()));
+        };
+        match conn.query(sql) {
+            Ok(r) => match r.error {
+                Some(e) => Err(Failure::NotDone(format!("postgres: {e}"))),
+                None => Ok(r),
+            },
+            Err(e) => {
+                self.conn = None;
+                Err(Failure::Maybe(format!("talking to {}: {e}", self.addr)))
+            }
+        }
+    }
+
+    /// Performs one request.
+    pub fn apply(&mut self, req: AdapterRequest) -> AdapterResponse {
+        let id = req.id;
+        let writes = !matches!(req.kind, OpKind::Read | OpKind::ReadSet | OpKind::ReadCounter);
+        match self.perform(&req) {
+            Ok(value) => AdapterResponse::ok(id, value),
+            Err(Failure::NotDone(e)) => AdapterResponse::fail(id, e),
+            Err(Failure::Maybe(e)) if writes => AdapterResponse::unknown(id, e),
+            Err(Failure::Maybe(e)) => AdapterResponse::fail(id, e),
+        }
+    }
+
+    fn perform(&mut self, req: &AdapterRequest) -> Result<Option<Value>, Failure> {
+        let k = literal(req.key.as_deref().unwrap_or_default());
+        let v = literal(
+            &req.value
+                .as_ref()
+                .map(Value::to_string)
+                .unwrap_or_else(|| "null".into()),
+        );
+        let first = |r: QueryResult| {
+            r.rows
+                .into_iter()
+                .next()
+                .and_then(|row| row.into_iter().next().flatten())
+        };
+        match req.kind {
+            OpKind::Read => {
+                let r = self.run(&format!("SELECT v FROM chaos_kv WHERE k = {k}"))?;
+                Ok(Some(first(r).map(|t| parse(&t)).unwrap_or(Value::Null)))
+            }
+            OpKind::Write => self
+                .run(&format!(
+                    "INSERT INTO chaos_kv VALUES ({k}, {v}) ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v"
+                ))
+                .map(|_| None),
+            OpKind::Delete => self
+                .run(&format!("DELETE FROM chaos_kv WHERE k = {k}"))
+                .map(|_| None),
+            OpKind::Cas => {
+                let r = match &req.expected {
+                    None | Some(Value::Null) => self.run(&format!(
+                        "INSERT INTO chaos_kv VALUES ({k}, {v}) ON CONFLICT (k) DO NOTHING"
+                    ))?,
+                    Some(e) => self.run(&format!(
+                        "UPDATE chaos_kv SET v = {v} WHERE k = {k} AND v = {}",
+                        literal(&e.to_string())
+                    ))?,
+                };
+                if r.tag.ends_with(" 1") {
+                    Ok(None)
+                } else {
+                    Err(Failure::NotDone(
+                        "the register did not hold the expected value".into(),
+                    ))
+                }
+            }
+            OpKind::Add => self
+                .run(&format!("INSERT INTO chaos_set VALUES ({k}, {v})"))
+                .map(|_| None),
+            OpKind::ReadSet => {
+                let r = self.run(&format!("SELECT v FROM chaos_set WHERE k = {k}"))?;
+                Ok(Some(Value::Array(
+                    r.rows
+                        .into_iter()
+                        .filter_map(|row| row.into_iter().next().flatten())
+                        .map(|t| parse(&t))
+                        .collect(),
+                )))
+            }
+            OpKind::Incr => {
+                let by = req.value.as_ref().and_then(Value::as_i64).unwrap_or(1);
+                self.run(&format!(
+                    "INSERT INTO chaos_counter VALUES ({k}, {by}) ON CONFLICT (k) DO UPDATE SET n = chaos_counter.n + EXCLUDED.n"
+                ))
+                .map(|_| None)
+            }
+            OpKind::ReadCounter => {
+                let r = self.run(&format!("SELECT n FROM chaos_counter WHERE k = {k}"))?;
+                let n = first(r).and_then(|t| t.parse::<i64>().ok()).unwrap_or(0);
+                Ok(Some(Value::from(n)))
+            }
+            OpKind::Generate => {
+                let r = self.run("SELECT nextval('chaos_ids')")?;
+                let n = first(r).and_then(|t| t.parse::<i64>().ok());
+                n.map(|n| Some(Value::from(n)))
+                    .ok_or_else(|| Failure::NotDone("nextval returned nothing".into()))
+            }
+            OpKind::Append | OpKind::Txn => Err(Failure::NotDone(format!(
+                "this adapter does not offer `{}`",
+                req.kind.as_str()
+            ))),
+        }
+    }
+}
+
+/// A stored value: JSON when it parses, else the text.
+fn parse(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_errors_and_literals_decode() {
+        let row = [0, 2, 0, 0, 0, 2, b'4', b'2', 0xff, 0xff, 0xff, 0xff];
+        assert_eq!(data_row(&row).unwrap(), vec![Some("42".into()), None]);
+        assert!(data_row(&[0, 1, 0, 0]).is_err());
+        let err = b"SERROR\0C23505\0Mduplicate key\0\0";
+        assert_eq!(error_text(err), "23505: duplicate key");
+        assert_eq!(literal("it's"), "'it''s'");
+    }
+}
