@@ -115,7 +115,10 @@ pub(super) async fn run(
             continue;
         };
         let injected = Instant::now();
-        match nemesis.inject(&step.fault, &targets, None, duration + TTL_MARGIN).await {
+        match nemesis
+            .inject(&step.fault, &targets, None, duration + TTL_MARGIN)
+            .await
+        {
             Ok(active) => {
                 record.injected_ms = Some(start.elapsed().as_millis() as u64);
                 tokio::select! {
