@@ -30,6 +30,7 @@ use tokio::sync::Notify;
 use crate::faults::{self, Faults};
 use crate::files::FileGate;
 use crate::heartbeat::Heartbeat;
+use crate::lease::{self, Leases};
 use crate::procs::ProcTable;
 use crate::{body, dial, exec, files};
 
@@ -43,8 +44,12 @@ pub(crate) struct Agent {
     pub(crate) heartbeat: Heartbeat,
     /// Admits the blocking work of file requests.
     pub(crate) files: FileGate,
-    /// Notified by `POST /v1/shutdown`.
+    /// Notified by `POST /v1/shutdown` (unless persistent).
     pub(crate) shutdown: Notify,
+    /// The lease in force ([`chaos_proto::lease`]).
+    pub(crate) leases: Leases,
+    /// `--on-heartbeat-loss wait`: `POST /v1/shutdown` ends the run instead of the agent.
+    pub(crate) persistent: bool,
 }
 
 impl Agent {
@@ -53,8 +58,11 @@ impl Agent {
         cgroup: Option<PathBuf>,
         faults: Faults,
         heartbeat_timeout: Duration,
+        persistent: bool,
     ) -> Self {
         Self {
+            leases: Leases::new(&root_dir, heartbeat_timeout),
+            persistent,
             procs: ProcTable::new(root_dir, cgroup),
             faults,
             heartbeat: Heartbeat::new(heartbeat_timeout),
@@ -172,6 +180,10 @@ pub(crate) fn router(agent: Arc<Agent>) -> Router {
         .route(paths::FAULT, delete(faults::heal))
         .route(paths::PROBE, get(faults::probe))
         .route(paths::DIAL, get(dial::handler))
+        .route(
+            paths::LEASE,
+            get(lease::show).post(lease::acquire).delete(lease::release),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
@@ -242,6 +254,8 @@ async fn info() -> Json<NodeInfo> {
 #[derive(Debug, Deserialize)]
 struct HeartbeatQuery {
     grace_ms: Option<u64>,
+    /// The run the runner serves ([`chaos_proto::lease`]): refused unless it holds the lease.
+    run: Option<String>,
 }
 
 async fn heartbeat(
@@ -256,16 +270,35 @@ async fn heartbeat(
             chaos_proto::MAX_HEARTBEAT_GRACE_MS
         )));
     }
+    if let Some(run) = &q.run {
+        lease::check_holder(&agent, run).await?;
+    }
     agent.heartbeat.beat(Duration::from_millis(grace_ms));
     Ok(Json(HeartbeatReply {
         timeout_ms: agent.heartbeat.timeout().as_millis() as u64,
     }))
 }
 
-async fn shutdown(State(agent): AppState) -> StatusCode {
+#[derive(Debug, Deserialize)]
+struct ShutdownQuery {
+    /// On a persistent agent: end only this run (a no-op when another run holds the lease).
+    run: Option<String>,
+}
+
+async fn shutdown(
+    State(agent): AppState,
+    q: Result<Query<ShutdownQuery>, QueryRejection>,
+) -> Result<StatusCode, Failure> {
+    let Query(q) = q?;
+    if agent.persistent {
+        // A service outlives its runners: the run ends, the agent keeps serving.
+        tracing::info!("shutdown requested over the API: ending the run (persistent agent)");
+        lease::end_run_of(&agent, q.run.as_deref(), "shutdown requested").await;
+        return Ok(StatusCode::NO_CONTENT);
+    }
     tracing::info!("shutdown requested over the API");
     agent.shutdown.notify_one();
-    StatusCode::NO_CONTENT
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn list_procs(State(agent): AppState) -> Response {

@@ -1,5 +1,6 @@
 //! The heartbeat timer: reset by every `POST /v1/heartbeat`, started when the agent starts.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -8,7 +9,8 @@ use tokio::time::Instant;
 /// Time of the last heartbeat, shared by the handler (which resets it) and the watchdog
 /// (which waits for it to grow old).
 pub(crate) struct Heartbeat {
-    timeout: Duration,
+    /// The timeout in force: the configured one, or a lease's ([`Heartbeat::set_timeout`]).
+    timeout: Mutex<Duration>,
     last: watch::Sender<Instant>,
 }
 
@@ -16,14 +18,21 @@ impl Heartbeat {
     /// A timer that starts now.
     pub(crate) fn new(timeout: Duration) -> Self {
         Self {
-            timeout,
+            timeout: Mutex::new(timeout),
             last: watch::Sender::new(Instant::now()),
         }
     }
 
-    /// The configured timeout.
+    /// The timeout in force.
     pub(crate) fn timeout(&self) -> Duration {
-        self.timeout
+        *self.timeout.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Changes the timeout (a lease brings its runner's) and counts this as a heartbeat, so the
+    /// watchdog waits by the new timeout from now.
+    pub(crate) fn set_timeout(&self, timeout: Duration) {
+        *self.timeout.lock().unwrap_or_else(|e| e.into_inner()) = timeout;
+        self.beat(Duration::ZERO);
     }
 
     /// Records a heartbeat, counted as given `grace` from now: the runner announced it will be
@@ -37,7 +46,7 @@ impl Heartbeat {
     pub(crate) async fn expired(&self) {
         let mut last = self.last.subscribe();
         loop {
-            let deadline = *last.borrow_and_update() + self.timeout;
+            let deadline = *last.borrow_and_update() + self.timeout();
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => return,
                 changed = last.changed() => {

@@ -24,8 +24,15 @@
 //! time, and request bodies, WebSocket messages and process specs are bounded in size and time
 //! (see [`chaos_proto::limits`]).
 //!
+//! Run as a service for machines that outlive runners (the `hosts` backend,
+//! [`HeartbeatLossAction::Wait`]), the agent serves one runner at a time under a lease
+//! ([`chaos_proto::lease`]): each run gets a directory of its own, and when the run ends —
+//! released, shut down, taken over, or its runner's heartbeats stopped — the agent heals, kills
+//! what the run started, removes the directory and waits for the next runner.
+//!
 //! The binary (`chaos-agent`) is a thin CLI over [`serve`]; launchers start it and wait for the
-//! [`chaos_proto::READY_LINE_PREFIX`] line on its stdout.
+//! [`chaos_proto::READY_LINE_PREFIX`] line on its stdout. `chaos-agent install` writes its
+//! systemd unit.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -40,6 +47,7 @@ mod exec;
 mod faults;
 mod files;
 mod heartbeat;
+mod lease;
 mod procs;
 mod server;
 mod tls;
@@ -114,6 +122,11 @@ pub enum HeartbeatLossAction {
     PowerOff,
     /// Log and keep serving.
     None,
+    /// The persistent mode of an agent run as a service (the `hosts` backend): end the run —
+    /// heal, kill, remove the run directory, release the lease ([`chaos_proto::lease`]) — and
+    /// wait for the next runner. `POST /v1/shutdown` then ends the run too instead of the agent
+    /// (SIGTERM still stops it).
+    Wait,
 }
 
 impl FromStr for HeartbeatLossAction {
@@ -124,8 +137,9 @@ impl FromStr for HeartbeatLossAction {
             "exit" => Ok(Self::Exit),
             "poweroff" => Ok(Self::PowerOff),
             "none" => Ok(Self::None),
+            "wait" => Ok(Self::Wait),
             other => Err(format!(
-                "unknown heartbeat-loss action {other:?}: use exit, poweroff or none"
+                "unknown heartbeat-loss action {other:?}: use exit, poweroff, none or wait"
             )),
         }
     }

@@ -10,20 +10,24 @@ use chaos_agent::{AgentConfig, HeartbeatLossAction, Stopped};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+mod service;
+
 /// Exit code after heartbeat loss with `--on-heartbeat-loss exit`.
 const EXIT_HEARTBEAT_LOST: u8 = 3;
 
 /// The chaos node agent: an mTLS HTTPS API to run processes, move files, tunnel TCP and inject
 /// faults on this node. Prints `CHAOS_AGENT_READY <ip>:<port>` on stdout once it accepts connections.
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(version, subcommand_negates_reqs = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<ServiceCommand>,
     /// Address to listen on (IP:PORT; port 0 lets the kernel pick).
-    #[arg(long, value_name = "ADDR")]
-    listen: SocketAddr,
+    #[arg(long, value_name = "ADDR", required = true)]
+    listen: Option<SocketAddr>,
     /// Directory with ca.pem, node.pem and node.key.
-    #[arg(long, value_name = "DIR")]
-    tls_dir: PathBuf,
+    #[arg(long, value_name = "DIR", required = true)]
+    tls_dir: Option<PathBuf>,
     /// The node's root directory: default working directory of started processes
     /// [default: the current directory].
     #[arg(long, value_name = "DIR")]
@@ -37,7 +41,9 @@ struct Cli {
     #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_timeout)]
     heartbeat_timeout: Duration,
     /// After heartbeat loss: `exit` (code 3), `poweroff` (sync and power the machine off; only
-    /// for dedicated, disposable machines) or `none` (keep serving).
+    /// for dedicated, disposable machines), `none` (keep serving) or `wait` (a service: end the
+    /// run — heal, kill, remove its directory, release the lease — and wait for the next runner;
+    /// `POST /v1/shutdown` then ends the run, not the agent).
     #[arg(long, value_name = "ACTION", default_value = "exit")]
     on_heartbeat_loss: HeartbeatLossAction,
     /// Directory of the fault state file: every installed fault is recorded there first, and an
@@ -52,6 +58,16 @@ struct Cli {
     no_network_faults: bool,
 }
 
+/// Installing the agent as a service (the `hosts` backend's machines).
+#[derive(Debug, clap::Subcommand)]
+enum ServiceCommand {
+    /// Install the agent as a systemd service in its persistent mode (`--on-heartbeat-loss
+    /// wait`) and start it.
+    Install(service::InstallArgs),
+    /// Stop the service and remove its unit and binary (the TLS directory stays).
+    Uninstall(service::UninstallArgs),
+}
+
 fn parse_timeout(text: &str) -> Result<Duration, String> {
     match humantime::parse_duration(text) {
         Ok(d) if d.is_zero() => Err("must be longer than zero".into()),
@@ -62,6 +78,19 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(command) = &cli.command {
+        let done = match command {
+            ServiceCommand::Install(args) => service::install(args),
+            ServiceCommand::Uninstall(args) => service::uninstall(args),
+        };
+        return match done {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("chaos-agent: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
@@ -77,7 +106,11 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<Stopped> {
-    let mut config = AgentConfig::new(cli.listen, cli.tls_dir);
+    // Both are required unless a subcommand was given (clap checked).
+    let (Some(listen), Some(tls_dir)) = (cli.listen, cli.tls_dir) else {
+        anyhow::bail!("--listen and --tls-dir are required");
+    };
+    let mut config = AgentConfig::new(listen, tls_dir);
     if let Some(root) = cli.root_dir {
         config.root_dir = root;
     }

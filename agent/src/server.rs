@@ -15,7 +15,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::api::{self, Agent};
 use crate::faults::Faults;
-use crate::{AgentConfig, AgentError, HeartbeatLossAction, Stopped, procs, tls};
+use crate::{AgentConfig, AgentError, HeartbeatLossAction, Stopped, lease, procs, tls};
 
 /// Bound of a TLS handshake, so a silent client cannot hold a task forever.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -61,6 +61,14 @@ async fn watchdog(agent: &Agent, action: HeartbeatLossAction) -> HeartbeatLossAc
         agent.heartbeat.expired().await;
         let timeout = agent.heartbeat.timeout();
         match action {
+            HeartbeatLossAction::Wait => {
+                tracing::warn!(
+                    "no heartbeat for {timeout:?}: ending the run and waiting for the next runner"
+                );
+                lease::end_run(agent, "heartbeat loss").await;
+                agent.heartbeat.next_beat().await;
+                tracing::info!("heartbeats resumed");
+            }
             HeartbeatLossAction::None => {
                 tracing::warn!(
                     "no heartbeat for {timeout:?}: healing every fault, killing every process tree and \
@@ -116,7 +124,11 @@ pub(crate) async fn serve(
         config.cgroup.clone(),
         faults,
         config.heartbeat_timeout,
+        config.on_heartbeat_loss == HeartbeatLossAction::Wait,
     ));
+    if agent.persistent {
+        agent.leases.remove_leftover_runs();
+    }
     let service = TowerToHyperService::new(api::router(agent.clone()));
     let acceptor = TlsAcceptor::from(tls);
     let mut builder = auto::Builder::new(TokioExecutor::new());

@@ -11,6 +11,7 @@ mod down;
 mod exec;
 mod fault;
 mod gc;
+mod hosts;
 mod plan;
 mod probe;
 mod run;
@@ -72,6 +73,9 @@ pub enum Command {
     Check(check::CheckArgs),
     /// Remove what crashed runs left behind: namespaces, links, cgroups, containers, networks.
     Gc(gc::GcArgs),
+    /// Machines of the `hosts` backend: install the agent on them over ssh.
+    #[command(subcommand)]
+    Hosts(hosts::HostsCommand),
 }
 
 /// Runs one subcommand and returns the exit code to leave with.
@@ -91,6 +95,7 @@ pub async fn run(command: Command) -> anyhow::Result<u8> {
         Command::Tasks(args) => tasks::run(args).await,
         Command::Check(args) => check::run(args),
         Command::Gc(args) => gc::run(args).await,
+        Command::Hosts(cmd) => done(hosts::run(cmd)),
     }
 }
 

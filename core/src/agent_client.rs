@@ -18,6 +18,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chaos_proto::exec::{self, ClientControl, ServerEvent};
 use chaos_proto::fault::{FaultInfo, FaultRequest, HealReply, ProbeReport};
+use chaos_proto::lease::{Lease, LeaseRequest};
 use chaos_proto::paths;
 use chaos_proto::{
     ApiError, DirEntry, ErrorKind, ExitStatus, FileStat, FileWritten, HeartbeatReply, KillAllRequest,
@@ -84,6 +85,9 @@ pub struct AgentClient {
     /// Set once [`AgentClient::shutdown`] was called: the agent's exit is expected, and its
     /// supervisor ([`crate::backend::supervisor`]) does not restart it.
     shutdown_requested: AtomicBool,
+    /// The run whose lease this client serves ([`chaos_proto::lease`]), sent with heartbeats
+    /// and shutdown so a persistent agent counts them only for that run.
+    run: Option<String>,
 }
 
 impl std::fmt::Debug for AgentClient {
@@ -143,7 +147,15 @@ impl AgentClient {
             http,
             timeouts,
             shutdown_requested: AtomicBool::new(false),
+            run: None,
         }
+    }
+
+    /// The same client for run `run` of a persistent agent (`hosts`): its heartbeats and
+    /// shutdown name the run, so they neither keep another run's lease alive nor end it.
+    pub fn for_run(mut self, run: Option<String>) -> Self {
+        self.run = run;
+        self
     }
 
     /// The node this client talks to.
@@ -326,10 +338,15 @@ impl AgentClient {
             .await
     }
 
-    /// `POST /v1/heartbeat`.
+    /// The `run` query pair, when this client serves a run.
+    fn run_query(&self) -> Vec<(&str, &str)> {
+        self.run.as_deref().map(|r| ("run", r)).into_iter().collect()
+    }
+
+    /// `POST /v1/heartbeat` (`?run=ID` for a run's client).
     pub async fn heartbeat(&self) -> Result<HeartbeatReply> {
-        self.call::<(), _>("heartbeat", Method::POST, self.url(paths::HEARTBEAT, &[]), None)
-            .await
+        let url = self.url(paths::HEARTBEAT, &self.run_query());
+        self.call::<(), _>("heartbeat", Method::POST, url, None).await
     }
 
     /// `POST /v1/heartbeat?grace_ms=G`: a heartbeat counted as given `grace` from now, sent
@@ -337,7 +354,9 @@ impl AgentClient {
     /// does not mistake that for a crashed runner and tear the node down).
     pub async fn heartbeat_with_grace(&self, grace: Duration) -> Result<HeartbeatReply> {
         let grace_ms = grace.as_millis().to_string();
-        let url = self.url(paths::HEARTBEAT, &[("grace_ms", &grace_ms)]);
+        let mut query = self.run_query();
+        query.push(("grace_ms", &grace_ms));
+        let url = self.url(paths::HEARTBEAT, &query);
         self.call::<(), _>("heartbeat", Method::POST, url, None).await
     }
 
@@ -345,7 +364,33 @@ impl AgentClient {
     /// call on, the agent's end counts as asked for ([`AgentClient::shutdown_requested`]).
     pub async fn shutdown(&self) -> Result<()> {
         self.shutdown_requested.store(true, Ordering::SeqCst);
-        self.call::<(), ()>("shutdown", Method::POST, self.url(paths::SHUTDOWN, &[]), None)
+        let url = self.url(paths::SHUTDOWN, &self.run_query());
+        self.call::<(), ()>("shutdown", Method::POST, url, None).await
+    }
+
+    /// `POST /v1/lease`: takes the lease of a persistent agent ([`chaos_proto::lease`]); a
+    /// [`ErrorKind::Conflict`] names the runner holding it.
+    pub async fn take_lease(&self, request: &LeaseRequest) -> Result<Lease> {
+        self.call(
+            "take lease",
+            Method::POST,
+            self.url(paths::LEASE, &[]),
+            Some(request),
+        )
+        .await
+    }
+
+    /// `GET /v1/lease`: the lease in force, if any.
+    pub async fn lease(&self) -> Result<Option<Lease>> {
+        self.call::<(), _>("show lease", Method::GET, self.url(paths::LEASE, &[]), None)
+            .await
+    }
+
+    /// `DELETE /v1/lease?run=ID`: ends run `run` (heals, kills, removes its directory, releases
+    /// the lease); a no-op when it holds no lease.
+    pub async fn release_lease(&self, run: &str) -> Result<()> {
+        let url = self.url(paths::LEASE, &[("run", run)]);
+        self.call::<(), ()>("release lease", Method::DELETE, url, None)
             .await
     }
 

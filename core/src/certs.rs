@@ -97,13 +97,24 @@ fn validity(params: &mut CertificateParams, not_before: OffsetDateTime, not_afte
 }
 
 fn default_window() -> (OffsetDateTime, OffsetDateTime) {
+    window(VALIDITY)
+}
+
+/// A validity window from an hour ago (tolerated clock skew) to `validity` from now.
+pub fn window(validity: Duration) -> (OffsetDateTime, OffsetDateTime) {
     let now = OffsetDateTime::now_utc();
-    (now - SKEW, now + VALIDITY)
+    (now - SKEW, now + validity)
 }
 
 impl ClusterCa {
-    /// Mints a new CA for the cluster `name`.
+    /// Mints a new CA for the cluster `name`, valid for a day.
     pub fn generate(name: &str) -> Result<Self, CertError> {
+        Self::generate_for(name, VALIDITY)
+    }
+
+    /// Mints a new CA for `name` valid for `validity` (from an hour ago, for clock skew): a lab
+    /// of persistent agents (`hosts`) needs one that outlives a run.
+    pub fn generate_for(name: &str, validity: Duration) -> Result<Self, CertError> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         let mut dn = DistinguishedName::new();
@@ -111,8 +122,8 @@ impl ClusterCa {
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
-        let (nb, na) = default_window();
-        validity(&mut params, nb, na);
+        let (nb, na) = window(validity);
+        self::validity(&mut params, nb, na);
         let cert = params.self_signed(&key)?;
         let key_pem = key.serialize_pem();
         Ok(Self {

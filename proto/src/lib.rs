@@ -18,8 +18,8 @@
 //! | method | path | request | reply |
 //! |---|---|---|---|
 //! | `GET` | `/v1/info` | – | [`NodeInfo`] |
-//! | `POST` | `/v1/heartbeat?grace_ms=G` | – | [`HeartbeatReply`] |
-//! | `POST` | `/v1/shutdown` | – | `204`; the agent kills its process trees and exits |
+//! | `POST` | `/v1/heartbeat?grace_ms=G&run=ID` | – | [`HeartbeatReply`]; with `run`, `409` unless that run holds the [`lease`] |
+//! | `POST` | `/v1/shutdown?run=ID` | – | `204`; the agent kills its process trees and exits (a persistent agent ends the run instead, see [`lease`]) |
 //! | `PUT` | `/v1/files?path=P&mode=M` | file bytes (streamed) | [`FileWritten`] |
 //! | `GET` | `/v1/files?path=P` | – | file bytes (streamed) |
 //! | `DELETE` | `/v1/files?path=P&recursive=B` | – | `204` |
@@ -39,6 +39,7 @@
 //! | `POST` | `/v1/procs/kill-all` | [`KillAllRequest`] | `Vec<`[`ProcId`]`>`: ids signalled |
 //! | `POST` | `/v1/procs/{id}/restart` | [`RestartRequest`] | [`ProcStarted`] of the new process |
 //! | `POST` | `/v1/signal` | [`NodeSignalRequest`] | `Vec<u32>`: pids signalled |
+//! | `POST`/`GET`/`DELETE` | `/v1/lease` | see [`lease`] | one runner at a time on a persistent agent |
 //!
 //! File paths are absolute paths on the node. Query values are URL-encoded. Request sizes, body
 //! read times and table sizes are bounded: see [`limits`]. The paths are constants in [`paths`],
@@ -56,6 +57,7 @@ pub use kinds::Fault;
 pub mod fault;
 pub mod fault_id;
 pub mod kinds;
+pub mod lease;
 pub mod limits;
 pub mod machine;
 pub mod paths;

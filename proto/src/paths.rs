@@ -3,9 +3,11 @@
 
 /// `GET`: [`crate::NodeInfo`].
 pub const INFO: &str = "/v1/info";
-/// `POST ?grace_ms=G`: [`crate::HeartbeatReply`].
+/// `POST ?grace_ms=G&run=ID`: [`crate::HeartbeatReply`]; with `run`, `409` unless that run
+/// holds the lease ([`crate::lease`]).
 pub const HEARTBEAT: &str = "/v1/heartbeat";
-/// `POST`: the agent kills its process trees and exits.
+/// `POST ?run=ID`: the agent kills its process trees and exits (a persistent agent ends run
+/// `ID`, or the current run, instead).
 pub const SHUTDOWN: &str = "/v1/shutdown";
 /// `PUT`/`GET`/`DELETE ?path=P…`: file contents.
 pub const FILES: &str = "/v1/files";
@@ -33,6 +35,9 @@ pub const FAULTS: &str = "/v1/faults";
 pub const FAULT: &str = "/v1/faults/{id}";
 /// `GET`: what fault kinds and mechanisms the node supports.
 pub const PROBE: &str = "/v1/probe";
+/// `POST`: take the lease; `GET`: the lease in force; `DELETE ?run=ID`: end the run
+/// ([`crate::lease`]).
+pub const LEASE: &str = "/v1/lease";
 /// `GET ?addr=HOST:PORT`: WebSocket of a TCP connection from the node ([`crate::dial`]).
 pub const DIAL: &str = "/v1/dial";
 
@@ -65,6 +70,7 @@ mod tests {
             FAULT,
             PROBE,
             DIAL,
+            LEASE,
         ] {
             assert!(path.starts_with(crate::API_PREFIX), "{path}");
         }

@@ -52,6 +52,18 @@ pub const CAPABILITIES: &[(&str, &str)] = &[
         "a reachable Docker daemon and busybox-static for the node image",
     ),
     ("etcd", "Debian's etcd-server and etcd-client"),
+    (
+        "hosts",
+        "the hosts backend's simulated lab: what netns needs (its agents run in namespaces)",
+    ),
+    (
+        "systemd",
+        "systemd-analyze (Debian's systemd), to verify the agent's generated unit",
+    ),
+    (
+        "sshd",
+        "Debian's openssh-server and openssh-client, for `chaos hosts push` against an sshd",
+    ),
     ("redis", "Debian's redis-server (redis-server and redis-cli)"),
     ("python", "python3, for the Python adapter example"),
     (

@@ -175,7 +175,8 @@ impl ChildGate {
 
 /// Every process the agent started, running or recently exited.
 pub(crate) struct ProcTable {
-    root_dir: PathBuf,
+    /// Default working directory: the root directory, or the run directory of a lease.
+    root_dir: Mutex<PathBuf>,
     cgroup: Option<PathBuf>,
     node: NodeScope,
     next_id: AtomicU64,
@@ -246,7 +247,7 @@ impl ProcTable {
                 .abort_handle()
         });
         Self {
-            root_dir,
+            root_dir: Mutex::new(root_dir),
             cgroup,
             node,
             next_id: AtomicU64::new(1),
@@ -280,6 +281,16 @@ impl ProcTable {
         })
     }
 
+    /// The working directory of a process whose spec names none.
+    pub(crate) fn default_cwd(&self) -> PathBuf {
+        self.root_dir.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Changes the default working directory (a lease's run directory, and back).
+    pub(crate) fn set_default_cwd(&self, dir: PathBuf) {
+        *self.root_dir.lock().unwrap_or_else(|e| e.into_inner()) = dir;
+    }
+
     /// Starts `spec` (refused over the limits of [`ProcSpec::check_limits`]). Pipes are created
     /// where the spec says `pipe`; the caller takes them.
     pub(crate) fn spawn(&self, spec: ProcSpec) -> Result<Spawned, ApiError> {
@@ -287,7 +298,7 @@ impl ProcTable {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let cwd = match &spec.cwd {
             Some(cwd) => absolute("cwd", cwd)?,
-            None => self.root_dir.clone(),
+            None => self.default_cwd(),
         };
         match std::fs::metadata(&cwd) {
             Ok(m) if m.is_dir() => {}

@@ -31,6 +31,10 @@ pub struct InitArgs {
     /// Cluster name written into the CA certificate's subject.
     #[arg(long, default_value = "chaos")]
     pub cluster: String,
+    /// Days the CA and the runner's certificate stay valid: 1 for a throwaway cluster, a year
+    /// (365) for a lab of persistent agents (`--backend hosts`).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=3650))]
+    pub days: u32,
 }
 
 /// `chaos certs issue`.
@@ -53,6 +57,13 @@ pub struct IssueArgs {
     /// Replace an existing node key in OUTDIR.
     #[arg(long)]
     pub force: bool,
+    /// Days the certificate stays valid (at most as long as the CA; see `chaos certs init --days`).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=3650))]
+    pub days: u32,
+}
+
+fn days(n: u32) -> std::time::Duration {
+    std::time::Duration::from_secs(u64::from(n) * 24 * 3600)
 }
 
 /// Runs a `chaos certs` subcommand.
@@ -76,10 +87,11 @@ fn init(args: InitArgs) -> anyhow::Result<()> {
             .into());
         }
     }
-    let ca = ClusterCa::generate(&args.cluster).context("generating the cluster CA")?;
+    let ca = ClusterCa::generate_for(&args.cluster, days(args.days)).context("generating the cluster CA")?;
     ca.write(dir).context("writing the cluster CA")?;
+    let (not_before, not_after) = chaos::certs::window(days(args.days));
     let runner = ca
-        .issue_runner()
+        .issue_runner_valid(not_before, not_after)
         .context("issuing the runner's client certificate")?;
     runner
         .write_runner(dir)
@@ -115,8 +127,9 @@ fn issue(args: IssueArgs) -> anyhow::Result<()> {
         .into());
     }
     let ca = load_ca(&args.dir)?;
+    let (not_before, not_after) = chaos::certs::window(days(args.days));
     let node = ca
-        .issue_node(&args.name, &args.ips, &args.dns)
+        .issue_node_valid(&args.name, &args.ips, &args.dns, not_before, not_after)
         .with_context(|| format!("issuing a certificate for node {}", args.name))?;
     node.write_node_dir(&out, ca.cert_pem())
         .with_context(|| format!("writing {}", out.display()))?;

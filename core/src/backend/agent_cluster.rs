@@ -104,6 +104,18 @@ impl<P: Provisioner> AgentCluster<P> {
     pub fn with_provisioner(provisioner: P, options: ClusterOptions) -> Result<Self> {
         let ca = ClusterCa::generate(&options.name)?;
         let runner = ca.issue_runner()?;
+        Self::with_identity(provisioner, options, ca, runner)
+    }
+
+    /// A cluster on `provisioner`'s machines whose agents trust an existing CA (`ca`, which
+    /// also signs node certificates the provisioner asks for) and accept `runner`'s client
+    /// certificate: machines that run the agent with certificates of their own (`hosts`).
+    pub fn with_identity(
+        provisioner: P,
+        options: ClusterOptions,
+        ca: ClusterCa,
+        runner: certs::Identity,
+    ) -> Result<Self> {
         let tls = certs::client_config(ca.cert_pem(), &runner)?;
         Ok(Self {
             shared: Arc::new(Shared {
@@ -217,7 +229,7 @@ impl<P: Provisioner> Shared<P> {
     /// Provisions node `k` and waits until its agent answers. The machine is released unless
     /// the returned guard is disarmed (once the node is recorded).
     async fn create_node(self: Arc<Self>, k: u32) -> Result<(Arc<dyn Node>, NodeEntry, ReleaseGuard<P>)> {
-        let name = format!("n{k}");
+        let name = self.provisioner.node_name(k);
         let request = MachineRequest {
             number: k,
             name: name.clone(),
@@ -230,12 +242,15 @@ impl<P: Provisioner> Shared<P> {
             cluster: Some(self.clone()),
             node: name.clone(),
         };
-        let client = Arc::new(AgentClient::with_timeouts(
-            name.clone(),
-            machine.agent,
-            self.tls.clone(),
-            self.provisioner.client_timeouts(),
-        ));
+        let client = Arc::new(
+            AgentClient::with_timeouts(
+                name.clone(),
+                machine.agent,
+                self.tls.clone(),
+                self.provisioner.client_timeouts(),
+            )
+            .for_run(self.provisioner.run_id()),
+        );
         // On failure, dropping the guard releases the machine.
         self.wait_ready(&name, &client).await?;
         let keeper = Keeper {

@@ -4,8 +4,9 @@
 //! * [`provision`]: the one small trait an agent-based backend implements ([`Provisioner`]).
 //! * [`agent_cluster`]: the one generic [`crate::Cluster`] over a provisioner ([`AgentCluster`]):
 //!   CA and identities, numbering, ready wait, supervision, machine faults, shutdown, `Drop`.
-//! * [`local`], [`netns`], [`docker`]: provisioners (agents on this host, in network namespaces,
-//!   in containers); `ec2` (feature `ec2`): EC2 instances.
+//! * [`local`], [`netns`], [`docker`], [`hosts`]: provisioners (agents on this host, in network
+//!   namespaces, in containers; machines of an inventory that run the agent as a service);
+//!   `ec2` (feature `ec2`): EC2 instances.
 //! * [`supervisor`], [`owner`], [`gc`]: agent supervision, runner identity in leftovers, and
 //!   what `chaos gc` reports.
 
@@ -25,6 +26,7 @@ pub mod docker;
 pub mod ec2;
 pub(crate) mod elf;
 pub mod gc;
+pub mod hosts;
 pub mod local;
 #[cfg(target_os = "linux")]
 pub mod netns;

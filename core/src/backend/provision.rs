@@ -33,7 +33,7 @@ pub struct Machine {
 pub struct MachineRequest<'a> {
     /// The node's number (`k` of `n<k>`), 1-based, unique in the cluster.
     pub number: u32,
-    /// The node's name, `n<k>`.
+    /// The node's name: `n<k>`, or what [`Provisioner::node_name`] says.
     pub name: String,
     /// How long the agent waits without a heartbeat before it heals, kills everything it
     /// started and exits: pass it to the agent (`--heartbeat-timeout`).
@@ -81,6 +81,18 @@ pub trait Provisioner: Send + Sync + 'static {
 
     /// The backend's limits.
     fn limits(&self) -> Limits;
+
+    /// The name of the cluster's `number`th node (1-based): `n<number>` unless the backend's
+    /// machines have names of their own (an inventory's hosts).
+    fn node_name(&self, number: u32) -> String {
+        format!("n{number}")
+    }
+
+    /// The run this cluster's agents serve under a lease (`hosts`), named in heartbeats and
+    /// shutdown so they count only for it; `None` for agents the cluster starts itself.
+    fn run_id(&self) -> Option<String> {
+        None
+    }
 
     /// Bounds of the runner's client of each agent (e.g. a short connect for agents that may be
     /// paused).

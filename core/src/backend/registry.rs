@@ -101,6 +101,7 @@ macro_rules! registered_backends {
             #[cfg(target_os = "linux")] netns,
             #[cfg(feature = "docker")] docker,
             #[cfg(feature = "ec2")] ec2,
+            hosts,
         }
     };
 }
@@ -134,8 +135,9 @@ pub fn available(name: &str) -> Result<&'static Backend, String> {
 /// Writes one test per registered backend for each named check: `backend_tests!(hello);` with
 /// `async fn hello(cluster: Arc<dyn chaos::Cluster>)` in scope expands to a module `hello` holding
 /// the tests `hello::local`, `hello::netns`, `hello::docker`, … Each creates a cluster named after
-/// the test on its backend (skipping through `chaos_testkit::skip` when the backend cannot run
-/// here), runs the check on it and asserts that cleaning it up succeeds. A failure's name says
+/// the test on its backend — over the backend's test bed when it needs one ([`test_bed`]: `hosts`
+/// gets a simulated lab) — skipping through `chaos_testkit::skip` when the backend or its test bed
+/// cannot run here, runs the check on it and asserts that cleaning it up succeeds. A failure's name says
 /// which backend failed. The test crate needs `tokio` and `chaos-testkit`.
 #[macro_export]
 macro_rules! backend_tests {
@@ -164,10 +166,13 @@ macro_rules! __backend_tests_for {
                             return;
                         }
                     };
-                    let options = $crate::backend::ClusterOptions {
-                        name: stringify!($check).to_string(),
-                        ..$crate::backend::ClusterOptions::default()
-                    };
+                    if let Err(why) = $crate::backend::registry::test_bed_availability(stringify!($name)) {
+                        ::chaos_testkit::skip(test, stringify!($name), &why);
+                        return;
+                    }
+                    let (options, bed) = $crate::backend::registry::test_bed(stringify!($name), stringify!($check))
+                        .await
+                        .unwrap_or_else(|e| panic!("{test}: setting up the test bed: {e}"));
                     let cluster = backend
                         .create(options)
                         .await
@@ -177,10 +182,71 @@ macro_rules! __backend_tests_for {
                         .cleanup()
                         .await
                         .unwrap_or_else(|e| panic!("{test}: cleaning up the cluster: {e}"));
+                    if let Some(bed) = bed {
+                        bed.cleanup()
+                            .await
+                            .unwrap_or_else(|e| panic!("{test}: cleaning up the test bed: {e}"));
+                    }
                 }
             )*
         }
     };
+}
+
+/// What a test needs besides a backend to make a cluster on it: for a backend whose machines
+/// exist before the runner (`hosts`), machines to point it at. Dropped after the test (the
+/// cluster is cleaned up first).
+pub enum TestBed {
+    /// A simulated lab of hosts ([`super::hosts::lab::Lab`]).
+    #[cfg(target_os = "linux")]
+    HostsLab(super::hosts::lab::Lab),
+}
+
+impl TestBed {
+    /// Removes the test bed.
+    pub async fn cleanup(self) -> Result<()> {
+        match self {
+            #[cfg(target_os = "linux")]
+            TestBed::HostsLab(lab) => lab.cleanup().await,
+        }
+    }
+}
+
+/// Hosts in the test bed of `hosts` (the most any shared check asks for: the examples take 5).
+const TEST_LAB_HOSTS: usize = 5;
+
+/// Whether the test bed of backend `name` can be made here (see [`test_bed`]): `Err` holds one
+/// line naming what is missing. Backends without a test bed need nothing.
+pub fn test_bed_availability(name: &str) -> Result<(), String> {
+    match name {
+        #[cfg(target_os = "linux")]
+        "hosts" => super::hosts::lab::availability().map_err(|why| format!("hosts test lab: {why}")),
+        #[cfg(not(target_os = "linux"))]
+        "hosts" => Err("hosts test lab: needs Linux network namespaces".into()),
+        _ => Ok(()),
+    }
+}
+
+/// The options of a test's cluster on backend `name` (named after the test's `check`), and the
+/// test bed they point at: for `hosts`, a simulated lab of five hosts whose
+/// inventory goes into [`ClusterOptions::backend_config`]; for the other backends, none. This
+/// is the one place that knows which backend needs a test bed.
+pub async fn test_bed(name: &str, check: &str) -> Result<(ClusterOptions, Option<TestBed>)> {
+    let options = ClusterOptions {
+        name: check.to_string(),
+        ..ClusterOptions::default()
+    };
+    match name {
+        #[cfg(target_os = "linux")]
+        "hosts" => {
+            let lab =
+                super::hosts::lab::Lab::start(check, TEST_LAB_HOSTS, std::time::Duration::from_secs(30))
+                    .await?;
+            let options = lab.cluster_options(check);
+            Ok((options, Some(TestBed::HostsLab(lab))))
+        }
+        _ => Ok((options, None)),
+    }
 }
 
 /// The names of every backend compiled in.
