@@ -31,7 +31,7 @@ use crate::faults::{self, Faults};
 use crate::files::FileGate;
 use crate::heartbeat::Heartbeat;
 use crate::procs::ProcTable;
-use crate::{body, dial, exec, files};
+use crate::{body, dial, exec, files, measure};
 
 /// Longest a `wait` long poll blocks.
 const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -172,6 +172,8 @@ pub(crate) fn router(agent: Arc<Agent>) -> Router {
         .route(paths::FAULT, delete(faults::heal))
         .route(paths::PROBE, get(faults::probe))
         .route(paths::DIAL, get(dial::handler))
+        .route(paths::MEASURE_SERVE, post(measure::serve))
+        .route(paths::MEASURE_RUN, post(measure::run))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))

@@ -40,6 +40,7 @@ mod exec;
 mod faults;
 mod files;
 mod heartbeat;
+mod measure;
 mod procs;
 mod server;
 mod tls;
