@@ -3,12 +3,15 @@
 //! The wire format between the agents is described in [`chaos_proto::measure`].
 //!
 //! **Bounded:** a server lives at most [`MAX_SERVE_TTL_MS`] and at most [`MAX_SERVERS`] run at
-//! once; its per-run UDP counters keep at most [`MAX_UDP_RUNS`] entries; a measurement sends for
+//! once; it counts at most [`MAX_TCP_CONNECTIONS`] connections at a time and its per-run UDP
+//! counters keep at most [`MAX_UDP_RUNS`] entries (it is not authenticated: anyone reaching its
+//! address may talk to it until its TTL, so the runner binds it to the one address measured); a measurement sends for
 //! at most [`chaos_proto::measure::MAX_DURATION_MS`] and every wait after it is bounded
 //! ([`DRAIN_BOUND`], [`PROBE_WAIT`]).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -28,6 +31,11 @@ use crate::api::{Failure, json};
 
 /// Most UDP runs a server keeps counters for (the oldest is forgotten first).
 const MAX_UDP_RUNS: usize = 64;
+/// Most TCP connections a server counts at once; more are closed at once. The server is open to
+/// anyone who reaches its address for its TTL, so what it holds is bounded.
+const MAX_TCP_CONNECTIONS: usize = 8;
+/// Pause after a failed accept or receive, so a persistent error (EMFILE) never spins.
+const ERROR_PAUSE: Duration = Duration::from_millis(10);
 /// How long the client waits, after sending, for the server's TCP count (the queues drain).
 const DRAIN_BOUND: Duration = Duration::from_secs(30);
 /// How long a probe may take to come back before it counts as lost.
@@ -90,11 +98,19 @@ pub(crate) async fn serve(body: Result<Bytes, BytesRejection>) -> Result<Json<Me
 
 /// Accepts connections and counts what each sends until it shuts down its write side.
 async fn tcp_sink(listener: TcpListener, ttl: Duration) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_TCP_CONNECTIONS));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(ERROR_PAUSE).await;
             continue;
         };
-        tokio::spawn(timeout(ttl, sink_one(stream)));
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue; // dropped: closed at once
+        };
+        tokio::spawn(async move {
+            let _ = timeout(ttl, sink_one(stream)).await;
+            drop(slot);
+        });
     }
 }
 
@@ -138,6 +154,7 @@ async fn udp_server(socket: UdpSocket) {
     let mut order: Vec<u64> = Vec::new();
     loop {
         let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+            tokio::time::sleep(ERROR_PAUSE).await;
             continue;
         };
         let datagram = &buf[..n];

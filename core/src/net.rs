@@ -124,7 +124,8 @@ pub async fn measure(from: &dyn Node, to: &dyn Node, options: &MeasureOptions) -
     let ttl = duration_ms + u64::from(options.rtt_probes) * 20 + 60_000;
     let server = to
         .measure_serve(MeasureServe {
-            bind: None,
+            // Only on the address measured: the server answers anyone who reaches it.
+            bind: Some(address),
             ttl_ms: ttl.min(chaos_proto::measure::MAX_SERVE_TTL_MS),
         })
         .await?;
