@@ -75,6 +75,9 @@ pub(crate) async fn serve(body: Result<Bytes, BytesRejection>) -> Result<Json<Me
     let udp = UdpSocket::bind((bind, 0))
         .await
         .map_err(|e| failed(&format!("listen on {bind} (UDP)"), e))?;
+    // Room for bursts, so a receiver short of CPU loses less of what the network delivered
+    // (capped by net.core.rmem_max; best effort).
+    let _ = nix::sys::socket::setsockopt(&udp, nix::sys::socket::sockopt::RcvBuf, &(4 << 20));
     let serving = MeasureServing {
         tcp_port: tcp.local_addr().map_err(|e| failed("local address", e))?.port(),
         udp_port: udp.local_addr().map_err(|e| failed("local address", e))?.port(),

@@ -69,9 +69,9 @@ impl FlapReport {
 
 /// UDP sending rate of every measurement: well below what a veth carries, so any loss is the
 /// link's.
-const RATE_BPS: u64 = 40_000_000;
+const RATE_BPS: u64 = 20_000_000;
 
-/// Creates two nodes and measures n1 → n2 (UDP at 40 Mbit/s, so loss shows how long the link was
+/// Creates two nodes and measures n1 → n2 (UDP at 20 Mbit/s, so loss shows how long the link was
 /// down): before, while n1's main interface flaps by `plan`, and after the heal.
 pub async fn link_flap_under_load(cluster: &dyn Cluster, plan: FlapPlan) -> anyhow::Result<FlapReport> {
     let nodes: Vec<Arc<dyn Node>> = cluster.create_nodes(2).await.context("creating the nodes")?;
