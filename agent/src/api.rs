@@ -32,7 +32,7 @@ use crate::files::FileGate;
 use crate::heartbeat::Heartbeat;
 use crate::lease::{self, Leases};
 use crate::procs::ProcTable;
-use crate::{body, dial, exec, files};
+use crate::{body, dial, exec, files, measure};
 
 /// Longest a `wait` long poll blocks.
 const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -180,6 +180,8 @@ pub(crate) fn router(agent: Arc<Agent>) -> Router {
         .route(paths::FAULT, delete(faults::heal))
         .route(paths::PROBE, get(faults::probe))
         .route(paths::DIAL, get(dial::handler))
+        .route(paths::MEASURE_SERVE, post(measure::serve))
+        .route(paths::MEASURE_RUN, post(measure::run))
         .route(
             paths::LEASE,
             get(lease::show).post(lease::acquire).delete(lease::release),

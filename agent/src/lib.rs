@@ -47,6 +47,7 @@ mod exec;
 mod faults;
 mod files;
 mod heartbeat;
+mod measure;
 mod lease;
 mod procs;
 mod server;

@@ -480,11 +480,13 @@ async fn link_faults_spare_the_control_interface_and_missing_things_are_named() 
             interface: "eth0".into(),
             up: Some(false),
             mtu: None,
+            force: false,
         },
         LinkChange {
             interface: "eth0".into(),
             up: None,
             mtu: Some(1280),
+            force: false,
         },
     ] {
         let e = agent
@@ -502,6 +504,7 @@ async fn link_faults_spare_the_control_interface_and_missing_things_are_named() 
                 interface: "lo".into(),
                 up: None,
                 mtu: Some(1500),
+                force: false,
             }),
         )
         .await;
@@ -519,6 +522,7 @@ async fn link_faults_spare_the_control_interface_and_missing_things_are_named() 
                 interface: "nope0".into(),
                 up: Some(false),
                 mtu: None,
+                force: false,
             })),
         )
         .await;
@@ -886,4 +890,101 @@ async fn signal_reaches_processes_by_pid_group_and_name() {
         ErrorKind::InvalidRequest,
         "the agent never signals itself: {e}"
     );
+}
+
+/// `ip -d link show dev IF` inside the node: every attribute a link fault could leave changed.
+fn link_details(node: &Node, interface: &str) -> String {
+    node.exec(&["ip", "-d", "link", "show", "dev", interface])
+}
+
+#[tokio::test]
+async fn flaps_spare_the_control_interface_and_heal_exactly_at_ttl_and_after_sigkill() {
+    require_root!();
+    let node = Node::new();
+    let pki = Pki::new(IpAddr::V4(node.node_ip));
+    let root = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let state_arg = state.path().to_str().unwrap();
+    // A second interface experiments may touch (a bare-metal node's data NIC).
+    let made = node.exec(&[
+        "sh",
+        "-c",
+        "ip link add exp0 type veth peer name exp1 && ip link set exp1 up && ip link set exp0 mtu 1400 up && echo ok",
+    ]);
+    assert!(made.contains("ok"), "{made}");
+    let before = link_details(&node, "exp0");
+    let qdiscs_before = node.exec(&["tc", "qdisc", "show", "dev", "exp0"]);
+    let flap = |interface: &str, force: bool| {
+        FaultSpec::Flap(chaos_proto::fault::LinkFlap {
+            interface: interface.into(),
+            period_ms: 100,
+            count: 0,
+            force,
+        })
+    };
+
+    let first = start_in(&node, &pki, root.path(), &["--state-dir", state_arg]);
+    let e = first
+        .fails(
+            Method::POST,
+            "/v1/faults",
+            &FaultRequest {
+                id: None,
+                ttl_ms: 10_000,
+                spec: flap("eth0", false),
+            },
+        )
+        .await;
+    assert_eq!(e.kind, ErrorKind::InvalidRequest);
+    assert!(
+        e.message.contains("control") && e.message.contains("force"),
+        "{e}"
+    );
+
+    // TTL: the flap stops and the link is exactly as before.
+    let info = first.inject(Some("flap"), 600, flap("exp0", false)).await;
+    assert_eq!(info.mechanism, Mechanism::RtnetlinkLinkFlap);
+    let saw_down = wait_until(chaos_testkit::scaled(Duration::from_secs(2)), || {
+        link_details(&node, "exp0").contains("state DOWN")
+    })
+    .await;
+    assert!(saw_down, "the link never went down");
+    let bound = chaos_testkit::scaled(Duration::from_secs(3));
+    let started = Instant::now();
+    while !first.faults().await.is_empty() {
+        assert!(
+            started.elapsed() < bound,
+            "flap still listed {bound:?} after its 600 ms TTL"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(link_details(&node, "exp0"), before, "state after the TTL heal");
+
+    // SIGKILL mid-flap with a changed MTU: the next agent restores exactly the previous state.
+    first
+        .inject(
+            Some("mtu"),
+            60_000,
+            FaultSpec::Link(LinkChange {
+                interface: "exp0".into(),
+                up: None,
+                mtu: Some(1280),
+                force: false,
+            }),
+        )
+        .await;
+    first.inject(Some("flap2"), 60_000, flap("exp0", false)).await;
+    tokio::time::sleep(Duration::from_millis(130)).await;
+    let mut first = first;
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    assert!(link_details(&node, "exp0").contains("mtu 1280"));
+    let second = start_in(&node, &pki, root.path(), &["--state-dir", state_arg]);
+    assert!(second.faults().await.is_empty());
+    assert_eq!(
+        link_details(&node, "exp0"),
+        before,
+        "state after the SIGKILL heal"
+    );
+    assert_eq!(node.exec(&["tc", "qdisc", "show", "dev", "exp0"]), qdiscs_before);
 }

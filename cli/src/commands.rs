@@ -11,6 +11,7 @@ mod down;
 mod exec;
 mod fault;
 mod gc;
+mod net;
 mod hosts;
 mod plan;
 mod probe;
@@ -59,6 +60,9 @@ pub enum Command {
     Fault(fault::FaultCommand),
     /// Show which fault kinds a node supports and with which mechanisms.
     Probe(probe::ProbeArgs),
+    /// Measure the network between nodes: throughput, RTT and loss (TCP or UDP), built in.
+    #[command(subcommand)]
+    Net(net::NetCommand),
     /// Check scenario files: every problem with file:line:column, field and the valid choices.
     Validate(validate::ValidateArgs),
     /// Print the fault schedule a scenario and seed give, without running anything.
@@ -89,6 +93,7 @@ pub async fn run(command: Command) -> anyhow::Result<u8> {
         Command::Exec(args) => exec::run(args).await,
         Command::Fault(cmd) => done(fault::run(cmd).await),
         Command::Probe(args) => done(probe::run(args).await),
+        Command::Net(cmd) => done(net::run(cmd).await),
         Command::Validate(args) => validate::run(args),
         Command::Plan(args) => plan::run(args),
         Command::Run(args) => run::run(args).await,

@@ -1108,3 +1108,78 @@ fn bad_arguments_exit_2_with_one_line() {
     }
     assert_eq!(state_files(tmp.path()), Vec::<String>::new());
 }
+
+/// `chaos net measure` in JSON: the measurements' throughputs (bit/s) and loss percentages.
+fn measure(dir: &Path, args: &[&str]) -> Vec<(f64, f64)> {
+    let state = dir.to_str().unwrap();
+    let mut argv = vec!["net", "measure", "--state", state, "--json"];
+    argv.extend_from_slice(args);
+    let out = run(&argv);
+    assert_eq!(code(&out), Some(0), "{argv:?}: {}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("measure prints JSON");
+    json.as_array()
+        .expect("an array of measurements")
+        .iter()
+        .map(|m| {
+            let r = &m["report"];
+            (
+                r["throughput_bps"].as_f64().unwrap(),
+                r["loss_percent"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn net_measure_reports_a_bandwidth_limit() {
+    if !netns_available("net_measure_reports_a_bandwidth_limit") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("state");
+    let up = Up::start("netns", 2, &dir, &[]);
+    let state = dir.to_str().unwrap();
+    let out = run(&[
+        "fault",
+        "inject",
+        "--state",
+        state,
+        "n1",
+        "bandwidth",
+        "--rate",
+        "8mbit",
+        "--ttl",
+        "2m",
+    ]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    let tcp = measure(&dir, &["n1", "n2", "--duration", "3s"]);
+    let mbit = tcp[0].0 / 1e6;
+    assert!(
+        (6.0..=10.0).contains(&mbit),
+        "TCP {mbit:.2} Mbit/s is not 8 ± 25 %"
+    );
+    // UDP at 20 Mbit/s through an 8 Mbit/s limit: the receiver sees 8, more than a third is lost.
+    let udp = measure(
+        &dir,
+        &[
+            "n1",
+            "n2",
+            "--protocol",
+            "udp",
+            "--udp-rate",
+            "20mbit",
+            "--duration",
+            "2s",
+        ],
+    );
+    let (bps, loss) = udp[0];
+    assert!((6.0..=10.0).contains(&(bps / 1e6)), "UDP {:.2} Mbit/s", bps / 1e6);
+    assert!(loss > 35.0, "UDP loss {loss:.1} % at 2.5× the limit");
+    // The other direction is not limited.
+    let back = measure(&dir, &["n2", "n1", "--duration", "1s", "--probes", "5"]);
+    assert!(back[0].0 / 1e6 > 20.0, "n2 → n1 {:.2} Mbit/s", back[0].0 / 1e6);
+    let bad = run(&["net", "measure", "--state", state, "n1", "n9"]);
+    assert_eq!(code(&bad), Some(2), "{}", text(&bad.stderr));
+    assert!(text(&bad.stderr).contains("n9"), "{}", text(&bad.stderr));
+    drop(up);
+}

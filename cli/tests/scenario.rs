@@ -86,7 +86,7 @@ fn validate_names_file_line_field_and_valid_choices() {
         (
             "kind.toml",
             "[setup.start]\ncommand = \"sleep 9\"\n\n[[faults]]\nname = \"k\"\nkind = \"kil\"\ntarget = \"one\"\n",
-            "kind.toml:6:8: field `faults[0].kind`: unknown fault kind `kil`; valid choices: partition, loss, delay, packet, bandwidth, link, pause, kill, restart, machine",
+            "kind.toml:6:8: field `faults[0].kind`: unknown fault kind `kil`; valid choices: partition, loss, delay, packet, bandwidth, link, flap, pause, kill, restart, machine",
         ),
         (
             "selector.toml",
@@ -1052,5 +1052,56 @@ fn a_slow_recovery_is_observed_before_the_run_ends() {
         .cloned()
         .unwrap();
     assert_eq!(availability["valid"], "valid", "{availability:#}");
+    assert_nothing_left(&run_dir);
+}
+
+/// A `measure` invariant: after a bandwidth fault on n1 is healed, n1 → n2 must be fast again;
+/// the figures land in the summary.
+#[test]
+fn a_measure_invariant_reports_its_figures_in_the_summary() {
+    if let Err(why) = chaos::backend::registry::available("netns") {
+        chaos_testkit::skip(
+            "a_measure_invariant_reports_its_figures_in_the_summary",
+            "netns",
+            &why,
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "measure.toml",
+        r#"
+[cluster]
+backend = "netns"
+nodes = 2
+[setup.start]
+command = ["sh", "-c", "sleep 600; : {{ run_id }}"]
+[schedule]
+pause = "50ms"
+[[faults]]
+name = "slow-n1"
+kind = "bandwidth"
+rate_bps = "8mbit"
+target = ["n1"]
+duration = "1s"
+[[invariants]]
+name = "n1 to n2 is fast again"
+at = ["heal"]
+on = ["n1"]
+measure = { to = "n2", duration = "1s", min_mbit = 30 }
+timeout = "20s"
+"#,
+    );
+    let out_dir = dir.path().join("runs");
+    let out = chaos(&["run", file.to_str().unwrap(), "--out", out_dir.to_str().unwrap()]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", text(&out.stderr));
+    let run_dir = PathBuf::from(line_after(&stdout, "run directory: ").unwrap().trim());
+    let summary = std::fs::read_to_string(run_dir.join("summary.json")).unwrap();
+    assert!(
+        summary.contains("n1 → n2") && summary.contains("Mbit/s"),
+        "the figures are in the summary: {summary}"
+    );
     assert_nothing_left(&run_dir);
 }

@@ -533,6 +533,41 @@ impl AgentClient {
             .await
     }
 
+    /// `POST /v1/measure/serve`: starts a measurement server on the node for `request.ttl_ms`.
+    pub async fn measure_serve(
+        &self,
+        request: &chaos_proto::measure::MeasureServe,
+    ) -> Result<chaos_proto::measure::MeasureServing> {
+        self.call(
+            "start a measurement server",
+            Method::POST,
+            self.url(paths::MEASURE_SERVE, &[]),
+            Some(request),
+        )
+        .await
+    }
+
+    /// `POST /v1/measure/run`: measures from the node towards a measurement server. Bounded by
+    /// the measurement's own length plus the agent's drain and probe bounds.
+    pub async fn measure_run(
+        &self,
+        request: &chaos_proto::measure::MeasureRun,
+    ) -> Result<chaos_proto::measure::MeasureReport> {
+        let probes = Duration::from_millis(20) * request.rtt_probes + Duration::from_secs(1);
+        let bound = Duration::from_millis(request.duration_ms)
+            + probes
+            + Duration::from_secs(40)
+            + self.timeouts.request;
+        self.call_bounded(
+            "measure",
+            Method::POST,
+            self.url(paths::MEASURE_RUN, &[]),
+            Self::json_body(request),
+            bound,
+        )
+        .await
+    }
+
     /// `POST /v1/procs/kill-all`: sends `signal` to every process tree the agent started;
     /// returns the ids of those that were still running.
     pub async fn kill_all(&self, signal: Signal) -> Result<Vec<ProcId>> {
@@ -955,5 +990,19 @@ impl Node for AgentNode {
 
     async fn restart_proc(&self, id: ProcId, request: RestartRequest) -> Result<ProcStarted> {
         self.client.restart(id, &request).await
+    }
+
+    async fn measure_serve(
+        &self,
+        request: chaos_proto::measure::MeasureServe,
+    ) -> Result<chaos_proto::measure::MeasureServing> {
+        self.client.measure_serve(&request).await
+    }
+
+    async fn measure_run(
+        &self,
+        request: chaos_proto::measure::MeasureRun,
+    ) -> Result<chaos_proto::measure::MeasureReport> {
+        self.client.measure_run(&request).await
     }
 }

@@ -237,6 +237,31 @@ pub trait Node: Send + Sync {
         let _ = request;
         Err(unsupported(self.name(), format!("restart process {id}")))
     }
+
+    // The built-in measurement; most callers use `crate::net::measure`.
+
+    /// Starts a measurement server (TCP sink, UDP echo/sink) on the node for `request.ttl_ms`.
+    async fn measure_serve(
+        &self,
+        request: chaos_proto::measure::MeasureServe,
+    ) -> Result<chaos_proto::measure::MeasureServing> {
+        let _ = request;
+        Err(unsupported(
+            self.name(),
+            "serve a network measurement".to_string(),
+        ))
+    }
+
+    /// Measures throughput, RTT and loss from the node towards a measurement server.
+    async fn measure_run(
+        &self,
+        request: chaos_proto::measure::MeasureRun,
+    ) -> Result<chaos_proto::measure::MeasureReport> {
+        Err(unsupported(
+            self.name(),
+            format!("measure towards {}", request.target),
+        ))
+    }
 }
 
 /// The error of a fault operation a node's backend does not implement.

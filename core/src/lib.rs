@@ -45,6 +45,7 @@ mod error;
 pub mod ext;
 pub mod faults;
 pub mod machine;
+pub mod net;
 
 pub use chaos_proto as proto;
 pub use chaos_proto::MachineFault;

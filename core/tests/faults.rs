@@ -573,6 +573,30 @@ async fn loss_delay_and_bandwidth_measure_as_asked() {
             "measured {measured:.0} bit/s for {rate_bps}"
         );
         assert!(handle.heal().await.unwrap());
+
+        // Interfaces: only those the node reports, and never its control interface unforced.
+        let flap = |interface: &str, force: bool| {
+            Fault::Flap(chaos::faults::Flap {
+                interface: interface.into(),
+                period: chaos::faults::Dur(Duration::from_millis(200)),
+                count: 1,
+                force,
+            })
+        };
+        let e = faults::inject(&nodes, &nodes[0], &flap("nope0", false), TTL)
+            .await
+            .expect_err("an interface the node does not report");
+        assert!(
+            e.to_string().contains("nope0") && e.to_string().contains("allows"),
+            "{e}"
+        );
+        let e = faults::inject(&nodes, &nodes[0], &flap("", false), TTL)
+            .await
+            .expect_err("the main interface carries the control traffic");
+        assert!(
+            e.to_string().contains("control") && e.to_string().contains("force"),
+            "{e}"
+        );
     })
     .await;
 }

@@ -6,6 +6,10 @@
 //!   output and exit code.
 //! * [`tcp_through_proxy`]: start a TCP echo server on a node's loopback and talk to it from the
 //!   runner through [`Node::dial`].
+//! * [`netlab::link_flap_under_load`]: flap a node's link while it sends to another node, and
+//!   report throughput before, during and after, with the built-in measurement.
+
+pub mod netlab;
 
 use std::net::IpAddr;
 use std::sync::Arc;

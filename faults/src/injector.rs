@@ -7,6 +7,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::flap::Flapper;
 use crate::ledger::{Installed, Ledger, LedgerEntry};
 use crate::nfqueue::Shaper;
 use crate::nft::{self, Action, Nft};
@@ -60,6 +61,7 @@ pub struct Injector {
     exempt_tcp_ports: Vec<u16>,
     active: BTreeMap<String, ActiveFault>,
     shapers: BTreeMap<String, Shaper>,
+    flappers: BTreeMap<String, Flapper>,
     startup_heal: HealReport,
     /// Kept open: closing a netfilter netlink socket after a delete waits for the kernel's
     /// deferred cleanup (an RCU grace period, ~10–15 ms); a live socket lets it run async.
@@ -110,6 +112,7 @@ impl Injector {
             exempt_tcp_ports: exempt_tcp_ports.to_vec(),
             active: BTreeMap::new(),
             shapers: BTreeMap::new(),
+            flappers: BTreeMap::new(),
             startup_heal,
             nft,
         })
@@ -286,6 +289,30 @@ impl Injector {
                 link::set(&change.interface, change.up, change.mtu)?;
                 Ok(Mechanism::RtnetlinkLink)
             }
+            FaultSpec::Flap(flap) => {
+                flap.validate()?;
+                let state = link::get(&flap.interface)?;
+                if !state.up {
+                    return Err(Error::invalid(
+                        "interface",
+                        format!(
+                            "{} is down: a flap takes an up link down and back up; bring it up first",
+                            flap.interface
+                        ),
+                    ));
+                }
+                self.ledger.record(
+                    id,
+                    Installed::Link {
+                        interface: flap.interface.clone(),
+                        was_up: state.up,
+                        mtu: state.mtu,
+                    },
+                )?;
+                let flapper = Flapper::start(flap)?;
+                self.flappers.insert(id.to_string(), flapper);
+                Ok(Mechanism::RtnetlinkLinkFlap)
+            }
             FaultSpec::Freeze(FreezeTarget::Cgroup { path }) => {
                 let v2 = cgroup::cgroup_is_v2(Path::new(path))?;
                 // Recorded so that a heal can tell "gone" from "not visible from here".
@@ -348,6 +375,11 @@ impl Injector {
             .cloned()
             .collect();
         let mut found = self.active.contains_key(id);
+        // A flap's thread stops before the link is restored, so it cannot change it afterwards.
+        if let Some(flapper) = self.flappers.remove(id) {
+            flapper.stop();
+            found = true;
+        }
         for entry in entries.iter().rev() {
             heal_installed(&entry.installed, &mut self.nft)?;
             self.ledger.forget(entry)?;
@@ -371,6 +403,7 @@ impl Injector {
         let mut ids: Vec<String> = self.ledger.entries().iter().map(|e| e.fault.clone()).collect();
         ids.extend(self.active.keys().cloned());
         ids.extend(self.shapers.keys().cloned());
+        ids.extend(self.flappers.keys().cloned());
         ids.sort();
         ids.dedup();
         let mut first_err = None;

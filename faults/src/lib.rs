@@ -1,6 +1,6 @@
 //! Linux fault mechanisms for chaos: process signals and freezing, nftables partitions and
 //! loss over netlink, a userspace NFQUEUE packet shaper (delay, jitter, duplicate, corrupt,
-//! reorder), tbf bandwidth limits, link changes, a crash-safe ledger and a capability probe.
+//! reorder), tbf bandwidth limits, link changes and flaps, a crash-safe ledger and a capability probe.
 //!
 //! Network faults act on the network namespace of the calling thread (the agent runs inside the
 //! node's namespace). The crate only adds and removes objects it created and can name: its own
@@ -23,6 +23,7 @@
 
 pub mod cgroup;
 mod error;
+mod flap;
 mod injector;
 mod ledger;
 pub mod link;
@@ -41,6 +42,6 @@ pub use injector::{
 pub use ledger::{Installed, Ledger, LedgerEntry};
 pub use probe::{Capabilities, Capability, IptablesBackend, probe};
 pub use spec::{
-    Bandwidth, Direction, Distribution, FaultSpec, FreezeTarget, IpNet, LinkChange, Mechanism, NetScope,
-    PacketEffects, Protocol,
+    Bandwidth, Direction, Distribution, FaultSpec, FreezeTarget, IpNet, LinkChange, LinkFlap, Mechanism,
+    NetScope, PacketEffects, Protocol,
 };

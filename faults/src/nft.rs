@@ -78,6 +78,8 @@ const NFT_RETURN: i32 = -5;
 const REG1: u32 = 1;
 const REG_VERDICT: u32 = 0;
 const NFT_META_MARK: u32 = 3;
+const NFT_META_IIFNAME: u32 = 6;
+const NFT_META_OIFNAME: u32 = 7;
 const NFT_META_NFPROTO: u32 = 15;
 const NFT_META_L4PROTO: u32 = 16;
 /// Wall-clock time in nanoseconds since the epoch, host byte order (Linux 5.4).
@@ -255,6 +257,18 @@ fn match_sets(scope: &NetScope, inbound: bool) -> Vec<Vec<Expr>> {
         for family in &families {
             for proto in &protocols {
                 let mut base = Vec::new();
+                if let Some(name) = &scope.interface {
+                    // `meta iifname`/`oifname`: the name zero-padded to IFNAMSIZ, compared whole.
+                    let mut padded = name.as_bytes().to_vec();
+                    padded.resize(16, 0);
+                    let key = if inbound {
+                        NFT_META_IIFNAME
+                    } else {
+                        NFT_META_OIFNAME
+                    };
+                    base.push(Expr::Meta(key));
+                    base.push(Expr::Cmp(NFT_CMP_EQ, padded));
+                }
                 if let Some(family) = family {
                     base.push(Expr::Meta(NFT_META_NFPROTO));
                     base.push(Expr::Cmp(NFT_CMP_EQ, vec![*family]));

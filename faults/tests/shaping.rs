@@ -391,6 +391,7 @@ fn link_down_and_mtu_are_restored() {
             interface: "eth0".into(),
             up: Some(false),
             mtu: Some(1280),
+            force: false,
         };
         assert_eq!(
             inj.inject("link", &FaultSpec::Link(change)).unwrap(),

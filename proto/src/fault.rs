@@ -179,6 +179,10 @@ pub struct NetScope {
     /// control port). Merged with the injector's own exempt list.
     #[serde(default)]
     pub exempt_tcp_ports: Vec<u16>,
+    /// Only packets arriving on (`in`) or leaving by (`out`) this interface; every interface
+    /// when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
 }
 
 impl NetScope {
@@ -219,8 +223,27 @@ impl NetScope {
         if self.ports.contains(&0) {
             return Err(Error::invalid("ports", "port 0 cannot be matched"));
         }
+        if let Some(name) = &self.interface {
+            validate_interface_name(name)?;
+        }
         Ok(())
     }
+}
+
+/// Checks an interface name as the kernel takes it: 1 to 15 bytes, no `/`, whitespace or NUL.
+pub fn validate_interface_name(name: &str) -> Result<()> {
+    let bad = name.is_empty()
+        || name.len() > 15
+        || name == "."
+        || name == ".."
+        || name.chars().any(|c| c == '/' || c == '\0' || c.is_whitespace());
+    if bad {
+        return Err(Error::invalid(
+            "interface",
+            format!("{name:?} is not an interface name (1 to 15 characters, no '/' or whitespace)"),
+        ));
+    }
+    Ok(())
 }
 
 /// How delay jitter is distributed around the mean.
@@ -369,6 +392,58 @@ pub struct LinkChange {
     #[serde(default)]
     #[cfg_attr(feature = "clap", arg(long))]
     pub mtu: Option<u32>,
+    /// Also on the interface carrying the agent's own control traffic, which is otherwise
+    /// refused (the agent's heartbeat watchdog then heals everything if the runner stays cut off
+    /// longer than the heartbeat timeout).
+    #[serde(default, skip_serializing_if = "is_false")]
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub force: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// `flap` on the wire: take an interface down and up again, `count` times (0: until healed),
+/// one cycle every `period_ms` with the link down for the first half of it; afterwards, and at
+/// heal, the link is back in exactly the state it was in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkFlap {
+    /// Interface name.
+    pub interface: String,
+    /// One down+up cycle, milliseconds (at least [`LinkFlap::MIN_PERIOD_MS`]).
+    pub period_ms: u64,
+    /// Cycles; 0 flaps until healed.
+    #[serde(default)]
+    pub count: u32,
+    /// Also on the interface carrying the agent's control traffic (see [`LinkChange::force`]).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub force: bool,
+}
+
+impl LinkFlap {
+    /// Shortest period: 20 ms (the link is down for 10 ms of it).
+    pub const MIN_PERIOD_MS: u64 = 20;
+    /// Longest period: one hour.
+    pub const MAX_PERIOD_MS: u64 = 3_600_000;
+
+    /// Checks the values are usable, naming the field that is not.
+    pub fn validate(&self) -> Result<()> {
+        validate_interface_name(&self.interface)?;
+        if !(Self::MIN_PERIOD_MS..=Self::MAX_PERIOD_MS).contains(&self.period_ms) {
+            return Err(Error::invalid(
+                "period",
+                format!(
+                    "{} ms is outside {} ms ..= {} ms",
+                    self.period_ms,
+                    Self::MIN_PERIOD_MS,
+                    Self::MAX_PERIOD_MS
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `eth0 down mtu 1400`: the interface (when named) and what changes.
@@ -445,6 +520,8 @@ pub enum FaultSpec {
     Bandwidth(Bandwidth),
     /// Link down/up or MTU change.
     Link(LinkChange),
+    /// Link down and up again, periodically (probed and listed as a [`FaultKind::Link`]).
+    Flap(LinkFlap),
     /// Freeze processes until healed.
     Freeze(FreezeTarget),
 }
@@ -507,7 +584,7 @@ impl FaultSpec {
             FaultSpec::Loss { .. } => FaultKind::Loss,
             FaultSpec::Packet { .. } => FaultKind::Packet,
             FaultSpec::Bandwidth(_) => FaultKind::Bandwidth,
-            FaultSpec::Link(_) => FaultKind::Link,
+            FaultSpec::Link(_) | FaultSpec::Flap(_) => FaultKind::Link,
             FaultSpec::Freeze(_) => FaultKind::Freeze,
         }
     }
@@ -543,6 +620,8 @@ pub enum Mechanism {
     HtbTbfNetlink,
     /// Link attributes changed over rtnetlink.
     RtnetlinkLink,
+    /// A thread of the agent taking the link down and up over rtnetlink, on a fixed schedule.
+    RtnetlinkLinkFlap,
 }
 
 /// `POST /v1/faults` body: install `spec` on the node for at most `ttl_ms`.

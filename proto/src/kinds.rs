@@ -114,6 +114,11 @@ pub struct Traffic {
     #[serde(default)]
     #[cfg_attr(feature = "clap", arg(long, value_delimiter = ',', value_name = "PORTS"))]
     pub ports: Vec<u16>,
+    /// Only packets arriving on (`in`) or leaving by (`out`) this network interface of the
+    /// node; every interface when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "clap", arg(long, value_name = "INTERFACE"))]
+    pub interface: Option<String>,
 }
 
 impl Traffic {
@@ -150,6 +155,12 @@ impl Traffic {
     /// Restricts to packets from or to these ports.
     pub fn ports(mut self, ports: impl IntoIterator<Item = u16>) -> Self {
         self.ports = ports.into_iter().collect();
+        self
+    }
+
+    /// Restricts to packets on one network interface of the node.
+    pub fn interface(mut self, interface: impl Into<String>) -> Self {
+        self.interface = Some(interface.into());
         self
     }
 }
@@ -322,6 +333,30 @@ pub struct Packet {
     pub effects: PacketEffects,
 }
 
+/// `flap`: take a network interface down and up again, `count` times, one cycle per `period`
+/// with the link down for its first half; then — and at heal or TTL — the link is exactly as it
+/// was. The interface carrying the agent's control traffic is refused unless `force`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
+pub struct Flap {
+    /// Interface name; empty (or absent) means the node's main interface.
+    #[serde(default)]
+    #[cfg_attr(feature = "clap", arg(long, default_value = ""))]
+    pub interface: String,
+    /// One down+up cycle (e.g. `"1s"`; 20 ms to 1 h). Required.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub period: Dur,
+    /// How many cycles; 0 (the default) flaps until healed.
+    #[serde(default)]
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 0))]
+    pub count: u32,
+    /// Also on the interface carrying the agent's own control traffic.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub force: bool,
+}
+
 /// `pause`: freeze processes (cgroup freezer, else SIGSTOP of the tree) until healed.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -437,6 +472,8 @@ pub enum Fault {
     Bandwidth(Bandwidth),
     /// Take an interface down or up, or change its MTU.
     Link(LinkChange),
+    /// Take an interface down and up again, periodically.
+    Flap(Flap),
     /// Freeze processes until healed.
     Pause(Pause),
     /// Send a signal once.
@@ -452,7 +489,7 @@ pub enum Fault {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Family {
     /// Network faults the node's agent installs (partition, loss, delay, packet, bandwidth,
-    /// link).
+    /// link, flap).
     Network,
     /// Faults on processes (pause, kill, restart).
     Process,
@@ -469,6 +506,7 @@ impl Fault {
         "packet",
         "bandwidth",
         "link",
+        "flap",
         "pause",
         "kill",
         "restart",
@@ -484,6 +522,7 @@ impl Fault {
             Fault::Packet(_) => "packet",
             Fault::Bandwidth(_) => "bandwidth",
             Fault::Link(_) => "link",
+            Fault::Flap(_) => "flap",
             Fault::Pause(_) => "pause",
             Fault::Kill(_) => "kill",
             Fault::Restart(_) => "restart",
@@ -499,7 +538,8 @@ impl Fault {
             | Fault::Delay(_)
             | Fault::Packet(_)
             | Fault::Bandwidth(_)
-            | Fault::Link(_) => Family::Network,
+            | Fault::Link(_)
+            | Fault::Flap(_) => Family::Network,
             Fault::Pause(_) | Fault::Kill(_) | Fault::Restart(_) => Family::Process,
             Fault::Machine(_) => Family::Machine,
         }
@@ -531,7 +571,7 @@ impl Fault {
             Fault::Loss(f) if f.correlation == 0.0 => K::Loss,
             Fault::Loss(_) | Fault::Delay(_) | Fault::Packet(_) => K::Packet,
             Fault::Bandwidth(_) => K::Bandwidth,
-            Fault::Link(_) => K::Link,
+            Fault::Link(_) | Fault::Flap(_) => K::Link,
             Fault::Pause(_) => K::Freeze,
             Fault::Kill(_) | Fault::Restart(_) | Fault::Machine(_) => return None,
         })
@@ -574,6 +614,17 @@ impl Fault {
             }
             Fault::Bandwidth(b) => format!("{}kbit/s", b.rate_bps / 1000),
             Fault::Link(l) => l.to_string(),
+            Fault::Flap(f) => {
+                let mut parts = Vec::new();
+                if !f.interface.is_empty() {
+                    parts.push(f.interface.clone());
+                }
+                parts.push(format!("every {}", f.period));
+                if f.count > 0 {
+                    parts.push(format!("×{}", f.count));
+                }
+                parts.join(" ")
+            }
             Fault::Pause(p) => p.process.as_ref().map(|t| t.to_string()).unwrap_or_default(),
             Fault::Kill(k) => match &k.process {
                 Some(t) => format!("{} {t}", k.signal),

@@ -39,6 +39,8 @@
 //! | `POST` | `/v1/procs/kill-all` | [`KillAllRequest`] | `Vec<`[`ProcId`]`>`: ids signalled |
 //! | `POST` | `/v1/procs/{id}/restart` | [`RestartRequest`] | [`ProcStarted`] of the new process |
 //! | `POST` | `/v1/signal` | [`NodeSignalRequest`] | `Vec<u32>`: pids signalled |
+//! | `POST` | `/v1/measure/serve` | [`measure::MeasureServe`] | [`measure::MeasureServing`] |
+//! | `POST` | `/v1/measure/run` | [`measure::MeasureRun`] | [`measure::MeasureReport`] |
 //! | `POST`/`GET`/`DELETE` | `/v1/lease` | see [`lease`] | one runner at a time on a persistent agent |
 //!
 //! File paths are absolute paths on the node. Query values are URL-encoded. Request sizes, body
@@ -60,6 +62,7 @@ pub mod kinds;
 pub mod lease;
 pub mod limits;
 pub mod machine;
+pub mod measure;
 pub mod paths;
 mod units;
 

@@ -41,6 +41,11 @@ pub const LEASE: &str = "/v1/lease";
 /// `GET ?addr=HOST:PORT`: WebSocket of a TCP connection from the node ([`crate::dial`]).
 pub const DIAL: &str = "/v1/dial";
 
+/// `POST`: start a measurement server ([`crate::measure`]).
+pub const MEASURE_SERVE: &str = "/v1/measure/serve";
+/// `POST`: measure towards a measurement server ([`crate::measure`]).
+pub const MEASURE_RUN: &str = "/v1/measure/run";
+
 /// `template` with `{id}` replaced by `id` (which the caller has made path-safe).
 pub fn with_id(template: &str, id: &str) -> String {
     template.replacen("{id}", id, 1)
@@ -70,6 +75,8 @@ mod tests {
             FAULT,
             PROBE,
             DIAL,
+            MEASURE_SERVE,
+            MEASURE_RUN,
             LEASE,
         ] {
             assert!(path.starts_with(crate::API_PREFIX), "{path}");

@@ -16,7 +16,7 @@ use regex::Regex;
 use tokio_util::sync::CancellationToken;
 
 use super::http;
-use super::model::{Check, CommandLine, Dur, HttpRequest, LeaderProbe, OnNodes, Scenario};
+use super::model::{Check, CommandLine, Dur, HttpRequest, LeaderProbe, MeasureCheck, OnNodes, Scenario};
 use super::template::{Templates, Vars};
 use chaos::cluster::Node;
 use chaos::ext::NodeExt;
@@ -64,6 +64,7 @@ enum Source<'a> {
     Command(&'a CommandLine),
     Http(&'a HttpRequest),
     Log,
+    Measure(&'a MeasureCheck),
 }
 
 /// How one node fared in one attempt.
@@ -170,6 +171,7 @@ impl System {
                     ))
                 }
             }
+            Source::Measure(m) => self.measure(i, m, bound).await,
             Source::Log => {
                 let path = &self.log_paths[i];
                 let bytes = tokio::time::timeout(bound, node.read_bytes(path))
@@ -179,6 +181,41 @@ impl System {
                 Ok(String::from_utf8_lossy(&bytes).into_owned())
             }
         }
+    }
+
+    /// Measures from node `i` to `m.to`: the summary line, or why the thresholds do not hold.
+    async fn measure(&self, i: usize, m: &MeasureCheck, bound: Duration) -> Result<String, String> {
+        let to = self
+            .nodes
+            .iter()
+            .find(|n| n.name() == m.to)
+            .ok_or_else(|| format!("measure: no node {}", m.to))?;
+        let mut options = chaos::net::MeasureOptions {
+            protocol: m.protocol,
+            duration: m.duration.0,
+            ..chaos::net::MeasureOptions::default()
+        };
+        if let Some(rate) = &m.udp_rate {
+            options.udp_rate_bps = chaos_proto::kinds::parse_rate(rate)?;
+        }
+        // The measurement's own length comes on top of the attempt's bound.
+        let bound = bound + m.duration.0 + Duration::from_secs(5);
+        let result = tokio::time::timeout(bound, chaos::net::measure(&*self.nodes[i], &**to, &options))
+            .await
+            .map_err(|_| format!("measure {} → {}: no result within {bound:?}", self.name(i), m.to))?
+            .map_err(|e| e.to_string())?;
+        let summary = result.summary();
+        if let Some(min) = m.min_mbit
+            && result.mbit_per_s() < min
+        {
+            return Err(format!("below {min} Mbit/s: {summary}"));
+        }
+        if let Some(max) = m.max_loss_percent
+            && result.report.loss_percent > max
+        {
+            return Err(format!("above {max} % loss: {summary}"));
+        }
+        Ok(summary)
     }
 
     /// Judges node `i`'s observation against a check's regexes: the `agree` capture when passed.
@@ -225,6 +262,10 @@ impl System {
     ) -> Vec<NodeVerdict> {
         join_all(targets.iter().map(|&i| async move {
             let result = match self.observe(i, source, bound).await {
+                // A measurement's figures are what it reports, pass or fail.
+                Ok(text) if matches!(source, Source::Measure(_)) => {
+                    Self::judge(check, &text).map(|_| Some(text))
+                }
                 Ok(text) => Self::judge(check, &text),
                 Err(e) => Err(e),
             };
@@ -256,10 +297,11 @@ impl System {
             .scenario
             .scaled(check.timeout.unwrap_or(DEFAULT_CHECK_TIMEOUT).0);
         let interval = check.interval.unwrap_or(DEFAULT_INTERVAL).0;
-        let source = match (&check.command, &check.http) {
-            (Some(c), _) => Source::Command(c),
-            (None, Some(h)) => Source::Http(h),
-            (None, None) => Source::Log,
+        let source = match (&check.command, &check.http, &check.measure) {
+            (Some(c), _, _) => Source::Command(c),
+            (None, Some(h), _) => Source::Http(h),
+            (None, None, Some(m)) => Source::Measure(m),
+            (None, None, None) => Source::Log,
         };
         let started = Instant::now();
         let deadline = started + timeout;
@@ -412,6 +454,13 @@ impl System {
             }
             return Ok(format!("all agree on {first}"));
         }
+        if check.measure.is_some() {
+            let figures: Vec<String> = results
+                .iter()
+                .filter_map(|r| r.result.clone().ok().flatten())
+                .collect();
+            return Ok(figures.join("; "));
+        }
         Ok(format!("passed on {} node(s)", results.len()))
     }
 
@@ -526,6 +575,7 @@ mod tests {
             command: None,
             http: None,
             log: true,
+            measure: None,
             regex: Some("ok".into()),
             not_regex: Some("panic".into()),
             agree: agree.map(str::to_string),

@@ -279,32 +279,36 @@ impl Faults {
         out
     }
 
-    /// Refuses a link change that could cut the runner↔agent control path.
+    /// Refuses a link change or flap that could cut the runner↔agent control path, unless the
+    /// request says `force` (then the heartbeat watchdog is the safety net: a runner cut off
+    /// for longer than the heartbeat timeout makes the agent heal everything).
     fn check_link(&self, spec: &FaultSpec) -> Result<(), ApiError> {
-        let FaultSpec::Link(change) = spec else {
-            return Ok(());
+        let (interface, what, force) = match spec {
+            FaultSpec::Link(change) if change.up == Some(false) => {
+                (&change.interface, "take it down", change.force)
+            }
+            FaultSpec::Link(change) if change.mtu.is_some() => {
+                (&change.interface, "change its MTU", change.force)
+            }
+            FaultSpec::Flap(flap) => (&flap.interface, "flap it", flap.force),
+            _ => return Ok(()),
         };
-        let harmful = change.up == Some(false) || change.mtu.is_some();
-        if !harmful {
+        if force {
             return Ok(());
         }
         if let Some((_, ip)) = self
             .control_interfaces()
             .into_iter()
-            .find(|(name, _)| *name == change.interface)
+            .find(|(name, _)| name == interface)
         {
-            let what = if change.up == Some(false) {
-                "take it down"
-            } else {
-                "change its MTU"
-            };
             return Err(err(
                 ErrorKind::InvalidRequest,
                 format!(
-                    "link fault on {}: refusing to {what}, it carries the agent's control address {ip} \
-                     (port {}) and a fault must never cut runner↔agent traffic; use a partition fault \
-                     (the control port is exempt) or a link fault on another interface",
-                    change.interface,
+                    "link fault on {interface}: refusing to {what}, it carries the agent's control \
+                     address {ip} (port {}) and a fault must never cut runner↔agent traffic unless \
+                     forced; use another interface, a partition fault (the control port is exempt), \
+                     or set `force` if the node has no other interface (the agent heals everything \
+                     if the runner stays cut off past the heartbeat timeout)",
                     self.listen.port()
                 ),
             ));

@@ -512,6 +512,7 @@ pub fn mechanism_text(mechanism: &Mechanism) -> String {
         Mechanism::TbfNetlink => "tbf qdisc over rtnetlink".into(),
         Mechanism::HtbTbfNetlink => "htb+tbf qdiscs over rtnetlink".into(),
         Mechanism::RtnetlinkLink => "link change over rtnetlink".into(),
+        Mechanism::RtnetlinkLinkFlap => "link flap by the agent over rtnetlink".into(),
     }
 }
 
@@ -544,6 +545,9 @@ fn describe(spec: &FaultSpec) -> String {
             let ports: Vec<String> = s.ports.iter().map(u16::to_string).collect();
             parts.push(format!("ports {}", ports.join(",")));
         }
+        if let Some(interface) = &s.interface {
+            parts.push(format!("on {interface}"));
+        }
         parts.join(" ")
     };
     match spec {
@@ -572,6 +576,17 @@ fn describe(spec: &FaultSpec) -> String {
         }
         FaultSpec::Bandwidth(b) => format!("{} bit/s on {}", b.rate_bps, b.interface),
         FaultSpec::Link(l) => l.to_string(),
+        FaultSpec::Flap(f) => {
+            let times = match f.count {
+                0 => "until healed".to_string(),
+                n => format!("{n} times"),
+            };
+            format!(
+                "{} down and up every {}, {times}",
+                f.interface,
+                humantime::format_duration(Duration::from_millis(f.period_ms))
+            )
+        }
         FaultSpec::Freeze(target) => match target {
             FreezeTarget::Cgroup { path } => format!("cgroup {path}"),
             FreezeTarget::ProcessTree { pid } => format!("pid {pid} and descendants"),
@@ -625,6 +640,14 @@ mod tests {
         assert!(matches!(
             fault("--state d n1 link --interface eth0 --up false --ttl 5s"),
             Fault::Link(ref l) if l.up == Some(false) && l.mtu.is_none()
+        ));
+        assert!(matches!(
+            fault("--state d n1 flap --interface eth1 --period 1s --count 3 --ttl 1m"),
+            Fault::Flap(ref f) if f.period.0 == Duration::from_secs(1) && f.count == 3 && !f.force
+        ));
+        assert!(matches!(
+            fault("--state d n1 loss --percent 5 --interface eth1 --ttl 1m"),
+            Fault::Loss(ref l) if l.traffic.interface.as_deref() == Some("eth1")
         ));
         assert!(matches!(
             fault("--state d n1 pause --process proc:3 --ttl 5s"),

@@ -27,12 +27,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use chaos_proto::MachineFault;
-pub use chaos_proto::fault::{Bandwidth, LinkChange};
+pub use chaos_proto::fault::{Bandwidth, LinkChange, LinkFlap};
 use chaos_proto::fault::{
     Direction, FaultInfo, FaultRequest, FaultSpec, FreezeTarget, IpNet, Mechanism, NetScope, PacketEffects,
 };
 pub use chaos_proto::kinds::{
-    Delay, Dur, Fault, Kill, Loss, Machine, Packet, Partition, Pause, Peer, ProcessTarget, Restart, Traffic,
+    Delay, Dur, Fault, Flap, Kill, Loss, Machine, Packet, Partition, Pause, Peer, ProcessTarget, Restart,
+    Traffic,
 };
 use chaos_proto::{ProcId, ProcStarted, RestartRequest, SignalTarget};
 use futures_util::future::join_all;
@@ -44,18 +45,30 @@ use crate::cluster::Node;
 use crate::{Error, Result};
 
 /// The interface a fault names, or — when it names none — the main interface `on` reports
-/// ([`Node::interfaces`]), never an assumed name.
+/// ([`Node::interfaces`]), never an assumed name. A node that reports its interfaces allows
+/// experiments only on those (a `hosts` inventory's `interfaces`; the cluster interface of a
+/// netns or docker node): any other name is refused here, before the node is asked.
 fn interface_on(interface: &str, on: &str, cluster_nodes: &[Arc<dyn Node>]) -> Result<String> {
-    if !interface.is_empty() {
-        return Ok(interface.to_string());
-    }
     let node = cluster_nodes.iter().find(|n| n.name() == on);
-    node.and_then(|n| n.interfaces().first().cloned()).ok_or_else(|| {
-        Error::invalid(
+    let allowed = node.map(|n| n.interfaces()).unwrap_or_default();
+    if interface.is_empty() {
+        return allowed.first().cloned().ok_or_else(|| {
+            Error::invalid(
+                format!("fault on {on}"),
+                "no interface given, and the node reports none of its own: name one",
+            )
+        });
+    }
+    if !allowed.is_empty() && !allowed.iter().any(|a| a == interface) {
+        return Err(Error::invalid(
             format!("fault on {on}"),
-            "no interface given, and the node reports none of its own: name one",
-        )
-    })
+            format!(
+                "interface {interface:?} is not one the node allows experiments on ({}); name one of those",
+                allowed.join(", ")
+            ),
+        ));
+    }
+    Ok(interface.to_string())
 }
 
 /// Translates a lasting agent fault into the node's [`FaultSpec`], resolving peer names against
@@ -66,7 +79,10 @@ pub fn to_spec(fault: &Fault, on: &str, cluster_nodes: &[Arc<dyn Node>]) -> Resu
     let what = || format!("{} fault on {on}", fault.kind());
     let invalid = |e: chaos_proto::fault::InvalidFault| Error::invalid(what(), e.to_string());
     let scope = |traffic: &Traffic| -> Result<NetScope> {
-        let scope = resolve(traffic, cluster_nodes).map_err(|m| Error::invalid(what(), m))?;
+        let mut scope = resolve(traffic, cluster_nodes).map_err(|m| Error::invalid(what(), m))?;
+        if let Some(interface) = &traffic.interface {
+            scope.interface = Some(interface_on(interface, on, cluster_nodes)?);
+        }
         scope.validate().map_err(invalid)?;
         Ok(scope)
     };
@@ -143,7 +159,19 @@ pub fn to_spec(fault: &Fault, on: &str, cluster_nodes: &[Arc<dyn Node>]) -> Resu
                     "nothing to change: give `up` and/or `mtu`",
                 ));
             }
-            FaultSpec::Link(l.clone())
+            let mut l = l.clone();
+            l.interface = interface_on(&l.interface, on, cluster_nodes)?;
+            FaultSpec::Link(l)
+        }
+        Fault::Flap(f) => {
+            let flap = LinkFlap {
+                interface: interface_on(&f.interface, on, cluster_nodes)?,
+                period_ms: u64::try_from(f.period.0.as_millis()).unwrap_or(u64::MAX),
+                count: f.count,
+                force: f.force,
+            };
+            flap.validate().map_err(invalid)?;
+            FaultSpec::Flap(flap)
         }
         Fault::Pause(p) => FaultSpec::Freeze(match p.process.as_ref().unwrap_or(&ProcessTarget::All) {
             ProcessTarget::Proc(id) => FreezeTarget::Proc { id: *id },
@@ -234,6 +262,7 @@ fn resolve(traffic: &Traffic, cluster_nodes: &[Arc<dyn Node>]) -> std::result::R
         protocol: traffic.protocol,
         ports: traffic.ports.clone(),
         exempt_tcp_ports: Vec::new(),
+        interface: None,
     })
 }
 

@@ -237,6 +237,34 @@ pub struct HttpRequest {
     pub status: Option<u16>,
 }
 
+/// `measure = { to = "n2", … }` in a check: throughput, RTT and loss from the check's node to
+/// node `to`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeasureCheck {
+    /// The receiving node.
+    pub to: String,
+    /// `tcp` (default) or `udp`.
+    #[serde(default)]
+    pub protocol: chaos::net::MeasureProtocol,
+    /// How long to send (default 2 s, at most 60 s).
+    #[serde(default = "default_measure_duration")]
+    pub duration: Dur,
+    /// UDP sending rate (tc-style, default `"100mbit"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp_rate: Option<String>,
+    /// Fails below this throughput, Mbit/s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_mbit: Option<f64>,
+    /// Fails above this loss, percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_loss_percent: Option<f64>,
+}
+
+fn default_measure_duration() -> Dur {
+    Dur::secs(2)
+}
+
 fn default_method() -> String {
     "GET".into()
 }
@@ -245,7 +273,7 @@ fn default_path() -> String {
 }
 
 /// A check: run something on nodes and judge its output. Used by `[[setup.ready]]` and
-/// `[[invariants]]`. Exactly one of `command`, `http` or `log` says what to run.
+/// `[[invariants]]`. Exactly one of `command`, `http`, `log` or `measure` says what to run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Check {
@@ -264,6 +292,11 @@ pub struct Check {
     /// `true`: the regexes judge the system's log on the node (stdout and stderr).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub log: bool,
+    /// A network measurement from the node to a peer (`chaos::net::measure`): its one-line
+    /// summary is the output judged (and shown in the summary), and it fails below its
+    /// thresholds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measure: Option<MeasureCheck>,
     /// The output must match this regex.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub regex: Option<String>,
@@ -314,6 +347,7 @@ const INVARIANT_FIELDS: &[&str] = &[
     "command",
     "http",
     "log",
+    "measure",
     "regex",
     "not_regex",
     "agree",

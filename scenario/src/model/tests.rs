@@ -225,3 +225,26 @@ fn services_need_unique_names_and_faults_name_existing_ones() {
     )
     .unwrap();
 }
+
+#[test]
+fn measure_checks_name_their_peer_and_bounds_at_their_line() {
+    let text = "[[invariants]]\nname = \"fast\"\nmeasure = { to = \"n2\", min_mbit = 50 }\n";
+    let s = Scenario::parse(text, "t.toml").unwrap();
+    let m = s.invariants[0].check.measure.as_ref().unwrap();
+    assert_eq!(
+        (m.to.as_str(), m.min_mbit, m.duration),
+        ("n2", Some(50.0), Dur::secs(2))
+    );
+    let text = "[[invariants]]\nname = \"fast\"\nmeasure = { to = \"n9\", duration = \"2m\", udp_rate = \"fast\" }\n";
+    let errs = err(text);
+    let fields: Vec<_> = errs.0.iter().map(|e| (e.field.as_str(), e.line)).collect();
+    for field in ["to", "duration", "udp_rate"] {
+        let want = format!("invariants[0].measure.{field}");
+        assert!(fields.contains(&(want.as_str(), 3)), "{field}: {errs}");
+    }
+    assert!(errs.to_string().contains("unknown node \"n9\""), "{errs}");
+    let both = "[[invariants]]\nname = \"x\"\ncommand = \"true\"\nmeasure = { to = \"n2\" }\n";
+    assert!(err(both).to_string().contains("exactly one of"));
+    let typo = "[[invariants]]\nname = \"x\"\nmeasure = { to = \"n2\", min_mbits = 5 }\n";
+    assert!(err(typo).to_string().contains("unknown field `min_mbits`"));
+}

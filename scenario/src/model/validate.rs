@@ -526,12 +526,35 @@ impl Scenario {
 
     fn check_check(&self, p: &mut Problems, path: &[Seg], c: &Check, names: &[String], tm: &Tmpl) {
         let at = |f: &str| [path, &[key(f)]].concat();
-        let sources = c.command.is_some() as u8 + c.http.is_some() as u8 + c.log as u8;
+        let sources =
+            c.command.is_some() as u8 + c.http.is_some() as u8 + c.log as u8 + c.measure.is_some() as u8;
         if sources != 1 {
             p.add(
                 path,
-                "give exactly one of `command`, `http` or `log = true` to say what to check",
+                "give exactly one of `command`, `http`, `log = true` or `measure` to say what to check",
             );
+        }
+        if let Some(m) = &c.measure {
+            if !names.contains(&m.to) {
+                p.add(
+                    &[path, &[key("measure"), key("to")]].concat(),
+                    format!("unknown node {:?}; the nodes are {}", m.to, names.join(", ")),
+                );
+            }
+            if m.duration.0.is_zero() || m.duration.0 > Duration::from_secs(60) {
+                p.add(
+                    &[path, &[key("measure"), key("duration")]].concat(),
+                    "must be more than 0 and at most 60s",
+                );
+            }
+            if let Some(rate) = &m.udp_rate
+                && let Err(e) = chaos_proto::kinds::parse_rate(rate)
+            {
+                p.add(&[path, &[key("measure"), key("udp_rate")]].concat(), e);
+            }
+            if c.agree.is_some() {
+                p.add(&at("agree"), "a measurement has nothing to agree on; use `regex`");
+            }
         }
         if let Some(cmd) = &c.command {
             for t in cmd.templates() {
