@@ -251,7 +251,7 @@ fn parse_backend(s: &str) -> Result<&'static Backend, String> {
 /// Command-line options shared by the example binaries.
 #[derive(Debug, clap::Parser)]
 pub struct ExampleArgs {
-    /// Backend to run on (a name from the backend registry: local, netns, docker).
+    /// Backend to run on (a name from the backend registry: local, netns, docker, hosts; ec2 with its feature).
     #[arg(long, default_value = "netns", value_parser = parse_backend)]
     pub backend: &'static Backend,
     /// Number of nodes.

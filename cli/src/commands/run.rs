@@ -21,7 +21,7 @@ pub struct RunArgs {
     /// drawing one from a seed.
     #[arg(long)]
     pub plan: Option<PathBuf>,
-    /// Override the scenario's backend (local, netns, docker).
+    /// Override the scenario's backend (a name from the backend registry: local, netns, docker, hosts, and ec2 when built with it).
     #[arg(long)]
     pub backend: Option<String>,
     /// The backend's own settings file, for backends that need one (e.g. an inventory of

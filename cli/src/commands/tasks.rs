@@ -15,7 +15,7 @@ use super::BadInput;
 pub struct TasksArgs {
     /// The task file (TOML; docs/tasks.md).
     pub file: PathBuf,
-    /// Override the file's backend (local, netns, docker).
+    /// Override the file's backend (a name from the backend registry: local, netns, docker, hosts, and ec2 when built with it).
     #[arg(long)]
     pub backend: Option<String>,
     /// The backend's own settings file, for backends that need one.

@@ -22,7 +22,8 @@ use super::state::{ClusterState, NodeEntry, Occupant, Owner, StateDir};
 #[derive(Debug, Args)]
 pub struct UpArgs {
     /// Backend to run the nodes on, from the backend registry: netns (isolated nodes), docker
-    /// (containers) or local (agent processes on this host, no isolation, no network faults).
+    /// (containers), local (agent processes on this host, no isolation, no network faults),
+    /// hosts (machines of an inventory, `--inventory FILE`) or ec2 (when built with it).
     #[arg(long, default_value = "netns", value_parser = parse_backend)]
     pub backend: &'static Backend,
     /// Number of nodes, named n1..nN.
