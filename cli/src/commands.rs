@@ -119,6 +119,15 @@ fn version() -> anyhow::Result<()> {
 #[error("{0}")]
 pub struct BadInput(pub String);
 
+/// The backend a `--backend NAME` option names (`run`, `tasks`, campaigns), when given.
+pub(crate) fn backend_override(
+    name: Option<&str>,
+) -> Result<Option<chaos_scenario::model::Backend>, BadInput> {
+    name.map(str::parse)
+        .transpose()
+        .map_err(|e| BadInput(format!("--backend: {e}")))
+}
+
 /// Exit code for a failed command: 2 for bad input (including certificate files that are
 /// missing or malformed, and requests the runner or a node refused as invalid), 1 for anything
 /// else.

@@ -1,6 +1,6 @@
 //! Faults driven through the runner API, measured with real traffic between real nodes.
 //!
-//! Network tests run on every agent backend available here (`netns`, `docker`; each skipped,
+//! Network tests run on every agent backend available here (`netns`, `docker`, `hosts` over its test bed; each skipped,
 //! saying why, when it cannot run); process tests run on every available backend. Traffic is generated and measured by a small
 //! Perl script (`IO::Socket::INET`, `Time::HiRes`) that every node runs from its root directory:
 //! TCP listeners and connect probes, a paced UDP sender and counting receiver, a TCP source and
@@ -146,7 +146,7 @@ where
         return;
     }
     for kind in network_backends() {
-        let Some(cluster) = agent_cluster(test, kind).await else {
+        let Some(TestCluster { cluster, bed }) = agent_cluster(test, kind).await else {
             continue;
         };
         let nodes = cluster.create_nodes(n).await.expect("creating nodes");
@@ -157,21 +157,24 @@ where
         }
         eprintln!("{test}: on the {kind} backend");
         check(kind, nodes).await;
-        finish(cluster, test).await;
+        finish(cluster, bed, test).await;
     }
 }
 
 /// An empty cluster of `kind`, or `None` (having said why). Docker nodes get an image with
 /// perl in it, for the traffic tool.
-async fn agent_cluster(test: &str, kind: &'static Backend) -> Option<Arc<dyn Cluster>> {
-    if let Err(why) = kind.availability() {
+async fn agent_cluster(test: &str, kind: &'static Backend) -> Option<TestCluster> {
+    if let Err(why) = kind
+        .availability()
+        .and_then(|()| registry::test_bed_availability(kind.name))
+    {
         chaos_testkit::skip(test, kind.name, &why);
         return None;
     }
-    let options = ClusterOptions {
-        name: test.to_string(),
-        ..ClusterOptions::default()
-    };
+    // A backend whose machines exist before the runner (hosts) gets its test bed here.
+    let (options, bed) = registry::test_bed(kind.name, test)
+        .await
+        .unwrap_or_else(|e| panic!("{test}: making the {kind} test bed: {e}"));
     let cluster: Arc<dyn Cluster> = match kind.name {
         #[cfg(feature = "docker")]
         "docker" => {
@@ -190,7 +193,13 @@ async fn agent_cluster(test: &str, kind: &'static Backend) -> Option<Arc<dyn Clu
             .await
             .unwrap_or_else(|e| panic!("{test}: creating a {kind} cluster: {e}")),
     };
-    Some(cluster)
+    Some(TestCluster { cluster, bed })
+}
+
+/// A test's cluster and what it runs on besides its backend ([`registry::TestBed`]).
+struct TestCluster {
+    cluster: Arc<dyn Cluster>,
+    bed: Option<registry::TestBed>,
 }
 
 /// What the traffic tool needs in a container, from the host's perl: the interpreter, the
@@ -352,11 +361,16 @@ fn node_names(nodes: &[Arc<dyn Node>]) -> Vec<String> {
     nodes.iter().map(|n| n.name().to_string()).collect()
 }
 
-async fn finish(cluster: Arc<dyn Cluster>, test: &str) {
+async fn finish(cluster: Arc<dyn Cluster>, bed: Option<registry::TestBed>, test: &str) {
     cluster
         .cleanup()
         .await
         .unwrap_or_else(|e| panic!("{test}: cleaning up: {e}"));
+    if let Some(bed) = bed {
+        bed.cleanup()
+            .await
+            .unwrap_or_else(|e| panic!("{test}: removing the test bed: {e}"));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -700,7 +714,7 @@ async fn unsupported_faults_name_what_is_missing() {
     // A cgroup outside the node (here a host cgroup of a v1 hierarchy, made for this check and
     // removed after it) is refused: a node's faults reach only its own processes. (A cgroup
     // without a freezer is named as such by chaos-faults' own tests.)
-    let Some(cluster) = agent_cluster(
+    let Some(TestCluster { cluster, bed }) = agent_cluster(
         test,
         registry::find("netns").expect("netns is compiled in on Linux"),
     )
@@ -738,7 +752,7 @@ async fn unsupported_faults_name_what_is_missing() {
         assert!(detail.to_uppercase().contains("NETEM"), "{detail}");
     }
     assert!(nodes[0].list_faults().await.unwrap().is_empty());
-    finish(cluster, test).await;
+    finish(cluster, bed, test).await;
 }
 
 /// A child cgroup made in a cgroup v1 hierarchy that has no freezer (pids, cpu or memory),

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use chaos_scenario::campaign::{Campaign, CampaignError, SeedSet};
-use chaos_scenario::model::Backend;
 use chaos_scenario::{RunOptions, Scenario};
 use tokio_util::sync::CancellationToken;
 
@@ -22,12 +21,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
             return Ok(2);
         }
     };
-    let backend = args
-        .backend
-        .as_deref()
-        .map(str::parse::<Backend>)
-        .transpose()
-        .map_err(|e| BadInput(format!("--backend: {e}")))?;
+    let backend = super::backend_override(args.backend.as_deref())?;
     let seeds = match (&args.seeds, args.count) {
         (Some(text), _) => SeedSet::parse(text).map_err(|e| BadInput(format!("--seeds: {e}")))?,
         (None, Some(count)) => {

@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 
-use chaos_scenario::model::Backend;
 use chaos_scenario::{RunError, RunOptions, RunStatus, Runner, Scenario};
 use tokio_util::sync::CancellationToken;
 
@@ -70,12 +69,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
             return Ok(2);
         }
     };
-    let backend = args
-        .backend
-        .as_deref()
-        .map(str::parse::<Backend>)
-        .transpose()
-        .map_err(|e| BadInput(format!("--backend: {e}")))?;
+    let backend = super::backend_override(args.backend.as_deref())?;
     let plan = match &args.plan {
         Some(path) => {
             let text = std::fs::read_to_string(path)

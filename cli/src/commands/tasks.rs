@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use chaos_scenario::model::Backend;
 use chaos_scenario::tasks::{TaskFile, TaskObserver, TaskResult, TaskRunner, TaskStatus};
 use tokio_util::sync::CancellationToken;
 
@@ -69,12 +68,7 @@ pub async fn run(args: TasksArgs) -> anyhow::Result<u8> {
             return Ok(2);
         }
     };
-    let backend = args
-        .backend
-        .as_deref()
-        .map(str::parse::<Backend>)
-        .transpose()
-        .map_err(|e| BadInput(format!("--backend: {e}")))?;
+    let backend = super::backend_override(args.backend.as_deref())?;
     let seed = (!file.faults.is_empty()).then(|| args.seed.unwrap_or_else(chaos_scenario::draw_seed));
     if let Some(seed) = seed {
         println!("seed {seed}");
