@@ -6,12 +6,15 @@
 //! - a runner SIGKILLed mid-run: every agent heals, kills the run's processes, removes the run
 //!   directory, keeps serving, and the next runner works at once;
 //! - a second concurrent runner is refused, naming the holder; a takeover ends the first run;
-//! - asking for more nodes than the inventory lists is a clear error.
+//! - asking for more nodes than the inventory lists is a clear error;
+//! - a label selector makes nodes only on the hosts it matches, and asking for more nodes than
+//!   match is a clear error naming the selector; backends without labels refuse a selector.
 
 #![cfg(target_os = "linux")]
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -220,7 +223,10 @@ async fn a_second_runner_is_refused_naming_the_holder_unless_it_takes_over() {
         panic!("one host only: two nodes must be refused");
     };
     let e = e.to_string();
-    assert!(e.contains("at most 1"), "{e}");
+    assert!(
+        e.contains("asked for 2 more nodes") && e.contains("lists 1 hosts (n1)"),
+        "{e}"
+    );
     greedy.cleanup().await.unwrap();
 
     // A takeover ends the first run (its process dies) and takes the host.
@@ -293,4 +299,86 @@ async fn a_missing_inventory_is_a_clear_error() {
     };
     let e = new_cluster("hosts", missing).await.err().unwrap().to_string();
     assert!(e.contains("/nonexistent/inventory.toml"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_label_selector_takes_only_the_matching_hosts() {
+    let Some(lab) = lab("labels", 2).await else {
+        return;
+    };
+    // Host 1 in rack 2, host 2 in rack 1.
+    let text = std::fs::read_to_string(lab.inventory()).unwrap();
+    let mut rack = ["2", "1"].into_iter();
+    let labelled: String = text
+        .split_inclusive('\n')
+        .map(|line| match line {
+            "[[hosts]]\n" => format!(
+                "{line}labels = {{ rack = \"{}\", lab = \"yes\" }}\n",
+                rack.next().unwrap()
+            ),
+            _ => line.to_string(),
+        })
+        .collect();
+    assert!(rack.next().is_none(), "every host labelled:\n{labelled}");
+    let inventory = lab.inventory().with_file_name("labelled.toml");
+    std::fs::write(&inventory, labelled).unwrap();
+    let rack1 = |name: &str| ClusterOptions {
+        host_labels: BTreeMap::from([("rack".to_string(), "1".to_string())]),
+        ..options(&inventory, name, Duration::from_secs(15))
+    };
+
+    // More nodes than matching hosts: refused before any host is asked, naming the selector.
+    let greedy = new_cluster("hosts", rack1("greedy")).await.unwrap();
+    let Err(e) = greedy.create_nodes(2).await else {
+        panic!("one host matches rack=1: two nodes must be refused");
+    };
+    let e = e.to_string();
+    assert!(
+        e.contains("asked for 2 more nodes")
+            && e.contains("lists 1 hosts labelled rack=1 (n2; 2 hosts in all)"),
+        "{e}"
+    );
+    greedy.cleanup().await.unwrap();
+    for i in 0..2 {
+        assert!(
+            client(&lab, i).lease().await.unwrap().is_none(),
+            "host {i} was asked"
+        );
+    }
+
+    // The matching host is node 1; the other host is left alone.
+    let cluster = new_cluster("hosts", rack1("rack1")).await.unwrap();
+    let nodes = cluster.create_nodes(1).await.unwrap();
+    assert_eq!(nodes[0].name(), "n2");
+    assert!(
+        client(&lab, 0).lease().await.unwrap().is_none(),
+        "rack 2 was leased"
+    );
+    let lease = client(&lab, 1).lease().await.unwrap().expect("rack 1 leased");
+    assert_eq!(nodes[0].root_dir(), lease.run_dir);
+    cluster.cleanup().await.unwrap();
+
+    // Every pair must match: no host is in rack 1 and labelled lab=no.
+    let none = ClusterOptions {
+        host_labels: BTreeMap::from([
+            ("rack".to_string(), "1".to_string()),
+            ("lab".to_string(), "no".to_string()),
+        ]),
+        ..options(&inventory, "none", Duration::from_secs(15))
+    };
+    let none = new_cluster("hosts", none).await.unwrap();
+    let Err(e) = none.create_nodes(1).await else {
+        panic!("no host matches lab=no, rack=1");
+    };
+    let e = e.to_string();
+    assert!(e.contains("lists 0 hosts labelled lab=no, rack=1"), "{e}");
+    none.cleanup().await.unwrap();
+
+    // A backend whose machines carry no labels refuses a selector rather than ignore it.
+    let Err(e) = new_cluster("local", rack1("local")).await else {
+        panic!("local machines carry no labels: a selector must be refused");
+    };
+    let e = e.to_string();
+    assert!(e.contains("rack=1") && e.contains("carry no labels"), "{e}");
+    lab.cleanup().await.unwrap();
 }

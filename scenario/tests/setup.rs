@@ -3,6 +3,7 @@
 //! command, the node and the attempts. A readiness check that fails identically says so early,
 //! and gives up early when told. A fault on the leader after which the same node leads is flagged.
 //! `[[setup.services]]` start beside the system, log apart, and are paused and killed apart.
+//! `[cluster] labels` reach the backend: `local`, whose machines carry none, refuses them.
 
 use std::sync::{Arc, Mutex};
 
@@ -88,6 +89,26 @@ interval = "200ms"
         "{reason}"
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(60));
+}
+
+#[test]
+fn cluster_labels_reach_the_backend_and_a_backend_without_labels_refuses_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "[cluster]\nbackend = \"local\"\nnodes = 1\nlabels = { rack = \"1\" }\n\
+                [setup.start]\ncommand = [\"sleep\", \"600\"]\n";
+    let s = Scenario::parse(text, "labels.toml").unwrap_or_else(|e| panic!("{e}"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let outcome = rt
+        .block_on(Runner::new(s).seed(1).out_dir(dir.path()).run())
+        .unwrap();
+    assert_eq!(outcome.status, RunStatus::Error, "{:?}", outcome.summary);
+    let reason = outcome.summary.reason.unwrap_or_default();
+    assert!(
+        reason.contains("creating the cluster")
+            && reason.contains("labelled rack=1")
+            && reason.contains("carry no labels"),
+        "{reason}"
+    );
 }
 
 /// Keeps the progress lines of a run.

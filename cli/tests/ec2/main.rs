@@ -176,6 +176,7 @@ async fn cluster_end_to_end(hypervisor: &Hypervisor, aws: &Aws, config: &Path) {
         heartbeat_timeout: HEARTBEAT,
         node_ready_timeout: scaled(Duration::from_secs(30)),
         backend_config: Some(config.to_path_buf()),
+        ..ClusterOptions::default()
     };
     let cluster: Arc<Ec2Cluster> = Arc::new(Ec2::cluster(options).await.expect("creating the ec2 cluster"));
     let started = Instant::now();
@@ -351,6 +352,7 @@ async fn capacity_falls_back_to_the_next_subnet(
         heartbeat_timeout: HEARTBEAT,
         node_ready_timeout: scaled(Duration::from_secs(30)),
         backend_config: Some(config),
+        ..ClusterOptions::default()
     };
     let cluster = Ec2::cluster(options)
         .await

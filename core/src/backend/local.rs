@@ -68,6 +68,7 @@ pub const BACKEND: crate::backend::Backend = crate::backend::Backend {
     },
     isolated_network: false,
     machine_faults: &[],
+    host_labels: false,
 };
 
 /// A cluster of local nodes: see the [module documentation](self).

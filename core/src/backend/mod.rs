@@ -10,6 +10,7 @@
 //! * [`supervisor`], [`owner`], [`gc`]: agent supervision, runner identity in leftovers, and
 //!   what `chaos gc` reports.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,6 +62,19 @@ pub struct ClusterOptions {
     /// machines of a bare-metal backend, the launch settings of a cloud backend). Backends that
     /// need none ignore it; each documents its format and its default.
     pub backend_config: Option<PathBuf>,
+    /// Only machines whose labels include every one of these pairs (a scenario's
+    /// `[cluster] labels`); empty: any. Only backends whose machines carry labels
+    /// ([`Backend::host_labels`], e.g. `hosts`) accept a selector; the others refuse one.
+    pub host_labels: BTreeMap<String, String>,
+}
+
+/// `rack=1, room=b`: a label selector as errors show it.
+pub fn format_labels(labels: &BTreeMap<String, String>) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl Default for ClusterOptions {
@@ -70,6 +84,7 @@ impl Default for ClusterOptions {
             heartbeat_timeout: Duration::from_secs(15),
             node_ready_timeout: Duration::from_secs(20),
             backend_config: None,
+            host_labels: BTreeMap::new(),
         }
     }
 }

@@ -46,12 +46,28 @@ pub struct Backend {
     pub isolated_network: bool,
     /// The machine faults its clusters offer ([`crate::Cluster::machine_faults`]).
     pub machine_faults: &'static [MachineFault],
+    /// Whether its machines carry labels a cluster may be chosen by
+    /// ([`ClusterOptions::host_labels`], a scenario's `[cluster] labels`); the others refuse a
+    /// selector rather than ignore it.
+    pub host_labels: bool,
 }
 
 impl Backend {
     /// Creates an empty cluster on this backend; fails with one line naming what is missing when
     /// it cannot run here.
     pub async fn create(&self, options: ClusterOptions) -> Result<Arc<dyn Cluster>> {
+        if !self.host_labels && !options.host_labels.is_empty() {
+            return Err(crate::Error::backend(
+                self.name,
+                format!(
+                    "cluster {}: asked for hosts labelled {} but {} machines carry no labels; \
+                     remove `labels` from [cluster] or use the hosts backend (docs/bare-metal.md)",
+                    options.name,
+                    super::format_labels(&options.host_labels),
+                    self.name
+                ),
+            ));
+        }
         (self.create)(options).await
     }
 

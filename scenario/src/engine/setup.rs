@@ -39,6 +39,7 @@ impl Run {
         let options = ClusterOptions {
             name: format!("scn-{}", scenario.name),
             backend_config: self.options.backend_config.clone(),
+            host_labels: scenario.cluster.labels.clone(),
             ..ClusterOptions::default()
         };
         let backend = scenario.cluster.backend.entry();

@@ -100,6 +100,11 @@ pub struct ClusterSpec {
     /// Number of nodes, named `n1` … `nN` (default 3).
     #[serde(default = "default_nodes")]
     pub nodes: usize,
+    /// Only machines whose labels include every one of these pairs, e.g. `{ rack = "1" }`
+    /// (`chaos::backend::ClusterOptions::host_labels`); empty: any. Backends whose machines
+    /// carry no labels (all but `hosts`) refuse a selector when the cluster is created.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 impl Default for ClusterSpec {
@@ -107,6 +112,7 @@ impl Default for ClusterSpec {
         ClusterSpec {
             backend: Backend::default(),
             nodes: default_nodes(),
+            labels: BTreeMap::new(),
         }
     }
 }

@@ -248,3 +248,20 @@ fn measure_checks_name_their_peer_and_bounds_at_their_line() {
     let typo = "[[invariants]]\nname = \"x\"\nmeasure = { to = \"n2\", min_mbits = 5 }\n";
     assert!(err(typo).to_string().contains("unknown field `min_mbits`"));
 }
+
+#[test]
+fn cluster_labels_parse_and_empty_pairs_are_refused() {
+    let s = Scenario::parse(
+        "[cluster]\nbackend = \"hosts\"\nnodes = 2\nlabels = { rack = \"1\", room = \"b\" }\n",
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(s.cluster.labels.len(), 2);
+    assert_eq!(s.cluster.labels["rack"], "1");
+    assert!(Scenario::parse("", "t.toml").unwrap().cluster.labels.is_empty());
+
+    let e = &err("[cluster]\nnodes = 2\nlabels = { rack = \"\" }\n").0[0];
+    assert_eq!(e.field, "cluster.labels");
+    assert_eq!(e.line, 3, "{e}");
+    assert!(e.message.contains("non-empty value"), "{e}");
+}

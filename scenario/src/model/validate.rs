@@ -60,6 +60,17 @@ impl Scenario {
                 format!("{n} nodes: use 1 to 253"),
             );
         }
+        for (k, v) in &self.cluster.labels {
+            if k.is_empty() || v.is_empty() {
+                p.add(
+                    &[key("cluster"), key("labels")],
+                    format!(
+                        "label {k:?} = {v:?}: a selector pairs a non-empty label name with a \
+                         non-empty value, e.g. labels = {{ rack = \"1\" }}"
+                    ),
+                );
+            }
+        }
         let tm = Tmpl {
             templates: Templates::new(),
             sample: template::sample_vars(self),

@@ -118,6 +118,7 @@ pub const BACKEND: crate::backend::Backend = crate::backend::Backend {
     limits: LIMITS,
     isolated_network: true,
     machine_faults: &MachineFault::ALL,
+    host_labels: false,
 };
 
 const LIMITS: Limits = Limits {

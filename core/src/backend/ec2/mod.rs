@@ -78,6 +78,7 @@ pub const BACKEND: crate::backend::Backend = crate::backend::Backend {
     limits: LIMITS,
     isolated_network: true,
     machine_faults: &[],
+    host_labels: false,
 };
 
 /// Whether the backend can run here: some AWS configuration must be visible (an endpoint,

@@ -3,7 +3,8 @@
 //! the runner identity of a long-lived CA (`chaos certs init`). See `docs/bare-metal.md`.
 //!
 //! Nothing is created on a machine but a **run directory**: creating node `k` takes the `k`th
-//! host of the [`Inventory`] (its `name`, or `n<k>`), takes its agent's **lease**
+//! host of the [`Inventory`] (its `name`, or `n<k>`) — of the hosts whose labels include every
+//! pair of [`ClusterOptions::host_labels`] when a scenario selects some — takes its agent's **lease**
 //! ([`chaos_proto::lease`]) — one runner at a time; another runner gets "host rack1-a is in use
 //! by runner WHO since WHEN" unless the inventory says `takeover = true` — and uses the fresh
 //! directory the agent made for the run as the node's root directory. Cleanup (and `Drop`)
@@ -16,7 +17,7 @@
 //! No machine faults (the machines are not ours to pause or power off); `chaos gc` has nothing
 //! to collect (every host cleans up after a runner it stops hearing from).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -62,6 +63,7 @@ pub const BACKEND: crate::backend::Backend = crate::backend::Backend {
     },
     isolated_network: true,
     machine_faults: &[],
+    host_labels: true,
 };
 
 /// A cluster of inventory hosts: see the [module documentation](self).
@@ -93,7 +95,7 @@ impl AgentCluster<Hosts> {
         let ca = ClusterCa::load(&inventory.tls_dir).map_err(hint)?;
         let runner = Identity::load_runner(&inventory.tls_dir).map_err(hint)?;
         let tls = certs::client_config(ca.cert_pem(), &runner)?;
-        let hosts = Hosts::new(inventory, &options.name, tls);
+        let hosts = Hosts::new(inventory, &options.name, tls).select(&options.host_labels);
         Self::with_identity(hosts, options, ca, runner)
     }
 }
@@ -101,6 +103,10 @@ impl AgentCluster<Hosts> {
 /// The provisioner of `hosts`: leases inventory machines. See the [module documentation](self).
 pub struct Hosts {
     inventory: Inventory,
+    /// The label selector ([`ClusterOptions::host_labels`]); empty: every host.
+    selector: BTreeMap<String, String>,
+    /// The hosts nodes are made on, in inventory order: those the selector matches.
+    selected: Vec<Host>,
     /// This cluster's run id: names the run directory on every host.
     run: String,
     /// Who we are, as a refused runner is told.
@@ -152,11 +158,54 @@ impl Hosts {
     pub fn new(inventory: Inventory, cluster: &str, tls: Arc<rustls::ClientConfig>) -> Self {
         Self {
             takeover: AtomicBool::new(inventory.takeover),
+            selector: BTreeMap::new(),
+            selected: inventory.hosts.clone(),
             inventory,
             run: run_id(cluster),
             runner: runner_name(),
             tls,
             state: Mutex::new(State::default()),
+        }
+    }
+
+    /// Makes nodes only on the hosts whose labels include every pair of `selector`, in
+    /// inventory order (an empty selector keeps every host).
+    pub fn select(mut self, selector: &BTreeMap<String, String>) -> Self {
+        self.selector = selector.clone();
+        self.selected = self
+            .inventory
+            .hosts
+            .iter()
+            .filter(|h| selector.iter().all(|(k, v)| h.labels.get(k) == Some(v)))
+            .cloned()
+            .collect();
+        self
+    }
+
+    /// The hosts nodes are made on: those the label selector matches, in inventory order.
+    pub fn selected(&self) -> &[Host] {
+        &self.selected
+    }
+
+    /// `the inventory FILE lists N hosts` or `… N hosts labelled rack=1 (M in all)`, and
+    /// their names.
+    fn describe_selected(&self) -> String {
+        let names = self
+            .selected
+            .iter()
+            .map(|h| h.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let path = self.inventory.path.display();
+        let n = self.selected.len();
+        if self.selector.is_empty() {
+            format!("the inventory {path} lists {n} hosts ({names})")
+        } else {
+            format!(
+                "the inventory {path} lists {n} hosts labelled {} ({names}; {} hosts in all)",
+                super::format_labels(&self.selector),
+                self.inventory.hosts.len()
+            )
         }
     }
 
@@ -180,26 +229,15 @@ impl Hosts {
     }
 
     fn host(&self, node: &str) -> Result<&Host> {
-        self.inventory
-            .hosts
-            .iter()
-            .find(|h| h.name == node)
-            .ok_or_else(|| {
-                Error::backend(
-                    NAME,
-                    format!(
-                        "node {node}: the inventory {} lists {} hosts ({}); add hosts or ask for fewer nodes",
-                        self.inventory.path.display(),
-                        self.inventory.hosts.len(),
-                        self.inventory
-                            .hosts
-                            .iter()
-                            .map(|h| h.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                )
-            })
+        self.selected.iter().find(|h| h.name == node).ok_or_else(|| {
+            Error::backend(
+                NAME,
+                format!(
+                    "node {node}: {}; add hosts or ask for fewer nodes",
+                    self.describe_selected()
+                ),
+            )
+        })
     }
 
     /// Takes (or renews) `node`'s lease; returns the run directory.
@@ -280,11 +318,34 @@ impl Provisioner for Hosts {
         NAME
     }
 
+    // The backend's limits: `check_capacity` refuses more nodes than matching hosts, and says
+    // how many match.
     fn limits(&self) -> Limits {
-        Limits {
-            max_nodes: self.inventory.hosts.len() as u32,
-            ..BACKEND.limits
+        BACKEND.limits
+    }
+
+    fn check_capacity(&self, existing: u32, adding: u32) -> Result<()> {
+        let wanted = u64::from(existing) + u64::from(adding);
+        if wanted <= self.selected.len() as u64 {
+            return Ok(());
         }
+        let already = if existing == 0 {
+            String::new()
+        } else {
+            format!(" ({existing} already made)")
+        };
+        Err(Error::backend(
+            NAME,
+            format!(
+                "asked for {adding} more nodes{already} but {}; add hosts{} or ask for fewer nodes",
+                self.describe_selected(),
+                if self.selector.is_empty() {
+                    ""
+                } else {
+                    ", label more of them, narrow the selector"
+                }
+            ),
+        ))
     }
 
     fn run_id(&self) -> Option<String> {
@@ -292,8 +353,7 @@ impl Provisioner for Hosts {
     }
 
     fn node_name(&self, number: u32) -> String {
-        self.inventory
-            .hosts
+        self.selected
             .get(number as usize - 1)
             .map_or_else(|| format!("n{number}"), |h| h.name.clone())
     }
@@ -408,6 +468,14 @@ impl Provisioner for Hosts {
     fn describe(&self) -> Vec<(&'static str, String)> {
         vec![
             ("inventory", self.inventory.path.display().to_string()),
+            (
+                "hosts",
+                self.selected
+                    .iter()
+                    .map(|h| h.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
             ("run", self.run.clone()),
         ]
     }

@@ -121,6 +121,7 @@ pub const BACKEND: crate::backend::Backend = crate::backend::Backend {
     limits: LIMITS,
     isolated_network: true,
     machine_faults: &[],
+    host_labels: false,
 };
 
 const LIMITS: Limits = Limits {
