@@ -7,8 +7,6 @@ use std::sync::Arc;
 use chaos_scenario::tasks::{TaskFile, TaskObserver, TaskResult, TaskRunner, TaskStatus};
 use tokio_util::sync::CancellationToken;
 
-use super::BadInput;
-
 /// Arguments of `chaos tasks`.
 #[derive(Debug, clap::Args)]
 pub struct TasksArgs {
