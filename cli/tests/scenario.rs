@@ -81,7 +81,7 @@ fn validate_names_file_line_field_and_valid_choices() {
         (
             "field.toml",
             "[cluster]\nnodes = 3\nbakend = \"netns\"\n",
-            "field.toml:3:1: field `cluster.bakend`: unknown field `bakend`, expected `backend` or `nodes`",
+            "field.toml:3:1: field `cluster.bakend`: unknown field `bakend`, expected one of `backend`, `nodes`, `labels`",
         ),
         (
             "kind.toml",
