@@ -454,6 +454,9 @@ fn the_postgres_adapter_passes_against_a_real_postgres() {
         "-N",
     ]);
     let port = free_port();
+    // The server is started through `setpriv`, which execs it, not `runuser`: runuser waits on
+    // its child and, seeing it stopped, stops itself again after a pause's SIGCONT (util-linux
+    // su-common) — the heal then rightly reports a process still stopped.
     let adapter = env!("CARGO_BIN_EXE_chaos-adapter-postgres");
     let postgres = bin.join("postgres");
     let text = format!(
@@ -462,7 +465,7 @@ fn the_postgres_adapter_passes_against_a_real_postgres() {
 backend = "local"
 nodes = 1
 [setup.start]
-command = ["runuser", "-u", "postgres", "--", "{postgres}", "-D", "{data}", "-p", "{port}", "-k", "{data}", "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"]
+command = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--", "{postgres}", "-D", "{data}", "-p", "{port}", "-k", "{data}", "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"]
 [[setup.ready]]
 name = "postgres accepts connections"
 log = true
