@@ -112,7 +112,10 @@ mod tests {
                         appends += 1;
                         let e = element.as_u64().unwrap();
                         assert!((1..=5).contains(&e), "{txn}");
-                        assert!(seen.entry(key.to_string()).or_default().insert(e), "{key} got {e} twice");
+                        assert!(
+                            seen.entry(key.to_string()).or_default().insert(e),
+                            "{key} got {e} twice"
+                        );
                     }
                     chaos_check::MicroOp::Read { list, .. } => {
                         reads += 1;
