@@ -512,7 +512,8 @@ impl PgAdapter {
     /// Ends a failed transaction so the session can serve the next request; a connection that
     /// cannot do even that is dropped (the server then aborts the transaction itself).
     fn rollback(&mut self) {
-        if self.run("ROLLBACK").is_err() {
+        // No connection (it could not be made): nothing to roll back, and no new one to make.
+        if self.conn.is_some() && self.run("ROLLBACK").is_err() {
             self.conn = None;
         }
     }
@@ -535,5 +536,123 @@ mod tests {
         let err = b"SERROR\0C23505\0Mduplicate key\0\0";
         assert_eq!(error_text(err), "23505: duplicate key");
         assert_eq!(literal("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn isolation_levels_parse_in_any_spelling_and_name_the_choices() {
+        assert_eq!("read committed".parse(), Ok(Isolation::ReadCommitted));
+        assert_eq!("REPEATABLE_READ".parse(), Ok(Isolation::RepeatableRead));
+        assert_eq!("serializable".parse::<Isolation>().unwrap().sql(), "SERIALIZABLE");
+        let e = "snapshot".parse::<Isolation>().unwrap_err();
+        assert!(
+            e.contains("`snapshot`") && e.contains("read-committed, repeatable-read"),
+            "{e}"
+        );
+    }
+
+    /// A scripted server: answers the startup, then each query by its first word — `ok` (an
+    /// empty result), `error` (40001 and, in a transaction, the failed state) or `hang up`
+    /// (closes the connection) — and records the queries it received.
+    fn scripted(script: fn(&str) -> &'static str) -> (String, std::sync::mpsc::Receiver<String>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (seen, queries) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut len = [0u8; 4];
+                if stream.read_exact(&mut len).is_err() {
+                    continue;
+                }
+                let mut startup = vec![0; i32::from_be_bytes(len) as usize - 4];
+                let _ = stream.read_exact(&mut startup);
+                let reply = |tag: u8, body: &[u8]| {
+                    let mut m = vec![tag];
+                    m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+                    m.extend_from_slice(body);
+                    m
+                };
+                let _ = stream.write_all(&[reply(b'R', &[0, 0, 0, 0]), reply(b'Z', b"I")].concat());
+                loop {
+                    let mut head = [0u8; 5];
+                    if stream.read_exact(&mut head).is_err() {
+                        break;
+                    }
+                    let mut body =
+                        vec![0; i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize - 4];
+                    let _ = stream.read_exact(&mut body);
+                    let sql = cstring(&body);
+                    let _ = seen.send(sql.clone());
+                    let answer = match script(&sql) {
+                        "hang up" => break,
+                        "error" => [
+                            reply(b'E', b"SERROR\0C40001\0Mcould not serialize access\0\0"),
+                            reply(b'Z', b"E"),
+                        ]
+                        .concat(),
+                        _ => [reply(b'C', b"OK\0"), reply(b'Z', b"T")].concat(),
+                    };
+                    let _ = stream.write_all(&answer);
+                }
+            }
+        });
+        (addr, queries)
+    }
+
+    fn txn_outcome(script: fn(&str) -> &'static str) -> (AdapterResponse, Vec<String>) {
+        let (addr, queries) = scripted(script);
+        let mut adapter = PgAdapter::new(addr, "u".into(), "d".into(), None, Duration::from_secs(5))
+            .with_isolation(Isolation::ReadCommitted);
+        let response = adapter.apply(AdapterRequest {
+            id: 7,
+            kind: OpKind::Txn,
+            key: None,
+            value: Some(serde_json::json!([["append", "x", 1], ["r", "y", null]])),
+            expected: None,
+        });
+        drop(adapter);
+        (response, queries.try_iter().collect())
+    }
+
+    #[test]
+    fn a_txn_is_unknown_only_when_its_commit_is_in_flight() {
+        let (r, sent) = txn_outcome(|sql| if sql == "COMMIT" { "hang up" } else { "ok" });
+        assert_eq!(r.outcome, chaos_check::Outcome::Unknown, "{r:?}");
+        assert!(r.error.as_deref().unwrap().contains("during COMMIT"), "{r:?}");
+        assert!(
+            sent[1].starts_with("BEGIN ISOLATION LEVEL READ COMMITTED"),
+            "{sent:?}"
+        );
+
+        let (r, _) = txn_outcome(|sql| {
+            if sql.starts_with("SELECT v::text") {
+                "hang up"
+            } else {
+                "ok"
+            }
+        });
+        assert_eq!(r.outcome, chaos_check::Outcome::Fail, "lost before COMMIT: {r:?}");
+
+        let (r, sent) = txn_outcome(|sql| {
+            if sql.starts_with("INSERT INTO chaos_list") {
+                "error"
+            } else {
+                "ok"
+            }
+        });
+        assert_eq!(r.outcome, chaos_check::Outcome::Fail, "{r:?}");
+        assert!(r.error.as_deref().unwrap().contains("40001"), "{r:?}");
+        assert_eq!(sent.last().map(String::as_str), Some("ROLLBACK"), "{sent:?}");
+        assert!(!sent.iter().any(|q| q == "COMMIT"), "{sent:?}");
+
+        let (r, _) = txn_outcome(|sql| if sql == "COMMIT" { "error" } else { "ok" });
+        assert_eq!(r.outcome, chaos_check::Outcome::Fail, "refused at COMMIT: {r:?}");
+
+        let (r, _) = txn_outcome(|_| "ok");
+        assert_eq!(r.outcome, chaos_check::Outcome::Ok, "{r:?}");
+        assert_eq!(
+            r.value,
+            Some(serde_json::json!([["append", "x", 1], ["r", "y", []]]))
+        );
     }
 }

@@ -284,6 +284,25 @@ fn the_postgres_txn_scenario_passes_at_serializable_and_fails_at_read_committed(
         "serializable: {:?}",
         strict.summary
     );
+    // It passed through plenty of transactions, and under faults that cost some: failed or
+    // unknown for want of the server, not only refused for a conflict.
+    let t = &strict.summary.totals;
+    assert!(t.ok > 300, "serializable: only {} ok transactions", t.ok);
+    let history = History::read_file(&strict.run_dir.join("history.jsonl")).unwrap();
+    let cut_off = history
+        .ops
+        .iter()
+        .filter(|o| o.outcome != Outcome::Ok)
+        .filter(|o| {
+            o.error
+                .as_deref()
+                .is_some_and(|e| !e.contains("40001") && !e.contains("40P01"))
+        })
+        .count();
+    assert!(
+        cut_off > 0,
+        "serializable: the kill and pause cost no transaction: {t:?}"
+    );
 
     let weak = run("read-committed", 1);
     eprintln!(
