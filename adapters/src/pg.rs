@@ -10,16 +10,20 @@
 //! | `add` / `read_set` | `chaos_set(k text, v text)`: `INSERT` / `SELECT` |
 //! | `incr` / `read_counter` | `chaos_counter(k text primary key, n bigint)`: upsert adding / `SELECT` (absent = 0) |
 //! | `generate` | `nextval('chaos_ids')` |
+//! | `txn` | `chaos_list(k text primary key, v jsonb)`, one statement per micro-operation between `BEGIN ISOLATION LEVEL …` and `COMMIT`: `append` an upsert concatenating, `r` a `SELECT` (absent = `[]`) |
 //!
-//! `append` and `txn` are not offered (`fail`). Outcomes: a connection that cannot be made or an
-//! error reply (the statement rolled back) is `fail`; a connection lost or timed out after the
-//! statement was sent is `unknown` for anything that writes (and `fail` for reads).
+//! `append` (the register kind) is not offered (`fail`). Outcomes: a connection that cannot be
+//! made or an error reply (the statement rolled back) is `fail`; a connection lost or timed out
+//! after the statement was sent is `unknown` for anything that writes (and `fail` for reads). A
+//! transaction is `fail` when anything before its `COMMIT` goes wrong — a serialization failure,
+//! a deadlock, a lost connection: PostgreSQL never commits a transaction whose `COMMIT` it did
+//! not receive — and `unknown` only when the connection is lost while its `COMMIT` is in flight.
 
 use std::io::{BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use chaos_check::{AdapterRequest, AdapterResponse, OpKind};
+use chaos_check::{AdapterRequest, AdapterResponse, MicroOp, OpKind, micro_ops};
 use serde_json::Value;
 
 /// What one simple query returned.
@@ -191,7 +195,71 @@ fn literal(text: &str) -> String {
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS chaos_kv (k text PRIMARY KEY, v text); \
     CREATE TABLE IF NOT EXISTS chaos_set (k text, v text); \
     CREATE TABLE IF NOT EXISTS chaos_counter (k text PRIMARY KEY, n bigint); \
+    CREATE TABLE IF NOT EXISTS chaos_list (k text PRIMARY KEY, v jsonb NOT NULL); \
     CREATE SEQUENCE IF NOT EXISTS chaos_ids";
+
+/// The isolation level `txn` operations run at (`BEGIN ISOLATION LEVEL …`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Isolation {
+    /// `READ UNCOMMITTED` (PostgreSQL runs it as read committed).
+    ReadUncommitted,
+    /// `READ COMMITTED`, PostgreSQL's default: allows G-single (read skew) and G2 (write skew).
+    ReadCommitted,
+    /// `REPEATABLE READ`, PostgreSQL's snapshot isolation: allows G2 (write skew).
+    RepeatableRead,
+    /// `SERIALIZABLE` (serializable snapshot isolation): no anomaly; conflicts abort with 40001.
+    #[default]
+    Serializable,
+}
+
+impl Isolation {
+    /// Every level, weakest first.
+    pub const ALL: [Isolation; 4] = [
+        Isolation::ReadUncommitted,
+        Isolation::ReadCommitted,
+        Isolation::RepeatableRead,
+        Isolation::Serializable,
+    ];
+
+    /// The name `--isolation` takes: `read-committed`, `serializable`, ….
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isolation::ReadUncommitted => "read-uncommitted",
+            Isolation::ReadCommitted => "read-committed",
+            Isolation::RepeatableRead => "repeatable-read",
+            Isolation::Serializable => "serializable",
+        }
+    }
+
+    /// The level as SQL spells it.
+    pub fn sql(self) -> &'static str {
+        match self {
+            Isolation::ReadUncommitted => "READ UNCOMMITTED",
+            Isolation::ReadCommitted => "READ COMMITTED",
+            Isolation::RepeatableRead => "REPEATABLE READ",
+            Isolation::Serializable => "SERIALIZABLE",
+        }
+    }
+}
+
+impl std::str::FromStr for Isolation {
+    type Err = String;
+
+    /// Accepts the names of [`Isolation::as_str`], also with spaces or underscores and in any case
+    /// (`"read committed"`, `"READ_COMMITTED"`).
+    fn from_str(name: &str) -> Result<Isolation, String> {
+        let wanted = name.trim().to_ascii_lowercase().replace([' ', '_'], "-");
+        Isolation::ALL
+            .into_iter()
+            .find(|i| i.as_str() == wanted)
+            .ok_or_else(|| {
+                format!(
+                    "unknown isolation level `{name}`; the levels are: {}",
+                    Isolation::ALL.map(Isolation::as_str).join(", ")
+                )
+            })
+    }
+}
 
 /// Why an operation did not complete, and whether it may have taken effect.
 enum Failure {
@@ -211,6 +279,8 @@ pub struct PgAdapter {
     pub password: Option<String>,
     /// Bound on each reply.
     pub timeout: Duration,
+    /// The isolation level of `txn` operations (default serializable).
+    pub isolation: Isolation,
     conn: Option<PgConnection>,
 }
 
@@ -229,8 +299,15 @@ impl PgAdapter {
             database,
             password,
             timeout,
+            isolation: Isolation::default(),
             conn: None,
         }
+    }
+
+    /// The same adapter, running `txn` operations at `isolation`.
+    pub fn with_isolation(mut self, isolation: Isolation) -> PgAdapter {
+        self.isolation = isolation;
+        self
     }
 
     fn run(&mut self, sql: &str) -> Result<QueryResult, Failure> {
@@ -351,10 +428,93 @@ impl PgAdapter {
                 n.map(|n| Some(Value::from(n)))
                     .ok_or_else(|| Failure::NotDone("nextval returned nothing".into()))
             }
-            OpKind::Append | OpKind::Txn => Err(Failure::NotDone(format!(
+            OpKind::Txn => self.txn(req.value.as_ref().unwrap_or(&Value::Null)),
+            OpKind::Append => Err(Failure::NotDone(format!(
                 "this adapter does not offer `{}`",
                 req.kind.as_str()
             ))),
+        }
+    }
+}
+
+impl PgAdapter {
+    /// Runs a `txn`: `BEGIN`, a statement per micro-operation, `COMMIT`. Only a connection lost
+    /// while `COMMIT` is in flight leaves the outcome open ([`Failure::Maybe`]); anything earlier
+    /// means it did not commit (the server aborts a transaction whose session ends), so it is
+    /// [`Failure::NotDone`], and an error reply is rolled back before the next request.
+    fn txn(&mut self, value: &Value) -> Result<Option<Value>, Failure> {
+        let mops = micro_ops(value).map_err(Failure::NotDone)?;
+        let begin = format!("BEGIN ISOLATION LEVEL {}", self.isolation.sql());
+        self.in_txn(&begin)?;
+        let mut done = Vec::with_capacity(mops.len());
+        for mop in &mops {
+            match mop {
+                MicroOp::Append { key, element } => {
+                    let one = literal(&Value::Array(vec![(*element).clone()]).to_string());
+                    self.in_txn(&format!(
+                        "INSERT INTO chaos_list AS t VALUES ({}, {one}::jsonb) \
+                         ON CONFLICT (k) DO UPDATE SET v = t.v || EXCLUDED.v",
+                        literal(key)
+                    ))?;
+                    done.push(Value::Array(vec![
+                        "append".into(),
+                        key.as_ref().into(),
+                        (*element).clone(),
+                    ]));
+                }
+                MicroOp::Read { key, .. } => {
+                    let r = self.in_txn(&format!(
+                        "SELECT v::text FROM chaos_list WHERE k = {}",
+                        literal(key)
+                    ))?;
+                    let list = match r
+                        .rows
+                        .into_iter()
+                        .next()
+                        .and_then(|row| row.into_iter().next().flatten())
+                    {
+                        None => Value::Array(Vec::new()),
+                        Some(text) => match parse(&text) {
+                            list @ Value::Array(_) => list,
+                            other => {
+                                self.rollback();
+                                return Err(Failure::NotDone(format!(
+                                    "chaos_list holds {other} for key {key}, not a list; was the table written by something else?"
+                                )));
+                            }
+                        },
+                    };
+                    done.push(Value::Array(vec!["r".into(), key.as_ref().into(), list]));
+                }
+            }
+        }
+        match self.run("COMMIT") {
+            Ok(_) => Ok(Some(Value::Array(done))),
+            // An error reply to COMMIT (a serialization failure found at commit) rolled it back.
+            Err(Failure::NotDone(e)) => Err(Failure::NotDone(e)),
+            Err(Failure::Maybe(e)) => Err(Failure::Maybe(format!("during COMMIT: {e}"))),
+        }
+    }
+
+    /// One statement inside an open transaction: an error reply rolls the transaction back, and a
+    /// lost connection (which the server answers by aborting it) is not a commit either.
+    fn in_txn(&mut self, sql: &str) -> Result<QueryResult, Failure> {
+        match self.run(sql) {
+            Ok(r) => Ok(r),
+            Err(Failure::NotDone(e)) => {
+                self.rollback();
+                Err(Failure::NotDone(e))
+            }
+            Err(Failure::Maybe(e)) => Err(Failure::NotDone(format!("{e} (before COMMIT: not committed)"))),
+        }
+    }
+
+    /// Ends a failed transaction so the session can serve the next request; a connection that
+    /// cannot do even that is dropped (the server then aborts the transaction itself).
+    fn rollback(&mut self) {
+        // No connection (it could not be made): nothing to roll back, and no new one to make.
+        if self.conn.is_some() && self.run("ROLLBACK").is_err() {
+            self.conn = None;
         }
     }
 }
@@ -376,5 +536,123 @@ mod tests {
         let err = b"SERROR\0C23505\0Mduplicate key\0\0";
         assert_eq!(error_text(err), "23505: duplicate key");
         assert_eq!(literal("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn isolation_levels_parse_in_any_spelling_and_name_the_choices() {
+        assert_eq!("read committed".parse(), Ok(Isolation::ReadCommitted));
+        assert_eq!("REPEATABLE_READ".parse(), Ok(Isolation::RepeatableRead));
+        assert_eq!("serializable".parse::<Isolation>().unwrap().sql(), "SERIALIZABLE");
+        let e = "snapshot".parse::<Isolation>().unwrap_err();
+        assert!(
+            e.contains("`snapshot`") && e.contains("read-committed, repeatable-read"),
+            "{e}"
+        );
+    }
+
+    /// A scripted server: answers the startup, then each query by its first word — `ok` (an
+    /// empty result), `error` (40001 and, in a transaction, the failed state) or `hang up`
+    /// (closes the connection) — and records the queries it received.
+    fn scripted(script: fn(&str) -> &'static str) -> (String, std::sync::mpsc::Receiver<String>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (seen, queries) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut len = [0u8; 4];
+                if stream.read_exact(&mut len).is_err() {
+                    continue;
+                }
+                let mut startup = vec![0; i32::from_be_bytes(len) as usize - 4];
+                let _ = stream.read_exact(&mut startup);
+                let reply = |tag: u8, body: &[u8]| {
+                    let mut m = vec![tag];
+                    m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+                    m.extend_from_slice(body);
+                    m
+                };
+                let _ = stream.write_all(&[reply(b'R', &[0, 0, 0, 0]), reply(b'Z', b"I")].concat());
+                loop {
+                    let mut head = [0u8; 5];
+                    if stream.read_exact(&mut head).is_err() {
+                        break;
+                    }
+                    let mut body =
+                        vec![0; i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize - 4];
+                    let _ = stream.read_exact(&mut body);
+                    let sql = cstring(&body);
+                    let _ = seen.send(sql.clone());
+                    let answer = match script(&sql) {
+                        "hang up" => break,
+                        "error" => [
+                            reply(b'E', b"SERROR\0C40001\0Mcould not serialize access\0\0"),
+                            reply(b'Z', b"E"),
+                        ]
+                        .concat(),
+                        _ => [reply(b'C', b"OK\0"), reply(b'Z', b"T")].concat(),
+                    };
+                    let _ = stream.write_all(&answer);
+                }
+            }
+        });
+        (addr, queries)
+    }
+
+    fn txn_outcome(script: fn(&str) -> &'static str) -> (AdapterResponse, Vec<String>) {
+        let (addr, queries) = scripted(script);
+        let mut adapter = PgAdapter::new(addr, "u".into(), "d".into(), None, Duration::from_secs(5))
+            .with_isolation(Isolation::ReadCommitted);
+        let response = adapter.apply(AdapterRequest {
+            id: 7,
+            kind: OpKind::Txn,
+            key: None,
+            value: Some(serde_json::json!([["append", "x", 1], ["r", "y", null]])),
+            expected: None,
+        });
+        drop(adapter);
+        (response, queries.try_iter().collect())
+    }
+
+    #[test]
+    fn a_txn_is_unknown_only_when_its_commit_is_in_flight() {
+        let (r, sent) = txn_outcome(|sql| if sql == "COMMIT" { "hang up" } else { "ok" });
+        assert_eq!(r.outcome, chaos_check::Outcome::Unknown, "{r:?}");
+        assert!(r.error.as_deref().unwrap().contains("during COMMIT"), "{r:?}");
+        assert!(
+            sent[1].starts_with("BEGIN ISOLATION LEVEL READ COMMITTED"),
+            "{sent:?}"
+        );
+
+        let (r, _) = txn_outcome(|sql| {
+            if sql.starts_with("SELECT v::text") {
+                "hang up"
+            } else {
+                "ok"
+            }
+        });
+        assert_eq!(r.outcome, chaos_check::Outcome::Fail, "lost before COMMIT: {r:?}");
+
+        let (r, sent) = txn_outcome(|sql| {
+            if sql.starts_with("INSERT INTO chaos_list") {
+                "error"
+            } else {
+                "ok"
+            }
+        });
+        assert_eq!(r.outcome, chaos_check::Outcome::Fail, "{r:?}");
+        assert!(r.error.as_deref().unwrap().contains("40001"), "{r:?}");
+        assert_eq!(sent.last().map(String::as_str), Some("ROLLBACK"), "{sent:?}");
+        assert!(!sent.iter().any(|q| q == "COMMIT"), "{sent:?}");
+
+        let (r, _) = txn_outcome(|sql| if sql == "COMMIT" { "error" } else { "ok" });
+        assert_eq!(r.outcome, chaos_check::Outcome::Fail, "refused at COMMIT: {r:?}");
+
+        let (r, _) = txn_outcome(|_| "ok");
+        assert_eq!(r.outcome, chaos_check::Outcome::Ok, "{r:?}");
+        assert_eq!(
+            r.value,
+            Some(serde_json::json!([["append", "x", 1], ["r", "y", []]]))
+        );
     }
 }

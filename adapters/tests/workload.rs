@@ -2,7 +2,11 @@
 //! outcome an adapter can give, a crashed, a silent and a chatty adapter, garbage answers, final
 //! reads — and a deliberately buggy store whose lost acknowledged writes fail the run by name.
 
+mod common;
+
 use std::path::Path;
+
+use common::free_port;
 
 use chaos_check::{History, Op, OpKind, Outcome};
 use chaos_scenario::{RunOutcome, Runner, Scenario};
@@ -24,15 +28,6 @@ fn ops(run_dir: &Path) -> Vec<Op> {
 
 fn on_key<'a>(ops: &'a [Op], key: &str) -> Vec<&'a Op> {
     ops.iter().filter(|o| o.key.as_deref() == Some(key)).collect()
-}
-
-/// A port nothing listens on now (the OS picks it; the store binds it right after).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]
@@ -400,72 +395,25 @@ fn the_guides_toy_store_fails_as_the_guide_says_and_passes_when_fixed() {
 /// and counters under pauses of the server, judged linearizable and lossless.
 #[test]
 fn the_postgres_adapter_passes_against_a_real_postgres() {
-    let test = "the_postgres_adapter_passes_against_a_real_postgres";
-    let bin = Path::new("/usr/lib/postgresql/15/bin");
-    if !bin.join("postgres").is_file() {
-        chaos_testkit::skip(
-            test,
-            "postgres",
-            &"/usr/lib/postgresql/15/bin/postgres is missing (apt-get install postgresql)",
-        );
+    if !common::can_run_postgres("the_postgres_adapter_passes_against_a_real_postgres") {
         return;
     }
-    if effective_uid() != 0 {
-        chaos_testkit::skip(
-            test,
-            "root",
-            &"PostgreSQL runs as the postgres user, which needs root to switch to",
-        );
-        return;
-    }
-    // The data directory belongs to postgres; its parents must let postgres through.
     let dir = tempfile::tempdir().unwrap();
-    let pg = dir.path().join("pg");
-    std::fs::create_dir(&pg).unwrap();
-    let run_as = |args: &[&str]| {
-        let out = std::process::Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    std::process::Command::new("chmod")
-        .args(["755", dir.path().to_str().unwrap()])
-        .status()
-        .unwrap();
-    std::process::Command::new("chown")
-        .args(["postgres", pg.to_str().unwrap()])
-        .status()
-        .unwrap();
-    let data = pg.join("data");
-    let data = data.to_str().unwrap();
-    run_as(&[
-        bin.join("initdb").to_str().unwrap(),
-        "-D",
-        data,
-        "--auth=trust",
-        "-U",
-        "postgres",
-        "-N",
-    ]);
+    let data = common::initdb(dir.path());
     let port = free_port();
-    // The server is started through `setpriv`, which execs it, not `runuser`: runuser waits on
-    // its child and, seeing it stopped, stops itself again after a pause's SIGCONT (util-linux
-    // su-common) — the heal then rightly reports a process still stopped.
+    let start = common::server_argv(&data, port)
+        .iter()
+        .map(|a| format!("{a:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     let adapter = env!("CARGO_BIN_EXE_chaos-adapter-postgres");
-    let postgres = bin.join("postgres");
     let text = format!(
         r#"
 [cluster]
 backend = "local"
 nodes = 1
 [setup.start]
-command = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--", "{postgres}", "-D", "{data}", "-p", "{port}", "-k", "{data}", "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"]
+command = [{start}]
 [[setup.ready]]
 name = "postgres accepts connections"
 log = true
@@ -500,8 +448,7 @@ target = "one"
 duration = "1500ms"
 [history]
 checkers = ["linearizability", "set", "counter"]
-"#,
-        postgres = postgres.display()
+"#
     );
     let outcome = run(&text, dir.path());
     assert!(outcome.passed(), "{:?}", outcome.summary);
@@ -518,17 +465,4 @@ checkers = ["linearizability", "set", "counter"]
     assert!(ops.iter().any(|o| o.kind == OpKind::ReadSet
         && o.outcome == Outcome::Ok
         && !o.values.as_ref().unwrap().is_empty()));
-}
-
-/// The effective user id, from /proc (no libc dependency here).
-fn effective_uid() -> u32 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
-        })
-        .and_then(|u| u.parse().ok())
-        .unwrap_or(u32::MAX)
 }

@@ -350,6 +350,7 @@ impl WorkloadSpec {
             ops: Vec::new(),
             exit_codes: None,
             adapter: None,
+            txn: None,
         }
     }
 

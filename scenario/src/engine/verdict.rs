@@ -95,7 +95,11 @@ impl Run {
             }
         };
         let checkers = self.scenario.history.checkers.clone();
-        let report = match chaos_check::check_history(&history, &checkers) {
+        let options = chaos_check::CheckOptions {
+            consistency_model: self.scenario.history.consistency_model.unwrap_or_default(),
+            ..chaos_check::CheckOptions::default()
+        };
+        let report = match chaos_check::check_history_with(&history, &checkers, &options) {
             Ok(r) => r,
             Err(e) => {
                 self.verdict

@@ -446,6 +446,55 @@ pub struct WorkloadSpec {
     /// `adapter`: the adapter process each client starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adapter: Option<AdapterSpec>,
+    /// `adapter` with `txn` operations: how transactions are drawn (default [`TxnSpec::default`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub txn: Option<TxnSpec>,
+}
+
+/// `[workload.txn]`: the list-append transactions of an adapter workload's `txn` operations, as
+/// Jepsen's list-append generator draws them. `workload.keys` keys are in use at a time; a key
+/// that has had `max_writes_per_key` appends is retired for a fresh one, so lists stay short
+/// (the checker's work grows with their length) while every key sees contention. Each key's
+/// elements are 1, 2, 3, … — unique per key, as the list-append checker requires.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TxnSpec {
+    /// Fewest micro-operations in a transaction (default 1).
+    #[serde(default = "default_txn_min_ops")]
+    pub min_ops: usize,
+    /// Most micro-operations in a transaction (default 4).
+    #[serde(default = "default_txn_max_ops")]
+    pub max_ops: usize,
+    /// Percentage of micro-operations that are reads, the rest appends (default 50).
+    #[serde(default = "default_txn_read_percent")]
+    pub read_percent: u32,
+    /// Appends a key takes before it is retired for a fresh one (default 32).
+    #[serde(default = "default_txn_max_writes_per_key")]
+    pub max_writes_per_key: u64,
+}
+
+impl Default for TxnSpec {
+    fn default() -> Self {
+        TxnSpec {
+            min_ops: default_txn_min_ops(),
+            max_ops: default_txn_max_ops(),
+            read_percent: default_txn_read_percent(),
+            max_writes_per_key: default_txn_max_writes_per_key(),
+        }
+    }
+}
+
+fn default_txn_min_ops() -> usize {
+    1
+}
+fn default_txn_max_ops() -> usize {
+    4
+}
+fn default_txn_read_percent() -> u32 {
+    50
+}
+fn default_txn_max_writes_per_key() -> u64 {
+    32
 }
 
 /// `[workload.exit_codes]`: how a `command` operation's exit code maps to its outcome. Exit 0 is
@@ -640,6 +689,10 @@ pub struct HistorySpec {
     /// Recovery bound: longest time from a heal to the first ok operation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_recovery: Option<Dur>,
+    /// The model the list-append checker holds `txn` operations to: `read-committed`,
+    /// `snapshot-isolation`, `serializable` or `strict-serializable` (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistency_model: Option<chaos_check::ConsistencyModel>,
 }
 
 /// `[teardown]`.

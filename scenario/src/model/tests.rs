@@ -265,3 +265,44 @@ fn cluster_labels_parse_and_empty_pairs_are_refused() {
     assert_eq!(e.line, 3, "{e}");
     assert!(e.message.contains("non-empty value"), "{e}");
 }
+
+#[test]
+fn txn_mix_and_consistency_model_are_validated_where_they_are_written() {
+    let adapter = "[workload]\ntype = \"adapter\"\n[workload.adapter]\ncommand = \"a\"\n";
+    let ok = Scenario::parse(
+        &format!("{adapter}[workload.txn]\nmax_ops = 6\n[[workload.ops]]\nkind = \"txn\"\n[history]\nconsistency_model = \"read-committed\"\n"),
+        "t.toml",
+    )
+    .unwrap();
+    let txn = ok.workload.unwrap().txn.unwrap();
+    assert_eq!((txn.min_ops, txn.max_ops, txn.read_percent), (1, 6, 50));
+    assert_eq!(
+        ok.history.consistency_model,
+        Some(chaos_check::ConsistencyModel::ReadCommitted)
+    );
+
+    let e = err(&format!(
+        "{adapter}[workload.txn]\nmin_ops = 3\nmax_ops = 2\nread_percent = 120\nmax_writes_per_key = 0\n[[workload.ops]]\nkind = \"read\"\n"
+    ))
+    .to_string();
+    for needle in [
+        "workload.txn.max_ops",
+        "at least min_ops (3)",
+        "workload.txn.read_percent",
+        "workload.txn.max_writes_per_key",
+        "add [[workload.ops]] kind = \"txn\"",
+    ] {
+        assert!(e.contains(needle), "{needle}: {e}");
+    }
+    let e = err("[workload]\ntype = \"command\"\n[[workload.ops]]\nkind = \"txn\"\ncommand = \"x\"\n")
+        .to_string();
+    assert!(
+        e.contains("workload.ops[0].kind") && e.contains("`txn` needs an adapter workload"),
+        "{e}"
+    );
+    let e = err("[history]\nconsistency_model = \"serialisable\"\n").to_string();
+    assert!(
+        e.contains("history.consistency_model") && e.contains("serializable"),
+        "{e}"
+    );
+}

@@ -245,6 +245,7 @@ impl Scenario {
                     for (field, set) in [
                         ("adapter", w.adapter.is_some()),
                         ("exit_codes", w.exit_codes.is_some()),
+                        ("txn", w.txn.is_some()),
                     ] {
                         if set {
                             p.add(
@@ -274,6 +275,12 @@ impl Scenario {
                             p.add(
                                 &[key("workload"), key("ops"), Seg::Index(i), key("kind")],
                                 "`cas` needs an adapter workload: a command has no value to compare with",
+                            );
+                        }
+                        if op.kind == CommandOpKind::Txn && w.kind == WorkloadType::Command {
+                            p.add(
+                                &[key("workload"), key("ops"), Seg::Index(i), key("kind")],
+                                "`txn` needs an adapter workload: a command cannot answer with the micro-operations' reads",
                             );
                         }
                         let at = [key("workload"), key("ops"), Seg::Index(i), key("command")];
@@ -331,6 +338,30 @@ impl Scenario {
                                 &[key("workload"), key("exit_codes")],
                                 format!("exit code {c} is listed both as `fail` and as `unknown`"),
                             );
+                        }
+                    }
+                    if let Some(t) = &w.txn {
+                        let at = |field| [key("workload"), key("txn"), key(field)];
+                        if !w.ops.iter().any(|o| o.kind == CommandOpKind::Txn) {
+                            p.add(
+                                &[key("workload"), key("txn")],
+                                "`txn` sets how `txn` operations are drawn, and there is none: add [[workload.ops]] kind = \"txn\"",
+                            );
+                        }
+                        if t.min_ops == 0 {
+                            p.add(&at("min_ops"), "must be at least 1");
+                        }
+                        if t.max_ops < t.min_ops {
+                            p.add(
+                                &at("max_ops"),
+                                format!("must be at least min_ops ({})", t.min_ops),
+                            );
+                        }
+                        if t.read_percent > 100 {
+                            p.add(&at("read_percent"), "is a percentage: 0 to 100");
+                        }
+                        if t.max_writes_per_key == 0 {
+                            p.add(&at("max_writes_per_key"), "must be at least 1");
                         }
                     }
                     for (field, set) in [

@@ -508,6 +508,8 @@ pub enum CommandOpKind {
     ReadCounter,
     /// Generate a unique id: stdout is the id.
     Generate,
+    /// `adapter` workloads only: a list-append transaction, drawn as `[workload.txn]` says.
+    Txn,
 }
 
 impl CommandOpKind {
@@ -524,6 +526,7 @@ impl CommandOpKind {
             CommandOpKind::Incr => OpKind::Incr,
             CommandOpKind::ReadCounter => OpKind::ReadCounter,
             CommandOpKind::Generate => OpKind::Generate,
+            CommandOpKind::Txn => OpKind::Txn,
         }
     }
 }

@@ -342,7 +342,10 @@ pub(crate) async fn run_client(ctx: Arc<ClientCtx>, client: u64, mut rng: Xoshir
         let kind = ctx.spec.ops[weighted(&mut rng, &weights)].kind.op_kind();
         let key = format!("k{}", rng.random_range(0..ctx.spec.keys));
         seq += 1;
-        let value = Value::from(client * 1_000_000_000 + seq);
+        let value = match (kind, &ctx.txn_keys) {
+            (OpKind::Txn, Some(keys)) => keys.draw(&mut rng),
+            _ => Value::from(client * 1_000_000_000 + seq),
+        };
         let id = ctx.recorder.next_id();
         let mut request = request(id, kind, &key, &value);
         if kind == OpKind::Cas {
@@ -379,12 +382,14 @@ pub(crate) async fn run_client(ctx: Arc<ClientCtx>, client: u64, mut rng: Xoshir
     }
 }
 
-/// The request of one generated operation: writes carry `value`, `incr` 1, reads nothing.
+/// The request of one generated operation: writes carry `value`, `incr` 1, a `txn` its
+/// micro-operations (`value`) and no key, reads nothing.
 fn request(id: u64, kind: OpKind, key: &str, value: &Value) -> AdapterRequest {
     let (key, value) = match kind {
         OpKind::Write | OpKind::Add | OpKind::Append | OpKind::Cas => (Some(key), Some(value.clone())),
         OpKind::Incr => (Some(key), Some(Value::from(1))),
-        OpKind::Generate | OpKind::Txn => (None, None),
+        OpKind::Txn => (None, Some(value.clone())),
+        OpKind::Generate => (None, None),
         _ => (Some(key), None),
     };
     AdapterRequest {
@@ -396,14 +401,15 @@ fn request(id: u64, kind: OpKind, key: &str, value: &Value) -> AdapterRequest {
     }
 }
 
-/// Reads every key once with each read kind the workload has, through a fresh adapter per node,
-/// from the first node whose read succeeds.
+/// Reads every key once with each read kind the workload has — and, with `txn` operations, every
+/// active list in one read-only transaction — through a fresh adapter per node, from the first
+/// node whose read succeeds.
 pub(crate) async fn final_reads(ctx: &ClientCtx) {
     let Some(spec) = ctx.spec.adapter.clone() else {
         return;
     };
     let kinds = super::read_kinds(&ctx.spec);
-    if kinds.is_empty() {
+    if kinds.is_empty() && ctx.txn_keys.is_none() {
         return;
     }
     let mut slots: Vec<Slot> = (0..ctx.system.nodes.len())
@@ -413,33 +419,39 @@ pub(crate) async fn final_reads(ctx: &ClientCtx) {
         })
         .collect();
     let mut client = FINAL_READS_CLIENT;
-    for key_index in 0..ctx.spec.keys {
-        let key = format!("k{key_index}");
-        for kind in &kinds {
-            let kind = kind.op_kind();
-            for slot in &mut slots {
-                let id = ctx.recorder.next_id();
-                let request = request(id, kind, &key, &Value::Null);
-                let invoke = ctx.recorder.now_us();
-                let done = slot.perform(ctx, &spec, client, &request).await;
-                let outcome = done.outcome;
-                record(
-                    ctx,
-                    id,
-                    client,
-                    kind,
-                    invoke,
-                    slot.node_index,
-                    &key,
-                    (Value::Null, None),
-                    done,
-                );
-                if outcome == Outcome::Unknown {
-                    client += 1;
-                }
-                if outcome == Outcome::Ok {
-                    break;
-                }
+    let mut reads: Vec<(OpKind, String, Value)> = (0..ctx.spec.keys)
+        .flat_map(|key_index| {
+            kinds
+                .iter()
+                .map(move |kind| (kind.op_kind(), format!("k{key_index}"), Value::Null))
+        })
+        .collect();
+    if let Some(keys) = &ctx.txn_keys {
+        reads.push((OpKind::Txn, String::new(), keys.read_all()));
+    }
+    for (kind, key, value) in reads {
+        for slot in &mut slots {
+            let id = ctx.recorder.next_id();
+            let request = request(id, kind, &key, &value);
+            let invoke = ctx.recorder.now_us();
+            let done = slot.perform(ctx, &spec, client, &request).await;
+            let outcome = done.outcome;
+            record(
+                ctx,
+                id,
+                client,
+                kind,
+                invoke,
+                slot.node_index,
+                &key,
+                (value.clone(), None),
+                done,
+            );
+            if outcome == Outcome::Unknown {
+                client += 1;
+            }
+            if outcome == Outcome::Ok {
+                break;
             }
         }
     }
@@ -487,6 +499,12 @@ mod tests {
         );
         let i = request(3, OpKind::Incr, "k1", &Value::from(5));
         assert_eq!(i.value, Some(Value::from(1)));
+        let mops = serde_json::json!([["append", "k2", 1], ["r", "k3", null]]);
+        let t = request(5, OpKind::Txn, "k1", &mops);
+        assert_eq!(
+            serde_json::to_string(&t).unwrap(),
+            r#"{"id":5,"kind":"txn","value":[["append","k2",1],["r","k3",null]]}"#
+        );
         let g = request(4, OpKind::Generate, "k1", &Value::Null);
         assert_eq!(
             serde_json::to_string(&g).unwrap(),

@@ -15,6 +15,7 @@
 pub mod adapter;
 pub mod command;
 pub mod kv;
+mod txn;
 
 pub use kv::FINAL_READS_CLIENT;
 
@@ -195,6 +196,8 @@ pub struct ClientCtx {
     pub stop: CancellationToken,
     /// Bound of one operation (scaled).
     pub op_timeout: Duration,
+    /// The keys `txn` operations draw from, shared by every client (when the workload has any).
+    pub(crate) txn_keys: Option<txn::TxnKeys>,
 }
 
 impl ClientCtx {
@@ -228,6 +231,11 @@ impl Workload {
             gate: Arc::new(RwLock::new(())),
             stop: CancellationToken::new(),
             op_timeout,
+            txn_keys: spec
+                .ops
+                .iter()
+                .any(|o| o.kind == CommandOpKind::Txn)
+                .then(|| txn::TxnKeys::new(spec.txn.unwrap_or_default(), spec.keys)),
         });
         let tasks = (0..spec.concurrency as u64)
             .map(|client| {
