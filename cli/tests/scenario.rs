@@ -564,6 +564,91 @@ fn violated_invariant_exits_1_with_a_replay_line_that_reproduces_the_plan() {
     assert_nothing_left(&second);
 }
 
+/// A scenario whose invariant holds only when `values.marker` names the file its start command
+/// makes: `--value` decides the verdict.
+const MARKER: &str = r#"
+name = "marker"
+[values]
+marker = "never-written"
+[cluster]
+backend = "local"
+nodes = 2
+[setup.start]
+command = ["sh", "-c", "touch {{ node.root }}/present; sleep 600; : {{ run_id }}"]
+[schedule]
+rounds = 1
+pause = ["50ms", "100ms"]
+[[faults]]
+name = "pause-one"
+kind = "pause"
+target = "one"
+duration = ["100ms", "200ms"]
+[[invariants]]
+name = "the marker file exists"
+at = ["heal"]
+command = "test -e {{ node.root }}/{{ values.marker }}"
+timeout = "1s"
+interval = "100ms"
+"#;
+
+#[test]
+fn value_overrides_reach_the_templates_and_the_replay_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "marker.toml", MARKER);
+    let out_dir = dir.path().join("runs");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            file.to_str().unwrap(),
+            "--seed",
+            "5",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        chaos(&args)
+    };
+
+    let failed = run(&[]);
+    assert_eq!(failed.status.code(), Some(1), "{}", text(&failed.stdout));
+
+    let passed = run(&["--value", "marker=present"]);
+    let stdout = text(&passed.stdout);
+    assert_eq!(
+        passed.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        text(&passed.stderr)
+    );
+    let run_dir = PathBuf::from(line_after(&stdout, "run directory: ").unwrap().trim());
+    let as_run = std::fs::read_to_string(run_dir.join("scenario.toml")).unwrap();
+    assert!(as_run.contains("marker = \"present\""), "{as_run}");
+    let summary = read_json(&run_dir.join("summary.json"));
+    let replay = summary["replay"].as_str().unwrap_or_default().to_string();
+    assert!(
+        replay.ends_with(&format!(
+            "--seed 5 --value marker=present --out {}",
+            out_dir.display()
+        )),
+        "{summary:#}"
+    );
+
+    let typo = run(&["--value", "markr=present"]);
+    let stderr = text(&typo.stderr);
+    assert_eq!(typo.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("no `markr`") && stderr.contains("it declares: marker"),
+        "{stderr}"
+    );
+    let malformed = run(&["--value", "marker"]);
+    assert_eq!(malformed.status.code(), Some(2));
+    assert!(
+        text(&malformed.stderr).contains("give NAME=VALUE"),
+        "{}",
+        text(&malformed.stderr)
+    );
+}
+
 /// Ctrl-C in the middle of a fault: the run heals, stops etcd, collects every node's log, cleans
 /// up, writes its summary and exits 130. A terminal sends SIGINT to its whole foreground process
 /// group, so `chaos run` gets a group of its own here and the signal goes to the group: had the

@@ -40,6 +40,8 @@ pub mod tasks;
 pub mod template;
 pub mod workload;
 
+use std::collections::BTreeMap;
+
 pub use builder::ScenarioBuilder;
 pub use engine::{Progress, RunError, RunObserver, RunOptions, RunOutcome, Runner};
 pub use model::{Scenario, ScenarioError, ScenarioErrors};
@@ -67,5 +69,88 @@ impl Scenario {
             self.schedule.rounds = r;
         }
         Ok(())
+    }
+
+    /// Applies `--value NAME=VALUE` overrides: each name must be declared in `[values]`, and its
+    /// new value has the declared value's type (see [`Scenario::parse_value`]).
+    pub fn override_values(&mut self, values: &BTreeMap<String, toml::Value>) -> Result<(), ScenarioErrors> {
+        let mut problems = Vec::new();
+        for (name, value) in values {
+            match self.values.get(name) {
+                None => problems.push(value_error(name, self.undeclared(name))),
+                Some(declared) if declared.type_str() != value.type_str() => problems.push(value_error(
+                    name,
+                    format!(
+                        "[values] {name} is a {}, not a {}",
+                        declared.type_str(),
+                        value.type_str()
+                    ),
+                )),
+                Some(_) => {}
+            }
+        }
+        if !problems.is_empty() {
+            return Err(ScenarioErrors(problems));
+        }
+        for (name, value) in values {
+            self.values.insert(name.clone(), value.clone());
+        }
+        Ok(())
+    }
+
+    /// Reads the text of a `--value NAME=VALUE` as the type `[values] NAME` declares: a string
+    /// as given, a boolean (`true`/`false`), an integer, a float, or — for arrays and tables —
+    /// a TOML value. The error names the value, its declared type and what was given.
+    pub fn parse_value(&self, name: &str, text: &str) -> Result<toml::Value, ScenarioErrors> {
+        let Some(declared) = self.values.get(name) else {
+            return Err(ScenarioErrors(vec![value_error(name, self.undeclared(name))]));
+        };
+        let wrong = || {
+            ScenarioErrors(vec![value_error(
+                name,
+                format!(
+                    "[values] {name} is a {}: `{text}` is not one",
+                    declared.type_str()
+                ),
+            )])
+        };
+        Ok(match declared {
+            toml::Value::String(_) => toml::Value::String(text.to_string()),
+            toml::Value::Boolean(_) => toml::Value::Boolean(text.parse().map_err(|_| wrong())?),
+            toml::Value::Integer(_) => toml::Value::Integer(text.parse().map_err(|_| wrong())?),
+            toml::Value::Float(_) => toml::Value::Float(text.parse().map_err(|_| wrong())?),
+            _ => {
+                let table: toml::Table = toml::from_str(&format!("v = {text}")).map_err(|_| wrong())?;
+                let value = table.get("v").cloned().ok_or_else(wrong)?;
+                if value.type_str() != declared.type_str() {
+                    return Err(wrong());
+                }
+                value
+            }
+        })
+    }
+
+    /// Why `name` cannot be overridden: it is not in `[values]` (with the names that are).
+    fn undeclared(&self, name: &str) -> String {
+        let declared: Vec<&str> = self.values.keys().map(String::as_str).collect();
+        if declared.is_empty() {
+            format!("the scenario declares no [values], so there is no `{name}` to set")
+        } else {
+            format!(
+                "the scenario's [values] has no `{name}`; it declares: {}",
+                declared.join(", ")
+            )
+        }
+    }
+}
+
+/// An error about `--value NAME=…`.
+fn value_error(name: &str, message: String) -> ScenarioError {
+    ScenarioError {
+        file: "--value".into(),
+        line: 0,
+        column: 0,
+        field: format!("values.{name}"),
+        message,
     }
 }

@@ -22,6 +22,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         }
     };
     let backend = super::backend_override(args.backend.as_deref())?;
+    let values = match super::run::value_overrides(&scenario, &args.values) {
+        Ok(v) => v,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return Ok(2);
+        }
+    };
     let seeds = match (&args.seeds, args.count) {
         (Some(text), _) => SeedSet::parse(text).map_err(|e| BadInput(format!("--seeds: {e}")))?,
         (None, Some(count)) => {
@@ -48,6 +55,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         backend,
         backend_config: args.backend_config.clone(),
         rounds: args.rounds,
+        values,
         out_dir: args.out.clone(),
         scenario_file: Some(args.file.clone()),
         observer: None,

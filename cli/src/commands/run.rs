@@ -1,6 +1,7 @@
 //! `chaos run FILE [--seed N] [--backend B] [--rounds N] [--out DIR]`: run a scenario against real
 //! processes and judge it; with `--seeds`/`--count`, a campaign of many seeds (`campaign.rs`).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use chaos_scenario::{RunError, RunOptions, RunStatus, Runner, Scenario};
@@ -30,6 +31,11 @@ pub struct RunArgs {
     /// Override the scenario's number of rounds (e.g. 1 for a short run).
     #[arg(long, conflicts_with = "plan")]
     pub rounds: Option<u32>,
+    /// Set a scenario value for this run, as NAME=VALUE (repeatable): NAME must be declared in
+    /// the scenario's [values], and VALUE is read as that value's type (e.g. `--value
+    /// synchronous=false`, `--value isolation=read-committed`). The replay command repeats it.
+    #[arg(long = "value", value_name = "NAME=VALUE")]
+    pub values: Vec<String>,
     /// Where run directories go: OUT/<scenario>/<timestamp>-seed<N>/ (and a campaign's
     /// OUT/<scenario>/campaign-<timestamp>/).
     #[arg(long, default_value = "runs")]
@@ -70,6 +76,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         }
     };
     let backend = super::backend_override(args.backend.as_deref())?;
+    let values = match value_overrides(&scenario, &args.values) {
+        Ok(v) => v,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return Ok(2);
+        }
+    };
     let plan = match &args.plan {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -92,6 +105,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         backend,
         backend_config: args.backend_config.clone(),
         rounds: args.rounds,
+        values,
         out_dir: args.out.clone(),
         scenario_file: Some(args.file.clone()),
         observer: Some(std::sync::Arc::new(crate::progress::Spinner::new())),
@@ -167,4 +181,28 @@ pub(super) async fn watch_interrupts(cancel: CancellationToken) {
     }
     eprintln!("interrupted twice: exiting without cleaning up");
     std::process::exit(130);
+}
+
+/// Reads each `--value NAME=VALUE` as the type the scenario declares for NAME.
+pub(super) fn value_overrides(
+    scenario: &Scenario,
+    args: &[String],
+) -> Result<BTreeMap<String, toml::Value>, chaos_scenario::ScenarioErrors> {
+    let mut values = BTreeMap::new();
+    for arg in args {
+        let Some((name, text)) = arg.split_once('=') else {
+            return Err(chaos_scenario::ScenarioErrors(vec![
+                chaos_scenario::ScenarioError {
+                    file: "--value".into(),
+                    line: 0,
+                    column: 0,
+                    field: String::new(),
+                    message: format!("`{arg}`: give NAME=VALUE, e.g. --value synchronous=false"),
+                },
+            ]));
+        };
+        let name = name.trim();
+        values.insert(name.to_string(), scenario.parse_value(name, text)?);
+    }
+    Ok(values)
 }

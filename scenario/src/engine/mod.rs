@@ -24,6 +24,7 @@
 //! `run` the run's state and its course, `setup` setup and teardown, `schedule` the steps'
 //! timeline, injection and healing, `verdict` the invariants and the history's judgement.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -99,6 +100,8 @@ pub struct RunOptions {
     pub backend_config: Option<PathBuf>,
     /// Overrides `schedule.rounds`.
     pub rounds: Option<u32>,
+    /// Overrides entries of `[values]` (each must be declared there, with the same type).
+    pub values: BTreeMap<String, toml::Value>,
     /// Where run directories go (default `runs`).
     pub out_dir: PathBuf,
     /// The scenario's file, for the replay command.
@@ -117,6 +120,7 @@ impl std::fmt::Debug for RunOptions {
             .field("backend", &self.backend)
             .field("backend_config", &self.backend_config)
             .field("rounds", &self.rounds)
+            .field("values", &self.values)
             .field("out_dir", &self.out_dir)
             .field("scenario_file", &self.scenario_file)
             .field("observer", &self.observer.is_some())
@@ -131,6 +135,7 @@ impl Default for RunOptions {
             backend: None,
             backend_config: None,
             rounds: None,
+            values: BTreeMap::new(),
             out_dir: PathBuf::from("runs"),
             scenario_file: None,
             observer: None,
@@ -232,6 +237,13 @@ impl Runner {
         self
     }
 
+    /// Overrides `[values] name` for this run (declared there, with the same type; checked when
+    /// the run starts). [`Scenario::parse_value`] reads one from text as its declared type.
+    pub fn value(mut self, name: impl Into<String>, value: impl Into<toml::Value>) -> Runner {
+        self.options.values.insert(name.into(), value.into());
+        self
+    }
+
     /// Sets where run directories go.
     pub fn out_dir(mut self, dir: impl Into<PathBuf>) -> Runner {
         self.options.out_dir = dir.into();
@@ -266,6 +278,9 @@ impl Runner {
         }
         scenario
             .override_rounds(options.rounds)
+            .map_err(|e| RunError::Invalid(e.to_string()))?;
+        scenario
+            .override_values(&options.values)
             .map_err(|e| RunError::Invalid(e.to_string()))?;
         scenario
             .validate()
@@ -343,17 +358,39 @@ pub fn find_on_runner(from: &str) -> Result<PathBuf, String> {
 }
 
 fn replay_plan_command(scenario: &Scenario, options: &RunOptions, plan: &Path) -> String {
+    replay_with(scenario, options, &format!("--plan {}", plan.display()), false)
+}
+
+/// The command that replays `seed` with these options (backend, its settings file, rounds,
+/// values, output).
+pub(crate) fn replay_command(scenario: &Scenario, options: &RunOptions, seed: u64) -> String {
+    replay_with(scenario, options, &format!("--seed {seed}"), true)
+}
+
+/// `chaos run FILE SOURCE` plus every option that shaped the run (`--rounds` only when the
+/// schedule comes from the seed: a plan file fixes its own steps).
+fn replay_with(scenario: &Scenario, options: &RunOptions, source: &str, with_rounds: bool) -> String {
     let file = options
         .scenario_file
         .as_ref()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| format!("{}.toml", scenario.name));
-    let mut cmd = format!("chaos run {file} --plan {}", plan.display());
+    let mut cmd = format!("chaos run {file} {source}");
     if let Some(b) = options.backend {
         cmd.push_str(&format!(" --backend {b}"));
     }
     if let Some(config) = &options.backend_config {
         cmd.push_str(&format!(" --backend-config {}", config.display()));
+    }
+    if let (Some(r), true) = (options.rounds, with_rounds) {
+        cmd.push_str(&format!(" --rounds {r}"));
+    }
+    for (name, value) in &options.values {
+        let text = match value {
+            toml::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        cmd.push_str(&format!(" --value {}", shell_word(&format!("{name}={text}"))));
     }
     if options.out_dir != Path::new("runs") {
         cmd.push_str(&format!(" --out {}", options.out_dir.display()));
@@ -361,25 +398,12 @@ fn replay_plan_command(scenario: &Scenario, options: &RunOptions, plan: &Path) -
     cmd
 }
 
-/// The command that replays `seed` with these options (backend, its settings file, rounds, output).
-pub(crate) fn replay_command(scenario: &Scenario, options: &RunOptions, seed: u64) -> String {
-    let file = options
-        .scenario_file
-        .as_ref()
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|| format!("{}.toml", scenario.name));
-    let mut cmd = format!("chaos run {file} --seed {seed}");
-    if let Some(b) = options.backend {
-        cmd.push_str(&format!(" --backend {b}"));
+/// `word` quoted for a POSIX shell when it holds anything but plain characters.
+fn shell_word(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_.,:/=+@%".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
     }
-    if let Some(config) = &options.backend_config {
-        cmd.push_str(&format!(" --backend-config {}", config.display()));
-    }
-    if let Some(r) = options.rounds {
-        cmd.push_str(&format!(" --rounds {r}"));
-    }
-    if options.out_dir != Path::new("runs") {
-        cmd.push_str(&format!(" --out {}", options.out_dir.display()));
-    }
-    cmd
 }

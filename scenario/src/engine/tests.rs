@@ -1,6 +1,7 @@
 //! The schedule's logic — timeline, overlap, heal, skip, errors, time limit, capability checks —
 //! against in-memory nodes and a recording nemesis: no root, no cluster, real (short) time.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -481,5 +482,78 @@ async fn process_faults_skip_nodes_where_the_system_is_not_running() {
     assert_eq!(
         refusal,
         Refusal::Skip("the system is not running on n1, n3".into())
+    );
+}
+
+/// A scenario declaring one value of each scalar type.
+fn with_values() -> Scenario {
+    Scenario::parse(
+        "[values]\nisolation = \"serializable\"\nsynchronous = true\nport = 5432\nratio = 0.5\n\
+         [workload]\ntype = \"kv\"\naddr = \"127.0.0.1:1\"\n",
+        "v.toml",
+    )
+    .expect("valid scenario")
+}
+
+#[test]
+fn value_overrides_take_the_declared_type_and_name_what_is_wrong() {
+    let s = with_values();
+    assert_eq!(
+        s.parse_value("isolation", "read-committed").unwrap(),
+        toml::Value::String("read-committed".into())
+    );
+    assert_eq!(
+        s.parse_value("synchronous", "false").unwrap(),
+        toml::Value::Boolean(false)
+    );
+    assert_eq!(s.parse_value("port", "6543").unwrap(), toml::Value::Integer(6543));
+    assert_eq!(s.parse_value("ratio", "0.25").unwrap(), toml::Value::Float(0.25));
+    let wrong = s.parse_value("synchronous", "off").unwrap_err().to_string();
+    assert!(
+        wrong.contains("values.synchronous") && wrong.contains("boolean") && wrong.contains("`off`"),
+        "{wrong}"
+    );
+    let unknown = s.parse_value("isolaton", "x").unwrap_err().to_string();
+    assert!(
+        unknown.contains("no `isolaton`") && unknown.contains("isolation, port, ratio, synchronous"),
+        "{unknown}"
+    );
+
+    let mut overridden = with_values();
+    let values = BTreeMap::from([("synchronous".to_string(), toml::Value::Boolean(false))]);
+    overridden.override_values(&values).unwrap();
+    assert_eq!(overridden.values["synchronous"], toml::Value::Boolean(false));
+    let typed_wrong = BTreeMap::from([("port".to_string(), toml::Value::String("x".into()))]);
+    let e = overridden.override_values(&typed_wrong).unwrap_err().to_string();
+    assert!(e.contains("integer, not a string"), "{e}");
+    assert_eq!(
+        overridden.values["port"],
+        toml::Value::Integer(5432),
+        "nothing applied on error"
+    );
+}
+
+#[test]
+fn the_replay_command_repeats_value_overrides_quoted_for_a_shell() {
+    let s = with_values();
+    let options = RunOptions {
+        scenario_file: Some("scenarios/pg.toml".into()),
+        rounds: Some(1),
+        values: BTreeMap::from([
+            (
+                "isolation".to_string(),
+                toml::Value::String("read committed".into()),
+            ),
+            ("synchronous".to_string(), toml::Value::Boolean(false)),
+        ]),
+        ..RunOptions::default()
+    };
+    assert_eq!(
+        super::replay_command(&s, &options, 7),
+        "chaos run scenarios/pg.toml --seed 7 --rounds 1 --value 'isolation=read committed' --value synchronous=false"
+    );
+    assert_eq!(
+        super::replay_plan_command(&s, &options, std::path::Path::new("runs/x/plan.json")),
+        "chaos run scenarios/pg.toml --plan runs/x/plan.json --value 'isolation=read committed' --value synchronous=false"
     );
 }
