@@ -179,6 +179,9 @@ fn wait_serving(server: &Server) -> Adapter {
     }
 }
 
+/// Every kind against a standalone server, read back through a second client too; a stopped
+/// server makes a sent write `unknown`, a read and an unsent write `fail`; a server list skips
+/// a dead server.
 #[test]
 #[ignore = "opt-in job .ci/systems: needs Java and Debian's zookeeper (~200 MB installed), which the main job does not install"]
 fn the_zookeeper_adapter_serves_every_kind_against_a_real_server() {
