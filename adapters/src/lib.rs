@@ -14,6 +14,7 @@
 pub mod echo;
 pub mod pg;
 pub mod resp;
+pub mod zk;
 
 use std::io::{BufRead, Write};
 

@@ -65,6 +65,10 @@ pub const CAPABILITIES: &[(&str, &str)] = &[
         "Debian's openssh-server and openssh-client, for `chaos hosts push` against an sshd",
     ),
     ("redis", "Debian's redis-server (redis-server and redis-cli)"),
+    (
+        "zookeeper",
+        "Debian's zookeeper 3.8 and its OpenJDK 17 (/usr/share/java/zookeeper.jar, /usr/lib/jvm/java-17-openjdk-amd64)",
+    ),
     ("python", "python3, for the Python adapter example"),
     (
         "postgres",
