@@ -30,8 +30,13 @@ fn patroni_unavailable() -> Option<String> {
 }
 
 /// One seeded round of the shipped scenario, `synchronous` replacing its value, the adapter the
-/// one built with this test.
-fn run(synchronous: bool, seed: u64, out: &Path) -> RunOutcome {
+/// one built with this test; `None` (after `chaos_testkit::skip`) when Patroni cannot run here.
+fn run(test: &str, synchronous: bool, seed: u64) -> Option<(RunOutcome, tempfile::TempDir)> {
+    if let Some(why) = patroni_unavailable() {
+        chaos_testkit::skip(test, "patroni", &why);
+        return None;
+    }
+    let out = tempfile::tempdir().unwrap();
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/postgres-patroni.toml");
     let text = std::fs::read_to_string(&file).unwrap();
     let text = text
@@ -44,7 +49,7 @@ fn run(synchronous: bool, seed: u64, out: &Path) -> RunOutcome {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let started = std::time::Instant::now();
     let outcome = rt
-        .block_on(Runner::new(scenario).seed(seed).out_dir(out).run())
+        .block_on(Runner::new(scenario).seed(seed).out_dir(out.path()).run())
         .unwrap_or_else(|e| panic!("run: {e}"));
     eprintln!(
         "synchronous = {synchronous}, seed {seed}: {:?} in {:.0?}: {:#?}",
@@ -52,7 +57,7 @@ fn run(synchronous: bool, seed: u64, out: &Path) -> RunOutcome {
         started.elapsed(),
         outcome.summary
     );
-    outcome
+    Some((outcome, out))
 }
 
 /// Acknowledged adds in the run's history.
@@ -69,12 +74,13 @@ fn acknowledged_adds(run_dir: &Path) -> usize {
 #[test]
 #[ignore = "opt-in job .ci/systems: a 3-node Patroni cluster through a round of failovers takes minutes"]
 fn with_synchronous_replication_no_acknowledged_write_is_lost() {
-    if let Some(why) = patroni_unavailable() {
-        chaos_testkit::skip("patroni synchronous", "patroni", &why);
+    let Some((outcome, _dir)) = run(
+        "with_synchronous_replication_no_acknowledged_write_is_lost",
+        true,
+        1,
+    ) else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let outcome = run(true, 1, dir.path());
+    };
     assert_eq!(outcome.status, RunStatus::Passed, "{:#?}", outcome.summary);
     let adds = acknowledged_adds(&outcome.run_dir);
     assert!(adds > 200, "only {adds} acknowledged adds");
@@ -87,12 +93,13 @@ fn with_synchronous_replication_no_acknowledged_write_is_lost() {
 #[test]
 #[ignore = "opt-in job .ci/systems: a 3-node Patroni cluster through a round of failovers takes minutes"]
 fn with_asynchronous_replication_a_failover_loses_acknowledged_writes_by_name() {
-    if let Some(why) = patroni_unavailable() {
-        chaos_testkit::skip("patroni asynchronous", "patroni", &why);
+    let Some((outcome, _dir)) = run(
+        "with_asynchronous_replication_a_failover_loses_acknowledged_writes_by_name",
+        false,
+        1,
+    ) else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let outcome = run(false, 1, dir.path());
+    };
     assert_eq!(outcome.status, RunStatus::Failed, "{:#?}", outcome.summary);
     let reason = outcome.summary.reason.clone().unwrap_or_default();
     assert!(
