@@ -13,6 +13,7 @@
 
 pub mod echo;
 pub mod pg;
+pub mod pg_failover;
 pub mod resp;
 pub mod zk;
 

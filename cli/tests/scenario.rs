@@ -178,6 +178,10 @@ fn shipped_scenarios_are_valid() {
     let out = chaos(&["validate", raft_toml().to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("ok — scenario `raft`: 3 nodes on netns, 9 fault cases"));
+    let patroni = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/postgres-patroni.toml");
+    let out = chaos(&["validate", patroni.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("scenario `postgres-patroni`: 3 nodes on netns, 5 fault cases"));
 }
 
 #[test]

@@ -99,6 +99,7 @@ impl ScenarioBuilder {
             data_dir: None,
             stop_signal: None,
             stop_timeout: None,
+            ready: Vec::new(),
         });
         self
     }

@@ -75,6 +75,10 @@ pub const CAPABILITIES: &[(&str, &str)] = &[
         "Debian's postgresql (version 15, /usr/lib/postgresql/15/bin)",
     ),
     ("chromium", "a headless Chromium to check the HTML report"),
+    (
+        "patroni",
+        "Debian's patroni, postgresql (15) and etcd-server, for scenarios/postgres-patroni.toml on netns",
+    ),
     ("perl", "perl, for the UDP traffic probe of the fault tests"),
     (
         "agent",

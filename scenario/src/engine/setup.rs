@@ -16,7 +16,7 @@ use serde_json::json;
 use super::run::{Abort, Run};
 use super::{COMMAND_BOUND, DATA_ARCHIVE_LIMIT, Progress, find_on_runner};
 use crate::checks::System;
-use crate::model::{Dur, OnceStep};
+use crate::model::{Check, Dur, OnceStep};
 use crate::nemesis::machine::MachineNemesis;
 use crate::nemesis::network::{AgentNemesis, PartitionNemesis};
 use crate::nemesis::process::ProcessNemesis;
@@ -178,31 +178,18 @@ impl Run {
                 }
             }
         }
-        // The system itself.
-        if !scenario.services().is_empty() {
-            self.status_line("starting the system");
+        // The system itself: one service at a time on every node, each gated by its own
+        // readiness checks, so a store the next service depends on is healthy before it starts.
+        let services = scenario.services();
+        for (svc, (name, start)) in services.iter().enumerate() {
+            self.status_line(&format!("starting {}", crate::sut::shown_service(name)));
             for i in 0..nodes.len() {
-                suts.start(i).await.map_err(Abort::Setup)?;
+                self.interrupted()?;
+                suts.start_service(i, svc).await.map_err(Abort::Setup)?;
             }
+            self.wait_ready(&system, &start.ready, Some(name)).await?;
         }
-        for check in &scenario.setup.ready {
-            self.interrupted()?;
-            self.status_line(&format!("waiting for `{}`", check.name));
-            let result = system
-                .run_check_noting(check, &self.cancel, &|line| self.say(line))
-                .await;
-            self.interrupted()?;
-            self.dir.event("ready_check", json!(result));
-            if !result.passed {
-                self.verdict
-                    .failed_nodes
-                    .extend(result.failed_nodes.iter().cloned());
-                return Err(Abort::Setup(format!(
-                    "the system did not become ready: check `{}`: {}",
-                    check.name, result.detail
-                )));
-            }
-        }
+        self.wait_ready(&system, &scenario.setup.ready, None).await?;
         for step in &scenario.setup.once {
             self.run_once(&system, step).await?;
         }
@@ -216,6 +203,42 @@ impl Run {
                 .collect::<Vec<_>>()
                 .join(", ")
         ));
+        Ok(())
+    }
+
+    /// Runs readiness `checks` in order until each passes (those of service `service`, or
+    /// `[[setup.ready]]`); the first that does not pass within its bound stops the run.
+    async fn wait_ready(
+        &mut self,
+        system: &System,
+        checks: &[Check],
+        service: Option<&str>,
+    ) -> Result<(), Abort> {
+        for check in checks {
+            self.interrupted()?;
+            self.status_line(&format!("waiting for `{}`", check.name));
+            let result = system
+                .run_check_noting(check, &self.cancel, &|line| self.say(line))
+                .await;
+            self.interrupted()?;
+            let mut event = json!(result);
+            if let (Some(service), Some(map)) = (service, event.as_object_mut()) {
+                map.insert("service".into(), json!(service));
+            }
+            self.dir.event("ready_check", event);
+            if !result.passed {
+                self.verdict
+                    .failed_nodes
+                    .extend(result.failed_nodes.iter().cloned());
+                let whose = service
+                    .map(|s| format!("{}: ", crate::sut::shown_service(s)))
+                    .unwrap_or_default();
+                return Err(Abort::Setup(format!(
+                    "the system did not become ready: {whose}check `{}`: {}",
+                    check.name, result.detail
+                )));
+            }
+        }
         Ok(())
     }
 

@@ -134,7 +134,8 @@ pub struct Setup {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start: Option<StartSpec>,
     /// More named processes per node (a sidecar, a manager), each with its own command, stop
-    /// signal and log, started after `start` in order; process faults may target one by name.
+    /// signal, log and readiness, started after `start` in order (each once the previous one's
+    /// `ready` checks passed); process faults may target one by name.
     #[serde(default)]
     pub services: Vec<StartSpec>,
     /// Checks that must pass before faults begin.
@@ -221,6 +222,11 @@ pub struct StartSpec {
     /// How long a graceful stop may take before SIGKILL (default 10s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_timeout: Option<Dur>,
+    /// This service's own readiness checks: they must pass, in order, after it started on every
+    /// node and before the next service starts (a store the next one depends on must be
+    /// healthy first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ready: Vec<Check>,
 }
 
 /// An HTTP request made from a node (through its TCP proxy).

@@ -306,3 +306,38 @@ fn txn_mix_and_consistency_model_are_validated_where_they_are_written() {
         "{e}"
     );
 }
+
+#[test]
+fn service_readiness_checks_are_validated_at_their_line() {
+    let text = r#"
+[[setup.services]]
+name = "store"
+command = ["store"]
+[[setup.services.ready]]
+name = "store up"
+command = ["true"]
+regex = "("
+[[setup.services]]
+name = "manager"
+command = ["manager"]
+[[setup.services.ready]]
+log = true
+regex = "started"
+"#;
+    let errs = err(text);
+    let fields: Vec<_> = errs.0.iter().map(|e| (e.field.as_str(), e.line)).collect();
+    assert!(
+        fields.contains(&("setup.services[0].ready[0].regex", 8)),
+        "{errs}"
+    );
+    assert!(fields.contains(&("setup.services[1].ready[0].log", 13)), "{errs}");
+    assert!(errs.to_string().contains("logs/manager.log"), "{errs}");
+    // A valid one parses, and its checks belong to that service.
+    let ok = text
+        .replace("regex = \"(\"", "")
+        .replace("log = true", "command = [\"true\"]");
+    let s = Scenario::parse(&ok, "t.toml").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(s.setup.services[0].ready.len(), 1);
+    assert_eq!(s.setup.services[1].ready[0].regex.as_deref(), Some("started"));
+    assert!(s.setup.ready.is_empty());
+}

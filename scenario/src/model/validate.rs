@@ -162,6 +162,7 @@ impl Scenario {
             let path = [key("setup"), key("ready"), Seg::Index(i)];
             self.check_check(p, &path, check, &names, tm);
         }
+        self.check_service_readiness(p, &names, tm);
         for (i, step) in self.setup.once.iter().enumerate() {
             let path = [key("setup"), key("once"), Seg::Index(i)];
             for t in step.command.templates() {
@@ -563,6 +564,38 @@ impl Scenario {
         }
         if !h.path.starts_with('/') {
             p.add(&[path, &[key("path")]].concat(), "must start with `/`");
+        }
+    }
+
+    /// Each service's own `ready` checks: valid checks, and no `log = true` on a service other
+    /// than `[setup.start]` (log checks read `system.log`, which would judge the wrong process).
+    fn check_service_readiness(&self, p: &mut Problems, names: &[String], tm: &Tmpl) {
+        let starts = self
+            .setup
+            .start
+            .iter()
+            .map(|s| (vec![key("setup"), key("start")], s, true))
+            .chain(
+                self.setup
+                    .services
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| (vec![key("setup"), key("services"), Seg::Index(i)], s, false)),
+            );
+        for (path, start, is_system) in starts {
+            for (j, check) in start.ready.iter().enumerate() {
+                let path = [&path[..], &[key("ready"), Seg::Index(j)]].concat();
+                self.check_check(p, &path, check, names, tm);
+                if check.log && !is_system {
+                    p.add(
+                        &[&path[..], &[key("log")]].concat(),
+                        format!(
+                            "`log = true` judges system.log, not service `{}`'s log; check its log with a command instead, e.g. command = [\"grep\", \"-q\", \"PATTERN\", \"{{{{ node.root }}}}/logs/{}.log\"]",
+                            start.name, start.name
+                        ),
+                    );
+                }
+            }
         }
     }
 
