@@ -103,7 +103,11 @@ async fn end_locked(agent: &Agent, current: &mut Option<Lease>, keep: Option<boo
     let keep = keep.unwrap_or(lease.keep_on_heartbeat_loss);
     let dir = PathBuf::from(&lease.run_dir);
     let marker = PathBuf::from(lease::kept_marker(&lease.run_dir));
-    let what = if keep { "marking the run directory kept" } else { "removing the run directory" };
+    let what = if keep {
+        "marking the run directory kept"
+    } else {
+        "removing the run directory"
+    };
     let done = tokio::task::spawn_blocking(move || {
         if keep {
             return std::fs::write(&marker, b"");

@@ -1056,7 +1056,8 @@ fn a_slow_recovery_is_observed_before_the_run_ends() {
 }
 
 /// A `measure` invariant: after a bandwidth fault on n1 is healed, n1 → n2 must be fast again;
-/// the figures land in the summary.
+/// the figures land in the summary, the history and the report (a table, marks on the
+/// timeline).
 #[test]
 fn a_measure_invariant_reports_its_figures_in_the_summary() {
     if let Err(why) = chaos::backend::registry::available("netns") {
@@ -1091,6 +1092,17 @@ at = ["heal"]
 on = ["n1"]
 measure = { to = "n2", duration = "1s", min_mbit = 30 }
 timeout = "20s"
+[workload]
+type = "command"
+rate = 10
+concurrency = 1
+keys = 1
+[[workload.ops]]
+kind = "add"
+command = "echo {{ value }} >> {{ nodes[0].root }}/set"
+[[workload.ops]]
+kind = "read_set"
+command = "cat {{ nodes[0].root }}/set 2>/dev/null || true"
 "#,
     );
     let out_dir = dir.path().join("runs");
@@ -1102,6 +1114,38 @@ timeout = "20s"
     assert!(
         summary.contains("n1 → n2") && summary.contains("Mbit/s"),
         "the figures are in the summary: {summary}"
+    );
+    let history = std::fs::read_to_string(run_dir.join("history.jsonl")).unwrap();
+    let measured: Vec<serde_json::Value> = history
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| r["type"] == "measurement")
+        .collect();
+    assert!(!measured.is_empty(), "no measurement in the history: {history}");
+    let m = &measured[measured.len() - 1];
+    assert_eq!(
+        (&m["from"], &m["to"], &m["protocol"]),
+        (&"n1".into(), &"n2".into(), &"tcp".into()),
+        "{m}"
+    );
+    let mbit = m["throughput_bps"].as_f64().unwrap() / 1e6;
+    assert!(mbit >= 30.0, "the passing measurement is fast: {m}");
+    let html = std::fs::read_to_string(run_dir.join("report.html")).unwrap();
+    let table = &html[html
+        .find("<section id=\"measurements\">")
+        .expect("a measurements section")..];
+    assert!(
+        table.contains(&format!("{mbit:.2} Mbit/s")) && table.contains("n1 → n2"),
+        "the report shows the figures: {}",
+        &table[..table.find("</section>").unwrap_or(table.len())]
+    );
+    assert!(
+        table.contains("check n1 to n2 is fast again"),
+        "the report names the check"
+    );
+    assert!(
+        html.contains("<circle class=\"measurement\""),
+        "a mark on the timeline"
     );
     assert_nothing_left(&run_dir);
 }

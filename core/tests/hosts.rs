@@ -418,7 +418,9 @@ async fn a_failed_run_keeps_its_directories_when_asked_and_the_hosts_stay_free()
     let dirs: Vec<String> = nodes.iter().map(|n| n.root_dir().to_string()).collect();
     let kept = cluster.run_failed();
     assert_eq!(
-        kept.iter().map(|k| (k.node.as_str(), k.path.as_str())).collect::<Vec<_>>(),
+        kept.iter()
+            .map(|k| (k.node.as_str(), k.path.as_str()))
+            .collect::<Vec<_>>(),
         vec![("n1", dirs[0].as_str()), ("n2", dirs[1].as_str())],
         "{test}: kept {kept:?}"
     );
@@ -450,14 +452,20 @@ async fn a_failed_run_keeps_its_directories_when_asked_and_the_hosts_stay_free()
     let nodes = cluster.create_nodes(2).await.unwrap();
     let next_dir = nodes[0].root_dir().to_string();
     assert_ne!(next_dir, dirs[0]);
-    assert!(cluster.run_failed().is_empty(), "{test}: kept without being asked");
+    assert!(
+        cluster.run_failed().is_empty(),
+        "{test}: kept without being asked"
+    );
     cluster.cleanup().await.unwrap();
     assert!(
         !Path::new(&next_dir).exists(),
         "{test}: {next_dir} kept without being asked"
     );
     for dir in &dirs {
-        assert!(Path::new(dir).exists(), "{test}: the next run removed the kept {dir}");
+        assert!(
+            Path::new(dir).exists(),
+            "{test}: the next run removed the kept {dir}"
+        );
     }
 
     // A lease asking to keep on heartbeat loss (the inventory's `keep_failed_runs`): a

@@ -742,7 +742,10 @@ async fn a_failed_run_keeps_node_root_dirs_when_asked() {
         .unwrap();
     let kept = cluster.run_failed();
     assert_eq!(kept.len(), 1, "{test}: {kept:?}");
-    assert_eq!((kept[0].node.as_str(), kept[0].host.as_str()), ("n1", "this machine"));
+    assert_eq!(
+        (kept[0].node.as_str(), kept[0].host.as_str()),
+        ("n1", "this machine")
+    );
     let kept_dir = Path::new(&kept[0].path).to_path_buf();
     cluster.cleanup().await.unwrap();
     let evidence = kept_dir.join("evidence");
@@ -750,11 +753,17 @@ async fn a_failed_run_keeps_node_root_dirs_when_asked() {
     // Ours to remove: a kept directory is the user's.
     let _ = std::fs::remove_dir_all(kept_dir.parent().unwrap());
     assert!(survived, "{test}: {} is gone after cleanup", evidence.display());
-    assert!(!Path::new(&root).exists(), "{test}: the cluster directory {root} stayed");
+    assert!(
+        !Path::new(&root).exists(),
+        "{test}: the cluster directory {root} stayed"
+    );
 
     // Not asked: nothing kept.
     let cluster = new_cluster("keep-not-asked").await;
     cluster.create_nodes(1).await.unwrap();
-    assert!(cluster.run_failed().is_empty(), "{test}: kept without being asked");
+    assert!(
+        cluster.run_failed().is_empty(),
+        "{test}: kept without being asked"
+    );
     cluster.cleanup().await.unwrap();
 }

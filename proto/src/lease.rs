@@ -122,7 +122,10 @@ mod tests {
             assert!(e.contains(&format!("{bad:?}")), "{e}");
         }
         assert_eq!(run_dir("/var/lib/chaos/", "r1"), "/var/lib/chaos/runs/r1");
-        assert_eq!(kept_marker("/var/lib/chaos/runs/r1"), "/var/lib/chaos/runs/.kept.r1");
+        assert_eq!(
+            kept_marker("/var/lib/chaos/runs/r1"),
+            "/var/lib/chaos/runs/.kept.r1"
+        );
     }
 
     #[test]

@@ -535,9 +535,7 @@ impl<P: Provisioner> Cluster for AgentCluster<P> {
             }
         }
         // Graceful first: each agent kills its process trees and heals its own faults.
-        let keep = shared
-            .keep_on_shutdown
-            .load(std::sync::atomic::Ordering::SeqCst);
+        let keep = shared.keep_on_shutdown.load(std::sync::atomic::Ordering::SeqCst);
         let shutdowns = nodes.iter().map(|n| {
             let client = n.client.clone();
             async move {

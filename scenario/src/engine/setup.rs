@@ -99,6 +99,7 @@ impl Run {
             vars,
             templates,
             log_paths,
+            measurements: Default::default(),
         });
         self.system = Some(system.clone());
         let suts = Arc::new(Suts::new(system.clone(), self.dir.clone()));
@@ -380,9 +381,7 @@ impl Run {
     /// which keeps the nodes' root directories if asked: those are recorded (events and
     /// summary; the CLI prints them).
     pub(super) async fn cleanup_cluster(&mut self, failed: bool) {
-        if failed
-            && let Some(cluster) = &self.cluster
-        {
+        if failed && let Some(cluster) = &self.cluster {
             let kept = cluster.run_failed();
             if !kept.is_empty() {
                 self.dir.event("dirs_kept", json!({"kept": kept}));

@@ -575,7 +575,11 @@ impl Provisioner for Netns {
     /// The root directories live in the cluster's temporary directory, removed at cleanup: a
     /// kept one moves out first, to `$TMPDIR/chaos-kept-CLUSTER-MS/NODE` on this machine (a
     /// rename: processes still running there follow it, and are killed at cleanup).
-    fn keep_root_dirs(&self, asked: bool, nodes: &[(String, String)]) -> (Vec<crate::cluster::KeptDir>, bool) {
+    fn keep_root_dirs(
+        &self,
+        asked: bool,
+        nodes: &[(String, String)],
+    ) -> (Vec<crate::cluster::KeptDir>, bool) {
         if !asked || nodes.is_empty() {
             return (Vec::new(), false);
         }
@@ -587,11 +591,21 @@ impl Provisioner for Netns {
             .inner
             .name
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         let base = std::env::temp_dir().join(format!("chaos-kept-{name}-{ms}"));
         if let Err(e) = std::fs::create_dir_all(&base) {
-            tracing::warn!("netns cluster #{}: keeping root directories: creating {}: {e}", self.inner.index, base.display());
+            tracing::warn!(
+                "netns cluster #{}: keeping root directories: creating {}: {e}",
+                self.inner.index,
+                base.display()
+            );
             return (Vec::new(), false);
         }
         let mut kept = Vec::new();
