@@ -1149,3 +1149,76 @@ command = "cat {{ nodes[0].root }}/set 2>/dev/null || true"
     );
     assert_nothing_left(&run_dir);
 }
+
+/// `chaos run --keep-failed`: a failed netns run keeps its node's root directory, with what the
+/// system wrote there, prints where and lists it in summary.json; a passing run keeps nothing.
+#[test]
+fn keep_failed_keeps_a_failed_runs_node_directories_and_says_where() {
+    let test = "keep_failed_keeps_a_failed_runs_node_directories_and_says_where";
+    if let Err(why) = chaos::backend::registry::available("netns") {
+        chaos_testkit::skip(test, "netns", &why);
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = |check: &str| {
+        format!(
+            r#"
+[cluster]
+backend = "netns"
+nodes = 1
+[setup.start]
+command = ["sh", "-c", "echo evidence > {{{{ node.root }}}}/evidence; sleep 600; : {{{{ run_id }}}}"]
+[schedule]
+rounds = 1
+pause = "50ms"
+[[faults]]
+name = "pause-it"
+kind = "pause"
+target = "one"
+duration = "200ms"
+[[invariants]]
+name = "the check"
+at = ["heal"]
+command = "{check}"
+timeout = "1s"
+interval = "200ms"
+"#
+        )
+    };
+    let out_dir = dir.path().join("runs");
+    let run = |name: &str, check: &str| {
+        let file = write(dir.path(), name, &scenario(check));
+        chaos(&[
+            "run",
+            file.to_str().unwrap(),
+            "--keep-failed",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ])
+    };
+
+    let out = run("fails.toml", "test -e {{ node.root }}/never-written");
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{}", text(&out.stderr));
+    let kept = line_after(&stdout, "kept n1's directory on this machine: ")
+        .unwrap_or_else(|| panic!("{test}: no kept line: {stdout}"))
+        .trim()
+        .to_string();
+    let evidence = std::fs::read_to_string(Path::new(&kept).join("evidence"));
+    // Ours to remove: the directory and the chaos-kept-… directory holding it.
+    let _ = std::fs::remove_dir_all(Path::new(&kept).parent().unwrap());
+    assert_eq!(evidence.ok().as_deref(), Some("evidence\n"), "{test}: {kept}");
+    let run_dir = PathBuf::from(line_after(&stdout, "run directory: ").unwrap().trim());
+    let summary = read_json(&run_dir.join("summary.json"));
+    assert_eq!(summary["kept"][0]["path"], kept.as_str(), "{summary:#}");
+    assert_eq!(summary["kept"][0]["node"], "n1", "{summary:#}");
+    assert_nothing_left(&run_dir);
+
+    let out = run("passes.toml", "true");
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", text(&out.stderr));
+    assert!(
+        !stdout.contains("kept "),
+        "{test}: a passing run kept something: {stdout}"
+    );
+}
