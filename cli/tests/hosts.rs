@@ -350,15 +350,7 @@ async fn up_exec_down_on_an_inventory_of_hosts() {
         "{pwd}"
     );
 
-    let state_arg = state.path().to_str().unwrap().to_string();
-    let down = tokio::task::spawn_blocking(move || {
-        Command::new(chaos)
-            .args(["down", "--state", &state_arg])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let down = chaos_down(state.path()).await;
     assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
     let _ = up.wait();
     assert!(
@@ -366,6 +358,21 @@ async fn up_exec_down_on_an_inventory_of_hosts() {
         "chaos down ends the run: {pwd} removed"
     );
     lab.cleanup().await.unwrap();
+}
+
+/// Runs `chaos down --state STATE` (off the runtime's threads).
+async fn chaos_down(state: &Path) -> std::process::Output {
+    let state = state.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_chaos"))
+            .arg("down")
+            .arg("--state")
+            .arg(state)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
 }
 
 /// `chaos up --label k=v` makes nodes only on the hosts carrying the label, like a scenario's
@@ -463,15 +470,7 @@ async fn up_selects_hosts_by_label() {
         }
         leased
     };
-    let state_arg = state.path().to_str().unwrap().to_string();
-    let down = tokio::task::spawn_blocking(move || {
-        Command::new(chaos)
-            .args(["down", "--state", &state_arg])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let down = chaos_down(state.path()).await;
     let _ = up.wait();
     lab.cleanup().await.unwrap();
     let line = line
