@@ -20,8 +20,8 @@
 //!
 //! **Keeping a run's directory** (a failed run the user wants to look at): `keep=true` on the
 //! release or shutdown (`DELETE /v1/lease?run=ID&keep=true`) ends the run the same way but
-//! leaves its directory, and so does heartbeat loss when the lease asked for it
-//! ([`LeaseRequest::keep_on_heartbeat_loss`]). A kept directory is marked by an empty file
+//! leaves its directory, and so do heartbeat loss and a takeover when the lease asked for it
+//! ([`LeaseRequest::keep_on_heartbeat_loss`]: the runner is presumed gone). A kept directory is marked by an empty file
 //! [`kept_marker`] beside it, so a restarted agent (which removes its predecessor's run
 //! directories) leaves it too; removing a kept directory is the user's job.
 //!
@@ -55,8 +55,9 @@ pub struct LeaseRequest {
     /// that is not persistent, acts as `--on-heartbeat-loss` says). Replaces the agent's own
     /// `--heartbeat-timeout` while the lease is held.
     pub heartbeat_timeout_ms: u64,
-    /// Keep the run directory when the run ends by heartbeat loss (the runner died: its user
-    /// may want to look at what it left). Releases and shutdowns say for themselves.
+    /// Keep the run directory when the run ends by heartbeat loss or a takeover (the runner
+    /// is presumed dead: its user may want to look at what it left). Releases and shutdowns
+    /// say for themselves.
     #[serde(default)]
     pub keep_on_heartbeat_loss: bool,
 }

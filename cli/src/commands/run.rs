@@ -49,7 +49,7 @@ pub struct RunArgs {
     pub fail_fast: bool,
     /// When the run fails (or errs), keep each node's root directory to look at: on `hosts`
     /// the run directory stays on each host, on `netns` it moves to $TMPDIR/chaos-kept-…;
-    /// `docker` and `local` keep nothing. Printed and listed in summary.json (`kept`).
+    /// `docker`, `local` and `ec2` keep nothing. Printed and listed in summary.json (`kept`).
     #[arg(long)]
     pub keep_failed: bool,
 }
