@@ -285,6 +285,9 @@ async fn heartbeat(
 struct ShutdownQuery {
     /// On a persistent agent: end only this run (a no-op when another run holds the lease).
     run: Option<String>,
+    /// On a persistent agent: keep the run's directory ([`chaos_proto::lease::kept_marker`]).
+    #[serde(default)]
+    keep: bool,
 }
 
 async fn shutdown(
@@ -295,7 +298,7 @@ async fn shutdown(
     if agent.persistent {
         // A service outlives its runners: the run ends, the agent keeps serving.
         tracing::info!("shutdown requested over the API: ending the run (persistent agent)");
-        lease::end_run_of(&agent, q.run.as_deref(), "shutdown requested").await;
+        lease::end_run_of(&agent, q.run.as_deref(), Some(q.keep), "shutdown requested").await;
         return Ok(StatusCode::NO_CONTENT);
     }
     tracing::info!("shutdown requested over the API");

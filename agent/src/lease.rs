@@ -1,7 +1,7 @@
 //! Leases ([`chaos_proto::lease`]): one runner at a time, each run in a directory of its own,
-//! and "ending a run" — heal every fault, kill every process tree, remove the run directory,
-//! release the lease — written once for every way a run ends: release, shutdown of a persistent
-//! agent, heartbeat loss, takeover.
+//! and "ending a run" — heal every fault, kill every process tree, remove the run directory
+//! (unless asked to keep it), release the lease — written once for every way a run ends:
+//! release, shutdown of a persistent agent, heartbeat loss, takeover.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -44,7 +44,8 @@ impl Leases {
     }
 
     /// Removes the run directories a previous agent left (it was killed or restarted: its runs
-    /// are over). Called by a persistent agent before it serves.
+    /// are over), except those kept on purpose ([`lease::kept_marker`]). Called by a persistent
+    /// agent before it serves.
     pub(crate) fn remove_leftover_runs(&self) {
         let runs = self.root.join(lease::RUNS_DIR);
         let Ok(entries) = std::fs::read_dir(&runs) else {
@@ -52,6 +53,12 @@ impl Leases {
         };
         for entry in entries.flatten() {
             let path = entry.path();
+            // Markers (`.kept.RUN`) and the directories they mark stay.
+            let name = entry.file_name();
+            let kept = lease::kept_marker(&path.to_string_lossy());
+            if name.to_string_lossy().starts_with('.') || Path::new(&kept).exists() {
+                continue;
+            }
             match std::fs::remove_dir_all(&path) {
                 Ok(()) => tracing::info!(dir = %path.display(), "removed a previous agent's run directory"),
                 Err(e) => tracing::warn!(dir = %path.display(), "removing a previous run directory: {e}"),
@@ -79,10 +86,11 @@ fn in_use(lease: &Lease) -> String {
 }
 
 /// Ends the run holding the lease, if any (the caller holds the lease lock): heals every fault,
-/// kills every process tree, removes the run directory, restores the configured heartbeat
+/// kills every process tree, removes the run directory — or keeps it, marked, when `keep` says
+/// so (`None`: as the lease asked for heartbeat loss) — restores the configured heartbeat
 /// timeout and releases the lease. Also heals and kills when no lease is held (an agent used
 /// without one).
-async fn end_locked(agent: &Agent, current: &mut Option<Lease>, why: &str) {
+async fn end_locked(agent: &Agent, current: &mut Option<Lease>, keep: Option<bool>, why: &str) {
     match agent.faults.heal_all(false).await {
         Ok(healed) if healed.is_empty() => {}
         Ok(healed) => tracing::info!(?healed, "{why}: healed every fault"),
@@ -92,36 +100,51 @@ async fn end_locked(agent: &Agent, current: &mut Option<Lease>, why: &str) {
     let Some(lease) = current.take() else {
         return;
     };
+    let keep = keep.unwrap_or(lease.keep_on_heartbeat_loss);
     let dir = PathBuf::from(&lease.run_dir);
-    let removed = tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
+    let marker = PathBuf::from(lease::kept_marker(&lease.run_dir));
+    let what = if keep {
+        "marking the run directory kept"
+    } else {
+        "removing the run directory"
+    };
+    let done = tokio::task::spawn_blocking(move || {
+        if keep {
+            return std::fs::write(&marker, b"");
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
     })
     .await;
-    match removed {
+    match done {
+        Ok(Ok(())) if keep => tracing::info!(dir = %lease.run_dir, "{why}: run directory kept"),
         Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(dir = %lease.run_dir, "{why}: removing the run directory: {e}"),
-        Err(e) => tracing::warn!(dir = %lease.run_dir, "{why}: removing the run directory: {e}"),
+        Ok(Err(e)) => tracing::warn!(dir = %lease.run_dir, "{why}: {what}: {e}"),
+        Err(e) => tracing::warn!(dir = %lease.run_dir, "{why}: {what}: {e}"),
     }
     agent.heartbeat.set_timeout(agent.leases.configured_timeout);
     agent.procs.set_default_cwd(agent.leases.root.clone());
     tracing::info!(run = %lease.run, runner = %lease.runner, "{why}: run ended, lease released");
 }
 
-/// Ends the current run (see [`end_locked`]).
+/// Ends the current run (see [`end_locked`]), keeping its directory if its lease asked for
+/// that on heartbeat loss.
 pub(crate) async fn end_run(agent: &Agent, why: &str) {
-    end_run_of(agent, None, why).await;
+    end_run_of(agent, None, None, why).await;
 }
 
-/// Ends run `run` if it holds the lease (`None`: whatever run does, or none).
-pub(crate) async fn end_run_of(agent: &Agent, run: Option<&str>, why: &str) {
+/// Ends run `run` if it holds the lease (`None`: whatever run does, or none); `keep` as
+/// [`end_locked`] takes it.
+pub(crate) async fn end_run_of(agent: &Agent, run: Option<&str>, keep: Option<bool>, why: &str) {
     let mut current = agent.leases.current.lock().await;
     let other = matches!((run, current.as_ref()), (Some(run), Some(held)) if held.run != run);
     if other {
         tracing::info!(run = ?run, "{why}: that run does not hold the lease; nothing ended");
         return;
     }
-    end_locked(agent, &mut current, why).await;
+    end_locked(agent, &mut current, keep, why).await;
 }
 
 /// Whether `run` holds the lease: a heartbeat naming a run counts only for it, so a runner
@@ -179,7 +202,7 @@ pub(crate) async fn acquire(
             return Err(ApiError::new(ErrorKind::Conflict, in_use(held)).into());
         }
         let why = format!("taken over by runner {}", req.runner);
-        end_locked(&agent, &mut current, &why).await;
+        end_locked(&agent, &mut current, None, &why).await;
     }
     let dir = agent.leases.root.join(lease::RUNS_DIR).join(&req.run);
     let made = dir.clone();
@@ -197,6 +220,7 @@ pub(crate) async fn acquire(
         run: req.run,
         since_unix_ms: now_ms(),
         run_dir: dir.to_string_lossy().into_owned(),
+        keep_on_heartbeat_loss: req.keep_on_heartbeat_loss,
     };
     agent.heartbeat.set_timeout(timeout);
     agent.procs.set_default_cwd(dir);
@@ -213,9 +237,12 @@ pub(crate) async fn show(State(agent): State<Arc<Agent>>) -> Json<Option<Lease>>
 #[derive(Debug, Deserialize)]
 pub(crate) struct ReleaseQuery {
     run: String,
+    /// Keep the run directory ([`lease::kept_marker`]).
+    #[serde(default)]
+    keep: bool,
 }
 
-/// `DELETE /v1/lease?run=ID`: ends run `ID`; a no-op when it holds no lease.
+/// `DELETE /v1/lease?run=ID[&keep=true]`: ends run `ID`; a no-op when it holds no lease.
 pub(crate) async fn release(
     State(agent): State<Arc<Agent>>,
     q: Result<Query<ReleaseQuery>, QueryRejection>,
@@ -223,7 +250,7 @@ pub(crate) async fn release(
     let Query(q) = q?;
     let mut current = agent.leases.current.lock().await;
     if current.as_ref().is_some_and(|l| l.run == q.run) {
-        end_locked(&agent, &mut current, "released by its runner").await;
+        end_locked(&agent, &mut current, Some(q.keep), "released by its runner").await;
     }
     Ok(StatusCode::NO_CONTENT)
 }

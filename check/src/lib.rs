@@ -45,7 +45,7 @@ pub use counter::CounterChecker;
 pub use elle::{ConsistencyModel, ListAppend};
 pub use history::{
     CutTail, FaultEvent, FaultPhase, HISTORY_VERSION, Header, History, HistoryError, HistoryWriter,
-    MICRO_OP_NAMES, MicroOp, Op, OpKind, Outcome, Record, micro_ops,
+    MICRO_OP_NAMES, MeasurementEvent, MicroOp, Op, OpKind, Outcome, Record, WarningEvent, micro_ops,
 };
 pub use linearizability::{Budget, Linearizability, Minimize};
 pub use report::{ReportFiles, write_report};

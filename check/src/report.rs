@@ -12,7 +12,8 @@ use crate::availability::CaseResult;
 use crate::checker::{Validity, Verdict};
 use crate::history::{History, Outcome};
 use crate::svg::{
-    FAIL_COLOR, OFFENDING_COLOR, OK_COLOR, Timeline, UNKNOWN_COLOR, esc, latency, secs, violation_svg,
+    FAIL_COLOR, MEASUREMENT_COLOR, OFFENDING_COLOR, OK_COLOR, Timeline, UNKNOWN_COLOR, WARNING_COLOR, esc,
+    latency, secs, violation_svg,
 };
 use crate::{CheckError, CheckReport};
 
@@ -84,7 +85,8 @@ body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:0 auto;max
 h1{font-size:22px;margin:4px 0}h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #ddd;padding-bottom:4px}
 h3{font-size:15px;margin:16px 0 6px}
 .badge{display:inline-block;padding:2px 8px;border-radius:4px;color:#fff;font-weight:bold;font-size:12px;letter-spacing:.5px}
-.valid{background:#2e7d32}.invalid{background:#c62828}.unknown{background:#ef8f00}
+.valid{background:#2e7d32}.invalid{background:#c62828}.unknown{background:#ef8f00}.warn{background:#ef6c00}
+tr.warning td{background:#fff3e0}
 .summary{font-size:15px}.meta{color:#555;margin:4px 0}
 nav a{margin-right:14px}
 table{border-collapse:collapse;width:100%;background:#fff;font-size:13px}
@@ -103,7 +105,8 @@ footer{color:#888;font-size:12px;margin-top:30px}
 
 /// Wires the "show ok operations" switch, and once the page has loaded records on `<body>` what a
 /// headless browser check needs: that the script ran, the timeline's laid-out size, how many
-/// operation markers it drew, and how many resources the page fetched (must be 0: self-contained).
+/// operation markers and note marks (measurements, warnings) it laid out, and how many resources
+/// the page fetched (must be 0: self-contained).
 const SCRIPT: &str = "
 (function () {
   var timeline = document.getElementById('timeline');
@@ -117,6 +120,9 @@ const SCRIPT: &str = "
     body.setAttribute('data-timeline-width', String(Math.round(box.width)));
     body.setAttribute('data-timeline-height', String(Math.round(box.height)));
     body.setAttribute('data-ops-drawn', String(timeline.querySelectorAll('.op').length));
+    var marks = timeline.querySelectorAll('.marks circle, .marks polygon');
+    var laidOut = Array.prototype.filter.call(marks, function (m) { return m.getBoundingClientRect().width > 0; });
+    body.setAttribute('data-marks', String(laidOut.length));
     body.setAttribute('data-resources', String(performance.getEntriesByType('resource').length));
     body.setAttribute('data-ready', '1');
   });
@@ -178,8 +184,12 @@ fn render_html(history: &History, report: &CheckReport, timeline: &Timeline) -> 
     );
     h.push_str(
         "<nav><a href=\"#timeline-section\">Timeline</a><a href=\"#verdicts\">Verdicts</a>\
-         <a href=\"#cases\">Fault cases</a><a href=\"#violations\">Violations</a></nav>\n",
+         <a href=\"#cases\">Fault cases</a><a href=\"#violations\">Violations</a>",
     );
+    if !history.measurements.is_empty() {
+        h.push_str("<a href=\"#measurements\">Measurements</a>");
+    }
+    h.push_str("</nav>\n");
     // Timeline.
     h.push_str("<section id=\"timeline-section\">\n<h2>Timeline</h2>\n<p class=\"legend\">");
     for (label, color) in [
@@ -192,6 +202,17 @@ fn render_html(history: &History, report: &CheckReport, timeline: &Timeline) -> 
             h,
             "<span><i class=\"swatch\" style=\"background:{color}\"></i>{label}</span>"
         );
+    }
+    for (shown, label, color) in [
+        (!history.measurements.is_empty(), "measurement", MEASUREMENT_COLOR),
+        (!history.warnings.is_empty(), "warning", WARNING_COLOR),
+    ] {
+        if shown {
+            let _ = write!(
+                h,
+                "<span><i class=\"swatch\" style=\"background:{color}\"></i>{label} (notes lane)</span>"
+            );
+        }
     }
     for (kind, color) in timeline.kind_colors() {
         let _ = write!(
@@ -250,8 +271,9 @@ fn render_html(history: &History, report: &CheckReport, timeline: &Timeline) -> 
         );
     }
     h.push_str("</section>\n");
-    // Fault cases.
-    render_cases(&mut h, report);
+    // Fault cases, with the warnings about them.
+    render_cases(&mut h, history, report);
+    render_measurements(&mut h, history);
     // Violations.
     h.push_str("<section id=\"violations\">\n<h2>Violations</h2>\n");
     let mut any = false;
@@ -291,7 +313,73 @@ fn render_html(history: &History, report: &CheckReport, timeline: &Timeline) -> 
     h
 }
 
-fn render_cases(h: &mut String, report: &CheckReport) {
+/// The warnings of `case` (`None`: those tied to no fault case of the report) as table rows
+/// spanning `columns`.
+fn warning_rows(h: &mut String, history: &History, report: &CheckReport, case: Option<&str>, columns: usize) {
+    let known = |c: &str| report.availability.cases.iter().any(|k| k.case == c);
+    for w in &history.warnings {
+        let matches = match (case, w.case.as_deref()) {
+            (Some(case), Some(c)) => c == case,
+            (None, Some(c)) => !known(c),
+            (None, None) => true,
+            (Some(_), None) => false,
+        };
+        if matches {
+            let _ = writeln!(
+                h,
+                "<tr class=\"warning\"><td colspan=\"{columns}\"><span class=\"badge warn\">WARNING</span> \
+                 at {}{}: {}</td></tr>",
+                secs(w.time_us),
+                w.case
+                    .as_deref()
+                    .filter(|_| case.is_none())
+                    .map(|c| format!(" ({})", esc(c)))
+                    .unwrap_or_default(),
+                esc(&w.message)
+            );
+        }
+    }
+}
+
+/// The measurements, one row each, when the run made any.
+fn render_measurements(h: &mut String, history: &History) {
+    if history.measurements.is_empty() {
+        return;
+    }
+    h.push_str(
+        "<section id=\"measurements\">\n<h2>Measurements</h2>\n<table>\n<tr><th>at</th><th>from → to</th>\
+         <th>address</th><th>protocol</th><th>throughput</th><th>RTT median (min – max)</th><th>loss</th>\
+         <th>made by</th></tr>\n",
+    );
+    for m in &history.measurements {
+        let rtt = match (m.rtt_median_us, m.rtt_min_us, m.rtt_max_us) {
+            (Some(med), Some(min), Some(max)) => format!(
+                "{} ({} – {})",
+                latency(med as f64),
+                latency(min as f64),
+                latency(max as f64)
+            ),
+            (Some(med), _, _) => latency(med as f64),
+            _ => "–".to_string(),
+        };
+        let _ = writeln!(
+            h,
+            "<tr class=\"measurement\"><td>{}</td><td>{} → {}</td><td>{}</td><td>{}</td>\
+             <td class=\"num\">{:.2} Mbit/s</td><td class=\"num\">{rtt}</td><td class=\"num\">{:.1} %</td><td>{}</td></tr>",
+            secs(m.time_us),
+            esc(&m.from),
+            esc(&m.to),
+            esc(&m.address),
+            esc(&m.protocol),
+            m.throughput_bps / 1e6,
+            m.loss_percent,
+            esc(m.source.as_deref().unwrap_or(""))
+        );
+    }
+    h.push_str("</table>\n</section>\n");
+}
+
+fn render_cases(h: &mut String, history: &History, report: &CheckReport) {
     let a = &report.availability;
     let _ = writeln!(
         h,
@@ -307,7 +395,13 @@ fn render_cases(h: &mut String, report: &CheckReport) {
         a.outside_faults.total
     );
     if a.cases.is_empty() {
-        h.push_str("<p>The history has no fault events.</p>\n</section>\n");
+        h.push_str("<p>The history has no fault events.</p>\n");
+        if !history.warnings.is_empty() {
+            h.push_str("<table>\n");
+            warning_rows(h, history, report, None, 1);
+            h.push_str("</table>\n");
+        }
+        h.push_str("</section>\n");
         return;
     }
     h.push_str(
@@ -344,7 +438,9 @@ fn render_cases(h: &mut String, report: &CheckReport) {
             badge(c.valid),
             esc(&c.explanation)
         );
+        warning_rows(h, history, report, Some(&c.case), 10);
     }
+    warning_rows(h, history, report, None, 10);
     h.push_str("</table>\n</section>\n");
 }
 

@@ -7,6 +7,9 @@ use std::fmt::Write;
 use crate::availability::FaultWindow;
 use crate::history::{History, Op, OpKind, Outcome, describe_txn, show};
 
+mod marks;
+pub(crate) use marks::{MEASUREMENT_COLOR, WARNING_COLOR};
+
 /// At most this many operation markers are drawn; beyond it `ok` operations are thinned evenly
 /// (failed, unknown and offending ones are always drawn).
 const MAX_POINTS: usize = 20_000;
@@ -173,6 +176,7 @@ impl<'a> Timeline<'a> {
         let mut body = String::new();
         let mut y = 10.0;
         y += self.fault_lanes(&mut body, y);
+        y += self.marks(&mut body, y + 4.0);
         y += self.latency(&mut body, y + 10.0, 280.0) + 10.0;
         y += self.throughput(&mut body, y + 10.0, 110.0) + 10.0;
         y += self.error_rate(&mut body, y + 10.0, 90.0) + 10.0;

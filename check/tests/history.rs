@@ -283,7 +283,23 @@ fn the_documented_examples_parse_and_mean_what_the_docs_say() {
         History::parse(&text, "docs/history.md").unwrap_or_else(|e| panic!("{e}\n{text}"));
         json_examples += 1;
     }
-    assert_eq!(json_examples, 5);
+    assert_eq!(json_examples, 7);
+}
+
+/// Measurement and warning records are checked like the others: a bad figure or an empty case
+/// is an error naming the line and the field.
+#[test]
+fn bad_measurement_and_warning_records_name_the_field() {
+    let m = r#"{"type":"measurement","time_us":1,"from":"n1","to":"n2","address":"10.0.0.3","protocol":"tcp","seconds":1.0,"throughput_bps":-5.0,"loss_percent":0.0}"#;
+    let e = History::parse(&format!("{HEADER}\n{m}"), "h.jsonl").unwrap_err();
+    assert_eq!(e.line, 2, "{e}");
+    assert!(e.message.contains("field `throughput_bps`"), "{e}");
+    let w = r#"{"type":"warning","time_us":1,"case":"","message":"x"}"#;
+    let e = History::parse(&format!("{HEADER}\n{w}"), "h.jsonl").unwrap_err();
+    assert!(e.message.contains("field `case`"), "{e}");
+    let ok = r#"{"type":"warning","time_us":1,"message":"x"}"#;
+    let h = History::parse(&format!("{HEADER}\n{ok}"), "h.jsonl").unwrap();
+    assert_eq!(h.warnings.len(), 1);
 }
 
 /// What a run killed while writing leaves: the last line cut mid-record, no newline. That line is

@@ -10,14 +10,16 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use chaos_check::{
-    CheckReport, FaultEvent, FaultPhase, History, Op, OpKind, Outcome, Validity, check_history, write_report,
+    CheckReport, FaultEvent, FaultPhase, History, MeasurementEvent, Op, OpKind, Outcome, Validity,
+    WarningEvent, check_history, write_report,
 };
 use model::{Params, inject_violation, register_history};
 use serde_json::{Value, json};
 
 /// A two-second run: register traffic from 6 clients on 3 nodes, a set workload that loses one
 /// acknowledged add, a stale read, transactions with a read skew (G-single) and a write skew
-/// (G2-item), and two fault cases.
+/// (G2-item), two fault cases, a measurement, a warning about the first case and one about
+/// none.
 fn sample_history() -> History {
     let params = Params {
         unknown: 0.03,
@@ -114,6 +116,30 @@ fn sample_history() -> History {
     ));
     h.faults
         .push(fault(FaultPhase::Healed, "pause-n3", "pause", "n3", end * 7 / 10));
+    h.measurements.push(MeasurementEvent {
+        time_us: end * 3 / 4,
+        from: "n1".into(),
+        to: "n2 <b>".into(),
+        address: "10.0.0.3".into(),
+        protocol: "tcp".into(),
+        seconds: 1.0,
+        throughput_bps: 7_950_000.0,
+        loss_percent: 1.5,
+        rtt_median_us: Some(1_200),
+        rtt_min_us: Some(800),
+        rtt_max_us: Some(4_100),
+        source: Some("check fast again".into()),
+    });
+    h.warnings.push(WarningEvent {
+        time_us: heal,
+        case: Some("isolate-n1".into()),
+        message: "the leader n1 was still the leader after 2.0s of partition".into(),
+    });
+    h.warnings.push(WarningEvent {
+        time_us: end / 10,
+        case: None,
+        message: "a warning about no case <x>".into(),
+    });
     h
 }
 
@@ -291,6 +317,82 @@ fn the_report_is_complete_self_contained_and_well_formed() {
     assert_eq!(verdict["availability"]["cases"].as_array().unwrap().len(), 2);
 }
 
+/// Measurements get a table and marks on the timeline; a warning sits right under its fault
+/// case's row (one about no case at the table's end); none of it when the run has none.
+#[test]
+fn measurements_and_warnings_show_in_the_report() {
+    let (_keep, dir) = output_dir();
+    let (history, _) = generate(&dir);
+    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    assert!(html.contains("<a href=\"#measurements\">Measurements</a>"));
+    let table = &html[html
+        .find("<section id=\"measurements\">")
+        .expect("a measurements section")..];
+    let table = &table[..table.find("</section>").unwrap()];
+    for figure in [
+        "n1 → n2 &lt;b&gt;",
+        "10.0.0.3",
+        "tcp",
+        "7.95 Mbit/s",
+        "1.5 %",
+        "check fast again",
+    ] {
+        assert!(table.contains(figure), "{figure} missing in {table}");
+    }
+    assert_eq!(table.matches("<tr class=\"measurement\">").count(), 1, "{table}");
+    assert!(
+        html.contains("<circle class=\"measurement\""),
+        "a mark on the timeline"
+    );
+    assert_eq!(html.matches("<polygon class=\"warning\"").count(), 2);
+
+    let cases = &html[html.find("<section id=\"cases\">").unwrap()..];
+    let cases = &cases[..cases.find("</section>").unwrap()];
+    let row = |needle: &str| {
+        cases
+            .find(needle)
+            .unwrap_or_else(|| panic!("{needle} missing in {cases}"))
+    };
+    let (isolate, warning, pause) = (
+        row("<tr><td>isolate-n1</td>"),
+        row("the leader n1 was still the leader after 2.0s of partition"),
+        row("<tr><td>pause-n3</td>"),
+    );
+    assert!(
+        isolate < warning && warning < pause,
+        "the warning is not right under its case's row: {cases}"
+    );
+    assert!(
+        row("a warning about no case &lt;x&gt;") > pause,
+        "the orphan warning ends the table"
+    );
+    assert_eq!(cases.matches("<tr class=\"warning\">").count(), 2);
+
+    // The history carries them: written and read back unchanged.
+    let mut jsonl = Vec::new();
+    history.write_jsonl(&mut jsonl).unwrap();
+    let back = History::parse(std::str::from_utf8(&jsonl).unwrap(), "roundtrip").unwrap();
+    assert_eq!(back.measurements, history.measurements);
+    // Written in time order.
+    let mut warnings = history.warnings.clone();
+    warnings.sort_by_key(|w| w.time_us);
+    assert_eq!(back.warnings, warnings);
+
+    // Without them: no section, no marks, no warning rows.
+    let plain = History {
+        measurements: Vec::new(),
+        warnings: Vec::new(),
+        ..history
+    };
+    let report = check_history(&plain, &[]).unwrap();
+    let plain_dir = dir.join("plain");
+    write_report(&plain_dir, &plain, &report).unwrap();
+    let html = std::fs::read_to_string(plain_dir.join("report.html")).unwrap();
+    for absent in ["id=\"measurements\"", "class=\"marks\"", "<tr class=\"warning\">"] {
+        assert!(!html.contains(absent), "{absent} in a report without notes");
+    }
+}
+
 #[test]
 fn report_renders_in_headless_chromium() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/report_browser.sh");
@@ -320,7 +422,10 @@ fn report_renders_in_headless_chromium() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "report_browser.sh failed: {stderr}");
-    assert!(String::from_utf8_lossy(&run.stdout).contains("report_browser: ok"));
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(stdout.contains("report_browser: ok"), "{stdout}");
+    // The sample's measurement and two warnings are laid out on the timeline.
+    assert!(stdout.contains("3 note marks"), "{stdout}");
     assert!(std::fs::metadata(&screenshot).unwrap().len() > 20_000);
 
     // The check must be able to fail: a script error in the page is caught.

@@ -52,5 +52,5 @@ drawn=$(attr data-ops-drawn)
 [[ -s $png ]] || fail "no screenshot at $png"
 size=$(stat -c %s "$png")
 ((size > 20000)) || fail "the screenshot $png is only $size bytes; the page looks blank"
-echo "report_browser: ok: timeline ${width}x${height} px with $drawn operation markers, no console messages, \
+echo "report_browser: ok: timeline ${width}x${height} px with $drawn operation markers and $(attr data-marks) note marks, no console messages, \
 no fetched resources; screenshot $png ($size bytes)"

@@ -350,15 +350,7 @@ async fn up_exec_down_on_an_inventory_of_hosts() {
         "{pwd}"
     );
 
-    let state_arg = state.path().to_str().unwrap().to_string();
-    let down = tokio::task::spawn_blocking(move || {
-        Command::new(chaos)
-            .args(["down", "--state", &state_arg])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let down = chaos_down(state.path()).await;
     assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
     let _ = up.wait();
     assert!(
@@ -366,4 +358,129 @@ async fn up_exec_down_on_an_inventory_of_hosts() {
         "chaos down ends the run: {pwd} removed"
     );
     lab.cleanup().await.unwrap();
+}
+
+/// Runs `chaos down --state STATE` (off the runtime's threads).
+async fn chaos_down(state: &Path) -> std::process::Output {
+    let state = state.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_chaos"))
+            .arg("down")
+            .arg("--state")
+            .arg(state)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// `chaos up --label k=v` makes nodes only on the hosts carrying the label, like a scenario's
+/// `[cluster] labels`; a malformed or contradictory label is refused before anything is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_selects_hosts_by_label() {
+    use std::io::BufRead;
+
+    let test = "up_selects_hosts_by_label";
+    let chaos = env!("CARGO_BIN_EXE_chaos");
+    let state = tempfile::tempdir().unwrap();
+    for (labels, says) in [
+        (vec!["--label", "rack"], "\"rack\": give a label as KEY=VALUE"),
+        (
+            vec!["--label", "rack=1", "--label", "rack=2"],
+            "--label rack=1 and --label rack=2",
+        ),
+    ] {
+        let out = Command::new(chaos)
+            .args([
+                "up",
+                "--backend",
+                "hosts",
+                "--inventory",
+                "/nonexistent.toml",
+                "--state",
+            ])
+            .arg(state.path().join("bad"))
+            .args(&labels)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.code() == Some(2) && stderr.contains(says),
+            "{test}: {labels:?}: status {:?}: {stderr}",
+            out.status.code()
+        );
+        assert!(
+            !state.path().join("bad").exists(),
+            "{test}: {labels:?} made the state dir"
+        );
+    }
+
+    if let Err(why) = chaos::backend::hosts::lab::availability() {
+        skip(test, "hosts", &why);
+        return;
+    }
+    let lab = Lab::start("up-label", 2, Duration::from_secs(30)).await.unwrap();
+    // Host 1 in rack 2, host 2 in rack 1.
+    let text = std::fs::read_to_string(lab.inventory()).unwrap();
+    let mut rack = ["2", "1"].into_iter();
+    let labelled: String = text
+        .split_inclusive('\n')
+        .map(|line| match line {
+            "[[hosts]]\n" => format!("{line}labels = {{ rack = \"{}\" }}\n", rack.next().unwrap()),
+            _ => line.to_string(),
+        })
+        .collect();
+    let inventory = lab.inventory().with_file_name("labelled.toml");
+    std::fs::write(&inventory, labelled).unwrap();
+    let mut up = Command::new(chaos)
+        .args([
+            "up",
+            "--backend",
+            "hosts",
+            "--nodes",
+            "1",
+            "--label",
+            "rack=1",
+            "--inventory",
+        ])
+        .arg(&inventory)
+        .arg("--state")
+        .arg(state.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = up.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line).unwrap();
+        line
+    });
+    let bound = chaos_testkit::scaled(Duration::from_secs(30));
+    let line = tokio::time::timeout(bound, line).await;
+    let leased: Vec<bool> = {
+        let mut leased = Vec::new();
+        for host in lab.hosts() {
+            let ca = chaos::certs::ClusterCa::load(lab.tls_dir()).unwrap();
+            let runner = chaos::certs::Identity::load_runner(lab.tls_dir()).unwrap();
+            let tls = chaos::certs::client_config(ca.cert_pem(), &runner).unwrap();
+            let client = chaos::agent_client::AgentClient::new(host.name.clone(), host.agent, tls);
+            leased.push(client.lease().await.unwrap().is_some());
+        }
+        leased
+    };
+    let down = chaos_down(state.path()).await;
+    let _ = up.wait();
+    lab.cleanup().await.unwrap();
+    let line = line
+        .unwrap_or_else(|_| panic!("{test}: chaos up printed no node within {bound:?}"))
+        .unwrap();
+    assert!(line.starts_with("n2 "), "{test}: the rack=1 host is n2: {line}");
+    assert_eq!(
+        leased,
+        vec![false, true],
+        "{test}: only the rack=1 host is leased"
+    );
+    assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
 }

@@ -1145,7 +1145,8 @@ fn a_slow_recovery_is_observed_before_the_run_ends() {
 }
 
 /// A `measure` invariant: after a bandwidth fault on n1 is healed, n1 → n2 must be fast again;
-/// the figures land in the summary.
+/// the figures land in the summary, the history and the report (a table, marks on the
+/// timeline).
 #[test]
 fn a_measure_invariant_reports_its_figures_in_the_summary() {
     if let Err(why) = chaos::backend::registry::available("netns") {
@@ -1180,6 +1181,17 @@ at = ["heal"]
 on = ["n1"]
 measure = { to = "n2", duration = "1s", min_mbit = 30 }
 timeout = "20s"
+[workload]
+type = "command"
+rate = 10
+concurrency = 1
+keys = 1
+[[workload.ops]]
+kind = "add"
+command = "echo {{ value }} >> {{ nodes[0].root }}/set"
+[[workload.ops]]
+kind = "read_set"
+command = "cat {{ nodes[0].root }}/set 2>/dev/null || true"
 "#,
     );
     let out_dir = dir.path().join("runs");
@@ -1192,5 +1204,110 @@ timeout = "20s"
         summary.contains("n1 → n2") && summary.contains("Mbit/s"),
         "the figures are in the summary: {summary}"
     );
+    let history = std::fs::read_to_string(run_dir.join("history.jsonl")).unwrap();
+    let measured: Vec<serde_json::Value> = history
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| r["type"] == "measurement")
+        .collect();
+    assert!(!measured.is_empty(), "no measurement in the history: {history}");
+    let m = &measured[measured.len() - 1];
+    assert_eq!(
+        (&m["from"], &m["to"], &m["protocol"]),
+        (&"n1".into(), &"n2".into(), &"tcp".into()),
+        "{m}"
+    );
+    let mbit = m["throughput_bps"].as_f64().unwrap() / 1e6;
+    assert!(mbit >= 30.0, "the passing measurement is fast: {m}");
+    let html = std::fs::read_to_string(run_dir.join("report.html")).unwrap();
+    let table = &html[html
+        .find("<section id=\"measurements\">")
+        .expect("a measurements section")..];
+    assert!(
+        table.contains(&format!("{mbit:.2} Mbit/s")) && table.contains("n1 → n2"),
+        "the report shows the figures: {}",
+        &table[..table.find("</section>").unwrap_or(table.len())]
+    );
+    assert!(
+        table.contains("check n1 to n2 is fast again"),
+        "the report names the check"
+    );
+    assert!(
+        html.contains("<circle class=\"measurement\""),
+        "a mark on the timeline"
+    );
     assert_nothing_left(&run_dir);
+}
+
+/// `chaos run --keep-failed`: a failed netns run keeps its node's root directory, with what the
+/// system wrote there, prints where and lists it in summary.json; a passing run keeps nothing.
+#[test]
+fn keep_failed_keeps_a_failed_runs_node_directories_and_says_where() {
+    let test = "keep_failed_keeps_a_failed_runs_node_directories_and_says_where";
+    if let Err(why) = chaos::backend::registry::available("netns") {
+        chaos_testkit::skip(test, "netns", &why);
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = |check: &str| {
+        format!(
+            r#"
+[cluster]
+backend = "netns"
+nodes = 1
+[setup.start]
+command = ["sh", "-c", "echo evidence > {{{{ node.root }}}}/evidence; sleep 600; : {{{{ run_id }}}}"]
+[schedule]
+rounds = 1
+pause = "50ms"
+[[faults]]
+name = "pause-it"
+kind = "pause"
+target = "one"
+duration = "200ms"
+[[invariants]]
+name = "the check"
+at = ["heal"]
+command = "{check}"
+timeout = "1s"
+interval = "200ms"
+"#
+        )
+    };
+    let out_dir = dir.path().join("runs");
+    let run = |name: &str, check: &str| {
+        let file = write(dir.path(), name, &scenario(check));
+        chaos(&[
+            "run",
+            file.to_str().unwrap(),
+            "--keep-failed",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ])
+    };
+
+    let out = run("fails.toml", "test -e {{ node.root }}/never-written");
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{}", text(&out.stderr));
+    let kept = line_after(&stdout, "kept n1's directory on this machine: ")
+        .unwrap_or_else(|| panic!("{test}: no kept line: {stdout}"))
+        .trim()
+        .to_string();
+    let evidence = std::fs::read_to_string(Path::new(&kept).join("evidence"));
+    // Ours to remove: the directory and the chaos-kept-… directory holding it.
+    let _ = std::fs::remove_dir_all(Path::new(&kept).parent().unwrap());
+    assert_eq!(evidence.ok().as_deref(), Some("evidence\n"), "{test}: {kept}");
+    let run_dir = PathBuf::from(line_after(&stdout, "run directory: ").unwrap().trim());
+    let summary = read_json(&run_dir.join("summary.json"));
+    assert_eq!(summary["kept"][0]["path"], kept.as_str(), "{summary:#}");
+    assert_eq!(summary["kept"][0]["node"], "n1", "{summary:#}");
+    assert_nothing_left(&run_dir);
+
+    let out = run("passes.toml", "true");
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", text(&out.stderr));
+    assert!(
+        !stdout.contains("kept "),
+        "{test}: a passing run kept something: {stdout}"
+    );
 }

@@ -363,8 +363,18 @@ impl AgentClient {
     /// `POST /v1/shutdown`: the agent kills everything it started and exits. From the first
     /// call on, the agent's end counts as asked for ([`AgentClient::shutdown_requested`]).
     pub async fn shutdown(&self) -> Result<()> {
+        self.shutdown_keeping(false).await
+    }
+
+    /// [`AgentClient::shutdown`]; with `keep`, a persistent agent keeps the run's directory
+    /// (`&keep=true`, [`chaos_proto::lease::kept_marker`]). Other agents ignore `keep`.
+    pub async fn shutdown_keeping(&self, keep: bool) -> Result<()> {
         self.shutdown_requested.store(true, Ordering::SeqCst);
-        let url = self.url(paths::SHUTDOWN, &self.run_query());
+        let mut query = self.run_query();
+        if keep {
+            query.push(("keep", "true"));
+        }
+        let url = self.url(paths::SHUTDOWN, &query);
         self.call::<(), ()>("shutdown", Method::POST, url, None).await
     }
 
@@ -386,10 +396,14 @@ impl AgentClient {
             .await
     }
 
-    /// `DELETE /v1/lease?run=ID`: ends run `run` (heals, kills, removes its directory, releases
-    /// the lease); a no-op when it holds no lease.
-    pub async fn release_lease(&self, run: &str) -> Result<()> {
-        let url = self.url(paths::LEASE, &[("run", run)]);
+    /// `DELETE /v1/lease?run=ID[&keep=true]`: ends run `run` (heals, kills, removes its
+    /// directory unless `keep`, releases the lease); a no-op when it holds no lease.
+    pub async fn release_lease(&self, run: &str, keep: bool) -> Result<()> {
+        let mut query = vec![("run", run)];
+        if keep {
+            query.push(("keep", "true"));
+        }
+        let url = self.url(paths::LEASE, &query);
         self.call::<(), ()>("release lease", Method::DELETE, url, None)
             .await
     }

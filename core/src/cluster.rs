@@ -37,6 +37,17 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
 /// A boxed [`Stream`].
 pub type BoxStream = Box<dyn Stream>;
 
+/// A node's root directory kept at cleanup for the user to look at ([`Cluster::run_failed`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KeptDir {
+    /// The node whose root directory it was.
+    pub node: String,
+    /// The machine it is on: `this machine`, or an inventory host and its address.
+    pub host: String,
+    /// Its absolute path on that machine.
+    pub path: String,
+}
+
 /// A set of nodes on one backend.
 ///
 /// Dropping a cluster cleans it up on a best-effort basis (synchronously, so it also happens when
@@ -75,6 +86,15 @@ pub trait Cluster: Send + Sync {
 
     /// Facts about the cluster worth showing (its index, network, state file…), by name.
     fn describe(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+
+    /// Tells the cluster, before [`Cluster::cleanup`], that the run failed. A cluster asked to
+    /// keep failed runs ([`crate::backend::ClusterOptions::keep_failed_runs`], or its backend's
+    /// own configuration, such as the `hosts` inventory's `keep_failed_runs`) keeps each node's
+    /// root directory at cleanup — processes are still killed and faults healed — and returns
+    /// where they are; empty when nothing is kept (not asked, or a backend that cannot).
+    fn run_failed(&self) -> Vec<KeptDir> {
         Vec::new()
     }
 

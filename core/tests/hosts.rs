@@ -382,3 +382,112 @@ async fn a_label_selector_takes_only_the_matching_hosts() {
     assert!(e.contains("rack=1") && e.contains("carry no labels"), "{e}");
     lab.cleanup().await.unwrap();
 }
+
+/// Starts `sleep 600` on `node` in the background; its pid.
+async fn sleeper(node: &Arc<dyn Node>) -> u32 {
+    let out = node
+        .run("sh", ["-c", "sleep 600 >/dev/null 2>&1 & echo $!"])
+        .await
+        .unwrap();
+    out.stdout_str().trim().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_run_keeps_its_directories_when_asked_and_the_hosts_stay_free() {
+    let test = "hosts::a_failed_run_keeps_its_directories_when_asked";
+    let Some(lab) = lab("keep-failed", 2).await else {
+        return;
+    };
+    let bound = scaled(Duration::from_secs(10));
+    let clients: Vec<AgentClient> = (0..2).map(|i| client(&lab, i)).collect();
+
+    // Asked to keep: each host's run directory stays, with its files, marked kept.
+    let keeping = ClusterOptions {
+        keep_failed_runs: true,
+        ..lab.cluster_options("keep")
+    };
+    let cluster = new_cluster("hosts", keeping).await.unwrap();
+    let nodes = cluster.create_nodes(2).await.unwrap();
+    let mut pids = Vec::new();
+    for node in &nodes {
+        node.send_bytes(&format!("{}/evidence", node.root_dir()), b"x".to_vec(), 0o644)
+            .await
+            .unwrap();
+        pids.push(sleeper(node).await);
+    }
+    let dirs: Vec<String> = nodes.iter().map(|n| n.root_dir().to_string()).collect();
+    let kept = cluster.run_failed();
+    assert_eq!(
+        kept.iter()
+            .map(|k| (k.node.as_str(), k.path.as_str()))
+            .collect::<Vec<_>>(),
+        vec![("n1", dirs[0].as_str()), ("n2", dirs[1].as_str())],
+        "{test}: kept {kept:?}"
+    );
+    assert!(kept[0].host.starts_with("host n1 ("), "{:?}", kept[0]);
+    cluster.cleanup().await.unwrap();
+    for (i, dir) in dirs.iter().enumerate() {
+        assert!(
+            Path::new(dir).join("evidence").exists(),
+            "{test}: host {i}: kept run dir {dir} lost its files"
+        );
+        assert!(
+            Path::new(&chaos_proto::lease::kept_marker(dir)).exists(),
+            "{test}: host {i}: {dir} not marked kept"
+        );
+        assert!(
+            gone_within(bound, async || alive_here(pids[i])).await,
+            "{test}: host {i}: pid {} survived a kept run (bound {bound:?})",
+            pids[i]
+        );
+        assert!(
+            clients[i].lease().await.unwrap().is_none(),
+            "{test}: host {i}: a kept run still holds the lease"
+        );
+    }
+
+    // The hosts are free for the next runner at once; a failed run without keep removes its
+    // directories (nothing asked, nothing kept).
+    let cluster = new_cluster("hosts", lab.cluster_options("next")).await.unwrap();
+    let nodes = cluster.create_nodes(2).await.unwrap();
+    let next_dir = nodes[0].root_dir().to_string();
+    assert_ne!(next_dir, dirs[0]);
+    assert!(
+        cluster.run_failed().is_empty(),
+        "{test}: kept without being asked"
+    );
+    cluster.cleanup().await.unwrap();
+    assert!(
+        !Path::new(&next_dir).exists(),
+        "{test}: {next_dir} kept without being asked"
+    );
+    for dir in &dirs {
+        assert!(
+            Path::new(dir).exists(),
+            "{test}: the next run removed the kept {dir}"
+        );
+    }
+
+    // A lease asking to keep on heartbeat loss (the inventory's `keep_failed_runs`): a
+    // runner that stops beating leaves its directory, killed and healed, and the host free.
+    let request = chaos_proto::lease::LeaseRequest {
+        runner: "test".into(),
+        run: "silent-runner".into(),
+        takeover: false,
+        heartbeat_timeout_ms: 500,
+        keep_on_heartbeat_loss: true,
+    };
+    let lease = clients[1].take_lease(&request).await.unwrap();
+    std::fs::write(Path::new(&lease.run_dir).join("evidence"), b"y").unwrap();
+    let loss_bound = scaled(Duration::from_secs(10));
+    assert!(
+        gone_within(loss_bound, async || clients[1].lease().await.unwrap().is_some()).await,
+        "{test}: host n2: the silent runner's lease outlived {loss_bound:?}"
+    );
+    assert!(
+        Path::new(&lease.run_dir).join("evidence").exists(),
+        "{test}: host n2: heartbeat loss removed {} though the lease asked to keep it",
+        lease.run_dir
+    );
+    lab.cleanup().await.unwrap();
+}

@@ -721,3 +721,49 @@ async fn concurrent_clusters_claim_distinct_indices() {
 async fn new_cluster_named(name: String) -> NetnsCluster {
     new_cluster(&name).await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_run_keeps_node_root_dirs_when_asked() {
+    let test = "netns::a_failed_run_keeps_node_root_dirs_when_asked";
+    if !available(test) {
+        return;
+    }
+    let options = ClusterOptions {
+        name: "keep-failed".into(),
+        keep_failed_runs: true,
+        ..ClusterOptions::default()
+    };
+    let cluster = NetnsCluster::new(options).await.unwrap();
+    let nodes = cluster.create_nodes(1).await.unwrap();
+    let root = nodes[0].root_dir().to_string();
+    nodes[0]
+        .send_bytes(&format!("{root}/evidence"), b"x".to_vec(), 0o644)
+        .await
+        .unwrap();
+    let kept = cluster.run_failed();
+    assert_eq!(kept.len(), 1, "{test}: {kept:?}");
+    assert_eq!(
+        (kept[0].node.as_str(), kept[0].host.as_str()),
+        ("n1", "this machine")
+    );
+    let kept_dir = Path::new(&kept[0].path).to_path_buf();
+    cluster.cleanup().await.unwrap();
+    let evidence = kept_dir.join("evidence");
+    let survived = evidence.exists();
+    // Ours to remove: a kept directory is the user's.
+    let _ = std::fs::remove_dir_all(kept_dir.parent().unwrap());
+    assert!(survived, "{test}: {} is gone after cleanup", evidence.display());
+    assert!(
+        !Path::new(&root).exists(),
+        "{test}: the cluster directory {root} stayed"
+    );
+
+    // Not asked: nothing kept.
+    let cluster = new_cluster("keep-not-asked").await;
+    cluster.create_nodes(1).await.unwrap();
+    assert!(
+        cluster.run_failed().is_empty(),
+        "{test}: kept without being asked"
+    );
+    cluster.cleanup().await.unwrap();
+}

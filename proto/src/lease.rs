@@ -18,11 +18,18 @@
 //! agent, heartbeat loss, takeover) heals every fault, kills every process tree the agent started,
 //! removes the run directory and releases the lease; the agent keeps serving.
 //!
+//! **Keeping a run's directory** (a failed run the user wants to look at): `keep=true` on the
+//! release or shutdown (`DELETE /v1/lease?run=ID&keep=true`) ends the run the same way but
+//! leaves its directory, and so do heartbeat loss and a takeover when the lease asked for it
+//! ([`LeaseRequest::keep_on_heartbeat_loss`]: the runner is presumed gone). A kept directory is marked by an empty file
+//! [`kept_marker`] beside it, so a restarted agent (which removes its predecessor's run
+//! directories) leaves it too; removing a kept directory is the user's job.
+//!
 //! | method | path | request | reply |
 //! |---|---|---|---|
 //! | `POST` | `/v1/lease` | [`LeaseRequest`] | [`Lease`]; `409` when held by another run |
 //! | `GET` | `/v1/lease` | – | `Option<`[`Lease`]`>`: the lease in force |
-//! | `DELETE` | `/v1/lease?run=ID` | – | `204`; ends run `ID` (no-op when it holds no lease) |
+//! | `DELETE` | `/v1/lease?run=ID[&keep=true]` | – | `204`; ends run `ID` (no-op when it holds no lease), keeping its directory with `keep=true` |
 
 use serde::{Deserialize, Serialize};
 
@@ -48,6 +55,11 @@ pub struct LeaseRequest {
     /// that is not persistent, acts as `--on-heartbeat-loss` says). Replaces the agent's own
     /// `--heartbeat-timeout` while the lease is held.
     pub heartbeat_timeout_ms: u64,
+    /// Keep the run directory when the run ends by heartbeat loss or a takeover (the runner
+    /// is presumed dead: its user may want to look at what it left). Releases and shutdowns
+    /// say for themselves.
+    #[serde(default)]
+    pub keep_on_heartbeat_loss: bool,
 }
 
 /// The lease in force: `POST /v1/lease` reply and `GET /v1/lease` body.
@@ -61,6 +73,9 @@ pub struct Lease {
     pub since_unix_ms: u64,
     /// The run's directory on the machine (absolute): the nodes' root directory.
     pub run_dir: String,
+    /// [`LeaseRequest::keep_on_heartbeat_loss`] of the holder.
+    #[serde(default)]
+    pub keep_on_heartbeat_loss: bool,
 }
 
 /// Checks a run id: 1 to [`MAX_RUN_ID_LEN`] characters from `[A-Za-z0-9_.-]`, not starting
@@ -86,6 +101,16 @@ pub fn run_dir(root: &str, run: &str) -> String {
     format!("{}/{RUNS_DIR}/{run}", root.trim_end_matches('/'))
 }
 
+/// The marker of a kept run directory `run_dir` ([`run_dir`]): an empty file beside it,
+/// `.kept.RUN` (no run id starts with `.`, so no run directory has that name).
+pub fn kept_marker(run_dir: &str) -> String {
+    let dir = run_dir.trim_end_matches('/');
+    match dir.rsplit_once('/') {
+        Some((parent, run)) => format!("{parent}/.kept.{run}"),
+        None => format!(".kept.{dir}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,6 +123,10 @@ mod tests {
             assert!(e.contains(&format!("{bad:?}")), "{e}");
         }
         assert_eq!(run_dir("/var/lib/chaos/", "r1"), "/var/lib/chaos/runs/r1");
+        assert_eq!(
+            kept_marker("/var/lib/chaos/runs/r1"),
+            "/var/lib/chaos/runs/.kept.r1"
+        );
     }
 
     #[test]

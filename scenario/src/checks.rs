@@ -48,6 +48,8 @@ pub struct System {
     pub templates: Templates,
     /// Path of the system's log on each node.
     pub log_paths: Vec<String>,
+    /// What `measure` checks measured, until the engine records it.
+    pub measurements: Measurements,
 }
 
 /// A rendered command as errors show it: program and arguments as run (not their templates).
@@ -64,7 +66,30 @@ enum Source<'a> {
     Command(&'a CommandLine),
     Http(&'a HttpRequest),
     Log,
-    Measure(&'a MeasureCheck),
+    /// With the check's name, which the measurement is recorded under.
+    Measure(&'a MeasureCheck, &'a str),
+}
+
+/// The measurements `measure` checks made, each with when it ended and the check's name: the
+/// engine moves them into the run's history ([`crate::workload::Recorder::measurement`]), so
+/// the report shows them whether the check passed or not.
+#[derive(Default)]
+pub struct Measurements(std::sync::Mutex<Vec<(Instant, String, chaos::net::Measurement)>>);
+
+impl Measurements {
+    fn push(&self, check: &str, m: chaos::net::Measurement) {
+        if let Ok(mut log) = self.0.lock() {
+            log.push((Instant::now(), check.to_string(), m));
+        }
+    }
+
+    /// Takes every measurement recorded so far.
+    pub fn drain(&self) -> Vec<(Instant, String, chaos::net::Measurement)> {
+        self.0
+            .lock()
+            .map(|mut log| std::mem::take(&mut *log))
+            .unwrap_or_default()
+    }
 }
 
 /// How one node fared in one attempt.
@@ -171,7 +196,7 @@ impl System {
                     ))
                 }
             }
-            Source::Measure(m) => self.measure(i, m, bound).await,
+            Source::Measure(m, check) => self.measure(i, m, check, bound).await,
             Source::Log => {
                 let path = &self.log_paths[i];
                 let bytes = tokio::time::timeout(bound, node.read_bytes(path))
@@ -184,7 +209,13 @@ impl System {
     }
 
     /// Measures from node `i` to `m.to`: the summary line, or why the thresholds do not hold.
-    async fn measure(&self, i: usize, m: &MeasureCheck, bound: Duration) -> Result<String, String> {
+    async fn measure(
+        &self,
+        i: usize,
+        m: &MeasureCheck,
+        check: &str,
+        bound: Duration,
+    ) -> Result<String, String> {
         let to = self
             .nodes
             .iter()
@@ -205,13 +236,16 @@ impl System {
             .map_err(|_| format!("measure {} → {}: no result within {bound:?}", self.name(i), m.to))?
             .map_err(|e| e.to_string())?;
         let summary = result.summary();
+        let mbit = result.mbit_per_s();
+        let loss = result.report.loss_percent;
+        self.measurements.push(check, result);
         if let Some(min) = m.min_mbit
-            && result.mbit_per_s() < min
+            && mbit < min
         {
             return Err(format!("below {min} Mbit/s: {summary}"));
         }
         if let Some(max) = m.max_loss_percent
-            && result.report.loss_percent > max
+            && loss > max
         {
             return Err(format!("above {max} % loss: {summary}"));
         }
@@ -263,7 +297,7 @@ impl System {
         join_all(targets.iter().map(|&i| async move {
             let result = match self.observe(i, source, bound).await {
                 // A measurement's figures are what it reports, pass or fail.
-                Ok(text) if matches!(source, Source::Measure(_)) => {
+                Ok(text) if matches!(source, Source::Measure(..)) => {
                     Self::judge(check, &text).map(|_| Some(text))
                 }
                 Ok(text) => Self::judge(check, &text),
@@ -300,7 +334,7 @@ impl System {
         let source = match (&check.command, &check.http, &check.measure) {
             (Some(c), _, _) => Source::Command(c),
             (None, Some(h), _) => Source::Http(h),
-            (None, None, Some(m)) => Source::Measure(m),
+            (None, None, Some(m)) => Source::Measure(m, &check.name),
             (None, None, None) => Source::Log,
         };
         let started = Instant::now();

@@ -266,4 +266,8 @@ pub struct Summary {
     pub history: Option<HistorySummary>,
     /// Totals.
     pub totals: Totals,
+    /// The nodes' root directories a failed run kept, and where (`--keep-failed`, or the
+    /// `hosts` inventory's `keep_failed_runs`); empty when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kept: Vec<chaos::cluster::KeptDir>,
 }

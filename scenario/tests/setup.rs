@@ -190,6 +190,17 @@ name = "pause-leader"
 kind = "pause"
 target = "leader"
 duration = "500ms"
+[workload]
+type = "command"
+rate = 20
+concurrency = 1
+keys = 1
+[[workload.ops]]
+kind = "add"
+command = "echo {{ value }} >> {{ nodes[0].root }}/set"
+[[workload.ops]]
+kind = "read_set"
+command = "cat {{ nodes[0].root }}/set 2>/dev/null || true"
 "#;
     let s = Scenario::parse(text, "leader.toml").unwrap_or_else(|e| panic!("{e}"));
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -211,6 +222,21 @@ duration = "500ms"
             .iter()
             .any(|e| e["event"] == "step_warning")
     );
+    // In the history, and in the report right under its step's fault case row.
+    let history = std::fs::read_to_string(outcome.run_dir.join("history.jsonl")).unwrap();
+    assert!(
+        history.contains("\"type\":\"warning\"") && history.contains("\"case\":\"01-pause-leader\""),
+        "{history}"
+    );
+    let html = std::fs::read_to_string(outcome.run_dir.join("report.html")).unwrap();
+    let case = html
+        .find("<tr><td>01-pause-leader</td>")
+        .expect("the step's fault case row");
+    let warning = html
+        .find("<tr class=\"warning\">")
+        .expect("a warning row in report.html");
+    assert!(case < warning, "the warning row precedes its case");
+    assert!(html[warning..].contains("the leader n1 was still the leader after"));
 }
 
 /// Nanosecond timestamps a ticker wrote, one a line.

@@ -31,6 +31,11 @@ pub enum Record {
     Op(Op),
     /// A fault injected into or healed on some nodes.
     Fault(FaultEvent),
+    /// A network measurement the run made (a scenario's `measure` check).
+    Measurement(MeasurementEvent),
+    /// Something the run noticed that is not a violation but worth a look (e.g. a fault on the
+    /// leader after which the same node was still the leader).
+    Warning(WarningEvent),
 }
 
 /// The header record: format version and what the run was.
@@ -397,6 +402,53 @@ pub struct FaultEvent {
     pub detail: Option<String>,
 }
 
+/// A network measurement between two nodes: throughput, loss and round-trip times.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MeasurementEvent {
+    /// When it ended, in microseconds since the start of the run (0 for one made before the
+    /// history began, such as a start check's).
+    pub time_us: u64,
+    /// The sending node.
+    pub from: String,
+    /// The receiving node.
+    pub to: String,
+    /// The receiving node's address measured to.
+    pub address: String,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    /// How long it sent, in seconds.
+    pub seconds: f64,
+    /// Bits per second received.
+    pub throughput_bps: f64,
+    /// Percent of datagrams lost (0 for TCP).
+    pub loss_percent: f64,
+    /// Round-trip time of the probes, in microseconds: median, min and max (absent when no
+    /// probe was answered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_median_us: Option<u64>,
+    /// Fastest round trip, in microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_min_us: Option<u64>,
+    /// Slowest round trip, in microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_max_us: Option<u64>,
+    /// What made it, e.g. `end check`, `step 3 (leader-partition) invariant`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+/// A warning about the run, tied to a fault case when it concerns one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WarningEvent {
+    /// When it was noticed, in microseconds since the start of the run.
+    pub time_us: u64,
+    /// The fault case ([`FaultEvent::case`]) it concerns, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub case: Option<String>,
+    /// What was noticed, in one line.
+    pub message: String,
+}
+
 /// A parsed, validated history.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct History {
@@ -406,6 +458,10 @@ pub struct History {
     pub ops: Vec<Op>,
     /// The fault events, in file order.
     pub faults: Vec<FaultEvent>,
+    /// The measurements, in file order.
+    pub measurements: Vec<MeasurementEvent>,
+    /// The warnings, in file order.
+    pub warnings: Vec<WarningEvent>,
     /// Set when the file's last line was cut in the middle of a record (the run was killed
     /// while writing it): that line was left out and the rest is judged.
     pub cut_tail: Option<CutTail>,
@@ -439,6 +495,8 @@ impl History {
             header,
             ops: Vec::new(),
             faults: Vec::new(),
+            measurements: Vec::new(),
+            warnings: Vec::new(),
             cut_tail: None,
         }
     }
@@ -499,6 +557,8 @@ impl History {
         let mut header: Option<Header> = None;
         let mut ops = Vec::new();
         let mut faults = Vec::new();
+        let mut measurements = Vec::new();
+        let mut warnings = Vec::new();
         let mut id_lines: HashMap<u64, usize> = HashMap::new();
         let mut cut_tail = None;
         for (index, line) in lines.enumerate() {
@@ -573,6 +633,29 @@ impl History {
                     }
                     faults.push(f);
                 }
+                (Record::Measurement(m), Some(_)) => {
+                    let figures = [
+                        ("seconds", m.seconds),
+                        ("throughput_bps", m.throughput_bps),
+                        ("loss_percent", m.loss_percent),
+                    ];
+                    if let Some((field, v)) = figures.iter().find(|(_, v)| !v.is_finite() || *v < 0.0) {
+                        return Err(err(
+                            number,
+                            format!("field `{field}`: {v} is not a non-negative number"),
+                        ));
+                    }
+                    measurements.push(m);
+                }
+                (Record::Warning(w), Some(_)) => {
+                    if w.case.as_deref() == Some("") {
+                        return Err(err(
+                            number,
+                            "field `case`: must not be empty (leave it out)".into(),
+                        ));
+                    }
+                    warnings.push(w);
+                }
             }
         }
         let header = header.ok_or_else(|| {
@@ -585,6 +668,8 @@ impl History {
             header,
             ops,
             faults,
+            measurements,
+            warnings,
             cut_tail,
         })
     }
@@ -598,6 +683,16 @@ impl History {
             .iter()
             .map(|o| (o.invoke_us, Record::Op(o.clone())))
             .chain(self.faults.iter().map(|f| (f.time_us, Record::Fault(f.clone()))))
+            .chain(
+                self.measurements
+                    .iter()
+                    .map(|m| (m.time_us, Record::Measurement(m.clone()))),
+            )
+            .chain(
+                self.warnings
+                    .iter()
+                    .map(|w| (w.time_us, Record::Warning(w.clone()))),
+            )
             .collect();
         events.sort_by_key(|(t, _)| *t);
         for (_, record) in events {

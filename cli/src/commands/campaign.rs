@@ -60,6 +60,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         scenario_file: Some(args.file.clone()),
         observer: None,
         cancel,
+        keep_failed: args.keep_failed,
     };
     let progress = Arc::new(crate::progress::CampaignBar::new(seeds.len()));
     let outcome = Campaign::new(scenario, seeds)

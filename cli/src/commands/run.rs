@@ -53,6 +53,11 @@ pub struct RunArgs {
     /// Stop the campaign at the first failing seed (running seeds are interrupted and cleaned up).
     #[arg(long)]
     pub fail_fast: bool,
+    /// When the run fails (or errs), keep each node's root directory to look at: on `hosts`
+    /// the run directory stays on each host, on `netns` it moves to $TMPDIR/chaos-kept-…;
+    /// `docker`, `local` and `ec2` keep nothing. Printed and listed in summary.json (`kept`).
+    #[arg(long)]
+    pub keep_failed: bool,
 }
 
 /// Runs the scenario. Exit code 0 when every invariant held, 1 when one was violated (the replay
@@ -110,6 +115,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         scenario_file: Some(args.file.clone()),
         observer: Some(std::sync::Arc::new(crate::progress::Spinner::new())),
         cancel: cancel.clone(),
+        keep_failed: args.keep_failed,
     };
     let mut runner = Runner::new(scenario).options(options);
     if let Some(plan) = plan {
@@ -151,6 +157,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         s.elapsed_ms as f64 / 1000.0
     );
     println!("run directory: {}", outcome.run_dir.display());
+    for k in &s.kept {
+        println!("kept {}'s directory on {}: {}", k.node, k.host, k.path);
+    }
     if let Some(report) = &outcome.report {
         println!("report: {}", report.display());
     }

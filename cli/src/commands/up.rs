@@ -3,6 +3,7 @@
 //! down` sends — then cleans everything up. The agents run in process groups of their own, so
 //! a Ctrl-C in the terminal reaches only `chaos up`, which then stops them in order.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -41,6 +42,36 @@ pub struct UpArgs {
     /// machines); see the backend's documentation.
     #[arg(long, value_name = "FILE", visible_alias = "inventory")]
     pub backend_config: Option<PathBuf>,
+    /// Make nodes only on machines carrying this label (repeatable: every pair must match), as
+    /// a scenario's `[cluster] labels` does; for backends whose machines have labels (`hosts`).
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+}
+
+/// `KEY=VALUE`, both non-empty.
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() && !v.trim().is_empty() => {
+            Ok((k.trim().to_string(), v.trim().to_string()))
+        }
+        _ => Err(format!("{s:?}: give a label as KEY=VALUE, e.g. --label rack=1")),
+    }
+}
+
+/// The label selector of `--label` pairs; a key given twice with different values is an error
+/// (no machine could match).
+fn selector(labels: &[(String, String)]) -> Result<BTreeMap<String, String>, BadInput> {
+    let mut selector = BTreeMap::new();
+    for (k, v) in labels {
+        if let Some(old) = selector.insert(k.clone(), v.clone())
+            && &old != v
+        {
+            return Err(BadInput(format!(
+                "--label {k}={old} and --label {k}={v}: a machine has one value per label; give one"
+            )));
+        }
+    }
+    Ok(selector)
 }
 
 fn parse_backend(s: &str) -> Result<&'static Backend, String> {
@@ -110,6 +141,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         name: format!("up-{}", std::process::id()),
         heartbeat_timeout: args.heartbeat_timeout,
         backend_config: args.backend_config.clone(),
+        host_labels: selector(&args.labels)?,
         ..ClusterOptions::default()
     };
     let running = tokio::select! {
@@ -161,6 +193,7 @@ fn validate(args: &UpArgs) -> Result<(), BadInput> {
             args.nodes, args.backend
         )));
     }
+    selector(&args.labels)?;
     if args.heartbeat_timeout < Duration::from_millis(100) {
         return Err(BadInput(format!(
             "--heartbeat-timeout {}: must be at least 100ms (agents are heartbeaten at a third of it)",

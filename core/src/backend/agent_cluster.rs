@@ -49,6 +49,9 @@ struct Shared<P: Provisioner> {
     supervisor: Supervisor,
     machine_faults: MachineFaultTable,
     state: Mutex<State>,
+    /// Set by [`Cluster::run_failed`] when the agents own the kept directories: their
+    /// shutdown says `keep`.
+    keep_on_shutdown: std::sync::atomic::AtomicBool,
 }
 
 struct State {
@@ -126,6 +129,7 @@ impl<P: Provisioner> AgentCluster<P> {
                 tls,
                 supervisor: Supervisor::new(RestartPolicy::default()),
                 machine_faults: MachineFaultTable::default(),
+                keep_on_shutdown: std::sync::atomic::AtomicBool::new(false),
                 state: Mutex::new(State {
                     next_node: 1,
                     nodes: Vec::new(),
@@ -531,10 +535,11 @@ impl<P: Provisioner> Cluster for AgentCluster<P> {
             }
         }
         // Graceful first: each agent kills its process trees and heals its own faults.
+        let keep = shared.keep_on_shutdown.load(std::sync::atomic::Ordering::SeqCst);
         let shutdowns = nodes.iter().map(|n| {
             let client = n.client.clone();
             async move {
-                let _ = tokio::time::timeout(SHUTDOWN_BOUND, client.shutdown()).await;
+                let _ = tokio::time::timeout(SHUTDOWN_BOUND, client.shutdown_keeping(keep)).await;
             }
         });
         futures_util::future::join_all(shutdowns).await;
@@ -591,5 +596,23 @@ impl<P: Provisioner> Cluster for AgentCluster<P> {
 
     fn describe(&self) -> Vec<(&'static str, String)> {
         self.shared.provisioner.describe()
+    }
+
+    fn run_failed(&self) -> Vec<crate::cluster::KeptDir> {
+        let nodes: Vec<(String, String)> = self
+            .shared
+            .lock()
+            .nodes
+            .iter()
+            .map(|n| (n.name.clone(), n.machine.root_dir.clone()))
+            .collect();
+        let (kept, by_agents) = self
+            .shared
+            .provisioner
+            .keep_root_dirs(self.shared.options.keep_failed_runs, &nodes);
+        self.shared
+            .keep_on_shutdown
+            .store(by_agents, std::sync::atomic::Ordering::SeqCst);
+        kept
     }
 }

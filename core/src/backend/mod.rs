@@ -66,6 +66,9 @@ pub struct ClusterOptions {
     /// `[cluster] labels`); empty: any. Only backends whose machines carry labels
     /// ([`Backend::host_labels`], e.g. `hosts`) accept a selector; the others refuse one.
     pub host_labels: BTreeMap<String, String>,
+    /// Keep each node's root directory when the run fails ([`Cluster::run_failed`]); a backend
+    /// may also be configured to (the `hosts` inventory's `keep_failed_runs`).
+    pub keep_failed_runs: bool,
 }
 
 /// `rack=1, room=b`: a label selector as errors show it.
@@ -85,6 +88,7 @@ impl Default for ClusterOptions {
             node_ready_timeout: Duration::from_secs(20),
             backend_config: None,
             host_labels: BTreeMap::new(),
+            keep_failed_runs: false,
         }
     }
 }

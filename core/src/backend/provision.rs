@@ -187,4 +187,17 @@ pub trait Provisioner: Send + Sync + 'static {
     fn describe(&self) -> Vec<(&'static str, String)> {
         Vec::new()
     }
+
+    /// The run failed ([`crate::Cluster::run_failed`]): keep the root directories of `nodes`
+    /// (name, root directory) at cleanup if `asked` (the cluster's options) or the backend's
+    /// own configuration says so; returns what will be kept, and whether the agents' shutdown
+    /// must say `keep` (persistent agents own the directories). The default keeps nothing.
+    fn keep_root_dirs(
+        &self,
+        asked: bool,
+        nodes: &[(String, String)],
+    ) -> (Vec<crate::cluster::KeptDir>, bool) {
+        let _ = (asked, nodes);
+        (Vec::new(), false)
+    }
 }

@@ -111,6 +111,10 @@ pub struct RunOptions {
     pub observer: Option<Arc<dyn RunObserver>>,
     /// Fires to interrupt the run (Ctrl-C): faults are healed and everything cleaned up.
     pub cancel: CancellationToken,
+    /// Keep each node's root directory when the run fails or errs
+    /// (`chaos::backend::ClusterOptions::keep_failed_runs`); where they are lands in
+    /// `summary.json` ([`crate::rundir::Summary::kept`]).
+    pub keep_failed: bool,
 }
 
 impl std::fmt::Debug for RunOptions {
@@ -124,6 +128,7 @@ impl std::fmt::Debug for RunOptions {
             .field("out_dir", &self.out_dir)
             .field("scenario_file", &self.scenario_file)
             .field("observer", &self.observer.is_some())
+            .field("keep_failed", &self.keep_failed)
             .finish_non_exhaustive()
     }
 }
@@ -140,6 +145,7 @@ impl Default for RunOptions {
             scenario_file: None,
             observer: None,
             cancel: CancellationToken::new(),
+            keep_failed: false,
         }
     }
 }

@@ -101,6 +101,8 @@ pub(super) struct Run {
     pub(super) cancel: CancellationToken,
     pub(super) status: Arc<std::sync::Mutex<Status>>,
     pub(super) cluster: Option<Arc<dyn Cluster>>,
+    /// The nodes' directories a failed run kept ([`RunOptions::keep_failed`]).
+    pub(super) kept: Vec<chaos::cluster::KeptDir>,
     /// Writes the cluster's agent events (died, restarted, node failed) to `events.jsonl`.
     pub(super) agent_events: Option<tokio::task::JoinHandle<()>>,
     pub(super) system: Option<Arc<System>>,
@@ -157,6 +159,7 @@ impl Run {
             cancel,
             status: Arc::new(std::sync::Mutex::new(Status::default())),
             cluster: None,
+            kept: Vec::new(),
             agent_events: None,
             system: None,
             suts: None,
@@ -240,6 +243,10 @@ impl Run {
             status = RunStatus::Error;
             reason = Some(e.clone());
         }
+        // Whether anything is kept is the cluster's to say: the option, or its backend's own
+        // configuration (the `hosts` inventory's `keep_failed_runs`).
+        self.cleanup_cluster(matches!(status, RunStatus::Failed | RunStatus::Error))
+            .await;
         if let Some(t) = ticker {
             t.abort();
         }
@@ -298,6 +305,7 @@ impl Run {
             end_checks: self.verdict.end_checks.clone(),
             history: self.verdict.history.clone(),
             totals,
+            kept: self.kept.clone(),
         }
     }
 

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use chaos_check::{FaultEvent, FaultPhase};
+use chaos_check::{FaultEvent, FaultPhase, WarningEvent};
 use serde_json::json;
 
 use super::run::{Abort, InPlace, Run};
@@ -400,6 +400,13 @@ impl Run {
             self.verdict.steps.len(),
             step.case
         ));
+        if let Some(r) = &self.recorder {
+            r.warning(WarningEvent {
+                time_us: r.now_us(),
+                case: Some(history_case(step)),
+                message: warning.clone(),
+            });
+        }
         self.verdict.steps[step.number - 1].warnings.push(warning);
     }
 

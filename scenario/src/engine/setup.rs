@@ -40,6 +40,7 @@ impl Run {
             name: format!("scn-{}", scenario.name),
             backend_config: self.options.backend_config.clone(),
             host_labels: scenario.cluster.labels.clone(),
+            keep_failed_runs: self.options.keep_failed,
             ..ClusterOptions::default()
         };
         let backend = scenario.cluster.backend.entry();
@@ -98,6 +99,7 @@ impl Run {
             vars,
             templates,
             log_paths,
+            measurements: Default::default(),
         });
         self.system = Some(system.clone());
         let suts = Arc::new(Suts::new(system.clone(), self.dir.clone()));
@@ -368,7 +370,6 @@ impl Run {
         }
         self.heal_remaining().await;
         let Some(system) = self.system.clone() else {
-            self.cleanup_cluster().await;
             return;
         };
         // Every fault on every node, whoever installed it (the local backend has none to list).
@@ -395,10 +396,21 @@ impl Run {
             }
         }
         self.collect(&system).await;
-        self.cleanup_cluster().await;
+        // The cluster itself goes once the verdict is known ([`Run::cleanup_cluster`]): a
+        // failed run may keep its nodes' directories.
     }
 
-    async fn cleanup_cluster(&mut self) {
+    /// Ends the cluster; when `failed`, first tells it so ([`chaos::Cluster::run_failed`]),
+    /// which keeps the nodes' root directories if asked: those are recorded (events and
+    /// summary; the CLI prints them).
+    pub(super) async fn cleanup_cluster(&mut self, failed: bool) {
+        if failed && let Some(cluster) = &self.cluster {
+            let kept = cluster.run_failed();
+            if !kept.is_empty() {
+                self.dir.event("dirs_kept", json!({"kept": kept}));
+            }
+            self.kept = kept;
+        }
         if let Some(cluster) = self.cluster.take()
             && let Err(e) = cluster.cleanup().await
         {

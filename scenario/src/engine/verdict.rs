@@ -80,6 +80,11 @@ impl Run {
         let Some(recorder) = self.recorder.clone() else {
             return;
         };
+        if let Some(system) = &self.system {
+            for (at, check, m) in system.measurements.drain() {
+                recorder.measurement(at, &format!("check {check}"), &m);
+            }
+        }
         recorder.flush();
         if let Err(e) = recorder.close() {
             tracing::error!("writing history.jsonl: {e}");

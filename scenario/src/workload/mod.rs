@@ -25,7 +25,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use chaos_check::{FaultEvent, Header, HistoryWriter, Op, OpKind, Outcome, Record};
+use chaos_check::{
+    FaultEvent, Header, HistoryWriter, MeasurementEvent, Op, OpKind, Outcome, Record, WarningEvent,
+};
 use rand::SeedableRng;
 use rand::rngs::Xoshiro256PlusPlus;
 use tokio::sync::{OwnedRwLockWriteGuard, RwLock};
@@ -158,6 +160,33 @@ impl Recorder {
     /// Records a fault event.
     pub fn fault(&self, event: FaultEvent) {
         self.send(Msg::Record(Box::new(Record::Fault(event))));
+    }
+
+    /// Records a warning.
+    pub fn warning(&self, event: WarningEvent) {
+        self.send(Msg::Record(Box::new(Record::Warning(event))));
+    }
+
+    /// Records measurement `m`, which ended at `at` (one from before the recorder existed, a
+    /// start check's, is at 0), made by `source`.
+    pub fn measurement(&self, at: Instant, source: &str, m: &chaos::net::Measurement) {
+        let r = &m.report;
+        let rtt = r.rtt.as_ref().filter(|rtt| rtt.answered > 0);
+        let event = MeasurementEvent {
+            time_us: at.saturating_duration_since(self.start).as_micros() as u64,
+            from: m.from.clone(),
+            to: m.to.clone(),
+            address: m.address.to_string(),
+            protocol: r.protocol.to_string(),
+            seconds: r.seconds,
+            throughput_bps: r.throughput_bps,
+            loss_percent: r.loss_percent,
+            rtt_median_us: rtt.map(|rtt| rtt.median_us),
+            rtt_min_us: rtt.map(|rtt| rtt.min_us),
+            rtt_max_us: rtt.map(|rtt| rtt.max_us),
+            source: (!source.is_empty()).then(|| source.to_string()),
+        };
+        self.send(Msg::Record(Box::new(Record::Measurement(event))));
     }
 
     /// Waits until everything recorded so far is on disk (bounded).

@@ -5,6 +5,7 @@
 //! ```toml
 //! tls_dir = "/etc/chaos/ca"        # `chaos certs init` output: ca.pem, ca.key, runner.pem, runner.key
 //! takeover = false                 # optional: end another runner's run instead of failing
+//! keep_failed_runs = false         # optional: keep each host's run directory when a run fails
 //! [[hosts]]
 //! name = "rack1-a"                 # optional (default n1, n2, … by position)
 //! agent = "192.0.2.10:7443"        # where the runner reaches the agent (IP:PORT)
@@ -49,6 +50,9 @@ pub struct Inventory {
     pub tls_dir: PathBuf,
     /// Whether to take over hosts another runner holds.
     pub takeover: bool,
+    /// Whether a failed run's directory stays on each host (also when the runner dies and the
+    /// agents stop hearing from it): `chaos run --keep-failed` for every run on this inventory.
+    pub keep_failed_runs: bool,
     /// The machines, in file order.
     pub hosts: Vec<Host>,
 }
@@ -59,6 +63,8 @@ struct RawInventory {
     tls_dir: Spanned<PathBuf>,
     #[serde(default)]
     takeover: bool,
+    #[serde(default)]
+    keep_failed_runs: bool,
     #[serde(default)]
     hosts: Vec<Spanned<RawHost>>,
 }
@@ -190,6 +196,7 @@ impl Inventory {
             path: path.to_path_buf(),
             tls_dir,
             takeover: raw.takeover,
+            keep_failed_runs: raw.keep_failed_runs,
             hosts,
         })
     }
@@ -235,6 +242,7 @@ agent = "192.0.2.11:7443"
         .unwrap();
         assert_eq!(inv.tls_dir, PathBuf::from("/lab/ca"));
         assert!(!inv.takeover);
+        assert!(!inv.keep_failed_runs);
         assert_eq!(inv.hosts[0].name, "rack1-a");
         assert_eq!(inv.hosts[0].address.to_string(), "198.51.100.10");
         assert_eq!(inv.hosts[0].labels["rack"], "1");

@@ -11,6 +11,9 @@
 //! ends the run on every host: the agent heals every fault, kills every process tree it
 //! started, removes the run directory and releases the lease, then waits for the next runner.
 //! A runner that dies does the same by silence: the lease lives only as long as its heartbeats.
+//! A failed run ([`crate::Cluster::run_failed`]) with `keep_failed_runs` (the inventory's, or
+//! [`ClusterOptions::keep_failed_runs`]) keeps each host's run directory instead; with the
+//! inventory's, so does a runner that dies ([`LeaseRequest::keep_on_heartbeat_loss`]).
 //!
 //! The agents are services: this backend never starts one, and "restarting" an agent the
 //! supervisor found without our lease (the service was restarted) means taking the lease again.
@@ -29,7 +32,7 @@ use chaos_proto::lease::LeaseRequest;
 use super::{AgentCluster, ClusterOptions, Limits, Machine, MachineRequest, Provisioner};
 use crate::agent_client::AgentClient;
 use crate::certs::{self, ClusterCa, Identity};
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, KeptDir};
 use crate::{Error, Result};
 
 mod inventory;
@@ -113,6 +116,8 @@ pub struct Hosts {
     runner: String,
     tls: Arc<rustls::ClientConfig>,
     takeover: AtomicBool,
+    /// Set when a failed run keeps its directories: ending the run says `keep`.
+    keep: AtomicBool,
     state: Mutex<State>,
 }
 
@@ -158,6 +163,7 @@ impl Hosts {
     pub fn new(inventory: Inventory, cluster: &str, tls: Arc<rustls::ClientConfig>) -> Self {
         Self {
             takeover: AtomicBool::new(inventory.takeover),
+            keep: AtomicBool::new(false),
             selector: BTreeMap::new(),
             selected: inventory.hosts.clone(),
             inventory,
@@ -247,6 +253,7 @@ impl Hosts {
             run: self.run.clone(),
             takeover: self.takeover.load(Ordering::SeqCst),
             heartbeat_timeout_ms: heartbeat_timeout.as_millis().max(1) as u64,
+            keep_on_heartbeat_loss: self.inventory.keep_failed_runs,
         };
         match client.take_lease(&request).await {
             Ok(lease) => Ok(lease.run_dir),
@@ -289,8 +296,9 @@ impl Hosts {
                 .collect()
         };
         let run = &self.run;
+        let keep = self.keep.load(Ordering::SeqCst);
         let releases = leased.iter().map(|(node, client)| async move {
-            match tokio::time::timeout(RELEASE_BOUND, client.release_lease(run)).await {
+            match tokio::time::timeout(RELEASE_BOUND, client.release_lease(run, keep)).await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(format!("host {node}: ending run {run}: {e}")),
                 Err(_) => Err(format!(
@@ -380,7 +388,7 @@ impl Provisioner for Hosts {
             }
         };
         if late {
-            let _ = client.release_lease(&self.run).await;
+            let _ = client.release_lease(&self.run, false).await;
             return Err(Error::backend(
                 NAME,
                 format!("node {}: the cluster was torn down", host.name),
@@ -413,6 +421,7 @@ impl Provisioner for Hosts {
             return;
         }
         let run = self.run.clone();
+        let keep = self.keep.load(Ordering::SeqCst);
         // A runtime of our own on a thread of our own: callable inside or outside a runtime.
         let ended = std::thread::spawn(move || {
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -426,7 +435,7 @@ impl Provisioner for Hosts {
                 let releases = leased.iter().map(|(node, client)| {
                     let run = &run;
                     async move {
-                        match tokio::time::timeout(RELEASE_BOUND, client.release_lease(run)).await {
+                        match tokio::time::timeout(RELEASE_BOUND, client.release_lease(run, keep)).await {
                             Ok(Ok(())) => {}
                             Ok(Err(e)) => tracing::warn!(node = %node, "ending run {run}: {e}"),
                             Err(_) => tracing::warn!(node = %node, "ending run {run}: no answer within {RELEASE_BOUND:?}"),
@@ -463,6 +472,25 @@ impl Provisioner for Hosts {
             .cloned()
             .ok_or_else(|| Error::backend(NAME, format!("node {node}: released, not leased again")))?;
         self.lease(node, &client, timeout).await.map(drop)
+    }
+
+    fn keep_root_dirs(&self, asked: bool, nodes: &[(String, String)]) -> (Vec<KeptDir>, bool) {
+        if !asked && !self.inventory.keep_failed_runs {
+            return (Vec::new(), false);
+        }
+        self.keep.store(true, Ordering::SeqCst);
+        let kept = nodes
+            .iter()
+            .map(|(node, dir)| KeptDir {
+                node: node.clone(),
+                host: match self.selected.iter().find(|h| &h.name == node) {
+                    Some(h) => format!("host {} ({})", h.name, h.address),
+                    None => format!("host {node}"),
+                },
+                path: dir.clone(),
+            })
+            .collect();
+        (kept, true)
     }
 
     fn describe(&self) -> Vec<(&'static str, String)> {

@@ -572,6 +572,57 @@ impl Provisioner for Netns {
         )
     }
 
+    /// The root directories live in the cluster's temporary directory, removed at cleanup: a
+    /// kept one moves out first, to `$TMPDIR/chaos-kept-CLUSTER-MS/NODE` on this machine (a
+    /// rename: processes still running there follow it, and are killed at cleanup).
+    fn keep_root_dirs(
+        &self,
+        asked: bool,
+        nodes: &[(String, String)],
+    ) -> (Vec<crate::cluster::KeptDir>, bool) {
+        if !asked || nodes.is_empty() {
+            return (Vec::new(), false);
+        }
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        let name: String = self
+            .inner
+            .name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let base = std::env::temp_dir().join(format!("chaos-kept-{name}-{ms}"));
+        if let Err(e) = std::fs::create_dir_all(&base) {
+            tracing::warn!(
+                "netns cluster #{}: keeping root directories: creating {}: {e}",
+                self.inner.index,
+                base.display()
+            );
+            return (Vec::new(), false);
+        }
+        let mut kept = Vec::new();
+        for (node, root) in nodes {
+            let to = base.join(node);
+            match std::fs::rename(root, &to) {
+                Ok(()) => kept.push(crate::cluster::KeptDir {
+                    node: node.clone(),
+                    host: "this machine".to_string(),
+                    path: to.to_string_lossy().into_owned(),
+                }),
+                Err(e) => tracing::warn!(node = %node, "keeping {root}: moving it to {}: {e}", to.display()),
+            }
+        }
+        (kept, false)
+    }
+
     fn describe(&self) -> Vec<(&'static str, String)> {
         vec![
             ("index", self.inner.index.to_string()),
