@@ -51,7 +51,7 @@ async fn ec2_backend_against_moto() {
     // the scenario run, which takes that long anyway.
     tokio::join!(
         expiry_moves_forward_while_the_cluster_lives(&lab, dir.path()),
-        raft_scenario_runs(&config, dir.path()),
+        raft_scenario_runs(&lab, &config, dir.path()),
     );
 
     lab.cleanup().await.expect("cleaning up the ec2 test lab");
@@ -254,7 +254,7 @@ async fn capacity_falls_back_to_the_next_subnet(lab: &Lab, dir: &Path) {
     let aws = lab.aws();
     let subnets = lab.subnets();
     let moto = lab.moto_addr();
-    let fault = capacity::CapacityFault::start(*moto.ip(), moto, subnets[0].clone()).await;
+    let fault = capacity::CapacityFault::start(moto.ip(), moto, subnets[0].clone()).await;
     let config = dir.join("ec2-capacity.toml");
     let listed: Vec<String> = subnets.iter().map(|s| format!("\"{s}\"")).collect();
     // Every call of this cluster goes through the fault layer.
@@ -343,7 +343,7 @@ async fn expires_tag(aws: &Aws, instance: &str) -> String {
 async fn gc_after_a_killed_runner(lab: &Lab, config: &Path, dir: &Path) {
     let ec2 = lab.ec2();
     let state = dir.join("up");
-    let mut up = chaos()
+    let mut up = chaos(lab)
         .args([
             "up",
             "--backend",
@@ -427,7 +427,7 @@ async fn gc_after_a_killed_runner(lab: &Lab, config: &Path, dir: &Path) {
         .unwrap();
 
     let gc = |dry_run: bool| {
-        let mut command = chaos();
+        let mut command = chaos(lab);
         command
             .args(["gc", "--backend", "ec2", "--backend-config"])
             .arg(config);
@@ -520,7 +520,7 @@ async fn expiry_moves_forward_while_the_cluster_lives(lab: &Lab, dir: &Path) {
 /// `chaos run scenarios/raft.toml --backend ec2 --rounds 1`: etcd on three instances through
 /// kills, pauses, partitions and packet faults, checked for recovery, agreement and no lost
 /// write.
-async fn raft_scenario_runs(config: &Path, dir: &Path) {
+async fn raft_scenario_runs(lab: &Lab, config: &Path, dir: &Path) {
     if let Err(e) = which("etcd").and(which("etcdctl")) {
         skip("ec2_backend_against_moto (raft scenario)", "etcd", &e);
         return;
@@ -528,7 +528,7 @@ async fn raft_scenario_runs(config: &Path, dir: &Path) {
     let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/raft.toml");
     let out_dir = dir.join("runs");
     let started = Instant::now();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_chaos"))
+    let out = tokio::process::Command::from(chaos(lab))
         .args([
             "run",
             "--backend",
@@ -574,8 +574,15 @@ fn which(program: &str) -> Result<(), String> {
     }
 }
 
-fn chaos() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_chaos"))
+/// `chaos`, for a settings file that names the emulator. The CLI first checks that some AWS
+/// configuration is visible in the environment (the backend's availability, which cannot read
+/// the settings file): `AWS_ENDPOINT_URL` satisfies it, as for any emulator user (docs/ec2.md);
+/// the settings' own `endpoint_url` is what the calls use. Set on the child only: this process's
+/// environment never changes.
+fn chaos(lab: &Lab) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_chaos"));
+    command.env("AWS_ENDPOINT_URL", format!("http://{}", lab.moto_addr()));
+    command
 }
 
 /// The value of `NAME='...'` in a shell script.
