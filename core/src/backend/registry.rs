@@ -234,9 +234,10 @@ pub enum TestBed {
     /// A simulated lab of hosts ([`super::hosts::lab::Lab`]).
     #[cfg(target_os = "linux")]
     HostsLab(super::hosts::lab::Lab),
-    /// The AWS emulator and a stand-in for EC2's hypervisor ([`super::ec2::lab::Lab`]).
+    /// The AWS emulator and a stand-in for EC2's hypervisor ([`super::ec2::lab::Lab`]; boxed:
+    /// it holds the SDK clients).
     #[cfg(all(target_os = "linux", feature = "ec2"))]
-    Ec2Lab(super::ec2::lab::Lab),
+    Ec2Lab(Box<super::ec2::lab::Lab>),
 }
 
 impl TestBed {
@@ -297,7 +298,7 @@ pub async fn test_bed(name: &str, check: &str) -> Result<(ClusterOptions, Option
         "ec2" => {
             let lab = super::ec2::lab::Lab::start(check, EC2_LAB_BOUND).await?;
             let options = lab.cluster_options(check);
-            Ok((options, Some(TestBed::Ec2Lab(lab))))
+            Ok((options, Some(TestBed::Ec2Lab(Box::new(lab)))))
         }
         _ => Ok((options, None)),
     }
