@@ -164,10 +164,7 @@ where
 /// An empty cluster of `kind`, or `None` (having said why). Docker nodes get an image with
 /// perl in it, for the traffic tool.
 async fn agent_cluster(test: &str, kind: &'static Backend) -> Option<TestCluster> {
-    if let Err(why) = kind
-        .availability()
-        .and_then(|()| registry::test_bed_availability(kind.name))
-    {
+    if let Err(why) = registry::available_for_tests(kind.name) {
         chaos_testkit::skip(test, kind.name, &why);
         return None;
     }

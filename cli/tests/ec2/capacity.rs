@@ -1,8 +1,8 @@
-//! A fault layer in front of moto's EC2 API, which never runs out of capacity: an HTTP/1.1 proxy
-//! that answers RunInstances into one subnet with EC2's `InsufficientInstanceCapacity` error and
-//! forwards everything else to moto unchanged.
+//! A fault layer in front of moto, which never runs out of capacity: an HTTP/1.1 proxy that
+//! answers RunInstances into one subnet with EC2's `InsufficientInstanceCapacity` error and
+//! forwards everything else (the rest of EC2, S3) to moto unchanged.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -26,7 +26,7 @@ impl Drop for CapacityFault {
 
 impl CapacityFault {
     /// Listens on `ip` (a free port), forwards to `moto`, refuses RunInstances into `subnet`.
-    pub async fn start(ip: Ipv4Addr, moto: SocketAddr, subnet: String) -> CapacityFault {
+    pub async fn start(ip: IpAddr, moto: SocketAddr, subnet: String) -> CapacityFault {
         let listener = TcpListener::bind((ip, 0)).await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let refused = Arc::new(AtomicUsize::new(0));
@@ -48,9 +48,11 @@ impl CapacityFault {
     }
 }
 
-/// One HTTP message: head (start line and headers, with the blank line) and body.
+/// One HTTP message: head (start line and headers, with the blank line) and body (none for the
+/// reply to a HEAD request, whatever its Content-Length says).
 async fn read_message<R: AsyncBufReadExt + Unpin>(
     reader: &mut R,
+    bodiless: bool,
 ) -> std::io::Result<Option<(String, Vec<u8>)>> {
     let mut head = String::new();
     loop {
@@ -71,7 +73,7 @@ async fn read_message<R: AsyncBufReadExt + Unpin>(
                 .then(|| value.trim().parse::<usize>().ok())?
         })
         .unwrap_or(0);
-    let mut body = vec![0; length];
+    let mut body = vec![0; if bodiless { 0 } else { length }];
     reader.read_exact(&mut body).await?;
     Ok(Some((head, body)))
 }
@@ -84,7 +86,7 @@ async fn serve(
 ) -> std::io::Result<()> {
     let (read, mut write) = client.into_split();
     let mut read = BufReader::new(read);
-    while let Some((head, body)) = read_message(&mut read).await? {
+    while let Some((head, body)) = read_message(&mut read, false).await? {
         let text = String::from_utf8_lossy(&body);
         if text.contains("Action=RunInstances") && text.contains(&format!("SubnetId={subnet}")) {
             refused.fetch_add(1, Ordering::Relaxed);
@@ -104,7 +106,8 @@ async fn serve(
         let mut up_read = BufReader::new(up_read);
         up_write.write_all(head.as_bytes()).await?;
         up_write.write_all(&body).await?;
-        let Some((reply_head, reply_body)) = read_message(&mut up_read).await? else {
+        let Some((reply_head, reply_body)) = read_message(&mut up_read, head.starts_with("HEAD ")).await?
+        else {
             return Ok(());
         };
         write.write_all(reply_head.as_bytes()).await?;

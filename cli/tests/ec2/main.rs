@@ -1,20 +1,18 @@
 //! The `ec2` backend end to end against moto, the AWS API emulator (PyPI `moto[server]`), with
-//! a test harness standing in for EC2's hypervisor ([`harness`]): the real SDK, batched
-//! RunInstances, tags, presigned downloads over plain HTTP from the emulator, user data run as
-//! cloud-init would, agents over mutual TLS, heartbeat loss powering an instance off, cleanup,
-//! and `chaos gc --backend ec2` after a SIGKILLed runner.
-//!
-//! One test function on purpose: it points the AWS SDK at the emulator through the process
-//! environment, which is only sound while no other thread runs (see `point_sdk_at`).
+//! a stand-in for EC2's hypervisor — both from the backend's test lab,
+//! [`chaos::backend::ec2::lab::Lab`]: the real SDK, batched RunInstances, tags, AMI lookup among
+//! moto's images, presigned downloads over plain HTTP from the emulator, user data run as
+//! cloud-init would, agents over mutual TLS, heartbeat loss powering an instance off, the live
+//! runner refreshing `io.chaos.expires`, cleanup, and `chaos gc --backend ec2` after a SIGKILLed
+//! runner. (The shared backend checks run on the same lab: `cargo test -p chaos --features ec2
+//! --test backends`.)
 //!
 //! Run with `cargo test -p chaos-cli --features ec2 --test ec2` (README, "Run the tests").
 
 #![cfg(target_os = "linux")]
 
 mod capacity;
-mod harness;
 
-use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -22,154 +20,45 @@ use std::time::{Duration, Instant};
 
 use chaos::backend::ClusterOptions;
 use chaos::backend::ec2::aws_sdk_ec2 as sdk;
-use chaos::backend::ec2::{Aws, Ec2, Ec2Cluster, Ec2Settings, tags};
+use chaos::backend::ec2::lab::{self, Lab};
+use chaos::backend::ec2::{Aws, Ec2, Ec2Cluster, tags};
+use chaos::backend::provision::Provisioner;
 use chaos::{Cluster, NodeExt};
 use chaos_testkit::{scaled, skip};
-use harness::{Hypervisor, Moto, instance_state};
 
 const TEST: &str = "ec2_backend_against_moto";
 /// The agents' heartbeat timeout in the in-process cluster (a disconnected one powers off then).
 const HEARTBEAT: Duration = Duration::from_secs(5);
 /// The agent port of the instances.
-const AGENT_PORT: u16 = 7443;
+const AGENT_PORT: u16 = lab::LAB_AGENT_PORT;
 
-#[test]
-fn ec2_backend_against_moto() {
-    if let Err(why) = chaos::backend::registry::available("netns") {
-        skip(TEST, "netns", &why);
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ec2_backend_against_moto() {
+    if let Err(why) = lab::availability() {
+        skip(TEST, "moto", &why);
         return;
     }
-    let moto_found = Command::new("moto_server")
-        .arg("--help")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !moto_found {
-        skip(
-            TEST,
-            "moto",
-            &"moto_server is not on PATH (pip install 'moto[server]')",
-        );
-        return;
-    }
-    // One thread: see `point_sdk_at`.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(run());
-}
-
-/// Points the AWS SDK (of this process and of the `chaos` processes it starts) at moto.
-fn point_sdk_at(endpoint: &str) {
-    for (name, value) in [
-        ("AWS_ENDPOINT_URL", endpoint),
-        ("AWS_ACCESS_KEY_ID", "testing"),
-        ("AWS_SECRET_ACCESS_KEY", "testing"),
-        ("AWS_REGION", "us-east-1"),
-        // Never ask the link-local instance metadata service of whatever machine runs this.
-        ("AWS_EC2_METADATA_DISABLED", "true"),
-    ] {
-        // SAFETY: this test binary holds a single test, run on a current-thread runtime; no
-        // other thread of ours exists at this point (the runtime's blocking pool is idle: no
-        // blocking task is in flight between two awaits of the one task), and Rust's own
-        // environment accesses are serialized by std's lock. So nothing reads the environment
-        // while it changes.
-        unsafe { std::env::set_var(name, value) };
-    }
-}
-
-async fn run() {
-    let netns = harness::hypervisor_cluster("ec2-hv").await;
-    let host = netns.provisioner().host_address();
-    let net = netns.provisioner().subnet();
-    let moto = Moto::start(host, scaled(Duration::from_secs(30))).await;
-    point_sdk_at(&moto.endpoint);
+    let lab = Lab::start("ec2-e2e", scaled(Duration::from_secs(120)))
+        .await
+        .expect("starting the ec2 test lab");
     let dir = tempfile::tempdir().unwrap();
-    let aws = Aws::connect(&Ec2Settings::default(), None).await.unwrap();
-    let ec2 = aws.ec2().clone();
-    let stack = format!("chaos-test-{}", std::process::id());
-    let (settings, subnets) = infra(&aws, &stack, net).await;
-    let config = dir.path().join("ec2.toml");
-    std::fs::write(&config, &settings).unwrap();
-    let hypervisor = Hypervisor::start(netns.clone(), ec2.clone());
+    let config = lab.settings_path().to_path_buf();
 
-    cluster_end_to_end(&hypervisor, &aws, &config).await;
-    let moto_addr = moto.endpoint.trim_start_matches("http://").parse().unwrap();
-    capacity_falls_back_to_the_next_subnet(&aws, &settings, &subnets, host, moto_addr, dir.path()).await;
-    gc_after_a_killed_runner(&hypervisor, &ec2, &config, dir.path()).await;
-    raft_scenario_runs(&config, dir.path()).await;
-
-    let errors = hypervisor.errors.lock().unwrap().clone();
-    assert!(errors.is_empty(), "the hypervisor stand-in failed: {errors:#?}");
-    hypervisor.stop().await;
-    moto.stop().await;
-}
-
-/// What `infra/` would make, made in moto: a VPC on the test's /24 with two subnets (upper
-/// half) in two zones, a security group and a bucket, all tagged with the stack's name.
-/// Returns the settings file's text and the subnets.
-async fn infra(aws: &Aws, stack: &str, net: Ipv4Addr) -> (String, Vec<String>) {
-    let ec2 = aws.ec2();
-    let [a, b, c, _] = net.octets();
-    let vpc = ec2
-        .create_vpc()
-        .cidr_block(format!("{a}.{b}.{c}.0/24"))
-        .send()
-        .await
-        .unwrap();
-    let vpc = vpc.vpc().and_then(|v| v.vpc_id()).unwrap().to_string();
-    let mut resources = Vec::new();
-    for (cidr, zone) in [(128, "us-east-1a"), (192, "us-east-1b")] {
-        let out = ec2
-            .create_subnet()
-            .vpc_id(&vpc)
-            .cidr_block(format!("{a}.{b}.{c}.{cidr}/26"))
-            .availability_zone(zone)
-            .send()
-            .await
-            .unwrap();
-        resources.push(out.subnet().and_then(|s| s.subnet_id()).unwrap().to_string());
-    }
-    let group = ec2
-        .create_security_group()
-        .group_name(format!("{stack}-nodes"))
-        .description("chaos agents")
-        .vpc_id(&vpc)
-        .send()
-        .await
-        .unwrap();
-    let subnets = resources.clone();
-    resources.push(group.group_id().unwrap().to_string());
-    ec2.create_tags()
-        .set_resources(Some(resources))
-        .tags(sdk::types::Tag::builder().key(tags::STACK).value(stack).build())
-        .send()
-        .await
-        .unwrap();
-    aws.s3()
-        .create_bucket()
-        .bucket(format!("{stack}-nodes"))
-        .send()
-        .await
-        .unwrap();
-    let images = ec2.describe_images().send().await.unwrap();
-    let ami = images
-        .images()
-        .iter()
-        .find_map(|i| i.image_id())
-        .expect("moto offers AMIs")
-        .to_string();
-    let settings = format!(
-        "stack = \"{stack}\"\nami = \"{ami}\"\nbatch_size = 2\ninterface = \"eth0\"\nagent_port = {AGENT_PORT}\n\
-         boot_timeout = \"{}s\"\nexpiry = \"10m\"\nwait_terminated = true\n",
-        scaled(Duration::from_secs(120)).as_secs()
+    cluster_end_to_end(&lab, &config).await;
+    capacity_falls_back_to_the_next_subnet(&lab, dir.path()).await;
+    gc_after_a_killed_runner(&lab, &config, dir.path()).await;
+    // The expiry refresh waits for the live runner's own schedule (tens of seconds): alongside
+    // the scenario run, which takes that long anyway.
+    tokio::join!(
+        expiry_moves_forward_while_the_cluster_lives(&lab, dir.path()),
+        raft_scenario_runs(&lab, &config, dir.path()),
     );
-    (settings, subnets)
+
+    lab.cleanup().await.expect("cleaning up the ec2 test lab");
 }
 
-async fn cluster_end_to_end(hypervisor: &Hypervisor, aws: &Aws, config: &Path) {
+async fn cluster_end_to_end(lab: &Lab, config: &Path) {
+    let aws = lab.aws();
     let ec2 = aws.ec2();
     let options = ClusterOptions {
         name: "ec2-e2e".to_string(),
@@ -185,7 +74,28 @@ async fn cluster_end_to_end(hypervisor: &Hypervisor, aws: &Aws, config: &Path) {
     let calls = cluster.provisioner().api_calls();
     eprintln!("3 nodes in {took:?}; API calls: {calls:?}");
     // Batches of at most 2: one RunInstances for n1+n2, one for n3.
+    assert_eq!(lab::LAB_BATCH_SIZE, 2);
     assert_eq!(calls.get("RunInstances"), Some(&2), "{calls:?}");
+
+    // The settings name no AMI: the backend looked one up among moto's Amazon images (moto
+    // ships the Amazon Linux 2023 list of us-east-1), and it is a minimal x86_64 one.
+    let ami = cluster
+        .provisioner()
+        .describe()
+        .into_iter()
+        .find_map(|(key, value)| (key == "ami").then_some(value))
+        .expect("the cluster names its AMI");
+    let images = ec2.describe_images().image_ids(&ami).send().await.unwrap();
+    let image = images
+        .images()
+        .first()
+        .unwrap_or_else(|| panic!("moto knows no {ami}"));
+    let name = image.name().unwrap_or_default();
+    assert!(
+        name.starts_with("al2023-ami-minimal-") && name.ends_with("-x86_64"),
+        "{ami} is {name}"
+    );
+    assert_eq!(image.image_owner_alias(), Some("amazon"), "{ami}");
 
     // The nodes work: processes, exit codes, files, and the network between them.
     for node in &nodes {
@@ -257,7 +167,9 @@ async fn cluster_end_to_end(hypervisor: &Hypervisor, aws: &Aws, config: &Path) {
                 .and_then(|v| v.value()),
             Some("terminate")
         );
-        let booted = hypervisor.booted(instance_id).expect("the hypervisor booted it");
+        let booted = lab
+            .booted(instance_id)
+            .expect("the hypervisor stand-in booted it");
         let user_data = String::from_utf8(booted.user_data).unwrap();
         for secret in ["-----BEGIN", "PRIVATE KEY", "CERTIFICATE"] {
             assert!(
@@ -292,7 +204,7 @@ async fn cluster_end_to_end(hypervisor: &Hypervisor, aws: &Aws, config: &Path) {
     let objects = aws
         .s3()
         .list_objects_v2()
-        .bucket(format!("{}-nodes", stack_of(config)))
+        .bucket(format!("{}-nodes", lab.stack()))
         .prefix(format!("chaos/{id}/"))
         .send()
         .await
@@ -307,14 +219,14 @@ async fn cluster_end_to_end(hypervisor: &Hypervisor, aws: &Aws, config: &Path) {
         .and_then(|i| i.instance_id())
         .unwrap()
         .to_string();
-    hypervisor
-        .disconnect(&nodes[2].addresses()[0].to_string(), AGENT_PORT)
-        .await;
+    lab.disconnect(&nodes[2].addresses()[0].to_string())
+        .await
+        .expect("cutting n3 off");
     let bound = HEARTBEAT + scaled(Duration::from_secs(30));
     let deadline = Instant::now() + bound;
     loop {
-        let powered_off = hypervisor.booted(&lost).is_some_and(|b| b.powered_off);
-        if powered_off && hypervisor.state(&lost).await == "terminated" {
+        let powered_off = lab.booted(&lost).is_some_and(|b| b.powered_off);
+        if powered_off && lab.state(&lost).await.unwrap() == "terminated" {
             break;
         }
         assert!(
@@ -328,25 +240,31 @@ async fn cluster_end_to_end(hypervisor: &Hypervisor, aws: &Aws, config: &Path) {
     cluster.cleanup().await.expect("cleaning up the ec2 cluster");
     for instance in &instances {
         let instance_id = instance.instance_id().unwrap();
-        assert_eq!(hypervisor.state(instance_id).await, "terminated", "{instance_id}");
+        assert_eq!(
+            lab.state(instance_id).await.unwrap(),
+            "terminated",
+            "{instance_id}"
+        );
     }
 }
 
 /// RunInstances into the first subnet fails with `InsufficientInstanceCapacity` (a fault layer
 /// in front of moto's EC2 API): the batch goes to the second subnet.
-async fn capacity_falls_back_to_the_next_subnet(
-    aws: &Aws,
-    settings: &str,
-    subnets: &[String],
-    host: Ipv4Addr,
-    moto: std::net::SocketAddr,
-    dir: &Path,
-) {
-    let fault = capacity::CapacityFault::start(host, moto, subnets[0].clone()).await;
+async fn capacity_falls_back_to_the_next_subnet(lab: &Lab, dir: &Path) {
+    let aws = lab.aws();
+    let subnets = lab.subnets();
+    let moto = lab.moto_addr();
+    let fault = capacity::CapacityFault::start(moto.ip(), moto, subnets[0].clone()).await;
     let config = dir.join("ec2-capacity.toml");
     let listed: Vec<String> = subnets.iter().map(|s| format!("\"{s}\"")).collect();
+    // Every call of this cluster goes through the fault layer.
+    let settings = lab.settings().replace(&format!("http://{moto}"), &fault.endpoint);
+    assert_ne!(
+        settings,
+        lab.settings(),
+        "the lab's settings name moto's endpoint"
+    );
     std::fs::write(&config, format!("{settings}subnets = [{}]\n", listed.join(", "))).unwrap();
-    set_env("AWS_ENDPOINT_URL_EC2", Some(&fault.endpoint));
     let options = ClusterOptions {
         name: "ec2-capacity".to_string(),
         heartbeat_timeout: HEARTBEAT,
@@ -357,7 +275,6 @@ async fn capacity_falls_back_to_the_next_subnet(
     let cluster = Ec2::cluster(options)
         .await
         .expect("creating the ec2 cluster behind the fault layer");
-    set_env("AWS_ENDPOINT_URL_EC2", None);
     let nodes = cluster
         .create_nodes(2)
         .await
@@ -421,21 +338,12 @@ async fn expires_tag(aws: &Aws, instance: &str) -> String {
         .to_string()
 }
 
-fn set_env(name: &str, value: Option<&str>) {
-    // SAFETY: as in `point_sdk_at`: one test, one thread, nothing reads the environment now.
-    unsafe {
-        match value {
-            Some(value) => std::env::set_var(name, value),
-            None => std::env::remove_var(name),
-        }
-    }
-}
-
 /// `chaos up --backend ec2`, SIGKILLed; `chaos gc --backend ec2` finds its instances: one by its
 /// dead owner, one by its expired tag alone.
-async fn gc_after_a_killed_runner(hypervisor: &Hypervisor, ec2: &sdk::Client, config: &Path, dir: &Path) {
+async fn gc_after_a_killed_runner(lab: &Lab, config: &Path, dir: &Path) {
+    let ec2 = lab.ec2();
     let state = dir.join("up");
-    let mut up = chaos()
+    let mut up = chaos(lab)
         .args([
             "up",
             "--backend",
@@ -519,7 +427,7 @@ async fn gc_after_a_killed_runner(hypervisor: &Hypervisor, ec2: &sdk::Client, co
         .unwrap();
 
     let gc = |dry_run: bool| {
-        let mut command = chaos();
+        let mut command = chaos(lab);
         command
             .args(["gc", "--backend", "ec2", "--backend-config"])
             .arg(config);
@@ -544,7 +452,7 @@ async fn gc_after_a_killed_runner(hypervisor: &Hypervisor, ec2: &sdk::Client, co
     );
     for id in &ids {
         assert_eq!(
-            instance_state(ec2, id).await,
+            lab.state(id).await.unwrap(),
             "running",
             "a dry run changes nothing"
         );
@@ -552,25 +460,67 @@ async fn gc_after_a_killed_runner(hypervisor: &Hypervisor, ec2: &sdk::Client, co
     let (code, text) = gc(false);
     assert_eq!(code, Some(0), "{text}");
     for id in &ids {
-        assert_eq!(instance_state(ec2, id).await, "terminated", "{id}: {text}");
+        assert_eq!(lab.state(id).await.unwrap(), "terminated", "{id}: {text}");
     }
     let deadline = Instant::now() + scaled(Duration::from_secs(10));
-    while !ids
-        .iter()
-        .all(|id| hypervisor.booted(id).is_some_and(|b| b.stopped))
-    {
+    while !ids.iter().all(|id| lab.booted(id).is_some_and(|b| b.stopped)) {
         assert!(
             Instant::now() < deadline,
-            "the hypervisor did not stop the terminated instances"
+            "the hypervisor stand-in did not stop the terminated instances"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
+/// A live runner pushes `io.chaos.expires` forward by itself (its watcher, at a third of
+/// `expiry`): a one-node cluster with the shortest expiry (1 m) sees its tag move within the
+/// schedule's bound, without anyone calling `refresh_expiry`.
+async fn expiry_moves_forward_while_the_cluster_lives(lab: &Lab, dir: &Path) {
+    let config = dir.join("ec2-expiry.toml");
+    let settings = lab.settings().replace("expiry = \"10m\"", "expiry = \"1m\"");
+    assert_ne!(
+        settings,
+        lab.settings(),
+        "the lab's settings set expiry = \"10m\""
+    );
+    std::fs::write(&config, settings).unwrap();
+    let options = ClusterOptions {
+        name: "ec2-expiry".to_string(),
+        node_ready_timeout: scaled(Duration::from_secs(30)),
+        backend_config: Some(config),
+        ..ClusterOptions::default()
+    };
+    let cluster = Ec2::cluster(options).await.expect("creating the expiry cluster");
+    let nodes = cluster.create_nodes(1).await.expect("creating 1 ec2 node");
+    let instance = cluster.provisioner().instance_id(nodes[0].name()).unwrap();
+    let first = expires_tag(lab.aws(), &instance).await;
+    let started = Instant::now();
+    // A third of the expiry, rounded up to the watcher's 10 s tick, plus slack.
+    let bound = Duration::from_secs(30) + scaled(Duration::from_secs(15));
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = expires_tag(lab.aws(), &instance).await;
+        if now > first {
+            eprintln!(
+                "io.chaos.expires moved {first} → {now} after {:?}",
+                started.elapsed()
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < bound,
+            "{instance}: io.chaos.expires still {first} after {bound:?} of a live runner (expiry 1m)"
+        );
+    }
+    let out = nodes[0].run("true", Vec::<String>::new()).await.unwrap();
+    assert!(out.status.success(), "the node still answers");
+    cluster.cleanup().await.expect("cleaning up the expiry cluster");
+}
+
 /// `chaos run scenarios/raft.toml --backend ec2 --rounds 1`: etcd on three instances through
 /// kills, pauses, partitions and packet faults, checked for recovery, agreement and no lost
 /// write.
-async fn raft_scenario_runs(config: &Path, dir: &Path) {
+async fn raft_scenario_runs(lab: &Lab, config: &Path, dir: &Path) {
     if let Err(e) = which("etcd").and(which("etcdctl")) {
         skip("ec2_backend_against_moto (raft scenario)", "etcd", &e);
         return;
@@ -578,7 +528,7 @@ async fn raft_scenario_runs(config: &Path, dir: &Path) {
     let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/raft.toml");
     let out_dir = dir.join("runs");
     let started = Instant::now();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_chaos"))
+    let out = tokio::process::Command::from(chaos(lab))
         .args([
             "run",
             "--backend",
@@ -624,8 +574,15 @@ fn which(program: &str) -> Result<(), String> {
     }
 }
 
-fn chaos() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_chaos"))
+/// `chaos`, for a settings file that names the emulator. The CLI first checks that some AWS
+/// configuration is visible in the environment (the backend's availability, which cannot read
+/// the settings file): `AWS_ENDPOINT_URL` satisfies it, as for any emulator user (docs/ec2.md);
+/// the settings' own `endpoint_url` is what the calls use. Set on the child only: this process's
+/// environment never changes.
+fn chaos(lab: &Lab) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_chaos"));
+    command.env("AWS_ENDPOINT_URL", format!("http://{}", lab.moto_addr()));
+    command
 }
 
 /// The value of `NAME='...'` in a shell script.
@@ -653,9 +610,4 @@ fn http_status(url: &str) -> u16 {
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
-}
-
-fn stack_of(config: &Path) -> String {
-    let text = std::fs::read_to_string(config).unwrap();
-    shell_value(&text.replace(" = \"", "='").replace('"', "'"), "stack")
 }

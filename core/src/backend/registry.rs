@@ -148,11 +148,33 @@ pub fn available(name: &str) -> Result<&'static Backend, String> {
     Ok(backend)
 }
 
+/// The backend named `name` when it and its test bed ([`test_bed`]) can run here; otherwise
+/// the one line that says why not, for a test to skip with. For a backend whose test bed
+/// supplies its whole configuration (`ec2`: an emulator, named in the settings file), the test
+/// bed's availability replaces the backend's own check, which looks for an AWS account.
+pub fn available_for_tests(name: &str) -> Result<&'static Backend, String> {
+    if bed_supplies_configuration(name) {
+        let backend =
+            find(name).map_err(|_| format!("the {name} backend is not compiled into this build"))?;
+        test_bed_availability(name)?;
+        return Ok(backend);
+    }
+    let backend = available(name)?;
+    test_bed_availability(name)?;
+    Ok(backend)
+}
+
+/// Whether the test bed of `name` supplies everything the backend would find in the
+/// environment (see [`available_for_tests`]).
+fn bed_supplies_configuration(name: &str) -> bool {
+    name == "ec2"
+}
+
 /// Writes one test per registered backend for each named check: `backend_tests!(hello);` with
 /// `async fn hello(cluster: Arc<dyn chaos::Cluster>)` in scope expands to a module `hello` holding
 /// the tests `hello::local`, `hello::netns`, `hello::docker`, … Each creates a cluster named after
 /// the test on its backend — over the backend's test bed when it needs one ([`test_bed`]: `hosts`
-/// gets a simulated lab) — skipping through `chaos_testkit::skip` when the backend or its test bed
+/// gets a simulated lab, `ec2` the AWS emulator and a hypervisor stand-in) — skipping through `chaos_testkit::skip` when the backend or its test bed
 /// cannot run here, runs the check on it and asserts that cleaning it up succeeds. A failure's name says
 /// which backend failed. The test crate needs `tokio` and `chaos-testkit`.
 #[macro_export]
@@ -175,17 +197,13 @@ macro_rules! __backend_tests_for {
                 #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     let test = concat!(stringify!($check), "::", stringify!($name));
-                    let backend = match $crate::backend::registry::available(stringify!($name)) {
+                    let backend = match $crate::backend::registry::available_for_tests(stringify!($name)) {
                         Ok(backend) => backend,
                         Err(why) => {
                             ::chaos_testkit::skip(test, stringify!($name), &why);
                             return;
                         }
                     };
-                    if let Err(why) = $crate::backend::registry::test_bed_availability(stringify!($name)) {
-                        ::chaos_testkit::skip(test, stringify!($name), &why);
-                        return;
-                    }
                     let (options, bed) = $crate::backend::registry::test_bed(stringify!($name), stringify!($check))
                         .await
                         .unwrap_or_else(|e| panic!("{test}: setting up the test bed: {e}"));
@@ -216,6 +234,10 @@ pub enum TestBed {
     /// A simulated lab of hosts ([`super::hosts::lab::Lab`]).
     #[cfg(target_os = "linux")]
     HostsLab(super::hosts::lab::Lab),
+    /// The AWS emulator and a stand-in for EC2's hypervisor ([`super::ec2::lab::Lab`]; boxed:
+    /// it holds the SDK clients).
+    #[cfg(all(target_os = "linux", feature = "ec2"))]
+    Ec2Lab(Box<super::ec2::lab::Lab>),
 }
 
 impl TestBed {
@@ -224,12 +246,18 @@ impl TestBed {
         match self {
             #[cfg(target_os = "linux")]
             TestBed::HostsLab(lab) => lab.cleanup().await,
+            #[cfg(all(target_os = "linux", feature = "ec2"))]
+            TestBed::Ec2Lab(lab) => lab.cleanup().await,
         }
     }
 }
 
 /// Hosts in the test bed of `hosts` (the most any shared check asks for: the examples take 5).
 const TEST_LAB_HOSTS: usize = 5;
+
+/// Bound on the `ec2` test lab's emulator starting and each of its instances booting.
+#[cfg(all(target_os = "linux", feature = "ec2"))]
+const EC2_LAB_BOUND: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Whether the test bed of backend `name` can be made here (see [`test_bed`]): `Err` holds one
 /// line naming what is missing. Backends without a test bed need nothing.
@@ -239,13 +267,18 @@ pub fn test_bed_availability(name: &str) -> Result<(), String> {
         "hosts" => super::hosts::lab::availability().map_err(|why| format!("hosts test lab: {why}")),
         #[cfg(not(target_os = "linux"))]
         "hosts" => Err("hosts test lab: needs Linux network namespaces".into()),
+        #[cfg(all(target_os = "linux", feature = "ec2"))]
+        "ec2" => super::ec2::lab::availability().map_err(|why| format!("ec2 test lab: {why}")),
+        #[cfg(not(all(target_os = "linux", feature = "ec2")))]
+        "ec2" => Err("ec2 test lab: needs Linux network namespaces and the `ec2` feature".into()),
         _ => Ok(()),
     }
 }
 
 /// The options of a test's cluster on backend `name` (named after the test's `check`), and the
 /// test bed they point at: for `hosts`, a simulated lab of five hosts whose
-/// inventory goes into [`ClusterOptions::backend_config`]; for the other backends, none. This
+/// inventory goes into [`ClusterOptions::backend_config`]; for `ec2`, the AWS emulator and a
+/// hypervisor stand-in whose settings file goes there; for the other backends, none. This
 /// is the one place that knows which backend needs a test bed.
 pub async fn test_bed(name: &str, check: &str) -> Result<(ClusterOptions, Option<TestBed>)> {
     let options = ClusterOptions {
@@ -260,6 +293,12 @@ pub async fn test_bed(name: &str, check: &str) -> Result<(ClusterOptions, Option
                     .await?;
             let options = lab.cluster_options(check);
             Ok((options, Some(TestBed::HostsLab(lab))))
+        }
+        #[cfg(all(target_os = "linux", feature = "ec2"))]
+        "ec2" => {
+            let lab = super::ec2::lab::Lab::start(check, EC2_LAB_BOUND).await?;
+            let options = lab.cluster_options(check);
+            Ok((options, Some(TestBed::Ec2Lab(Box::new(lab)))))
         }
         _ => Ok((options, None)),
     }

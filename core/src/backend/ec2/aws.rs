@@ -20,7 +20,8 @@ pub(super) fn error(message: impl Into<String>) -> Error {
 }
 
 /// EC2 and S3 clients sharing one configuration (credentials and region from the standard AWS
-/// chain, `AWS_ENDPOINT_URL` honoured), and a count of the calls made, per call name.
+/// chain, `AWS_ENDPOINT_URL` honoured; the settings' `region`, `endpoint_url` and `emulator`
+/// override it), and a count of the calls made, per call name.
 pub struct Aws {
     pub(super) ec2: aws_sdk_ec2::Client,
     pub(super) s3: aws_sdk_s3::Client,
@@ -61,6 +62,14 @@ impl Aws {
         let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http);
         if let Some(region) = region.or(settings.region.as_deref()) {
             loader = loader.region(Region::new(region.to_string()));
+        }
+        if let Some(endpoint) = &settings.endpoint_url {
+            loader = loader.endpoint_url(endpoint);
+        }
+        // An emulator checks no signature: placeholder credentials, and no look-up that could
+        // find real ones (or ask an instance metadata service).
+        if settings.emulator {
+            loader = loader.test_credentials();
         }
         let shared = tokio::time::timeout(settings.api_timeout, loader.load())
             .await

@@ -26,6 +26,8 @@
 
 mod aws;
 pub mod gc;
+#[cfg(target_os = "linux")]
+pub mod lab;
 mod launch;
 mod objects;
 pub mod settings;
@@ -132,6 +134,34 @@ pub(super) struct Inner {
     /// Instances seen in a state other than pending/running, with that state.
     ended: Mutex<HashMap<String, String>>,
     watcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Phases of every node provisioned so far.
+    phases: Mutex<Vec<NodePhases>>,
+}
+
+/// Where the provisioning of one node spent its time, to tell the runner's own work from the
+/// instance's boot ([`Ec2::phases`]).
+#[derive(Debug, Clone, Default)]
+pub struct NodePhases {
+    /// The node.
+    pub node: String,
+    /// Queued for its batch until its instance was launched: gathering, the agent upload (first
+    /// batch), presigning, RunInstances (with capacity fallbacks), the batch manifest.
+    pub launch: Duration,
+    /// Its certificate issued and its TLS bundle uploaded (and, with `address = "public"`, its
+    /// public address awaited).
+    pub identity: Duration,
+    /// Waiting for its agent to listen: the instance's boot, which the runner only polls for
+    /// (every 500 ms).
+    pub boot_wait: Duration,
+    /// Its bundle (and the batch's last node: the manifest) deleted.
+    pub tidy: Duration,
+}
+
+impl NodePhases {
+    /// The runner's own time for the node: everything but the boot wait.
+    pub fn runner(&self) -> Duration {
+        self.launch + self.identity + self.tidy
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -185,6 +215,7 @@ impl Ec2 {
             nodes: Mutex::new(HashMap::new()),
             ended: Mutex::new(HashMap::new()),
             watcher: Mutex::new(None),
+            phases: Mutex::new(Vec::new()),
         });
         let watcher = tokio::spawn(watch(Arc::downgrade(&inner)));
         *inner.watcher.lock().unwrap_or_else(|e| e.into_inner()) = Some(watcher);
@@ -205,6 +236,16 @@ impl Ec2 {
     /// runner does it by itself at a third of the expiry).
     pub async fn refresh_expiry(&self) -> Result<()> {
         self.inner.refresh_expiry().await
+    }
+
+    /// Where the provisioning of each node made so far spent its time (for benchmarks and
+    /// diagnosis: the runner's own work against the instances' boot).
+    pub fn phases(&self) -> Vec<NodePhases> {
+        self.inner
+            .phases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The instance of `node`, if it has one.
@@ -229,7 +270,9 @@ impl Inner {
     /// Makes node `request.name`: launch (batched), identity, bundle, wait until the agent listens.
     async fn provision(self: &Arc<Self>, request: &MachineRequest<'_>) -> Result<Machine> {
         let node = &request.name;
+        let started = Instant::now();
         let launched = self.launch(node).await?;
+        let launch = started.elapsed();
         let instance = launched.instance_id.clone();
         self.nodes.lock().unwrap_or_else(|e| e.into_inner()).insert(
             node.clone(),
@@ -237,23 +280,37 @@ impl Inner {
                 instance_id: instance.clone(),
             },
         );
-        let up = self.bring_up(request, &launched).await;
+        let mut phases = NodePhases {
+            node: node.clone(),
+            launch,
+            ..NodePhases::default()
+        };
+        let up = self.bring_up(request, &launched, &mut phases).await;
         // The bundle (the node's key) goes as soon as the agent read it — or could not.
+        let tidy = Instant::now();
         let deleted = objects::delete(&self.aws, &self.bucket, &launched.bundle_key).await;
         if launched.batch.done()
             && let Err(e) = objects::delete(&self.aws, &self.bucket, &launched.batch.manifest_key).await
         {
             tracing::warn!("batch {}: deleting its manifest: {e}", launched.batch.id);
         }
+        phases.tidy = tidy.elapsed();
         let machine = up?;
         deleted?;
-        tracing::debug!(node = %node, instance = %instance, "agent listening");
+        tracing::debug!(node = %node, instance = %instance, ?phases, "agent listening");
+        self.phases.lock().unwrap_or_else(|e| e.into_inner()).push(phases);
         Ok(machine)
     }
 
-    async fn bring_up(&self, request: &MachineRequest<'_>, launched: &launch::Launched) -> Result<Machine> {
+    async fn bring_up(
+        &self,
+        request: &MachineRequest<'_>,
+        launched: &launch::Launched,
+        phases: &mut NodePhases,
+    ) -> Result<Machine> {
         let node = &request.name;
         let instance = &launched.instance_id;
+        let started = Instant::now();
         let dial = match self.settings.address {
             Address::Private => launched.private_ip,
             Address::Public => self.public_ip(node, instance).await?,
@@ -265,8 +322,11 @@ impl Inner {
         let identity = request.issue_identity(&ips, &[])?;
         let bundle = userdata::bundle(request.ca_pem(), &identity);
         objects::put(&self.aws, &self.bucket, &launched.bundle_key, bundle.into_bytes()).await?;
+        phases.identity = started.elapsed();
         let agent = SocketAddr::new(dial, self.settings.agent_port);
+        let waiting = Instant::now();
         self.wait_listening(node, instance, agent).await?;
+        phases.boot_wait = waiting.elapsed();
         Ok(Machine {
             agent,
             ips: vec![launched.private_ip],

@@ -33,6 +33,12 @@ pub enum Address {
 pub struct Ec2Settings {
     /// AWS region; `None` takes the standard chain's.
     pub region: Option<String>,
+    /// Endpoint of every AWS call (an emulator, a private endpoint); `None` takes the standard
+    /// chain's (`AWS_ENDPOINT_URL`, else AWS's own).
+    pub endpoint_url: Option<String>,
+    /// The endpoint is an AWS API emulator that checks no signature (moto): sign with
+    /// placeholder credentials and never look up real ones. Needs `endpoint_url`.
+    pub emulator: bool,
     /// CloudFormation stack of `infra/` whose resources (tagged `io.chaos.stack = <stack>`)
     /// supply subnets, security group and bucket not named explicitly.
     pub stack: String,
@@ -78,6 +84,8 @@ impl Default for Ec2Settings {
     fn default() -> Self {
         Self {
             region: None,
+            endpoint_url: None,
+            emulator: false,
             stack: "chaos-infra".to_string(),
             subnets: Vec::new(),
             security_group: None,
@@ -129,6 +137,17 @@ impl Ec2Settings {
                 why.to_string(),
             ))
         };
+        if self.emulator && self.endpoint_url.is_none() {
+            return bad(
+                "emulator",
+                "needs `endpoint_url`: the emulator's address (never AWS's own endpoint)",
+            );
+        }
+        if let Some(url) = &self.endpoint_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return bad("endpoint_url", "must be an http:// or https:// URL");
+        }
         if self.batch_size == 0 || self.batch_size > 1000 {
             return bad("batch_size", "must be between 1 and 1000");
         }
@@ -209,6 +228,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("subnet"), "{e}");
+        let e = Ec2Settings::parse("emulator = true\n", Path::new("ec2.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("emulator") && e.contains("endpoint_url"), "{e}");
+        let e = Ec2Settings::parse("endpoint_url = \"localhost:5000\"\n", Path::new("ec2.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("endpoint_url") && e.contains("http://"), "{e}");
         let e = Ec2Settings::parse("url_ttl = \"forever\"\n", Path::new("ec2.toml"))
             .unwrap_err()
             .to_string();
