@@ -30,14 +30,7 @@ fn zookeeper_missing() -> Option<String> {
         .map(|f| format!("{f} is missing (apt-get install zookeeper)"))
 }
 
-/// A port nothing listens on now (the OS picks it; the server binds it right after).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use chaos_testkit::free_port;
 
 /// A standalone ZooKeeper server on 127.0.0.1, killed when dropped.
 struct Server {

@@ -79,14 +79,7 @@ fn push_dirs() -> std::collections::BTreeSet<String> {
         .collect()
 }
 
-/// A free TCP port of this machine (bound and released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use chaos_testkit::free_port;
 
 /// Waits until something accepts connections at `addr`, within `bound`.
 async fn wait_listening(addr: std::net::SocketAddr, bound: Duration, what: &str) {

@@ -192,6 +192,16 @@ pub fn scaled(bound: Duration) -> Duration {
     bound.mul_f64(timeout_scale())
 }
 
+/// A TCP port of 127.0.0.1 that nothing listens on now: the OS picks it, this binds and releases
+/// it, and the caller's server binds it right after. (Another process could take it in between;
+/// the OS hands out ports in turn, so that needs many binds in that instant.)
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding 127.0.0.1:0 for a free port")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

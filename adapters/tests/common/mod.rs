@@ -99,14 +99,7 @@ pub fn server_argv(data: &Path, port: u16) -> Vec<String> {
     .to_vec()
 }
 
-/// A port nothing listens on now (the OS picks it; the server binds it right after).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use chaos_testkit::free_port;
 
 /// The effective user id, from /proc (no libc dependency here).
 pub fn effective_uid() -> u32 {
