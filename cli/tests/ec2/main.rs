@@ -120,12 +120,7 @@ async fn cluster_end_to_end(lab: &Lab, config: &Path) {
     let id = cluster.provisioner().cluster_id().to_string();
     let out = ec2
         .describe_instances()
-        .filters(
-            sdk::types::Filter::builder()
-                .name(format!("tag:{}", tags::CLUSTER))
-                .values(&id)
-                .build(),
-        )
+        .filters(tag_filter(tags::CLUSTER, &id))
         .send()
         .await
         .unwrap();
@@ -187,12 +182,7 @@ async fn cluster_end_to_end(lab: &Lab, config: &Path) {
     }
     let volumes = ec2
         .describe_volumes()
-        .filters(
-            sdk::types::Filter::builder()
-                .name(format!("tag:{}", tags::CLUSTER))
-                .values(&id)
-                .build(),
-        )
+        .filters(tag_filter(tags::CLUSTER, &id))
         .send()
         .await
         .unwrap();
@@ -385,12 +375,7 @@ async fn gc_after_a_killed_runner(lab: &Lab, config: &Path, dir: &Path) {
     up.wait().unwrap();
     let out = ec2
         .describe_instances()
-        .filters(
-            sdk::types::Filter::builder()
-                .name(format!("tag:{}", tags::OWNER))
-                .values(&owner)
-                .build(),
-        )
+        .filters(tag_filter(tags::OWNER, &owner))
         .filters(
             sdk::types::Filter::builder()
                 .name("instance-state-name")
@@ -559,6 +544,14 @@ async fn raft_scenario_runs(lab: &Lab, config: &Path, dir: &Path) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The DescribeInstances/DescribeVolumes filter on tag `key` = `value`.
+fn tag_filter(key: &str, value: &str) -> sdk::types::Filter {
+    sdk::types::Filter::builder()
+        .name(format!("tag:{key}"))
+        .values(value)
+        .build()
 }
 
 fn which(program: &str) -> Result<(), String> {
