@@ -248,13 +248,19 @@ fn ticks(path: &std::path::Path) -> Vec<u64> {
         .collect()
 }
 
-/// The longest pause between two ticks, in milliseconds.
-fn longest_gap_ms(ticks: &[u64]) -> u64 {
+/// The longest pause between two ticks: the ticks before and after it, in nanoseconds.
+fn longest_gap(ticks: &[u64]) -> (u64, u64) {
     ticks
         .windows(2)
-        .map(|w| (w[1].saturating_sub(w[0])) / 1_000_000)
-        .max()
-        .unwrap_or(0)
+        .map(|w| (w[0], w[1]))
+        .max_by_key(|(a, b)| b.saturating_sub(*a))
+        .unwrap_or((0, 0))
+}
+
+/// The longest pause between two ticks, in milliseconds.
+fn longest_gap_ms(ticks: &[u64]) -> u64 {
+    let (from, to) = longest_gap(ticks);
+    to.saturating_sub(from) / 1_000_000
 }
 
 #[test]
@@ -310,11 +316,14 @@ duration = "500ms"
         "sidecar gap {}",
         longest_gap_ms(&sidecar)
     );
-    // The main ticker never stalled that long: its longest gap is the kill's (~0.5 s).
+    // The main ticker kept ticking while the sidecar was frozen (a gap bound on main would
+    // measure the machine's load as much as the fault: the kill's restart is slow when busy).
+    let (from, to) = longest_gap(&sidecar);
+    let during = main.iter().filter(|&&t| t > from && t < to).count();
     assert!(
-        main.len() > 20 && longest_gap_ms(&main) < 1200,
-        "main stalled for {} ms",
-        longest_gap_ms(&main)
+        during >= 5,
+        "main ticked {during} times during the sidecar's {} ms pause",
+        (to - from) / 1_000_000
     );
     let events = events(&outcome.run_dir);
     // The kill took the main process down and started it again, not the sidecar.
