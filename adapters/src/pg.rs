@@ -506,6 +506,51 @@ mod tests {
         (response, queries.try_iter().collect())
     }
 
+    /// `append`, like every write, is `unknown` when the connection is lost with it in flight
+    /// and `fail` when the server refuses it; the statement is one upsert on chaos_kv.
+    #[test]
+    fn an_append_lost_in_flight_is_unknown_and_a_refused_one_fails() {
+        let append = |script: fn(&str) -> &'static str| {
+            let (addr, queries) = scripted(script);
+            let mut adapter = PgAdapter::new(addr, "u".into(), "d".into(), None, Duration::from_secs(5));
+            let r = adapter.apply(AdapterRequest {
+                id: 9,
+                kind: OpKind::Append,
+                key: Some("k".into()),
+                value: Some(serde_json::json!("x")),
+                expected: None,
+            });
+            drop(adapter);
+            (r, queries.try_iter().collect::<Vec<_>>())
+        };
+        let in_flight = |sql: &str| {
+            if sql.starts_with("INSERT INTO chaos_kv") {
+                "hang up"
+            } else {
+                "ok"
+            }
+        };
+        let (r, sent) = append(in_flight);
+        assert_eq!(r.outcome, chaos_check::Outcome::Unknown, "{r:?}");
+        let statement = sent
+            .iter()
+            .filter(|q| q.starts_with("INSERT INTO chaos_kv"))
+            .count();
+        assert_eq!(statement, 1, "one statement, autocommit: {sent:?}");
+        assert!(!sent.iter().any(|q| q.starts_with("BEGIN")), "{sent:?}");
+
+        let refused = |sql: &str| {
+            if sql.starts_with("INSERT INTO chaos_kv") {
+                "error"
+            } else {
+                "ok"
+            }
+        };
+        let (r, _) = append(refused);
+        assert_eq!(r.outcome, chaos_check::Outcome::Fail, "{r:?}");
+        assert!(r.error.as_deref().unwrap().contains("40001"), "{r:?}");
+    }
+
     #[test]
     fn a_txn_is_unknown_only_when_its_commit_is_in_flight() {
         let (r, sent) = txn_outcome(|sql| if sql == "COMMIT" { "hang up" } else { "ok" });
