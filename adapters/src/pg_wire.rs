@@ -45,14 +45,14 @@ fn tcp_connect(addr: &str, timeout: Duration) -> std::io::Result<TcpStream> {
     }
     Err(match last {
         Some(e) if e.kind() != std::io::ErrorKind::TimedOut => e,
-        // Timed out, or resolution used up the bound.
         Some(_) => std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             format!("no answer within {timeout:?}"),
         ),
+        // Resolving used up the bound before any attempt.
         None if Instant::now() >= deadline => std::io::Error::new(
             std::io::ErrorKind::TimedOut,
-            format!("no address resolved within {timeout:?}"),
+            format!("resolving the address took the whole {timeout:?}"),
         ),
         None => io_error("the address resolves to nothing"),
     })
