@@ -14,6 +14,7 @@
 pub mod echo;
 pub mod pg;
 pub mod pg_failover;
+pub mod pg_wire;
 pub mod resp;
 pub mod zk;
 

@@ -1,191 +1,30 @@
-//! A minimal PostgreSQL client (frontend/backend protocol 3, simple queries, trust or cleartext
-//! password authentication, blocking) and the PostgreSQL adapter's mapping of the history kinds
-//! onto SQL in autocommit — small enough to read, so the adapter needs no client crate and builds
-//! statically.
+//! The PostgreSQL adapter's mapping of the history kinds onto SQL in autocommit, over the
+//! minimal wire client of [`crate::pg_wire`] (re-exported here).
 //!
 //! | kind | SQL (tables created on connect if missing) |
 //! |---|---|
 //! | `read` / `write` / `delete` | `chaos_kv(k text primary key, v text)`: `SELECT` / upsert / `DELETE` (values as JSON text) |
 //! | `cas` | `UPDATE … WHERE v = expected` (absent: `INSERT … ON CONFLICT DO NOTHING`); 0 rows is `fail` |
+//! | `append` | one upsert on `chaos_kv` (atomic) editing the JSON text: a string onto absent or a string concatenates, anything else onto absent or a list is its last element (`["a",3]`), else `fail` with nothing changed |
 //! | `add` / `read_set` | `chaos_set(k text, v text)`: `INSERT` / `SELECT` |
 //! | `incr` / `read_counter` | `chaos_counter(k text primary key, n bigint)`: upsert adding / `SELECT` (absent = 0) |
 //! | `generate` | `nextval('chaos_ids')` |
 //! | `txn` | `chaos_list(k text primary key, v jsonb)`, one statement per micro-operation between `BEGIN ISOLATION LEVEL …` and `COMMIT`: `append` an upsert concatenating, `r` a `SELECT` (absent = `[]`) |
 //!
-//! `append` (the register kind) is not offered (`fail`). Outcomes: a connection that cannot be
-//! made or an error reply (the statement rolled back) is `fail`; a connection lost or timed out
-//! after the statement was sent is `unknown` for anything that writes (and `fail` for reads). A
-//! transaction is `fail` when anything before its `COMMIT` goes wrong — a serialization failure,
-//! a deadlock, a lost connection: PostgreSQL never commits a transaction whose `COMMIT` it did
-//! not receive — and `unknown` only when the connection is lost while its `COMMIT` is in flight.
+//! Outcomes: a connection that cannot be made (the TCP connect and the startup exchange each
+//! bounded by the timeout) or an error reply (the statement rolled back) is `fail`; a connection
+//! lost or timed out after the statement was sent is `unknown` for anything that writes (an
+//! `append` too) and `fail` for reads. A transaction is `fail` when anything before its `COMMIT`
+//! goes wrong — a serialization failure, a deadlock, a lost connection: PostgreSQL never commits
+//! a transaction whose `COMMIT` it did not receive — and `unknown` only when the connection is
+//! lost while its `COMMIT` is in flight.
 
-use std::io::{BufReader, Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 use chaos_check::{AdapterRequest, AdapterResponse, MicroOp, OpKind, micro_ops};
 use serde_json::Value;
 
-/// What one simple query returned.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct QueryResult {
-    /// Rows, each a list of columns (`None` = SQL NULL), as text.
-    pub rows: Vec<Vec<Option<String>>>,
-    /// The command tag of the last statement, e.g. `UPDATE 1`.
-    pub tag: String,
-    /// The server's error (`SQLSTATE: message`), if the query failed.
-    pub error: Option<String>,
-}
-
-/// A connection speaking protocol 3.
-pub struct PgConnection {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
-
-fn io_error(what: impl Into<String>) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, what.into())
-}
-
-impl PgConnection {
-    /// Connects and authenticates as `user` to `database` (trust, or cleartext `password`).
-    pub fn connect(
-        addr: &str,
-        user: &str,
-        database: &str,
-        password: Option<&str>,
-        timeout: Duration,
-    ) -> std::io::Result<PgConnection> {
-        let stream = TcpStream::connect(addr)?;
-        stream.set_read_timeout(Some(timeout))?;
-        stream.set_write_timeout(Some(timeout))?;
-        stream.set_nodelay(true)?;
-        let mut conn = PgConnection {
-            reader: BufReader::new(stream.try_clone()?),
-            writer: stream,
-        };
-        let mut body = 196608i32.to_be_bytes().to_vec();
-        for s in ["user", user, "database", database] {
-            body.extend_from_slice(s.as_bytes());
-            body.push(0);
-        }
-        body.push(0);
-        let mut msg = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-        msg.extend(body);
-        conn.writer.write_all(&msg)?;
-        loop {
-            let (tag, payload) = conn.message()?;
-            match tag {
-                b'R' => match payload
-                    .get(..4)
-                    .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-                {
-                    Some(0) => {}
-                    Some(3) => {
-                        let Some(password) = password else {
-                            return Err(io_error("the server asks for a password; give --password"));
-                        };
-                        let mut p = password.as_bytes().to_vec();
-                        p.push(0);
-                        conn.send(b'p', &p)?;
-                    }
-                    other => {
-                        return Err(io_error(format!(
-                            "authentication method {other:?} is not supported (trust or password only)"
-                        )));
-                    }
-                },
-                b'E' => return Err(io_error(error_text(&payload))),
-                b'Z' => return Ok(conn),
-                _ => {}
-            }
-        }
-    }
-
-    fn send(&mut self, tag: u8, body: &[u8]) -> std::io::Result<()> {
-        let mut msg = vec![tag];
-        msg.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-        msg.extend_from_slice(body);
-        self.writer.write_all(&msg)
-    }
-
-    fn message(&mut self) -> std::io::Result<(u8, Vec<u8>)> {
-        let mut head = [0u8; 5];
-        self.reader.read_exact(&mut head)?;
-        let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]);
-        if !(4..=(64 << 20)).contains(&len) {
-            return Err(io_error(format!("bad message length {len}")));
-        }
-        let mut payload = vec![0; len as usize - 4];
-        self.reader.read_exact(&mut payload)?;
-        Ok((head[0], payload))
-    }
-
-    /// Runs `sql` (one or more statements) as a simple query.
-    pub fn query(&mut self, sql: &str) -> std::io::Result<QueryResult> {
-        let mut body = sql.as_bytes().to_vec();
-        body.push(0);
-        self.send(b'Q', &body)?;
-        let mut result = QueryResult::default();
-        loop {
-            let (tag, payload) = self.message()?;
-            match tag {
-                b'D' => result.rows.push(data_row(&payload)?),
-                b'C' => result.tag = cstring(&payload),
-                b'E' => result.error = Some(error_text(&payload)),
-                b'Z' => return Ok(result),
-                _ => {} // RowDescription, notices, parameter status
-            }
-        }
-    }
-}
-
-fn cstring(bytes: &[u8]) -> String {
-    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
-}
-
-/// `SQLSTATE: message` from an ErrorResponse.
-fn error_text(payload: &[u8]) -> String {
-    let (mut code, mut message) = (String::new(), String::new());
-    let mut rest = payload;
-    while let Some((&field, tail)) = rest.split_first() {
-        if field == 0 {
-            break;
-        }
-        let value = cstring(tail);
-        rest = &tail[(value.len() + 1).min(tail.len())..];
-        match field {
-            b'C' => code = value,
-            b'M' => message = value,
-            _ => {}
-        }
-    }
-    format!("{code}: {message}")
-}
-
-fn data_row(payload: &[u8]) -> std::io::Result<Vec<Option<String>>> {
-    let bad = || io_error("truncated data row");
-    let n = u16::from_be_bytes([
-        *payload.first().ok_or_else(bad)?,
-        *payload.get(1).ok_or_else(bad)?,
-    ]);
-    let mut at = 2;
-    let mut row = Vec::with_capacity(n as usize);
-    for _ in 0..n {
-        let len_bytes = payload.get(at..at + 4).ok_or_else(bad)?;
-        let len = i32::from_be_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]]);
-        at += 4;
-        if len < 0 {
-            row.push(None);
-        } else {
-            let v = payload.get(at..at + len as usize).ok_or_else(bad)?;
-            row.push(Some(String::from_utf8_lossy(v).into_owned()));
-            at += len as usize;
-        }
-    }
-    Ok(row)
-}
+pub use crate::pg_wire::{PgConnection, QueryResult};
 
 /// A SQL string literal (standard_conforming_strings, PostgreSQL's default since 9.1).
 fn literal(text: &str) -> String {
@@ -319,7 +158,8 @@ impl PgAdapter {
                 self.password.as_deref(),
                 self.timeout,
             )
-            .map_err(|e| Failure::NotDone(format!("connecting to {}: {e}", self.addr)))?;
+            // The error names the server, the phase and the bound.
+            .map_err(|e| Failure::NotDone(e.to_string()))?;
             // Concurrent first connections may race creating the schema; the loser's error is
             // harmless (the winner created it).
             let _ = conn.query(SCHEMA);
@@ -429,10 +269,25 @@ impl PgAdapter {
                     .ok_or_else(|| Failure::NotDone("nextval returned nothing".into()))
             }
             OpKind::Txn => self.txn(req.value.as_ref().unwrap_or(&Value::Null)),
-            OpKind::Append => Err(Failure::NotDone(format!(
-                "this adapter does not offer `{}`",
-                req.kind.as_str()
-            ))),
+            OpKind::Append => {
+                let element = match &req.value {
+                    None | Some(Value::Null) => {
+                        return Err(Failure::NotDone("an append needs a value (not null)".into()));
+                    }
+                    Some(e) => e,
+                };
+                let r = self.run(&append_sql(&k, element))?;
+                // `INSERT 0 0`: the row was there and the upsert's WHERE refused it.
+                if r.tag.ends_with(" 1") {
+                    Ok(None)
+                } else {
+                    Err(Failure::NotDone(format!(
+                        "the register holds a value {element} cannot be appended to (a number, \
+                         object or boolean{})",
+                        if element.is_string() { "" } else { ", or a string" }
+                    )))
+                }
+            }
         }
     }
 }
@@ -519,6 +374,46 @@ impl PgAdapter {
     }
 }
 
+/// The one statement appending `element` to the register `k` (a SQL literal), in porcupine's
+/// key-value model extended to lists (docs/history.md, "Appending registers"): a string onto an
+/// absent register or a string concatenates, anything else onto an absent register or a list
+/// becomes its last element, and nothing else changes the register (`INSERT 0 0`).
+///
+/// The value is JSON text as `serde_json` writes it, so the statement edits the text rather
+/// than going through `jsonb` (whose rendering differs: `[1, 2]`), keeping it the text a `write`
+/// of the same value stores, which `cas` compares: a string's escaped contents concatenate as
+/// its characters do, and a compact list gains `,ELEMENT` before its `]`. A stored `null` is
+/// absent, as a read takes it.
+fn append_sql(k: &str, element: &Value) -> String {
+    let e = literal(&element.to_string());
+    // Inserted when the key is absent; `EXCLUDED.v` below.
+    let fresh = if element.is_string() {
+        e.clone()
+    } else {
+        literal(&Value::Array(vec![element.clone()]).to_string())
+    };
+    let onto_list =
+        format!("CASE WHEN t.v = '[]' THEN '[' || {e} || ']' ELSE left(t.v, -1) || ',' || {e} || ']' END");
+    let (set, allowed) = if element.is_string() {
+        (
+            format!(
+                "CASE WHEN t.v = 'null' THEN EXCLUDED.v \
+                 WHEN left(t.v, 1) = '\"' THEN left(t.v, -1) || substr(EXCLUDED.v, 2) \
+                 ELSE {onto_list} END"
+            ),
+            "t.v = 'null' OR left(t.v, 1) IN ('\"', '[')",
+        )
+    } else {
+        (
+            format!("CASE WHEN t.v = 'null' THEN EXCLUDED.v ELSE {onto_list} END"),
+            "t.v = 'null' OR left(t.v, 1) = '['",
+        )
+    };
+    format!(
+        "INSERT INTO chaos_kv AS t VALUES ({k}, {fresh}) ON CONFLICT (k) DO UPDATE SET v = {set} WHERE {allowed}"
+    )
+}
+
 /// A stored value: JSON when it parses, else the text.
 fn parse(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
@@ -527,14 +422,11 @@ fn parse(text: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pg_wire::cstring;
+    use std::io::{Read, Write};
 
     #[test]
-    fn rows_errors_and_literals_decode() {
-        let row = [0, 2, 0, 0, 0, 2, b'4', b'2', 0xff, 0xff, 0xff, 0xff];
-        assert_eq!(data_row(&row).unwrap(), vec![Some("42".into()), None]);
-        assert!(data_row(&[0, 1, 0, 0]).is_err());
-        let err = b"SERROR\0C23505\0Mduplicate key\0\0";
-        assert_eq!(error_text(err), "23505: duplicate key");
+    fn literals_escape_quotes() {
         assert_eq!(literal("it's"), "'it''s'");
     }
 
@@ -612,6 +504,51 @@ mod tests {
         });
         drop(adapter);
         (response, queries.try_iter().collect())
+    }
+
+    /// `append`, like every write, is `unknown` when the connection is lost with it in flight
+    /// and `fail` when the server refuses it; the statement is one upsert on chaos_kv.
+    #[test]
+    fn an_append_lost_in_flight_is_unknown_and_a_refused_one_fails() {
+        let append = |script: fn(&str) -> &'static str| {
+            let (addr, queries) = scripted(script);
+            let mut adapter = PgAdapter::new(addr, "u".into(), "d".into(), None, Duration::from_secs(5));
+            let r = adapter.apply(AdapterRequest {
+                id: 9,
+                kind: OpKind::Append,
+                key: Some("k".into()),
+                value: Some(serde_json::json!("x")),
+                expected: None,
+            });
+            drop(adapter);
+            (r, queries.try_iter().collect::<Vec<_>>())
+        };
+        let in_flight = |sql: &str| {
+            if sql.starts_with("INSERT INTO chaos_kv") {
+                "hang up"
+            } else {
+                "ok"
+            }
+        };
+        let (r, sent) = append(in_flight);
+        assert_eq!(r.outcome, chaos_check::Outcome::Unknown, "{r:?}");
+        let statement = sent
+            .iter()
+            .filter(|q| q.starts_with("INSERT INTO chaos_kv"))
+            .count();
+        assert_eq!(statement, 1, "one statement, autocommit: {sent:?}");
+        assert!(!sent.iter().any(|q| q.starts_with("BEGIN")), "{sent:?}");
+
+        let refused = |sql: &str| {
+            if sql.starts_with("INSERT INTO chaos_kv") {
+                "error"
+            } else {
+                "ok"
+            }
+        };
+        let (r, _) = append(refused);
+        assert_eq!(r.outcome, chaos_check::Outcome::Fail, "{r:?}");
+        assert!(r.error.as_deref().unwrap().contains("40001"), "{r:?}");
     }
 
     #[test]

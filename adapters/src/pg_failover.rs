@@ -8,9 +8,10 @@
 //! (every server down, or still a replica while a failover is under way) is `fail`, nothing
 //! having been sent. Reads go to the primary too.
 //!
-//! A server that cannot be reached costs its connection attempt during discovery, bounded by
-//! the reply timeout once connected; a connect to an address that drops packets waits for the
-//! system's TCP connect timeout (the adapter is meant to run where it reaches every server).
+//! A server that cannot be reached costs its connection attempt during discovery: the TCP
+//! connect and then the startup exchange are each bounded by the timeout, so a server behind a
+//! partition that drops its packets costs the timeout (not the system's TCP connect timeout,
+//! minutes) and discovery moves on to the next one.
 
 use std::time::Duration;
 
@@ -97,7 +98,7 @@ impl FailoverPg {
                     return Ok(());
                 }
                 Ok(true) => seen.push(format!("{host}: a replica")),
-                Err(e) => seen.push(format!("{host}: {e}")),
+                Err(e) => seen.push(e),
             }
         }
         Err(format!("no primary among the servers ({})", seen.join("; ")))
@@ -106,13 +107,15 @@ impl FailoverPg {
     /// Whether the server at `host` is a replica (`pg_is_in_recovery()`).
     fn in_recovery(&self, host: &str) -> Result<bool, String> {
         let l = &self.login;
+        // Bounded by the timeout, so a blackholed server costs that much and discovery moves on;
+        // the error names the host already.
         let mut conn = PgConnection::connect(host, &l.user, &l.database, l.password.as_deref(), l.timeout)
-            .map_err(|e| format!("connecting: {e}"))?;
+            .map_err(|e| e.to_string())?;
         let r = conn
             .query("SELECT pg_is_in_recovery()")
-            .map_err(|e| format!("asking pg_is_in_recovery(): {e}"))?;
+            .map_err(|e| format!("{host}: asking pg_is_in_recovery(): {e}"))?;
         if let Some(e) = r.error {
-            return Err(format!("pg_is_in_recovery(): {e}"));
+            return Err(format!("{host}: pg_is_in_recovery(): {e}"));
         }
         match r
             .rows
@@ -124,7 +127,7 @@ impl FailoverPg {
         {
             Some("f") => Ok(false),
             Some("t") => Ok(true),
-            other => Err(format!("pg_is_in_recovery() answered {other:?}")),
+            other => Err(format!("{host}: pg_is_in_recovery() answered {other:?}")),
         }
     }
 }

@@ -10,73 +10,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use chaos_adapters::pg::{Isolation, PgAdapter, PgConnection};
+use chaos_adapters::pg::{Isolation, PgAdapter};
 use chaos_check::{
     AdapterRequest, Checker, ConsistencyModel, Header, History, ListAppend, Op, OpKind, Outcome, Validity,
 };
 use chaos_scenario::{RunStatus, Runner, Scenario};
 use serde_json::{Value, json};
-
-/// A PostgreSQL server, a child of the test, stopped (fast shutdown) when dropped.
-struct Server {
-    child: std::process::Child,
-    addr: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    fn start() -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let data = common::initdb(dir.path());
-        let port = common::free_port();
-        let argv = common::server_argv(&data, port);
-        let child = std::process::Command::new(&argv[0])
-            .args(&argv[1..])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let server = Server {
-            child,
-            addr: format!("127.0.0.1:{port}"),
-            _dir: dir,
-        };
-        let bound = chaos_testkit::scaled(Duration::from_secs(30));
-        let start = Instant::now();
-        loop {
-            let conn =
-                PgConnection::connect(&server.addr, "postgres", "postgres", None, Duration::from_secs(2));
-            match conn {
-                Ok(_) => return server,
-                Err(e) if start.elapsed() > bound => {
-                    panic!(
-                        "postgres on {} did not accept connections within {bound:?}: {e}",
-                        server.addr
-                    )
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
-            }
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // SIGINT is PostgreSQL's fast shutdown: the postmaster ends its backends, then itself.
-        let _ = std::process::Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Runs `clients` threads of `per_client` transactions each through their own adapters at
 /// `level`, on three keys named `{prefix}0..2` (2 to 4 micro-operations, half of them appends;
@@ -165,7 +104,7 @@ fn txns_are_serializable_at_serializable_and_not_at_read_committed() {
     if !common::can_run_postgres("txns_are_serializable_at_serializable_and_not_at_read_committed") {
         return;
     }
-    let server = Server::start();
+    let server = common::Server::start();
     let serializable = ListAppend::new(ConsistencyModel::Serializable);
 
     let strict = contended(&server.addr, Isolation::Serializable, "s", 8, 60);

@@ -1,9 +1,10 @@
 //! `chaos-adapter-postgres [--addr HOST:PORT] [--user U] [--database D] [--password P]
 //! [--timeout-ms N] [--isolation LEVEL] [--hosts H1:P,H2:P,…]`: the PostgreSQL adapter
 //! (`chaos_adapters::pg` says how each kind maps onto SQL). Defaults: `127.0.0.1:5432`, user and
-//! database `postgres`, 2000 ms per reply, `txn` operations at `serializable` (or
-//! `read-committed`, `repeatable-read`, `read-uncommitted`). `--hosts` instead of `--addr`: a
-//! replicated cluster, each operation sent to the current primary (`chaos_adapters::pg_failover`).
+//! database `postgres`, 2000 ms per reply (and for the TCP connect, and again for the startup
+//! exchange), `txn` operations at `serializable` (or `read-committed`, `repeatable-read`,
+//! `read-uncommitted`). `--hosts` instead of `--addr`: a replicated cluster, each operation sent
+//! to the current primary (`chaos_adapters::pg_failover`).
 
 use std::time::Duration;
 

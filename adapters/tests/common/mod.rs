@@ -1,9 +1,12 @@
-//! A real PostgreSQL 15 for the adapter tests: whether this machine can run one, and a fresh
-//! data directory (initdb, trust authentication) that the `postgres` user owns.
+//! A real PostgreSQL 15 for the adapter tests: whether this machine can run one, a fresh data
+//! directory (initdb, trust authentication) that the `postgres` user owns, and a server on it.
 
 #![allow(dead_code)] // each test binary uses part of it
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use chaos_adapters::pg::PgConnection;
 
 /// Debian's PostgreSQL 15 binaries.
 pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
@@ -112,4 +115,68 @@ pub fn effective_uid() -> u32 {
         })
         .and_then(|u| u.parse().ok())
         .unwrap_or(u32::MAX)
+}
+
+/// A PostgreSQL server, a child of the test, stopped (fast shutdown) when dropped.
+pub struct Server {
+    child: std::process::Child,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// initdb in a fresh directory, then the server on a free port, accepting connections
+    /// (bounded).
+    pub fn start() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let data = initdb(dir.path());
+        let port = free_port();
+        let argv = server_argv(&data, port);
+        let child = std::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = Server {
+            child,
+            addr: format!("127.0.0.1:{port}"),
+            _dir: dir,
+        };
+        let bound = chaos_testkit::scaled(Duration::from_secs(30));
+        let start = Instant::now();
+        loop {
+            let conn =
+                PgConnection::connect(&server.addr, "postgres", "postgres", None, Duration::from_secs(2));
+            match conn {
+                Ok(_) => return server,
+                Err(e) if start.elapsed() > bound => {
+                    panic!(
+                        "postgres on {} did not accept connections within {bound:?}: {e}",
+                        server.addr
+                    )
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SIGINT is PostgreSQL's fast shutdown: the postmaster ends its backends, then itself.
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
