@@ -37,13 +37,12 @@ fn every_outcome_crash_silence_and_garbage_through_the_protocol() {
     // on the runner, found without a `[[setup.ship]]`.
     // One node, one client at a time per adapter; the test keys k1 … k6 misbehave (see
     // chaos_adapters::echo::test_key), k0 is a plain register.
-    let text = format!(
-        r#"
+    let text = r#"
 [cluster]
 backend = "local"
 nodes = 1
 [setup.start]
-command = ["sh", "-c", "sleep 600; : {{{{ run_id }}}}"]
+command = ["sh", "-c", "sleep 600; : {{ run_id }}"]
 [workload]
 type = "adapter"
 rate = 80
@@ -51,7 +50,7 @@ concurrency = 2
 keys = 7
 timeout = "400ms"
 [workload.adapter]
-command = ["{{{{ bin['chaos-adapter-echo'] }}}}", "--test-keys"]
+command = ["{{ bin['chaos-adapter-echo'] }}", "--test-keys"]
 on = "runner"
 [[workload.ops]]
 kind = "write"
@@ -65,9 +64,8 @@ duration = "3s"
 [history]
 checkers = ["availability"]
 max_error_fraction = 1.0
-"#
-    );
-    let outcome = run(&text, dir.path());
+"#;
+    let outcome = run(text, dir.path());
     let ops = ops(&outcome.run_dir);
     let has = |key: &str, outcome: Outcome, needle: &str| {
         let found = on_key(&ops, key)
