@@ -53,7 +53,7 @@ pub fn version_matches(path: &Path) -> Result<(), String> {
     AGENT.version_matches(path)
 }
 
-/// The agent cache of this library's version ([`WorkspaceBinary::cache_dir`] of [`AGENT`]).
+/// The agent cache of this library's version ([`WorkspaceBinary::cache_dir`](crate::backend::workspace_binary::WorkspaceBinary::cache_dir) of [`AGENT`]).
 pub fn cache_dir() -> PathBuf {
     AGENT.cache_dir()
 }
