@@ -1,5 +1,6 @@
 //! Tests of what every workspace binary shares: names, variables, caches, build commands (the
-//! agent's own are in `agent_binary/tests.rs`; a real build runs in `core/tests/agent_cache.rs`).
+//! agent's own are in `agent_binary/tests.rs`; a real build runs in `core/tests/adapter_build.rs`,
+//! opt-in).
 
 use std::os::unix::fs::PermissionsExt;
 
