@@ -52,6 +52,16 @@ pub fn serve<R: BufRead, W: Write>(
     Ok(())
 }
 
+/// Answers `--version` as the first argument: prints `<name> <version>` and exits. Each adapter
+/// calls it first, so that chaos, which ships the adapter of its own version to nodes
+/// (`[[setup.ship]] builtin`), can tell a stale or foreign binary from the right one.
+pub fn answer_version(name: &str) {
+    if std::env::args().nth(1).as_deref() == Some("--version") {
+        println!("{name} {}", env!("CARGO_PKG_VERSION"));
+        std::process::exit(0);
+    }
+}
+
 /// [`serve`] on the process's stdin and stdout.
 pub fn serve_stdio(handle: impl FnMut(AdapterRequest) -> Option<AdapterResponse>) -> std::io::Result<()> {
     let stdin = std::io::stdin();

@@ -7,8 +7,6 @@ use std::path::Path;
 use chaos_check::{History, OpKind, Outcome};
 use chaos_scenario::{RunOutcome, RunStatus, Runner, Scenario};
 
-const ADAPTER: &str = env!("CARGO_BIN_EXE_chaos-adapter-postgres");
-
 /// Why a Patroni cluster cannot run here, if it cannot.
 fn patroni_unavailable() -> Option<String> {
     let on_path = |bin: &str| {
@@ -30,7 +28,7 @@ fn patroni_unavailable() -> Option<String> {
 }
 
 /// One seeded round of the shipped scenario, `synchronous` replacing its value, the adapter the
-/// one built with this test; `None` (after `chaos_testkit::skip`) when Patroni cannot run here.
+/// built-in one (found in this build, beside the test binaries); `None` (after `chaos_testkit::skip`) when Patroni cannot run here.
 fn run(test: &str, synchronous: bool, seed: u64) -> Option<(RunOutcome, tempfile::TempDir)> {
     if let Some(why) = patroni_unavailable() {
         chaos_testkit::skip(test, "patroni", &why);
@@ -39,10 +37,11 @@ fn run(test: &str, synchronous: bool, seed: u64) -> Option<(RunOutcome, tempfile
     let out = tempfile::tempdir().unwrap();
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/postgres-patroni.toml");
     let text = std::fs::read_to_string(&file).unwrap();
-    let text = text
-        .replace("synchronous = true", &format!("synchronous = {synchronous}"))
-        .replace("\"target/debug/chaos-adapter-postgres\"", &format!("{ADAPTER:?}"));
-    assert!(text.contains(ADAPTER), "the scenario's adapter value moved");
+    let text = text.replace("synchronous = true", &format!("synchronous = {synchronous}"));
+    assert!(
+        text.contains("{{ bin['chaos-adapter-postgres'] }}"),
+        "the scenario's runner-side adapter is the built-in one"
+    );
     let mut scenario = Scenario::parse(&text, "postgres-patroni.toml").unwrap_or_else(|e| panic!("{e}"));
     // Readiness, recovery and operation bounds stretch on a busy machine (CHAOS_TIMEOUT_SCALE).
     scenario.timeout_multiplier *= chaos_testkit::timeout_scale();

@@ -180,12 +180,17 @@ fn txns_are_serializable_at_serializable_and_not_at_read_committed() {
     }
 }
 
-/// `scenarios/postgres-txn.toml` with `values.isolation` set to `level`, the adapter from this
-/// build.
+/// `scenarios/postgres-txn.toml` with `values.isolation` set to `level`. It ships the built-in
+/// adapter, which the runner finds in this build (`target/debug`, next to the test binaries:
+/// netns nodes run any linkage).
 fn shipped_scenario(level: &str) -> Scenario {
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/postgres-txn.toml");
     let mut scenario = Scenario::from_file(&file).unwrap_or_else(|e| panic!("{e}"));
-    scenario.setup.ship[0].from = env!("CARGO_BIN_EXE_chaos-adapter-postgres").to_string();
+    assert_eq!(
+        scenario.setup.ship[0].builtin.as_deref(),
+        Some("chaos-adapter-postgres"),
+        "the scenario ships the built-in adapter"
+    );
     scenario.values.insert("isolation".into(), level.into());
     scenario
 }

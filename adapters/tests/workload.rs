@@ -33,15 +33,16 @@ fn on_key<'a>(ops: &'a [Op], key: &str) -> Vec<&'a Op> {
 #[test]
 fn every_outcome_crash_silence_and_garbage_through_the_protocol() {
     let dir = tempfile::tempdir().unwrap();
+    // The adapter runs on the runner, named as the built-in `bin['chaos-adapter-echo']`: a path
+    // on the runner, found without a `[[setup.ship]]`.
     // One node, one client at a time per adapter; the test keys k1 … k6 misbehave (see
     // chaos_adapters::echo::test_key), k0 is a plain register.
-    let text = format!(
-        r#"
+    let text = r#"
 [cluster]
 backend = "local"
 nodes = 1
 [setup.start]
-command = ["sh", "-c", "sleep 600; : {{{{ run_id }}}}"]
+command = ["sh", "-c", "sleep 600; : {{ run_id }}"]
 [workload]
 type = "adapter"
 rate = 80
@@ -49,7 +50,7 @@ concurrency = 2
 keys = 7
 timeout = "400ms"
 [workload.adapter]
-command = ["{ECHO}", "--test-keys"]
+command = ["{{ bin['chaos-adapter-echo'] }}", "--test-keys"]
 on = "runner"
 [[workload.ops]]
 kind = "write"
@@ -63,9 +64,8 @@ duration = "3s"
 [history]
 checkers = ["availability"]
 max_error_fraction = 1.0
-"#
-    );
-    let outcome = run(&text, dir.path());
+"#;
+    let outcome = run(text, dir.path());
     let ops = ops(&outcome.run_dir);
     let has = |key: &str, outcome: Outcome, needle: &str| {
         let found = on_key(&ops, key)
@@ -376,12 +376,31 @@ fn the_guides_toy_store_fails_as_the_guide_says_and_passes_when_fixed() {
     let port = free_port().to_string();
     let text = text
         .replace("backend = \"netns\"", "backend = \"local\"")
-        .replace("port = 7400", &format!("port = {port}"))
-        .replace("target/x86_64-unknown-linux-gnu/release/chaos-adapter-echo", ECHO);
+        .replace("port = 7400", &format!("port = {port}"));
     assert!(text.contains("--lose-every"), "{text}");
+    assert!(text.contains("builtin = \"chaos-adapter-echo\""), "{text}");
     let dir = tempfile::tempdir().unwrap();
     let failing = run(&text, dir.path());
     assert!(!failing.passed());
+    // The built-in adapter was found, not built: this build's, beside the test binaries (the
+    // local backend takes any linkage), shipped to the node under its own name.
+    let events = std::fs::read_to_string(failing.run_dir.join("events.jsonl")).unwrap();
+    let shipped = events
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|e| e["event"] == "shipped")
+        .unwrap_or_else(|| panic!("nothing shipped: {events}"));
+    assert!(
+        shipped["from"].as_str().unwrap().ends_with("/chaos-adapter-echo"),
+        "{shipped}"
+    );
+    assert!(
+        shipped["to"]
+            .as_str()
+            .unwrap()
+            .ends_with("/bin/chaos-adapter-echo"),
+        "{shipped}"
+    );
     let reason = failing.summary.reason.clone().unwrap_or_default();
     assert!(
         reason.contains("set:") && reason.contains("acknowledged adds are missing"),

@@ -79,6 +79,19 @@ impl ScenarioBuilder {
     pub fn ship(mut self, from: impl Into<String>) -> Self {
         self.scenario.setup.ship.push(super::model::Ship {
             from: from.into(),
+            builtin: None,
+            to: None,
+            mode: None,
+        });
+        self
+    }
+
+    /// Ships a client adapter of chaos (`chaos-adapter-echo`, …) to every node, as
+    /// `bin.<name>`: found or built at chaos's version, with the linkage the backend needs.
+    pub fn ship_builtin(mut self, name: impl Into<String>) -> Self {
+        self.scenario.setup.ship.push(super::model::Ship {
+            from: String::new(),
+            builtin: Some(name.into()),
             to: None,
             mode: None,
         });

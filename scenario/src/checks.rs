@@ -48,6 +48,9 @@ pub struct System {
     pub templates: Templates,
     /// Path of the system's log on each node.
     pub log_paths: Vec<String>,
+    /// `bin` as a runner-side adapter's command sees it: paths on the runner
+    /// ([`crate::template::runner_bin`]).
+    pub runner_bin: std::collections::BTreeMap<String, String>,
     /// What `measure` checks measured, until the engine records it.
     pub measurements: Measurements,
 }

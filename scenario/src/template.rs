@@ -14,7 +14,9 @@
 //! | `node` | the node the template is rendered for |
 //! | `bin` | paths of shipped files on this node, by file name (`bin.etcd`) |
 //!
-//! Workload commands also see `client`, `seq`, `key` and `value`.
+//! Workload commands also see `client`, `seq`, `key` and `value`. A runner-side adapter's
+//! command (`[workload.adapter] on = "runner"`) runs on the runner, so there `bin` holds paths
+//! on the runner ([`runner_bin`]): each shipped file's source, and the built-in adapters.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -67,7 +69,7 @@ impl Vars {
         vars.node = self.nodes.get(index).cloned();
         vars.bin = BTreeMap::new();
         for ship in &scenario.setup.ship {
-            let name = ship_file_name(&ship.from);
+            let name = ship.name();
             let path = ship_destination(ship, &vars, templates)?;
             vars.bin.insert(name, path);
         }
@@ -108,9 +110,41 @@ pub fn ship_destination(
         Some(to) => templates.render(to, vars),
         None => {
             let root = vars.node.as_ref().map(|n| n.root.as_str()).unwrap_or("");
-            Ok(format!("{root}/bin/{}", ship_file_name(&ship.from)))
+            Ok(format!("{root}/bin/{}", ship.name()))
         }
     }
+}
+
+/// Whether the scenario has a runner-side adapter whose command or environment names the
+/// built-in adapter `name`: that one is found (or built) on the runner during setup, so that
+/// `bin[name]` there is a path on the runner without a `[[setup.ship]]` for it.
+pub fn runner_uses(scenario: &Scenario, name: &str) -> bool {
+    let Some(adapter) = scenario.workload.as_ref().and_then(|w| w.adapter.as_ref()) else {
+        return false;
+    };
+    adapter.on == super::model::AdapterPlace::Runner
+        && adapter
+            .command
+            .templates()
+            .into_iter()
+            .chain(adapter.env.values().map(String::as_str))
+            .any(|t| t.contains(name))
+}
+
+/// `bin` as a runner-side command sees it: every shipped file by its name, at `sources` (what
+/// each `[[setup.ship]]` entry was resolved to on the runner, in order), and every built-in
+/// adapter in `builtins` (name, path on the runner).
+pub fn runner_bin(
+    scenario: &Scenario,
+    sources: &[std::path::PathBuf],
+    builtins: &[(String, std::path::PathBuf)],
+) -> BTreeMap<String, String> {
+    let shipped = scenario.setup.ship.iter().zip(sources);
+    builtins
+        .iter()
+        .map(|(name, path)| (name.clone(), path.display().to_string()))
+        .chain(shipped.map(|(ship, path)| (ship.name(), path.display().to_string())))
+        .collect()
 }
 
 /// Variables of an imaginary cluster, to check templates without running anything.
@@ -135,10 +169,23 @@ pub fn sample_vars(scenario: &Scenario) -> Vars {
     };
     let mut vars = base.clone();
     for ship in &scenario.setup.ship {
-        let name = ship_file_name(&ship.from);
+        let name = ship.name();
         let root = &nodes[0].root;
         vars.bin.insert(name.clone(), format!("{root}/bin/{name}"));
     }
+    vars
+}
+
+/// [`sample_vars`] as a runner-side command sees them: `bin` holds every shipped file and every
+/// built-in adapter, at imaginary paths on the runner.
+pub fn sample_runner_vars(scenario: &Scenario) -> Vars {
+    let mut vars = sample_vars(scenario);
+    let names = chaos::backend::workspace_binary::BUILTIN_ADAPTERS.map(|a| a.bin.to_string());
+    vars.bin = names
+        .into_iter()
+        .chain(scenario.setup.ship.iter().map(|s| s.name()))
+        .map(|name| (name.clone(), format!("/runner/{name}")))
+        .collect();
     vars
 }
 

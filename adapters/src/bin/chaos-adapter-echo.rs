@@ -24,6 +24,7 @@ const USAGE: &str =
     "usage: chaos-adapter-echo [--serve HOST:PORT | --connect HOST:PORT] [--lose-every N] [--test-keys]";
 
 fn main() {
+    chaos_adapters::answer_version("chaos-adapter-echo");
     let mut store = EchoStore::default();
     let mut serve_addr = None;
     let mut connect_addr = None;

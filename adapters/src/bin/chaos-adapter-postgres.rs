@@ -14,6 +14,7 @@ use chaos_adapters::pg_failover::{FailoverPg, Login};
 const USAGE: &str = "usage: chaos-adapter-postgres [--addr HOST:PORT] [--user U] [--database D] [--password P] [--timeout-ms N] [--isolation LEVEL] [--hosts H1:P,H2:P,...]";
 
 fn main() {
+    chaos_adapters::answer_version("chaos-adapter-postgres");
     let mut addr = "127.0.0.1:5432".to_string();
     let mut user = "postgres".to_string();
     let mut database = "postgres".to_string();

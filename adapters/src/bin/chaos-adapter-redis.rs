@@ -9,6 +9,7 @@ use chaos_adapters::resp::RedisAdapter;
 const USAGE: &str = "usage: chaos-adapter-redis [--addr HOST:PORT] [--prefix PREFIX] [--timeout-ms N]";
 
 fn main() {
+    chaos_adapters::answer_version("chaos-adapter-redis");
     let mut addr = "127.0.0.1:6379".to_string();
     let mut prefix = "chaos:".to_string();
     let mut timeout_ms = 1000u64;

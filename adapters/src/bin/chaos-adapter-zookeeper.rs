@@ -12,6 +12,7 @@ use chaos_adapters::zk::{ZkAdapter, ZkClient};
 const USAGE: &str = "usage: chaos-adapter-zookeeper [--servers HOST:PORT[,HOST:PORT...]] [--root /chaos] [--timeout-ms N] [--session-timeout-ms N] [--plain-reads]";
 
 fn main() {
+    chaos_adapters::answer_version("chaos-adapter-zookeeper");
     let mut servers = vec!["127.0.0.1:2181".to_string()];
     let mut root = "/chaos".to_string();
     let mut timeout_ms = 1000u64;

@@ -69,6 +69,7 @@ pub const BACKEND: crate::backend::Backend = crate::backend::Backend {
     isolated_network: false,
     machine_faults: &[],
     host_labels: false,
+    ship_linkage: crate::backend::workspace_binary::Linkage::Any,
 };
 
 /// A cluster of local nodes: see the [module documentation](self).

@@ -35,6 +35,7 @@ pub mod owner;
 pub mod provision;
 pub mod registry;
 pub mod supervisor;
+pub mod workspace_binary;
 
 pub use agent_cluster::AgentCluster;
 pub use provision::{Limits, Machine, MachineRequest, Provisioner};

@@ -16,6 +16,7 @@ use chaos_proto::MachineFault;
 use super::ClusterOptions;
 use super::gc::{GcOptions, GcReport};
 use super::provision::Limits;
+use super::workspace_binary::Linkage;
 use crate::Result;
 use crate::cluster::Cluster;
 
@@ -50,6 +51,10 @@ pub struct Backend {
     /// ([`ClusterOptions::host_labels`], a scenario's `[cluster] labels`); the others refuse a
     /// selector rather than ignore it.
     pub host_labels: bool,
+    /// What a binary shipped to its nodes must be: [`Linkage::Any`] where nodes share the
+    /// runner's files and libraries (`netns`, `local`), [`Linkage::Static`] where they may not
+    /// (containers, other machines). A scenario's `[[setup.ship]] builtin` is obtained so.
+    pub ship_linkage: Linkage,
 }
 
 impl Backend {

@@ -339,9 +339,24 @@ fn check_environment(scenario: &Scenario) -> Result<(), RunError> {
         .availability()
         .map_err(|why| RunError::Invalid(format!("backend {backend}: {why}")))?;
     for ship in &scenario.setup.ship {
-        find_on_runner(&ship.from).map_err(RunError::Invalid)?;
+        match builtin_of(ship) {
+            Some(adapter) => adapter
+                .obtainable()
+                .map_err(|why| RunError::Invalid(format!("setup.ship: {}: {why}", adapter.bin)))?,
+            None => drop(find_on_runner(&ship.from).map_err(RunError::Invalid)?),
+        }
     }
     Ok(())
+}
+
+/// The built-in adapter a `[[setup.ship]]` entry names, if it names one (validation has refused
+/// unknown names).
+pub(crate) fn builtin_of(
+    ship: &crate::model::Ship,
+) -> Option<chaos::backend::workspace_binary::WorkspaceBinary> {
+    ship.builtin
+        .as_deref()
+        .and_then(chaos::backend::workspace_binary::builtin_adapter)
 }
 
 /// Resolves a `ship.from`: a path, or a name looked up on the runner's `PATH`.

@@ -2,11 +2,12 @@
 //! files, setup commands, the system and its readiness; at the end every fault healed, teardown
 //! commands, the system stopped, logs collected, the cluster cleaned up.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chaos::backend::ClusterOptions;
+use chaos::backend::workspace_binary::{BUILTIN_ADAPTERS, Linkage, WorkspaceBinary};
 use chaos::cluster::Node;
 use chaos::ext::NodeExt;
 use chaos::faults;
@@ -14,7 +15,7 @@ use chaos_check::Header;
 use serde_json::json;
 
 use super::run::{Abort, Run};
-use super::{COMMAND_BOUND, DATA_ARCHIVE_LIMIT, Progress, find_on_runner};
+use super::{COMMAND_BOUND, DATA_ARCHIVE_LIMIT, Progress, builtin_of, find_on_runner};
 use crate::checks::System;
 use crate::model::{Check, Dur, OnceStep};
 use crate::nemesis::machine::MachineNemesis;
@@ -22,7 +23,7 @@ use crate::nemesis::network::{AgentNemesis, PartitionNemesis};
 use crate::nemesis::process::ProcessNemesis;
 use crate::nemesis::{self, Probes};
 use crate::sut::Suts;
-use crate::template::{NodeVars, Templates, Vars, ship_destination};
+use crate::template::{self, NodeVars, Templates, Vars, ship_destination};
 use crate::workload::{Recorder, Workload};
 
 /// Default bound of a `[[setup.once]]` step.
@@ -32,8 +33,43 @@ const ONCE_TIMEOUT: Dur = Dur::secs(30);
 const ONCE_INTERVAL: Dur = Dur::secs(1);
 
 impl Run {
+    /// Finds every file `[[setup.ship]]` names on the runner, in order, and the built-in adapters
+    /// a runner-side adapter names: a built-in is found or built (once, minutes) here, before
+    /// any node exists, with the linkage the backend's nodes need.
+    async fn resolve_ships(&mut self) -> Result<(Vec<PathBuf>, Vec<(String, PathBuf)>), Abort> {
+        let scenario = self.scenario.clone();
+        let linkage = scenario.cluster.backend.entry().ship_linkage;
+        let mut sources = Vec::new();
+        for ship in &scenario.setup.ship {
+            let source = match builtin_of(ship) {
+                Some(adapter) => self.obtain(adapter, linkage).await?,
+                None => find_on_runner(&ship.from).map_err(Abort::Setup)?,
+            };
+            sources.push(source);
+        }
+        let mut on_runner = Vec::new();
+        for adapter in BUILTIN_ADAPTERS {
+            if template::runner_uses(&scenario, adapter.bin) {
+                let path = self.obtain(adapter, Linkage::Any).await?;
+                on_runner.push((adapter.bin.to_string(), path));
+            }
+        }
+        Ok((sources, on_runner))
+    }
+
+    /// One built-in adapter for `linkage`, interruptible.
+    async fn obtain(&mut self, adapter: WorkspaceBinary, linkage: Linkage) -> Result<PathBuf, Abort> {
+        self.interrupted()?;
+        self.status_line(&format!("finding {} (built once when missing)", adapter.bin));
+        tokio::select! {
+            found = adapter.obtain(linkage) => found.map_err(|e| Abort::Setup(format!("setup.ship: {e}"))),
+            _ = self.cancel.cancelled() => Err(Abort::Interrupted),
+        }
+    }
+
     pub(super) async fn setup(&mut self) -> Result<(), Abort> {
         let scenario = self.scenario.clone();
+        let (ship_sources, runner_builtins) = self.resolve_ships().await?;
         let n = scenario.cluster.nodes;
         self.status_line(&format!("creating {n} {} nodes", scenario.cluster.backend));
         let options = ClusterOptions {
@@ -99,6 +135,7 @@ impl Run {
             vars,
             templates,
             log_paths,
+            runner_bin: template::runner_bin(&scenario, &ship_sources, &runner_builtins),
             measurements: Default::default(),
         });
         self.system = Some(system.clone());
@@ -119,9 +156,8 @@ impl Run {
         self.check_capabilities().await?;
 
         // Files shipped from the runner.
-        for ship in &scenario.setup.ship {
+        for (ship, source) in scenario.setup.ship.iter().zip(&ship_sources) {
             self.interrupted()?;
-            let source = find_on_runner(&ship.from).map_err(Abort::Setup)?;
             self.status_line(&format!("shipping {}", source.display()));
             let bytes = tokio::fs::read(&source)
                 .await

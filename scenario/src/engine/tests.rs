@@ -239,6 +239,7 @@ fn run(steps: Vec<Step>, edit: impl FnOnce(&mut Scenario)) -> (Run, Calls, tempf
         nodes,
         vars: Vec::new(),
         templates: Templates::new(),
+        runner_bin: Default::default(),
         measurements: Default::default(),
     }));
     let calls = Arc::new(Mutex::new(Vec::new()));

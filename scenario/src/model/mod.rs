@@ -167,19 +167,37 @@ pub struct OnceStep {
     pub interval: Option<Dur>,
 }
 
-/// `[[setup.ship]]`: a file copied from the runner.
+/// `[[setup.ship]]`: a file copied from the runner — `from` a path or program there, or a
+/// `builtin` adapter of chaos (exactly one of the two).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Ship {
-    /// A program name looked up on the runner's `PATH`, or a path on the runner.
+    /// A program name looked up on the runner's `PATH`, or a path on the runner; empty with
+    /// `builtin`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub from: String,
-    /// Destination on the node (template); default `{{ node.root }}/bin/<file name>`. Templates
-    /// see it as `bin.<file name>`.
+    /// A client adapter shipped with chaos, by binary name (`chaos-adapter-postgres`; the list
+    /// is `chaos::backend::workspace_binary::BUILTIN_ADAPTERS`): the runner finds or builds it
+    /// at chaos's own version, statically linked when the backend's nodes need it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub builtin: Option<String>,
+    /// Destination on the node (template); default `{{ node.root }}/bin/<file name>` (a
+    /// built-in's file name is its name). Templates see it as `bin.<file name>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to: Option<String>,
     /// Permissions (default 0o755).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<u32>,
+}
+
+impl Ship {
+    /// The name templates know it by in `bin`: the built-in's name, else `from`'s file name.
+    pub fn name(&self) -> String {
+        match &self.builtin {
+            Some(name) => name.clone(),
+            None => crate::template::ship_file_name(&self.from),
+        }
+    }
 }
 
 /// `[[setup.files]]`: a file written from a template.

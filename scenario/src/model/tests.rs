@@ -341,3 +341,53 @@ regex = "started"
     assert_eq!(s.setup.services[1].ready[0].regex.as_deref(), Some("started"));
     assert!(s.setup.ready.is_empty());
 }
+
+#[test]
+fn a_builtin_adapter_is_shipped_by_name_and_a_wrong_name_lists_the_valid_ones() {
+    let ok = Scenario::parse(
+        "[[setup.ship]]\nbuiltin = \"chaos-adapter-postgres\"\n[setup.start]\ncommand = [\"{{ bin['chaos-adapter-postgres'] }}\"]\n",
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(ok.setup.ship[0].name(), "chaos-adapter-postgres");
+    assert_eq!(ok.setup.ship[0].from, "");
+
+    let e = err("[[setup.ship]]\nbuiltin = \"chaos-adapter-postgress\"\n").to_string();
+    assert!(
+        e.starts_with("t.toml:2:") && e.contains("setup.ship[0].builtin"),
+        "file, line and field: {e}"
+    );
+    assert!(
+        e.contains("`chaos-adapter-postgress` is not an adapter shipped with chaos")
+            && e.contains(
+                "chaos-adapter-echo, chaos-adapter-redis, chaos-adapter-postgres, chaos-adapter-zookeeper"
+            ),
+        "{e}"
+    );
+    let e = err("[[setup.ship]]\nfrom = \"etcd\"\nbuiltin = \"chaos-adapter-echo\"\n").to_string();
+    assert!(e.contains("setup.ship[0]") && e.contains("not both"), "{e}");
+    let e = err("[[setup.ship]]\nto = \"/x\"\n").to_string();
+    assert!(e.contains("setup.ship[0].from") && e.contains("`builtin`"), "{e}");
+}
+
+#[test]
+fn a_runner_side_adapter_names_builtins_in_bin_without_shipping_them() {
+    let adapter = |on: &str, name: &str| {
+        format!(
+            "[workload]\ntype = \"adapter\"\n[workload.adapter]\ncommand = [\"{{{{ bin['{name}'] }}}}\"]\non = \"{on}\"\n[[workload.ops]]\nkind = \"read\"\n"
+        )
+    };
+    Scenario::parse(&adapter("runner", "chaos-adapter-postgres"), "t.toml").unwrap();
+    // On a node, `bin` holds what was shipped there: nothing here.
+    let e = err(&adapter("node", "chaos-adapter-postgres")).to_string();
+    assert!(
+        e.contains("workload.adapter.command") && e.contains("bad template"),
+        "{e}"
+    );
+    // Not a built-in: undefined on the runner too.
+    let e = err(&adapter("runner", "chaos-adapter-nope")).to_string();
+    assert!(e.contains("bad template"), "{e}");
+    let s = Scenario::parse(&adapter("runner", "chaos-adapter-postgres"), "t.toml").unwrap();
+    assert!(crate::template::runner_uses(&s, "chaos-adapter-postgres"));
+    assert!(!crate::template::runner_uses(&s, "chaos-adapter-echo"));
+}

@@ -13,9 +13,18 @@ use crate::template::{self, Templates, Vars};
 struct Tmpl {
     templates: Templates,
     sample: Vars,
+    /// As a runner-side adapter's command sees them (`bin` on the runner).
+    runner: Vars,
 }
 
 impl Tmpl {
+    /// [`Tmpl::call`] for a runner-side adapter's templates, with an operation's variables.
+    fn call_runner(&self, p: &mut Problems, path: &[Seg], text: &str) {
+        if let Err(e) = self.templates.render(text, &self.runner.with_op_vars()) {
+            p.add(path, format!("bad template: {e}"));
+        }
+    }
+
     /// Adds a problem at `path` when `text` does not render (`extra`: with an operation's
     /// variables too).
     fn call(&self, p: &mut Problems, path: &[Seg], text: &str, extra: bool) {
@@ -74,6 +83,7 @@ impl Scenario {
         let tm = Tmpl {
             templates: Templates::new(),
             sample: template::sample_vars(self),
+            runner: template::sample_runner_vars(self),
         };
 
         self.check_setup(p, &tm);
@@ -90,11 +100,24 @@ impl Scenario {
         // setup
         for (i, ship) in self.setup.ship.iter().enumerate() {
             let path = [key("setup"), key("ship"), Seg::Index(i)];
-            if ship.from.trim().is_empty() {
-                p.add(
+            match &ship.builtin {
+                None if ship.from.trim().is_empty() => p.add(
                     &[&path[..], &[key("from")]].concat(),
-                    "empty: name a program or a path",
-                );
+                    "empty: name a program or a path (or a built-in adapter with `builtin`)",
+                ),
+                None => {}
+                Some(_) if !ship.from.is_empty() => p.add(
+                    &path,
+                    "give `from` (a file on the runner) or `builtin` (an adapter of chaos), not both",
+                ),
+                Some(name) if chaos::backend::workspace_binary::builtin_adapter(name).is_none() => p.add(
+                    &[&path[..], &[key("builtin")]].concat(),
+                    format!(
+                        "`{name}` is not an adapter shipped with chaos; use one of {}",
+                        chaos::backend::workspace_binary::builtin_adapter_names()
+                    ),
+                ),
+                Some(_) => {}
             }
             if let Some(to) = &ship.to {
                 tm.call(p, &[&path[..], &[key("to")]].concat(), to, false);
@@ -304,11 +327,15 @@ impl Scenario {
                     }
                     match (&w.adapter, w.kind) {
                         (Some(a), WorkloadType::Adapter) => {
+                            let call = |p: &mut Problems, at: &[Seg], t: &str| match a.on {
+                                AdapterPlace::Runner => tm.call_runner(p, at, t),
+                                AdapterPlace::Node => tm.call(p, at, t, true),
+                            };
                             for t in a.command.templates() {
-                                tm.call(p, &[key("workload"), key("adapter"), key("command")], t, true);
+                                call(p, &[key("workload"), key("adapter"), key("command")], t);
                             }
                             for (k, v) in &a.env {
-                                tm.call(p, &[key("workload"), key("adapter"), key("env"), key(k)], v, true);
+                                call(p, &[key("workload"), key("adapter"), key("env"), key(k)], v);
                             }
                         }
                         (None, WorkloadType::Adapter) => p.add(

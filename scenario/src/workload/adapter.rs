@@ -68,7 +68,11 @@ impl Adapter {
     ) -> Result<Adapter, String> {
         let system = &ctx.system;
         let node = &system.nodes[node_index];
-        let vars = system.vars[node_index].with_op(client, 0, "", &Value::Null);
+        let mut vars = system.vars[node_index].with_op(client, 0, "", &Value::Null);
+        if spec.on == AdapterPlace::Runner {
+            // It runs on the runner: `bin` names files there, not on the node.
+            vars.bin = system.runner_bin.clone();
+        }
         let render = |t: &str| {
             system
                 .templates

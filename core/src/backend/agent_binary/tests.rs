@@ -3,8 +3,8 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use super::build::{cache_dir, tail, target_dirs};
 use super::*;
+use crate::backend::workspace_binary::build::{tail, target_dirs};
 
 /// A script standing in for an agent: it prints `version_line` for `--version`.
 fn fake_agent(dir: &Path, name: &str, version_line: &str) -> PathBuf {
@@ -35,7 +35,7 @@ fn an_agent_of_another_version_is_refused_naming_both_versions() {
 #[test]
 fn the_static_agent_is_looked_for_in_every_target_directory() {
     assert_eq!(
-        static_candidates(Path::new("/t")),
+        AGENT.static_candidates(Path::new("/t")),
         [
             "/t/x86_64-unknown-linux-gnu/release/chaos-agent",
             "/t/x86_64-unknown-linux-gnu/debug/chaos-agent",
@@ -64,7 +64,7 @@ fn the_cache_is_per_version_and_the_sources_are_this_workspace() {
     assert!(cache.parent().unwrap().ends_with("chaos"), "{}", cache.display());
     // Compiled from the workspace: the agent's sources are the workspace's own, so the agent is
     // built from them (not installed from a registry) and the command names its manifest.
-    let root = build::sources_root().expect("the workspace holds agent/");
+    let root = AGENT.sources_root().expect("the workspace holds agent/");
     assert!(root.join("agent/src/main.rs").is_file());
     let command = manual_command();
     assert!(

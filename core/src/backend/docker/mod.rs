@@ -119,6 +119,7 @@ pub const BACKEND: crate::backend::Backend = crate::backend::Backend {
     isolated_network: true,
     machine_faults: &MachineFault::ALL,
     host_labels: false,
+    ship_linkage: crate::backend::workspace_binary::Linkage::Static,
 };
 
 const LIMITS: Limits = Limits {

@@ -81,6 +81,7 @@ pub const BACKEND: crate::backend::Backend = crate::backend::Backend {
     isolated_network: true,
     machine_faults: &[],
     host_labels: false,
+    ship_linkage: crate::backend::workspace_binary::Linkage::Static,
 };
 
 /// Whether the backend can run here: some AWS configuration must be visible (an endpoint,

@@ -67,6 +67,7 @@ pub const BACKEND: crate::backend::Backend = crate::backend::Backend {
     isolated_network: true,
     machine_faults: &[],
     host_labels: true,
+    ship_linkage: crate::backend::workspace_binary::Linkage::Static,
 };
 
 /// A cluster of inventory hosts: see the [module documentation](self).

@@ -122,6 +122,7 @@ pub const BACKEND: crate::backend::Backend = crate::backend::Backend {
     isolated_network: true,
     machine_faults: &[],
     host_labels: false,
+    ship_linkage: crate::backend::workspace_binary::Linkage::Any,
 };
 
 const LIMITS: Limits = Limits {
