@@ -317,6 +317,7 @@ impl Plan {
             .collect();
         // Library name → the tree files that need it and no include holds.
         let mut warn: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+        let mut in_includes = 0;
         for u in &self.unresolved {
             let lacking: Vec<&String> = u
                 .libraries
@@ -324,11 +325,7 @@ impl Plan {
                 .filter(|l| !held.contains(l.as_str()))
                 .collect();
             if lacking.is_empty() {
-                tracing::debug!(
-                    file = %u.file.display(),
-                    libraries = ?u.libraries,
-                    "node image: libraries ldd cannot find are in the includes"
-                );
+                in_includes += 1;
             } else if u.named {
                 return Err(Error::invalid(
                     format!("include {}", u.file.display()),
@@ -345,6 +342,10 @@ impl Plan {
                 }
             }
         }
+        tracing::debug!(
+            files = in_includes,
+            "node image: included files whose libraries ldd cannot find, all held by the includes"
+        );
         for (lib, files) in warn {
             tracing::warn!(
                 "node image: {} included file(s) need {lib}, which ldd cannot find on this host and \
