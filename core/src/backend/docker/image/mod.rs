@@ -10,7 +10,7 @@
 //!   that link only glibc run unchanged (etcd from Debian does);
 //! - every file of `include` at its host path, with the shared libraries `ldd` lists for it
 //!   (executables and shared libraries alike); a directory of `include` with everything under
-//!   it (links kept as links). Paths with `..` — what ldd prints for a `$ORIGIN/../lib` run
+//!   it (links kept as links); a link of `include` as a link, with what it points to. Paths with `..` — what ldd prints for a `$ORIGIN/../lib` run
 //!   path, or what a user writes — are resolved first ([`plain_host_path`]). A library ldd
 //!   cannot find is fine when an include holds a file of that name (the JVM loads `libjvm.so`
 //!   by path), else an error for an include the user named and a warning for a file inside an
@@ -113,6 +113,9 @@ const GLIBC_LIBS: [&str; 6] = [
     "librt.so.1",
     "libresolv.so.2",
 ];
+
+/// Most symbolic links followed from one named include (the kernel's own limit is 40).
+const MAX_LINK_HOPS: usize = 40;
 
 /// The x86-64 glibc dynamic loader's fixed path (every dynamic executable names it).
 const GLIBC_LOADER: &str = "/lib64/ld-linux-x86-64.so.2";
@@ -361,15 +364,47 @@ impl Plan {
     /// Adds one `include`: a file at its own path with its shared libraries, or a directory
     /// tree at its own path — its files with their libraries, its subdirectories with their
     /// modes, and its symbolic links as links (not followed, so a tree cannot loop). Sockets,
-    /// FIFOs and devices in a tree are skipped: they are not content.
+    /// FIFOs and devices in a tree are skipped: they are not content. A named symbolic link
+    /// stays a link, and what it points to is included in turn ([`MAX_LINK_HOPS`] at most).
     fn add_include(&mut self, include: &Path) -> Result<()> {
-        let include = plain_host_path(include)?;
-        let io_err = |e| Error::io(format!("include {}", include.display()), e);
-        if std::fs::metadata(&include).map_err(io_err)?.is_dir() {
-            self.add_tree(&include)
-        } else {
-            self.add_with_libraries(&include, true)
+        let mut include = plain_host_path(include)?;
+        for _ in 0..=MAX_LINK_HOPS {
+            let io_err = |e| Error::io(format!("include {}", include.display()), e);
+            let meta = std::fs::symlink_metadata(&include).map_err(io_err)?;
+            if !meta.file_type().is_symlink() {
+                return if meta.is_dir() {
+                    self.add_tree(&include)
+                } else {
+                    self.add_with_libraries(&include, true)
+                };
+            }
+            // Kept a link, not copied as a file: a program that finds its own files from its
+            // path (the JDK's launcher, through /proc/self/exe and $ORIGIN) then works when
+            // started through the link, as on the host (/usr/bin/java → /etc/alternatives/java
+            // → the JDK's bin/java).
+            let target = std::fs::read_link(&include).map_err(io_err)?;
+            let text = target.to_str().ok_or_else(|| {
+                Error::invalid(
+                    format!("include {}", include.display()),
+                    "the link target is not UTF-8",
+                )
+            })?;
+            self.add(
+                &Self::image_path(&include)?,
+                Entry::Symlink {
+                    target: text.to_string(),
+                },
+            )?;
+            let next = match include.parent() {
+                Some(dir) if target.is_relative() => dir.join(&target),
+                _ => target,
+            };
+            include = plain_host_path(&next)?;
         }
+        Err(Error::invalid(
+            format!("include {}", include.display()),
+            format!("more than {MAX_LINK_HOPS} symbolic links in a row"),
+        ))
     }
 
     /// Adds the host directory `dir` and everything under it, in name order.

@@ -446,6 +446,38 @@ fn a_jdk_shaped_tree_is_planned() {
     let mut plan = Plan::new("test");
     plan.add_include(&jdk.join("bin/../lib/libjli.so")).unwrap();
     assert!(plan.entries.contains_key(&image("lib/libjli.so")));
+    // A named chain of links (as /usr/bin/java → /etc/alternatives/java → the JDK's bin/java)
+    // stays links, and the launcher is ldd'd where it is, so $ORIGIN/../lib finds libjli.so.
+    std::fs::create_dir_all(root.join("etc/alternatives")).unwrap();
+    std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+    symlink(&p("bin/java"), &root.join("etc/alternatives/java"));
+    symlink("../../etc/alternatives/java", &root.join("usr/bin/java"));
+    let mut plan = Plan::new("test");
+    plan.add_include(&root.join("usr/bin/java")).unwrap();
+    plan.check_unresolved().unwrap();
+    let at = |p: &Path| plan.entries.get(&Plan::image_path(p).unwrap()).cloned();
+    assert_eq!(
+        at(&root.join("usr/bin/java")),
+        Some(Entry::Symlink {
+            target: "../../etc/alternatives/java".into()
+        })
+    );
+    assert_eq!(
+        at(&root.join("etc/alternatives/java")),
+        Some(Entry::Symlink {
+            target: p("bin/java")
+        })
+    );
+    assert!(matches!(at(&jdk.join("bin/java")), Some(Entry::File { .. })));
+    assert!(matches!(at(&jdk.join("lib/libjli.so")), Some(Entry::File { .. })));
+    // A loop of links is an error, not a hang.
+    symlink("loop-b", &root.join("loop-a"));
+    symlink("loop-a", &root.join("loop-b"));
+    let err = Plan::new("test")
+        .add_include(&root.join("loop-a"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("symbolic links"), "{err}");
     // Named, the plugin whose library is gone is an error.
     let mut plan = Plan::new("test");
     plan.add_include(&jdk.join("lib/libplugin.so")).unwrap();
