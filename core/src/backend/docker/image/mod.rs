@@ -10,11 +10,11 @@
 //!   that link only glibc run unchanged (etcd from Debian does);
 //! - every file of `include` at its host path, with the shared libraries `ldd` lists for it
 //!   (executables and shared libraries alike); a directory of `include` with everything under
-//!   it (links kept as links); a link of `include` as a link, with what it points to. Paths with `..` — what ldd prints for a `$ORIGIN/../lib` run
-//!   path, or what a user writes — are resolved first ([`plain_host_path`]). A library ldd
-//!   cannot find is fine when an include holds a file of that name (the JVM loads `libjvm.so`
+//!   it (links kept as links); a link of `include` as a link, with what it points to. Paths
+//!   with `..` — what ldd prints for a `$ORIGIN/../lib` run path, or what a user writes — are
+//!   resolved first (`host_path.rs`). A library ldd cannot find is fine when an include holds a file of that name (the JVM loads `libjvm.so`
 //!   by path), else an error for an include the user named and a warning for a file inside an
-//!   included directory ([`Plan::check_unresolved`]);
+//!   included directory (`Plan::check_unresolved`);
 //! - `/tmp` (1777), `/chaos/root`, `/root`, `/etc/passwd` + `/etc/group` with root.
 //!
 //! The image has no `/etc/ld.so.cache`, so a library `ldd` finds outside the loader's default
