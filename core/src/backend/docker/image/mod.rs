@@ -12,9 +12,10 @@
 //!   (executables and shared libraries alike); a directory of `include` with everything under
 //!   it (links kept as links); a link of `include` as a link, with what it points to. Paths
 //!   with `..` — what ldd prints for a `$ORIGIN/../lib` run path, or what a user writes — are
-//!   resolved first (`host_path.rs`). A library ldd cannot find is fine when an include holds a file of that name (the JVM loads `libjvm.so`
-//!   by path), else an error for an include the user named and a warning for a file inside an
-//!   included directory (`Plan::check_unresolved`);
+//!   resolved first (`host_path.rs`). A library ldd cannot find is fine when an include
+//!   holds a file of that name (the JVM loads `libjvm.so` by path), else an error for an
+//!   include the user named and a warning for a file inside an included directory
+//!   (`Plan::check_unresolved`);
 //! - `/tmp` (1777), `/chaos/root`, `/root`, `/etc/passwd` + `/etc/group` with root.
 //!
 //! The image has no `/etc/ld.so.cache`, so a library `ldd` finds outside the loader's default
