@@ -70,6 +70,10 @@ pub struct ClusterOptions {
     /// Keep each node's root directory when the run fails ([`Cluster::run_failed`]); a backend
     /// may also be configured to (the `hosts` inventory's `keep_failed_runs`).
     pub keep_failed_runs: bool,
+    /// Host files and directories to bake into the node image, for backends that build one
+    /// (`docker`, after those of its `CHAOS_DOCKER_INCLUDE`; a scenario's
+    /// `[cluster.docker] include`). Backends whose nodes see the host's files ignore them.
+    pub image_include: Vec<PathBuf>,
 }
 
 /// `rack=1, room=b`: a label selector as errors show it.
@@ -90,6 +94,7 @@ impl Default for ClusterOptions {
             backend_config: None,
             host_labels: BTreeMap::new(),
             keep_failed_runs: false,
+            image_include: Vec::new(),
         }
     }
 }

@@ -77,6 +77,7 @@ impl Run {
             backend_config: self.options.backend_config.clone(),
             host_labels: scenario.cluster.labels.clone(),
             keep_failed_runs: self.options.keep_failed,
+            image_include: scenario.cluster.docker.include.iter().map(Into::into).collect(),
             ..ClusterOptions::default()
         };
         let backend = scenario.cluster.backend.entry();

@@ -105,6 +105,10 @@ pub struct ClusterSpec {
     /// carry no labels (all but `hosts`) refuse a selector when the cluster is created.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// `[cluster.docker]`: settings of the `docker` backend, read whichever backend the run
+    /// uses (so `--backend docker` finds them) and ignored by the others.
+    #[serde(default, skip_serializing_if = "DockerSpec::is_empty")]
+    pub docker: DockerSpec,
 }
 
 impl Default for ClusterSpec {
@@ -113,7 +117,27 @@ impl Default for ClusterSpec {
             backend: Backend::default(),
             nodes: default_nodes(),
             labels: BTreeMap::new(),
+            docker: DockerSpec::default(),
         }
+    }
+}
+
+/// `[cluster.docker]`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DockerSpec {
+    /// Absolute host paths of files and directories baked into the default node image at the
+    /// same paths, with the shared libraries their ELF files need (after those of
+    /// `CHAOS_DOCKER_INCLUDE`; `chaos::backend::ClusterOptions::image_include`), e.g. a JDK.
+    /// Whether they exist is checked when the image is planned, on the host that builds it.
+    #[serde(default)]
+    pub include: Vec<String>,
+}
+
+impl DockerSpec {
+    /// Whether nothing is set (the section is then left out when the scenario is written).
+    pub fn is_empty(&self) -> bool {
+        self.include.is_empty()
     }
 }
 

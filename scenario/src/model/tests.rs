@@ -267,6 +267,38 @@ fn cluster_labels_parse_and_empty_pairs_are_refused() {
 }
 
 #[test]
+fn docker_includes_parse_and_bad_paths_are_refused_where_written() {
+    let s = Scenario::parse(
+        "[cluster]\nnodes = 2\n[cluster.docker]\ninclude = [\"/usr/lib/jvm/x\", \"/usr/share/java\"]\n",
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(s.cluster.docker.include, ["/usr/lib/jvm/x", "/usr/share/java"]);
+    // Written back when set, left out when not.
+    assert!(toml::to_string(&s).unwrap().contains("[cluster.docker]"));
+    let plain = Scenario::parse("", "t.toml").unwrap();
+    assert!(plain.cluster.docker.is_empty());
+    assert!(!toml::to_string(&plain).unwrap().contains("docker"));
+
+    let text = "[cluster.docker]\ninclude = [\n  \"/opt/a\",\n  \"opt/b\",\n  \"/\",\n  \"/opt/a\",\n]\n";
+    let errors = err(text).0;
+    let found: Vec<(&str, usize)> = errors.iter().map(|e| (e.field.as_str(), e.line)).collect();
+    assert_eq!(
+        found,
+        [
+            ("cluster.docker.include[1]", 4),
+            ("cluster.docker.include[2]", 5),
+            ("cluster.docker.include[3]", 6)
+        ],
+        "{errors:?}"
+    );
+    assert!(errors[0].message.contains("from `/`"), "{}", errors[0]);
+    assert!(errors[2].message.contains("twice"), "{}", errors[2]);
+    let e = &err("[cluster.docker]\nincludes = []\n").0[0];
+    assert!(e.message.contains("unknown field `includes`"), "{e}");
+}
+
+#[test]
 fn txn_mix_and_consistency_model_are_validated_where_they_are_written() {
     let adapter = "[workload]\ntype = \"adapter\"\n[workload.adapter]\ncommand = \"a\"\n";
     let ok = Scenario::parse(

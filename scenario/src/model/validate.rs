@@ -80,6 +80,26 @@ impl Scenario {
                 );
             }
         }
+        for (i, include) in self.cluster.docker.include.iter().enumerate() {
+            let at = [key("cluster"), key("docker"), key("include"), Seg::Index(i)];
+            let path = std::path::Path::new(include);
+            if !path.is_absolute() {
+                p.add(
+                    &at,
+                    format!(
+                        "{include:?}: write the host path in full, from `/` (it is also the \
+                         file's path in the node image)"
+                    ),
+                );
+            } else if path.parent().is_none() {
+                p.add(
+                    &at,
+                    "`/` cannot be baked into an image: name the files or directories",
+                );
+            } else if self.cluster.docker.include[..i].contains(include) {
+                p.add(&at, format!("{include:?} is listed twice"));
+            }
+        }
         let tm = Tmpl {
             templates: Templates::new(),
             sample: template::sample_vars(self),

@@ -302,6 +302,7 @@ impl TaskRunner {
         let options = ClusterOptions {
             name: format!("tasks-{}", file.name),
             backend_config: self.backend_config.clone(),
+            image_include: file.cluster.docker.include.iter().map(Into::into).collect(),
             ..ClusterOptions::default()
         };
         let mut summary = TaskSummary {

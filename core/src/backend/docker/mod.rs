@@ -158,6 +158,7 @@ pub struct DockerOptions {
     /// Host files and directories baked into the default node image at their host paths, with
     /// the shared libraries their executables need (e.g. `/usr/bin/perl` and
     /// `/usr/lib/x86_64-linux-gnu/perl-base`). Ignored with [`DockerOptions::image`].
+    /// [`DockerCluster::new`] appends [`ClusterOptions::image_include`].
     pub include: Vec<PathBuf>,
     /// How the runner reaches the agents; `None`: [`Reach::Direct`] for a local daemon (unix
     /// socket), [`Reach::Published`] for `DOCKER_HOST=tcp://…`.
@@ -197,7 +198,14 @@ pub type DockerCluster = AgentCluster<DockerProvisioner>;
 
 impl AgentCluster<DockerProvisioner> {
     /// Creates an empty docker cluster (see [`DockerProvisioner::create`]).
-    pub async fn new(options: ClusterOptions, docker_options: DockerOptions) -> Result<Self> {
+    pub async fn new(options: ClusterOptions, mut docker_options: DockerOptions) -> Result<Self> {
+        // The environment's includes first (earlier files win in the image), then the
+        // scenario's; one path named by both is one include.
+        for path in &options.image_include {
+            if !docker_options.include.contains(path) {
+                docker_options.include.push(path.clone());
+            }
+        }
         let provisioner = DockerProvisioner::create(&options.name, docker_options).await?;
         AgentCluster::with_provisioner(provisioner, options)
     }

@@ -38,7 +38,7 @@ pub(super) type Memo<T> = Mutex<Option<HashMap<PathBuf, (FileKey, T)>>>;
 /// SHA-256 of files' contents.
 pub(super) static DIGEST_MEMO: Memo<[u8; 32]> = Mutex::new(None);
 /// `ldd` results.
-pub(super) static LDD_MEMO: Memo<Vec<PathBuf>> = Mutex::new(None);
+pub(super) static LDD_MEMO: Memo<Libraries> = Mutex::new(None);
 /// `busybox --list` results.
 pub(super) static APPLET_MEMO: Memo<Vec<String>> = Mutex::new(None);
 

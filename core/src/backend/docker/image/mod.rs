@@ -8,8 +8,14 @@
 //! - the host's glibc runtime (dynamic loader, libc, libm, libpthread, libdl, librt, libresolv
 //!   where present) at their host paths, so binaries built on or shipped from the runner host
 //!   that link only glibc run unchanged (etcd from Debian does);
-//! - every file of `include` at its host path, with the shared libraries `ldd` lists for it;
-//!   a directory of `include` with everything under it (links kept as links);
+//! - every file of `include` at its host path, with the shared libraries `ldd` lists for it
+//!   (executables and shared libraries alike); a directory of `include` with everything under
+//!   it (links kept as links); a link of `include` as a link, with what it points to. Paths
+//!   with `..` — what ldd prints for a `$ORIGIN/../lib` run path, or what a user writes — are
+//!   resolved first (`host_path.rs`). A library ldd cannot find is fine when an include
+//!   holds a file of that name (the JVM loads `libjvm.so` by path), else an error for an
+//!   include the user named and a warning for a file inside an included directory
+//!   (`Plan::check_unresolved`);
 //! - `/tmp` (1777), `/chaos/root`, `/root`, `/etc/passwd` + `/etc/group` with root.
 //!
 //! The image has no `/etc/ld.so.cache`, so a library `ldd` finds outside the loader's default
@@ -43,11 +49,13 @@ use ring::digest::{Context, SHA256};
 use crate::{Error, Result};
 
 mod digest;
+mod host_path;
 mod ldd;
 
 pub use crate::backend::elf::is_static_elf;
 use crate::backend::elf::*;
 use digest::*;
+use host_path::*;
 use ldd::*;
 
 /// The statically linked agent at this library's version, found or built once into the agent
@@ -107,6 +115,9 @@ const GLIBC_LIBS: [&str; 6] = [
     "libresolv.so.2",
 ];
 
+/// Most symbolic links followed from one named include (the kernel's own limit is 40).
+const MAX_LINK_HOPS: usize = 40;
+
 /// The x86-64 glibc dynamic loader's fixed path (every dynamic executable names it).
 const GLIBC_LOADER: &str = "/lib64/ld-linux-x86-64.so.2";
 
@@ -149,6 +160,20 @@ struct Plan {
     library_dirs: BTreeSet<String>,
     /// Value of [`super::LABEL_IMAGE`].
     kind: &'static str,
+    /// Included files with libraries `ldd` could not find on this host, judged once every
+    /// include is in ([`Plan::check_unresolved`]). Not part of the image.
+    unresolved: Vec<Unresolved>,
+}
+
+/// An included file some of whose libraries `ldd` could not find.
+#[derive(Debug, Clone)]
+struct Unresolved {
+    /// The file (plain host path).
+    file: PathBuf,
+    /// Whether the user named it (rather than it being inside an included directory).
+    named: bool,
+    /// The libraries' names.
+    libraries: Vec<String>,
 }
 
 impl Plan {
@@ -160,23 +185,26 @@ impl Plan {
         }
     }
 
-    /// The image path of host path `path`: absolute, without `.`/`..`, as UTF-8.
+    /// The image path of host path `path`, which must be absolute and plain (see
+    /// [`plain_host_path`]), as UTF-8.
     fn image_path(path: &Path) -> Result<String> {
         let invalid = |why: &str| Error::invalid(format!("include {}", path.display()), why.to_string());
-        let absolute =
-            std::path::absolute(path).map_err(|e| Error::io(format!("resolving {}", path.display()), e))?;
         let mut out = String::new();
-        for c in absolute.components() {
+        for c in path.components() {
             match c {
                 Component::RootDir | Component::CurDir => {}
                 Component::Normal(name) => {
                     out.push('/');
                     out.push_str(name.to_str().ok_or_else(|| invalid("the path is not UTF-8"))?);
                 }
+                // plain_host_path resolved these; a path that still has one is a bug here.
                 Component::ParentDir | Component::Prefix(_) => {
-                    return Err(invalid("write the path without `..`"));
+                    return Err(invalid("the path still holds `..` after resolving it"));
                 }
             }
+        }
+        if !path.is_absolute() {
+            return Err(invalid("the path is not absolute"));
         }
         if out.is_empty() {
             return Err(invalid("`/` is not a file"));
@@ -243,11 +271,16 @@ impl Plan {
         )
     }
 
-    /// Adds the host file at its own path, with its shared libraries.
-    fn add_with_libraries(&mut self, file: &Path) -> Result<()> {
-        let path = Self::image_path(file)?;
-        self.add_host_file(&path, file)?;
-        for lib in shared_libraries(file)? {
+    /// Adds the host file at its own path, with its shared libraries. Libraries `ldd` cannot
+    /// find are noted for [`Plan::check_unresolved`]; `named` says whether the user named the
+    /// file (else it is inside an included directory).
+    fn add_with_libraries(&mut self, file: &Path, named: bool) -> Result<()> {
+        let file = plain_host_path(file)?;
+        let path = Self::image_path(&file)?;
+        self.add_host_file(&path, &file)?;
+        let libraries = shared_libraries(&file)?;
+        for lib in &libraries.found {
+            let lib = plain_host_path(lib)?;
             let lib_path = Self::image_path(&lib)?;
             self.add_host_file(&lib_path, &lib)?;
             // The loader itself is named by PT_INTERP, not searched; every other library must
@@ -259,20 +292,120 @@ impl Plan {
                 self.library_dirs.insert(dir.to_string());
             }
         }
+        if !libraries.missing.is_empty() {
+            self.unresolved.push(Unresolved {
+                file,
+                named,
+                libraries: libraries.missing,
+            });
+        }
+        Ok(())
+    }
+
+    /// Judges the libraries `ldd` could not find for included files, once every include is in.
+    /// A library some include holds (a file or link of that name anywhere in the plan) is
+    /// fine: programs like the JVM load it by path or through a run path ldd does not follow
+    /// (the JDK's `lib/*.so` need `libjvm.so`, which the launcher loads from `lib/server/`).
+    /// Otherwise a file the user named is an error naming it and the libraries; a file inside
+    /// an included directory only a warning — trees hold plugins for things the system under
+    /// test may never load (the JDK's AWT libraries want X11).
+    fn check_unresolved(&mut self) -> Result<()> {
+        if self.unresolved.is_empty() {
+            return Ok(());
+        }
+        let held: BTreeSet<&str> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| !matches!(e, Entry::Dir { .. }))
+            .filter_map(|(p, _)| p.rsplit('/').next())
+            .collect();
+        // Library name → the tree files that need it and no include holds.
+        let mut warn: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+        let mut in_includes = 0;
+        for u in &self.unresolved {
+            let lacking: Vec<&String> = u
+                .libraries
+                .iter()
+                .filter(|l| !held.contains(l.as_str()))
+                .collect();
+            if lacking.is_empty() {
+                in_includes += 1;
+            } else if u.named {
+                return Err(Error::invalid(
+                    format!("include {}", u.file.display()),
+                    format!(
+                        "needs shared libraries that ldd cannot find on this host and no include \
+                         holds: {}; install them, include them (or the directory holding them), or \
+                         leave the file out",
+                        lacking.iter().map(|l| l.as_str()).collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            } else {
+                for lib in lacking {
+                    warn.entry(lib.clone()).or_default().push(u.file.clone());
+                }
+            }
+        }
+        tracing::debug!(
+            files = in_includes,
+            "node image: included files whose libraries ldd cannot find, all held by the includes"
+        );
+        for (lib, files) in warn {
+            tracing::warn!(
+                "node image: {} included file(s) need {lib}, which ldd cannot find on this host and \
+                 no include holds (first: {}); they fail in the node if something loads them",
+                files.len(),
+                files[0].display()
+            );
+        }
+        self.unresolved.clear();
         Ok(())
     }
 
     /// Adds one `include`: a file at its own path with its shared libraries, or a directory
     /// tree at its own path — its files with their libraries, its subdirectories with their
     /// modes, and its symbolic links as links (not followed, so a tree cannot loop). Sockets,
-    /// FIFOs and devices in a tree are skipped: they are not content.
+    /// FIFOs and devices in a tree are skipped: they are not content. A named symbolic link
+    /// stays a link, and what it points to is included in turn ([`MAX_LINK_HOPS`] at most).
     fn add_include(&mut self, include: &Path) -> Result<()> {
-        let io_err = |e| Error::io(format!("include {}", include.display()), e);
-        if std::fs::metadata(include).map_err(io_err)?.is_dir() {
-            self.add_tree(include)
-        } else {
-            self.add_with_libraries(include)
+        let mut include = plain_host_path(include)?;
+        for _ in 0..=MAX_LINK_HOPS {
+            let io_err = |e| Error::io(format!("include {}", include.display()), e);
+            let meta = std::fs::symlink_metadata(&include).map_err(io_err)?;
+            if !meta.file_type().is_symlink() {
+                return if meta.is_dir() {
+                    self.add_tree(&include)
+                } else {
+                    self.add_with_libraries(&include, true)
+                };
+            }
+            // Kept a link, not copied as a file: a program that finds its own files from its
+            // path (the JDK's launcher, through /proc/self/exe and $ORIGIN) then works when
+            // started through the link, as on the host (/usr/bin/java → /etc/alternatives/java
+            // → the JDK's bin/java).
+            let target = std::fs::read_link(&include).map_err(io_err)?;
+            let text = target.to_str().ok_or_else(|| {
+                Error::invalid(
+                    format!("include {}", include.display()),
+                    "the link target is not UTF-8",
+                )
+            })?;
+            self.add(
+                &Self::image_path(&include)?,
+                Entry::Symlink {
+                    target: text.to_string(),
+                },
+            )?;
+            let next = match include.parent() {
+                Some(dir) if target.is_relative() => dir.join(&target),
+                _ => target,
+            };
+            include = plain_host_path(&next)?;
         }
+        Err(Error::invalid(
+            format!("include {}", include.display()),
+            format!("more than {MAX_LINK_HOPS} symbolic links in a row"),
+        ))
     }
 
     /// Adds the host directory `dir` and everything under it, in name order.
@@ -308,7 +441,7 @@ impl Plan {
             } else if kind.is_dir() {
                 self.add_tree(&path)?;
             } else if kind.is_file() {
-                self.add_with_libraries(&path)?;
+                self.add_with_libraries(&path, false)?;
             }
         }
         Ok(())
@@ -390,6 +523,7 @@ fn plan_node_image(agent: &Path, include: &[PathBuf]) -> Result<Plan> {
     for file in include {
         plan.add_include(file)?;
     }
+    plan.check_unresolved()?;
     if Path::new(GLIBC_LOADER).is_file() {
         plan.add_host_file(GLIBC_LOADER, Path::new(GLIBC_LOADER))?;
         if let Some(dir) = GLIBC_DIRS

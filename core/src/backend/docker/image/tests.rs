@@ -89,7 +89,7 @@ fn ldd_output_is_parsed() {
                 \tlinux-gate.so.1 =>  (0x00007f0000000000)\n\
                 \t/lib64/ld-linux-x86-64.so.2 (0x00007f5601314000)\n";
     assert_eq!(
-        parse_ldd(text).unwrap(),
+        parse_ldd(text).found,
         [
             "/lib/x86_64-linux-gnu/libselinux.so.1",
             "/lib/x86_64-linux-gnu/libc.so.6",
@@ -97,11 +97,18 @@ fn ldd_output_is_parsed() {
         ]
         .map(PathBuf::from)
     );
-    assert!(parse_ldd("\tnot a dynamic executable\n").unwrap().is_empty());
-    assert!(parse_ldd("\tstatically linked\n").unwrap().is_empty());
+    assert_eq!(parse_ldd(text).missing, Vec::<String>::new());
+    assert_eq!(parse_ldd("\tnot a dynamic executable\n"), Libraries::default());
+    assert_eq!(parse_ldd("\tstatically linked\n"), Libraries::default());
+    // Found and missing both kept; a name ldd repeats (once per needing file) listed once.
+    let libs = parse_ldd(
+        "\tlibfoo.so.1 => not found\n\tlibc.so.6 => /lib/libc.so.6 (0x1)\n\tlibfoo.so.1 => not found\n\
+         \tlibjli.so => /opt/jdk/bin/../lib/libjli.so (0x2)\n",
+    );
+    assert_eq!(libs.missing, ["libfoo.so.1"]);
     assert_eq!(
-        parse_ldd("\tlibfoo.so.1 => not found\n\tlibc.so.6 => /lib/libc.so.6 (0x1)\n").unwrap_err(),
-        ["libfoo.so.1"]
+        libs.found,
+        ["/lib/libc.so.6", "/opt/jdk/bin/../lib/libjli.so"].map(PathBuf::from)
     );
 }
 
@@ -110,11 +117,15 @@ fn ldd_of_host_binaries() {
     assert!(
         shared_libraries(Path::new("/bin/ls"))
             .unwrap()
+            .found
             .iter()
             .any(|p| p.ends_with("libc.so.6"))
     );
     if Path::new(BUSYBOX).is_file() {
-        assert!(shared_libraries(Path::new(BUSYBOX)).unwrap().is_empty());
+        assert_eq!(
+            shared_libraries(Path::new(BUSYBOX)).unwrap(),
+            Libraries::default()
+        );
     }
 }
 
@@ -212,10 +223,269 @@ fn image_paths_are_absolute_and_plain() {
         Plan::image_path(Path::new("/usr/./bin/etcd")).unwrap(),
         "/usr/bin/etcd"
     );
+    // plain_host_path resolves `..` and relative paths first; image_path refuses what is left.
     assert!(Plan::image_path(Path::new("/usr/../bin/x")).is_err());
     assert!(Plan::image_path(Path::new("/")).is_err());
-    let rel = Plan::image_path(Path::new("x")).unwrap();
-    assert!(rel.starts_with('/') && rel.ends_with("/x"), "{rel}");
+    assert!(Plan::image_path(Path::new("x")).is_err());
+    let rel = plain_host_path(Path::new("x")).unwrap();
+    assert!(rel.is_absolute() && rel.ends_with("x"), "{}", rel.display());
+}
+
+fn symlink(target: &str, link: &Path) {
+    std::os::unix::fs::symlink(target, link).unwrap();
+}
+
+/// `..` as ldd prints it for a `$ORIGIN/../lib` run path, in a fake tree: the lexical path when
+/// it names the same file (so a merged-/usr style `lib -> usr/lib` link is not followed), else
+/// the physical one; paths without `..` untouched.
+#[test]
+fn dotdot_in_host_paths_resolves_to_the_file_the_host_opens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(tmp.path()).unwrap();
+    for dir in ["jdk/bin", "jdk/lib", "usr/lib/x86_64", "other"] {
+        std::fs::create_dir_all(root.join(dir)).unwrap();
+    }
+    std::fs::write(root.join("jdk/lib/libjli.so"), "jli").unwrap();
+    std::fs::write(root.join("usr/lib/x86_64/libc.so"), "c").unwrap();
+    // A merged-/usr style link, and a directory link whose `..` is not its lexical parent's.
+    symlink("usr/lib", &root.join("lib"));
+    symlink("../jdk/bin", &root.join("other/bin"));
+
+    let plain = |p: &str| plain_host_path(&root.join(p)).unwrap();
+    assert_eq!(plain("jdk/bin/../lib/libjli.so"), root.join("jdk/lib/libjli.so"));
+    assert_eq!(
+        plain("lib/x86_64/../x86_64/libc.so"),
+        root.join("lib/x86_64/libc.so"),
+        "kept under lib/, where the loader looks, not moved to usr/lib/"
+    );
+    assert_eq!(
+        plain("lib/x86_64/libc.so"),
+        root.join("lib/x86_64/libc.so"),
+        "no `..`: untouched"
+    );
+    // other/bin/.. is jdk/ on the host; lexically it would be other/, which has no lib/.
+    assert_eq!(
+        plain("other/bin/../lib/libjli.so"),
+        root.join("jdk/lib/libjli.so")
+    );
+    // A `..` after a directory that does not exist is an error naming the path.
+    let err = plain_host_path(&root.join("nope/../jdk"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("nope"), "{err}");
+    // The image path of a resolved path is plain.
+    let image = Plan::image_path(&plain("jdk/bin/../lib/libjli.so")).unwrap();
+    assert!(
+        image.ends_with("/jdk/lib/libjli.so") && !image.contains(".."),
+        "{image}"
+    );
+}
+
+/// Libraries ldd cannot find: fine when an include holds one of that name; else an error for a
+/// file the user named (naming file and libraries) and only a warning inside a tree.
+#[test]
+fn unfound_libraries_are_judged_against_the_includes() {
+    let unresolved = |file: &str, named: bool, libs: &[&str]| Unresolved {
+        file: PathBuf::from(file),
+        named,
+        libraries: libs.iter().map(|l| l.to_string()).collect(),
+    };
+    let mut plan = Plan::new("test");
+    plan.add("/jdk/lib/server/libjvm.so", data("jvm")).unwrap();
+    plan.unresolved = vec![
+        unresolved("/jdk/lib/libjava.so", false, &["libjvm.so"]),
+        unresolved("/jdk/lib/libawt_xawt.so", false, &["libjvm.so", "libX11.so.6"]),
+        unresolved("/jdk/bin/tool", true, &["libjvm.so"]),
+    ];
+    plan.check_unresolved().unwrap();
+    assert!(plan.unresolved.is_empty());
+
+    plan.unresolved = vec![unresolved(
+        "/opt/app/bin/app",
+        true,
+        &["libjvm.so", "libfoo.so.1"],
+    )];
+    let err = plan.check_unresolved().unwrap_err().to_string();
+    assert!(
+        err.contains("/opt/app/bin/app") && err.contains("libfoo.so.1") && !err.contains("libjvm"),
+        "{err}"
+    );
+}
+
+/// Compiles `source` (C) with `cc` and `args`; `None` (the test skips) without a C compiler.
+fn cc(dir: &Path, source: &str, args: &[&str]) -> Option<()> {
+    let file = dir.join("source.c");
+    std::fs::write(&file, source).unwrap();
+    let out = std::process::Command::new("cc")
+        .arg(&file)
+        .args(args)
+        .output()
+        .ok()?;
+    assert!(
+        out.status.success(),
+        "cc {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(())
+}
+
+/// A JDK-shaped tree of real ELF files: a launcher finding its library through
+/// `$ORIGIN/../lib`, a library needing `libjvm.so` from `lib/server/` (which ldd cannot find),
+/// and a plugin needing a library no include holds.
+#[test]
+fn a_jdk_shaped_tree_is_planned() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(tmp.path()).unwrap();
+    let jdk = root.join("jdk");
+    for dir in ["bin", "lib/server", "conf"] {
+        std::fs::create_dir_all(jdk.join(dir)).unwrap();
+    }
+    std::fs::create_dir_all(root.join("elsewhere")).unwrap();
+    let p = |rel: &str| jdk.join(rel).display().to_string();
+    let lib = "int f(void) { return 1; }\n";
+    // Keep a library the code does not call, as the JDK's do (some toolchains drop them).
+    const NO_AS_NEEDED: &str = "-Wl,--no-as-needed";
+    let built = (|| {
+        cc(
+            &root,
+            lib,
+            &["-shared", "-fPIC", "-o", &p("lib/server/libjvm.so")],
+        )?;
+        cc(&root, lib, &["-shared", "-fPIC", "-o", &p("lib/libjli.so")])?;
+        let missing = root.join("elsewhere/libgone.so").display().to_string();
+        cc(&root, lib, &["-shared", "-fPIC", "-o", &missing])?;
+        let server = format!("-L{}", p("lib/server"));
+        cc(
+            &root,
+            lib,
+            &[
+                "-shared",
+                "-fPIC",
+                "-o",
+                &p("lib/libjava.so"),
+                &server,
+                NO_AS_NEEDED,
+                "-ljvm",
+            ],
+        )?;
+        let elsewhere = format!("-L{}", root.join("elsewhere").display());
+        cc(
+            &root,
+            lib,
+            &[
+                "-shared",
+                "-fPIC",
+                "-o",
+                &p("lib/libplugin.so"),
+                &elsewhere,
+                NO_AS_NEEDED,
+                "-lgone",
+            ],
+        )?;
+        let main = "int f(void); int main(void) { return f() - 1; }\n";
+        let jli = format!("-L{}", p("lib"));
+        cc(
+            &root,
+            main,
+            &["-o", &p("bin/java"), &jli, "-ljli", "-Wl,-rpath,$ORIGIN/../lib"],
+        )
+    })();
+    if built.is_none() {
+        eprintln!("skipped: no C compiler (cc)");
+        return;
+    }
+    // The plugin's library is gone from the host, as an X11 library may be.
+    std::fs::remove_file(root.join("elsewhere/libgone.so")).unwrap();
+    symlink("../../etc/jdk", &jdk.join("conf/security"));
+
+    let launcher = shared_libraries(&jdk.join("bin/java")).unwrap();
+    assert!(
+        launcher
+            .found
+            .iter()
+            .any(|l| l.to_str().unwrap().contains("/bin/../lib/libjli.so")),
+        "ldd names libjli.so through $ORIGIN/../lib: {launcher:?}"
+    );
+    assert_eq!(
+        shared_libraries(&jdk.join("lib/libjava.so")).unwrap().missing,
+        ["libjvm.so"]
+    );
+
+    // The whole tree: libjvm.so is in it, the plugin's library only warned about.
+    let mut plan = Plan::new("test");
+    plan.add_include(&jdk).unwrap();
+    plan.check_unresolved().unwrap();
+    let image = |rel: &str| Plan::image_path(&jdk.join(rel)).unwrap();
+    assert!(
+        matches!(
+            plan.entries.get(&image("lib/libjli.so")),
+            Some(Entry::File { .. })
+        ),
+        "{:?}",
+        plan.entries.keys().collect::<Vec<_>>()
+    );
+    assert!(plan.entries.keys().all(|p| !p.contains("..")));
+    assert_eq!(
+        plan.entries.get(&image("conf/security")),
+        Some(&Entry::Symlink {
+            target: "../../etc/jdk".into()
+        })
+    );
+
+    // Named on its own, libjava.so lacks libjvm.so: an error naming both; with the directory
+    // holding libjvm.so included too, fine.
+    let mut plan = Plan::new("test");
+    plan.add_include(&jdk.join("lib/libjava.so")).unwrap();
+    let err = plan.check_unresolved().unwrap_err().to_string();
+    assert!(err.contains("libjava.so") && err.contains("libjvm.so"), "{err}");
+    let mut plan = Plan::new("test");
+    plan.add_include(&jdk.join("lib/libjava.so")).unwrap();
+    plan.add_include(&jdk.join("lib/server")).unwrap();
+    plan.check_unresolved().unwrap();
+    // A user-written `..` is resolved too.
+    let mut plan = Plan::new("test");
+    plan.add_include(&jdk.join("bin/../lib/libjli.so")).unwrap();
+    assert!(plan.entries.contains_key(&image("lib/libjli.so")));
+    // A named chain of links (as /usr/bin/java → /etc/alternatives/java → the JDK's bin/java)
+    // stays links, and the launcher is ldd'd where it is, so $ORIGIN/../lib finds libjli.so.
+    std::fs::create_dir_all(root.join("etc/alternatives")).unwrap();
+    std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+    symlink(&p("bin/java"), &root.join("etc/alternatives/java"));
+    symlink("../../etc/alternatives/java", &root.join("usr/bin/java"));
+    let mut plan = Plan::new("test");
+    plan.add_include(&root.join("usr/bin/java")).unwrap();
+    plan.check_unresolved().unwrap();
+    let at = |p: &Path| plan.entries.get(&Plan::image_path(p).unwrap()).cloned();
+    assert_eq!(
+        at(&root.join("usr/bin/java")),
+        Some(Entry::Symlink {
+            target: "../../etc/alternatives/java".into()
+        })
+    );
+    assert_eq!(
+        at(&root.join("etc/alternatives/java")),
+        Some(Entry::Symlink {
+            target: p("bin/java")
+        })
+    );
+    assert!(matches!(at(&jdk.join("bin/java")), Some(Entry::File { .. })));
+    assert!(matches!(at(&jdk.join("lib/libjli.so")), Some(Entry::File { .. })));
+    // A loop of links is an error, not a hang.
+    symlink("loop-b", &root.join("loop-a"));
+    symlink("loop-a", &root.join("loop-b"));
+    let err = Plan::new("test")
+        .add_include(&root.join("loop-a"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("symbolic links"), "{err}");
+    // Named, the plugin whose library is gone is an error.
+    let mut plan = Plan::new("test");
+    plan.add_include(&jdk.join("lib/libplugin.so")).unwrap();
+    let err = plan.check_unresolved().unwrap_err().to_string();
+    assert!(
+        err.contains("libplugin.so") && err.contains("libgone.so"),
+        "{err}"
+    );
 }
 
 #[test]
