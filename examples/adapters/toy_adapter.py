@@ -12,9 +12,10 @@ root = os.environ.get("TOY_STORE", ".")
 def perform(req):
     kind, path = req["kind"], os.path.join(root, req.get("key") or "ids")
     if kind == "write":
-        with open(path + ".tmp", "w") as f:
+        tmp = f"{path}.{os.getpid()}.tmp"  # this process's own: a shared name tears values
+        with open(tmp, "w") as f:
             json.dump(req["value"], f)
-        os.replace(path + ".tmp", path)  # atomic: a reader sees the old or the new value
+        os.replace(tmp, path)  # atomic: a reader sees the old or the new value
         return {"outcome": "ok"}
     if kind == "read":
         if not os.path.exists(path):
