@@ -286,6 +286,22 @@ async fn push_over_ssh_installs_a_working_agent() {
     netns.cleanup().await.unwrap();
 }
 
+/// `chaos up --backend hosts --inventory INVENTORY --state STATE EXTRA…`, its stdout piped (the
+/// node lines it prints once the cluster is up).
+fn spawn_up(inventory: &Path, state: &Path, extra: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_chaos"))
+        .args(["up", "--backend", "hosts"])
+        .args(extra)
+        .arg("--inventory")
+        .arg(inventory)
+        .arg("--state")
+        .arg(state)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_exec_down_on_an_inventory_of_hosts() {
     use std::io::BufRead;
@@ -298,15 +314,7 @@ async fn up_exec_down_on_an_inventory_of_hosts() {
     let lab = Lab::start("up-hosts", 2, Duration::from_secs(30)).await.unwrap();
     let state = tempfile::tempdir().unwrap();
     let chaos = env!("CARGO_BIN_EXE_chaos");
-    let mut up = Command::new(chaos)
-        .args(["up", "--backend", "hosts", "--nodes", "2", "--inventory"])
-        .arg(lab.inventory())
-        .arg("--state")
-        .arg(state.path())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut up = spawn_up(lab.inventory(), state.path(), &["--nodes", "2"]);
     let stdout = up.stdout.take().unwrap();
     let lines = tokio::task::spawn_blocking(move || {
         let mut reader = std::io::BufReader::new(stdout);
@@ -426,24 +434,7 @@ async fn up_selects_hosts_by_label() {
         .collect();
     let inventory = lab.inventory().with_file_name("labelled.toml");
     std::fs::write(&inventory, labelled).unwrap();
-    let mut up = Command::new(chaos)
-        .args([
-            "up",
-            "--backend",
-            "hosts",
-            "--nodes",
-            "1",
-            "--label",
-            "rack=1",
-            "--inventory",
-        ])
-        .arg(&inventory)
-        .arg("--state")
-        .arg(state.path())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut up = spawn_up(&inventory, state.path(), &["--nodes", "1", "--label", "rack=1"]);
     let stdout = up.stdout.take().unwrap();
     let line = tokio::task::spawn_blocking(move || {
         let mut line = String::new();
